@@ -1,0 +1,103 @@
+//! The command line (clap derive): global flags and one subcommand per
+//! command that works today. Parsing only; [`crate::commands`] runs them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// disco — pull-based configuration management over plain trees, bash and SSH.
+///
+/// A node pulls its parameters and modules from a server tree, orders the
+/// modules by their `requires`, and converges itself. Settings come from
+/// flags, then env (NOOP, DISCO_SERVER, DISCO_NODE), then
+/// /etc/disco/disco.d/*.toml, then /etc/disco/disco.toml.
+#[derive(Debug, Parser)]
+#[command(name = "disco", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Server to pull from: a local directory holding parameters/ and modules/
+    #[arg(long, global = true, value_name = "URI")]
+    pub server: Option<String>,
+    /// Node name [default: this machine's hostname]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Target root directory to converge [default: /]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// State directory: cache, runs, reports [default: /var/lib/disco]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Main config file; drop-ins are read from disco.d/ beside it [default: /etc/disco/disco.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Change nothing: run in the sandbox and report what would change (same as NOOP=true)
+    #[arg(long, global = true)]
+    pub noop: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch the node's modules and parameters into the cache and print the
+    /// order its modules run in, one per line
+    ///
+    /// The plan is the node's modules (from parameters/NODE/modules and its
+    /// groups) plus every module pulled in by a `before` line. `after X`
+    /// makes X run first when X is in the plan; `before X` makes this module
+    /// run first and adds X. Ties are broken by name. Diagnostics go to
+    /// stderr, so stdout is only the plan.
+    ///
+    /// Example: disco plan --server /srv/disco --node web1
+    Plan,
+    /// Read the node's merged parameters, or read and edit a plain parameter tree
+    ///
+    /// Without --tree, reads the parameters fetched by the last `disco plan`:
+    /// module defaults < group values < node values. With --tree DIR, works on
+    /// the plain tree in DIR (for example parameters/web1/parameters on the
+    /// server) and can also set and delete keys.
+    ///
+    /// Keys look like `users/alice/shell`; each part matches [A-Za-z0-9._-]+.
+    Param(ParamArgs),
+    /// Print the effective configuration, one `key = value  # source` line per setting
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct ParamArgs {
+    /// Work on the plain parameter tree in DIR instead of the fetched node
+    #[arg(long, value_name = "DIR")]
+    pub tree: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ParamAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParamAction {
+    /// Print the value of KEY exactly as stored
+    Get { key: String },
+    /// List the keys directly under KEY (or at the top), one per line
+    Keys { key: Option<String> },
+    /// Print `key = value` for everything under KEY (or everything), sorted;
+    /// directories print as `key = {}`, newlines in values as \n
+    Dump { key: Option<String> },
+    /// Set KEY (needs --tree): the value is read from stdin, or given as
+    /// VALUE (written with a trailing newline); `{}` makes a directory
+    ///
+    /// Examples: echo 8080 | disco param --tree t set nginx/port;
+    /// disco param --tree t set users {}
+    Set { key: String, value: Option<String> },
+    /// Delete KEY (needs --tree); a directory needs -r
+    Delete {
+        key: String,
+        /// Delete a directory and everything under it
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+}

@@ -1,0 +1,114 @@
+//! The commands: each takes the parsed CLI and the effective [`Config`],
+//! calls the pipeline stages in order, and writes its result to stdout.
+//! Kept short on purpose: the work lives in the stage modules.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{Cli, Command, ParamAction, ParamArgs};
+use crate::config::{Config, Flags};
+use crate::fetch::{self, ServerUri};
+use crate::params::{self, Key, NewValue, Param, ParamTree};
+
+/// Runs the command of `cli`; the return value is the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let flags = Flags {
+        config: cli.global.config.clone(),
+        server: cli.global.server.clone(),
+        node: cli.global.node.clone(),
+        root: cli.global.root.clone(),
+        state_dir: cli.global.state_dir.clone(),
+        noop: cli.global.noop,
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = Config::load(&flags, &env)?;
+    match cli.command {
+        Command::Plan => plan(&config),
+        Command::Param(args) => param(&config, args),
+        Command::Config => {
+            print_lines(config.lines())?;
+            Ok(0)
+        }
+    }
+}
+
+fn plan(config: &Config) -> Result<i32> {
+    let server = ServerUri::parse(config.require_server()?)?;
+    let fetched = fetch::fetch(&server, &config.node.value, &config.state_dir.value)?;
+    print_lines(fetched.plan.order.iter().map(|m| m.to_string()))?;
+    Ok(0)
+}
+
+fn param(config: &Config, args: ParamArgs) -> Result<i32> {
+    let tree = match &args.tree {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("parameter tree {} is not a directory", dir.display());
+            }
+            ParamTree::load(dir, &dir.display().to_string())?
+        }
+        None => {
+            if matches!(args.action, ParamAction::Set { .. } | ParamAction::Delete { .. }) {
+                bail!("set and delete change a plain tree: give --tree DIR (the fetched parameters are read-only)");
+            }
+            let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
+            let cache = crate::tree::ServerTree::open(&fetched.cache)?;
+            params::merged(&cache, &fetched.node, &fetched.plan)?
+        }
+    };
+    match args.action {
+        ParamAction::Get { key } => {
+            let key = Key::parse(&key)?;
+            match tree.get(&key) {
+                Some(Param::Value(v)) => {
+                    let mut out = io::stdout().lock();
+                    out.write_all(v).and_then(|_| out.flush()).context("cannot write to stdout")?;
+                }
+                Some(Param::Dir(_)) => bail!("parameter '{key}' is a directory: use `disco param keys {key}`"),
+                None => bail!("no parameter '{key}'"),
+            }
+        }
+        ParamAction::Keys { key } => {
+            let key = key.as_deref().map(Key::parse).transpose()?;
+            print_lines(tree.children(key.as_ref())?.keys().map(|k| k.to_string()))?;
+        }
+        ParamAction::Dump { key } => {
+            let key = key.as_deref().map(Key::parse).transpose()?;
+            print_lines(tree.dump(key.as_ref())?)?;
+        }
+        ParamAction::Set { key, value } => {
+            let dir = args.tree.as_ref().expect("checked above");
+            let key = Key::parse(&key)?;
+            let value = match value.as_deref() {
+                Some("{}") => NewValue::Dir,
+                Some(v) => NewValue::Value(format!("{v}\n").into_bytes()),
+                None => {
+                    let mut buf = Vec::new();
+                    io::stdin().read_to_end(&mut buf).context("cannot read the value from stdin")?;
+                    NewValue::Value(buf)
+                }
+            };
+            params::tree_set(dir, &key, &value)?;
+        }
+        ParamAction::Delete { key, recursive } => {
+            let dir = args.tree.as_ref().expect("checked above");
+            params::tree_delete(dir, &Key::parse(&key)?, recursive)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.
+fn print_lines<I: IntoIterator<Item = String>>(lines: I) -> Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = lines
+        .into_iter()
+        .try_for_each(|l| writeln!(out, "{l}"))
+        .and_then(|_| out.flush());
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
+}

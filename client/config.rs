@@ -1,0 +1,309 @@
+//! Stage 1, config: the effective settings of one run and where each came
+//! from (DESIGN §3.1).
+//!
+//! Precedence, highest first: command-line flags, environment (`NOOP`,
+//! `DISCO_SERVER`, `DISCO_NODE`), drop-ins `disco.d/*.toml` beside the main
+//! file (in name order, later wins), the main file (`/etc/disco/disco.toml`),
+//! built-in defaults. A missing default config file is fine; a malformed
+//! file, an unknown key or a bad value is an error naming the file and line.
+//! This module reads no server and touches nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::names::Name;
+
+/// The default main config file.
+pub const DEFAULT_CONFIG: &str = "/etc/disco/disco.toml";
+/// The default state directory (cache, runs, reports).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/disco";
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    /// The machine's hostname (default of `node`).
+    Hostname,
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Hostname => f.write_str("default (hostname)"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag(v) => write!(f, "flag {v}"),
+        }
+    }
+}
+
+/// A value and its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+impl<T> Setting<T> {
+    fn new(value: T, source: Source) -> Self {
+        Setting { value, source }
+    }
+    fn set(&mut self, value: T, source: Source) {
+        *self = Setting { value, source };
+    }
+}
+
+/// The effective configuration of one run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server URI; this release understands a local directory path.
+    pub server: Setting<Option<String>>,
+    pub node: Setting<Name>,
+    /// Target root the dance converges (`/` on a real node).
+    pub root: Setting<PathBuf>,
+    pub state_dir: Setting<PathBuf>,
+    pub noop: Setting<bool>,
+}
+
+/// What the command line said, before layering.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub server: Option<String>,
+    pub node: Option<String>,
+    pub root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub noop: bool,
+}
+
+/// One config file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<String>,
+    node: Option<String>,
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    noop: Option<bool>,
+}
+
+impl Config {
+    /// Layers defaults, files, `env` and `flags`. `env` is passed in (not
+    /// read here) so the layering is testable.
+    pub fn load(flags: &Flags, env: &BTreeMap<String, String>) -> Result<Config> {
+        let mut c = Config {
+            server: Setting::new(None, Source::Default),
+            node: Setting::new(hostname_node()?, Source::Hostname),
+            root: Setting::new(PathBuf::from("/"), Source::Default),
+            state_dir: Setting::new(PathBuf::from(DEFAULT_STATE_DIR), Source::Default),
+            noop: Setting::new(false, Source::Default),
+        };
+
+        let (main, explicit) = match &flags.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        match fs::read_to_string(&main) {
+            Ok(text) => c.apply_file(&main, &text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read config {}", main.display())),
+        }
+        for dropin in dropins(&main)? {
+            let text = fs::read_to_string(&dropin)
+                .with_context(|| format!("cannot read config {}", dropin.display()))?;
+            c.apply_file(&dropin, &text)?;
+        }
+
+        if let Some(v) = env.get("DISCO_SERVER").filter(|v| !v.is_empty()) {
+            c.server.set(Some(v.clone()), Source::Env("DISCO_SERVER"));
+        }
+        if let Some(v) = env.get("DISCO_NODE").filter(|v| !v.is_empty()) {
+            c.node.set(Name::parse(v, "env DISCO_NODE")?, Source::Env("DISCO_NODE"));
+        }
+        if let Some(v) = env.get("NOOP") {
+            c.noop.set(parse_noop(v)?, Source::Env("NOOP"));
+        }
+
+        if let Some(v) = &flags.server {
+            c.server.set(Some(v.clone()), Source::Flag("--server"));
+        }
+        if let Some(v) = &flags.node {
+            c.node.set(Name::parse(v, "--node")?, Source::Flag("--node"));
+        }
+        if let Some(v) = &flags.root {
+            c.root.set(v.clone(), Source::Flag("--root"));
+        }
+        if let Some(v) = &flags.state_dir {
+            c.state_dir.set(v.clone(), Source::Flag("--state-dir"));
+        }
+        if flags.noop {
+            c.noop.set(true, Source::Flag("--noop"));
+        }
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, path: &Path, text: &str) -> Result<()> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            anyhow!("{}:{line}: {}", path.display(), e.message().trim())
+        })?;
+        let src = || Source::File(path.to_path_buf());
+        if let Some(v) = file.server {
+            self.server.set(Some(v), src());
+        }
+        if let Some(v) = file.node {
+            let at = format!("{}: node", path.display());
+            self.node.set(Name::parse(&v, at)?, src());
+        }
+        if let Some(v) = file.root {
+            self.root.set(v, src());
+        }
+        if let Some(v) = file.state_dir {
+            self.state_dir.set(v, src());
+        }
+        if let Some(v) = file.noop {
+            self.noop.set(v, src());
+        }
+        Ok(())
+    }
+
+    /// The server, or an error telling the three ways to give one.
+    pub fn require_server(&self) -> Result<&str> {
+        self.server.value.as_deref().ok_or_else(|| {
+            anyhow!("no server configured: give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}")
+        })
+    }
+
+    /// The effective settings as `key = value  # source` lines (valid TOML).
+    pub fn lines(&self) -> Vec<String> {
+        fn line(key: &str, value: String, source: &Source) -> String {
+            format!("{key} = {value}  # {source}")
+        }
+        let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+        let p = |v: &Path| s(&v.to_string_lossy());
+        vec![
+            match &self.server.value {
+                Some(v) => line("server", s(v), &self.server.source),
+                None => format!("# server is not set  # {}", self.server.source),
+            },
+            line("node", s(self.node.value.as_str()), &self.node.source),
+            line("root", p(&self.root.value), &self.root.source),
+            line("state_dir", p(&self.state_dir.value), &self.state_dir.source),
+            line("noop", self.noop.value.to_string(), &self.noop.source),
+        ]
+    }
+}
+
+/// `*.toml` files in `disco.d/` beside `main`, in name order.
+fn dropins(main: &Path) -> Result<Vec<PathBuf>> {
+    let dir = main.parent().unwrap_or(Path::new("/")).join("disco.d");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `NOOP`: `true`/`1`/`yes` → noop; `false`/`0`/`no`/empty → not.
+pub fn parse_noop(v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => bail!("env NOOP={v:?}: expected true, 1, yes, false, 0, no or empty"),
+    }
+}
+
+fn hostname_node() -> Result<Name> {
+    let host = nix::unistd::gethostname().context("cannot read the hostname")?;
+    Name::parse_os(&host, "the hostname (give --node NAME)").map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn precedence_flags_env_dropins_main_default() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("disco.toml");
+        fs::write(&main, "server = \"/main\"\nnode = \"mainnode\"\nstate_dir = \"/s\"\n").unwrap();
+        fs::create_dir(d.path().join("disco.d")).unwrap();
+        fs::write(d.path().join("disco.d/10-a.toml"), "server = \"/a\"\nroot = \"/ra\"\n").unwrap();
+        fs::write(d.path().join("disco.d/20-b.toml"), "root = \"/rb\"\n").unwrap();
+        fs::write(d.path().join("disco.d/30-ignored.conf"), "garbage").unwrap();
+        let flags = Flags {
+            config: Some(main.clone()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, &env(&[("DISCO_NODE", "envnode")])).unwrap();
+        assert_eq!(c.server.value.as_deref(), Some("/a"));
+        assert_eq!(c.server.source, Source::File(d.path().join("disco.d/10-a.toml")));
+        assert_eq!(c.root.value, PathBuf::from("/rb"));
+        assert_eq!(c.state_dir.source, Source::File(main.clone()));
+        assert_eq!(c.node.value.as_str(), "envnode");
+        assert!(!c.noop.value);
+
+        let flags = Flags {
+            config: Some(main),
+            node: Some("flagnode".into()),
+            noop: true,
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, &env(&[("DISCO_NODE", "envnode"), ("NOOP", "false")])).unwrap();
+        assert_eq!(c.node.value.as_str(), "flagnode");
+        assert_eq!(c.noop.source, Source::Flag("--noop"));
+    }
+
+    #[test]
+    fn malformed_file_names_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("disco.toml");
+        fs::write(&main, "server = \"/x\"\n\nnoop = maybe\n").unwrap();
+        let flags = Flags {
+            config: Some(main.clone()),
+            ..Flags::default()
+        };
+        let err = Config::load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:3: ", main.display())), "{err}");
+        fs::write(&main, "sever = \"/x\"\n").unwrap();
+        let err = Config::load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:1: unknown field", main.display())), "{err}");
+    }
+
+    #[test]
+    fn noop_values() {
+        for t in ["true", "1", "yes", "TRUE"] {
+            assert!(parse_noop(t).unwrap());
+        }
+        for f in ["false", "0", "", "no"] {
+            assert!(!parse_noop(f).unwrap());
+        }
+        assert!(parse_noop("maybe").is_err());
+    }
+}

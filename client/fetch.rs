@@ -1,0 +1,212 @@
+//! Stage 3, fetch: brings the node's parameters (with its groups) and the
+//! modules of its plan into `STATE/cache/` (DESIGN §3.3).
+//!
+//! Owns the cache: its layout (the server tree's, restricted to one node,
+//! plus `fetch.json`), its 0700 mode, and its replacement — the new copy is
+//! built in a directory beside the old one and swapped in with one
+//! `renameat2(RENAME_EXCHANGE)`, so any failure leaves the last good cache.
+//! Everything is validated (names, groups, plan, parameter trees) before
+//! the first byte is written. Transports: a local directory path today;
+//! `ssh://` is refused with a clear message until it exists.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::names::Name;
+use crate::output;
+use crate::params;
+use crate::plan::{self, Plan};
+use crate::tree::{NodeSpec, ServerTree};
+
+/// Where a server lives, parsed from `--server` / `DISCO_SERVER` / config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerUri {
+    /// A server tree on a local filesystem (embedded transport).
+    Local(PathBuf),
+}
+
+impl ServerUri {
+    pub fn parse(raw: &str) -> Result<ServerUri> {
+        if let Some((scheme, _)) = raw.split_once("://") {
+            bail!("server '{raw}': the {scheme}:// transport is not available in this version; give a local directory path");
+        }
+        if raw.is_empty() {
+            bail!("server is empty: give a directory path");
+        }
+        Ok(ServerUri::Local(PathBuf::from(raw)))
+    }
+}
+
+/// What `fetch.json` in the cache records about the copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FetchInfo {
+    pub node: String,
+    pub server: String,
+    /// Seconds since the epoch.
+    pub fetched_at: u64,
+    pub modules: Vec<String>,
+}
+
+/// The result of a fetch: the cache and the node/plan read from it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub cache: PathBuf,
+    pub node: NodeSpec,
+    pub plan: Plan,
+}
+
+/// The cache directory inside a state dir.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache")
+}
+
+/// Fetches `node` from `server` into `state_dir/cache`.
+pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path) -> Result<Fetched> {
+    let ServerUri::Local(root) = server;
+    let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
+    let spec = tree.node(node)?;
+    let plan = plan::plan(&tree, &spec)?;
+    // Parse every parameter tree now: a bad key fails the fetch, not a later step.
+    params::merged(&tree, &spec, &plan)?;
+
+    let cache = cache_dir(state_dir);
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    remove_leftovers(state_dir)?;
+    let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
+    let built = build(&tree, &spec, &plan, root, &new);
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&new);
+        return Err(e);
+    }
+    swap_in(&new, &cache)?;
+
+    let tree = ServerTree::open(&cache)?;
+    let node = tree.node(node)?;
+    let plan = plan::plan(&tree, &node)?;
+    Ok(Fetched { cache, node, plan })
+}
+
+/// Removes `.cache.new-*` directories left by an interrupted fetch.
+fn remove_leftovers(state_dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(state_dir).with_context(|| format!("cannot read {}", state_dir.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".cache.new-") {
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(new)
+        .with_context(|| format!("cannot create {}", new.display()))?;
+    fs::set_permissions(new, fs::Permissions::from_mode(0o700))?;
+    for layer in &spec.layers {
+        let src = tree.layer_dir(layer)?.expect("layers were resolved by tree.node");
+        copy_tree(&src, &new.join("parameters").join(layer.as_str()), &format!("parameters/{layer}"))?;
+    }
+    fs::create_dir_all(new.join("modules"))?;
+    for m in &plan.order {
+        let src = tree.module_dir(m)?.expect("planned modules exist");
+        copy_tree(&src, &new.join("modules").join(m.as_str()), &format!("modules/{m}"))?;
+    }
+    fs::create_dir_all(new.join("parameters"))?;
+    let info = FetchInfo {
+        node: spec.name.to_string(),
+        server: server.display().to_string(),
+        fetched_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        modules: plan.order.iter().map(Name::to_string).collect(),
+    };
+    fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
+    // One syncfs makes the whole new cache durable before it is swapped in.
+    let dir = fs::File::open(new)?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).context("syncfs of the new cache")?;
+    Ok(())
+}
+
+/// Atomically replaces `cache` by `new` (or moves it there if there is no cache yet).
+fn swap_in(new: &Path, cache: &Path) -> Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, new, None, cache, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => fs::remove_dir_all(new)
+            .with_context(|| format!("cannot remove the previous cache (now {})", new.display())),
+        Err(nix::errno::Errno::ENOENT) => fs::rename(new, cache)
+            .with_context(|| format!("cannot move the new cache to {}", cache.display())),
+        Err(e) => {
+            let _ = fs::remove_dir_all(new);
+            Err(io::Error::from(e)).with_context(|| format!("cannot swap in the new cache at {}", cache.display()))
+        }
+    }
+}
+
+/// Copies `src` to `dst` (which must not exist): regular files with their
+/// mode, symlinks as symlinks (never followed), directories recursively.
+/// Sockets, FIFOs and devices are skipped with a warning.
+fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
+    let meta = fs::metadata(src).with_context(|| label.to_string())?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .with_context(|| label.to_string())?
+        .collect::<io::Result<_>>()
+        .with_context(|| label.to_string())?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let shown = format!("{label}/{}", name.to_string_lossy());
+        let from = entry.path();
+        let to = dst.join(&name);
+        let ft = entry.file_type().with_context(|| shown.clone())?;
+        if ft.is_symlink() {
+            let target = fs::read_link(&from).with_context(|| shown.clone())?;
+            std::os::unix::fs::symlink(&target, &to).with_context(|| format!("cannot create {}", to.display()))?;
+        } else if ft.is_dir() {
+            copy_tree(&from, &to, &shown)?;
+        } else if ft.is_file() {
+            // fs::copy keeps the permission bits.
+            fs::copy(&from, &to).with_context(|| format!("cannot copy {shown}"))?;
+        } else {
+            output::warning(&format!("{shown}: not a file, directory or symlink; skipped"));
+        }
+    }
+    fs::set_permissions(dst, meta.permissions()).with_context(|| format!("cannot set mode of {}", dst.display()))?;
+    Ok(())
+}
+
+/// Opens the cache of `state_dir` for `node`, checking it was fetched for that node.
+pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
+    let cache = cache_dir(state_dir);
+    let info_path = cache.join("fetch.json");
+    let info: FetchInfo = match fs::read(&info_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged; run `disco plan` to fetch again", info_path.display()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("nothing fetched yet in {}: run `disco plan` first", cache.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", info_path.display())),
+    };
+    if info.node != node.as_str() {
+        bail!(
+            "the cache in {} holds node '{}', not '{node}': run `disco plan --node {node}` first",
+            cache.display(),
+            info.node
+        );
+    }
+    let tree = ServerTree::open(&cache)?;
+    let spec = tree.node(node)?;
+    let plan = plan::plan(&tree, &spec)?;
+    Ok(Fetched { cache, node: spec, plan })
+}

@@ -1,0 +1,16 @@
+//! disco: pull-based configuration management. The library holds every
+//! stage of the pipeline (DESIGN §3); `main.rs` only parses and exits.
+//!
+//! Stages so far: [`config`] → [`fetch`] (local transport) → [`plan`], with
+//! the server-tree model in [`tree`], names in [`names`] and parameters in
+//! [`params`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod fetch;
+pub mod names;
+pub mod output;
+pub mod params;
+pub mod plan;
+pub mod tree;

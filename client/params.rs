@@ -1,0 +1,402 @@
+//! Parameters: plain trees of files (one file per value, directories nest
+//! keys), their layering, and the operations behind `disco param`.
+//!
+//! Owns: parameter keys (`a/b/c`, each component a [`Name`]), loading a tree
+//! from disk, layering (module defaults < groups < node, later layer wins;
+//! a directory in a higher layer merges with a lower directory, anything
+//! else replaces), the `dump` line format, and the atomic `set`/`delete` of
+//! a plain tree. Where the layers come from is [`crate::tree`]'s business.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::names::{quote_bytes, Name};
+use crate::plan::Plan;
+use crate::tree::{NodeSpec, ServerTree};
+
+/// A parameter key: one or more names joined by `/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key(Vec<Name>);
+
+impl Key {
+    /// Parses `a/b/c`. Refuses an empty key, a leading or doubled `/`,
+    /// `.`/`..` and any character outside the naming rule.
+    pub fn parse(raw: &str) -> Result<Key> {
+        if raw.starts_with('/') {
+            bail!("bad key '{raw}': keys are relative (no leading '/')");
+        }
+        let trimmed = raw.strip_suffix('/').unwrap_or(raw);
+        let parts = trimmed
+            .split('/')
+            .map(|c| Name::parse(c, format_args!("key '{raw}'")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Key(parts))
+    }
+
+    pub fn components(&self) -> &[Name] {
+        &self.0
+    }
+
+    /// The key as a relative path.
+    pub fn to_path(&self) -> PathBuf {
+        self.0.iter().map(Name::as_str).collect()
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<&str> = self.0.iter().map(Name::as_str).collect();
+        f.write_str(&parts.join("/"))
+    }
+}
+
+/// A value (the bytes of a file) or a directory of further keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Value(Vec<u8>),
+    Dir(BTreeMap<Name, Param>),
+}
+
+/// A whole parameter tree (its root is always a directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamTree {
+    root: BTreeMap<Name, Param>,
+}
+
+impl ParamTree {
+    /// Loads the tree under `dir` (a missing directory is an empty tree).
+    /// `label` names `dir` in messages, e.g. `parameters/web1/parameters`.
+    /// Symlinks are followed only while they stay inside `dir`.
+    pub fn load(dir: &Path, label: &str) -> Result<ParamTree> {
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ParamTree::default()),
+            Err(e) => return Err(e).with_context(|| label.to_string()),
+            Ok(m) if !m.is_dir() => bail!("{label} should be a directory of parameters"),
+            Ok(_) => {}
+        }
+        let bound = fs::canonicalize(dir).with_context(|| label.to_string())?;
+        Ok(ParamTree {
+            root: load_dir(dir, label, &bound)?,
+        })
+    }
+
+    /// Lays `upper` over this tree: `upper` wins wherever both have a key,
+    /// except that two directories merge.
+    pub fn overlay(&mut self, upper: ParamTree) {
+        merge_into(&mut self.root, upper.root);
+    }
+
+    /// The value or directory at `key`.
+    pub fn get(&self, key: &Key) -> Option<&Param> {
+        let (last, parents) = key.0.split_last()?;
+        let mut dir = &self.root;
+        for c in parents {
+            match dir.get(c)? {
+                Param::Dir(d) => dir = d,
+                Param::Value(_) => return None,
+            }
+        }
+        dir.get(last)
+    }
+
+    /// The entries directly under `key` (the root when `None`).
+    pub fn children(&self, key: Option<&Key>) -> Result<&BTreeMap<Name, Param>> {
+        match key {
+            None => Ok(&self.root),
+            Some(k) => match self.get(k) {
+                Some(Param::Dir(d)) => Ok(d),
+                Some(Param::Value(_)) => bail!("parameter '{k}' is a value, not a directory"),
+                None => bail!("no parameter '{k}'"),
+            },
+        }
+    }
+
+    /// `path = value` lines, sorted, for everything under `key` (or all).
+    /// Directories print as `path = {}`; see [`show_value`] for values.
+    pub fn dump(&self, key: Option<&Key>) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        match key {
+            None => dump_dir(&self.root, "", &mut out),
+            Some(k) => match self.get(k) {
+                None => bail!("no parameter '{k}'"),
+                Some(Param::Value(v)) => out.push(format!("{k} = {}", show_value(v))),
+                Some(Param::Dir(d)) => {
+                    out.push(format!("{k} = {{}}"));
+                    dump_dir(d, &format!("{k}/"), &mut out);
+                }
+            },
+        }
+        Ok(out)
+    }
+
+    /// Writes the tree as files under `dir` (which must not exist yet),
+    /// read-only for everyone but root: directories 0755, values 0644.
+    pub fn write_to(&self, dir: &Path) -> io::Result<()> {
+        write_dir(&self.root, dir)
+    }
+}
+
+fn load_dir(dir: &Path, label: &str, bound: &Path) -> Result<BTreeMap<Name, Param>> {
+    let mut out = BTreeMap::new();
+    let entries = fs::read_dir(dir).with_context(|| label.to_string())?;
+    for entry in entries {
+        let entry = entry.with_context(|| label.to_string())?;
+        let raw = entry.file_name();
+        let shown = format!("{label}/{}", raw.to_string_lossy());
+        let name = Name::parse_os(&raw, &shown)?;
+        let mut path = entry.path();
+        let mut meta = fs::symlink_metadata(&path).with_context(|| shown.clone())?;
+        if meta.file_type().is_symlink() {
+            let target = fs::canonicalize(&path)
+                .with_context(|| format!("{shown}: cannot follow symlink"))?;
+            if !target.starts_with(bound) {
+                bail!("{shown} is a symlink to {}, outside the parameter tree", target.display());
+            }
+            meta = fs::metadata(&target).with_context(|| shown.clone())?;
+            path = target;
+        }
+        let param = if meta.is_dir() {
+            Param::Dir(load_dir(&path, &shown, bound)?)
+        } else if meta.is_file() {
+            Param::Value(fs::read(&path).with_context(|| shown.clone())?)
+        } else {
+            bail!("{shown} is neither a file nor a directory");
+        };
+        out.insert(name, param);
+    }
+    Ok(out)
+}
+
+fn merge_into(lower: &mut BTreeMap<Name, Param>, upper: BTreeMap<Name, Param>) {
+    for (k, v) in upper {
+        match (lower.get_mut(&k), v) {
+            (Some(Param::Dir(l)), Param::Dir(u)) => merge_into(l, u),
+            (_, v) => {
+                lower.insert(k, v);
+            }
+        }
+    }
+}
+
+fn dump_dir(dir: &BTreeMap<Name, Param>, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in dir {
+        match v {
+            Param::Value(bytes) => out.push(format!("{prefix}{k} = {}", show_value(bytes))),
+            Param::Dir(d) => {
+                out.push(format!("{prefix}{k} = {{}}"));
+                dump_dir(d, &format!("{prefix}{k}/"), out);
+            }
+        }
+    }
+}
+
+/// A value on one line: one trailing newline dropped; backslash, newlines,
+/// other control characters and non-UTF-8 bytes escaped (`\\`, `\n`, `\xff`).
+pub fn show_value(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let quoted = quote_bytes(bytes);
+    // quote_bytes wraps in quotes and escapes `'`; dump shows values bare.
+    quoted[1..quoted.len() - 1].replace("\\'", "'")
+}
+
+fn write_dir(dir: &BTreeMap<Name, Param>, path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o755).create(path)?;
+    for (k, v) in dir {
+        let p = path.join(k.as_str());
+        match v {
+            Param::Dir(d) => write_dir(d, &p)?,
+            Param::Value(bytes) => {
+                fs::write(&p, bytes)?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o644))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The merged parameters of `node`: the defaults of each planned module in
+/// plan order, then each of the node's layers (groups, then the node).
+pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTree> {
+    let mut params = ParamTree::default();
+    for m in &plan.order {
+        if let Some(dir) = tree.module_dir(m)? {
+            params.overlay(ParamTree::load(
+                &dir.join("parameters"),
+                &format!("modules/{m}/parameters"),
+            )?);
+        }
+    }
+    for layer in &node.layers {
+        if let Some(dir) = tree.layer_dir(layer)? {
+            params.overlay(ParamTree::load(
+                &dir.join("parameters"),
+                &format!("parameters/{layer}/parameters"),
+            )?);
+        }
+    }
+    Ok(params)
+}
+
+/// What `set` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewValue {
+    Value(Vec<u8>),
+    /// `set KEY {}`: an (empty) directory.
+    Dir,
+}
+
+/// Sets `key` in the plain tree at `root`, creating parent directories. A
+/// value is written to a temporary file beside the target and renamed over
+/// it, so readers see the old or the new value, never half of one.
+pub fn tree_set(root: &Path, key: &Key, value: &NewValue) -> Result<()> {
+    let target = checked_target(root, key)?;
+    let parent = target.parent().expect("a key has at least one component");
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let existing = fs::symlink_metadata(&target).ok();
+    match value {
+        NewValue::Dir => match existing {
+            Some(m) if m.is_dir() => Ok(()),
+            Some(_) => bail!("parameter '{key}' is a value; delete it first to make a directory"),
+            None => fs::create_dir(&target)
+                .with_context(|| format!("cannot create {}", target.display())),
+        },
+        NewValue::Value(bytes) => {
+            if existing.is_some_and(|m| m.is_dir()) {
+                bail!("parameter '{key}' is a directory; delete it with -r first to set a value");
+            }
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".disco-set-")
+                .tempfile_in(parent)
+                .with_context(|| format!("cannot write in {}", parent.display()))?;
+            tmp.write_all(bytes)
+                .and_then(|_| tmp.as_file().sync_all())
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))?;
+            tmp.persist(&target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Deletes `key` from the plain tree at `root`; a directory needs `recursive`.
+pub fn tree_delete(root: &Path, key: &Key, recursive: bool) -> Result<()> {
+    let target = checked_target(root, key)?;
+    let meta = match fs::symlink_metadata(&target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("no parameter '{key}'"),
+        Err(e) => return Err(e).with_context(|| target.display().to_string()),
+    };
+    if meta.is_dir() {
+        if !recursive {
+            bail!("parameter '{key}' is a directory; use delete -r to remove it and everything under it");
+        }
+        fs::remove_dir_all(&target)
+    } else {
+        fs::remove_file(&target)
+    }
+    .with_context(|| format!("cannot delete {}", target.display()))
+}
+
+/// `root/key`, after checking that `root` is a directory and no parent of
+/// the key is a symlink (which could lead the write outside the tree).
+fn checked_target(root: &Path, key: &Key) -> Result<PathBuf> {
+    if !fs::metadata(root).map(|m| m.is_dir()).unwrap_or(false) {
+        bail!("parameter tree {} is not a directory", root.display());
+    }
+    let mut p = root.to_path_buf();
+    for c in key.components() {
+        p.push(c.as_str());
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!("{} is a symlink; refusing to write through it", p.display());
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Key {
+        Key::parse(s).unwrap()
+    }
+
+    fn tree(files: &[(&str, &str)]) -> (tempfile::TempDir, ParamTree) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, v) in files {
+            let path = d.path().join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            if *v == "{}" {
+                fs::create_dir_all(&path).unwrap();
+            } else {
+                fs::write(&path, v).unwrap();
+            }
+        }
+        let t = ParamTree::load(d.path(), "t").unwrap();
+        (d, t)
+    }
+
+    #[test]
+    fn keys_refuse_escapes_and_bad_characters() {
+        for bad in ["", "/etc", "..", "a/../b", "a//b", "a b", "a\\b", "./a"] {
+            assert!(Key::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(k("a/b.c/d_e-f").to_string(), "a/b.c/d_e-f");
+        assert_eq!(k("a/").to_string(), "a");
+    }
+
+    #[test]
+    fn layering_later_wins_and_directories_merge() {
+        let (_a, mut module) = tree(&[("port", "80\n"), ("users/alice", "1\n"), ("tls", "{}")]);
+        let (_b, group) = tree(&[("port", "8080\n"), ("users/bob", "2\n")]);
+        let (_c, node) = tree(&[("users/alice", "9\n"), ("tls", "off\n")]);
+        module.overlay(group);
+        module.overlay(node);
+        assert_eq!(
+            module.dump(None).unwrap(),
+            [
+                "port = 8080",
+                "tls = off",
+                "users = {}",
+                "users/alice = 9",
+                "users/bob = 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn dump_escapes_so_each_value_is_one_line() {
+        assert_eq!(show_value(b"a\nb\n"), "a\\nb");
+        assert_eq!(show_value(b"x\xff\\"), "x\\xff\\\\");
+        assert_eq!(show_value(b"it's"), "it's");
+    }
+
+    #[test]
+    fn get_and_children() {
+        let (_d, t) = tree(&[("a/b", "v"), ("c", "w")]);
+        assert_eq!(t.get(&k("a/b")), Some(&Param::Value(b"v".to_vec())));
+        assert_eq!(t.get(&k("c/x")), None);
+        assert_eq!(t.children(Some(&k("a"))).unwrap().len(), 1);
+        assert!(t.children(Some(&k("c"))).is_err());
+    }
+
+    #[test]
+    fn set_and_delete_on_a_plain_tree() {
+        let d = tempfile::tempdir().unwrap();
+        tree_set(d.path(), &k("x/y"), &NewValue::Value(b"1\n".to_vec())).unwrap();
+        tree_set(d.path(), &k("z"), &NewValue::Dir).unwrap();
+        assert_eq!(fs::read(d.path().join("x/y")).unwrap(), b"1\n");
+        assert!(tree_set(d.path(), &k("x"), &NewValue::Value(b"2".to_vec())).is_err());
+        assert!(tree_delete(d.path(), &k("x"), false).is_err());
+        tree_delete(d.path(), &k("x"), true).unwrap();
+        assert!(tree_delete(d.path(), &k("x"), true).is_err());
+        assert!(d.path().join("z").is_dir());
+    }
+}

@@ -1,0 +1,3 @@
+#!/bin/bash
+# Scripts run with bash inside the sandbox, in lexical order.
+echo "Hello, disco"

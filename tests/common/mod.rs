@@ -1,0 +1,150 @@
+//! Fixture builders shared by the integration tests: a server tree made by
+//! the test, an isolated state dir and config, and the real `disco` binary.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+/// A throwaway server tree plus a state dir and an empty config file.
+pub struct Fixture {
+    pub dir: TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        fs::create_dir_all(f.server().join("parameters")).unwrap();
+        fs::create_dir_all(f.server().join("modules")).unwrap();
+        fs::create_dir_all(f.etc()).unwrap();
+        fs::write(f.config(), "").unwrap();
+        f
+    }
+
+    pub fn server(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.etc().join("disco.toml")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.state().join("cache")
+    }
+
+    /// `parameters/NODE` listing `modules`.
+    pub fn node(&self, node: &str, modules: &[&str]) -> &Self {
+        let dir = self.server().join("parameters").join(node);
+        fs::create_dir_all(dir.join("modules")).unwrap();
+        for m in modules {
+            fs::write(dir.join("modules").join(m), "").unwrap();
+        }
+        self
+    }
+
+    /// `parameters/NODE/groups/GROUP`.
+    pub fn group(&self, node: &str, group: &str) -> &Self {
+        let dir = self.server().join("parameters").join(node).join("groups");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(group), "").unwrap();
+        self
+    }
+
+    /// `modules/NAME` with a `requires` file holding `requires`.
+    pub fn module(&self, name: &str, requires: &str) -> &Self {
+        let dir = self.server().join("modules").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("requires"), requires).unwrap();
+        self
+    }
+
+    /// Any file under the server tree, parents created.
+    pub fn file(&self, rel: &str, content: &str) -> &Self {
+        let p = self.server().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+        self
+    }
+
+    /// Same as [`Fixture::file`], with a mode.
+    pub fn file_mode(&self, rel: &str, content: &str, mode: u32) -> &Self {
+        self.file(rel, content);
+        fs::set_permissions(self.server().join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
+    /// `disco` with this fixture's config, state dir and server; the
+    /// environment cleared of anything that could change its settings.
+    pub fn disco(&self) -> Command {
+        let mut c = Command::cargo_bin("disco").unwrap();
+        c.env_remove("NOOP")
+            .env_remove("DISCO_SERVER")
+            .env_remove("DISCO_NODE")
+            .env("NO_COLOR", "1")
+            .arg("--config")
+            .arg(self.config())
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--server")
+            .arg(self.server());
+        c
+    }
+
+    /// `disco plan --node NODE`, returning (exit code, stdout, stderr).
+    pub fn plan(&self, node: &str) -> (i32, String, String) {
+        run(self.disco().args(["--node", node, "plan"]))
+    }
+}
+
+/// Runs `cmd`, returning (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failure: exit 1, nothing on stdout, exactly one stderr line,
+/// equal to `expected`.
+pub fn assert_error(result: (i32, String, String), expected: &str) {
+    let (code, out, err) = result;
+    assert_eq!(code, 1, "exit code; stderr: {err}");
+    assert_eq!(out, "", "stdout must be empty on error");
+    assert_eq!(err, format!("{expected}\n"), "stderr");
+}
+
+/// Every path below `root` with its type, mode and content (or link target),
+/// for comparing trees byte for byte.
+pub fn snapshot(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/ {mode:o}"));
+                walk(root, &p, out);
+            } else {
+                out.push(format!("{rel} {mode:o} {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
