@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 /// flags, then env (NOOP, DISCO_SERVER, DISCO_NODE), then
 /// /etc/disco/disco.d/*.toml, then /etc/disco/disco.toml.
 #[derive(Debug, Parser)]
-#[command(name = "disco", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "disco",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -50,7 +50,10 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
             ParamTree::load(dir, &dir.display().to_string())?
         }
         None => {
-            if matches!(args.action, ParamAction::Set { .. } | ParamAction::Delete { .. }) {
+            if matches!(
+                args.action,
+                ParamAction::Set { .. } | ParamAction::Delete { .. }
+            ) {
                 bail!("set and delete change a plain tree: give --tree DIR (the fetched parameters are read-only)");
             }
             let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
@@ -64,9 +67,13 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
             match tree.get(&key) {
                 Some(Param::Value(v)) => {
                     let mut out = io::stdout().lock();
-                    out.write_all(v).and_then(|_| out.flush()).context("cannot write to stdout")?;
+                    out.write_all(v)
+                        .and_then(|_| out.flush())
+                        .context("cannot write to stdout")?;
                 }
-                Some(Param::Dir(_)) => bail!("parameter '{key}' is a directory: use `disco param keys {key}`"),
+                Some(Param::Dir(_)) => {
+                    bail!("parameter '{key}' is a directory: use `disco param keys {key}`")
+                }
                 None => bail!("no parameter '{key}'"),
             }
         }
@@ -86,7 +93,9 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
                 Some(v) => NewValue::Value(format!("{v}\n").into_bytes()),
                 None => {
                     let mut buf = Vec::new();
-                    io::stdin().read_to_end(&mut buf).context("cannot read the value from stdin")?;
+                    io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read the value from stdin")?;
                     NewValue::Value(buf)
                 }
             };

@@ -116,7 +116,9 @@ impl Config {
         match fs::read_to_string(&main) {
             Ok(text) => c.apply_file(&main, &text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read config {}", main.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read config {}", main.display()))
+            }
         }
         for dropin in dropins(&main)? {
             let text = fs::read_to_string(&dropin)
@@ -128,7 +130,8 @@ impl Config {
             c.server.set(Some(v.clone()), Source::Env("DISCO_SERVER"));
         }
         if let Some(v) = env.get("DISCO_NODE").filter(|v| !v.is_empty()) {
-            c.node.set(Name::parse(v, "env DISCO_NODE")?, Source::Env("DISCO_NODE"));
+            c.node
+                .set(Name::parse(v, "env DISCO_NODE")?, Source::Env("DISCO_NODE"));
         }
         if let Some(v) = env.get("NOOP") {
             c.noop.set(parse_noop(v)?, Source::Env("NOOP"));
@@ -138,7 +141,8 @@ impl Config {
             c.server.set(Some(v.clone()), Source::Flag("--server"));
         }
         if let Some(v) = &flags.node {
-            c.node.set(Name::parse(v, "--node")?, Source::Flag("--node"));
+            c.node
+                .set(Name::parse(v, "--node")?, Source::Flag("--node"));
         }
         if let Some(v) = &flags.root {
             c.root.set(v.clone(), Source::Flag("--root"));
@@ -201,7 +205,11 @@ impl Config {
             },
             line("node", s(self.node.value.as_str()), &self.node.source),
             line("root", p(&self.root.value), &self.root.source),
-            line("state_dir", p(&self.state_dir.value), &self.state_dir.source),
+            line(
+                "state_dir",
+                p(&self.state_dir.value),
+                &self.state_dir.source,
+            ),
             line("noop", self.noop.value.to_string(), &self.noop.source),
         ]
     }
@@ -217,7 +225,9 @@ fn dropins(main: &Path) -> Result<Vec<PathBuf>> {
     };
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
         if path.extension().is_some_and(|e| e == "toml") {
             out.push(path);
         }
@@ -245,16 +255,27 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn precedence_flags_env_dropins_main_default() {
         let d = tempfile::tempdir().unwrap();
         let main = d.path().join("disco.toml");
-        fs::write(&main, "server = \"/main\"\nnode = \"mainnode\"\nstate_dir = \"/s\"\n").unwrap();
+        fs::write(
+            &main,
+            "server = \"/main\"\nnode = \"mainnode\"\nstate_dir = \"/s\"\n",
+        )
+        .unwrap();
         fs::create_dir(d.path().join("disco.d")).unwrap();
-        fs::write(d.path().join("disco.d/10-a.toml"), "server = \"/a\"\nroot = \"/ra\"\n").unwrap();
+        fs::write(
+            d.path().join("disco.d/10-a.toml"),
+            "server = \"/a\"\nroot = \"/ra\"\n",
+        )
+        .unwrap();
         fs::write(d.path().join("disco.d/20-b.toml"), "root = \"/rb\"\n").unwrap();
         fs::write(d.path().join("disco.d/30-ignored.conf"), "garbage").unwrap();
         let flags = Flags {
@@ -263,7 +284,10 @@ mod tests {
         };
         let c = Config::load(&flags, &env(&[("DISCO_NODE", "envnode")])).unwrap();
         assert_eq!(c.server.value.as_deref(), Some("/a"));
-        assert_eq!(c.server.source, Source::File(d.path().join("disco.d/10-a.toml")));
+        assert_eq!(
+            c.server.source,
+            Source::File(d.path().join("disco.d/10-a.toml"))
+        );
         assert_eq!(c.root.value, PathBuf::from("/rb"));
         assert_eq!(c.state_dir.source, Source::File(main.clone()));
         assert_eq!(c.node.value.as_str(), "envnode");
@@ -275,7 +299,11 @@ mod tests {
             noop: true,
             ..Flags::default()
         };
-        let c = Config::load(&flags, &env(&[("DISCO_NODE", "envnode"), ("NOOP", "false")])).unwrap();
+        let c = Config::load(
+            &flags,
+            &env(&[("DISCO_NODE", "envnode"), ("NOOP", "false")]),
+        )
+        .unwrap();
         assert_eq!(c.node.value.as_str(), "flagnode");
         assert_eq!(c.noop.source, Source::Flag("--noop"));
     }
@@ -293,7 +321,10 @@ mod tests {
         assert!(err.starts_with(&format!("{}:3: ", main.display())), "{err}");
         fs::write(&main, "sever = \"/x\"\n").unwrap();
         let err = Config::load(&flags, &env(&[])).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{}:1: unknown field", main.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:1: unknown field", main.display())),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::Name;
 use crate::output;
 use crate::params;
-use crate::plan::{self, Plan};
+use crate::plan::{self, Plan, Scope};
 use crate::tree::{NodeSpec, ServerTree};
 
 /// Where a server lives, parsed from `--server` / `DISCO_SERVER` / config.
@@ -71,7 +71,7 @@ pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path) -> Result<Fetche
     let ServerUri::Local(root) = server;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
-    let plan = plan::plan(&tree, &spec)?;
+    let plan = plan::plan(&tree, &spec, Scope::Server)?;
     // Parse every parameter tree now: a bad key fails the fetch, not a later step.
     params::merged(&tree, &spec, &plan)?;
 
@@ -86,18 +86,25 @@ pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path) -> Result<Fetche
         return Err(e);
     }
     swap_in(&new, &cache)?;
-
-    let tree = ServerTree::open(&cache)?;
-    let node = tree.node(node)?;
-    let plan = plan::plan(&tree, &node)?;
-    Ok(Fetched { cache, node, plan })
+    // The cache is a copy of what was just planned: the plan stands.
+    Ok(Fetched {
+        cache,
+        node: spec,
+        plan,
+    })
 }
 
 /// Removes `.cache.new-*` directories left by an interrupted fetch.
 fn remove_leftovers(state_dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(state_dir).with_context(|| format!("cannot read {}", state_dir.display()))? {
+    for entry in
+        fs::read_dir(state_dir).with_context(|| format!("cannot read {}", state_dir.display()))?
+    {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(".cache.new-") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".cache.new-")
+        {
             fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
         }
@@ -112,25 +119,39 @@ fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &P
         .with_context(|| format!("cannot create {}", new.display()))?;
     fs::set_permissions(new, fs::Permissions::from_mode(0o700))?;
     for layer in &spec.layers {
-        let src = tree.layer_dir(layer)?.expect("layers were resolved by tree.node");
-        copy_tree(&src, &new.join("parameters").join(layer.as_str()), &format!("parameters/{layer}"))?;
+        let src = tree
+            .layer_dir(layer)?
+            .expect("layers were resolved by tree.node");
+        copy_tree(
+            &src,
+            &new.join("parameters").join(layer.as_str()),
+            &format!("parameters/{layer}"),
+        )?;
     }
     fs::create_dir_all(new.join("modules"))?;
     for m in &plan.order {
         let src = tree.module_dir(m)?.expect("planned modules exist");
-        copy_tree(&src, &new.join("modules").join(m.as_str()), &format!("modules/{m}"))?;
+        copy_tree(
+            &src,
+            &new.join("modules").join(m.as_str()),
+            &format!("modules/{m}"),
+        )?;
     }
     fs::create_dir_all(new.join("parameters"))?;
     let info = FetchInfo {
         node: spec.name.to_string(),
         server: server.display().to_string(),
-        fetched_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        fetched_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         modules: plan.order.iter().map(Name::to_string).collect(),
     };
     fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
     // One syncfs makes the whole new cache durable before it is swapped in.
     let dir = fs::File::open(new)?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).context("syncfs of the new cache")?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
+        .context("syncfs of the new cache")?;
     Ok(())
 }
 
@@ -144,7 +165,8 @@ fn swap_in(new: &Path, cache: &Path) -> Result<()> {
             .with_context(|| format!("cannot move the new cache to {}", cache.display())),
         Err(e) => {
             let _ = fs::remove_dir_all(new);
-            Err(io::Error::from(e)).with_context(|| format!("cannot swap in the new cache at {}", cache.display()))
+            Err(io::Error::from(e))
+                .with_context(|| format!("cannot swap in the new cache at {}", cache.display()))
         }
     }
 }
@@ -172,17 +194,21 @@ fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
         let ft = entry.file_type().with_context(|| shown.clone())?;
         if ft.is_symlink() {
             let target = fs::read_link(&from).with_context(|| shown.clone())?;
-            std::os::unix::fs::symlink(&target, &to).with_context(|| format!("cannot create {}", to.display()))?;
+            std::os::unix::fs::symlink(&target, &to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
         } else if ft.is_dir() {
             copy_tree(&from, &to, &shown)?;
         } else if ft.is_file() {
             // fs::copy keeps the permission bits.
             fs::copy(&from, &to).with_context(|| format!("cannot copy {shown}"))?;
         } else {
-            output::warning(&format!("{shown}: not a file, directory or symlink; skipped"));
+            output::warning(&format!(
+                "{shown}: not a file, directory or symlink; skipped"
+            ));
         }
     }
-    fs::set_permissions(dst, meta.permissions()).with_context(|| format!("cannot set mode of {}", dst.display()))?;
+    fs::set_permissions(dst, meta.permissions())
+        .with_context(|| format!("cannot set mode of {}", dst.display()))?;
     Ok(())
 }
 
@@ -191,10 +217,17 @@ pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
     let cache = cache_dir(state_dir);
     let info_path = cache.join("fetch.json");
     let info: FetchInfo = match fs::read(&info_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is damaged; run `disco plan` to fetch again", info_path.display()))?,
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged; run `disco plan` to fetch again",
+                info_path.display()
+            )
+        })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            bail!("nothing fetched yet in {}: run `disco plan` first", cache.display())
+            bail!(
+                "nothing fetched yet in {}: run `disco plan` first",
+                cache.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", info_path.display())),
     };
@@ -207,6 +240,10 @@ pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
     }
     let tree = ServerTree::open(&cache)?;
     let spec = tree.node(node)?;
-    let plan = plan::plan(&tree, &spec)?;
-    Ok(Fetched { cache, node: spec, plan })
+    let plan = plan::plan(&tree, &spec, Scope::Cache)?;
+    Ok(Fetched {
+        cache,
+        node: spec,
+        plan,
+    })
 }

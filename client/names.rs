@@ -106,7 +106,14 @@ mod tests {
 
     #[test]
     fn accepts_the_rule() {
-        for ok in ["a", "testmodule-1.0", "web1.example.com", "A_b-9", "...", ".hidden"] {
+        for ok in [
+            "a",
+            "testmodule-1.0",
+            "web1.example.com",
+            "A_b-9",
+            "...",
+            ".hidden",
+        ] {
             assert!(Name::parse(ok, "t").is_ok(), "{ok}");
         }
     }

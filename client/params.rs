@@ -80,9 +80,8 @@ impl ParamTree {
             Ok(m) if !m.is_dir() => bail!("{label} should be a directory of parameters"),
             Ok(_) => {}
         }
-        let bound = fs::canonicalize(dir).with_context(|| label.to_string())?;
         Ok(ParamTree {
-            root: load_dir(dir, label, &bound)?,
+            root: load_dir(dir, label, dir)?,
         })
     }
 
@@ -142,7 +141,8 @@ impl ParamTree {
     }
 }
 
-fn load_dir(dir: &Path, label: &str, bound: &Path) -> Result<BTreeMap<Name, Param>> {
+/// Loads one directory; `top` is the tree's root, the bound for symlinks.
+fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>> {
     let mut out = BTreeMap::new();
     let entries = fs::read_dir(dir).with_context(|| label.to_string())?;
     for entry in entries {
@@ -155,14 +155,18 @@ fn load_dir(dir: &Path, label: &str, bound: &Path) -> Result<BTreeMap<Name, Para
         if meta.file_type().is_symlink() {
             let target = fs::canonicalize(&path)
                 .with_context(|| format!("{shown}: cannot follow symlink"))?;
-            if !target.starts_with(bound) {
-                bail!("{shown} is a symlink to {}, outside the parameter tree", target.display());
+            let bound = fs::canonicalize(top).with_context(|| label.to_string())?;
+            if !target.starts_with(&bound) {
+                bail!(
+                    "{shown} is a symlink to {}, outside the parameter tree",
+                    target.display()
+                );
             }
             meta = fs::metadata(&target).with_context(|| shown.clone())?;
             path = target;
         }
         let param = if meta.is_dir() {
-            Param::Dir(load_dir(&path, &shown, bound)?)
+            Param::Dir(load_dir(&path, &shown, top)?)
         } else if meta.is_file() {
             Param::Value(fs::read(&path).with_context(|| shown.clone())?)
         } else {

@@ -35,8 +35,18 @@ pub struct Plan {
     pub order: Vec<Name>,
 }
 
+/// What kind of tree a plan is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A whole server tree: every module named by `after` must exist.
+    Server,
+    /// A fetched cache, which holds only the planned modules: an `after`
+    /// target that is absent was checked on the server and is not planned.
+    Cache,
+}
+
 /// Builds the plan of `node` from the modules in `tree`.
-pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
+pub fn plan(tree: &ServerTree, node: &NodeSpec, scope: Scope) -> Result<Plan, PlanError> {
     let mut graph: DiGraph<Name, Direction> = DiGraph::new();
     let mut index: BTreeMap<Name, NodeIndex> = BTreeMap::new();
     let mut queue: VecDeque<Name> = VecDeque::new();
@@ -57,7 +67,8 @@ pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
     let mut afters: Vec<(Name, Name)> = Vec::new();
     while let Some(m) = queue.pop_front() {
         for req in tree.requires(&m)? {
-            if tree.module_dir(&req.module)?.is_none() {
+            let checked = scope == Scope::Server || req.direction == Direction::Before;
+            if checked && tree.module_dir(&req.module)?.is_none() {
                 return Err(TreeError::ModuleMissing {
                     name: req.module.clone(),
                     why: format!("{}, in modules/{m}/requires", req.direction.as_str()),
@@ -126,7 +137,10 @@ fn find_cycle(graph: &DiGraph<Name, Direction>) -> Vec<Name> {
         .min_by(|a, b| min_name(graph, a).cmp(min_name(graph, b)))
         .expect("a graph that failed to sort has a cycle");
     let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
-    let start = *scc.iter().min_by_key(|&&n| &graph[n]).expect("non-empty SCC");
+    let start = *scc
+        .iter()
+        .min_by_key(|&&n| &graph[n])
+        .expect("non-empty SCC");
 
     // Breadth-first from `start` inside the component until an edge returns to it.
     let mut parent: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
@@ -202,8 +216,12 @@ mod tests {
     #[test]
     fn chain_runs_dependencies_first() {
         let d = tempfile::tempdir().unwrap();
-        let (t, n) = tree(d.path(), &["a", "b", "c"], &[("a", "after b"), ("b", "after c"), ("c", "")]);
-        assert_eq!(order(plan(&t, &n).unwrap()), ["c", "b", "a"]);
+        let (t, n) = tree(
+            d.path(),
+            &["a", "b", "c"],
+            &[("a", "after b"), ("b", "after c"), ("c", "")],
+        );
+        assert_eq!(order(plan(&t, &n, Scope::Server).unwrap()), ["c", "b", "a"]);
     }
 
     #[test]
@@ -212,9 +230,17 @@ mod tests {
         let (t, n) = tree(
             d.path(),
             &["z", "y", "x", "top"],
-            &[("top", "after z\nafter x\nafter y"), ("x", ""), ("y", ""), ("z", "")],
+            &[
+                ("top", "after z\nafter x\nafter y"),
+                ("x", ""),
+                ("y", ""),
+                ("z", ""),
+            ],
         );
-        assert_eq!(order(plan(&t, &n).unwrap()), ["x", "y", "z", "top"]);
+        assert_eq!(
+            order(plan(&t, &n, Scope::Server).unwrap()),
+            ["x", "y", "z", "top"]
+        );
     }
 
     #[test]
@@ -223,24 +249,37 @@ mod tests {
         let (t, n) = tree(
             d.path(),
             &["a"],
-            &[("a", "before b\nafter c"), ("b", "before d"), ("c", ""), ("d", "")],
+            &[
+                ("a", "before b\nafter c"),
+                ("b", "before d"),
+                ("c", ""),
+                ("d", ""),
+            ],
         );
-        assert_eq!(order(plan(&t, &n).unwrap()), ["a", "b", "d"]);
+        assert_eq!(order(plan(&t, &n, Scope::Server).unwrap()), ["a", "b", "d"]);
     }
 
     #[test]
     fn after_cycle_prints_as_written() {
         let d = tempfile::tempdir().unwrap();
-        let (t, n) = tree(d.path(), &["a", "b", "c"], &[("a", "after b"), ("b", "after c"), ("c", "after a")]);
-        let err = plan(&t, &n).unwrap_err();
+        let (t, n) = tree(
+            d.path(),
+            &["a", "b", "c"],
+            &[("a", "after b"), ("b", "after c"), ("c", "after a")],
+        );
+        let err = plan(&t, &n, Scope::Server).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: a -> b -> c -> a");
     }
 
     #[test]
     fn before_cycle_prints_as_written() {
         let d = tempfile::tempdir().unwrap();
-        let (t, n) = tree(d.path(), &["a"], &[("a", "before b"), ("b", "before c"), ("c", "before a")]);
-        let err = plan(&t, &n).unwrap_err();
+        let (t, n) = tree(
+            d.path(),
+            &["a"],
+            &[("a", "before b"), ("b", "before c"), ("c", "before a")],
+        );
+        let err = plan(&t, &n, Scope::Server).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: a -> b -> c -> a");
     }
 
@@ -252,7 +291,7 @@ mod tests {
             &["ok", "p", "q"],
             &[("ok", ""), ("p", "after q\nafter ok"), ("q", "after p")],
         );
-        let err = plan(&t, &n).unwrap_err();
+        let err = plan(&t, &n, Scope::Server).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: p -> q -> p");
     }
 
@@ -260,7 +299,10 @@ mod tests {
     fn self_requirement_is_a_cycle() {
         let d = tempfile::tempdir().unwrap();
         let (t, n) = tree(d.path(), &["a"], &[("a", "after a")]);
-        assert_eq!(plan(&t, &n).unwrap_err().to_string(), "module cycle: a -> a");
+        assert_eq!(
+            plan(&t, &n, Scope::Server).unwrap_err().to_string(),
+            "module cycle: a -> a"
+        );
     }
 
     #[test]
@@ -268,7 +310,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (t, n) = tree(d.path(), &["y"], &[("y", "\nafter x")]);
         assert_eq!(
-            plan(&t, &n).unwrap_err().to_string(),
+            plan(&t, &n, Scope::Server).unwrap_err().to_string(),
             "module 'x' (after, in modules/y/requires) is not on the server"
         );
     }

@@ -9,7 +9,8 @@
 //! nor read parameter values (see [`crate::params`]). The same code reads a
 //! server tree and the client's cache, which has the same layout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,10 @@ pub enum TreeError {
     #[error("{path} is a symlink to {target}, outside the server tree; refusing to follow it")]
     Escapes { path: String, target: String },
     #[error("{path} should be a {expected}")]
-    WrongType { path: String, expected: &'static str },
+    WrongType {
+        path: String,
+        expected: &'static str,
+    },
     #[error(transparent)]
     BadName(#[from] NameError),
     #[error("{path}: {source}")]
@@ -93,6 +97,8 @@ pub struct ServerTree {
     root: PathBuf,
     /// Canonical directories a symlinked node or module may point into.
     inside: Vec<PathBuf>,
+    /// Directories already resolved (planning asks for the same module many times).
+    resolved: RefCell<HashMap<String, Option<PathBuf>>>,
 }
 
 impl ServerTree {
@@ -111,7 +117,11 @@ impl ServerTree {
             });
         }
         let mut inside = Vec::new();
-        for p in [root.to_path_buf(), root.join("parameters"), root.join("modules")] {
+        for p in [
+            root.to_path_buf(),
+            root.join("parameters"),
+            root.join("modules"),
+        ] {
             if let Ok(c) = fs::canonicalize(&p) {
                 inside.push(c);
             }
@@ -119,6 +129,7 @@ impl ServerTree {
         Ok(ServerTree {
             root: root.to_path_buf(),
             inside,
+            resolved: RefCell::default(),
         })
     }
 
@@ -130,6 +141,17 @@ impl ServerTree {
     /// directory, following a symlink only while it stays inside the tree.
     /// `Ok(None)` when nothing is there.
     pub fn resolve_dir(&self, rel: &str) -> Result<Option<PathBuf>, TreeError> {
+        if let Some(known) = self.resolved.borrow().get(rel) {
+            return Ok(known.clone());
+        }
+        let found = self.resolve_dir_uncached(rel)?;
+        self.resolved
+            .borrow_mut()
+            .insert(rel.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn resolve_dir_uncached(&self, rel: &str) -> Result<Option<PathBuf>, TreeError> {
         let path = self.root.join(rel);
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -141,7 +163,16 @@ impl ServerTree {
                 })
             }
         };
-        let real = if meta.file_type().is_symlink() {
+        if !meta.file_type().is_symlink() {
+            if !meta.is_dir() {
+                return Err(TreeError::WrongType {
+                    path: rel.to_string(),
+                    expected: "directory",
+                });
+            }
+            return Ok(Some(path));
+        }
+        let real = {
             let target = match fs::canonicalize(&path) {
                 Ok(t) => t,
                 // A dangling symlink: nothing usable is there.
@@ -160,8 +191,6 @@ impl ServerTree {
                 });
             }
             target
-        } else {
-            path
         };
         if !fs::metadata(&real).map(|m| m.is_dir()).unwrap_or(false) {
             return Err(TreeError::WrongType {
@@ -243,9 +272,10 @@ impl ServerTree {
             let raw = entry.file_name();
             let shown = format!("{rel}/{}", raw.to_string_lossy());
             let name = Name::parse_os(&raw, &shown)?;
-            let kind = entry
-                .file_type()
-                .map_err(|source| TreeError::Io { path: shown, source })?;
+            let kind = entry.file_type().map_err(|source| TreeError::Io {
+                path: shown,
+                source,
+            })?;
             out.push((name, kind));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -296,7 +326,10 @@ pub fn parse_requires(bytes: &[u8], rel: &str) -> Result<Vec<Require>, TreeError
             Some(p) => &line[..p],
             None => line,
         };
-        let words: Vec<&[u8]> = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&[u8]> = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
         let direction = match words.as_slice() {
             [] => continue,
             [b"after", _] => Direction::After,
@@ -336,8 +369,16 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                Require { direction: Direction::After, module: n("a"), line: 3 },
-                Require { direction: Direction::Before, module: n("b"), line: 4 },
+                Require {
+                    direction: Direction::After,
+                    module: n("a"),
+                    line: 3
+                },
+                Require {
+                    direction: Direction::Before,
+                    module: n("b"),
+                    line: 4
+                },
             ]
         );
     }
@@ -345,9 +386,15 @@ mod tests {
     #[test]
     fn requires_unknown_directive_names_file_and_line() {
         let err = parse_requires(b"after a\n\nneeds b\n", "modules/y/requires").unwrap_err();
-        assert_eq!(err.to_string(), "modules/y/requires:3: expected 'after NAME' or 'before NAME'");
+        assert_eq!(
+            err.to_string(),
+            "modules/y/requires:3: expected 'after NAME' or 'before NAME'"
+        );
         let err = parse_requires(b"after a b\n", "modules/y/requires").unwrap_err();
-        assert_eq!(err.to_string(), "modules/y/requires:1: expected 'after NAME' or 'before NAME'");
+        assert_eq!(
+            err.to_string(),
+            "modules/y/requires:1: expected 'after NAME' or 'before NAME'"
+        );
         let err = parse_requires(b"after\n", "modules/y/requires").unwrap_err();
         assert!(matches!(err, TreeError::BadDirective { line: 1, .. }));
     }

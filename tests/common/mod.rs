@@ -16,7 +16,9 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
         fs::create_dir_all(f.server().join("parameters")).unwrap();
         fs::create_dir_all(f.server().join("modules")).unwrap();
         fs::create_dir_all(f.etc()).unwrap();
@@ -84,6 +86,13 @@ impl Fixture {
     /// `disco` with this fixture's config, state dir and server; the
     /// environment cleared of anything that could change its settings.
     pub fn disco(&self) -> Command {
+        let mut c = self.disco_without_server();
+        c.arg("--server").arg(self.server());
+        c
+    }
+
+    /// [`Fixture::disco`] without `--server`.
+    pub fn disco_without_server(&self) -> Command {
         let mut c = Command::cargo_bin("disco").unwrap();
         c.env_remove("NOOP")
             .env_remove("DISCO_SERVER")
@@ -92,9 +101,7 @@ impl Fixture {
             .arg("--config")
             .arg(self.config())
             .arg("--state-dir")
-            .arg(self.state())
-            .arg("--server")
-            .arg(self.server());
+            .arg(self.state());
         c
     }
 
@@ -140,7 +147,10 @@ pub fn snapshot(root: &Path) -> Vec<String> {
                 out.push(format!("{rel}/ {mode:o}"));
                 walk(root, &p, out);
             } else {
-                out.push(format!("{rel} {mode:o} {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap())));
+                out.push(format!(
+                    "{rel} {mode:o} {:?}",
+                    String::from_utf8_lossy(&fs::read(&p).unwrap())
+                ));
             }
         }
     }

@@ -1,0 +1,129 @@
+//! The command line itself: help, version, config precedence and errors.
+mod common;
+
+use common::{run, Fixture};
+use std::fs;
+
+#[test]
+fn help_lists_only_working_commands() {
+    let (code, out, _) = run(assert_cmd::Command::cargo_bin("disco")
+        .unwrap()
+        .arg("--help"));
+    assert_eq!(code, 0);
+    let commands: Vec<&str> = out
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["plan", "param", "config", "help"]);
+    for flag in [
+        "--server",
+        "--node",
+        "--root",
+        "--state-dir",
+        "--config",
+        "--noop",
+    ] {
+        assert!(out.contains(flag), "{flag}");
+    }
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let (code, out, _) = run(assert_cmd::Command::cargo_bin("disco")
+        .unwrap()
+        .arg("--version"));
+    assert_eq!(
+        (code, out),
+        (0, format!("disco {}\n", env!("CARGO_PKG_VERSION")))
+    );
+}
+
+#[test]
+fn config_shows_each_setting_and_its_source() {
+    let f = Fixture::new();
+    fs::write(
+        f.config(),
+        "server = \"/from/main\"\nstate_dir = \"/s\"\nroot = \"/r\"\n",
+    )
+    .unwrap();
+    fs::create_dir(f.etc().join("disco.d")).unwrap();
+    fs::write(
+        f.etc().join("disco.d/50-root.toml"),
+        "root = \"/from/dropin\"\n",
+    )
+    .unwrap();
+    let mut cmd = assert_cmd::Command::cargo_bin("disco").unwrap();
+    cmd.env("NOOP", "yes")
+        .env("DISCO_NODE", "envnode")
+        .env_remove("DISCO_SERVER")
+        .arg("--config")
+        .arg(f.config())
+        .args(["--state-dir", "/flag/state", "config"]);
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let main = f.config().display().to_string();
+    let dropin = f.etc().join("disco.d/50-root.toml").display().to_string();
+    assert_eq!(
+        out,
+        format!(
+            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\n"
+        )
+    );
+}
+
+#[test]
+fn malformed_config_names_file_and_line() {
+    let f = Fixture::new();
+    fs::write(f.config(), "# disco\nserver = \"/x\"\nnoop = \"perhaps\n").unwrap();
+    let (code, out, err) = run(f.disco().arg("config"));
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with(&format!("error: {}:3: ", f.config().display())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn bad_noop_env_is_refused() {
+    let f = Fixture::new();
+    let (code, _, err) = run(f.disco().env("NOOP", "sometimes").arg("config"));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: env NOOP=\"sometimes\""), "{err}");
+}
+
+#[test]
+fn explicit_missing_config_is_an_error() {
+    let f = Fixture::new();
+    fs::remove_file(f.config()).unwrap();
+    let (code, _, err) = run(f.disco().arg("config"));
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot read config {}:",
+            f.config().display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn ssh_uri_is_refused_clearly_for_now() {
+    let f = Fixture::new();
+    f.node("n", &[]);
+    let (code, _, err) = run(f.disco_without_server().args([
+        "--server",
+        "ssh://disco@h/srv",
+        "--node",
+        "n",
+        "plan",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("ssh:// transport is not available"), "{err}");
+}
