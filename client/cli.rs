@@ -50,6 +50,28 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Converge this node: fetch, plan, run every module in the sandbox and
+    /// report every change (this version: noop only, nothing is merged)
+    ///
+    /// Each module runs in its own overlay layer over ROOT (--root, default
+    /// /): files/ are copied, templates/ rendered (bash; stdout becomes the
+    /// file), scripts/ run with bash. Every created, modified, deleted or
+    /// replaced path is reported with type, mode, owner, md5 and a unified
+    /// diff. Service managers and power commands (systemctl, service,
+    /// reboot…) are caught by shims and reported as "would execute".
+    /// In noop the sandbox also has its own PID, network, UTS and IPC
+    /// namespaces and no capability that reaches outside; ROOT is left
+    /// byte-identical. Needs root.
+    ///
+    /// Example: NOOP=true disco dance --server /srv/disco
+    Dance(DanceArgs),
+    /// Print the changes of the last dance (or shell) again, from its saved report
+    Diff(DiffArgs),
+    /// Open bash in a noop sandbox over ROOT; when it exits, print what it changed
+    ///
+    /// Nothing reaches ROOT: try `rm -f /etc/passwd`, then exit, and read
+    /// the report. Reads commands from stdin when stdin is not a terminal.
+    Shell(ShellArgs),
     /// Fetch the node's modules and parameters into the cache and print the
     /// order its modules run in, one per line
     ///
@@ -105,4 +127,25 @@ pub enum ParamAction {
         #[arg(short = 'r', long)]
         recursive: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DanceArgs {
+    /// Keep the scratch directory (STATE/run/RUN) after a successful run
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Show run ID instead of the last one (see STATE/reports/)
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Keep the scratch directory after the shell exits
+    #[arg(long)]
+    pub keep: bool,
 }

@@ -26,6 +26,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     let config = Config::load(&flags, &env)?;
     match cli.command {
         Command::Plan => plan(&config),
+        Command::Dance(args) => {
+            crate::dance::dance(&config, &crate::dance::DanceOptions { keep: args.keep })
+        }
+        Command::Diff(args) => diff(&config, args.run.as_deref()),
+        Command::Shell(args) => crate::shell::shell(&config, args.keep),
         Command::Param(args) => param(&config, args),
         Command::Config => {
             print_lines(config.lines())?;
@@ -48,6 +53,17 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
                 bail!("parameter tree {} is not a directory", dir.display());
             }
             ParamTree::load(dir, &dir.display().to_string())?
+        }
+        None if std::env::var_os("DISCO_PARAMS").is_some_and(|p| !p.is_empty()) => {
+            // Inside a dance's sandbox: the node's merged parameters.
+            if matches!(
+                args.action,
+                ParamAction::Set { .. } | ParamAction::Delete { .. }
+            ) {
+                bail!("parameters are read-only during a dance");
+            }
+            let dir = std::path::PathBuf::from(std::env::var_os("DISCO_PARAMS").expect("checked"));
+            ParamTree::load(&dir, "DISCO_PARAMS")?
         }
         None => {
             if matches!(
@@ -105,6 +121,31 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
             let dir = args.tree.as_ref().expect("checked above");
             params::tree_delete(dir, &Key::parse(&key)?, recursive)?;
         }
+    }
+    Ok(0)
+}
+
+fn diff(config: &Config, run: Option<&str>) -> Result<i32> {
+    let report = crate::report::load(&config.state_dir.value, run)?;
+    let mode = if report.noop { "noop" } else { "live" };
+    print_lines([format!(
+        "info: run {} of node {} ({mode}) on {}, started {}",
+        report.id,
+        report.node,
+        report.root.display(),
+        report.started
+    )])?;
+    for m in &report.modules {
+        if m.changes.is_empty() {
+            continue;
+        }
+        print_lines([format!("info: {}: {} change(s)", m.name, m.changes.len())])?;
+        for c in &m.changes {
+            crate::output::change(c, true);
+        }
+    }
+    if let Some(e) = &report.error {
+        print_lines([format!("info: that run failed: {e}")])?;
     }
     Ok(0)
 }

@@ -8,9 +8,17 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dance;
+pub mod diff;
+pub mod exec;
 pub mod fetch;
 pub mod names;
 pub mod output;
 pub mod params;
 pub mod plan;
+pub mod report;
+pub mod rootpath;
+pub mod run;
+pub mod sandbox;
+pub mod shell;
 pub mod tree;

@@ -1,0 +1,251 @@
+//! `disco dance`: the pipeline of DESIGN §3 as one short function —
+//! config → fetch → plan → sandbox → render/exec → diff → report.
+//!
+//! Owns the order of the stages and what the user sees between them
+//! (`info: Processing MODULE`, each module's changes, the summary); the
+//! stages themselves live in their own modules. This version runs noop
+//! dances; the live merge is not built yet and is refused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::diff::{Differ, Owners};
+use crate::exec::Job;
+use crate::fetch::{self, ServerUri};
+use crate::output;
+use crate::params;
+use crate::report::{self, ModuleReport, RunReport};
+use crate::run::{self, RunDir};
+use crate::sandbox::{Bind, Sandbox, DISCO_DIR};
+use crate::tree::ServerTree;
+
+/// How many kept scratch directories (failed or `--keep` runs) survive.
+const KEPT_RUNS: usize = 5;
+
+/// Options of `disco dance` beyond the global ones.
+#[derive(Debug, Clone, Default)]
+pub struct DanceOptions {
+    /// Keep the scratch directory of a successful run.
+    pub keep: bool,
+}
+
+/// Refuses to go on unless running as root.
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} must run as root: it mounts overlays and enters namespaces");
+    }
+    Ok(())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Runs a dance; returns the exit code.
+pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
+    require_root("disco dance")?;
+    let noop = config.noop.value;
+    if !noop {
+        bail!("the live dance (merging onto the root) is not available in this version; run it as a noop: --noop or NOOP=true");
+    }
+    let server = ServerUri::parse(config.require_server()?)?;
+    let node = &config.node.value;
+    let state = &config.state_dir.value;
+
+    let fetched = fetch::fetch(&server, node, state)?;
+    let tree = ServerTree::open(&fetched.cache)?;
+    let params = params::merged(&tree, &fetched.node, &fetched.plan)?;
+
+    run::prune(state, KEPT_RUNS)?;
+    let run = RunDir::create(state)?;
+    let run_path = run.path.clone();
+    params
+        .write_to(&run.params())
+        .context("cannot write the parameter tree")?;
+    fs::create_dir(run.queue())?;
+    fs::write(queue_file(&run.queue()), b"")?;
+    let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
+    let sandbox = match Sandbox::prepare(run, &config.root.value, noop, &layers) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&run_path);
+            return Err(e);
+        }
+    };
+    let owners = Owners::load(&sandbox.root);
+    let differ = Differ {
+        run: &sandbox.run,
+        root: &sandbox.root,
+        mounts: &sandbox.mounts,
+        owners: &owners,
+    };
+    let exe =
+        fs::read_link("/proc/self/exe").context("cannot find the disco binary (/proc/self/exe)")?;
+
+    let mut report = RunReport {
+        id: sandbox.run.id.clone(),
+        node: node.to_string(),
+        noop,
+        root: sandbox.root.clone(),
+        started: now(),
+        plan: layers.clone(),
+        ..RunReport::default()
+    };
+    let mut queued = 0;
+    for (idx, module) in fetched.plan.order.iter().enumerate() {
+        let layer = idx + 1;
+        output::info(&format!("Processing {module}"));
+        let module_dir = tree
+            .module_dir(module)?
+            .expect("planned modules are in the cache");
+        let binds = standard_binds(
+            &exe,
+            &sandbox.run.queue(),
+            Some((&module_dir, &sandbox.run.params())),
+        );
+        let job = Job {
+            node: node.to_string(),
+            module: module.to_string(),
+            noop,
+            module_dir: Path::new(DISCO_DIR).join("module"),
+            params_dir: Path::new(DISCO_DIR).join("params"),
+        };
+        let outcome = sandbox.run_layer(layer, &binds, || Ok(job.run()))?;
+        let mut mreport = ModuleReport {
+            name: module.to_string(),
+            ..ModuleReport::default()
+        };
+        let failed = match outcome.value {
+            Ok(r) => {
+                mreport.steps = r.steps;
+                r.failed
+            }
+            Err(e) => Some(e),
+        };
+        if !outcome.leftovers.is_empty() {
+            output::warning(&format!(
+                "{module}: killed {} background process(es) its steps left running: {}",
+                outcome.leftovers.len(),
+                outcome.leftovers.join(", ")
+            ));
+            mreport.killed = outcome.leftovers;
+        }
+        let all = read_queue(&queue_file(&sandbox.run.queue()))?;
+        mreport.actions = all[queued..].to_vec();
+        queued = all.len();
+        mreport.changes = differ
+            .layer(layer)
+            .with_context(|| format!("{module}: cannot compute its changes"))?;
+        for c in &mreport.changes {
+            output::change(c, false);
+        }
+        report.modules.push(mreport);
+        if let Some(f) = failed {
+            let msg = format!("{module}: {f}");
+            output::error(&msg);
+            report.error = Some(msg);
+            break;
+        }
+    }
+    report.ended = now();
+    report::save(state, &report)?;
+
+    let changes = report.changes().count();
+    let exit = if report.error.is_some() {
+        output::info(&format!(
+            "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
+            sandbox.run.path.display()
+        ));
+        1
+    } else {
+        let actions: usize = report.modules.iter().map(|m| m.actions.len()).sum();
+        output::info(&format!(
+            "noop: {changes} change(s) and {actions} deferred action(s) in {} module(s); nothing was merged",
+            report.modules.len()
+        ));
+        if opts.keep {
+            output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
+        } else {
+            sandbox.run.remove()?;
+        }
+        0
+    };
+    Ok(exit)
+}
+
+/// The queue file inside the run's queue dir.
+pub fn queue_file(queue_dir: &Path) -> PathBuf {
+    queue_dir.join("actions")
+}
+
+/// disco's own files bound under `/run/disco`: the binary (for `disco
+/// param`), the action queue, and for a module its files and parameters.
+pub fn standard_binds(exe: &Path, queue_dir: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
+    let mut binds = vec![
+        Bind {
+            source: exe.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("bin/disco"),
+            readonly: true,
+        },
+        Bind {
+            source: queue_dir.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("queue"),
+            readonly: false,
+        },
+    ];
+    if let Some((module_dir, params)) = module {
+        binds.push(Bind {
+            source: module_dir.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("module"),
+            readonly: true,
+        });
+        binds.push(Bind {
+            source: params.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("params"),
+            readonly: true,
+        });
+    }
+    binds
+}
+
+/// Parses the shim queue: records of `argc\0argv0\0arg1\0…`.
+pub fn read_queue(path: &Path) -> Result<Vec<Vec<String>>> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut fields = bytes
+        .split(|b| *b == 0)
+        .map(|f| String::from_utf8_lossy(f).into_owned());
+    let mut out = Vec::new();
+    while let Some(count) = fields.next() {
+        let Ok(n) = count.parse::<usize>() else { break };
+        let record: Vec<String> = fields.by_ref().take(n + 1).collect();
+        if record.len() != n + 1 {
+            break;
+        }
+        out.push(record);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_records_keep_arguments_with_spaces_and_newlines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("q");
+        fs::write(&p, b"2\0/usr/sbin/service\0postgresql\0stop\x000\0/sbin/reboot\x001\0/bin/systemctl\0a b\nc\0").unwrap();
+        assert_eq!(
+            read_queue(&p).unwrap(),
+            vec![
+                vec!["/usr/sbin/service", "postgresql", "stop"],
+                vec!["/sbin/reboot"],
+                vec!["/bin/systemctl", "a b\nc"]
+            ]
+        );
+    }
+}

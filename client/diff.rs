@@ -1,0 +1,426 @@
+//! Stage 7, diff: what one module's upper layer changes, walking only that
+//! layer (never the whole filesystem) — DESIGN §3.7.
+//!
+//! Owns the classification of upper-layer entries: a whiteout is a
+//! deletion, an opaque directory over an existing one a replacement, an
+//! entry with nothing below it a creation, anything else a modification —
+//! unless content, type, mode, owner and extended attributes all equal the
+//! layer below (a copy-up that changed nothing is not a change). "Below"
+//! is the same path in the earlier modules' layers, then in ROOT; the shim
+//! layer is never a baseline. Produces [`Change`] records with md5, labels
+//! and a unified diff (similar) for text.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use md5::{Digest, Md5};
+
+use crate::exec::kind_name;
+use crate::report::{Change, ChangeKind, Meta};
+use crate::run::{Mount, RunDir};
+
+/// Files larger than this are compared but not shown as a text diff.
+const MAX_DIFF_BYTES: u64 = 1 << 20;
+
+/// User and group names of the target system (ROOT's passwd and group).
+#[derive(Debug, Default)]
+pub struct Owners {
+    users: BTreeMap<u32, String>,
+    groups: BTreeMap<u32, String>,
+}
+
+impl Owners {
+    pub fn load(root: &Path) -> Owners {
+        let read = |f: &str| -> BTreeMap<u32, String> {
+            fs::read_to_string(root.join(f))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let mut it = l.split(':');
+                    let name = it.next()?;
+                    let id = it.nth(1)?.parse().ok()?;
+                    Some((id, name.to_string()))
+                })
+                .collect()
+        };
+        Owners {
+            users: read("etc/passwd"),
+            groups: read("etc/group"),
+        }
+    }
+
+    fn owner(&self, uid: u32, gid: u32) -> String {
+        let u = self
+            .users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string());
+        let g = self
+            .groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string());
+        format!("{u}:{g}")
+    }
+}
+
+/// Where one layer's changes are computed against.
+pub struct Differ<'a> {
+    pub run: &'a RunDir,
+    pub root: &'a Path,
+    pub mounts: &'a [Mount],
+    pub owners: &'a Owners,
+}
+
+/// What a layer holds at a path.
+enum Found {
+    At(PathBuf),
+    /// Deleted in this layer (whiteout) or hidden by an opaque/non-dir parent.
+    Gone,
+    Absent,
+}
+
+impl Differ<'_> {
+    /// The changes made by layer `layer` (1-based), sorted by path.
+    pub fn layer(&self, layer: usize) -> Result<Vec<Change>> {
+        let mut out = Vec::new();
+        for (k, _) in self.mounts.iter().enumerate() {
+            let upper = self.run.upper(layer, k);
+            if upper.is_dir() {
+                self.walk(layer, k, &upper, Path::new(""), false, &mut out)?;
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn abs(&self, k: usize, rel: &Path) -> String {
+        let p = Path::new("/").join(&self.mounts[k].rel).join(rel);
+        let s = p.display().to_string();
+        if s.len() > 1 {
+            s.trim_end_matches('/').to_string()
+        } else {
+            s
+        }
+    }
+
+    /// Classifies `upper/rel` and recurses into directories. `no_lower`:
+    /// an ancestor replaced what was below, so nothing below counts.
+    fn walk(
+        &self,
+        layer: usize,
+        k: usize,
+        upper: &Path,
+        rel: &Path,
+        no_lower: bool,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let path = upper.join(rel);
+        let meta = fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let lower = if no_lower {
+            None
+        } else {
+            self.lower(layer, k, rel)
+        };
+        let abs = self.abs(k, rel);
+
+        if is_whiteout(&meta) {
+            if let Some(l) = lower {
+                let old = self.meta(&l)?;
+                let diff = text_diff(Some(&l), None, &abs)?;
+                out.push(Change {
+                    path: abs,
+                    kind: ChangeKind::Deleted,
+                    old: Some(old),
+                    new: None,
+                    diff,
+                });
+            }
+            return Ok(());
+        }
+        let new = self.meta(&path)?;
+        let mut children_without_lower = no_lower;
+        match &lower {
+            None => {
+                let diff = if meta.is_file() {
+                    text_diff(None, Some(&path), &abs)?
+                } else {
+                    None
+                };
+                out.push(Change {
+                    path: abs,
+                    kind: ChangeKind::Created,
+                    old: None,
+                    new: Some(new),
+                    diff,
+                });
+                children_without_lower = true;
+            }
+            Some(l) => {
+                let lmeta = fs::symlink_metadata(l)?;
+                let opaque = meta.is_dir() && is_opaque(&path);
+                if meta.is_dir() && (opaque || !lmeta.is_dir()) {
+                    out.push(Change {
+                        path: abs,
+                        kind: ChangeKind::Replaced,
+                        old: Some(self.meta(l)?),
+                        new: Some(new),
+                        diff: None,
+                    });
+                    children_without_lower = true;
+                } else if !meta.is_dir() && lmeta.is_dir() {
+                    let diff = if meta.is_file() {
+                        text_diff(None, Some(&path), &abs)?
+                    } else {
+                        None
+                    };
+                    out.push(Change {
+                        path: abs,
+                        kind: ChangeKind::Replaced,
+                        old: Some(self.meta(l)?),
+                        new: Some(new),
+                        diff,
+                    });
+                } else {
+                    let old = self.meta(l)?;
+                    let same_content = match (meta.is_file(), lmeta.is_file()) {
+                        (true, true) => same_bytes(&path, l, meta.len(), lmeta.len())?,
+                        _ => true, // type and link target are part of Meta
+                    };
+                    if !same_content || old != new || xattrs(&path) != xattrs(l) {
+                        let diff = if !same_content {
+                            text_diff(Some(l), Some(&path), &abs)?
+                        } else {
+                            None
+                        };
+                        out.push(Change {
+                            path: abs,
+                            kind: ChangeKind::Modified,
+                            old: Some(old),
+                            new: Some(new),
+                            diff,
+                        });
+                    }
+                }
+            }
+        }
+        if meta.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(&path)
+                .and_then(|e| {
+                    e.map(|e| e.map(|e| e.file_name()))
+                        .collect::<io::Result<Vec<_>>>()
+                })
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            names.sort();
+            for n in names {
+                self.walk(layer, k, upper, &rel.join(n), children_without_lower, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry below layer `layer` at `rel` of mount `k`: the nearest
+    /// earlier module layer that has or hides it, else ROOT.
+    fn lower(&self, layer: usize, k: usize, rel: &Path) -> Option<PathBuf> {
+        for j in (1..layer).rev() {
+            match layer_lookup(&self.run.upper(j, k), rel) {
+                Found::At(p) => return Some(p),
+                Found::Gone => return None,
+                Found::Absent => continue,
+            }
+        }
+        root_lookup(&self.root.join(&self.mounts[k].rel), rel)
+    }
+
+    fn meta(&self, path: &Path) -> Result<Meta> {
+        let m = fs::symlink_metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let md5 = if m.is_file() {
+            Some(md5_file(path)?)
+        } else {
+            None
+        };
+        let target = if m.file_type().is_symlink() {
+            Some(fs::read_link(path)?.display().to_string())
+        } else {
+            None
+        };
+        let selinux = xattr::get(path, "security.selinux")
+            .ok()
+            .flatten()
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .trim_end_matches('\0')
+                    .to_string()
+            });
+        Ok(Meta {
+            kind: kind_name(&m).to_string(),
+            mode: if m.file_type().is_symlink() {
+                0o777
+            } else {
+                m.mode() & 0o7777
+            },
+            uid: m.uid(),
+            gid: m.gid(),
+            owner: self.owners.owner(m.uid(), m.gid()),
+            md5,
+            target,
+            selinux,
+            size: if m.is_file() { m.len() } else { 0 },
+        })
+    }
+}
+
+/// Looks `rel` up in one upper layer.
+fn layer_lookup(upper: &Path, rel: &Path) -> Found {
+    let mut here = upper.to_path_buf();
+    let mut opaque_above = false;
+    let mut comps = rel.components().peekable();
+    while let Some(c) = comps.next() {
+        here.push(c);
+        let last = comps.peek().is_none();
+        match fs::symlink_metadata(&here) {
+            Err(_) => {
+                return if opaque_above {
+                    Found::Gone
+                } else {
+                    Found::Absent
+                }
+            }
+            Ok(m) if is_whiteout(&m) => return Found::Gone,
+            Ok(_) if last => return Found::At(here),
+            // A file where a parent directory was hides everything below.
+            Ok(m) if !m.is_dir() => return Found::Gone,
+            Ok(_) => opaque_above |= is_opaque(&here),
+        }
+    }
+    Found::At(here)
+}
+
+/// Looks `rel` up under `base` (ROOT or a mount of it) without following
+/// any symlink on the way.
+fn root_lookup(base: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut here = base.to_path_buf();
+    for c in rel.components() {
+        if !fs::symlink_metadata(&here).ok()?.is_dir() {
+            return None;
+        }
+        here.push(c);
+    }
+    fs::symlink_metadata(&here).ok().map(|_| here)
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+/// Extended attributes other than overlayfs' own, sorted.
+fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("trusted.overlay."))
+        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn md5_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
+    if alen != blen {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// A unified diff between two regular files (either may be absent), or
+/// `binary files differ` / a size note when a text diff makes no sense.
+fn text_diff(old: Option<&Path>, new: Option<&Path>, label: &str) -> Result<Option<String>> {
+    let read = |p: Option<&Path>| -> Result<Option<Vec<u8>>> {
+        match p {
+            None => Ok(Some(Vec::new())),
+            Some(p) => {
+                let m = fs::symlink_metadata(p)?;
+                if !m.is_file() {
+                    return Ok(None);
+                }
+                if m.len() > MAX_DIFF_BYTES {
+                    return Ok(None);
+                }
+                Ok(Some(fs::read(p)?))
+            }
+        }
+    };
+    let (Some(a), Some(b)) = (read(old)?, read(new)?) else {
+        let big = [old, new].iter().flatten().any(|p| {
+            fs::metadata(p)
+                .map(|m| m.len() > MAX_DIFF_BYTES)
+                .unwrap_or(false)
+        });
+        return Ok(Some(if big {
+            "files too large to show a diff".into()
+        } else {
+            "binary files differ".into()
+        }));
+    };
+    let text = |v: &[u8]| !v.contains(&0) && std::str::from_utf8(v).is_ok();
+    if !text(&a) || !text(&b) {
+        return Ok(Some("binary files differ".into()));
+    }
+    let (a, b) = (
+        String::from_utf8(a).expect("checked"),
+        String::from_utf8(b).expect("checked"),
+    );
+    let old_label = if old.is_some() {
+        label.to_string()
+    } else {
+        "/dev/null".into()
+    };
+    let new_label = if new.is_some() {
+        label.to_string()
+    } else {
+        "/dev/null".into()
+    };
+    let diff = similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_label, &new_label)
+        .to_string();
+    Ok(if diff.is_empty() { None } else { Some(diff) })
+}

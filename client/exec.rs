@@ -1,0 +1,465 @@
+//! Stage 6, render/exec: what runs *inside* a module's sandbox — copy
+//! `files/`, render `templates/`, run `scripts/` (DESIGN §3.6).
+//!
+//! Owns the step semantics: targets are resolved inside the sandbox root
+//! and refused when they would leave it or land on a sandbox-private mount;
+//! module entries that are devices, FIFOs or sockets are refused; a file
+//! or template whose result already equals the target is not rewritten (so
+//! an unchanged run leaves an empty upper layer); a template's output is
+//! written only when it exits 0; the first failing step ends the module.
+//! Every child is reaped with `wait4` so its own resource use is recorded.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::report::{Figures, Step};
+use crate::rootpath;
+use crate::sandbox::mounts::SANDBOX_DIRS;
+
+/// `PATH` for templates and scripts; disco itself comes first.
+pub const SANDBOX_PATH: &str =
+    "/run/disco/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where things are inside the sandbox, and the module's identity.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub node: String,
+    pub module: String,
+    pub noop: bool,
+    /// The module's fetched files, read-only.
+    pub module_dir: PathBuf,
+    /// The merged parameter tree, read-only.
+    pub params_dir: PathBuf,
+}
+
+/// The result of one module's steps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModuleRun {
+    pub steps: Vec<Step>,
+    /// `scripts/10-x exited 3`, when a step failed.
+    pub failed: Option<String>,
+}
+
+impl Job {
+    /// The environment of templates, scripts and handlers.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PATH", SANDBOX_PATH.into()),
+            ("HOME", "/root".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("NOOP", if self.noop { "true" } else { "false" }.into()),
+            ("DISCO_NODE", self.node.clone()),
+            ("DISCO_MODULE", self.module.clone()),
+            ("DISCO_MODULE_DIR", self.module_dir.display().to_string()),
+            ("DISCO_PARAMS", self.params_dir.display().to_string()),
+        ]
+    }
+
+    /// Runs files, templates, scripts; stops at the first failure.
+    pub fn run(&self) -> ModuleRun {
+        let mut run = ModuleRun::default();
+        let started = Instant::now();
+        let before = self_rusage();
+        let files = self.install_tree("files", &mut |src, rel, meta| {
+            self.copy_file(src, rel, meta)
+        });
+        let figures = self_figures(&before, started);
+        let failed = files.err().map(|e| format!("{e:#}"));
+        run.steps.push(Step {
+            name: "files".into(),
+            exit: None,
+            error: failed.clone(),
+            figures,
+        });
+        if let Some(e) = failed {
+            run.failed = Some(e);
+            return run;
+        }
+
+        let mut templates = Vec::new();
+        let walked = self.install_tree("templates", &mut |src, rel, _| {
+            templates.push((src.to_path_buf(), rel.to_path_buf()));
+            Ok(())
+        });
+        if let Err(e) = walked {
+            run.failed = Some(format!("{e:#}"));
+            return run;
+        }
+        for (src, rel) in templates {
+            let step = self.render(&src, &rel);
+            let failed = step.error.clone();
+            run.steps.push(step);
+            if failed.is_some() {
+                run.failed = failed;
+                return run;
+            }
+        }
+
+        match self.scripts() {
+            Ok(scripts) => {
+                for script in scripts {
+                    let step = self.script(&script);
+                    let failed = step.error.clone();
+                    run.steps.push(step);
+                    if failed.is_some() {
+                        run.failed = failed;
+                        return run;
+                    }
+                }
+            }
+            Err(e) => run.failed = Some(format!("{e:#}")),
+        }
+        run
+    }
+
+    /// Walks `module_dir/sub` (sorted), creating directories as it goes and
+    /// calling `leaf` for every regular file or symlink with its path
+    /// relative to `sub` (= its target relative to `/`).
+    fn install_tree(
+        &self,
+        sub: &str,
+        leaf: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<()>,
+    ) -> Result<()> {
+        let top = self.module_dir.join(sub);
+        if top.is_dir() {
+            self.install_dir(&top, sub, Path::new(""), leaf)?;
+        }
+        Ok(())
+    }
+
+    fn install_dir(
+        &self,
+        top: &Path,
+        sub: &str,
+        rel: &Path,
+        leaf: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<()>,
+    ) -> Result<()> {
+        let dir = top.join(rel);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .and_then(|e| e.collect::<io::Result<Vec<_>>>())
+            .with_context(|| format!("{sub}/{}", rel.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            let shown = format!("{sub}/{}", r.display());
+            let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.ensure_dir(&r, meta.mode())
+                    .with_context(|| shown.clone())?;
+                self.install_dir(top, sub, &r, leaf)?;
+            } else if ft.is_file() || (ft.is_symlink() && sub == "files") {
+                leaf(&e.path(), &r, &meta).with_context(|| shown.clone())?;
+            } else {
+                let allowed = if sub == "files" {
+                    "regular files, directories and symlinks"
+                } else {
+                    "regular files and directories"
+                };
+                bail!(
+                    "{shown} is a {}; only {allowed} can be installed",
+                    kind_name(&meta)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates directory `/rel` with `mode` if it is missing; an existing
+    /// directory is left as it is.
+    fn ensure_dir(&self, rel: &Path, mode: u32) -> Result<()> {
+        let target = target_path(rel, true)?;
+        match fs::metadata(&target) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => bail!("{} exists and is not a directory", target.display()),
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(mode & 0o7777)
+                    .create(&target)
+                    .with_context(|| format!("cannot create {}", target.display()))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
+                std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn copy_file(&self, src: &Path, rel: &Path, meta: &fs::Metadata) -> Result<()> {
+        let target = target_path(rel, false)?;
+        if meta.file_type().is_symlink() {
+            let want = fs::read_link(src)?;
+            if fs::read_link(&target).ok().as_ref() == Some(&want) {
+                return Ok(());
+            }
+            let tmp = temp_name(&target);
+            std::os::unix::fs::symlink(&want, &tmp)
+                .with_context(|| format!("cannot create {}", target.display()))?;
+            std::os::unix::fs::lchown(&tmp, Some(0), Some(0))?;
+            return fs::rename(&tmp, &target)
+                .with_context(|| format!("cannot replace {}", target.display()));
+        }
+        let content = fs::read(src)?;
+        write_if_changed(&target, &content, meta.mode() & 0o7777)
+    }
+
+    fn render(&self, src: &Path, rel: &Path) -> Step {
+        let name = format!("templates/{}", rel.display());
+        let started = Instant::now();
+        let result = (|| -> Result<(i32, libc::rusage, Vec<u8>)> {
+            let target = target_path(rel, false)?;
+            let mut child = self
+                .command(src)
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot run bash for {name}"))?;
+            let mut out = Vec::new();
+            let read = child.stdout.take().expect("piped").read_to_end(&mut out);
+            let (status, ru) = wait4(child.id())?;
+            read.context("reading the template's output")?;
+            if status == 0 {
+                let mode = fs::metadata(src)?.mode() & 0o7777;
+                write_if_changed(&target, &out, mode)?;
+            }
+            Ok((status, ru, out))
+        })();
+        finish(name, started, result.map(|(s, ru, _)| (s, ru)), "template")
+    }
+
+    fn scripts(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.module_dir.join("scripts");
+        let mut out = Vec::new();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    let meta = fs::symlink_metadata(e.path())?;
+                    if !meta.is_file() {
+                        bail!(
+                            "scripts/{} is a {}; scripts must be regular files",
+                            e.file_name().to_string_lossy(),
+                            kind_name(&meta)
+                        );
+                    }
+                    out.push(e.path());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("scripts/"),
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn script(&self, path: &Path) -> Step {
+        let name = format!(
+            "scripts/{}",
+            path.file_name()
+                .unwrap_or(OsStr::new("?"))
+                .to_string_lossy()
+        );
+        let started = Instant::now();
+        let result = (|| -> Result<(i32, libc::rusage)> {
+            let child = self
+                .command(path)
+                .spawn()
+                .with_context(|| format!("cannot run bash for {name}"))?;
+            wait4(child.id())
+        })();
+        finish(name, started, result, "script")
+    }
+
+    /// `bash FILE` with the job's environment, in `/`, stdin from /dev/null.
+    fn command(&self, file: &Path) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(file)
+            .env_clear()
+            .envs(self.env())
+            .current_dir("/")
+            .stdin(Stdio::null());
+        if let Ok(term) = std::env::var("TERM") {
+            c.env("TERM", term);
+        }
+        // SAFETY: only resets signal dispositions between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        c.env("PATH", SANDBOX_PATH);
+        c
+    }
+}
+
+/// Turns a child's status into a step, with the error line if it failed.
+fn finish(name: String, started: Instant, result: Result<(i32, libc::rusage)>, what: &str) -> Step {
+    let wall = started.elapsed().as_secs_f64();
+    match result {
+        Ok((status, ru)) => {
+            let error = match status {
+                0 => None,
+                s if s >= 128 => Some(format!("{name} was killed by signal {}", s - 128)),
+                s if what == "template" => Some(format!("{name} exited {s}; nothing was written")),
+                s => Some(format!("{name} exited {s}")),
+            };
+            Step {
+                name,
+                exit: Some(status),
+                error,
+                figures: Figures::from_rusage(&ru, wall),
+            }
+        }
+        Err(e) => Step {
+            error: Some(format!("{name}: {e:#}")),
+            name,
+            exit: None,
+            figures: Figures {
+                time_real: wall,
+                ..Figures::default()
+            },
+        },
+    }
+}
+
+/// Waits for `pid` with `wait4`, returning its status (128+signal when
+/// killed) and its own resource use.
+pub fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
+        if r >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err).context("wait4");
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok((code, ru))
+}
+
+fn self_rusage() -> libc::rusage {
+    // SAFETY: plain data filled by getrusage.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    }
+}
+
+/// getrusage(RUSAGE_SELF) delta since `before`, for in-process steps.
+fn self_figures(before: &libc::rusage, started: Instant) -> Figures {
+    let after = self_rusage();
+    let mut f = Figures::from_rusage(&after, started.elapsed().as_secs_f64());
+    let b = Figures::from_rusage(before, 0.0);
+    f.time_user -= b.time_user;
+    f.time_sys -= b.time_sys;
+    f.mem_faults_major -= b.mem_faults_major;
+    f.mem_faults_minor -= b.mem_faults_minor;
+    f.io_fsin -= b.io_fsin;
+    f.io_fsout -= b.io_fsout;
+    f
+}
+
+/// The absolute target of module path `rel` inside the sandbox, symlinks
+/// in ROOT resolved; refused if it leaves ROOT or lands on a mount that is
+/// private to the sandbox (and so would never be merged).
+fn target_path(rel: &Path, follow_last: bool) -> Result<PathBuf> {
+    let real = rootpath::resolve(Path::new("/"), rel, follow_last)?;
+    if let Some(first) = real.components().next() {
+        let first = first.as_os_str().to_string_lossy();
+        if SANDBOX_DIRS.contains(&first.as_ref()) {
+            bail!(
+                "refusing to write /{}: /{first} is private to the sandbox and never merged",
+                real.display()
+            );
+        }
+    }
+    Ok(Path::new("/").join(real))
+}
+
+fn temp_name(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .unwrap_or(OsStr::new("x"))
+        .to_string_lossy();
+    target.with_file_name(format!(".{name}.disco-{}", std::process::id()))
+}
+
+/// Writes `content` to `target` with `mode`, owned root:root, through a
+/// temporary file and a rename — unless the target already is exactly that.
+fn write_if_changed(target: &Path, content: &[u8], mode: u32) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(target) {
+        if m.is_file()
+            && m.mode() & 0o7777 == mode
+            && m.uid() == 0
+            && m.gid() == 0
+            && m.len() == content.len() as u64
+            && fs::read(target).map(|c| c == content).unwrap_or(false)
+        {
+            return Ok(());
+        }
+        if m.is_dir() {
+            bail!("{} is a directory", target.display());
+        }
+    }
+    let tmp = temp_name(target);
+    let written = (|| -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+        // chown clears set-id bits: set the mode again.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        fs::rename(&tmp, target)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("cannot write {}", target.display()))
+}
+
+/// A human name for a file type.
+pub fn kind_name(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}

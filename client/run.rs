@@ -1,0 +1,156 @@
+//! The scratch directory of one dance, `STATE/run/RUN/`, and its layout.
+//!
+//! Owns run ids and every path inside a run directory, so the sandbox
+//! (which mounts them), the diff (which walks them) and later the merge
+//! agree on one layout. Paths handed to overlayfs are short and relative to
+//! the run directory (`u/3-0`), because all lower layers of a module must
+//! fit in one page of mount options.
+//!
+//! ```text
+//! STATE/run/RUN/
+//!   layout.json   the modules and mounts of this run (Layout)
+//!   u/I-K         upper layer of module I (1-based) on mount K (0 = ROOT)
+//!   w/I-K         its overlayfs work dir
+//!   s/K           the read-only shim layer of mount K
+//!   merged/       where the sandbox's root overlay is mounted
+//!   params/       the node's merged parameters, bound read-only in the sandbox
+//!   queue/        the deferred-action queue the shims append to
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A filesystem the sandbox overlays: ROOT itself (`rel` empty) or a real
+/// filesystem mounted below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Path relative to ROOT; empty for ROOT itself.
+    pub rel: PathBuf,
+    pub fstype: String,
+}
+
+/// What a run directory holds: which module each layer index is, and
+/// which mount each mount index is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub root: PathBuf,
+    /// Layer names, index 0 is layer 1 (`u/1-K`).
+    pub layers: Vec<String>,
+    pub mounts: Vec<Mount>,
+}
+
+/// One run's scratch directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `STATE/run/ID/` for a new run (0700).
+    pub fn create(state_dir: &Path) -> Result<RunDir> {
+        let id = new_run_id();
+        let path = state_dir.join("run").join(&id);
+        fs::create_dir_all(path.parent().expect("has parent"))
+            .and_then(|_| {
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new().mode(0o700).create(&path)
+            })
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        Ok(RunDir { id, path })
+    }
+
+    /// Upper layer of layer `i` (1-based) on mount `k`, relative to the run dir.
+    pub fn upper_rel(i: usize, k: usize) -> PathBuf {
+        PathBuf::from(format!("u/{i}-{k}"))
+    }
+    pub fn work_rel(i: usize, k: usize) -> PathBuf {
+        PathBuf::from(format!("w/{i}-{k}"))
+    }
+    pub fn shim_rel(k: usize) -> PathBuf {
+        PathBuf::from(format!("s/{k}"))
+    }
+    pub fn upper(&self, i: usize, k: usize) -> PathBuf {
+        self.path.join(Self::upper_rel(i, k))
+    }
+    pub fn work(&self, i: usize, k: usize) -> PathBuf {
+        self.path.join(Self::work_rel(i, k))
+    }
+    pub fn shim(&self, k: usize) -> PathBuf {
+        self.path.join(Self::shim_rel(k))
+    }
+    pub fn merged(&self) -> PathBuf {
+        self.path.join("merged")
+    }
+    pub fn params(&self) -> PathBuf {
+        self.path.join("params")
+    }
+    pub fn queue(&self) -> PathBuf {
+        self.path.join("queue")
+    }
+
+    pub fn save_layout(&self, layout: &Layout) -> Result<()> {
+        let p = self.path.join("layout.json");
+        fs::write(&p, serde_json::to_vec_pretty(layout)?)
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    /// Removes the whole run directory.
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove scratch {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A run id that sorts by time: `20261123T173314Z-4242`.
+pub fn new_run_id() -> String {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let compact: String = stamp.chars().filter(|c| *c != '-' && *c != ':').collect();
+    format!("{compact}-{}", std::process::id())
+}
+
+/// Keeps only the newest `keep` run directories (kept scratch of failed or
+/// `--keep` runs), oldest removed first.
+pub fn prune(state_dir: &Path, keep: usize) -> Result<()> {
+    let dir = state_dir.join("run");
+    let mut runs: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(e) => e
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep);
+    for old in &runs[..excess] {
+        fs::remove_dir_all(old)
+            .with_context(|| format!("cannot remove old scratch {}", old.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_are_names() {
+        let id = new_run_id();
+        assert!(crate::names::is_valid(id.as_bytes()), "{id}");
+        assert_eq!(
+            id.len(),
+            "20261123T173314Z".len() + 1 + std::process::id().to_string().len()
+        );
+    }
+}

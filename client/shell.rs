@@ -1,0 +1,125 @@
+//! `disco shell`: an interactive bash in a noop sandbox over ROOT — the
+//! same sandbox a noop dance uses, with a single layer — and, when it
+//! exits, the report of everything it changed. ROOT is never touched.
+
+use std::fs;
+use std::io::IsTerminal;
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::dance::{queue_file, read_queue, require_root, standard_binds};
+use crate::diff::{Differ, Owners};
+use crate::exec::{wait4, SANDBOX_PATH};
+use crate::output;
+use crate::report::{self, ModuleReport, RunReport};
+use crate::run::RunDir;
+use crate::sandbox::Sandbox;
+
+/// Runs the shell; the exit code is the shell's.
+pub fn shell(config: &Config, keep: bool) -> Result<i32> {
+    require_root("disco shell")?;
+    let state = &config.state_dir.value;
+    let run = RunDir::create(state)?;
+    let run_path = run.path.clone();
+    fs::create_dir(run.queue())?;
+    fs::write(queue_file(&run.queue()), b"")?;
+    let sandbox = match Sandbox::prepare(run, &config.root.value, true, &["shell".to_string()]) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&run_path);
+            return Err(e);
+        }
+    };
+    let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
+    let binds = standard_binds(&exe, &sandbox.run.queue(), None);
+    let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    output::info(&format!(
+        "shell in a noop sandbox over {}; nothing you do reaches it. Exit to see the changes.",
+        sandbox.root.display()
+    ));
+
+    // Ctrl-C belongs to the shell, not to disco.
+    // SAFETY: changing signal dispositions of this single-threaded process.
+    let (old_int, old_quit) = unsafe {
+        (
+            libc::signal(libc::SIGINT, libc::SIG_IGN),
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN),
+        )
+    };
+    let outcome = sandbox.run_layer(1, &binds, || {
+        let mut cmd = Command::new("bash");
+        if std::io::stdin().is_terminal() {
+            cmd.arg("-i");
+        }
+        cmd.env("PATH", SANDBOX_PATH)
+            .env("NOOP", "true")
+            .env("PS1", "(disco noop) \\w# ")
+            .current_dir("/");
+        // SAFETY: only resets signal dispositions between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("cannot start bash in the sandbox")?;
+        Ok(wait4(child.id())?.0)
+    });
+    // SAFETY: restoring the dispositions saved above.
+    unsafe {
+        libc::signal(libc::SIGINT, old_int);
+        libc::signal(libc::SIGQUIT, old_quit);
+    }
+    let outcome = outcome?;
+    let owners = Owners::load(&sandbox.root);
+    let differ = Differ {
+        run: &sandbox.run,
+        root: &sandbox.root,
+        mounts: &sandbox.mounts,
+        owners: &owners,
+    };
+    let changes = differ.layer(1)?;
+    for c in &changes {
+        output::change(c, false);
+    }
+    let code = match &outcome.value {
+        Ok(code) => *code,
+        Err(e) => {
+            output::error(e);
+            1
+        }
+    };
+    let report = RunReport {
+        id: sandbox.run.id.clone(),
+        node: "shell".into(),
+        noop: true,
+        root: sandbox.root.clone(),
+        started,
+        ended: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        plan: vec!["shell".into()],
+        modules: vec![ModuleReport {
+            name: "shell".into(),
+            changes,
+            killed: outcome.leftovers,
+            actions: read_queue(&queue_file(&sandbox.run.queue()))?,
+            ..ModuleReport::default()
+        }],
+        error: outcome.value.err(),
+    };
+    report::save(state, &report)?;
+    output::info(&format!(
+        "{} change(s); nothing was merged",
+        report.changes().count()
+    ));
+    if keep {
+        output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
+    } else {
+        sandbox.run.remove()?;
+    }
+    Ok(code)
+}
