@@ -19,7 +19,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::names::Name;
-use crate::output;
 use crate::params;
 use crate::plan::{self, Plan, Scope};
 use crate::tree::{NodeSpec, ServerTree};
@@ -173,7 +172,7 @@ fn swap_in(new: &Path, cache: &Path) -> Result<()> {
 
 /// Copies `src` to `dst` (which must not exist): regular files with their
 /// mode, symlinks as symlinks (never followed), directories recursively.
-/// Sockets, FIFOs and devices are skipped with a warning.
+/// Sockets, FIFOs and devices are refused.
 fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
     let meta = fs::metadata(src).with_context(|| label.to_string())?;
     fs::DirBuilder::new()
@@ -202,9 +201,11 @@ fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
             // fs::copy keeps the permission bits.
             fs::copy(&from, &to).with_context(|| format!("cannot copy {shown}"))?;
         } else {
-            output::warning(&format!(
-                "{shown}: not a file, directory or symlink; skipped"
-            ));
+            let meta = entry.metadata().with_context(|| shown.clone())?;
+            bail!(
+                "{shown} is a {}; a server tree may hold only regular files, directories and symlinks",
+                crate::exec::kind_name(&meta)
+            );
         }
     }
     fs::set_permissions(dst, meta.permissions())

@@ -158,3 +158,23 @@ pub fn snapshot(root: &Path) -> Vec<String> {
     walk(root, root, &mut out);
     out
 }
+
+pub mod root;
+
+impl Fixture {
+    /// `modules/NAME/REL` with `content` and `mode` (a script, template, file…).
+    pub fn module_file(&self, module: &str, rel: &str, content: &str, mode: u32) -> &Self {
+        self.file_mode(&format!("modules/{module}/{rel}"), content, mode)
+    }
+
+    /// `NOOP=true disco --node NODE --root ROOT dance [args]`.
+    pub fn noop_dance(&self, node: &str, root: &Path, args: &[&str]) -> (i32, String, String) {
+        run(self
+            .disco()
+            .env("NOOP", "true")
+            .args(["--node", node, "--root"])
+            .arg(root)
+            .arg("dance")
+            .args(args))
+    }
+}
