@@ -386,9 +386,15 @@ fn drop_capabilities() -> Result<()> {
     for cap in DROPPED_CAPS.iter().filter(|c| supported.contains(c)) {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(|e| anyhow!("cannot drop {cap} from the bounding set: {e}"))?;
-        for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-            caps::drop(None, set, *cap).map_err(|e| anyhow!("cannot drop {cap}: {e}"))?;
+    }
+    // One capset per set, with everything dropped at once.
+    for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
+        let mut keep =
+            caps::read(None, set).map_err(|e| anyhow!("cannot read capabilities: {e}"))?;
+        for cap in DROPPED_CAPS {
+            keep.remove(cap);
         }
+        caps::set(None, set, &keep).map_err(|e| anyhow!("cannot drop capabilities: {e}"))?;
     }
     caps::clear(None, CapSet::Ambient)
         .map_err(|e| anyhow!("cannot clear ambient capabilities: {e}"))?;

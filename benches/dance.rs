@@ -1,0 +1,234 @@
+//! Benchmark: the noop dance on a fixture root, for the bundled example and
+//! for a generated workload of 20 modules (3 static files of ~1 KiB, 2
+//! templates reading two parameters, 1 script that appends a line to a
+//! state file only when missing). Prints median wall time and peak RSS,
+//! the sandbox setup + teardown cost per module (20 empty modules against
+//! none), and the raw floor: the same copies, renders and scripts done with
+//! plain cp and bash, no sandbox.
+//!
+//! Run as root: `cargo bench --bench dance`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const RUNS: usize = 9;
+
+fn write(p: &Path, content: &str, mode: u32) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The 20-module server tree; `empty` leaves the modules without content.
+fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
+    fs::create_dir_all(server.join("parameters").join(node).join("modules")).unwrap();
+    write(
+        &server.join("parameters").join(node).join("parameters/port"),
+        "8080\n",
+        0o644,
+    );
+    for i in 0..modules {
+        let m = format!("m{i:02}");
+        let dir = server.join("modules").join(&m);
+        fs::create_dir_all(&dir).unwrap();
+        write(
+            &server
+                .join("parameters")
+                .join(node)
+                .join("modules")
+                .join(&m),
+            "",
+            0o644,
+        );
+        let requires = if i > 0 {
+            format!("after m{:02}\n", i - 1)
+        } else {
+            String::new()
+        };
+        write(&dir.join("requires"), &requires, 0o644);
+        if empty {
+            continue;
+        }
+        write(&dir.join("parameters/port"), "80\n", 0o644);
+        write(&dir.join("parameters/name"), &format!("{m}\n"), 0o644);
+        for f in 1..=3 {
+            let body: String = (0..16)
+                .map(|l| {
+                    format!("{m} file {f} line {l:02} ........................................\n")
+                })
+                .collect();
+            write(
+                &dir.join(format!("files/etc/bench/{m}/f{f}.conf")),
+                &body,
+                0o644,
+            );
+        }
+        for t in 1..=2 {
+            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get name)\"\n");
+            write(
+                &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
+                &tpl,
+                0o644,
+            );
+        }
+        let script = format!(
+            "grep -qx {m} /var/lib/bench/state 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} >> /var/lib/bench/state; }}\n"
+        );
+        write(&dir.join("scripts/10-state"), &script, 0o755);
+    }
+}
+
+struct Measure {
+    wall: Vec<f64>,
+    rss_kib: i64,
+}
+
+/// Runs `cmd` RUNS times; wall times and the peak RSS over all runs
+/// (`wait4` of disco, which covers the children it reaped).
+fn measure(mut make: impl FnMut() -> Command) -> Measure {
+    let mut m = Measure {
+        wall: Vec::new(),
+        rss_kib: 0,
+    };
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let child = make()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut status = 0;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        m.wall.push(t.elapsed().as_secs_f64());
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "a benchmarked command failed"
+        );
+        m.rss_kib = m.rss_kib.max(ru.ru_maxrss);
+    }
+    m
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the dance benchmark needs root"
+    );
+    let disco = PathBuf::from(env!("CARGO_BIN_EXE_disco"));
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let st = Command::new(repo.join("scripts/make-fixture-root"))
+        .arg(&root)
+        .arg(&disco)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let config = dir.path().join("disco.toml");
+    fs::write(&config, "").unwrap();
+
+    let dance = |server: &Path, node: &str| {
+        let (server, node, root, config, state, disco) = (
+            server.to_path_buf(),
+            node.to_string(),
+            root.clone(),
+            config.clone(),
+            dir.path().join("state"),
+            disco.clone(),
+        );
+        move || {
+            let mut c = Command::new(&disco);
+            c.env("NOOP", "true")
+                .arg("--config")
+                .arg(&config)
+                .arg("--server")
+                .arg(&server)
+                .args(["--node", &node, "--root"])
+                .arg(&root)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("dance");
+            c
+        }
+    };
+
+    let work = dir.path().join("work");
+    workload(&work, "bench", 20, false);
+    let empty20 = dir.path().join("empty20");
+    workload(&empty20, "bench", 20, true);
+    let empty0 = dir.path().join("empty0");
+    workload(&empty0, "bench", 0, true);
+
+    let example = measure(dance(&repo.join("server-layout"), "example-node"));
+    let w20 = measure(dance(&work, "bench"));
+    let e20 = measure(dance(&empty20, "bench"));
+    let e0 = measure(dance(&empty0, "bench"));
+
+    // The raw floor: the same work with cp and bash into a scratch copy of /etc.
+    let floor_script = dir.path().join("floor.sh");
+    let mut s = String::from("set -e\nout=$1\nrm -rf \"$out\"; mkdir -p \"$out\"\n");
+    for i in 0..20 {
+        let m = format!("m{i:02}");
+        let md = work.join("modules").join(&m);
+        s.push_str(&format!("mkdir -p \"$out/etc/bench/{m}\"\n"));
+        for f in 1..=3 {
+            s.push_str(&format!(
+                "cp {}/files/etc/bench/{m}/f{f}.conf \"$out/etc/bench/{m}/\"\n",
+                md.display()
+            ));
+        }
+        for t in 1..=2 {
+            s.push_str(&format!(
+                "PATH=/bin:/usr/bin bash -c 'disco() {{ cat {}/parameters/$3; }}; export -f disco; bash {}/templates/etc/bench/{m}/t{t}.conf' > \"$out/etc/bench/{m}/t{t}.conf\"\n",
+                md.display(),
+                md.display()
+            ));
+        }
+        s.push_str(&format!(
+            "sed 's|/var/lib/bench|'\"$out\"'|g' {}/scripts/10-state | bash\n",
+            md.display()
+        ));
+    }
+    fs::write(&floor_script, s).unwrap();
+    let floor_out = dir.path().join("floor-out");
+    let floor = measure(|| {
+        let mut c = Command::new("bash");
+        c.arg(&floor_script).arg(&floor_out);
+        c
+    });
+
+    println!(
+        "{:<58} {:>10} {:>10}",
+        "noop dance on a fixture root", "median", "peak RSS"
+    );
+    let row = |name: &str, m: &Measure| {
+        println!(
+            "{name:<58} {:>8.1}ms {:>7.1}MB",
+            median(&m.wall) * 1e3,
+            m.rss_kib as f64 / 1024.0
+        )
+    };
+    row("bundled example (2 modules)", &example);
+    row("20 modules x (3 files, 2 templates, 1 script)", &w20);
+    row("20 empty modules", &e20);
+    row("0 modules (fetch, plan, report only)", &e0);
+    row(
+        "raw floor: same work with plain cp + bash, no sandbox",
+        &floor,
+    );
+    println!(
+        "{:<58} {:>8.2}ms",
+        "sandbox setup + teardown per module ((20 empty - 0) / 20)",
+        (median(&e20.wall) - median(&e0.wall)) / 20.0 * 1e3
+    );
+}
