@@ -88,6 +88,7 @@ struct Measure {
 
 /// Runs `cmd` RUNS times; wall times and the peak RSS over all runs
 /// (`wait4` of disco, which covers the children it reaped).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
 fn measure(mut make: impl FnMut() -> Command) -> Measure {
     let mut m = Measure {
         wall: Vec::new(),
