@@ -495,8 +495,8 @@ mod tests {
             rels,
             [
                 ("".into(), "ext4"),
-                ("var/lib".into(), "xfs"),
-                ("mnt/my data".into(), "tmpfs")
+                ("mnt/my data".into(), "tmpfs"),
+                ("var/lib".into(), "xfs")
             ]
         );
     }
@@ -527,7 +527,7 @@ mod tests {
             (upper.to_str(), work.to_str()),
             (Some("u/3-0"), Some("w/3-0"))
         );
-        let MountOp::Overlay { target, lowers, .. } = &ops[1] else {
+        let MountOp::Overlay { target, lowers, .. } = &ops[2] else {
             panic!()
         };
         assert_eq!(target, Path::new("/s/run/R/merged/var/lib"));
