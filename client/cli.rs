@@ -50,8 +50,8 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Converge this node: fetch, plan, run every module in the sandbox and
-    /// report every change (this version: noop only, nothing is merged)
+    /// Converge this node: fetch, plan, run every module in the sandbox,
+    /// report every change, then (not in noop) merge it onto the root
     ///
     /// Each module runs in its own overlay layer over ROOT (--root, default
     /// /): files/ are copied, templates/ rendered (bash; stdout becomes the
@@ -61,10 +61,30 @@ pub enum Command {
     /// reboot…) are caught by shims and reported as "would execute".
     /// In noop the sandbox also has its own PID, network, UTS and IPC
     /// namespaces and no capability that reaches outside; ROOT is left
-    /// byte-identical. Needs root.
+    /// byte-identical.
     ///
-    /// Example: NOOP=true disco dance --server /srv/disco
+    /// Without noop, and only if every step succeeded, the layers are merged
+    /// onto ROOT (renames; the old files are kept for `disco undo`), then the
+    /// commands the shims caught are run in the order called — only those
+    /// of modules that changed something — and each changed module's
+    /// handlers/. A crash during the merge is finished by the next dance.
+    /// Needs root.
+    ///
+    /// Exit codes: 0 success; 1 failure (nothing merged, or an action or
+    /// handler failed after the merge — the merged files stay). With
+    /// --detailed-exitcodes: 0 no change, 2 changes applied (noop: pending),
+    /// 1 failure before anything was merged, 4 failure after the merge
+    /// (an action or handler failed).
+    ///
+    /// Examples: NOOP=true disco dance --server /srv/disco;
+    /// disco dance --detailed-exitcodes
     Dance(DanceArgs),
+    /// Restore the root as it was before the last merged dance
+    ///
+    /// Files the dance replaced or deleted are put back from
+    /// STATE/backup/RUN, files it created are removed, directory modes and
+    /// owners are reset. Says what it restored.
+    Undo,
     /// Print the changes of the last dance (or shell) again, from its saved report
     Diff(DiffArgs),
     /// Open bash in a noop sandbox over ROOT; when it exits, print what it changed
@@ -134,6 +154,13 @@ pub struct DanceArgs {
     /// Keep the scratch directory (STATE/run/RUN) after a successful run
     #[arg(long)]
     pub keep: bool,
+    /// Run deferred actions and handlers even when --root is not /
+    /// (they run chrooted into the root)
+    #[arg(long)]
+    pub run_actions: bool,
+    /// Exit 0 no change, 2 changes, 1 failure, 4 failure after the merge
+    #[arg(long)]
+    pub detailed_exitcodes: bool,
 }
 
 #[derive(Debug, Args)]

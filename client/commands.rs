@@ -26,9 +26,15 @@ pub fn run(cli: Cli) -> Result<i32> {
     let config = Config::load(&flags, &env)?;
     match cli.command {
         Command::Plan => plan(&config),
-        Command::Dance(args) => {
-            crate::dance::dance(&config, &crate::dance::DanceOptions { keep: args.keep })
-        }
+        Command::Dance(args) => crate::dance::dance(
+            &config,
+            &crate::dance::DanceOptions {
+                keep: args.keep,
+                run_actions: args.run_actions,
+                detailed_exitcodes: args.detailed_exitcodes,
+            },
+        ),
+        Command::Undo => crate::dance::undo(&config),
         Command::Diff(args) => diff(&config, args.run.as_deref()),
         Command::Shell(args) => crate::shell::shell(&config, args.keep),
         Command::Param(args) => param(&config, args),

@@ -73,6 +73,8 @@ pub struct Config {
     pub root: Setting<PathBuf>,
     pub state_dir: Setting<PathBuf>,
     pub noop: Setting<bool>,
+    /// How many merged dances keep a backup for `disco undo`.
+    pub keep_backups: Setting<usize>,
 }
 
 /// What the command line said, before layering.
@@ -95,6 +97,7 @@ struct FileConfig {
     root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     noop: Option<bool>,
+    keep_backups: Option<usize>,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ impl Config {
             root: Setting::new(PathBuf::from("/"), Source::Default),
             state_dir: Setting::new(PathBuf::from(DEFAULT_STATE_DIR), Source::Default),
             noop: Setting::new(false, Source::Default),
+            keep_backups: Setting::new(5, Source::Default),
         };
 
         let (main, explicit) = match &flags.config {
@@ -181,6 +185,9 @@ impl Config {
         if let Some(v) = file.noop {
             self.noop.set(v, src());
         }
+        if let Some(v) = file.keep_backups {
+            self.keep_backups.set(v, src());
+        }
         Ok(())
     }
 
@@ -211,6 +218,11 @@ impl Config {
                 &self.state_dir.source,
             ),
             line("noop", self.noop.value.to_string(), &self.noop.source),
+            line(
+                "keep_backups",
+                self.keep_backups.value.to_string(),
+                &self.keep_backups.source,
+            ),
         ]
     }
 }

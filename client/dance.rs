@@ -1,10 +1,11 @@
 //! `disco dance`: the pipeline of DESIGN §3 as one short function —
-//! config → fetch → plan → sandbox → render/exec → diff → report.
+//! config → fetch → plan → sandbox → render/exec → diff → merge → actions
+//! → report — and `disco undo`.
 //!
-//! Owns the order of the stages and what the user sees between them
-//! (`info: Processing MODULE`, each module's changes, the summary); the
-//! stages themselves live in their own modules. This version runs noop
-//! dances; the live merge is not built yet and is refused.
+//! Owns the order of the stages, the rule "merge only if every step
+//! succeeded and not in noop", the exit codes, and what the user sees
+//! between stages (`info: Processing MODULE`, each module's changes, the
+//! summary). The stages themselves live in their own modules.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,12 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
+use crate::actions::{self, ModuleActions, Pending};
 use crate::config::Config;
 use crate::diff::{Differ, Owners};
 use crate::exec::Job;
 use crate::fetch::{self, ServerUri};
+use crate::merge::{self, Failpoint};
 use crate::output;
 use crate::params;
 use crate::report::{self, ModuleReport, RunReport};
@@ -31,6 +34,10 @@ const KEPT_RUNS: usize = 5;
 pub struct DanceOptions {
     /// Keep the scratch directory of a successful run.
     pub keep: bool,
+    /// Run deferred actions and handlers under a `--root` other than `/`.
+    pub run_actions: bool,
+    /// 0 no change, 2 changes, 1 failure, 4 failure after the merge.
+    pub detailed_exitcodes: bool,
 }
 
 /// Refuses to go on unless running as root.
@@ -45,16 +52,34 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// Finishes a merge a crash interrupted (and runs what it had pending).
+fn finish_interrupted(config: &Config) -> Result<()> {
+    if let Some((run, _)) = merge::recover(&config.state_dir.value)? {
+        if let Some(pending) = actions::Pending::load(&run.path)? {
+            let (_, ok) = actions::run(&pending)?;
+            if !ok {
+                output::warning(&format!(
+                    "a deferred action or handler of run {} failed; its files stay merged",
+                    run.id
+                ));
+            }
+        }
+        run.remove()?;
+    }
+    Ok(())
+}
+
 /// Runs a dance; returns the exit code.
 pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     require_root("disco dance")?;
     let noop = config.noop.value;
-    if !noop {
-        bail!("the live dance (merging onto the root) is not available in this version; run it as a noop: --noop or NOOP=true");
-    }
+    let failpoint = Failpoint::from_env()?;
     let server = ServerUri::parse(config.require_server()?)?;
     let node = &config.node.value;
     let state = &config.state_dir.value;
+    if !noop {
+        finish_interrupted(config)?;
+    }
 
     let fetched = fetch::fetch(&server, node, state)?;
     let tree = ServerTree::open(&fetched.cache)?;
@@ -94,6 +119,13 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         started: now(),
         plan: layers.clone(),
         ..RunReport::default()
+    };
+    let mut pending = Pending {
+        node: node.to_string(),
+        root: sandbox.root.clone(),
+        params_dir: sandbox.run.params(),
+        run_actions: opts.run_actions,
+        modules: Vec::new(),
     };
     let mut queued = 0;
     for (idx, module) in fetched.plan.order.iter().enumerate() {
@@ -143,6 +175,13 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         for c in &mreport.changes {
             output::change(c, false);
         }
+        pending.modules.push(ModuleActions {
+            module: module.to_string(),
+            handlers: actions::handlers_of(&module_dir),
+            module_dir,
+            actions: mreport.actions.clone(),
+            changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
+        });
         report.modules.push(mreport);
         if let Some(f) = failed {
             let msg = format!("{module}: {f}");
@@ -151,30 +190,90 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
             break;
         }
     }
-    report.ended = now();
-    report::save(state, &report)?;
 
     let changes = report.changes().count();
-    let exit = if report.error.is_some() {
+    let failed_before_merge = report.error.is_some();
+    let code = if failed_before_merge {
         output::info(&format!(
             "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
             sandbox.run.path.display()
         ));
         1
-    } else {
+    } else if noop {
+        actions::describe_noop(&pending);
         let actions: usize = report.modules.iter().map(|m| m.actions.len()).sum();
         output::info(&format!(
             "noop: {changes} change(s) and {actions} deferred action(s) in {} module(s); nothing was merged",
             report.modules.len()
         ));
+        if changes > 0 && opts.detailed_exitcodes {
+            2
+        } else {
+            0
+        }
+    } else {
+        pending.save(&sandbox.run.path)?;
+        let layout = crate::run::Layout {
+            root: sandbox.root.clone(),
+            layers: layers.clone(),
+            mounts: sandbox.mounts.clone(),
+        };
+        let merged = merge::merge(state, &sandbox.run, &layout, failpoint)?;
+        merge::prune_backups(state, config.keep_backups.value)?;
+        if merged.applied > 0 {
+            output::info(&format!(
+                "merged {} change(s) onto {}",
+                merged.applied,
+                sandbox.root.display()
+            ));
+        }
+        let (steps, ok) = actions::run(&pending)?;
+        report.actions = steps;
+        if ok {
+            output::info(&format!(
+                "{changes} change(s) in {} module(s)",
+                report.modules.len()
+            ));
+            if changes > 0 && opts.detailed_exitcodes {
+                2
+            } else {
+                0
+            }
+        } else {
+            let msg =
+                "a deferred action or handler failed; the merged files stay merged".to_string();
+            output::error(&msg);
+            report.error = Some(msg);
+            if opts.detailed_exitcodes {
+                4
+            } else {
+                1
+            }
+        }
+    };
+    report.ended = now();
+    report::save(state, &report)?;
+    if !failed_before_merge {
         if opts.keep {
             output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
         } else {
             sandbox.run.remove()?;
         }
-        0
-    };
-    Ok(exit)
+    }
+    Ok(code)
+}
+
+/// `disco undo`: finishes any interrupted merge, then restores the root as
+/// it was before the last merged dance.
+pub fn undo(config: &Config) -> Result<i32> {
+    require_root("disco undo")?;
+    finish_interrupted(config)?;
+    let lines = merge::undo(&config.state_dir.value, &config.root.value)?;
+    for l in &lines {
+        output::info(l);
+    }
+    output::info(&format!("undo: {} entries restored", lines.len()));
+    Ok(0)
 }
 
 /// The queue file inside the run's queue dir.

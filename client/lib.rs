@@ -5,6 +5,7 @@
 //! the server-tree model in [`tree`], names in [`names`] and parameters in
 //! [`params`].
 
+pub mod actions;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod dance;
 pub mod diff;
 pub mod exec;
 pub mod fetch;
+pub mod merge;
 pub mod names;
 pub mod output;
 pub mod params;

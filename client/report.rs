@@ -113,6 +113,8 @@ pub struct RunReport {
     pub ended: String,
     pub plan: Vec<String>,
     pub modules: Vec<ModuleReport>,
+    /// Deferred actions and handlers run after the merge.
+    pub actions: Vec<Step>,
     /// The error that stopped the run, if any.
     pub error: Option<String>,
 }

@@ -109,6 +109,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
             actions: read_queue(&queue_file(&sandbox.run.queue()))?,
             ..ModuleReport::default()
         }],
+        actions: Vec::new(),
         error: outcome.value.err(),
     };
     report::save(state, &report)?;

@@ -20,7 +20,10 @@ fn help_lists_only_working_commands() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["dance", "diff", "shell", "plan", "param", "config", "help"]);
+    assert_eq!(
+        commands,
+        ["dance", "diff", "shell", "plan", "param", "config", "help"]
+    );
     for flag in [
         "--server",
         "--node",

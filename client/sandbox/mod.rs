@@ -237,15 +237,19 @@ impl Sandbox {
         body: F,
     ) -> i32 {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if !self.noop {
+            // Orphans of the body's processes come to us, so none outlives the module.
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+        }
         let entered = self.enter(layer, binds).map_err(|e| format!("{e:#}"));
         let value = entered
             .clone()
             .and_then(|()| body().map_err(|e| format!("{e:#}")));
         // Only once inside is /proc this PID namespace's own.
-        let leftovers = if self.noop && entered.is_ok() {
-            leftover_processes()
-        } else {
-            Vec::new()
+        let leftovers = match (self.noop, entered.is_ok()) {
+            (true, true) => leftover_processes(),
+            (false, true) => kill_orphans(),
+            _ => Vec::new(),
         };
         send(&out, value, leftovers)
     }
@@ -401,6 +405,49 @@ fn drop_capabilities() -> Result<()> {
     Ok(())
 }
 
+/// Live mode: kills what the body left running (reparented to us, the
+/// subreaper) and returns what it was.
+fn kill_orphans() -> Vec<String> {
+    let me = std::process::id();
+    let mut killed = Vec::new();
+    for _ in 0..100 {
+        let children: Vec<(u32, String)> = fs::read_dir("/proc")
+            .map(|e| {
+                e.flatten()
+                    .filter_map(|e| {
+                        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                        let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+                        let after = &stat[stat.rfind(')')? + 2..];
+                        let ppid: u32 = after.split(' ').nth(1)?.parse().ok()?;
+                        (ppid == me).then(|| (pid, describe_process(&e.path())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if children.is_empty() {
+            break;
+        }
+        for (pid, what) in children {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            killed.push(what);
+        }
+    }
+    killed.sort();
+    killed
+}
+
+fn describe_process(proc_dir: &Path) -> String {
+    let comm = fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+    let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    let cmd: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    format!("{} ({})", cmd.join(" "), comm.trim())
+}
+
 /// Other processes still alive in this PID namespace (we are its init).
 fn leftover_processes() -> Vec<String> {
     let me = std::process::id();
@@ -415,14 +462,7 @@ fn leftover_processes() -> Vec<String> {
         if pid == me {
             continue;
         }
-        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        out.push(format!("{} ({})", cmd.join(" "), comm.trim()));
+        out.push(describe_process(&e.path()));
     }
     out.sort();
     out

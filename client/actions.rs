@@ -1,0 +1,304 @@
+//! Stage 9, deferred actions and handlers (DESIGN §3.9): what the shims
+//! caught during a dance, replayed on the live system after the merge, in
+//! the order called, then each changed module's `handlers/*`.
+//!
+//! Owns the rule of what runs: only actions of modules that changed
+//! something (so a converged node restarts nothing), every handler of a
+//! changed module in lexical order with `DISCO_CHANGED`; under a `--root`
+//! other than `/` nothing runs unless `--run-actions` (there is no live
+//! system to act on). Commands run chrooted into ROOT (a no-op for `/`);
+//! handlers get the module's files and parameters under `/run/disco`, as
+//! scripts do, through a private mount namespace. The plan of what to run
+//! is saved in the run directory before the merge, so a crash-interrupted
+//! merge still gets its actions once it is finished.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, MsFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{wait4, SANDBOX_PATH};
+use crate::output;
+use crate::report::{Figures, Step};
+
+/// One module's share of the work after the merge.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModuleActions {
+    pub module: String,
+    /// The fetched module directory (for its handlers).
+    pub module_dir: PathBuf,
+    /// Commands caught by shims, argv as called.
+    pub actions: Vec<Vec<String>>,
+    /// Paths the module changed (absolute on the target).
+    pub changed: Vec<String>,
+    /// Handler file names, sorted.
+    pub handlers: Vec<String>,
+}
+
+/// Everything to run after a merge.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pending {
+    pub node: String,
+    pub root: PathBuf,
+    pub params_dir: PathBuf,
+    pub run_actions: bool,
+    pub modules: Vec<ModuleActions>,
+}
+
+impl Pending {
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join("pending.json")
+    }
+
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        let p = Self::path(run_dir);
+        fs::write(&p, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    pub fn load(run_dir: &Path) -> Result<Option<Pending>> {
+        match fs::read(Self::path(run_dir)) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).context("pending.json is damaged")?,
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read pending.json"),
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.root == Path::new("/") || self.run_actions
+    }
+}
+
+/// Lists handlers of a module directory, sorted.
+pub fn handlers_of(module_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(module_dir.join("handlers"))
+        .map(|e| {
+            e.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Noop: says what would run after a merge.
+pub fn describe_noop(pending: &Pending) {
+    for m in &pending.modules {
+        if m.changed.is_empty() {
+            for a in &m.actions {
+                output::info(&format!(
+                    "would skip {} ({} changed nothing)",
+                    a.join(" "),
+                    m.module
+                ));
+            }
+            continue;
+        }
+        for h in &m.handlers {
+            output::info(&format!("would run handler {}/handlers/{h}", m.module));
+        }
+    }
+}
+
+/// Runs the actions, then the handlers. Returns the steps and whether all
+/// succeeded.
+pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
+    let mut steps = Vec::new();
+    let mut ok = true;
+    let live = pending.live();
+    for m in &pending.modules {
+        for a in &m.actions {
+            let shown = shown(a);
+            if m.changed.is_empty() {
+                output::info(&format!("skipped {shown}: {} changed nothing", m.module));
+                continue;
+            }
+            if !live {
+                output::info(&format!(
+                    "not run (the root is {}, not /; --run-actions runs it there): {shown}",
+                    pending.root.display()
+                ));
+                continue;
+            }
+            output::info(&format!("running deferred action: {shown}"));
+            let mut cmd = Command::new(&a[0]);
+            cmd.args(&a[1..]);
+            let step = execute(cmd, &format!("action {shown}"), &pending.root, None);
+            ok &= step.error.is_none();
+            steps.push(step);
+        }
+    }
+    for m in &pending.modules {
+        if m.changed.is_empty() {
+            continue;
+        }
+        for h in &m.handlers {
+            let name = format!("{}/handlers/{h}", m.module);
+            if !live {
+                output::info(&format!(
+                    "not run (the root is {}, not /; --run-actions runs it there): handler {name}",
+                    pending.root.display()
+                ));
+                continue;
+            }
+            output::info(&format!("running handler {name}"));
+            let mut cmd = Command::new("bash");
+            cmd.arg(format!("/run/disco/module/handlers/{h}"))
+                .env_clear()
+                .env("PATH", SANDBOX_PATH)
+                .env("HOME", "/root")
+                .env("LANG", "C.UTF-8")
+                .env("NOOP", "false")
+                .env("DISCO_NODE", &pending.node)
+                .env("DISCO_MODULE", &m.module)
+                .env("DISCO_MODULE_DIR", "/run/disco/module")
+                .env("DISCO_PARAMS", "/run/disco/params")
+                .env("DISCO_CHANGED", m.changed.join("\n"));
+            let binds = Binds {
+                module_dir: m.module_dir.clone(),
+                params_dir: pending.params_dir.clone(),
+            };
+            let step = execute(cmd, &format!("handler {name}"), &pending.root, Some(&binds));
+            ok &= step.error.is_none();
+            steps.push(step);
+        }
+    }
+    Ok((steps, ok))
+}
+
+fn shown(argv: &[String]) -> String {
+    let mut v = argv.to_vec();
+    if let Some(first) = v.first_mut() {
+        *first = Path::new(first.as_str())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    v.join(" ")
+}
+
+/// What a handler sees under `/run/disco`.
+struct Binds {
+    module_dir: PathBuf,
+    params_dir: PathBuf,
+}
+
+/// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
+/// private mount namespace for handlers); reports exit code and output.
+fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> Step {
+    let started = Instant::now();
+    let root = root.to_path_buf();
+    let exe = fs::read_link("/proc/self/exe").unwrap_or_default();
+    let disco_dir = root.join("run/disco");
+    let made_dir = binds.is_some() && !disco_dir.exists() && fs::create_dir_all(&disco_dir).is_ok();
+    let bind_spec = binds.map(|b| {
+        (
+            b.module_dir.clone(),
+            b.params_dir.clone(),
+            exe.clone(),
+            disco_dir.clone(),
+        )
+    });
+    cmd.current_dir("/").stdin(Stdio::null());
+    // SAFETY: runs between fork and exec in a single-threaded process:
+    // only namespace, mount and chroot calls, no locks held.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((module, params, exe, dir)) = &bind_spec {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )?;
+                mount(
+                    Some("tmpfs"),
+                    dir,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=755"),
+                )?;
+                for (src, sub) in [(module, "module"), (params, "params")] {
+                    let t = dir.join(sub);
+                    fs::create_dir(&t)?;
+                    mount(
+                        Some(src.as_path()),
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )?;
+                    mount(
+                        None::<&str>,
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None::<&str>,
+                    )?;
+                }
+                fs::create_dir(dir.join("bin"))?;
+                let t = dir.join("bin/disco");
+                fs::File::create(&t)?;
+                mount(
+                    Some(exe.as_path()),
+                    &t,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )?;
+            }
+            nix::unistd::chroot(&root)?;
+            nix::unistd::chdir("/")?;
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let result = cmd
+        .spawn()
+        .map_err(anyhow::Error::from)
+        .and_then(|c| wait4(c.id()));
+    if made_dir {
+        let _ = fs::remove_dir(&disco_dir);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    match result {
+        Ok((code, ru)) => {
+            let error = (code != 0).then(|| format!("{name} exited {code}"));
+            match &error {
+                Some(e) => output::error(e),
+                None => output::info(&format!("{name}: exit 0")),
+            }
+            Step {
+                name: name.to_string(),
+                exit: Some(code),
+                error,
+                figures: Figures::from_rusage(&ru, wall),
+            }
+        }
+        Err(e) => {
+            let msg = format!("{name}: cannot run: {e:#}");
+            output::error(&msg);
+            Step {
+                name: name.to_string(),
+                exit: None,
+                error: Some(msg),
+                figures: Figures {
+                    time_real: wall,
+                    ..Figures::default()
+                },
+            }
+        }
+    }
+}

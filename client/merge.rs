@@ -1,0 +1,704 @@
+//! Stage 8, merge (DESIGN §3.8): applies the upper layers of a successful
+//! live dance onto ROOT, layer by layer in module order, with backups for
+//! `disco undo` and a journal that makes a crash harmless.
+//!
+//! Owns: the apply of each upper entry (whiteout → delete, opaque dir →
+//! replace, file/symlink → `rename(2)` into place on the same filesystem,
+//! or copy beside the target + fsync + rename across filesystems,
+//! directory → create or fix mode/owner/xattrs); the skipping of copy-ups
+//! that change nothing; backups in `STATE/backup/RUN/` (hard link or move,
+//! copy across filesystems); the undo journal; the `STATE/merging` marker;
+//! finishing an interrupted merge; `disco undo`.
+//!
+//! Crash safety rests on one rule: every applied entry leaves the upper
+//! directory, so what is left in the upper layers *is* the remaining work.
+//! Each journal record is fsynced before its entry is applied, all upper
+//! data is made durable (syncfs) before the first rename, and every live
+//! file is replaced by a rename, so it is always either old or new.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::output;
+use crate::run::{Layout, RunDir};
+
+/// The marker file that says "merge of RUN in progress".
+pub fn marker(state_dir: &Path) -> PathBuf {
+    state_dir.join("merging")
+}
+
+fn backup_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("backup")
+}
+
+/// One undo record, written before its entry is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Undo {
+    /// The dance created `path`: undo removes it.
+    Remove { path: PathBuf },
+    /// The dance replaced or deleted `path`; its old version is backup `seq`.
+    Restore { path: PathBuf, seq: u64 },
+    /// The dance changed a directory's attributes: undo sets them back.
+    Attrs {
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+}
+
+/// What a merge did.
+#[derive(Debug, Default, Clone)]
+pub struct Merged {
+    /// Entries that changed the live system.
+    pub applied: usize,
+    /// Copy-ups that equalled the live entry and were dropped.
+    pub unchanged: usize,
+    /// Live paths changed, per layer (1-based index - 1).
+    pub changed: Vec<BTreeSet<PathBuf>>,
+}
+
+/// Options from the environment: the test failpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failpoint {
+    /// `DISCO_FAILPOINT=merge-after:N`: abort() after N applied entries.
+    pub abort_after: Option<usize>,
+}
+
+impl Failpoint {
+    pub fn from_env() -> Result<Failpoint> {
+        match std::env::var("DISCO_FAILPOINT") {
+            Ok(v) if !v.is_empty() => {
+                let n = v
+                    .strip_prefix("merge-after:")
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("DISCO_FAILPOINT={v:?}: expected merge-after:N"))?;
+                Ok(Failpoint {
+                    abort_after: Some(n),
+                })
+            }
+            _ => Ok(Failpoint::default()),
+        }
+    }
+}
+
+/// The journal and backup directory of one run, created on first use so
+/// a merge that changes nothing leaves no backup behind.
+struct Journal {
+    dir: PathBuf,
+    file: Option<fs::File>,
+    seq: u64,
+}
+
+impl Journal {
+    fn new(state_dir: &Path, run_id: &str) -> Journal {
+        let dir = backup_root(state_dir).join(run_id);
+        let seq = fs::read_to_string(dir.join("journal"))
+            .map(|t| t.lines().count() as u64)
+            .unwrap_or(0);
+        Journal {
+            dir,
+            file: None,
+            seq,
+        }
+    }
+
+    /// Appends a record and makes it durable; returns its sequence number.
+    fn record(&mut self, undo: &Undo) -> Result<u64> {
+        if self.file.is_none() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.dir.join("b"))
+                .with_context(|| format!("cannot create backup dir {}", self.dir.display()))?;
+            let path = self.dir.join("journal");
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            sync_dir(&self.dir)?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        let mut line = serde_json::to_vec(undo)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        file.sync_data().context("cannot sync the undo journal")?;
+        self.seq += 1;
+        Ok(self.seq)
+    }
+
+    fn backup_path(&self, seq: u64) -> PathBuf {
+        self.dir.join("b").join(seq.to_string())
+    }
+}
+
+/// Merges every layer of `run` onto its root. Called for a fresh merge and
+/// to finish an interrupted one (the uppers hold exactly the remaining work).
+pub fn merge(
+    state_dir: &Path,
+    run: &RunDir,
+    layout: &Layout,
+    failpoint: Failpoint,
+) -> Result<Merged> {
+    let marker = marker(state_dir);
+    write_durably(&marker, run.id.as_bytes())?;
+    // Everything the sandbox wrote must be on disk before it is renamed into place.
+    sync_fs(&run.path)?;
+    let mut journal = Journal::new(state_dir, &run.id);
+    let mut m = Merger {
+        journal: &mut journal,
+        failpoint,
+        merged: Merged {
+            changed: vec![BTreeSet::new(); layout.layers.len()],
+            ..Merged::default()
+        },
+        layer: 0,
+    };
+    for (idx, name) in layout.layers.iter().enumerate() {
+        m.layer = idx;
+        for (k, mount) in layout.mounts.iter().enumerate() {
+            let upper = run.upper(idx + 1, k);
+            if !upper.is_dir() {
+                continue;
+            }
+            let live = layout.root.join(&mount.rel);
+            m.merge_dir(&upper, &live, &Path::new("/").join(&mount.rel), true)
+                .with_context(|| format!("merge of {name} onto {}", live.display()))?;
+        }
+    }
+    let merged = m.merged;
+    for mount in &layout.mounts {
+        sync_fs(&layout.root.join(&mount.rel))?;
+    }
+    fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+    sync_dir(state_dir)?;
+    Ok(merged)
+}
+
+struct Merger<'a> {
+    journal: &'a mut Journal,
+    failpoint: Failpoint,
+    merged: Merged,
+    layer: usize,
+}
+
+impl Merger<'_> {
+    /// Merges directory `upper` onto the live directory `live` (which
+    /// exists); `shown` is its path on the target system. The layer's own
+    /// root is kept; any other upper directory is removed once empty.
+    fn merge_dir(
+        &mut self,
+        upper: &Path,
+        live: &Path,
+        shown: &Path,
+        is_layer_root: bool,
+    ) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(upper)
+            .and_then(|e| {
+                e.map(|e| e.map(|e| e.file_name()))
+                    .collect::<io::Result<Vec<_>>>()
+            })
+            .with_context(|| format!("cannot read {}", upper.display()))?;
+        names.sort();
+        let mut touched = false;
+        for name in names {
+            let (u, l, s) = (upper.join(&name), live.join(&name), shown.join(&name));
+            touched |= self.entry(&u, &l, &s)?;
+        }
+        if is_layer_root {
+            // The root of the layer carries the attributes of the root dir.
+            self.dir_attrs(upper, live, shown)?;
+        }
+        if touched {
+            sync_dir(live)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one upper entry; true when the live directory changed.
+    fn entry(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<bool> {
+        let um = fs::symlink_metadata(u).with_context(|| format!("cannot read {}", u.display()))?;
+        let lm = fs::symlink_metadata(l).ok();
+
+        if is_whiteout(&um) {
+            if lm.is_some() {
+                self.backup_away(l, shown, true)?;
+                self.applied(shown)?;
+            }
+            fs::remove_file(u)?;
+            return Ok(true);
+        }
+
+        if um.is_dir() {
+            let opaque = is_opaque(u);
+            let created = match &lm {
+                Some(m) if m.is_dir() && !opaque => false,
+                Some(_) => {
+                    self.backup_away(l, shown, true)?;
+                    true
+                }
+                None => {
+                    self.journal.record(&Undo::Remove {
+                        path: shown.to_path_buf(),
+                    })?;
+                    true
+                }
+            };
+            if created {
+                fs::DirBuilder::new()
+                    .mode(um.mode() & 0o7777)
+                    .create(l)
+                    .with_context(|| format!("cannot create {}", l.display()))?;
+                copy_attrs(u, l, &um)?;
+                // From here on a restart merges into this new directory
+                // instead of replacing it again.
+                if opaque {
+                    let _ = xattr::remove(u, "trusted.overlay.opaque");
+                }
+                self.applied(shown)?;
+            } else {
+                self.dir_attrs(u, l, shown)?;
+            }
+            self.merge_dir(u, l, shown, false)?;
+            fs::remove_dir(u).with_context(|| format!("cannot remove merged {}", u.display()))?;
+            return Ok(created);
+        }
+
+        if let Some(m) = &lm {
+            if same_entry(u, &um, l, m)? {
+                fs::remove_file(u)?;
+                self.merged.unchanged += 1;
+                return Ok(false);
+            }
+            // A file keeps its live name until the rename replaces it; a
+            // directory in the way is moved into the backup.
+            self.backup_away(l, shown, false)?;
+        } else {
+            self.journal.record(&Undo::Remove {
+                path: shown.to_path_buf(),
+            })?;
+        }
+        strip_overlay_xattrs(u);
+        place(u, l)?;
+        self.applied(shown)?;
+        Ok(true)
+    }
+
+    /// Fixes a directory's mode, owner and xattrs to the upper's, recording
+    /// the old ones, when they differ.
+    fn dir_attrs(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<()> {
+        let (um, lm) = (fs::symlink_metadata(u)?, fs::symlink_metadata(l)?);
+        let (ux, lx) = (xattrs(u), xattrs(l));
+        if um.mode() & 0o7777 == lm.mode() & 0o7777
+            && um.uid() == lm.uid()
+            && um.gid() == lm.gid()
+            && ux == lx
+        {
+            return Ok(());
+        }
+        self.journal.record(&Undo::Attrs {
+            path: shown.to_path_buf(),
+            mode: lm.mode() & 0o7777,
+            uid: lm.uid(),
+            gid: lm.gid(),
+            xattrs: lx,
+        })?;
+        copy_attrs(u, l, &um)?;
+        self.applied(shown)
+    }
+
+    /// Records and saves the live entry at `l` in the backup: a directory
+    /// is moved there (renamed, or copied across filesystems); a file is
+    /// hard-linked (or copied) and, with `vacate`, then unlinked.
+    fn backup_away(&mut self, l: &Path, shown: &Path, vacate: bool) -> Result<()> {
+        let seq = self.journal.record(&Undo::Restore {
+            path: shown.to_path_buf(),
+            seq: self.journal.seq + 1,
+        })?;
+        let b = self.journal.backup_path(seq);
+        let lm = fs::symlink_metadata(l)?;
+        if lm.is_dir() {
+            match fs::rename(l, &b) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    copy_tree(l, &b)?;
+                    fs::remove_dir_all(l)?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
+            }
+        } else {
+            match fs::hard_link(l, &b) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_entry(l, &b)?,
+                Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
+            }
+            if vacate {
+                fs::remove_file(l).with_context(|| format!("cannot remove {}", l.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts an applied entry; honours the failpoint.
+    fn applied(&mut self, shown: &Path) -> Result<()> {
+        self.merged.applied += 1;
+        self.merged.changed[self.layer].insert(shown.to_path_buf());
+        if self.failpoint.abort_after == Some(self.merged.applied) {
+            output::error(&format!(
+                "DISCO_FAILPOINT: aborting after {} applied entries",
+                self.merged.applied
+            ));
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+/// Moves upper entry `u` to live path `l`: one rename on the same
+/// filesystem; else a copy beside `l`, fsync, rename, then `u` is removed.
+fn place(u: &Path, l: &Path) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(l) {
+        if m.is_dir() {
+            // A file replacing a directory: the directory was backed up (moved) already.
+            bail!("{} is still a directory", l.display());
+        }
+    }
+    match fs::rename(u, l) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = l.with_file_name(format!(
+                ".{}.disco-merge",
+                l.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            let _ = fs::remove_file(&tmp);
+            copy_entry(u, &tmp)?;
+            fs::rename(&tmp, l)
+                .with_context(|| format!("cannot move {} into place", l.display()))?;
+            fs::remove_file(u)?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot move {} to {}", u.display(), l.display())),
+    }
+}
+
+/// Copies a file or symlink with mode, owner, xattrs and mtime; file data
+/// is fsynced.
+fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(src)?;
+    if m.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)
+            .with_context(|| format!("cannot create {}", dst.display()))?;
+        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))?;
+        return Ok(());
+    }
+    let mut from = fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", dst.display()))?;
+    std::os::unix::fs::fchown(&to, Some(m.uid()), Some(m.gid()))?;
+    to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    for (k, v) in xattrs(src) {
+        let _ = xattr::set(dst, &k, &v);
+    }
+    let times = [
+        nix::sys::time::TimeSpec::new(m.atime(), m.atime_nsec()),
+        nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec()),
+    ];
+    let _ = nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&to), &times[0], &times[1]);
+    to.sync_all()
+        .with_context(|| format!("cannot sync {}", dst.display()))?;
+    Ok(())
+}
+
+/// Copies a directory tree (backups across filesystems, undo).
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(src)?;
+    if !m.is_dir() {
+        return copy_entry(src, dst);
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        copy_tree(&e.path(), &dst.join(e.file_name()))?;
+    }
+    copy_attrs(src, dst, &m)
+}
+
+/// Sets mode, owner and xattrs of `dst` to those of `src` (`sm` its metadata).
+fn copy_attrs(src: &Path, dst: &Path, sm: &fs::Metadata) -> Result<()> {
+    std::os::unix::fs::lchown(dst, Some(sm.uid()), Some(sm.gid()))
+        .with_context(|| format!("cannot chown {}", dst.display()))?;
+    if !sm.file_type().is_symlink() {
+        fs::set_permissions(dst, fs::Permissions::from_mode(sm.mode() & 0o7777))
+            .with_context(|| format!("cannot chmod {}", dst.display()))?;
+    }
+    let want = xattrs(src);
+    for (k, _) in xattrs(dst) {
+        if !want.iter().any(|(n, _)| *n == k) {
+            let _ = xattr::remove(dst, &k);
+        }
+    }
+    for (k, v) in want {
+        xattr::set(dst, &k, &v).with_context(|| format!("cannot set {k} on {}", dst.display()))?;
+    }
+    Ok(())
+}
+
+/// True when upper entry `u` would change nothing at live `l`.
+fn same_entry(u: &Path, um: &fs::Metadata, l: &Path, lm: &fs::Metadata) -> Result<bool> {
+    if um.file_type() != lm.file_type() || um.uid() != lm.uid() || um.gid() != lm.gid() {
+        return Ok(false);
+    }
+    if um.file_type().is_symlink() {
+        return Ok(fs::read_link(u)? == fs::read_link(l)?);
+    }
+    if !um.is_file()
+        || um.mode() & 0o7777 != lm.mode() & 0o7777
+        || um.len() != lm.len()
+        || xattrs(u) != xattrs(l)
+    {
+        return Ok(false);
+    }
+    let (mut a, mut b) = (fs::File::open(u)?, fs::File::open(l)?);
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = a.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+/// Extended attributes other than overlayfs' own, sorted.
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("trusted.overlay."))
+        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn strip_overlay_xattrs(path: &Path) {
+    if let Ok(names) = xattr::list(path) {
+        for n in names {
+            if n.to_string_lossy().starts_with("trusted.overlay.") {
+                let _ = xattr::remove(path, &n);
+            }
+        }
+    }
+}
+
+fn write_durably(path: &Path, content: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+fn sync_fs(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
+        .with_context(|| format!("syncfs {}", path.display()))
+}
+
+/// Finishes a merge that a crash interrupted, if `STATE/merging` says so.
+/// Returns the run id it finished.
+pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
+    let marker = marker(state_dir);
+    let id = match fs::read_to_string(&marker) {
+        Ok(id) => id.trim().to_string(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", marker.display())),
+    };
+    crate::names::Name::parse(&id, marker.display())?;
+    let run = RunDir {
+        path: state_dir.join("run").join(&id),
+        id: id.clone(),
+    };
+    let layout_path = run.path.join("layout.json");
+    let layout: Layout = serde_json::from_slice(&fs::read(&layout_path).with_context(|| {
+        format!(
+            "{} names run {id}, but {} is missing",
+            marker.display(),
+            layout_path.display()
+        )
+    })?)
+    .with_context(|| format!("{} is damaged", layout_path.display()))?;
+    output::warning(&format!(
+        "a merge of run {id} was interrupted; finishing it first"
+    ));
+    let merged = merge(state_dir, &run, &layout, Failpoint::default())?;
+    output::info(&format!(
+        "finished the interrupted merge of run {id}: {} more entries applied",
+        merged.applied
+    ));
+    Ok(Some((run, merged)))
+}
+
+/// Keeps the newest `keep` backup directories.
+pub fn prune_backups(state_dir: &Path, keep: usize) -> Result<()> {
+    let dir = backup_root(state_dir);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep);
+    for old in &runs[..excess] {
+        fs::remove_dir_all(old)
+            .with_context(|| format!("cannot remove old backup {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// `disco undo`: restores ROOT as it was before the last merged dance.
+/// Returns the lines it reports.
+pub fn undo(state_dir: &Path, root: &Path) -> Result<Vec<String>> {
+    let dir = backup_root(state_dir);
+    let mut runs: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("journal").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    runs.sort();
+    let Some(last) = runs.pop() else {
+        bail!(
+            "nothing to undo: no merged dance has a backup in {}",
+            dir.display()
+        );
+    };
+    let id = last
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = fs::read_to_string(last.join("journal"))?;
+    let records: Vec<Undo> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is damaged", last.join("journal").display()))?;
+    let mut said = Vec::new();
+    let live = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    for rec in records.iter().rev() {
+        match rec {
+            Undo::Remove { path } => {
+                let l = live(path);
+                match fs::symlink_metadata(&l) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(&l)?,
+                    Ok(_) => fs::remove_file(&l)?,
+                    Err(_) => continue,
+                }
+                said.push(format!("removed {} (created by run {id})", path.display()));
+            }
+            Undo::Restore { path, seq } => {
+                let b = last.join("b").join(seq.to_string());
+                if fs::symlink_metadata(&b).is_err() {
+                    continue; // recorded, then interrupted before the backup was made
+                }
+                let l = live(path);
+                let tmp = l.with_file_name(format!(
+                    ".{}.disco-undo",
+                    l.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ));
+                let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
+                // Put the old version beside the target, then swap it in by rename.
+                match fs::rename(&b, &tmp) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_tree(&b, &tmp)?,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot restore {}", path.display()))
+                    }
+                }
+                let is_dir_now = fs::symlink_metadata(&l)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                let tmp_is_dir = fs::symlink_metadata(&tmp)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                if is_dir_now || tmp_is_dir {
+                    let _ = fs::remove_dir_all(&l).or_else(|_| fs::remove_file(&l));
+                }
+                fs::rename(&tmp, &l)
+                    .with_context(|| format!("cannot restore {}", path.display()))?;
+                said.push(format!("restored {}", path.display()));
+            }
+            Undo::Attrs {
+                path,
+                mode,
+                uid,
+                gid,
+                xattrs: old,
+            } => {
+                let l = live(path);
+                std::os::unix::fs::lchown(&l, Some(*uid), Some(*gid))?;
+                fs::set_permissions(&l, fs::Permissions::from_mode(*mode))?;
+                for (k, _) in xattrs(&l) {
+                    if !old.iter().any(|(n, _)| *n == k) {
+                        let _ = xattr::remove(&l, &k);
+                    }
+                }
+                for (k, v) in old {
+                    let _ = xattr::set(&l, k, v);
+                }
+                said.push(format!("restored mode/owner of {}", path.display()));
+            }
+        }
+    }
+    fs::rename(last.join("journal"), last.join("journal.undone"))?;
+    said.reverse();
+    Ok(said)
+}

@@ -1,0 +1,474 @@
+//! Live dances on fixture roots: the merge, undo, crash safety, deferred
+//! actions, handlers, idempotence, and noop telling the truth.
+mod common;
+
+use common::root::{deep_snapshot, FixtureRoot, MountGuard};
+use common::{run, Fixture};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn live_dance(f: &Fixture, root: &Path, args: &[&str]) -> (i32, String, String) {
+    run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(root)
+        .arg("dance")
+        .args(args))
+}
+
+/// A snapshot without directory mtimes (adding and removing entries
+/// changes them; everything else must be identical).
+fn snapshot_no_dir_mtimes(root: &Path) -> Vec<String> {
+    deep_snapshot(root)
+        .into_iter()
+        .map(|l| {
+            let path = l.split(' ').next().unwrap().to_string();
+            if root.join(&path).is_dir()
+                && !fs::symlink_metadata(root.join(&path))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            {
+                let mut parts: Vec<&str> = l.split(' ').collect();
+                parts[3] = "-";
+                parts.join(" ")
+            } else {
+                l
+            }
+        })
+        .collect()
+}
+
+/// Every kind of change, made by one script.
+fn every_kind_of_change(f: &Fixture, r: &FixtureRoot) {
+    r.file("etc/modify", "old\n")
+        .file("etc/delete", "bye\n")
+        .file("srv/dir-to-file/inner", "i\n");
+    r.file("srv/file-to-dir", "f\n")
+        .file("etc/chmod", "c\n")
+        .file("etc/chown", "o\n")
+        .file("etc/xattr", "x\n");
+    std::os::unix::fs::symlink("a", r.path.join("etc/link")).unwrap();
+    fs::create_dir_all(r.path.join("srv/replace")).unwrap();
+    r.file("srv/replace/old", "o\n");
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/created", "new file\n", 0o640).module_file(
+        "m",
+        "scripts/10-all",
+        "echo new > /etc/modify\nrm /etc/delete\nrm -rf /srv/dir-to-file; echo file > /srv/dir-to-file\n\
+         rm /srv/file-to-dir; mkdir /srv/file-to-dir; echo in > /srv/file-to-dir/x\n\
+         ln -sfn b /etc/link\nchmod 600 /etc/chmod\nchown 1:1 /etc/chown\n\
+         rm -rf /srv/replace; mkdir /srv/replace; echo n > /srv/replace/new\nmkdir -p /opt/tree/deep; echo d > /opt/tree/deep/f\n",
+        0o755,
+    );
+}
+
+fn assert_every_kind_landed(root: &Path) {
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
+    let meta = |p: &str| fs::symlink_metadata(root.join(p)).unwrap();
+    assert_eq!(read("etc/created"), "new file\n");
+    assert_eq!(meta("etc/created").mode() & 0o7777, 0o640);
+    assert_eq!(read("etc/modify"), "new\n");
+    assert!(!root.join("etc/delete").exists());
+    assert_eq!(read("srv/dir-to-file"), "file\n");
+    assert_eq!(read("srv/file-to-dir/x"), "in\n");
+    assert_eq!(
+        fs::read_link(root.join("etc/link")).unwrap().to_str(),
+        Some("b")
+    );
+    assert_eq!(meta("etc/chmod").mode() & 0o7777, 0o600);
+    assert_eq!((meta("etc/chown").uid(), meta("etc/chown").gid()), (1, 1));
+    assert!(!root.join("srv/replace/old").exists());
+    assert_eq!(read("srv/replace/new"), "n\n");
+    assert_eq!(read("opt/tree/deep/f"), "d\n");
+}
+
+#[test]
+fn every_kind_of_change_lands_exactly_and_noop_told_the_truth() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    every_kind_of_change(&f, &r);
+    let before = deep_snapshot(&r.path);
+    let (code, out, err) = run(f
+        .disco()
+        .env("NOOP", "true")
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(deep_snapshot(&r.path), before);
+    let noop: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap();
+
+    let (code, out, err) = live_dance(&f, &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_every_kind_landed(&r.path);
+    let live: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap();
+    assert_eq!(
+        noop["modules"][0]["changes"], live["modules"][0]["changes"],
+        "noop reported exactly what the live run applied"
+    );
+    // And what was reported is what the root now holds.
+    for c in live["modules"][0]["changes"].as_array().unwrap() {
+        let p = r
+            .path
+            .join(c["path"].as_str().unwrap().trim_start_matches('/'));
+        match c["kind"].as_str().unwrap() {
+            "Deleted" => assert!(fs::symlink_metadata(&p).is_err(), "{p:?}"),
+            _ => {
+                let m = fs::symlink_metadata(&p).unwrap();
+                let new = &c["new"];
+                assert_eq!(m.uid() as u64, new["uid"].as_u64().unwrap(), "{p:?}");
+                if !m.file_type().is_symlink() {
+                    assert_eq!(
+                        (m.mode() & 0o7777) as u64,
+                        new["mode"].as_u64().unwrap(),
+                        "{p:?}"
+                    );
+                }
+                if m.is_file() {
+                    let md5 = format!(
+                        "{:x}",
+                        <md5::Md5 as md5::Digest>::digest(fs::read(&p).unwrap())
+                    );
+                    assert_eq!(new["md5"].as_str().unwrap(), md5, "{p:?}");
+                }
+            }
+        }
+    }
+    assert!(
+        fs::read_dir(f.state().join("run"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "scratch removed"
+    );
+}
+
+#[test]
+fn xattr_only_change_lands() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/xattr", "x\n");
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-x",
+        "setfattr -n user.disco -v tagged /etc/xattr\n",
+        0o755,
+    );
+    let (code, _, err) = run(f
+        .disco()
+        .env("NOOP", "1")
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("info: File: /etc/xattr : Modified : type=[regular file] mode=[0644] owner=[root:root] md5=["), "{err}");
+    assert!(err.contains("xattrs=[changed]"), "{err}");
+    assert_eq!(
+        xattr::get(r.path.join("etc/xattr"), "user.disco").unwrap(),
+        None
+    );
+    let (code, _, err) = live_dance(&f, &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        xattr::get(r.path.join("etc/xattr"), "user.disco")
+            .unwrap()
+            .as_deref(),
+        Some(&b"tagged"[..])
+    );
+    assert_eq!(fs::read_to_string(r.path.join("etc/xattr")).unwrap(), "x\n");
+}
+
+#[test]
+fn idempotent_second_dance_changes_nothing() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/app.conf", "a=1\n", 0o644)
+        .module_file("m", "templates/etc/app.env", "echo ENV=$(disco param get env)\n", 0o644)
+        .module_file("m", "scripts/10-state", "grep -qx m /var/lib/state 2>/dev/null || echo m >> /var/lib/state\nsystemctl restart app\n", 0o755)
+        .module_file("m", "handlers/10-h", "echo handler ran >&2\n", 0o755)
+        .file("parameters/n/parameters/env", "prod\n");
+    let (code, _, err) = live_dance(&f, &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 2, "{err}");
+    let after_first = deep_snapshot(&r.path);
+    let (code, _, err) = live_dance(&f, &r.path, &["--detailed-exitcodes", "--run-actions"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("File:"), "{err}");
+    assert!(
+        err.contains("skipped systemctl restart app: m changed nothing"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("handler ran") && !err.contains("running handler"),
+        "{err}"
+    );
+    assert_eq!(deep_snapshot(&r.path), after_first);
+}
+
+#[test]
+fn failing_module_three_of_four_merges_nothing() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["a", "b", "c", "d"])
+        .module("a", "")
+        .module("b", "after a\n")
+        .module("c", "after b\n")
+        .module("d", "after c\n");
+    for m in ["a", "b", "d"] {
+        f.module_file(m, &format!("files/etc/{m}"), "x\n", 0o644);
+    }
+    f.module_file("c", "scripts/10-fail", "echo c > /etc/c; exit 7\n", 0o755);
+    let before = deep_snapshot(&r.path);
+    let (code, _, err) = live_dance(&f, &r.path, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("error: c: scripts/10-fail exited 7\n"),
+        "{err}"
+    );
+    assert_eq!(deep_snapshot(&r.path), before, "nothing merged");
+    assert_eq!(
+        fs::read_dir(f.state().join("run")).unwrap().count(),
+        1,
+        "scratch kept"
+    );
+    assert!(!f.state().join("backup").exists());
+}
+
+#[test]
+fn undo_restores_the_root_exactly() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    every_kind_of_change(&f, &r);
+    let before = snapshot_no_dir_mtimes(&r.path);
+    let (code, _, err) = live_dance(&f, &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_every_kind_landed(&r.path);
+    let (code, out, err) = run(f.disco().arg("--root").arg(&r.path).arg("undo"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("info: restored /etc/modify"), "{err}");
+    assert!(
+        err.contains("info: removed /etc/created (created by run"),
+        "{err}"
+    );
+    assert_eq!(snapshot_no_dir_mtimes(&r.path), before);
+    let (code, _, err) = run(f.disco().arg("--root").arg(&r.path).arg("undo"));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: nothing to undo"), "{err}");
+}
+
+#[test]
+fn separately_mounted_filesystem_takes_the_copy_path() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let data = r.path.join("srv/data");
+    let _guard = MountGuard::tmpfs(&data);
+    fs::write(data.join("existing"), "old\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-w", "echo new > /srv/data/new; echo changed > /srv/data/existing; chmod 600 /srv/data/existing\n", 0o755);
+    let (code, out, err) = live_dance(&f, &r.path, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(fs::read_to_string(data.join("new")).unwrap(), "new\n");
+    assert_eq!(
+        fs::read_to_string(data.join("existing")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        fs::metadata(data.join("existing"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        fs::read_dir(&data).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("disco")),
+        "no temp left"
+    );
+    let (code, _, err) = run(f.disco().arg("--root").arg(&r.path).arg("undo"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_to_string(data.join("existing")).unwrap(), "old\n");
+    assert!(!data.join("new").exists());
+}
+
+#[test]
+fn deferred_actions_and_handlers_replay_in_order_with_run_actions() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let double = "#!/bin/sh\necho \"${0##*/} $*\" >> /var/log/actions\n";
+    r.file("usr/sbin/systemctl", double)
+        .file("usr/sbin/service", double);
+    fs::set_permissions(
+        r.path.join("usr/sbin/systemctl"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::set_permissions(
+        r.path.join("usr/sbin/service"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    f.node("n", &["m", "quiet"])
+        .module("m", "")
+        .module("quiet", "after m\n");
+    f.module_file("m", "files/etc/nginx.conf", "conf\n", 0o644)
+        .module_file("m", "scripts/10-x", "systemctl restart nginx\nservice postgresql reload\n/usr/sbin/systemctl daemon-reload\n", 0o755)
+        .module_file("m", "handlers/10-h", "echo \"handler $DISCO_MODULE changed=$DISCO_CHANGED param=$(disco param get p)\" >> /var/log/actions\n", 0o755)
+        .module_file("quiet", "scripts/10-y", "systemctl restart unrelated\n", 0o755)
+        .file("parameters/n/parameters/p", "v\n");
+    let (code, out, err) = live_dance(&f, &r.path, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("not run (the root is"), "{err}");
+    assert!(
+        !r.path.join("var/log/actions").exists(),
+        "nothing runs under --root without --run-actions"
+    );
+    fs::write(r.path.join("etc/nginx.conf"), "drifted\n").unwrap();
+    let (code, out, err) = live_dance(&f, &r.path, &["--run-actions"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        fs::read_to_string(r.path.join("var/log/actions")).unwrap(),
+        "systemctl restart nginx\nservice postgresql reload\nsystemctl daemon-reload\nhandler m changed=/etc/nginx.conf param=v\n"
+    );
+    assert!(
+        !r.path.join("run/disco").exists(),
+        "no leftover mount point in the root"
+    );
+}
+
+#[test]
+fn failing_action_fails_the_dance_but_files_stay_merged() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("usr/sbin/systemctl", "#!/bin/sh\nexit 5\n");
+    fs::set_permissions(
+        r.path.join("usr/sbin/systemctl"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/x", "x\n", 0o644).module_file(
+        "m",
+        "scripts/10-x",
+        "systemctl restart x\n",
+        0o755,
+    );
+    let (code, _, err) = live_dance(&f, &r.path, &["--run-actions", "--detailed-exitcodes"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("error: action systemctl restart x exited 5"),
+        "{err}"
+    );
+    assert!(err.contains("the merged files stay merged"), "{err}");
+    assert_eq!(fs::read_to_string(r.path.join("etc/x")).unwrap(), "x\n");
+}
+
+/// 200 entries: 100 created files, 100 modified ones.
+fn two_hundred(f: &Fixture, r: &FixtureRoot) {
+    f.node("n", &["m"]).module("m", "");
+    for i in 0..100 {
+        r.file(&format!("srv/mod/f{i:03}"), &format!("old {i}\n"));
+        f.module_file(
+            "m",
+            &format!("files/srv/mod/f{i:03}"),
+            &format!("new {i}\n"),
+            0o644,
+        );
+        f.module_file(
+            "m",
+            &format!("files/srv/new/f{i:03}"),
+            &format!("created {i}\n"),
+            0o644,
+        );
+    }
+}
+
+/// Path, mode, owner, xattrs and content: what two separate runs must agree on.
+fn snapshot_no_mtimes(root: &Path) -> Vec<String> {
+    deep_snapshot(root)
+        .into_iter()
+        .map(|l| {
+            let mut parts: Vec<&str> = l.split(' ').collect();
+            parts[3] = "-";
+            parts.join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn a_merge_killed_after_any_entry_is_finished_by_the_next_dance() {
+    // The reference: an uninterrupted run.
+    let reference = {
+        let f = Fixture::new();
+        let r = FixtureRoot::new(f.dir.path());
+        two_hundred(&f, &r);
+        let (code, _, err) = live_dance(&f, &r.path, &[]);
+        assert_eq!(code, 0, "{err}");
+        (snapshot_no_mtimes(&r.path.join("srv")), f)
+    };
+    // No core files from abort(): the limit is inherited by disco.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
+    // 201 entries: 100 modified files, the new directory, 100 created files.
+    let mut ns: Vec<usize> = (1..=201).step_by(8).collect();
+    ns.extend([2, 3, 100, 101, 199, 200]);
+    for n in ns {
+        let f = Fixture::new();
+        let r = FixtureRoot::new(f.dir.path());
+        two_hundred(&f, &r);
+        let mut cmd = f.disco();
+        cmd.env("DISCO_FAILPOINT", format!("merge-after:{n}"))
+            .args(["--node", "n", "--root"])
+            .arg(&r.path)
+            .arg("dance");
+        let (code, _, err) = run(&mut cmd);
+        assert_ne!(code, 0, "N={n}: the failpoint must abort: {err}");
+        assert!(f.state().join("merging").exists(), "N={n}: marker left");
+        // Never a partial file: each is its old or its new content.
+        for e in fs::read_dir(r.path.join("srv/mod")).unwrap() {
+            let e = e.unwrap();
+            let i: usize = e.file_name().to_string_lossy()[1..].parse().unwrap();
+            let c = fs::read_to_string(e.path()).unwrap();
+            assert!(
+                c == format!("old {i}\n") || c == format!("new {i}\n"),
+                "N={n}: partial {c:?}"
+            );
+        }
+        if let Ok(d) = fs::read_dir(r.path.join("srv/new")) {
+            for e in d {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    name.starts_with('f'),
+                    "N={n}: a temporary file is visible: {name}"
+                );
+                let i: usize = name[1..].parse().unwrap();
+                assert_eq!(
+                    fs::read_to_string(e.path()).unwrap(),
+                    format!("created {i}\n"),
+                    "N={n}"
+                );
+            }
+        }
+        let (code, _, err) = live_dance(&f, &r.path, &[]);
+        assert_eq!(code, 0, "N={n}: {err}");
+        if n <= 201 {
+            assert!(
+                err.contains("was interrupted; finishing it first"),
+                "N={n}: {err}"
+            );
+        }
+        assert!(!f.state().join("merging").exists());
+        assert!(
+            snapshot_no_mtimes(&r.path.join("srv")) == reference.0,
+            "N={n}: final root differs"
+        );
+    }
+}
