@@ -79,6 +79,10 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     let state = &config.state_dir.value;
     if !noop {
         finish_interrupted(config)?;
+    } else if merge::marker(state).exists() {
+        output::warning(
+            "a merge was interrupted and is not finished yet (the next live dance or `disco undo` finishes it); this noop report is against the half-merged root",
+        );
     }
 
     let fetched = fetch::fetch(&server, node, state)?;
@@ -218,11 +222,13 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
             layers: layers.clone(),
             mounts: sandbox.mounts.clone(),
         };
+        let started = std::time::Instant::now();
         let merged = merge::merge(state, &sandbox.run, &layout, failpoint)?;
+        let took = started.elapsed().as_secs_f64() * 1e3;
         merge::prune_backups(state, config.keep_backups.value)?;
         if merged.applied > 0 {
             output::info(&format!(
-                "merged {} change(s) onto {}",
+                "merged {} change(s) onto {} in {took:.1} ms",
                 merged.applied,
                 sandbox.root.display()
             ));

@@ -110,8 +110,9 @@ impl Journal {
         }
     }
 
-    /// Appends a record and makes it durable; returns its sequence number.
-    fn record(&mut self, undo: &Undo) -> Result<u64> {
+    /// Appends a record (durable only after [`Journal::sync`]); returns
+    /// its sequence number.
+    fn append(&mut self, undo: &Undo) -> Result<u64> {
         if self.file.is_none() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -131,9 +132,23 @@ impl Journal {
         let mut line = serde_json::to_vec(undo)?;
         line.push(b'\n');
         file.write_all(&line)?;
-        file.sync_data().context("cannot sync the undo journal")?;
         self.seq += 1;
         Ok(self.seq)
+    }
+
+    /// Makes every appended record durable.
+    fn sync(&mut self) -> Result<()> {
+        if let Some(f) = &self.file {
+            f.sync_data().context("cannot sync the undo journal")?;
+        }
+        Ok(())
+    }
+
+    /// Appends a record and makes it durable at once.
+    fn record(&mut self, undo: &Undo) -> Result<u64> {
+        let seq = self.append(undo)?;
+        self.sync()?;
+        Ok(seq)
     }
 
     fn backup_path(&self, seq: u64) -> PathBuf {
@@ -210,8 +225,41 @@ impl Merger<'_> {
             .with_context(|| format!("cannot read {}", upper.display()))?;
         names.sort();
         let mut touched = false;
+        // Files, symlinks and whiteouts: journal all of them with one fsync,
+        // then apply. Directories: one by one, recursively.
+        let mut planned = Vec::new();
+        let mut dirs = Vec::new();
         for name in names {
             let (u, l, s) = (upper.join(&name), live.join(&name), shown.join(&name));
+            let um =
+                fs::symlink_metadata(&u).with_context(|| format!("cannot read {}", u.display()))?;
+            if um.is_dir() {
+                dirs.push((u, l, s));
+                continue;
+            }
+            let lm = fs::symlink_metadata(&l).ok();
+            let seq = match &lm {
+                None if is_whiteout(&um) => None,
+                None => {
+                    self.journal.append(&Undo::Remove { path: s.clone() })?;
+                    None
+                }
+                Some(m) if !is_whiteout(&um) && same_entry(&u, &um, &l, m)? => {
+                    planned.push((u, l, s, um, None, true));
+                    continue;
+                }
+                Some(_) => Some(self.journal.append(&Undo::Restore {
+                    path: s.clone(),
+                    seq: self.journal.seq + 1,
+                })?),
+            };
+            planned.push((u, l, s, um, seq, false));
+        }
+        self.journal.sync()?;
+        for (u, l, s, um, seq, unchanged) in planned {
+            touched |= self.apply_leaf(&u, &l, &s, &um, seq, unchanged)?;
+        }
+        for (u, l, s) in dirs {
             touched |= self.entry(&u, &l, &s)?;
         }
         if is_layer_root {
@@ -224,73 +272,81 @@ impl Merger<'_> {
         Ok(())
     }
 
-    /// Applies one upper entry; true when the live directory changed.
-    fn entry(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<bool> {
-        let um = fs::symlink_metadata(u).with_context(|| format!("cannot read {}", u.display()))?;
-        let lm = fs::symlink_metadata(l).ok();
-
-        if is_whiteout(&um) {
-            if lm.is_some() {
-                self.backup_away(l, shown, true)?;
-                self.applied(shown)?;
-            }
+    /// Applies a file, symlink or whiteout whose undo record (`seq` for a
+    /// backup) is already durable; true when the live directory changed.
+    fn apply_leaf(
+        &mut self,
+        u: &Path,
+        l: &Path,
+        shown: &Path,
+        um: &fs::Metadata,
+        seq: Option<u64>,
+        unchanged: bool,
+    ) -> Result<bool> {
+        if unchanged {
             fs::remove_file(u)?;
-            return Ok(true);
+            self.merged.unchanged += 1;
+            return Ok(false);
         }
-
-        if um.is_dir() {
-            let opaque = is_opaque(u);
-            let created = match &lm {
-                Some(m) if m.is_dir() && !opaque => false,
-                Some(_) => {
-                    self.backup_away(l, shown, true)?;
-                    true
-                }
-                None => {
-                    self.journal.record(&Undo::Remove {
-                        path: shown.to_path_buf(),
-                    })?;
-                    true
-                }
-            };
-            if created {
-                fs::DirBuilder::new()
-                    .mode(um.mode() & 0o7777)
-                    .create(l)
-                    .with_context(|| format!("cannot create {}", l.display()))?;
-                copy_attrs(u, l, &um)?;
-                // From here on a restart merges into this new directory
-                // instead of replacing it again.
-                if opaque {
-                    let _ = xattr::remove(u, "trusted.overlay.opaque");
-                }
+        let whiteout = is_whiteout(um);
+        if let Some(seq) = seq {
+            // A whiteout deletes; a file keeps the live name until the rename
+            // replaces it (a directory in the way is moved into the backup).
+            self.backup_to(l, seq, whiteout)?;
+        }
+        if whiteout {
+            fs::remove_file(u)?;
+            if seq.is_some() {
                 self.applied(shown)?;
-            } else {
-                self.dir_attrs(u, l, shown)?;
             }
-            self.merge_dir(u, l, shown, false)?;
-            fs::remove_dir(u).with_context(|| format!("cannot remove merged {}", u.display()))?;
-            return Ok(created);
-        }
-
-        if let Some(m) = &lm {
-            if same_entry(u, &um, l, m)? {
-                fs::remove_file(u)?;
-                self.merged.unchanged += 1;
-                return Ok(false);
-            }
-            // A file keeps its live name until the rename replaces it; a
-            // directory in the way is moved into the backup.
-            self.backup_away(l, shown, false)?;
-        } else {
-            self.journal.record(&Undo::Remove {
-                path: shown.to_path_buf(),
-            })?;
+            return Ok(seq.is_some());
         }
         strip_overlay_xattrs(u);
         place(u, l)?;
         self.applied(shown)?;
         Ok(true)
+    }
+
+    /// Applies an upper directory; true when the live directory changed.
+    fn entry(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<bool> {
+        let um = fs::symlink_metadata(u).with_context(|| format!("cannot read {}", u.display()))?;
+        let lm = fs::symlink_metadata(l).ok();
+        let opaque = is_opaque(u);
+        let created = match &lm {
+            Some(m) if m.is_dir() && !opaque => false,
+            Some(_) => {
+                let seq = self.journal.record(&Undo::Restore {
+                    path: shown.to_path_buf(),
+                    seq: self.journal.seq + 1,
+                })?;
+                self.backup_to(l, seq, true)?;
+                true
+            }
+            None => {
+                self.journal.record(&Undo::Remove {
+                    path: shown.to_path_buf(),
+                })?;
+                true
+            }
+        };
+        if created {
+            fs::DirBuilder::new()
+                .mode(um.mode() & 0o7777)
+                .create(l)
+                .with_context(|| format!("cannot create {}", l.display()))?;
+            copy_attrs(u, l, &um)?;
+            // From here on a restart merges into this new directory
+            // instead of replacing it again.
+            if opaque {
+                let _ = xattr::remove(u, "trusted.overlay.opaque");
+            }
+            self.applied(shown)?;
+        } else {
+            self.dir_attrs(u, l, shown)?;
+        }
+        self.merge_dir(u, l, shown, false)?;
+        fs::remove_dir(u).with_context(|| format!("cannot remove merged {}", u.display()))?;
+        Ok(created)
     }
 
     /// Fixes a directory's mode, owner and xattrs to the upper's, recording
@@ -316,14 +372,11 @@ impl Merger<'_> {
         self.applied(shown)
     }
 
-    /// Records and saves the live entry at `l` in the backup: a directory
-    /// is moved there (renamed, or copied across filesystems); a file is
-    /// hard-linked (or copied) and, with `vacate`, then unlinked.
-    fn backup_away(&mut self, l: &Path, shown: &Path, vacate: bool) -> Result<()> {
-        let seq = self.journal.record(&Undo::Restore {
-            path: shown.to_path_buf(),
-            seq: self.journal.seq + 1,
-        })?;
+    /// Saves the live entry at `l` as backup `seq` (its record is already
+    /// durable): a directory is moved there (renamed, or copied across
+    /// filesystems); a file is hard-linked (or copied) and, with `vacate`,
+    /// then unlinked.
+    fn backup_to(&mut self, l: &Path, seq: u64, vacate: bool) -> Result<()> {
         let b = self.journal.backup_path(seq);
         let lm = fs::symlink_metadata(l)?;
         if lm.is_dir() {
@@ -338,6 +391,7 @@ impl Merger<'_> {
         } else {
             match fs::hard_link(l, &b) {
                 Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_entry(l, &b)?,
                 Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
             }
