@@ -22,7 +22,7 @@ fn help_lists_only_working_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["dance", "diff", "shell", "plan", "param", "config", "help"]
+        ["dance", "undo", "diff", "shell", "plan", "param", "config", "help"]
     );
     for flag in [
         "--server",
@@ -75,7 +75,7 @@ fn config_shows_each_setting_and_its_source() {
     assert_eq!(
         out,
         format!(
-            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\n"
+            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\nkeep_backups = 5  # default\n"
         )
     );
 }

@@ -380,16 +380,7 @@ fn module_fifo_is_refused() {
 }
 
 #[test]
-fn live_dance_is_refused_for_now_and_non_root_is_refused() {
-    let (f, r) = fixture_with_root();
-    f.node("n", &[]);
-    let (code, _, err) = run(f
-        .disco()
-        .args(["--node", "n", "--root"])
-        .arg(&r.path)
-        .arg("dance"));
-    assert_eq!(code, 1);
-    assert!(err.starts_with("error: the live dance"), "{err}");
+fn non_root_is_refused() {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
     cmd.uid(65534).gid(65534).env("NOOP", "1").args([
