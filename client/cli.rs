@@ -28,7 +28,7 @@ pub struct Cli {
 /// Flags every command accepts.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Server to pull from: a local directory holding parameters/ and modules/
+    /// Server to pull from: ssh://[user@]host[:port]/path, or a local directory holding parameters/ and modules/
     #[arg(long, global = true, value_name = "URI")]
     pub server: Option<String>,
     /// Node name [default: this machine's hostname]
@@ -85,6 +85,20 @@ pub enum Command {
     /// STATE/backup/RUN, files it created are removed, directory modes and
     /// owners are reset. Says what it restored.
     Undo,
+    /// Serve a server tree on stdin/stdout to `disco` clients over SSH
+    ///
+    /// Meant as the forced command of a node's key in authorized_keys:
+    /// command="disco serve --root /srv/disco --node web1",restrict ssh-ed25519 AAAA…
+    /// With --node, only that node's parameters (and groups) and the modules
+    /// of its plan are served; anything else is refused and logged to
+    /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
+    /// published tree (DIR/current) is resolved once per session.
+    Serve,
+    /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
+    /// point DIR/current at it (use with --root DIR)
+    ///
+    /// Example (a git post-receive hook): disco publish /srv/disco-src --root /srv/disco
+    Publish(PublishArgs),
     /// Print the changes of the last dance (or shell) again, from its saved report
     Diff(DiffArgs),
     /// Open bash in a noop sandbox over ROOT; when it exits, print what it changed
@@ -175,4 +189,13 @@ pub struct ShellArgs {
     /// Keep the scratch directory after the shell exits
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The server tree to publish (holds parameters/ and modules/)
+    pub src: PathBuf,
+    /// How many snapshots to keep (one still being served is never removed)
+    #[arg(long, default_value_t = 5)]
+    pub keep: usize,
 }

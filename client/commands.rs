@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::{Cli, Command, ParamAction, ParamArgs};
 use crate::config::{Config, Flags};
-use crate::fetch::{self, ServerUri};
+use crate::fetch;
 use crate::params::{self, Key, NewValue, Param, ParamTree};
 
 /// Runs the command of `cli`; the return value is the process exit code.
@@ -35,6 +35,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             },
         ),
         Command::Undo => crate::dance::undo(&config),
+        Command::Serve => {
+            if !matches!(config.root.source, crate::config::Source::Flag(_)) {
+                bail!("disco serve needs --root DIR, the server tree to serve");
+            }
+            let forced = match config.node.source {
+                crate::config::Source::Flag(_) => Some(&config.node.value),
+                _ => None,
+            };
+            crate::transport::serve::serve(&config.root.value, forced)
+        }
+        Command::Publish(args) => {
+            if !matches!(config.root.source, crate::config::Source::Flag(_)) {
+                bail!("disco publish needs --root DIR, the served directory (it gets snapshots/ and current)");
+            }
+            let id = crate::transport::publish::publish(&args.src, &config.root.value, args.keep)?;
+            crate::output::info(&format!("published {} as snapshot {id}; {}/current points to it", args.src.display(), config.root.value.display()));
+            Ok(0)
+        }
         Command::Diff(args) => diff(&config, args.run.as_deref()),
         Command::Shell(args) => crate::shell::shell(&config, args.keep),
         Command::Param(args) => param(&config, args),
@@ -46,8 +64,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn plan(config: &Config) -> Result<i32> {
-    let server = ServerUri::parse(config.require_server()?)?;
-    let fetched = fetch::fetch(&server, &config.node.value, &config.state_dir.value)?;
+    let fetched = fetch::fetch_configured(config)?;
     print_lines(fetched.plan.order.iter().map(|m| m.to_string()))?;
     Ok(0)
 }

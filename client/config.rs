@@ -75,6 +75,13 @@ pub struct Config {
     pub noop: Setting<bool>,
     /// How many merged dances keep a backup for `disco undo`.
     pub keep_backups: Setting<usize>,
+    /// Servers tried in order when `server` is not set.
+    pub servers: Setting<Vec<String>>,
+    /// ssh: identity file, known_hosts file, extra `-o` options, connect timeout (s).
+    pub ssh_identity: Setting<Option<PathBuf>>,
+    pub ssh_known_hosts: Setting<Option<PathBuf>>,
+    pub ssh_options: Setting<Vec<String>>,
+    pub connect_timeout: Setting<u64>,
 }
 
 /// What the command line said, before layering.
@@ -98,6 +105,11 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     noop: Option<bool>,
     keep_backups: Option<usize>,
+    servers: Option<Vec<String>>,
+    ssh_identity: Option<PathBuf>,
+    ssh_known_hosts: Option<PathBuf>,
+    ssh_options: Option<Vec<String>>,
+    connect_timeout: Option<u64>,
 }
 
 impl Config {
@@ -111,6 +123,11 @@ impl Config {
             state_dir: Setting::new(PathBuf::from(DEFAULT_STATE_DIR), Source::Default),
             noop: Setting::new(false, Source::Default),
             keep_backups: Setting::new(5, Source::Default),
+            servers: Setting::new(Vec::new(), Source::Default),
+            ssh_identity: Setting::new(None, Source::Default),
+            ssh_known_hosts: Setting::new(None, Source::Default),
+            ssh_options: Setting::new(Vec::new(), Source::Default),
+            connect_timeout: Setting::new(10, Source::Default),
         };
 
         let (main, explicit) = match &flags.config {
@@ -188,14 +205,44 @@ impl Config {
         if let Some(v) = file.keep_backups {
             self.keep_backups.set(v, src());
         }
+        if let Some(v) = file.servers {
+            self.servers.set(v, src());
+        }
+        if let Some(v) = file.ssh_identity {
+            self.ssh_identity.set(Some(v), src());
+        }
+        if let Some(v) = file.ssh_known_hosts {
+            self.ssh_known_hosts.set(Some(v), src());
+        }
+        if let Some(v) = file.ssh_options {
+            self.ssh_options.set(v, src());
+        }
+        if let Some(v) = file.connect_timeout {
+            self.connect_timeout.set(v, src());
+        }
         Ok(())
     }
 
-    /// The server, or an error telling the three ways to give one.
-    pub fn require_server(&self) -> Result<&str> {
-        self.server.value.as_deref().ok_or_else(|| {
-            anyhow!("no server configured: give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}")
-        })
+    /// The servers to try, in order: `server` if set, else `servers`; an
+    /// error telling the ways to give one when there is none.
+    pub fn require_servers(&self) -> Result<Vec<String>> {
+        match &self.server.value {
+            Some(s) => Ok(vec![s.clone()]),
+            None if !self.servers.value.is_empty() => Ok(self.servers.value.clone()),
+            None => Err(anyhow!(
+                "no server configured: give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}"
+            )),
+        }
+    }
+
+    /// The ssh settings.
+    pub fn ssh(&self) -> crate::transport::ssh::SshOptions {
+        crate::transport::ssh::SshOptions {
+            identity: self.ssh_identity.value.clone(),
+            known_hosts: self.ssh_known_hosts.value.clone(),
+            options: self.ssh_options.value.clone(),
+            connect_timeout: self.connect_timeout.value,
+        }
     }
 
     /// The effective settings as `key = value  # source` lines (valid TOML).

@@ -17,7 +17,7 @@ use crate::actions::{self, ModuleActions, Pending};
 use crate::config::Config;
 use crate::diff::{Differ, Owners};
 use crate::exec::Job;
-use crate::fetch::{self, ServerUri};
+use crate::fetch;
 use crate::merge::{self, Failpoint};
 use crate::output;
 use crate::params;
@@ -74,7 +74,7 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     require_root("disco dance")?;
     let noop = config.noop.value;
     let failpoint = Failpoint::from_env()?;
-    let server = ServerUri::parse(config.require_server()?)?;
+    config.require_servers()?;
     let node = &config.node.value;
     let state = &config.state_dir.value;
     if !noop {
@@ -85,7 +85,7 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         );
     }
 
-    let fetched = fetch::fetch(&server, node, state)?;
+    let fetched = fetch::fetch_configured(config)?;
     let tree = ServerTree::open(&fetched.cache)?;
     let params = params::merged(&tree, &fetched.node, &fetched.plan)?;
 

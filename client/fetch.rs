@@ -23,24 +23,8 @@ use crate::params;
 use crate::plan::{self, Plan, Scope};
 use crate::tree::{NodeSpec, ServerTree};
 
-/// Where a server lives, parsed from `--server` / `DISCO_SERVER` / config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerUri {
-    /// A server tree on a local filesystem (embedded transport).
-    Local(PathBuf),
-}
-
-impl ServerUri {
-    pub fn parse(raw: &str) -> Result<ServerUri> {
-        if let Some((scheme, _)) = raw.split_once("://") {
-            bail!("server '{raw}': the {scheme}:// transport is not available in this version; give a local directory path");
-        }
-        if raw.is_empty() {
-            bail!("server is empty: give a directory path");
-        }
-        Ok(ServerUri::Local(PathBuf::from(raw)))
-    }
-}
+pub use crate::transport::ServerUri;
+use crate::transport::ssh::{self, SshOptions};
 
 /// What `fetch.json` in the cache records about the copy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,14 +44,35 @@ pub struct Fetched {
     pub plan: Plan,
 }
 
+/// Fetches from the configured servers, in order, until one answers.
+pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
+    let servers = config.require_servers()?;
+    let mut last = None;
+    for (i, raw) in servers.iter().enumerate() {
+        let uri = ServerUri::parse(raw)?;
+        match fetch(&uri, &config.node.value, &config.state_dir.value, &config.ssh()) {
+            Ok(f) => return Ok(f),
+            Err(e) if i + 1 < servers.len() && format!("{e:#}").starts_with("cannot reach server") => {
+                crate::output::warning(&format!("{e:#}; trying the next server"));
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
+}
+
 /// The cache directory inside a state dir.
 pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cache")
 }
 
 /// Fetches `node` from `server` into `state_dir/cache`.
-pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path) -> Result<Fetched> {
-    let ServerUri::Local(root) = server;
+pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path, ssh_opts: &SshOptions) -> Result<Fetched> {
+    let root = match server {
+        ServerUri::Local(root) => root,
+        ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts),
+    };
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
     let plan = plan::plan(&tree, &spec, Scope::Server)?;
@@ -173,7 +178,7 @@ fn swap_in(new: &Path, cache: &Path) -> Result<()> {
 /// Copies `src` to `dst` (which must not exist): regular files with their
 /// mode, symlinks as symlinks (never followed), directories recursively.
 /// Sockets, FIFOs and devices are refused.
-fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
+pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
     let meta = fs::metadata(src).with_context(|| label.to_string())?;
     fs::DirBuilder::new()
         .mode(0o700)
@@ -211,6 +216,73 @@ fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
     fs::set_permissions(dst, meta.permissions())
         .with_context(|| format!("cannot set mode of {}", dst.display()))?;
     Ok(())
+}
+
+/// Fetches over SSH: the same cache, built beside the old one and swapped
+/// in, with the content synced by [`crate::transport::ssh`].
+fn fetch_ssh(server: &ServerUri, node: &Name, state_dir: &Path, opts: &SshOptions) -> Result<Fetched> {
+    let cache = cache_dir(state_dir);
+    fs::create_dir_all(state_dir).with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    remove_leftovers(state_dir)?;
+    let old_info: Option<FetchInfo> = fs::read(cache.join("fetch.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let old: crate::transport::manifest::Manifest = match &old_info {
+        Some(i) if i.node == node.as_str() => fs::read(cache.join(ssh::CACHE_MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let (mut session, snapshot, root_hash) = ssh::Session::open(server, node, opts)?;
+    let mut stats = ssh::Stats { snapshot: snapshot.clone(), ..Default::default() };
+    if !old.dirs.is_empty() && old.root_hash() == root_hash {
+        stats.unchanged = true;
+        stats.sent = session.wire.sent;
+        stats.received = session.wire.received;
+        session.close()?;
+        crate::output::info(&format!(
+            "fetch from {server}: snapshot {snapshot} unchanged (sent {} B, received {} B)",
+            stats.sent, stats.received
+        ));
+        return open_cache(state_dir, node);
+    }
+    let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
+    let built = (|| -> Result<()> {
+        fs::DirBuilder::new().mode(0o700).create(&new)?;
+        let manifest = match ssh::sync(&mut session, &root_hash, &cache, &old, &new, &mut stats) {
+            Ok(m) => m,
+            Err(e) => return Err(session.failure(e)),
+        };
+        stats.sent = session.wire.sent;
+        stats.received = session.wire.received;
+        fs::write(new.join(ssh::CACHE_MANIFEST), serde_json::to_vec(&manifest)?)?;
+        fs::create_dir_all(new.join("modules"))?;
+        fs::create_dir_all(new.join("parameters"))?;
+        let tree = ServerTree::open(&new)?;
+        let spec = tree.node(node)?;
+        let plan = plan::plan(&tree, &spec, Scope::Cache)?;
+        let info = FetchInfo {
+            node: node.to_string(),
+            server: server.to_string(),
+            fetched_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            modules: plan.order.iter().map(Name::to_string).collect(),
+        };
+        fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o700))?;
+        let dir = fs::File::open(&new)?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).context("syncfs of the new cache")?;
+        Ok(())
+    })();
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&new);
+        return Err(e);
+    }
+    session.close()?;
+    swap_in(&new, &cache)?;
+    crate::output::info(&format!(
+        "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
+        stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
+    ));
+    open_cache(state_dir, node)
 }
 
 /// Opens the cache of `state_dir` for `node`, checking it was fetched for that node.

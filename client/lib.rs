@@ -23,4 +23,5 @@ pub mod rootpath;
 pub mod run;
 pub mod sandbox;
 pub mod shell;
+pub mod transport;
 pub mod tree;

@@ -160,6 +160,7 @@ pub fn snapshot(root: &Path) -> Vec<String> {
 }
 
 pub mod root;
+pub mod sshd;
 
 impl Fixture {
     /// `modules/NAME/REL` with `content` and `mode` (a script, template, file…).

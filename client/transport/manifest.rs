@@ -1,0 +1,199 @@
+//! The hash tree of what a node may fetch: a flat map from directory path
+//! to its sorted entries, where a directory's hash covers its entries (and
+//! so, through their hashes, everything below). Equal root hashes mean
+//! equal trees, so an unchanged snapshot costs one round trip; a changed
+//! one is found by descending only into directories whose hash differs.
+//!
+//! Owns the hashing rule, building a manifest from a directory without
+//! following symlinks, and the validation of every entry a client receives
+//! (names, kinds, modes, hashes, path lengths) before it touches disk.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use super::wire::Entry;
+
+/// Longest path the client accepts.
+pub const MAX_PATH: usize = 4096;
+
+/// A tree of directories and their entries; `""` is the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub dirs: BTreeMap<String, Vec<Entry>>,
+}
+
+/// The hash of a directory with these (sorted) entries.
+pub fn dir_hash(entries: &[Entry]) -> String {
+    let mut h = Md5::new();
+    for e in entries {
+        h.update(format!("{} {:o} {} {} {}\n", e.kind, e.mode, e.size, e.hash, e.name).as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// `dir/name`, or `name` at the root.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl Manifest {
+    pub fn root_hash(&self) -> String {
+        dir_hash(self.dirs.get("").map(Vec::as_slice).unwrap_or(&[]))
+    }
+
+    /// The entry at `path` (not for the root).
+    pub fn entry(&self, path: &str) -> Option<&Entry> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        self.dirs.get(dir)?.iter().find(|e| e.name == name)
+    }
+
+    /// Adds the tree under `src` at manifest path `at`, returning the entry
+    /// `at` gets in its parent (named `name`). Symlinks are never followed.
+    pub fn add_tree(&mut self, src: &Path, at: &str, name: &str) -> Result<Entry> {
+        let meta = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let mut entries = Vec::new();
+        let mut names: Vec<_> = fs::read_dir(src)
+            .with_context(|| format!("cannot read {}", src.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for n in names {
+            let Some(ns) = n.to_str() else {
+                bail!("{}/{}: file names must be UTF-8", src.display(), n.to_string_lossy());
+            };
+            let p = src.join(&n);
+            let m = fs::symlink_metadata(&p)?;
+            let e = if m.file_type().is_symlink() {
+                let t = fs::read_link(&p)?;
+                Entry { name: ns.into(), kind: 'l', mode: 0o777, size: 0, hash: t.to_string_lossy().into_owned() }
+            } else if m.is_dir() {
+                self.add_tree(&p, &join(at, ns), ns)?
+            } else if m.is_file() {
+                Entry { name: ns.into(), kind: 'f', mode: m.mode() & 0o7777, size: m.len(), hash: md5_file(&p)? }
+            } else {
+                bail!("{} is not a file, directory or symlink", p.display());
+            };
+            entries.push(e);
+        }
+        let hash = dir_hash(&entries);
+        self.dirs.insert(at.to_string(), entries);
+        Ok(Entry { name: name.into(), kind: 'd', mode: meta.mode() & 0o7777, size: 0, hash })
+    }
+
+    /// Adds an empty-or-not directory listing built from `entries`.
+    pub fn set_dir(&mut self, at: &str, name: &str, mode: u32, mut entries: Vec<Entry>) -> Entry {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let hash = dir_hash(&entries);
+        self.dirs.insert(at.to_string(), entries);
+        Entry { name: name.into(), kind: 'd', mode, size: 0, hash }
+    }
+
+    /// Copies the subtree at `path` from `other` into this manifest.
+    pub fn graft(&mut self, other: &Manifest, path: &str) {
+        let prefix = format!("{path}/");
+        for (k, v) in other.dirs.range(path.to_string()..) {
+            if k == path || k.starts_with(&prefix) {
+                self.dirs.insert(k.clone(), v.clone());
+            } else if k.as_str() > prefix.as_str() {
+                break;
+            }
+        }
+    }
+
+    /// Every file path with its entry.
+    pub fn files(&self) -> Vec<(String, &Entry)> {
+        let mut out = Vec::new();
+        for (dir, entries) in &self.dirs {
+            for e in entries.iter().filter(|e| e.kind == 'f') {
+                out.push((join(dir, &e.name), e));
+            }
+        }
+        out
+    }
+}
+
+pub fn md5_file(p: &Path) -> Result<String> {
+    let mut f = fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks an entry received from a server before anything is written:
+/// a plain file name (no `/`, NUL, `.`, `..`, at most 255 bytes), a known
+/// kind, a mode of permission bits only, a well-formed hash or link target,
+/// and a total path within [`MAX_PATH`].
+pub fn validate(dir: &str, e: &Entry) -> Result<()> {
+    let n = &e.name;
+    let bad = n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') || n.len() > 255;
+    if bad {
+        bail!("the server sent a bad file name {:?} in {:?}", n, dir);
+    }
+    if join(dir, n).len() > MAX_PATH {
+        bail!("the server sent a path longer than {MAX_PATH} bytes");
+    }
+    if e.mode > 0o7777 {
+        bail!("the server sent a bad mode {:o} for {}", e.mode, join(dir, n));
+    }
+    match e.kind {
+        'f' | 'd' if is_hex32(&e.hash) => Ok(()),
+        'l' if !e.hash.is_empty() && !e.hash.contains('\0') && e.hash.len() <= MAX_PATH => Ok(()),
+        _ => bail!("the server sent a bad entry for {}", join(dir, n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_anywhere_changes_the_root_hash() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs::write(d.path().join("a/b/f"), "1").unwrap();
+        let mut m1 = Manifest::default();
+        let top = m1.add_tree(d.path(), "", "").unwrap();
+        assert_eq!(top.hash, m1.root_hash());
+        fs::write(d.path().join("a/b/f"), "2").unwrap();
+        let mut m2 = Manifest::default();
+        m2.add_tree(d.path(), "", "").unwrap();
+        assert_ne!(m1.root_hash(), m2.root_hash());
+        assert_ne!(m1.entry("a").unwrap().hash, m2.entry("a").unwrap().hash);
+        assert_eq!(m2.files().len(), 1);
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let ok = Entry { name: "x".into(), kind: 'f', mode: 0o644, size: 1, hash: "0".repeat(32) };
+        assert!(validate("modules/a", &ok).is_ok());
+        for name in ["..", ".", "a/b", "", "a\0b", &"n".repeat(256)] {
+            assert!(validate("d", &Entry { name: name.into(), ..ok.clone() }).is_err(), "{name:?}");
+        }
+        assert!(validate("d", &Entry { mode: 0o170000, ..ok.clone() }).is_err());
+        assert!(validate("d", &Entry { kind: 'c', ..ok.clone() }).is_err());
+        assert!(validate("d", &Entry { hash: "zz".into(), ..ok.clone() }).is_err());
+        assert!(validate(&"d".repeat(4096), &ok).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Transports (DESIGN §4): where a server is (`ServerUri`), what a node is
+//! allowed to see of it (the *view*: its parameter layers and the modules
+//! of its plan), and the SSH pair — `disco serve` on the server, the
+//! fetch client that speaks to it through the system `ssh`.
+//!
+//! The local transport (a plain directory) stays in [`crate::fetch`];
+//! everything here is about the protocol ([`wire`]), the hash tree
+//! ([`manifest`]), the server ([`serve`]), the client ([`ssh`]) and
+//! `disco publish` ([`publish`]).
+
+pub mod manifest;
+pub mod publish;
+pub mod serve;
+pub mod ssh;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::names::Name;
+use crate::plan::{self, Scope};
+use crate::tree::ServerTree;
+use manifest::Manifest;
+use wire::Entry;
+
+/// Where a server lives, parsed from `--server` / `DISCO_SERVER` / config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerUri {
+    /// A server tree on a local filesystem (embedded transport).
+    Local(PathBuf),
+    /// `ssh://[user@]host[:port]/path`.
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+        path: String,
+    },
+}
+
+impl ServerUri {
+    pub fn parse(raw: &str) -> Result<ServerUri> {
+        if raw.is_empty() {
+            bail!("server is empty: give a directory path or ssh://[user@]host[:port]/path");
+        }
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return Ok(ServerUri::Local(PathBuf::from(raw)));
+        };
+        if scheme != "ssh" {
+            bail!("server '{raw}': unknown scheme {scheme}://; use a directory path or ssh://[user@]host[:port]/path");
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => bail!("server '{raw}': no path; expected ssh://[user@]host[:port]/path"),
+        };
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+                let port = p.parse().with_context(|| format!("server '{raw}': bad port {p:?}"))?;
+                (h.trim_start_matches('[').trim_end_matches(']').to_string(), Some(port))
+            }
+            _ => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), None),
+        };
+        let bad = |s: &str| s.is_empty() || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if bad(&host) || user.as_deref().is_some_and(bad) || path.chars().any(|c| c.is_control()) {
+            bail!("server '{raw}': bad user, host or path");
+        }
+        Ok(ServerUri::Ssh { user, host, port, path: path.to_string() })
+    }
+}
+
+impl fmt::Display for ServerUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerUri::Local(p) => write!(f, "{}", p.display()),
+            ServerUri::Ssh { user, host, port, path } => {
+                write!(f, "ssh://")?;
+                if let Some(u) = user {
+                    write!(f, "{u}@")?;
+                }
+                write!(f, "{host}")?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                write!(f, "{path}")
+            }
+        }
+    }
+}
+
+/// What one node may see of a server tree: a manifest and, for each of
+/// its top directories (`parameters/L`, `modules/M`), the real directory.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub manifest: Manifest,
+    pub dirs: BTreeMap<String, PathBuf>,
+}
+
+/// Name of the manifest `disco publish` stores in each snapshot.
+pub const PUBLISHED_MANIFEST: &str = ".disco-manifest.json";
+
+impl View {
+    /// The view of `node` in the tree at `root`: its layers and the modules
+    /// of its plan, hashed (or taken from the published manifest).
+    pub fn of(root: &Path, node: &Name) -> Result<View> {
+        let tree = ServerTree::open(root)?;
+        let spec = tree.node(node)?;
+        let plan = plan::plan(&tree, &spec, Scope::Server)?;
+        let published: Option<Manifest> = fs::read(root.join(PUBLISHED_MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut m = Manifest::default();
+        let mut dirs = BTreeMap::new();
+        let mut top = Vec::new();
+        for (kind, names) in [
+            ("parameters", spec.layers.iter().collect::<Vec<_>>()),
+            ("modules", plan.order.iter().collect::<Vec<_>>()),
+        ] {
+            let mut entries = Vec::new();
+            for n in names {
+                let rel = format!("{kind}/{n}");
+                let real = tree.resolve_dir(&rel)?.with_context(|| format!("{rel} vanished"))?;
+                let is_link = fs::symlink_metadata(root.join(&rel)).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+                let entry = match (&published, is_link) {
+                    (Some(p), false) if p.dirs.contains_key(&rel) => {
+                        m.graft(p, &rel);
+                        p.entry(&rel).cloned().with_context(|| format!("{rel} missing in the published manifest"))?
+                    }
+                    _ => m.add_tree(&real, &rel, n.as_str())?,
+                };
+                entries.push(Entry { name: n.to_string(), ..entry });
+                dirs.insert(rel, real);
+            }
+            top.push(m.set_dir(kind, kind, 0o755, entries));
+        }
+        m.set_dir("", "", 0o755, top);
+        Ok(View { manifest: m, dirs })
+    }
+
+    /// The real file behind a manifest path, if the path is a file of the view.
+    pub fn file(&self, path: &str) -> Option<PathBuf> {
+        let e = self.manifest.entry(path)?;
+        if e.kind != 'f' {
+            return None;
+        }
+        let mut parts = path.splitn(3, '/');
+        let top = format!("{}/{}", parts.next()?, parts.next()?);
+        let rest = parts.next()?;
+        Some(self.dirs.get(&top)?.join(rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse() {
+        assert_eq!(ServerUri::parse("/srv/disco").unwrap(), ServerUri::Local("/srv/disco".into()));
+        let u = ServerUri::parse("ssh://disco@example.org:2222/srv/disco").unwrap();
+        assert_eq!(
+            u,
+            ServerUri::Ssh { user: Some("disco".into()), host: "example.org".into(), port: Some(2222), path: "/srv/disco".into() }
+        );
+        assert_eq!(u.to_string(), "ssh://disco@example.org:2222/srv/disco");
+        assert!(ServerUri::parse("ssh://host").is_err());
+        assert!(ServerUri::parse("ssh://-oProxyCommand=x/srv").is_err());
+        assert!(ServerUri::parse("ftp://x/y").is_err());
+        assert!(ServerUri::parse("ssh://h:notaport/x").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! `disco serve`: the server side of the protocol, on stdin/stdout, meant
+//! to be the forced command of a node's key in `authorized_keys`.
+//!
+//! Owns what a session may see: one snapshot, resolved once at the start
+//! (`current` if the tree is published, else the tree itself) and held with
+//! a shared lock so `disco publish` never prunes it mid-session; with
+//! `--node`, only that node's view (its layers and the modules of its
+//! plan). It is read-only, never follows a symlink inside a module or
+//! parameter tree (they are listed as symlinks), and refuses — and logs to
+//! stderr — anything outside the view.
+
+use std::fs;
+use std::io::{self, BufWriter, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::wire::{Listing, Msg, Wire, VERSION};
+use super::View;
+use crate::names::Name;
+
+/// Largest file sent as a delta; bigger ones go whole.
+pub const MAX_DELTA_FILE: u64 = 64 << 20;
+/// Bytes of requests (mostly signatures) a client may queue before a Flush.
+const MAX_QUEUED: usize = 256 << 20;
+/// Data frames carry at most this much.
+const CHUNK: usize = 4 << 20;
+
+/// The snapshot a session serves, held for the whole session.
+pub struct Snapshot {
+    pub path: PathBuf,
+    pub id: String,
+    _lock: Option<fs::File>,
+}
+
+/// Resolves `root/current` (a symlink into `root/snapshots/`) once, and
+/// takes a shared lock on it; without `current`, serves `root` as is.
+pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
+    let current = root.join("current");
+    match fs::read_link(&current) {
+        Ok(target) => {
+            let path = fs::canonicalize(root.join(&target)).with_context(|| format!("{} points nowhere", current.display()))?;
+            let snapshots = fs::canonicalize(root.join("snapshots")).context("no snapshots/ beside current")?;
+            if !path.starts_with(&snapshots) {
+                bail!("{} points outside {}", current.display(), snapshots.display());
+            }
+            let dir = fs::File::open(&path)?;
+            // SAFETY: flock on a descriptor we own; held until the session ends.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH) } != 0 {
+                bail!("cannot lock the snapshot {}: {}", path.display(), io::Error::last_os_error());
+            }
+            let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Ok(Snapshot { path, id, _lock: Some(dir) })
+        }
+        Err(_) => Ok(Snapshot { path: root.to_path_buf(), id: "-".into(), _lock: None }),
+    }
+}
+
+/// Serves one session on stdin/stdout. `forced`: the node this key may fetch.
+pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
+    let snapshot = resolve_snapshot(root)?;
+    let stdin = io::stdin().lock();
+    let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+    let mut wire = Wire::new(stdin, stdout);
+    let refuse = |wire: &mut Wire<_, _>, node: &str, what: String| -> Result<i32> {
+        eprintln!("disco serve: refused for node {node}: {what}");
+        let _ = wire.say(&Msg::Error { message: format!("server refused: {what}") }, &[]);
+        Ok(1)
+    };
+
+    let (hello, _) = wire.recv().context("reading the client's hello")?;
+    let Msg::Hello { version, node } = hello else {
+        return refuse(&mut wire, "?", "the first message must be a hello".into());
+    };
+    if version != VERSION {
+        let msg = format!("protocol version mismatch: the client speaks {version}, this server {VERSION}; install the same disco on both");
+        eprintln!("disco serve: {msg}");
+        let _ = wire.say(&Msg::Error { message: msg }, &[]);
+        return Ok(1);
+    }
+    let node = match forced {
+        Some(f) if f.as_str() != node => {
+            return refuse(&mut wire, &node, format!("this key may fetch only node '{f}'"));
+        }
+        Some(f) => f.clone(),
+        None => match Name::parse(&node, "the client's node") {
+            Ok(n) => n,
+            Err(e) => return refuse(&mut wire, &node, e.to_string()),
+        },
+    };
+    let view = match View::of(&snapshot.path, &node) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("disco serve: {message}");
+            let _ = wire.say(&Msg::Error { message }, &[]);
+            return Ok(1);
+        }
+    };
+    wire.say(
+        &Msg::Welcome { version: VERSION, node: node.to_string(), snapshot: snapshot.id.clone(), root: view.manifest.root_hash() },
+        &[],
+    )?;
+
+    let mut queued: Vec<(Msg, Vec<u8>)> = Vec::new();
+    let mut queued_bytes = 0usize;
+    loop {
+        let (msg, blob) = match wire.recv() {
+            Ok(m) => m,
+            Err(_) => return Ok(0), // the client went away
+        };
+        match msg {
+            Msg::List { paths } => {
+                let mut dirs = Vec::new();
+                for p in paths {
+                    match view.manifest.dirs.get(&p) {
+                        Some(entries) => dirs.push(Listing { path: p, entries: entries.clone() }),
+                        None => return refuse(&mut wire, node.as_str(), format!("{p:?} is not a directory of this node's view")),
+                    }
+                }
+                wire.say(&Msg::Listings { dirs }, &[])?;
+            }
+            Msg::Get { .. } | Msg::Delta { .. } => {
+                queued_bytes += blob.len() + 256;
+                if queued_bytes > MAX_QUEUED {
+                    return refuse(&mut wire, node.as_str(), "too many queued requests".into());
+                }
+                queued.push((msg, blob));
+            }
+            Msg::Flush => {
+                for (msg, blob) in queued.drain(..) {
+                    let path = match &msg {
+                        Msg::Get { path } | Msg::Delta { path } => path.clone(),
+                        _ => unreachable!("only requests are queued"),
+                    };
+                    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path)) else {
+                        return refuse(&mut wire, node.as_str(), format!("{path:?} is not a file of this node's view"));
+                    };
+                    let md5 = entry.hash.clone();
+                    let data = read_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
+                    let delta = match msg {
+                        Msg::Delta { .. } if (data.len() as u64) <= MAX_DELTA_FILE => {
+                            match fast_rsync::Signature::deserialize(blob) {
+                                Ok(sig) => {
+                                    let mut out = Vec::new();
+                                    fast_rsync::diff(&sig.index(), &data, &mut out).ok().map(|_| out)
+                                }
+                                Err(_) => return refuse(&mut wire, node.as_str(), format!("a bad signature for {path}")),
+                            }
+                        }
+                        _ => None,
+                    };
+                    let (head, body) = match delta {
+                        Some(d) => (Msg::DeltaData { path, size: d.len() as u64, md5 }, d),
+                        None => (Msg::File { path, size: data.len() as u64, md5 }, data),
+                    };
+                    wire.send(&head, &[])?;
+                    for chunk in body.chunks(CHUNK) {
+                        wire.send(&Msg::Data, chunk)?;
+                    }
+                }
+                queued_bytes = 0;
+                wire.flush()?;
+            }
+            Msg::Bye => {
+                wire.flush()?;
+                return Ok(0);
+            }
+            other => return refuse(&mut wire, node.as_str(), format!("unexpected message {other:?}")),
+        }
+    }
+}
+
+/// Reads a file without following a symlink in its last component.
+fn read_nofollow(p: &Path) -> io::Result<Vec<u8>> {
+    let mut f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+

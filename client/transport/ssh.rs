@@ -1,0 +1,314 @@
+//! The SSH transport's client: runs the system `ssh` (BatchMode,
+//! StrictHostKeyChecking, ConnectTimeout), speaks the serve protocol over
+//! its stdin/stdout, and brings the cache up to the server's snapshot.
+//!
+//! Owns the sync: compare root hashes (one round trip when nothing
+//! changed), descend only into directories whose hash differs, reuse
+//! unchanged files from the old cache by hard link, fetch changed files as
+//! fast_rsync deltas against the old copy (signature sized from the file),
+//! new ones whole, verify every file's md5, and build the new cache beside
+//! the old one so a broken transfer leaves the old cache untouched.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::manifest::{self, dir_hash, join, Manifest};
+use super::serve::MAX_DELTA_FILE;
+use super::wire::{Entry, Msg, Wire, VERSION};
+use super::ServerUri;
+use crate::names::Name;
+
+/// ssh settings from the config.
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    pub identity: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub options: Vec<String>,
+    pub connect_timeout: u64,
+}
+
+/// What a fetch moved.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub snapshot: String,
+    pub unchanged: bool,
+    pub whole: usize,
+    pub deltas: usize,
+    pub reused: usize,
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// The manifest of the cache, kept beside its content.
+pub const CACHE_MANIFEST: &str = ".manifest.json";
+
+/// The ssh command line for `uri`.
+pub fn ssh_command(uri: &ServerUri, opts: &SshOptions, remote: &[&str]) -> Result<Command> {
+    let ServerUri::Ssh { user, host, port, .. } = uri else {
+        bail!("not an ssh:// server: {uri}");
+    };
+    let mut c = Command::new("ssh");
+    c.args(["-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]);
+    c.arg("-o").arg(format!("ConnectTimeout={}", opts.connect_timeout.max(1)));
+    if let Some(k) = &opts.known_hosts {
+        c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
+    }
+    if let Some(i) = &opts.identity {
+        c.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    if let Some(p) = port {
+        c.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = user {
+        c.arg("-l").arg(u);
+    }
+    for o in &opts.options {
+        c.arg("-o").arg(o);
+    }
+    c.arg("--").arg(host).args(remote);
+    Ok(c)
+}
+
+/// A running `ssh` with the protocol on its pipes and its stderr collected.
+pub struct Session {
+    child: Child,
+    pub wire: Wire<BufReader<std::process::ChildStdout>, BufWriter<std::process::ChildStdin>>,
+    stderr: Arc<Mutex<String>>,
+    uri: String,
+}
+
+impl Session {
+    /// Starts ssh and does the handshake for `node`.
+    pub fn open(uri: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(Session, String, String)> {
+        let ServerUri::Ssh { path, .. } = uri else { bail!("not an ssh:// server: {uri}") };
+        let mut cmd = ssh_command(uri, opts, &["disco", "serve", "--root", path])?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot run ssh (is openssh-client installed?)")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("piped");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = err_pipe.read_to_string(&mut buf);
+            sink.lock().map(|mut s| s.push_str(&buf)).ok();
+        });
+        let wire = Wire::new(
+            BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped")),
+            BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped")),
+        );
+        let mut s = Session { child, wire, stderr, uri: uri.to_string() };
+        let hello = s.wire.say(&Msg::Hello { version: VERSION, node: node.to_string() }, &[]);
+        let answer = hello.map_err(anyhow::Error::from).and_then(|_| s.wire.recv());
+        match answer {
+            Ok((Msg::Welcome { version, snapshot, root, .. }, _)) if version == VERSION => Ok((s, snapshot, root)),
+            Ok((Msg::Welcome { version, .. }, _)) => {
+                bail!("server {}: protocol version mismatch: it speaks {version}, this client {VERSION}", s.uri)
+            }
+            Ok((other, _)) => bail!("server {}: unexpected answer {other:?}", s.uri),
+            Err(e) => Err(s.failure(e)),
+        }
+    }
+
+    /// The error to show when the connection failed: ssh's own words if it
+    /// died, the protocol error otherwise.
+    pub fn failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if let Some(peer) = e.downcast_ref::<super::wire::PeerError>() {
+            let _ = self.child.wait();
+            return anyhow!("server {}: {peer}", self.uri);
+        }
+        let status = self.child.wait().ok();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let said = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        match status {
+            Some(st) if !st.success() && !last.is_empty() => anyhow!("cannot reach server {}: {last}", self.uri),
+            _ => anyhow!("server {}: {e:#}", self.uri),
+        }
+    }
+
+    /// Says goodbye and waits for ssh.
+    pub fn close(mut self) -> Result<()> {
+        let _ = self.wire.say(&Msg::Bye, &[]);
+        drop(self.wire);
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+/// Brings `new` (a fresh directory) to the server's snapshot for `node`,
+/// reusing `old` (the current cache, if any). Returns the new manifest.
+pub fn sync(
+    s: &mut Session,
+    root_hash: &str,
+    old_dir: &Path,
+    old: &Manifest,
+    new_dir: &Path,
+    stats: &mut Stats,
+) -> Result<Manifest> {
+    // Descend, one round trip per level, only where hashes differ.
+    let mut m = Manifest::default();
+    let mut level = vec![String::new()];
+    let mut expect: BTreeMap<String, String> = BTreeMap::from([(String::new(), root_hash.to_string())]);
+    while !level.is_empty() {
+        s.wire.say(&Msg::List { paths: level.clone() }, &[])?;
+        let (msg, _) = s.wire.recv()?;
+        let Msg::Listings { dirs } = msg else { bail!("protocol error: expected a listing, got {msg:?}") };
+        if dirs.len() != level.len() {
+            bail!("protocol error: asked for {} listings, got {}", level.len(), dirs.len());
+        }
+        let mut next = Vec::new();
+        for (want, l) in level.iter().zip(dirs) {
+            if &l.path != want {
+                bail!("protocol error: asked for {want:?}, got {:?}", l.path);
+            }
+            for e in &l.entries {
+                manifest::validate(&l.path, e)?;
+            }
+            if dir_hash(&l.entries) != expect[want] {
+                bail!("the server's listing of {want:?} does not match its hash");
+            }
+            for e in l.entries.iter().filter(|e| e.kind == 'd') {
+                let child = join(&l.path, &e.name);
+                let same = old.entry(&child).is_some_and(|o| o.kind == 'd' && o.hash == e.hash) && old.dirs.contains_key(&child);
+                if same {
+                    m.graft(old, &child);
+                } else {
+                    expect.insert(child.clone(), e.hash.clone());
+                    next.push(child);
+                }
+            }
+            m.dirs.insert(l.path, l.entries);
+        }
+        level = next;
+    }
+
+    // Lay out the new cache; collect what must come over the wire.
+    let mut requests: Vec<(String, Entry, bool)> = Vec::new();
+    for (dir, entries) in &m.dirs {
+        let d = new_dir.join(dir);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
+        for e in entries {
+            let path = join(dir, &e.name);
+            let dst = new_dir.join(&path);
+            match e.kind {
+                'd' => fs::DirBuilder::new().recursive(true).mode(0o700).create(&dst)?,
+                'l' => std::os::unix::fs::symlink(&e.hash, &dst)?,
+                _ => {
+                    let prev = old.entry(&path).filter(|o| o.kind == 'f');
+                    let src = old_dir.join(&path);
+                    if prev.is_some_and(|o| o.hash == e.hash && o.mode == e.mode) && fs::hard_link(&src, &dst).is_ok() {
+                        stats.reused += 1;
+                        continue;
+                    }
+                    let delta = prev.is_some() && src.is_file() && e.size <= MAX_DELTA_FILE && e.size > 0;
+                    requests.push((path, e.clone(), delta));
+                }
+            }
+        }
+    }
+
+    let refetch = transfer(s, old_dir, new_dir, &requests, stats)?;
+    if !refetch.is_empty() {
+        let again: Vec<_> = requests.into_iter().filter(|r| refetch.contains(&r.0)).map(|(p, e, _)| (p, e, false)).collect();
+        let still = transfer(s, old_dir, new_dir, &again, stats)?;
+        if let Some(p) = still.first() {
+            bail!("{p} does not match its hash even when sent whole; the server's tree changed under it");
+        }
+    }
+
+    // Directory modes last (a read-only directory could not be filled).
+    for (dir, entries) in m.dirs.iter().rev() {
+        for e in entries.iter().filter(|e| e.kind == 'd') {
+            fs::set_permissions(new_dir.join(join(dir, &e.name)), fs::Permissions::from_mode(e.mode))?;
+        }
+    }
+    Ok(m)
+}
+
+/// Sends the requests, receives the files; returns the paths whose delta
+/// gave the wrong content (to fetch whole).
+fn transfer(
+    s: &mut Session,
+    old_dir: &Path,
+    new_dir: &Path,
+    requests: &[(String, Entry, bool)],
+    stats: &mut Stats,
+) -> Result<Vec<String>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (path, _, delta) in requests {
+        if *delta {
+            let base = fs::read(old_dir.join(path))?;
+            let sig = fast_rsync::Signature::calculate(&base, signature_options(base.len() as u64));
+            s.wire.send(&Msg::Delta { path: path.clone() }, sig.serialized())?;
+        } else {
+            s.wire.send(&Msg::Get { path: path.clone() }, &[])?;
+        }
+    }
+    s.wire.say(&Msg::Flush, &[])?;
+    let mut refetch = Vec::new();
+    for (path, e, _) in requests {
+        let (head, _) = s.wire.recv()?;
+        let (got, size, md5, is_delta) = match head {
+            Msg::File { path, size, md5 } => (path, size, md5, false),
+            Msg::DeltaData { path, size, md5 } => (path, size, md5, true),
+            other => bail!("protocol error: expected {path}, got {other:?}"),
+        };
+        if &got != path || md5 != e.hash {
+            bail!("protocol error: expected {path}, got {got}");
+        }
+        let limit = if is_delta { e.size.saturating_mul(2) + (1 << 20) } else { e.size };
+        if size > limit {
+            bail!("the server sent {size} bytes for {path}, more than its {} bytes allow", e.size);
+        }
+        let mut body = Vec::with_capacity(size as usize);
+        while (body.len() as u64) < size {
+            let (msg, blob) = s.wire.recv()?;
+            if msg != Msg::Data || body.len() as u64 + blob.len() as u64 > size {
+                bail!("protocol error in the data of {path}");
+            }
+            body.extend_from_slice(&blob);
+        }
+        let content = if is_delta {
+            let base = fs::read(old_dir.join(path))?;
+            let mut out = Vec::with_capacity(e.size as usize);
+            fast_rsync::apply_limited(&base, &body, &mut out, e.size as usize)
+                .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
+            stats.deltas += 1;
+            out
+        } else {
+            stats.whole += 1;
+            body
+        };
+        let sum = format!("{:x}", <md5::Md5 as md5::Digest>::digest(&content));
+        if sum != e.hash {
+            if is_delta {
+                refetch.push(path.clone());
+                continue;
+            }
+            bail!("{path} does not match its hash after the transfer");
+        }
+        let dst = new_dir.join(path);
+        let _ = fs::remove_file(&dst);
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&dst)?;
+        f.write_all(&content)?;
+        f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    }
+    Ok(refetch)
+}
+
+/// Block size ~ sqrt(size) (at least 256, at most 64 KiB, a multiple of
+/// 64) and an 8-byte strong hash: the signature stays ~1% of the file.
+pub fn signature_options(size: u64) -> fast_rsync::SignatureOptions {
+    let root = (size as f64).sqrt() as u32;
+    let block_size = (root.div_ceil(64) * 64).clamp(256, 64 * 1024);
+    fast_rsync::SignatureOptions { block_size, crypto_hash_size: 8 }
+}

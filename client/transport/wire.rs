@@ -1,0 +1,167 @@
+//! The serve protocol on the wire: length-prefixed frames, each a JSON
+//! message plus an optional binary blob, with hard size limits so a broken
+//! or hostile peer cannot make the other side allocate without bound.
+//!
+//! A frame is `u32 json_len | json | u32 blob_len | blob` (big-endian).
+//! Both directions count their bytes for the fetch report.
+
+use std::io::{self, Read, Write};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; a mismatch is refused by both sides in the handshake.
+pub const VERSION: u32 = 1;
+/// Largest JSON part of a frame.
+pub const MAX_JSON: usize = 16 << 20;
+/// Largest blob of a frame (file data comes in several `Data` frames).
+pub const MAX_BLOB: usize = 8 << 20;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    /// `f` file, `d` directory, `l` symlink.
+    pub kind: char,
+    pub mode: u32,
+    pub size: u64,
+    /// md5 of a file's content, a directory's tree hash, a link's target.
+    pub hash: String,
+}
+
+/// A listed directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub path: String,
+    pub entries: Vec<Entry>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum Msg {
+    /// Client → server: first frame.
+    Hello { version: u32, node: String },
+    /// Server → client: the snapshot this session serves and its root hash.
+    Welcome { version: u32, node: String, snapshot: String, root: String },
+    /// Client → server: list these directories (relative paths, "" = root).
+    List { paths: Vec<String> },
+    Listings { dirs: Vec<Listing> },
+    /// Client → server: send this file whole.
+    Get { path: String },
+    /// Client → server: send a delta of this file against the signature in the blob.
+    Delta { path: String },
+    /// Client → server: answer the requests sent since the last Flush.
+    Flush,
+    /// Server → client: a whole file follows as `Data` frames totalling `size`.
+    File { path: String, size: u64, md5: String },
+    /// Server → client: a delta follows as `Data` frames totalling `size`.
+    DeltaData { path: String, size: u64, md5: String },
+    Data,
+    /// Client → server: a report to store (the blob is its JSON).
+    Report,
+    Stored,
+    Bye,
+    /// Either side: a fatal error, said once.
+    Error { message: String },
+}
+
+/// An error the peer reported with a `Msg::Error` frame.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+/// A framed, byte-counting connection.
+pub struct Wire<R: Read, W: Write> {
+    r: R,
+    w: W,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl<R: Read, W: Write> Wire<R, W> {
+    pub fn new(r: R, w: W) -> Self {
+        Wire { r, w, sent: 0, received: 0 }
+    }
+
+    /// Sends a frame (flushed by [`Wire::flush`]).
+    pub fn send(&mut self, msg: &Msg, blob: &[u8]) -> io::Result<()> {
+        let json = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        self.w.write_all(&(json.len() as u32).to_be_bytes())?;
+        self.w.write_all(&json)?;
+        self.w.write_all(&(blob.len() as u32).to_be_bytes())?;
+        self.w.write_all(blob)?;
+        self.sent += 8 + json.len() as u64 + blob.len() as u64;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+
+    /// Sends and flushes.
+    pub fn say(&mut self, msg: &Msg, blob: &[u8]) -> io::Result<()> {
+        self.send(msg, blob)?;
+        self.flush()
+    }
+
+    /// Receives a frame; a peer `Error` becomes an error here.
+    pub fn recv(&mut self) -> Result<(Msg, Vec<u8>)> {
+        let json_len = self.read_len("frame header")? as usize;
+        if json_len > MAX_JSON {
+            bail!("protocol error: a {json_len}-byte message is over the {MAX_JSON}-byte limit");
+        }
+        let json = self.read_exact(json_len, "message")?;
+        let blob_len = self.read_len("blob header")? as usize;
+        if blob_len > MAX_BLOB {
+            bail!("protocol error: a {blob_len}-byte blob is over the {MAX_BLOB}-byte limit");
+        }
+        let blob = self.read_exact(blob_len, "blob")?;
+        let msg: Msg = serde_json::from_slice(&json).context("protocol error: a message does not parse")?;
+        if let Msg::Error { message } = msg {
+            return Err(PeerError(message).into());
+        }
+        Ok((msg, blob))
+    }
+
+    fn read_len(&mut self, what: &str) -> Result<u32> {
+        let b = self.read_exact(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn read_exact(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        self.r.read_exact(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => anyhow::anyhow!("the connection closed in the middle of a {what}"),
+            _ => anyhow::Error::from(e).context(format!("reading a {what}")),
+        })?;
+        self.received += n as u64;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits_hold() {
+        let mut buf = Vec::new();
+        let mut w = Wire::new(io::empty(), &mut buf);
+        w.say(&Msg::Get { path: "modules/a/f".into() }, b"xyz").unwrap();
+        let sent = w.sent;
+        let mut r = Wire::new(&buf[..], io::sink());
+        let (msg, blob) = r.recv().unwrap();
+        assert_eq!(msg, Msg::Get { path: "modules/a/f".into() });
+        assert_eq!(blob, b"xyz");
+        assert_eq!(r.received, sent);
+
+        let huge = (u32::MAX).to_be_bytes();
+        let err = Wire::new(&huge[..], io::sink()).recv().unwrap_err();
+        assert!(err.to_string().contains("over the"), "{err}");
+
+        let truncated = &buf[..buf.len() - 2];
+        let err = Wire::new(truncated, io::sink()).recv().unwrap_err();
+        assert!(err.to_string().contains("connection closed"), "{err}");
+    }
+}

@@ -1,0 +1,246 @@
+//! The SSH transport end to end: a private sshd, the real ssh client, the
+//! real binary on both sides.
+mod common;
+
+use common::sshd::{forced, keygen, Sshd};
+use common::{run, snapshot, Fixture};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A fixture whose config points at `sshd` with `key`.
+fn client(f: &Fixture, sshd: &Sshd, key: &Path) {
+    fs::write(f.config(), sshd.client_config(key)).unwrap();
+}
+
+fn plan_over(f: &Fixture, uri: &str, node: &str) -> (i32, String, String) {
+    run(f.disco_without_server().args(["--server", uri, "--node", node, "plan"]))
+}
+
+struct Setup {
+    f: Fixture,
+    sshd: Sshd,
+    key_a: PathBuf,
+    key_admin: PathBuf,
+}
+
+/// Server tree with nodes a and b; a key for node a (forced), one admin key.
+fn setup() -> Setup {
+    let f = Fixture::new();
+    f.node("a", &["common", "only-a"]).node("b", &["common", "only-b"]);
+    f.module("common", "").module("only-a", "").module("only-b", "").module("stray", "");
+    f.file("parameters/a/parameters/secret", "a-secret\n")
+        .file("parameters/b/parameters/secret", "b-secret\n")
+        .file("modules/common/files/etc/common.conf", "c\n")
+        .file("modules/only-b/files/etc/b.conf", "b\n");
+    std::os::unix::fs::symlink("common.conf", f.server().join("modules/common/files/etc/link")).unwrap();
+    let keys = f.dir.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let key_a = keys.join("a");
+    let key_admin = keys.join("admin");
+    let pub_a = keygen(&key_a);
+    let pub_admin = keygen(&key_admin);
+    let sshd = Sshd::start(
+        &f.dir.path().join("sshd"),
+        &[forced(&pub_a, &f.server(), Some("a")), forced(&pub_admin, &f.server(), None)],
+    );
+    client(&f, &sshd, &key_a);
+    Setup { f, sshd, key_a, key_admin }
+}
+
+#[test]
+fn fetch_over_ssh_equals_the_local_fetch() {
+    let s = setup();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    let (code, out, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!((code, out.as_str()), (0, "common\nonly-a\n"), "{err}");
+    assert!(err.contains("fetch from ssh://root@127.0.0.1:"), "{err}");
+    let over_ssh = snapshot(&s.f.cache().join("modules"));
+    let params_ssh = snapshot(&s.f.cache().join("parameters"));
+    let (code, _, err) = plan_over(&s.f, s.f.server().to_str().unwrap(), "a");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(snapshot(&s.f.cache().join("modules")), over_ssh);
+    assert_eq!(snapshot(&s.f.cache().join("parameters")), params_ssh);
+    let (_, out, _) = run(s.f.disco_without_server().args(["--node", "a", "param", "get", "secret"]));
+    assert_eq!(out, "a-secret\n");
+}
+
+#[test]
+fn no_change_fetch_costs_one_round_trip() {
+    let s = setup();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 0, "{err}");
+    let line = err.lines().find(|l| l.contains("unchanged")).unwrap_or_else(|| panic!("{err}"));
+    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    let (sent, received) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(sent + received < 400, "{line}");
+}
+
+#[test]
+fn one_byte_change_in_a_mebibyte_moves_a_small_delta() {
+    let s = setup();
+    let mut big: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    fs::write(s.f.server().join("modules/common/files/big.bin"), &big).unwrap();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
+    big[512 * 1024] ^= 0xff;
+    fs::write(s.f.server().join("modules/common/files/big.bin"), &big).unwrap();
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("0 file(s) whole, 1 by delta"), "{err}");
+    let line = err.lines().find(|l| l.contains("by delta")).unwrap();
+    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    let (sent, received) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(sent + received < 32 * 1024, "{line}");
+    assert_eq!(fs::read(s.f.cache().join("modules/common/files/big.bin")).unwrap(), big);
+}
+
+#[test]
+fn a_node_key_sees_only_its_own_view() {
+    let s = setup();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    // Asking for node b with a's key.
+    let (code, _, err) = plan_over(&s.f, &uri, "b");
+    assert_eq!(code, 1);
+    assert_eq!(err, format!("error: server {uri}: server refused: this key may fetch only node 'a'\n"));
+    // What a gets holds nothing of b.
+    assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
+    assert!(!s.f.cache().join("parameters/b").exists());
+    assert!(!s.f.cache().join("modules/only-b").exists());
+    assert!(!s.f.cache().join("modules/stray").exists());
+    // A raw session asking for b's file or ../ is refused, and logged.
+    for path in ["parameters/b/parameters/secret", "modules/stray/requires", "../etc/passwd", "modules/common/../../parameters/b"] {
+        let err = raw_get(&s, path);
+        assert!(err.contains("server refused"), "{path}: {err}");
+    }
+    let log = fs::read_to_string(s.sshd.dir.join("sshd.log")).unwrap_or_default();
+    let _ = log;
+}
+
+/// Sends Hello + Get(path) + Flush through ssh by hand; returns what came back.
+fn raw_get(s: &Setup, path: &str) -> String {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ssh")
+        .args(["-T", "-o", "BatchMode=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", s.sshd.dir.join("known_hosts").display()))
+        .arg("-i")
+        .arg(&s.key_a)
+        .args(["-p", &s.sshd.port.to_string(), "root@127.0.0.1", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let frame = |json: String| {
+        let mut v = (json.len() as u32).to_be_bytes().to_vec();
+        v.extend(json.as_bytes());
+        v.extend(0u32.to_be_bytes());
+        v
+    };
+    let mut input = frame(r#"{"t":"Hello","version":1,"node":"a"}"#.into());
+    input.extend(frame(format!(r#"{{"t":"Get","path":{path:?}}}"#)));
+    input.extend(frame(r#"{"t":"Flush"}"#.into()));
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn publish_during_a_session_keeps_one_snapshot() {
+    let s = setup();
+    let served = s.f.dir.path().join("served");
+    let src = s.f.server();
+    let (code, _, err) = run(s.f.disco_without_server().args(["publish"]).arg(&src).arg("--root").arg(&served));
+    assert_eq!(code, 0, "{err}");
+    let current = fs::read_link(served.join("current")).unwrap();
+    assert!(current.starts_with("snapshots"));
+    // Re-point the admin key at the published dir.
+    let pub_admin = fs::read_to_string(s.key_admin.with_extension("pub")).unwrap();
+    fs::write(s.sshd.dir.join("authorized_keys"), forced(pub_admin.trim(), &served, Some("a")) + "\n").unwrap();
+    client(&s.f, &s.sshd, &s.key_admin);
+    let uri = s.sshd.uri(served.to_str().unwrap());
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 0, "{err}");
+    let first = current.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&format!("snapshot {first}")), "{err}");
+    // A session holding the snapshot: publish twice meanwhile with keep=1.
+    let held = std::process::Command::new(env!("CARGO_BIN_EXE_disco"))
+        .args(["serve", "--root"])
+        .arg(&served)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fs::write(src.join("parameters/a/parameters/secret"), "changed\n").unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (code, _, err) = run(s.f.disco_without_server().args(["publish", "--keep", "1"]).arg(&src).arg("--root").arg(&served));
+        assert_eq!(code, 0, "{err}");
+    }
+    assert!(served.join("snapshots").join(&first).is_dir(), "the held snapshot survives pruning");
+    drop(held);
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(s.f.disco_without_server().args(["--node", "a", "param", "get", "secret"]));
+    assert_eq!(out, "changed\n");
+}
+
+#[test]
+fn unreachable_server_and_wrong_host_key_are_clear_errors() {
+    let s = setup();
+    assert_eq!(plan_over(&s.f, &s.sshd.uri(s.f.server().to_str().unwrap()), "a").0, 0);
+    let before = snapshot(&s.f.cache());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let uri = format!("ssh://root@127.0.0.1:{closed}/srv");
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    assert!(err.starts_with(&format!("error: cannot reach server {uri}: ")), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A known_hosts with another key for this server.
+    let other = s.f.dir.path().join("other_host");
+    let other_pub = keygen(&other);
+    fs::write(s.sshd.dir.join("known_hosts"), format!("[127.0.0.1]:{} {other_pub}\n", s.sshd.port)).unwrap();
+    let (code, _, err) = plan_over(&s.f, &s.sshd.uri(s.f.server().to_str().unwrap()), "a");
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach server") && err.contains("Host key verification failed"), "{err}");
+    assert_eq!(snapshot(&s.f.cache()), before, "the cache is untouched");
+}
+
+#[test]
+fn ssh_killed_mid_transfer_leaves_the_old_cache() {
+    let s = setup();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
+    let before = snapshot(&s.f.cache());
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    fs::write(s.f.server().join("modules/common/files/huge.bin"), &big).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+    cmd.args(["--config"]).arg(s.f.config()).args(["--state-dir"]).arg(s.f.state());
+    cmd.args(["--server", &uri, "--node", "a", "plan"]).stderr(std::process::Stdio::piped());
+    let mut running = cmd.spawn().unwrap();
+    // Kill the ssh client once the new cache is being built.
+    let started = std::time::Instant::now();
+    let building = || fs::read_dir(s.f.state()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".cache.new-"));
+    while !building() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = std::process::Command::new("pkill")
+        .args(["-f", "--", &format!("-p {} -l root", s.sshd.port)])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "ssh was running");
+    let out = running.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(snapshot(&s.f.cache()), before, "previous cache byte-identical");
+    assert!(fs::read_dir(s.f.state()).unwrap().all(|e| e.unwrap().file_name() == "cache"), "no partial new cache");
+}
