@@ -50,7 +50,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 bail!("disco publish needs --root DIR, the served directory (it gets snapshots/ and current)");
             }
             let id = crate::transport::publish::publish(&args.src, &config.root.value, args.keep)?;
-            crate::output::info(&format!("published {} as snapshot {id}; {}/current points to it", args.src.display(), config.root.value.display()));
+            crate::output::info(&format!(
+                "published {} as snapshot {id}; {}/current points to it",
+                args.src.display(),
+                config.root.value.display()
+            ));
             Ok(0)
         }
         Command::Diff(args) => diff(&config, args.run.as_deref()),

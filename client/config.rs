@@ -252,6 +252,12 @@ impl Config {
         }
         let s = |v: &str| toml::Value::String(v.to_string()).to_string();
         let p = |v: &Path| s(&v.to_string_lossy());
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter().map(|x| s(x)).collect::<Vec<_>>().join(", ")
+            )
+        };
         vec![
             match &self.server.value {
                 Some(v) => line("server", s(v), &self.server.source),
@@ -269,6 +275,25 @@ impl Config {
                 "keep_backups",
                 self.keep_backups.value.to_string(),
                 &self.keep_backups.source,
+            ),
+            line("servers", list(&self.servers.value), &self.servers.source),
+            match &self.ssh_identity.value {
+                Some(v) => line("ssh_identity", p(v), &self.ssh_identity.source),
+                None => "# ssh_identity is not set (ssh's default)".into(),
+            },
+            match &self.ssh_known_hosts.value {
+                Some(v) => line("ssh_known_hosts", p(v), &self.ssh_known_hosts.source),
+                None => "# ssh_known_hosts is not set (ssh's default)".into(),
+            },
+            line(
+                "ssh_options",
+                list(&self.ssh_options.value),
+                &self.ssh_options.source,
+            ),
+            line(
+                "connect_timeout",
+                self.connect_timeout.value.to_string(),
+                &self.connect_timeout.source,
             ),
         ]
     }

@@ -23,8 +23,8 @@ use crate::params;
 use crate::plan::{self, Plan, Scope};
 use crate::tree::{NodeSpec, ServerTree};
 
-pub use crate::transport::ServerUri;
 use crate::transport::ssh::{self, SshOptions};
+pub use crate::transport::ServerUri;
 
 /// What `fetch.json` in the cache records about the copy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,9 +50,16 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
     let mut last = None;
     for (i, raw) in servers.iter().enumerate() {
         let uri = ServerUri::parse(raw)?;
-        match fetch(&uri, &config.node.value, &config.state_dir.value, &config.ssh()) {
+        match fetch(
+            &uri,
+            &config.node.value,
+            &config.state_dir.value,
+            &config.ssh(),
+        ) {
             Ok(f) => return Ok(f),
-            Err(e) if i + 1 < servers.len() && format!("{e:#}").starts_with("cannot reach server") => {
+            Err(e)
+                if i + 1 < servers.len() && format!("{e:#}").starts_with("cannot reach server") =>
+            {
                 crate::output::warning(&format!("{e:#}; trying the next server"));
                 last = Some(e);
             }
@@ -68,7 +75,12 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Fetches `node` from `server` into `state_dir/cache`.
-pub fn fetch(server: &ServerUri, node: &Name, state_dir: &Path, ssh_opts: &SshOptions) -> Result<Fetched> {
+pub fn fetch(
+    server: &ServerUri,
+    node: &Name,
+    state_dir: &Path,
+    ssh_opts: &SshOptions,
+) -> Result<Fetched> {
     let root = match server {
         ServerUri::Local(root) => root,
         ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts),
@@ -220,11 +232,19 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
 
 /// Fetches over SSH: the same cache, built beside the old one and swapped
 /// in, with the content synced by [`crate::transport::ssh`].
-fn fetch_ssh(server: &ServerUri, node: &Name, state_dir: &Path, opts: &SshOptions) -> Result<Fetched> {
+fn fetch_ssh(
+    server: &ServerUri,
+    node: &Name,
+    state_dir: &Path,
+    opts: &SshOptions,
+) -> Result<Fetched> {
     let cache = cache_dir(state_dir);
-    fs::create_dir_all(state_dir).with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     remove_leftovers(state_dir)?;
-    let old_info: Option<FetchInfo> = fs::read(cache.join("fetch.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let old_info: Option<FetchInfo> = fs::read(cache.join("fetch.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let old: crate::transport::manifest::Manifest = match &old_info {
         Some(i) if i.node == node.as_str() => fs::read(cache.join(ssh::CACHE_MANIFEST))
             .ok()
@@ -233,7 +253,10 @@ fn fetch_ssh(server: &ServerUri, node: &Name, state_dir: &Path, opts: &SshOption
         _ => Default::default(),
     };
     let (mut session, snapshot, root_hash) = ssh::Session::open(server, node, opts)?;
-    let mut stats = ssh::Stats { snapshot: snapshot.clone(), ..Default::default() };
+    let mut stats = ssh::Stats {
+        snapshot: snapshot.clone(),
+        ..Default::default()
+    };
     if !old.dirs.is_empty() && old.root_hash() == root_hash {
         stats.unchanged = true;
         stats.sent = session.wire.sent;
@@ -254,7 +277,10 @@ fn fetch_ssh(server: &ServerUri, node: &Name, state_dir: &Path, opts: &SshOption
         };
         stats.sent = session.wire.sent;
         stats.received = session.wire.received;
-        fs::write(new.join(ssh::CACHE_MANIFEST), serde_json::to_vec(&manifest)?)?;
+        fs::write(
+            new.join(ssh::CACHE_MANIFEST),
+            serde_json::to_vec(&manifest)?,
+        )?;
         fs::create_dir_all(new.join("modules"))?;
         fs::create_dir_all(new.join("parameters"))?;
         let tree = ServerTree::open(&new)?;
@@ -263,13 +289,17 @@ fn fetch_ssh(server: &ServerUri, node: &Name, state_dir: &Path, opts: &SshOption
         let info = FetchInfo {
             node: node.to_string(),
             server: server.to_string(),
-            fetched_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            fetched_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             modules: plan.order.iter().map(Name::to_string).collect(),
         };
         fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
         fs::set_permissions(&new, fs::Permissions::from_mode(0o700))?;
         let dir = fs::File::open(&new)?;
-        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).context("syncfs of the new cache")?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
+            .context("syncfs of the new cache")?;
         Ok(())
     })();
     if let Err(e) = built {

@@ -70,17 +70,33 @@ impl Manifest {
         names.sort();
         for n in names {
             let Some(ns) = n.to_str() else {
-                bail!("{}/{}: file names must be UTF-8", src.display(), n.to_string_lossy());
+                bail!(
+                    "{}/{}: file names must be UTF-8",
+                    src.display(),
+                    n.to_string_lossy()
+                );
             };
             let p = src.join(&n);
             let m = fs::symlink_metadata(&p)?;
             let e = if m.file_type().is_symlink() {
                 let t = fs::read_link(&p)?;
-                Entry { name: ns.into(), kind: 'l', mode: 0o777, size: 0, hash: t.to_string_lossy().into_owned() }
+                Entry {
+                    name: ns.into(),
+                    kind: 'l',
+                    mode: 0o777,
+                    size: 0,
+                    hash: t.to_string_lossy().into_owned(),
+                }
             } else if m.is_dir() {
                 self.add_tree(&p, &join(at, ns), ns)?
             } else if m.is_file() {
-                Entry { name: ns.into(), kind: 'f', mode: m.mode() & 0o7777, size: m.len(), hash: md5_file(&p)? }
+                Entry {
+                    name: ns.into(),
+                    kind: 'f',
+                    mode: m.mode() & 0o7777,
+                    size: m.len(),
+                    hash: md5_file(&p)?,
+                }
             } else {
                 bail!("{} is not a file, directory or symlink", p.display());
             };
@@ -88,7 +104,13 @@ impl Manifest {
         }
         let hash = dir_hash(&entries);
         self.dirs.insert(at.to_string(), entries);
-        Ok(Entry { name: name.into(), kind: 'd', mode: meta.mode() & 0o7777, size: 0, hash })
+        Ok(Entry {
+            name: name.into(),
+            kind: 'd',
+            mode: meta.mode() & 0o7777,
+            size: 0,
+            hash,
+        })
     }
 
     /// Adds an empty-or-not directory listing built from `entries`.
@@ -96,7 +118,13 @@ impl Manifest {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let hash = dir_hash(&entries);
         self.dirs.insert(at.to_string(), entries);
-        Entry { name: name.into(), kind: 'd', mode, size: 0, hash }
+        Entry {
+            name: name.into(),
+            kind: 'd',
+            mode,
+            size: 0,
+            hash,
+        }
     }
 
     /// Copies the subtree at `path` from `other` into this manifest.
@@ -147,7 +175,12 @@ fn is_hex32(s: &str) -> bool {
 /// and a total path within [`MAX_PATH`].
 pub fn validate(dir: &str, e: &Entry) -> Result<()> {
     let n = &e.name;
-    let bad = n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') || n.len() > 255;
+    let bad = n.is_empty()
+        || n == "."
+        || n == ".."
+        || n.contains('/')
+        || n.contains('\0')
+        || n.len() > 255;
     if bad {
         bail!("the server sent a bad file name {:?} in {:?}", n, dir);
     }
@@ -155,7 +188,11 @@ pub fn validate(dir: &str, e: &Entry) -> Result<()> {
         bail!("the server sent a path longer than {MAX_PATH} bytes");
     }
     if e.mode > 0o7777 {
-        bail!("the server sent a bad mode {:o} for {}", e.mode, join(dir, n));
+        bail!(
+            "the server sent a bad mode {:o} for {}",
+            e.mode,
+            join(dir, n)
+        );
     }
     match e.kind {
         'f' | 'd' if is_hex32(&e.hash) => Ok(()),
@@ -186,14 +223,51 @@ mod tests {
 
     #[test]
     fn hostile_entries_are_refused() {
-        let ok = Entry { name: "x".into(), kind: 'f', mode: 0o644, size: 1, hash: "0".repeat(32) };
+        let ok = Entry {
+            name: "x".into(),
+            kind: 'f',
+            mode: 0o644,
+            size: 1,
+            hash: "0".repeat(32),
+        };
         assert!(validate("modules/a", &ok).is_ok());
         for name in ["..", ".", "a/b", "", "a\0b", &"n".repeat(256)] {
-            assert!(validate("d", &Entry { name: name.into(), ..ok.clone() }).is_err(), "{name:?}");
+            assert!(
+                validate(
+                    "d",
+                    &Entry {
+                        name: name.into(),
+                        ..ok.clone()
+                    }
+                )
+                .is_err(),
+                "{name:?}"
+            );
         }
-        assert!(validate("d", &Entry { mode: 0o170000, ..ok.clone() }).is_err());
-        assert!(validate("d", &Entry { kind: 'c', ..ok.clone() }).is_err());
-        assert!(validate("d", &Entry { hash: "zz".into(), ..ok.clone() }).is_err());
+        assert!(validate(
+            "d",
+            &Entry {
+                mode: 0o170000,
+                ..ok.clone()
+            }
+        )
+        .is_err());
+        assert!(validate(
+            "d",
+            &Entry {
+                kind: 'c',
+                ..ok.clone()
+            }
+        )
+        .is_err());
+        assert!(validate(
+            "d",
+            &Entry {
+                hash: "zz".into(),
+                ..ok.clone()
+            }
+        )
+        .is_err());
         assert!(validate(&"d".repeat(4096), &ok).is_err());
     }
 }

@@ -62,16 +62,36 @@ impl ServerUri {
         };
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                let port = p.parse().with_context(|| format!("server '{raw}': bad port {p:?}"))?;
-                (h.trim_start_matches('[').trim_end_matches(']').to_string(), Some(port))
+                let port = p
+                    .parse()
+                    .with_context(|| format!("server '{raw}': bad port {p:?}"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    Some(port),
+                )
             }
-            _ => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), None),
+            _ => (
+                hostport
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                None,
+            ),
         };
-        let bad = |s: &str| s.is_empty() || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control());
+        let bad = |s: &str| {
+            s.is_empty()
+                || s.starts_with('-')
+                || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
         if bad(&host) || user.as_deref().is_some_and(bad) || path.chars().any(|c| c.is_control()) {
             bail!("server '{raw}': bad user, host or path");
         }
-        Ok(ServerUri::Ssh { user, host, port, path: path.to_string() })
+        Ok(ServerUri::Ssh {
+            user,
+            host,
+            port,
+            path: path.to_string(),
+        })
     }
 }
 
@@ -79,7 +99,12 @@ impl fmt::Display for ServerUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerUri::Local(p) => write!(f, "{}", p.display()),
-            ServerUri::Ssh { user, host, port, path } => {
+            ServerUri::Ssh {
+                user,
+                host,
+                port,
+                path,
+            } => {
                 write!(f, "ssh://")?;
                 if let Some(u) = user {
                     write!(f, "{u}@")?;
@@ -125,16 +150,25 @@ impl View {
             let mut entries = Vec::new();
             for n in names {
                 let rel = format!("{kind}/{n}");
-                let real = tree.resolve_dir(&rel)?.with_context(|| format!("{rel} vanished"))?;
-                let is_link = fs::symlink_metadata(root.join(&rel)).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+                let real = tree
+                    .resolve_dir(&rel)?
+                    .with_context(|| format!("{rel} vanished"))?;
+                let is_link = fs::symlink_metadata(root.join(&rel))
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(true);
                 let entry = match (&published, is_link) {
                     (Some(p), false) if p.dirs.contains_key(&rel) => {
                         m.graft(p, &rel);
-                        p.entry(&rel).cloned().with_context(|| format!("{rel} missing in the published manifest"))?
+                        p.entry(&rel)
+                            .cloned()
+                            .with_context(|| format!("{rel} missing in the published manifest"))?
                     }
                     _ => m.add_tree(&real, &rel, n.as_str())?,
                 };
-                entries.push(Entry { name: n.to_string(), ..entry });
+                entries.push(Entry {
+                    name: n.to_string(),
+                    ..entry
+                });
                 dirs.insert(rel, real);
             }
             top.push(m.set_dir(kind, kind, 0o755, entries));
@@ -162,11 +196,19 @@ mod tests {
 
     #[test]
     fn uris_parse() {
-        assert_eq!(ServerUri::parse("/srv/disco").unwrap(), ServerUri::Local("/srv/disco".into()));
+        assert_eq!(
+            ServerUri::parse("/srv/disco").unwrap(),
+            ServerUri::Local("/srv/disco".into())
+        );
         let u = ServerUri::parse("ssh://disco@example.org:2222/srv/disco").unwrap();
         assert_eq!(
             u,
-            ServerUri::Ssh { user: Some("disco".into()), host: "example.org".into(), port: Some(2222), path: "/srv/disco".into() }
+            ServerUri::Ssh {
+                user: Some("disco".into()),
+                host: "example.org".into(),
+                port: Some(2222),
+                path: "/srv/disco".into()
+            }
         );
         assert_eq!(u.to_string(), "ssh://disco@example.org:2222/srv/disco");
         assert!(ServerUri::parse("ssh://host").is_err());

@@ -19,11 +19,15 @@ use crate::output;
 pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     for sub in ["parameters", "modules"] {
         if !src.join(sub).is_dir() {
-            bail!("{} is not a server tree: it has no {sub}/ directory", src.display());
+            bail!(
+                "{} is not a server tree: it has no {sub}/ directory",
+                src.display()
+            );
         }
     }
     let snapshots = root.join("snapshots");
-    fs::create_dir_all(&snapshots).with_context(|| format!("cannot create {}", snapshots.display()))?;
+    fs::create_dir_all(&snapshots)
+        .with_context(|| format!("cannot create {}", snapshots.display()))?;
     let id = crate::run::new_run_id();
     let tmp = snapshots.join(format!(".tmp-{id}"));
     let result = (|| -> Result<()> {
@@ -43,7 +47,11 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     })();
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("cannot publish {} into {}", src.display(), snapshots.display())));
+        return Err(e.context(format!(
+            "cannot publish {} into {}",
+            src.display(),
+            snapshots.display()
+        )));
     }
     let link_tmp = root.join(".current.tmp");
     let _ = fs::remove_file(&link_tmp);
@@ -65,11 +73,15 @@ fn prune(snapshots: &Path, newest: &str, keep: usize) -> Result<()> {
     let excess = (ids.len() + 1).saturating_sub(keep.max(1));
     for id in ids.iter().take(excess) {
         let p = snapshots.join(id);
-        let Ok(dir) = fs::File::open(&p) else { continue };
+        let Ok(dir) = fs::File::open(&p) else {
+            continue;
+        };
         // SAFETY: flock on a descriptor we own.
         match unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
             0 => fs::remove_dir_all(&p).with_context(|| format!("cannot prune {}", p.display()))?,
-            _ => output::info(&format!("kept snapshot {id}: a session is still serving it")),
+            _ => output::info(&format!(
+                "kept snapshot {id}: a session is still serving it"
+            )),
         }
     }
     Ok(())

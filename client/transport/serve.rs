@@ -41,20 +41,41 @@ pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
     let current = root.join("current");
     match fs::read_link(&current) {
         Ok(target) => {
-            let path = fs::canonicalize(root.join(&target)).with_context(|| format!("{} points nowhere", current.display()))?;
-            let snapshots = fs::canonicalize(root.join("snapshots")).context("no snapshots/ beside current")?;
+            let path = fs::canonicalize(root.join(&target))
+                .with_context(|| format!("{} points nowhere", current.display()))?;
+            let snapshots =
+                fs::canonicalize(root.join("snapshots")).context("no snapshots/ beside current")?;
             if !path.starts_with(&snapshots) {
-                bail!("{} points outside {}", current.display(), snapshots.display());
+                bail!(
+                    "{} points outside {}",
+                    current.display(),
+                    snapshots.display()
+                );
             }
             let dir = fs::File::open(&path)?;
             // SAFETY: flock on a descriptor we own; held until the session ends.
             if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH) } != 0 {
-                bail!("cannot lock the snapshot {}: {}", path.display(), io::Error::last_os_error());
+                bail!(
+                    "cannot lock the snapshot {}: {}",
+                    path.display(),
+                    io::Error::last_os_error()
+                );
             }
-            let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            Ok(Snapshot { path, id, _lock: Some(dir) })
+            let id = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Snapshot {
+                path,
+                id,
+                _lock: Some(dir),
+            })
         }
-        Err(_) => Ok(Snapshot { path: root.to_path_buf(), id: "-".into(), _lock: None }),
+        Err(_) => Ok(Snapshot {
+            path: root.to_path_buf(),
+            id: "-".into(),
+            _lock: None,
+        }),
     }
 }
 
@@ -66,7 +87,12 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     let mut wire = Wire::new(stdin, stdout);
     let refuse = |wire: &mut Wire<_, _>, node: &str, what: String| -> Result<i32> {
         eprintln!("disco serve: refused for node {node}: {what}");
-        let _ = wire.say(&Msg::Error { message: format!("server refused: {what}") }, &[]);
+        let _ = wire.say(
+            &Msg::Error {
+                message: format!("server refused: {what}"),
+            },
+            &[],
+        );
         Ok(1)
     };
 
@@ -82,7 +108,11 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     }
     let node = match forced {
         Some(f) if f.as_str() != node => {
-            return refuse(&mut wire, &node, format!("this key may fetch only node '{f}'"));
+            return refuse(
+                &mut wire,
+                &node,
+                format!("this key may fetch only node '{f}'"),
+            );
         }
         Some(f) => f.clone(),
         None => match Name::parse(&node, "the client's node") {
@@ -100,7 +130,12 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
         }
     };
     wire.say(
-        &Msg::Welcome { version: VERSION, node: node.to_string(), snapshot: snapshot.id.clone(), root: view.manifest.root_hash() },
+        &Msg::Welcome {
+            version: VERSION,
+            node: node.to_string(),
+            snapshot: snapshot.id.clone(),
+            root: view.manifest.root_hash(),
+        },
         &[],
     )?;
 
@@ -116,8 +151,17 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 let mut dirs = Vec::new();
                 for p in paths {
                     match view.manifest.dirs.get(&p) {
-                        Some(entries) => dirs.push(Listing { path: p, entries: entries.clone() }),
-                        None => return refuse(&mut wire, node.as_str(), format!("{p:?} is not a directory of this node's view")),
+                        Some(entries) => dirs.push(Listing {
+                            path: p,
+                            entries: entries.clone(),
+                        }),
+                        None => {
+                            return refuse(
+                                &mut wire,
+                                node.as_str(),
+                                format!("{p:?} is not a directory of this node's view"),
+                            )
+                        }
                     }
                 }
                 wire.say(&Msg::Listings { dirs }, &[])?;
@@ -135,26 +179,54 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         Msg::Get { path } | Msg::Delta { path } => path.clone(),
                         _ => unreachable!("only requests are queued"),
                     };
-                    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path)) else {
-                        return refuse(&mut wire, node.as_str(), format!("{path:?} is not a file of this node's view"));
+                    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path))
+                    else {
+                        return refuse(
+                            &mut wire,
+                            node.as_str(),
+                            format!("{path:?} is not a file of this node's view"),
+                        );
                     };
                     let md5 = entry.hash.clone();
-                    let data = read_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
+                    let data =
+                        read_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
                     let delta = match msg {
                         Msg::Delta { .. } if (data.len() as u64) <= MAX_DELTA_FILE => {
                             match fast_rsync::Signature::deserialize(blob) {
                                 Ok(sig) => {
                                     let mut out = Vec::new();
-                                    fast_rsync::diff(&sig.index(), &data, &mut out).ok().map(|_| out)
+                                    fast_rsync::diff(&sig.index(), &data, &mut out)
+                                        .ok()
+                                        .map(|_| out)
                                 }
-                                Err(_) => return refuse(&mut wire, node.as_str(), format!("a bad signature for {path}")),
+                                Err(_) => {
+                                    return refuse(
+                                        &mut wire,
+                                        node.as_str(),
+                                        format!("a bad signature for {path}"),
+                                    )
+                                }
                             }
                         }
                         _ => None,
                     };
                     let (head, body) = match delta {
-                        Some(d) => (Msg::DeltaData { path, size: d.len() as u64, md5 }, d),
-                        None => (Msg::File { path, size: data.len() as u64, md5 }, data),
+                        Some(d) => (
+                            Msg::DeltaData {
+                                path,
+                                size: d.len() as u64,
+                                md5,
+                            },
+                            d,
+                        ),
+                        None => (
+                            Msg::File {
+                                path,
+                                size: data.len() as u64,
+                                md5,
+                            },
+                            data,
+                        ),
                     };
                     wire.send(&head, &[])?;
                     for chunk in body.chunks(CHUNK) {
@@ -168,16 +240,24 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 wire.flush()?;
                 return Ok(0);
             }
-            other => return refuse(&mut wire, node.as_str(), format!("unexpected message {other:?}")),
+            other => {
+                return refuse(
+                    &mut wire,
+                    node.as_str(),
+                    format!("unexpected message {other:?}"),
+                )
+            }
         }
     }
 }
 
 /// Reads a file without following a symlink in its last component.
 fn read_nofollow(p: &Path) -> io::Result<Vec<u8>> {
-    let mut f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
     Ok(buf)
 }
-

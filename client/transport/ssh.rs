@@ -51,14 +51,25 @@ pub const CACHE_MANIFEST: &str = ".manifest.json";
 
 /// The ssh command line for `uri`.
 pub fn ssh_command(uri: &ServerUri, opts: &SshOptions, remote: &[&str]) -> Result<Command> {
-    let ServerUri::Ssh { user, host, port, .. } = uri else {
+    let ServerUri::Ssh {
+        user, host, port, ..
+    } = uri
+    else {
         bail!("not an ssh:// server: {uri}");
     };
     let mut c = Command::new("ssh");
-    c.args(["-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]);
-    c.arg("-o").arg(format!("ConnectTimeout={}", opts.connect_timeout.max(1)));
+    c.args([
+        "-T",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]);
+    c.arg("-o")
+        .arg(format!("ConnectTimeout={}", opts.connect_timeout.max(1)));
     if let Some(k) = &opts.known_hosts {
-        c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
+        c.arg("-o")
+            .arg(format!("UserKnownHostsFile={}", k.display()));
     }
     if let Some(i) = &opts.identity {
         c.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
@@ -86,11 +97,21 @@ pub struct Session {
 
 impl Session {
     /// Starts ssh and does the handshake for `node`.
-    pub fn open(uri: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(Session, String, String)> {
-        let ServerUri::Ssh { path, .. } = uri else { bail!("not an ssh:// server: {uri}") };
+    pub fn open(
+        uri: &ServerUri,
+        node: &Name,
+        opts: &SshOptions,
+    ) -> Result<(Session, String, String)> {
+        let ServerUri::Ssh { path, .. } = uri else {
+            bail!("not an ssh:// server: {uri}")
+        };
         let mut cmd = ssh_command(uri, opts, &["disco", "serve", "--root", path])?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("cannot run ssh (is openssh-client installed?)")?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("cannot run ssh (is openssh-client installed?)")?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("piped");
         let sink = Arc::clone(&stderr);
@@ -103,11 +124,32 @@ impl Session {
             BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped")),
             BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped")),
         );
-        let mut s = Session { child, wire, stderr, uri: uri.to_string() };
-        let hello = s.wire.say(&Msg::Hello { version: VERSION, node: node.to_string() }, &[]);
-        let answer = hello.map_err(anyhow::Error::from).and_then(|_| s.wire.recv());
+        let mut s = Session {
+            child,
+            wire,
+            stderr,
+            uri: uri.to_string(),
+        };
+        let hello = s.wire.say(
+            &Msg::Hello {
+                version: VERSION,
+                node: node.to_string(),
+            },
+            &[],
+        );
+        let answer = hello
+            .map_err(anyhow::Error::from)
+            .and_then(|_| s.wire.recv());
         match answer {
-            Ok((Msg::Welcome { version, snapshot, root, .. }, _)) if version == VERSION => Ok((s, snapshot, root)),
+            Ok((
+                Msg::Welcome {
+                    version,
+                    snapshot,
+                    root,
+                    ..
+                },
+                _,
+            )) if version == VERSION => Ok((s, snapshot, root)),
             Ok((Msg::Welcome { version, .. }, _)) => {
                 bail!("server {}: protocol version mismatch: it speaks {version}, this client {VERSION}", s.uri)
             }
@@ -126,9 +168,17 @@ impl Session {
         let status = self.child.wait().ok();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let said = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-        let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let last = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
         match status {
-            Some(st) if !st.success() && !last.is_empty() => anyhow!("cannot reach server {}: {last}", self.uri),
+            Some(st) if !st.success() && !last.is_empty() => {
+                anyhow!("cannot reach server {}: {last}", self.uri)
+            }
             _ => anyhow!("server {}: {e:#}", self.uri),
         }
     }
@@ -155,13 +205,25 @@ pub fn sync(
     // Descend, one round trip per level, only where hashes differ.
     let mut m = Manifest::default();
     let mut level = vec![String::new()];
-    let mut expect: BTreeMap<String, String> = BTreeMap::from([(String::new(), root_hash.to_string())]);
+    let mut expect: BTreeMap<String, String> =
+        BTreeMap::from([(String::new(), root_hash.to_string())]);
     while !level.is_empty() {
-        s.wire.say(&Msg::List { paths: level.clone() }, &[])?;
+        s.wire.say(
+            &Msg::List {
+                paths: level.clone(),
+            },
+            &[],
+        )?;
         let (msg, _) = s.wire.recv()?;
-        let Msg::Listings { dirs } = msg else { bail!("protocol error: expected a listing, got {msg:?}") };
+        let Msg::Listings { dirs } = msg else {
+            bail!("protocol error: expected a listing, got {msg:?}")
+        };
         if dirs.len() != level.len() {
-            bail!("protocol error: asked for {} listings, got {}", level.len(), dirs.len());
+            bail!(
+                "protocol error: asked for {} listings, got {}",
+                level.len(),
+                dirs.len()
+            );
         }
         let mut next = Vec::new();
         for (want, l) in level.iter().zip(dirs) {
@@ -176,7 +238,10 @@ pub fn sync(
             }
             for e in l.entries.iter().filter(|e| e.kind == 'd') {
                 let child = join(&l.path, &e.name);
-                let same = old.entry(&child).is_some_and(|o| o.kind == 'd' && o.hash == e.hash) && old.dirs.contains_key(&child);
+                let same = old
+                    .entry(&child)
+                    .is_some_and(|o| o.kind == 'd' && o.hash == e.hash)
+                    && old.dirs.contains_key(&child);
                 if same {
                     m.graft(old, &child);
                 } else {
@@ -193,21 +258,30 @@ pub fn sync(
     let mut requests: Vec<(String, Entry, bool)> = Vec::new();
     for (dir, entries) in &m.dirs {
         let d = new_dir.join(dir);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)?;
         for e in entries {
             let path = join(dir, &e.name);
             let dst = new_dir.join(&path);
             match e.kind {
-                'd' => fs::DirBuilder::new().recursive(true).mode(0o700).create(&dst)?,
+                'd' => fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dst)?,
                 'l' => std::os::unix::fs::symlink(&e.hash, &dst)?,
                 _ => {
                     let prev = old.entry(&path).filter(|o| o.kind == 'f');
                     let src = old_dir.join(&path);
-                    if prev.is_some_and(|o| o.hash == e.hash && o.mode == e.mode) && fs::hard_link(&src, &dst).is_ok() {
+                    if prev.is_some_and(|o| o.hash == e.hash && o.mode == e.mode)
+                        && fs::hard_link(&src, &dst).is_ok()
+                    {
                         stats.reused += 1;
                         continue;
                     }
-                    let delta = prev.is_some() && src.is_file() && e.size <= MAX_DELTA_FILE && e.size > 0;
+                    let delta =
+                        prev.is_some() && src.is_file() && e.size <= MAX_DELTA_FILE && e.size > 0;
                     requests.push((path, e.clone(), delta));
                 }
             }
@@ -216,7 +290,11 @@ pub fn sync(
 
     let refetch = transfer(s, old_dir, new_dir, &requests, stats)?;
     if !refetch.is_empty() {
-        let again: Vec<_> = requests.into_iter().filter(|r| refetch.contains(&r.0)).map(|(p, e, _)| (p, e, false)).collect();
+        let again: Vec<_> = requests
+            .into_iter()
+            .filter(|r| refetch.contains(&r.0))
+            .map(|(p, e, _)| (p, e, false))
+            .collect();
         let still = transfer(s, old_dir, new_dir, &again, stats)?;
         if let Some(p) = still.first() {
             bail!("{p} does not match its hash even when sent whole; the server's tree changed under it");
@@ -226,7 +304,10 @@ pub fn sync(
     // Directory modes last (a read-only directory could not be filled).
     for (dir, entries) in m.dirs.iter().rev() {
         for e in entries.iter().filter(|e| e.kind == 'd') {
-            fs::set_permissions(new_dir.join(join(dir, &e.name)), fs::Permissions::from_mode(e.mode))?;
+            fs::set_permissions(
+                new_dir.join(join(dir, &e.name)),
+                fs::Permissions::from_mode(e.mode),
+            )?;
         }
     }
     Ok(m)
@@ -248,7 +329,8 @@ fn transfer(
         if *delta {
             let base = fs::read(old_dir.join(path))?;
             let sig = fast_rsync::Signature::calculate(&base, signature_options(base.len() as u64));
-            s.wire.send(&Msg::Delta { path: path.clone() }, sig.serialized())?;
+            s.wire
+                .send(&Msg::Delta { path: path.clone() }, sig.serialized())?;
         } else {
             s.wire.send(&Msg::Get { path: path.clone() }, &[])?;
         }
@@ -265,9 +347,16 @@ fn transfer(
         if &got != path || md5 != e.hash {
             bail!("protocol error: expected {path}, got {got}");
         }
-        let limit = if is_delta { e.size.saturating_mul(2) + (1 << 20) } else { e.size };
+        let limit = if is_delta {
+            e.size.saturating_mul(2) + (1 << 20)
+        } else {
+            e.size
+        };
         if size > limit {
-            bail!("the server sent {size} bytes for {path}, more than its {} bytes allow", e.size);
+            bail!(
+                "the server sent {size} bytes for {path}, more than its {} bytes allow",
+                e.size
+            );
         }
         let mut body = Vec::with_capacity(size as usize);
         while (body.len() as u64) < size {
@@ -298,7 +387,10 @@ fn transfer(
         }
         let dst = new_dir.join(path);
         let _ = fs::remove_file(&dst);
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&dst)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dst)?;
         f.write_all(&content)?;
         f.set_permissions(fs::Permissions::from_mode(e.mode))?;
     }
@@ -310,5 +402,8 @@ fn transfer(
 pub fn signature_options(size: u64) -> fast_rsync::SignatureOptions {
     let root = (size as f64).sqrt() as u32;
     let block_size = (root.div_ceil(64) * 64).clamp(256, 64 * 1024);
-    fast_rsync::SignatureOptions { block_size, crypto_hash_size: 8 }
+    fast_rsync::SignatureOptions {
+        block_size,
+        crypto_hash_size: 8,
+    }
 }

@@ -41,29 +41,55 @@ pub struct Listing {
 #[serde(tag = "t")]
 pub enum Msg {
     /// Client → server: first frame.
-    Hello { version: u32, node: String },
+    Hello {
+        version: u32,
+        node: String,
+    },
     /// Server → client: the snapshot this session serves and its root hash.
-    Welcome { version: u32, node: String, snapshot: String, root: String },
+    Welcome {
+        version: u32,
+        node: String,
+        snapshot: String,
+        root: String,
+    },
     /// Client → server: list these directories (relative paths, "" = root).
-    List { paths: Vec<String> },
-    Listings { dirs: Vec<Listing> },
+    List {
+        paths: Vec<String>,
+    },
+    Listings {
+        dirs: Vec<Listing>,
+    },
     /// Client → server: send this file whole.
-    Get { path: String },
+    Get {
+        path: String,
+    },
     /// Client → server: send a delta of this file against the signature in the blob.
-    Delta { path: String },
+    Delta {
+        path: String,
+    },
     /// Client → server: answer the requests sent since the last Flush.
     Flush,
     /// Server → client: a whole file follows as `Data` frames totalling `size`.
-    File { path: String, size: u64, md5: String },
+    File {
+        path: String,
+        size: u64,
+        md5: String,
+    },
     /// Server → client: a delta follows as `Data` frames totalling `size`.
-    DeltaData { path: String, size: u64, md5: String },
+    DeltaData {
+        path: String,
+        size: u64,
+        md5: String,
+    },
     Data,
     /// Client → server: a report to store (the blob is its JSON).
     Report,
     Stored,
     Bye,
     /// Either side: a fatal error, said once.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// An error the peer reported with a `Msg::Error` frame.
@@ -81,7 +107,12 @@ pub struct Wire<R: Read, W: Write> {
 
 impl<R: Read, W: Write> Wire<R, W> {
     pub fn new(r: R, w: W) -> Self {
-        Wire { r, w, sent: 0, received: 0 }
+        Wire {
+            r,
+            w,
+            sent: 0,
+            received: 0,
+        }
     }
 
     /// Sends a frame (flushed by [`Wire::flush`]).
@@ -117,7 +148,8 @@ impl<R: Read, W: Write> Wire<R, W> {
             bail!("protocol error: a {blob_len}-byte blob is over the {MAX_BLOB}-byte limit");
         }
         let blob = self.read_exact(blob_len, "blob")?;
-        let msg: Msg = serde_json::from_slice(&json).context("protocol error: a message does not parse")?;
+        let msg: Msg =
+            serde_json::from_slice(&json).context("protocol error: a message does not parse")?;
         if let Msg::Error { message } = msg {
             return Err(PeerError(message).into());
         }
@@ -132,7 +164,9 @@ impl<R: Read, W: Write> Wire<R, W> {
     fn read_exact(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; n];
         self.r.read_exact(&mut buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => anyhow::anyhow!("the connection closed in the middle of a {what}"),
+            io::ErrorKind::UnexpectedEof => {
+                anyhow::anyhow!("the connection closed in the middle of a {what}")
+            }
             _ => anyhow::Error::from(e).context(format!("reading a {what}")),
         })?;
         self.received += n as u64;
@@ -148,11 +182,22 @@ mod tests {
     fn frames_round_trip_and_limits_hold() {
         let mut buf = Vec::new();
         let mut w = Wire::new(io::empty(), &mut buf);
-        w.say(&Msg::Get { path: "modules/a/f".into() }, b"xyz").unwrap();
+        w.say(
+            &Msg::Get {
+                path: "modules/a/f".into(),
+            },
+            b"xyz",
+        )
+        .unwrap();
         let sent = w.sent;
         let mut r = Wire::new(&buf[..], io::sink());
         let (msg, blob) = r.recv().unwrap();
-        assert_eq!(msg, Msg::Get { path: "modules/a/f".into() });
+        assert_eq!(
+            msg,
+            Msg::Get {
+                path: "modules/a/f".into()
+            }
+        );
         assert_eq!(blob, b"xyz");
         assert_eq!(r.received, sent);
 

@@ -25,7 +25,10 @@ pub fn keygen(path: &Path) -> String {
         .status()
         .expect("ssh-keygen (openssh-client) is needed");
     assert!(st.success());
-    fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
+    fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 impl Sshd {
@@ -34,9 +37,17 @@ impl Sshd {
         fs::create_dir_all(dir).unwrap();
         let host_key = dir.join("host_key");
         keygen(&host_key);
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         fs::write(dir.join("authorized_keys"), authorized.join("\n") + "\n").unwrap();
-        fs::set_permissions(dir.join("authorized_keys"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(
+            dir.join("authorized_keys"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\n\
              StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
@@ -46,7 +57,11 @@ impl Sshd {
         );
         fs::write(dir.join("sshd_config"), config).unwrap();
         let pubkey = fs::read_to_string(host_key.with_extension("pub")).unwrap();
-        fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {pubkey}")).unwrap();
+        fs::write(
+            dir.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {pubkey}"),
+        )
+        .unwrap();
         fs::create_dir_all("/run/sshd").unwrap();
         let child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
@@ -56,10 +71,18 @@ impl Sshd {
             .expect("sshd (openssh-server) is needed");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "sshd did not start: {}", fs::read_to_string(dir.join("sshd.log")).unwrap_or_default());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "sshd did not start: {}",
+                fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sshd { dir: dir.to_path_buf(), port, child }
+        Sshd {
+            dir: dir.to_path_buf(),
+            port,
+            child,
+        }
     }
 
     /// `ssh://root@127.0.0.1:PORT/path`.
