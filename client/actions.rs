@@ -285,6 +285,8 @@ fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> 
                 exit: Some(code),
                 error,
                 figures: Figures::from_rusage(&ru, wall),
+                sent: None,
+                received: None,
             }
         }
         Err(e) => {
@@ -298,6 +300,8 @@ fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> 
                     time_real: wall,
                     ..Figures::default()
                 },
+                sent: None,
+                received: None,
             }
         }
     }

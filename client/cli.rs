@@ -99,6 +99,14 @@ pub enum Command {
     ///
     /// Example (a git post-receive hook): disco publish /srv/disco-src --root /srv/disco
     Publish(PublishArgs),
+    /// Timings, memory and I/O of every step of the last dance
+    ///
+    /// Prints each step as `report: MODULE: STEP` with time_real/user/sys,
+    /// mem_max (KiB), page faults, block I/O and exit status. --history
+    /// lists past runs; --json and --prometheus print the last run for
+    /// machines; --fleet --server DIR (on the server) lists every node that
+    /// uploads its reports (report_upload = true).
+    Report(ReportArgs),
     /// Print the changes of the last dance (or shell) again, from its saved report
     Diff(DiffArgs),
     /// Open bash in a noop sandbox over ROOT; when it exits, print what it changed
@@ -175,6 +183,29 @@ pub struct DanceArgs {
     /// Exit 0 no change, 2 changes, 1 failure, 4 failure after the merge
     #[arg(long)]
     pub detailed_exitcodes: bool,
+    /// If another dance is running, exit 1 at once instead of waiting
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Sleep a random 0..SECONDS first, so a fleet's cron runs spread out
+    /// (skipped when stdout is a terminal)
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub splay: u64,
+    /// Splay even on a terminal
+    #[arg(long)]
+    pub splay_always: bool,
+    /// Print only changes, warnings and errors (scripts' output only when
+    /// their module fails or changes something): a converged node sends no
+    /// cron mail
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Ask the server only for the hash of this node's inputs; skip the dance
+    /// when it equals the last successful dance's and that one is younger
+    /// than --max-age
+    #[arg(long)]
+    pub if_changed: bool,
+    /// With --if-changed: dance anyway when the last one is older (e.g. 1h, 30m)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -198,4 +229,26 @@ pub struct PublishArgs {
     /// How many snapshots to keep (one still being served is never removed)
     #[arg(long, default_value_t = 5)]
     pub keep: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Show run ID instead of the last one
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// One line per saved run: time, status, changes, duration
+    #[arg(long)]
+    pub history: bool,
+    /// The run's report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The run in node_exporter textfile format
+    #[arg(long)]
+    pub prometheus: bool,
+    /// On the server: one line per node from DIR/reports (give --server DIR)
+    #[arg(long)]
+    pub fleet: bool,
+    /// With --fleet: flag nodes whose last report is older than this
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub stale: std::time::Duration,
 }

@@ -11,6 +11,7 @@ use crate::cli::{Cli, Command, ParamAction, ParamArgs};
 use crate::config::{Config, Flags};
 use crate::fetch;
 use crate::params::{self, Key, NewValue, Param, ParamTree};
+use crate::transport::ServerUri;
 
 /// Runs the command of `cli`; the return value is the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
@@ -32,6 +33,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 keep: args.keep,
                 run_actions: args.run_actions,
                 detailed_exitcodes: args.detailed_exitcodes,
+                no_wait: args.no_wait,
+                splay: args.splay,
+                splay_always: args.splay_always,
+                quiet: args.quiet,
+                if_changed: args.if_changed,
+                max_age: args.max_age.as_secs(),
             },
         ),
         Command::Undo => crate::dance::undo(&config),
@@ -58,6 +65,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Diff(args) => diff(&config, args.run.as_deref()),
+        Command::Report(args) => report(&config, &args),
         Command::Shell(args) => crate::shell::shell(&config, args.keep),
         Command::Param(args) => param(&config, args),
         Command::Config => {
@@ -148,6 +156,77 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
             let dir = args.tree.as_ref().expect("checked above");
             params::tree_delete(dir, &Key::parse(&key)?, recursive)?;
         }
+    }
+    Ok(0)
+}
+
+fn report(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
+    use crate::report::{self, RunReport};
+    if args.fleet {
+        let servers = config.require_servers()?;
+        let ServerUri::Local(dir) = ServerUri::parse(&servers[0])? else {
+            bail!("--fleet reads the reports on the server itself: give --server DIR (the served directory)");
+        };
+        let reports = dir.join("reports");
+        let mut nodes: Vec<(String, Option<RunReport>)> = Vec::new();
+        let entries = std::fs::read_dir(&reports).with_context(|| {
+            format!(
+                "no reports in {} (do nodes set report_upload = true?)",
+                reports.display()
+            )
+        })?;
+        for e in entries.flatten() {
+            let node = e.file_name().to_string_lossy().into_owned();
+            let r = std::fs::read(e.path().join("last.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            nodes.push((node, r));
+        }
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut lines = vec![format!(
+            "{:<24} {:<21} {:<8} {:>8} {:>9} {:>10}",
+            "node", "last run", "status", "changes", "duration", "age"
+        )];
+        for (node, r) in nodes {
+            match r {
+                None => lines.push(format!("{node:<24} (no readable report)")),
+                Some(r) => {
+                    let age = humantime::parse_rfc3339(&r.ended)
+                        .ok()
+                        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                        .unwrap_or_default();
+                    let stale = if age > args.stale { "  STALE" } else { "" };
+                    lines.push(format!(
+                        "{node:<24} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s{stale}",
+                        r.ended,
+                        r.status,
+                        r.changes().count(),
+                        r.duration,
+                        age.as_secs()
+                    ));
+                }
+            }
+        }
+        print_lines(lines)?;
+        return Ok(0);
+    }
+    let state = &config.state_dir.value;
+    if args.history {
+        print_lines(
+            report::history(state)?
+                .iter()
+                .map(crate::output::history_line),
+        )?;
+        return Ok(0);
+    }
+    let r = report::load(state, args.run.as_deref())?;
+    if args.json {
+        print_lines([serde_json::to_string_pretty(&r)?])?;
+    } else if args.prometheus {
+        let text = crate::output::prometheus(&r);
+        print_lines(text.lines().map(String::from))?;
+    } else {
+        print_lines(crate::output::report_lines(&r))?;
     }
     Ok(0)
 }

@@ -82,6 +82,12 @@ pub struct Config {
     pub ssh_known_hosts: Setting<Option<PathBuf>>,
     pub ssh_options: Setting<Vec<String>>,
     pub connect_timeout: Setting<u64>,
+    /// How many run reports `STATE/reports/` keeps.
+    pub report_history: Setting<usize>,
+    /// Where to write the Prometheus textfile after every dance.
+    pub prometheus_textfile: Setting<Option<PathBuf>>,
+    /// Send each dance's report to the server (ssh:// only).
+    pub report_upload: Setting<bool>,
 }
 
 /// What the command line said, before layering.
@@ -110,6 +116,9 @@ struct FileConfig {
     ssh_known_hosts: Option<PathBuf>,
     ssh_options: Option<Vec<String>>,
     connect_timeout: Option<u64>,
+    report_history: Option<usize>,
+    prometheus_textfile: Option<PathBuf>,
+    report_upload: Option<bool>,
 }
 
 impl Config {
@@ -128,6 +137,9 @@ impl Config {
             ssh_known_hosts: Setting::new(None, Source::Default),
             ssh_options: Setting::new(Vec::new(), Source::Default),
             connect_timeout: Setting::new(10, Source::Default),
+            report_history: Setting::new(50, Source::Default),
+            prometheus_textfile: Setting::new(None, Source::Default),
+            report_upload: Setting::new(false, Source::Default),
         };
 
         let (main, explicit) = match &flags.config {
@@ -220,6 +232,15 @@ impl Config {
         if let Some(v) = file.connect_timeout {
             self.connect_timeout.set(v, src());
         }
+        if let Some(v) = file.report_history {
+            self.report_history.set(v, src());
+        }
+        if let Some(v) = file.prometheus_textfile {
+            self.prometheus_textfile.set(Some(v), src());
+        }
+        if let Some(v) = file.report_upload {
+            self.report_upload.set(v, src());
+        }
         Ok(())
     }
 
@@ -294,6 +315,24 @@ impl Config {
                 "connect_timeout",
                 self.connect_timeout.value.to_string(),
                 &self.connect_timeout.source,
+            ),
+            line(
+                "report_history",
+                self.report_history.value.to_string(),
+                &self.report_history.source,
+            ),
+            match &self.prometheus_textfile.value {
+                Some(v) => line(
+                    "prometheus_textfile",
+                    p(v),
+                    &self.prometheus_textfile.source,
+                ),
+                None => "# prometheus_textfile is not set".into(),
+            },
+            line(
+                "report_upload",
+                self.report_upload.value.to_string(),
+                &self.report_upload.source,
             ),
         ]
     }

@@ -34,6 +34,17 @@ const KEPT_RUNS: usize = 5;
 pub struct DanceOptions {
     /// Keep the scratch directory of a successful run.
     pub keep: bool,
+    /// Exit at once if another dance holds the lock.
+    pub no_wait: bool,
+    /// Sleep a random 0..splay seconds first (not on a terminal unless `splay_always`).
+    pub splay: u64,
+    pub splay_always: bool,
+    /// Print only changes, warnings and errors.
+    pub quiet: bool,
+    /// Skip the dance when the server's view is what the last successful
+    /// dance saw, and that dance is younger than `max_age` seconds.
+    pub if_changed: bool,
+    pub max_age: u64,
     /// Run deferred actions and handlers under a `--root` other than `/`.
     pub run_actions: bool,
     /// 0 no change, 2 changes, 1 failure, 4 failure after the merge.
@@ -72,9 +83,78 @@ fn finish_interrupted(config: &Config) -> Result<()> {
 /// Runs a dance; returns the exit code.
 pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     require_root("disco dance")?;
+    output::set_quiet(opts.quiet);
+    config.require_servers()?;
+    crate::cron::splay(opts.splay, opts.splay_always);
+    let state = &config.state_dir.value;
+    let given = matches!(config.state_dir.source, crate::config::Source::Flag(_));
+    let _lock = crate::cron::lock(&crate::cron::lock_path(state, given), opts.no_wait)?;
+    if opts.if_changed && unchanged_since_last(config, opts)? {
+        return Ok(0);
+    }
+    crate::cron::set_status(
+        state,
+        &format!("running since {} (pid {})", now(), std::process::id()),
+    );
+    let result = run_dance(config, opts);
+    match &result {
+        Ok((code, report)) => {
+            let line = match report.status.as_str() {
+                "failed" => format!(
+                    "failed at {}: {}",
+                    report.ended,
+                    report.error.as_deref().unwrap_or("see disco report")
+                ),
+                _ => format!(
+                    "done at {} ({} change(s){})",
+                    report.ended,
+                    report.changes().count(),
+                    if report.noop { ", noop" } else { "" }
+                ),
+            };
+            crate::cron::set_status(state, &line);
+            let _ = code;
+        }
+        Err(e) => crate::cron::set_status(state, &format!("failed at {}: {e:#}", now())),
+    }
+    result.map(|(code, _)| code)
+}
+
+/// `--if-changed`: true (and says so) when the server's view of this node
+/// hashes as it did for the last successful dance, which is recent enough.
+fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
+    let Ok(last) = report::history(&config.state_dir.value).map(|h| {
+        h.into_iter().rev().find(|r| {
+            r.status != "failed" && r.noop == config.noop.value && !r.root_hash.is_empty()
+        })
+    }) else {
+        return Ok(false);
+    };
+    let Some(last) = last else { return Ok(false) };
+    let age = humantime::parse_rfc3339(&last.ended)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX);
+    if age >= opts.max_age {
+        return Ok(false);
+    }
+    let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
+    let (snapshot, root) = fetch::probe(&server, &config.node.value, &config.ssh())?;
+    if root == last.root_hash {
+        output::info(&format!(
+            "skipped: the server's snapshot {snapshot} is what run {} applied {age} s ago (--if-changed)",
+            last.id
+        ));
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
+    let started_at = std::time::Instant::now();
     let noop = config.noop.value;
     let failpoint = Failpoint::from_env()?;
-    config.require_servers()?;
     let node = &config.node.value;
     let state = &config.state_dir.value;
     if !noop {
@@ -85,9 +165,15 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         );
     }
 
+    let meter = crate::report::Meter::start();
     let fetched = fetch::fetch_configured(config)?;
+    let mut fetch_step = meter.step("fetch");
+    fetch_step.sent = Some(fetched.origin.sent);
+    fetch_step.received = Some(fetched.origin.received);
+    let meter = crate::report::Meter::start();
     let tree = ServerTree::open(&fetched.cache)?;
     let params = params::merged(&tree, &fetched.node, &fetched.plan)?;
+    let plan_step = meter.step("plan");
 
     run::prune(state, KEPT_RUNS)?;
     let run = RunDir::create(state)?;
@@ -121,6 +207,10 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         noop,
         root: sandbox.root.clone(),
         started: now(),
+        server: fetched.origin.server.clone(),
+        snapshot: fetched.origin.snapshot.clone(),
+        root_hash: fetched.origin.root_hash.clone(),
+        stages: vec![fetch_step, plan_step],
         plan: layers.clone(),
         ..RunReport::default()
     };
@@ -149,6 +239,9 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
             noop,
             module_dir: Path::new(DISCO_DIR).join("module"),
             params_dir: Path::new(DISCO_DIR).join("params"),
+            output_log: opts
+                .quiet
+                .then(|| Path::new(DISCO_DIR).join("queue/output")),
         };
         let outcome = sandbox.run_layer(layer, &binds, || Ok(job.run()))?;
         let mut mreport = ModuleReport {
@@ -173,9 +266,17 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         let all = read_queue(&queue_file(&sandbox.run.queue()))?;
         mreport.actions = all[queued..].to_vec();
         queued = all.len();
+        let meter = crate::report::Meter::start();
         mreport.changes = differ
             .layer(layer)
             .with_context(|| format!("{module}: cannot compute its changes"))?;
+        mreport.steps.push(meter.step("diff"));
+        if let Some(log) = &job.output_log {
+            flush_captured(
+                &sandbox.run.queue().join(log.file_name().expect("a file")),
+                failed.is_some() || !mreport.changes.is_empty(),
+            );
+        }
         for c in &mreport.changes {
             output::change(c, false);
         }
@@ -222,9 +323,11 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
             layers: layers.clone(),
             mounts: sandbox.mounts.clone(),
         };
-        let started = std::time::Instant::now();
+        let meter = crate::report::Meter::start();
         let merged = merge::merge(state, &sandbox.run, &layout, failpoint)?;
-        let took = started.elapsed().as_secs_f64() * 1e3;
+        let merge_step = meter.step("merge");
+        let took = merge_step.figures.time_real * 1e3;
+        report.stages.push(merge_step);
         merge::prune_backups(state, config.keep_backups.value)?;
         if merged.applied > 0 {
             output::info(&format!(
@@ -258,7 +361,22 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
         }
     };
     report.ended = now();
-    report::save(state, &report)?;
+    report.duration = started_at.elapsed().as_secs_f64();
+    report.exit_code = code;
+    report.status = match (report.error.is_some(), changes) {
+        (true, _) => "failed",
+        (false, 0) => "ok",
+        _ => "changed",
+    }
+    .into();
+    report::save_bounded(state, &report, config.report_history.value)?;
+    if let Some(path) = &config.prometheus_textfile.value {
+        write_atomic(path, output::prometheus(&report).as_bytes())
+            .with_context(|| format!("cannot write the Prometheus textfile {}", path.display()))?;
+    }
+    if config.report_upload.value {
+        upload(config, &report);
+    }
     if !failed_before_merge {
         if opts.keep {
             output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
@@ -266,7 +384,46 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
             sandbox.run.remove()?;
         }
     }
-    Ok(code)
+    Ok((code, report))
+}
+
+/// Sends the report to the server (best effort: a failed upload warns).
+fn upload(config: &Config, report: &RunReport) {
+    let sent = (|| -> Result<()> {
+        let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
+        if !matches!(server, fetch::ServerUri::Ssh { .. }) {
+            return Ok(());
+        }
+        crate::transport::ssh::upload(
+            &server,
+            &config.node.value,
+            &config.ssh(),
+            &serde_json::to_vec(report)?,
+        )
+    })();
+    if let Err(e) = sent {
+        output::warning(&format!("the report was not uploaded: {e:#}"));
+    }
+}
+
+/// Writes a file through a temporary file and a rename.
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, content)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `--quiet`: a module's captured script output is shown only when it
+/// failed or changed something; then the capture is emptied.
+fn flush_captured(log: &Path, show: bool) {
+    if show {
+        if let Ok(text) = fs::read(log) {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &text);
+        }
+    }
+    let _ = fs::write(log, b"");
 }
 
 /// `disco undo`: finishes any interrupted merge, then restores the root as

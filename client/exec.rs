@@ -39,6 +39,9 @@ pub struct Job {
     pub module_dir: PathBuf,
     /// The merged parameter tree, read-only.
     pub params_dir: PathBuf,
+    /// `--quiet`: scripts' output goes to this file (inside the sandbox)
+    /// instead of the terminal; disco shows it if the module fails or changes.
+    pub output_log: Option<PathBuf>,
 }
 
 /// The result of one module's steps.
@@ -67,18 +70,19 @@ impl Job {
     /// Runs files, templates, scripts; stops at the first failure.
     pub fn run(&self) -> ModuleRun {
         let mut run = ModuleRun::default();
-        let started = Instant::now();
-        let before = self_rusage();
+        let meter = crate::report::Meter::start();
         let files = self.install_tree("files", &mut |src, rel, meta| {
             self.copy_file(src, rel, meta)
         });
-        let figures = self_figures(&before, started);
+        let figures = meter.figures();
         let failed = files.err().map(|e| format!("{e:#}"));
         run.steps.push(Step {
             name: "files".into(),
             exit: None,
             error: failed.clone(),
             figures,
+            sent: None,
+            received: None,
         });
         if let Some(e) = failed {
             run.failed = Some(e);
@@ -285,6 +289,12 @@ impl Job {
             .envs(self.env())
             .current_dir("/")
             .stdin(Stdio::null());
+        if let Some(log) = &self.output_log {
+            let open = || fs::OpenOptions::new().create(true).append(true).open(log);
+            if let (Ok(out), Ok(err)) = (open(), open()) {
+                c.stdout(out).stderr(err);
+            }
+        }
         if let Ok(term) = std::env::var("TERM") {
             c.env("TERM", term);
         }
@@ -318,6 +328,8 @@ fn finish(name: String, started: Instant, result: Result<(i32, libc::rusage)>, w
                 exit: Some(status),
                 error,
                 figures: Figures::from_rusage(&ru, wall),
+                sent: None,
+                received: None,
             }
         }
         Err(e) => Step {
@@ -328,6 +340,8 @@ fn finish(name: String, started: Instant, result: Result<(i32, libc::rusage)>, w
                 time_real: wall,
                 ..Figures::default()
             },
+            sent: None,
+            received: None,
         },
     }
 }
@@ -355,29 +369,6 @@ pub fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
         128 + libc::WTERMSIG(status)
     };
     Ok((code, ru))
-}
-
-fn self_rusage() -> libc::rusage {
-    // SAFETY: plain data filled by getrusage.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    }
-}
-
-/// getrusage(RUSAGE_SELF) delta since `before`, for in-process steps.
-fn self_figures(before: &libc::rusage, started: Instant) -> Figures {
-    let after = self_rusage();
-    let mut f = Figures::from_rusage(&after, started.elapsed().as_secs_f64());
-    let b = Figures::from_rusage(before, 0.0);
-    f.time_user -= b.time_user;
-    f.time_sys -= b.time_sys;
-    f.mem_faults_major -= b.mem_faults_major;
-    f.mem_faults_minor -= b.mem_faults_minor;
-    f.io_fsin -= b.io_fsin;
-    f.io_fsout -= b.io_fsout;
-    f
 }
 
 /// The absolute target of module path `rel` inside the sandbox, symlinks

@@ -42,6 +42,36 @@ pub struct Fetched {
     pub cache: PathBuf,
     pub node: NodeSpec,
     pub plan: Plan,
+    pub origin: Origin,
+}
+
+/// Where a fetch came from and what it cost on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub server: String,
+    /// The published snapshot id (`-` for an unpublished tree).
+    pub snapshot: String,
+    /// Root hash of the node's view: equal hashes, equal inputs.
+    pub root_hash: String,
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// Asks the server only for its snapshot id and the root hash of the
+/// node's view (for `--if-changed`), without fetching anything.
+pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(String, String)> {
+    match server {
+        ServerUri::Local(root) => {
+            let snap = crate::transport::serve::resolve_snapshot(root)?;
+            let view = crate::transport::View::of(&snap.path, node)?;
+            Ok((snap.id.clone(), view.manifest.root_hash()))
+        }
+        ServerUri::Ssh { .. } => {
+            let (session, snapshot, root) = ssh::Session::open(server, node, opts)?;
+            session.close()?;
+            Ok((snapshot, root))
+        }
+    }
 }
 
 /// Fetches from the configured servers, in order, until one answers.
@@ -81,10 +111,13 @@ pub fn fetch(
     state_dir: &Path,
     ssh_opts: &SshOptions,
 ) -> Result<Fetched> {
-    let root = match server {
+    let served = match server {
         ServerUri::Local(root) => root,
         ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts),
     };
+    // A published tree is read through `current`, resolved once.
+    let snapshot = crate::transport::serve::resolve_snapshot(served)?;
+    let root = &snapshot.path;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
     let plan = plan::plan(&tree, &spec, Scope::Server)?;
@@ -102,11 +135,19 @@ pub fn fetch(
         return Err(e);
     }
     swap_in(&new, &cache)?;
+    let view = crate::transport::View::of(root, node)?;
     // The cache is a copy of what was just planned: the plan stands.
     Ok(Fetched {
         cache,
         node: spec,
         plan,
+        origin: Origin {
+            server: served.display().to_string(),
+            snapshot: snapshot.id.clone(),
+            root_hash: view.manifest.root_hash(),
+            sent: 0,
+            received: 0,
+        },
     })
 }
 
@@ -266,7 +307,15 @@ fn fetch_ssh(
             "fetch from {server}: snapshot {snapshot} unchanged (sent {} B, received {} B)",
             stats.sent, stats.received
         ));
-        return open_cache(state_dir, node);
+        let mut f = open_cache(state_dir, node)?;
+        f.origin = Origin {
+            server: server.to_string(),
+            snapshot,
+            root_hash,
+            sent: stats.sent,
+            received: stats.received,
+        };
+        return Ok(f);
     }
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
     let built = (|| -> Result<()> {
@@ -310,9 +359,17 @@ fn fetch_ssh(
     swap_in(&new, &cache)?;
     crate::output::info(&format!(
         "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
-        stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
+                stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
     ));
-    open_cache(state_dir, node)
+    let mut f = open_cache(state_dir, node)?;
+    f.origin = Origin {
+        server: server.to_string(),
+        snapshot,
+        root_hash,
+        sent: stats.sent,
+        received: stats.received,
+    };
+    Ok(f)
 }
 
 /// Opens the cache of `state_dir` for `node`, checking it was fetched for that node.
@@ -348,5 +405,6 @@ pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
         cache,
         node: spec,
         plan,
+        origin: Origin::default(),
     })
 }

@@ -9,6 +9,7 @@ pub mod actions;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod cron;
 pub mod dance;
 pub mod diff;
 pub mod exec;

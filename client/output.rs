@@ -6,6 +6,20 @@
 //! so stdout stays machine-readable.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::report::{Figures, RunReport, Step};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: from now on only changes, warnings and errors are printed.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+pub fn is_quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 #[derive(Clone, Copy)]
 enum Level {
@@ -32,9 +46,11 @@ fn emit(level: Level, msg: &str) {
     };
 }
 
-/// `info: …` on stderr.
+/// `info: …` on stderr (not with `--quiet`).
 pub fn info(msg: &str) {
-    emit(Level::Info, msg);
+    if !is_quiet() {
+        emit(Level::Info, msg);
+    }
 }
 
 /// `warning: …` on stderr.
@@ -60,7 +76,7 @@ pub fn change(c: &crate::report::Change, to_stdout: bool) {
             let _ = write!(out, "{}", with_newline(d));
         }
     } else {
-        info(&line);
+        emit(Level::Info, &line);
         if let Some(d) = &c.diff {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "{}", with_newline(d));
@@ -125,4 +141,150 @@ pub fn change_line(c: &crate::report::Change) -> String {
         c.path,
         fields.join(" ")
     )
+}
+
+/// How a step is named in a report: `files`, `template PATH`, `script NAME`, …
+fn step_title(name: &str) -> String {
+    if let Some(t) = name.strip_prefix("templates/") {
+        format!("template {t}")
+    } else if let Some(t) = name.strip_prefix("scripts/") {
+        format!("script {t}")
+    } else {
+        name.to_string()
+    }
+}
+
+fn figure_lines(out: &mut Vec<String>, f: &Figures, s: &Step) {
+    out.push(format!(
+        "report:    time_real {:.2} : time_user {:.2} : time_sys {:.2}",
+        f.time_real, f.time_user, f.time_sys
+    ));
+    out.push(format!(
+        "report:    mem_max {} : mem_faults_major {} : mem_faults_minor {}",
+        f.mem_max, f.mem_faults_major, f.mem_faults_minor
+    ));
+    out.push(format!(
+        "report:    io_fsin {} : io_fsout {}",
+        f.io_fsin, f.io_fsout
+    ));
+    if let (Some(sent), Some(received)) = (s.sent, s.received) {
+        out.push(format!(
+            "report:    bytes_sent {sent} : bytes_received {received}"
+        ));
+    }
+    match (&s.exit, &s.error) {
+        (Some(code), _) => out.push(format!("report:    exit: {code}")),
+        (None, Some(e)) => out.push(format!("report:    error: {e}")),
+        (None, None) => out.push("report:    exit: 0".into()),
+    }
+}
+
+/// A run in the DESIGN §6 layout: `report: MODULE: STEP` and its figures.
+pub fn report_lines(r: &RunReport) -> Vec<String> {
+    let mut out = vec![format!(
+        "report: run {} of node {} ({}) on {}: started {}, {:.2} s, {}, {} change(s)",
+        r.id,
+        r.node,
+        if r.noop { "noop" } else { "live" },
+        r.root.display(),
+        r.started,
+        r.duration,
+        if r.status.is_empty() {
+            "unknown"
+        } else {
+            &r.status
+        },
+        r.changes().count()
+    )];
+    let stage = |out: &mut Vec<String>, name: &str| {
+        for s in r.stages.iter().filter(|s| s.name == name) {
+            out.push(format!("report: disco: {}", s.name));
+            figure_lines(out, &s.figures, s);
+        }
+    };
+    stage(&mut out, "fetch");
+    stage(&mut out, "plan");
+    for m in &r.modules {
+        for s in &m.steps {
+            out.push(format!("report: {}: {}", m.name, step_title(&s.name)));
+            figure_lines(&mut out, &s.figures, s);
+        }
+    }
+    stage(&mut out, "merge");
+    for s in &r.actions {
+        out.push(format!("report: disco: {}", s.name));
+        figure_lines(&mut out, &s.figures, s);
+    }
+    out.push(format!("report: exit: {}", r.exit_code));
+    out
+}
+
+/// One line of `disco report --history`.
+pub fn history_line(r: &RunReport) -> String {
+    format!(
+        "{}  {:<7}  {:>4} change(s)  {:>7.2}s  {}{}",
+        r.started,
+        r.status,
+        r.changes().count(),
+        r.duration,
+        r.id,
+        if r.noop { "  (noop)" } else { "" }
+    )
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The node_exporter textfile format for the last run.
+pub fn prometheus(r: &RunReport) -> String {
+    let node = label(&r.node);
+    let ended = humantime::parse_rfc3339(&r.ended)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
+        ));
+    };
+    gauge(
+        "disco_last_run_timestamp_seconds",
+        "When the last dance ended (unix time).",
+        ended.to_string(),
+    );
+    gauge(
+        "disco_last_run_duration_seconds",
+        "How long the last dance took.",
+        format!("{:.3}", r.duration),
+    );
+    gauge(
+        "disco_last_run_success",
+        "1 if the last dance succeeded.",
+        u8::from(r.status != "failed").to_string(),
+    );
+    gauge(
+        "disco_last_run_changes",
+        "Changes the last dance applied (or, in noop, found).",
+        r.changes().count().to_string(),
+    );
+    gauge(
+        "disco_last_run_noop",
+        "1 if the last dance was a noop.",
+        u8::from(r.noop).to_string(),
+    );
+    out.push_str("# HELP disco_module_duration_seconds Wall time of each module's steps in the last dance.\n");
+    out.push_str("# TYPE disco_module_duration_seconds gauge\n");
+    for m in &r.modules {
+        let secs: f64 = m.steps.iter().map(|s| s.figures.time_real).sum();
+        out.push_str(&format!(
+            "disco_module_duration_seconds{{node=\"{node}\",module=\"{}\"}} {secs:.3}\n",
+            label(&m.name)
+        ));
+    }
+    out
 }

@@ -42,7 +42,57 @@ impl Figures {
     }
 }
 
-/// One step of a module: `files`, `templates/PATH` or `scripts/NAME`.
+/// Measures an in-process step: wall time and `getrusage(RUSAGE_SELF)` deltas.
+pub struct Meter {
+    started: std::time::Instant,
+    before: libc::rusage,
+}
+
+fn self_rusage() -> libc::rusage {
+    // SAFETY: plain data filled by getrusage.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    }
+}
+
+impl Meter {
+    pub fn start() -> Meter {
+        Meter {
+            started: std::time::Instant::now(),
+            before: self_rusage(),
+        }
+    }
+
+    /// The figures since `start` (max RSS is the process's peak so far).
+    pub fn figures(&self) -> Figures {
+        let mut f = Figures::from_rusage(&self_rusage(), self.started.elapsed().as_secs_f64());
+        let b = Figures::from_rusage(&self.before, 0.0);
+        f.time_user -= b.time_user;
+        f.time_sys -= b.time_sys;
+        f.mem_faults_major -= b.mem_faults_major;
+        f.mem_faults_minor -= b.mem_faults_minor;
+        f.io_fsin -= b.io_fsin;
+        f.io_fsout -= b.io_fsout;
+        f
+    }
+
+    /// A finished, successful in-process step.
+    pub fn step(&self, name: &str) -> Step {
+        Step {
+            name: name.into(),
+            exit: Some(0),
+            error: None,
+            figures: self.figures(),
+            sent: None,
+            received: None,
+        }
+    }
+}
+
+/// One step: a stage (`fetch`, `plan`, `merge`), or of a module (`files`,
+/// `templates/PATH`, `scripts/NAME`, `diff`), or an action/handler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
@@ -51,6 +101,11 @@ pub struct Step {
     /// Why the step failed, phrased for the error line.
     pub error: Option<String>,
     pub figures: Figures,
+    /// Bytes on the wire (fetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
 }
 
 /// What changed at one path.
@@ -111,7 +166,25 @@ pub struct RunReport {
     pub root: PathBuf,
     pub started: String,
     pub ended: String,
+    /// Seconds, start to end.
+    #[serde(default)]
+    pub duration: f64,
+    #[serde(default)]
+    pub server: String,
+    /// The server's snapshot id and the root hash of the node's view.
+    #[serde(default)]
+    pub snapshot: String,
+    #[serde(default)]
+    pub root_hash: String,
     pub plan: Vec<String>,
+    /// fetch, plan, merge.
+    #[serde(default)]
+    pub stages: Vec<Step>,
+    /// `ok`, `changed` or `failed`.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub exit_code: i32,
     pub modules: Vec<ModuleReport>,
     /// Deferred actions and handlers run after the merge.
     pub actions: Vec<Step>,
@@ -129,7 +202,51 @@ fn reports_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("reports")
 }
 
-/// Writes `reports/RUN.json` and replaces `reports/last.json` atomically.
+/// Writes `reports/RUN.json`, replaces `reports/last.json` atomically and
+/// keeps the newest `keep` run reports.
+pub fn save_bounded(state_dir: &Path, report: &RunReport, keep: usize) -> Result<()> {
+    save(state_dir, report)?;
+    let dir = reports_dir(state_dir);
+    let mut runs: Vec<PathBuf> = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.file_name().is_some_and(|n| n != "last.json")
+        })
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep.max(1));
+    for old in &runs[..excess] {
+        let _ = fs::remove_file(old);
+    }
+    Ok(())
+}
+
+/// Every saved run report, oldest first.
+pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
+    let dir = reports_dir(state_dir);
+    let mut runs: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(e) => e
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.file_name().is_some_and(|n| n != "last.json")
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    runs.sort();
+    runs.iter()
+        .map(|p| {
+            let bytes = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", p.display()))
+        })
+        .collect()
+}
+
+/// Writes `report` as `reports/RUN.json` and `reports/last.json`.
 pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
     let dir = reports_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

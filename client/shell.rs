@@ -111,6 +111,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
         }],
         actions: Vec::new(),
         error: outcome.value.err(),
+        ..RunReport::default()
     };
     report::save(state, &report)?;
     output::info(&format!(

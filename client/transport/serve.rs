@@ -236,6 +236,20 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 queued_bytes = 0;
                 wire.flush()?;
             }
+            Msg::Report => {
+                let Some(forced) = forced else {
+                    return refuse(
+                        &mut wire,
+                        node.as_str(),
+                        "report upload needs a key whose forced command names its node (--node)"
+                            .into(),
+                    );
+                };
+                match store_report(root, forced, &blob) {
+                    Ok(()) => wire.say(&Msg::Stored, &[])?,
+                    Err(e) => return refuse(&mut wire, node.as_str(), format!("{e:#}")),
+                }
+            }
             Msg::Bye => {
                 wire.flush()?;
                 return Ok(0);
@@ -260,4 +274,41 @@ fn read_nofollow(p: &Path) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// How many dated reports a node keeps on the server.
+const KEPT_REPORTS: usize = 20;
+
+/// Stores an uploaded report as `root/reports/NODE/last.json` and a dated copy.
+fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
+    let report: crate::report::RunReport =
+        serde_json::from_slice(blob).context("the report does not parse")?;
+    if report.node != node.as_str() {
+        bail!(
+            "a report for node '{}' cannot be stored by node '{node}'",
+            report.node
+        );
+    }
+    Name::parse(&report.id, "the report's run id")?;
+    let dir = root.join("reports").join(node.as_str());
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for name in [format!("{}.json", report.id), "last.json".to_string()] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, blob)?;
+        fs::rename(&tmp, dir.join(&name))?;
+    }
+    let mut dated: Vec<PathBuf> = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.file_name().is_some_and(|n| n != "last.json")
+        })
+        .collect();
+    dated.sort();
+    let excess = dated.len().saturating_sub(KEPT_REPORTS);
+    for old in &dated[..excess] {
+        let _ = fs::remove_file(old);
+    }
+    Ok(())
 }

@@ -407,3 +407,22 @@ pub fn signature_options(size: u64) -> fast_rsync::SignatureOptions {
         crypto_hash_size: 8,
     }
 }
+
+/// Sends a dance report to the server, which stores it under
+/// `reports/NODE/` (only for the node its forced command names).
+pub fn upload(uri: &ServerUri, node: &Name, opts: &SshOptions, report: &[u8]) -> Result<()> {
+    if report.len() > super::wire::MAX_BLOB {
+        bail!(
+            "the report is {} bytes, over the {}-byte upload limit",
+            report.len(),
+            super::wire::MAX_BLOB
+        );
+    }
+    let (mut s, _, _) = Session::open(uri, node, opts)?;
+    s.wire.say(&Msg::Report, report)?;
+    match s.wire.recv() {
+        Ok((Msg::Stored, _)) => s.close(),
+        Ok((other, _)) => bail!("protocol error: expected Stored, got {other:?}"),
+        Err(e) => Err(s.failure(e)),
+    }
+}

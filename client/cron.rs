@@ -1,0 +1,124 @@
+//! Stage 2 and the cron companions (DESIGN §3.2, §6): the dance lock, the
+//! status file, and the splay.
+//!
+//! Owns: `flock` on `/run/disco/dance.lock` (or `STATE/dance.lock` when a
+//! state dir is given), which a crashed dance cannot leave held because the
+//! kernel drops it with the process; `STATE/status`, replaced atomically at
+//! each transition so `cat` tells what disco is doing; the random sleep
+//! that spreads a fleet's cron runs.
+
+use std::fs;
+use std::io::{IsTerminal, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::output;
+
+/// The held dance lock; released when dropped (or when the process dies).
+pub struct Lock {
+    _file: fs::File,
+}
+
+/// Where the lock lives: beside a given state dir, else in /run/disco.
+pub fn lock_path(state_dir: &Path, state_dir_given: bool) -> PathBuf {
+    if state_dir_given {
+        state_dir.join("dance.lock")
+    } else {
+        PathBuf::from("/run/disco/dance.lock")
+    }
+}
+
+/// Takes the lock; waits (saying so once) unless `no_wait`.
+pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open the lock {}", path.display()))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() {
+            "another disco".to_string()
+        } else {
+            format!("pid {holder}")
+        };
+        if no_wait {
+            bail!(
+                "another dance is running ({who}, lock {}); not waiting (--no-wait)",
+                path.display()
+            );
+        }
+        output::warning(&format!(
+            "another dance is running ({who}); waiting for it to finish"
+        ));
+        // SAFETY: as above; blocks until the holder ends.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot take the lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(Lock { _file: file })
+}
+
+/// Replaces `STATE/status` with `line` atomically.
+pub fn set_status(state_dir: &Path, line: &str) {
+    let path = state_dir.join("status");
+    let tmp = state_dir.join(".status.tmp");
+    let written = fs::create_dir_all(state_dir)
+        .and_then(|_| fs::write(&tmp, format!("{line}\n")))
+        .and_then(|_| fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        output::warning(&format!("cannot write {}: {e}", path.display()));
+    }
+}
+
+/// Sleeps a random 0..`seconds`, unless stdout is a terminal (an admin
+/// waiting) and `always` is not set.
+pub fn splay(seconds: u64, always: bool) {
+    if seconds == 0 || (std::io::stdout().is_terminal() && !always) {
+        return;
+    }
+    let mut b = [0u8; 8];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    let ms = u64::from_le_bytes(b) % (seconds * 1000 + 1);
+    output::info(&format!("splay: sleeping {:.1} s", ms as f64 / 1000.0));
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_without_waiting_and_names_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("dance.lock");
+        let held = lock(&p, true).unwrap();
+        // flock locks belong to the open file description: a second open conflicts.
+        let err = lock(&p, true).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        assert!(lock(&p, true).is_ok());
+    }
+}

@@ -1,0 +1,368 @@
+//! `disco report`, the lock, the status file, and the cron flags.
+mod common;
+
+use common::root::FixtureRoot;
+use common::{run, Fixture};
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn noop(f: &Fixture, r: &FixtureRoot, args: &[&str]) -> (i32, String, String) {
+    f.noop_dance("n", &r.path, args)
+}
+
+fn last(f: &Fixture) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap()
+}
+
+fn step<'a>(report: &'a serde_json::Value, module: usize, name: &str) -> &'a serde_json::Value {
+    report["modules"][module]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn figures_are_real() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-sleep", "sleep 0.2\n", 0o755)
+        .module_file(
+            "m",
+            "scripts/20-alloc",
+            "x=$(head -c 50000000 /dev/zero | tr '\\0' a); echo ${#x}\n",
+            0o755,
+        );
+    let (code, out, err) = noop(&f, &r, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rep = last(&f);
+    assert!(
+        step(&rep, 0, "scripts/10-sleep")["figures"]["time_real"]
+            .as_f64()
+            .unwrap()
+            >= 0.2
+    );
+    assert!(
+        step(&rep, 0, "scripts/20-alloc")["figures"]["mem_max"]
+            .as_i64()
+            .unwrap()
+            >= 50_000
+    );
+    let (code, out, _) = run(f.disco().arg("report"));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("report: m: script 10-sleep\nreport:    time_real 0.2"),
+        "{out}"
+    );
+    assert!(out.contains("report: disco: fetch\n"), "{out}");
+    assert!(out.ends_with("report: exit: 0\n"), "{out}");
+    // --json round-trips to the same report.
+    let (_, json, _) = run(f.disco().args(["report", "--json"]));
+    let parsed: disco::report::RunReport = serde_json::from_str(&json).unwrap();
+    let again: serde_json::Value = serde_json::to_value(&parsed).unwrap();
+    assert_eq!(again, rep);
+}
+
+#[test]
+fn history_is_bounded() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "report_history = 3\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    for _ in 0..5 {
+        assert_eq!(noop(&f, &r, &[]).0, 0);
+        std::thread::sleep(Duration::from_millis(1100)); // run ids are per second
+    }
+    let (code, out, _) = run(f.disco().args(["report", "--history"]));
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains("ok") && l.contains("(noop)")),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_dir(f.state().join("reports")).unwrap().count(),
+        4,
+        "3 runs + last.json"
+    );
+}
+
+#[test]
+fn prometheus_output_parses() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let textfile = f.dir.path().join("disco.prom");
+    fs::write(
+        f.config(),
+        format!("prometheus_textfile = \"{}\"\n", textfile.display()),
+    )
+    .unwrap();
+    f.node("n", &["m", "m2"]).module("m", "").module("m2", "");
+    f.module_file("m", "files/etc/x", "x\n", 0o644);
+    assert_eq!(noop(&f, &r, &[]).0, 0);
+    let (_, out, _) = run(f.disco().args(["report", "--prometheus"]));
+    assert_eq!(out, fs::read_to_string(&textfile).unwrap());
+    let mut samples = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP disco_") || line.starts_with("# TYPE disco_"),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let (name, labels) = series.split_once('{').unwrap();
+        assert!(
+            labels.ends_with('}') && labels.contains("node=\"n\""),
+            "{line}"
+        );
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        samples.insert(series.to_string(), v);
+    }
+    assert_eq!(samples["disco_last_run_changes{node=\"n\"}"], 1.0);
+    assert_eq!(samples["disco_last_run_success{node=\"n\"}"], 1.0);
+    assert!(samples.contains_key("disco_module_duration_seconds{node=\"n\",module=\"m2\"}"));
+}
+
+fn spawn_dance(f: &Fixture, r: &FixtureRoot, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_disco"))
+        .env("NOOP", "1")
+        .arg("--config")
+        .arg(f.config())
+        .arg("--state-dir")
+        .arg(f.state())
+        .arg("--server")
+        .arg(f.server())
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_lock_holder(f: &Fixture) {
+    let started = Instant::now();
+    while !fs::read_to_string(f.state().join("status"))
+        .unwrap_or_default()
+        .starts_with("running")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the first dance did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn concurrent_dances_serialize_and_no_wait_exits_at_once() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-sleep", "sleep 1.5\n", 0o755);
+    let first = spawn_dance(&f, &r, &[]);
+    wait_for_lock_holder(&f);
+    let t = Instant::now();
+    let (code, _, err) = noop(&f, &r, &["--no-wait"]);
+    assert_eq!(code, 1);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "--no-wait is fast"
+    );
+    assert!(
+        err.starts_with(&format!(
+            "error: another dance is running (pid {}",
+            first.id()
+        )),
+        "{err}"
+    );
+    let second = spawn_dance(&f, &r, &[]);
+    let first = first.wait_with_output().unwrap();
+    let first_report = last(&f);
+    let second = second.wait_with_output().unwrap();
+    assert!(first.status.success() && second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("waiting for it to finish"));
+    let second_report = last(&f);
+    let t = |v: &serde_json::Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(
+        t(&second_report["started"]) >= t(&first_report["ended"]),
+        "the second started after the first ended"
+    );
+}
+
+#[test]
+fn a_killed_dance_leaves_no_lock_and_says_so_in_status() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-sleep", "sleep 30\n", 0o755);
+    let mut first = spawn_dance(&f, &r, &[]);
+    wait_for_lock_holder(&f);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    f.module_file("m", "scripts/10-sleep", "true\n", 0o755);
+    let t = Instant::now();
+    let (code, _, err) = noop(&f, &r, &["--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(fs::read_to_string(f.state().join("status"))
+        .unwrap()
+        .starts_with("done at "));
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 30"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "the killed dance's sandbox went with it"
+    );
+}
+
+#[test]
+fn quiet_on_a_converged_node_prints_nothing() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/app.conf", "a\n", 0o644)
+        .module_file(
+            "m",
+            "scripts/10-talk",
+            "echo hello from the script\nsystemctl restart app\n",
+            0o755,
+        );
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--quiet"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("File: /etc/app.conf : Created"),
+        "changes are printed: {err}"
+    );
+    assert!(
+        err.contains("hello from the script"),
+        "a changing module's output is shown: {err}"
+    );
+    let (code, out, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--quiet"]));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+}
+
+#[test]
+fn if_changed_skips_until_a_publish_changes_the_inputs() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/v", "1\n", 0o644);
+    let served = f.dir.path().join("served");
+    let publish = || {
+        run(f
+            .disco_without_server()
+            .arg("publish")
+            .arg(f.server())
+            .arg("--root")
+            .arg(&served))
+    };
+    assert_eq!(publish().0, 0);
+    let dance = |args: &[&str]| {
+        run(f
+            .disco_without_server()
+            .env("NOOP", "1")
+            .arg("--server")
+            .arg(&served)
+            .args(["--node", "n", "--root"])
+            .arg(&r.path)
+            .arg("dance")
+            .args(args))
+    };
+    assert_eq!(dance(&[]).0, 0);
+    let (code, _, err) = dance(&["--if-changed"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("skipped: the server's snapshot"), "{err}");
+    std::thread::sleep(Duration::from_millis(1100));
+    f.module_file("m", "files/etc/v", "2\n", 0o644);
+    assert_eq!(publish().0, 0);
+    let (code, _, err) = dance(&["--if-changed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("skipped") && err.contains("File: /etc/v"),
+        "{err}"
+    );
+    let (_, _, err) = dance(&["--if-changed", "--max-age", "0s"]);
+    assert!(
+        !err.contains("skipped"),
+        "too old a last run dances anyway: {err}"
+    );
+}
+
+#[test]
+fn uploaded_reports_land_under_the_nodes_own_dir_and_the_fleet_view_lists_them() {
+    use common::sshd::{forced, keygen, Sshd};
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("a", &["m"]).node("b", &["m"]).module("m", "");
+    let key = f.dir.path().join("key");
+    let pubkey = keygen(&key);
+    let sshd = Sshd::start(
+        &f.dir.path().join("sshd"),
+        &[forced(&pubkey, &f.server(), Some("a"))],
+    );
+    fs::write(
+        f.config(),
+        sshd.client_config(&key) + "report_upload = true\n",
+    )
+    .unwrap();
+    let uri = sshd.uri(f.server().to_str().unwrap());
+    let (code, _, err) = run(f
+        .disco_without_server()
+        .env("NOOP", "1")
+        .args(["--server", &uri, "--node", "a", "--root"])
+        .arg(&r.path)
+        .arg("dance"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not uploaded"), "{err}");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.server().join("reports/a/last.json")).unwrap()).unwrap();
+    assert_eq!(stored["node"], "a");
+    assert_eq!(
+        fs::read_dir(f.server().join("reports")).unwrap().count(),
+        1,
+        "only a's own directory"
+    );
+    let (code, out, _) = run(f
+        .disco_without_server()
+        .arg("--server")
+        .arg(f.server())
+        .args(["report", "--fleet"]));
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].starts_with("a ") && lines[1].contains(" ok ") && !lines[1].contains("STALE"),
+        "{out}"
+    );
+    let (_, out, _) = run(f
+        .disco_without_server()
+        .arg("--server")
+        .arg(f.server())
+        .args(["report", "--fleet", "--stale", "0s"]));
+    assert!(out.lines().nth(1).unwrap().ends_with("STALE"), "{out}");
+}
