@@ -8,71 +8,22 @@
 //!
 //! Run as root: `cargo bench --bench merge`.
 
+#[path = "common/workload.rs"]
+mod workload;
+
+use workload::write;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn write(p: &Path, content: &str, mode: u32) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// A one-module server whose script is `script`.
 fn one_script(server: &Path, script: &str) {
     fs::create_dir_all(server.join("parameters/bench/modules")).unwrap();
     write(&server.join("parameters/bench/modules/m"), "", 0o644);
     write(&server.join("modules/m/scripts/10-x"), script, 0o755);
-}
-
-/// The 20-module workload (same as benches/dance.rs).
-fn workload(server: &Path) {
-    fs::create_dir_all(server.join("parameters/bench/modules")).unwrap();
-    write(
-        &server.join("parameters/bench/parameters/port"),
-        "8080\n",
-        0o644,
-    );
-    for i in 0..20 {
-        let m = format!("m{i:02}");
-        let dir = server.join("modules").join(&m);
-        write(&server.join("parameters/bench/modules").join(&m), "", 0o644);
-        write(
-            &dir.join("requires"),
-            &if i > 0 {
-                format!("after m{:02}\n", i - 1)
-            } else {
-                String::new()
-            },
-            0o644,
-        );
-        write(&dir.join("parameters/port"), "80\n", 0o644);
-        write(&dir.join("parameters/name"), &format!("{m}\n"), 0o644);
-        for f in 1..=3 {
-            let body: String = (0..16)
-                .map(|l| {
-                    format!("{m} file {f} line {l:02} ........................................\n")
-                })
-                .collect();
-            write(
-                &dir.join(format!("files/etc/bench/{m}/f{f}.conf")),
-                &body,
-                0o644,
-            );
-        }
-        for t in 1..=2 {
-            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get name)\"\n");
-            write(
-                &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
-                &tpl,
-                0o644,
-            );
-        }
-        let script = format!("grep -qx {m} /var/lib/bench/state 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} >> /var/lib/bench/state; }}\n");
-        write(&dir.join("scripts/10-state"), &script, 0o755);
-    }
 }
 
 struct Bench {
@@ -153,7 +104,7 @@ fn main() {
     let row = |name: &str, secs: f64| println!("{name:<62} {:>8.1}ms", secs * 1e3);
 
     let work = dir.path().join("work");
-    workload(&work);
+    workload::workload(&work, "bench", 20, false);
     let mut first = Vec::new();
     let mut again = Vec::new();
     for _ in 0..5 {

@@ -12,14 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use md5::{Digest, Md5};
 
 use crate::exec::kind_name;
+use crate::fsutil::{is_opaque, is_whiteout, md5_file, same_bytes, xattrs};
 use crate::report::{Change, ChangeKind, Meta};
 use crate::run::{Mount, RunDir};
 
@@ -313,60 +313,6 @@ fn root_lookup(base: &Path, rel: &Path) -> Option<PathBuf> {
         here.push(c);
     }
     fs::symlink_metadata(&here).ok().map(|_| here)
-}
-
-fn is_whiteout(m: &fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
-}
-
-/// Extended attributes other than overlayfs' own, sorted.
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, Vec<u8>)> = names
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("trusted.overlay."))
-        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
-        .collect();
-    out.sort();
-    out
-}
-
-fn md5_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
-
-fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
-    if alen != blen {
-        return Ok(false);
-    }
-    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    loop {
-        let n = fa.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        fb.read_exact(&mut bb[..n])?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-    }
 }
 
 /// A unified diff between two regular files (either may be absent), or

@@ -14,6 +14,7 @@ pub mod dance;
 pub mod diff;
 pub mod exec;
 pub mod fetch;
+pub mod fsutil;
 pub mod merge;
 pub mod names;
 pub mod output;

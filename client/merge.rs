@@ -18,13 +18,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{is_opaque, is_whiteout, same_bytes, xattrs};
 use crate::output;
 use crate::run::{Layout, RunDir};
 
@@ -531,41 +532,7 @@ fn same_entry(u: &Path, um: &fs::Metadata, l: &Path, lm: &fs::Metadata) -> Resul
     {
         return Ok(false);
     }
-    let (mut a, mut b) = (fs::File::open(u)?, fs::File::open(l)?);
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    loop {
-        let n = a.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        b.read_exact(&mut bb[..n])?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-    }
-}
-
-fn is_whiteout(m: &fs::Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
-}
-
-/// Extended attributes other than overlayfs' own, sorted.
-pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, Vec<u8>)> = names
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("trusted.overlay."))
-        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
-        .collect();
-    out.sort();
-    out
+    same_bytes(u, l, um.len(), lm.len())
 }
 
 fn strip_overlay_xattrs(path: &Path) {

@@ -206,21 +206,29 @@ fn reports_dir(state_dir: &Path) -> PathBuf {
 /// keeps the newest `keep` run reports.
 pub fn save_bounded(state_dir: &Path, report: &RunReport, keep: usize) -> Result<()> {
     save(state_dir, report)?;
-    let dir = reports_dir(state_dir);
-    let mut runs: Vec<PathBuf> = fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && p.file_name().is_some_and(|n| n != "last.json")
-        })
-        .collect();
+    prune_runs(&reports_dir(state_dir), keep);
+    Ok(())
+}
+
+/// Keeps the newest `keep` `RUN.json` files of a reports directory (run
+/// ids sort by time; `last.json` is never removed).
+pub fn prune_runs(dir: &Path, keep: usize) {
+    let mut runs: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(e) => e
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.file_name().is_some_and(|n| n != "last.json")
+            })
+            .collect(),
+        Err(_) => return,
+    };
     runs.sort();
     let excess = runs.len().saturating_sub(keep.max(1));
     for old in &runs[..excess] {
         let _ = fs::remove_file(old);
     }
-    Ok(())
 }
 
 /// Every saved run report, oldest first.

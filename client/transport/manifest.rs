@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -19,6 +18,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::wire::Entry;
+pub use crate::fsutil::md5_file;
 
 /// Longest path the client accepts.
 pub const MAX_PATH: usize = 4096;
@@ -149,20 +149,6 @@ impl Manifest {
         }
         out
     }
-}
-
-pub fn md5_file(p: &Path) -> Result<String> {
-    let mut f = fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
 }
 
 fn is_hex32(s: &str) -> bool {

@@ -297,18 +297,6 @@ fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
         fs::write(&tmp, blob)?;
         fs::rename(&tmp, dir.join(&name))?;
     }
-    let mut dated: Vec<PathBuf> = fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && p.file_name().is_some_and(|n| n != "last.json")
-        })
-        .collect();
-    dated.sort();
-    let excess = dated.len().saturating_sub(KEPT_REPORTS);
-    for old in &dated[..excess] {
-        let _ = fs::remove_file(old);
-    }
+    crate::report::prune_runs(&dir, KEPT_REPORTS);
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! The 20-module benchmark workload shared by `benches/dance.rs` and
+//! `benches/merge.rs`: each module has 3 static files of ~1 KiB, 2 templates
+//! reading two parameters, 1 script that appends a line to a state file
+//! only when missing.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+pub fn write(p: &Path, content: &str, mode: u32) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The workload server tree; `empty` leaves the modules without content.
+pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
+    fs::create_dir_all(server.join("parameters").join(node).join("modules")).unwrap();
+    write(
+        &server.join("parameters").join(node).join("parameters/port"),
+        "8080\n",
+        0o644,
+    );
+    for i in 0..modules {
+        let m = format!("m{i:02}");
+        let dir = server.join("modules").join(&m);
+        fs::create_dir_all(&dir).unwrap();
+        write(
+            &server
+                .join("parameters")
+                .join(node)
+                .join("modules")
+                .join(&m),
+            "",
+            0o644,
+        );
+        let requires = if i > 0 {
+            format!("after m{:02}\n", i - 1)
+        } else {
+            String::new()
+        };
+        write(&dir.join("requires"), &requires, 0o644);
+        if empty {
+            continue;
+        }
+        write(&dir.join("parameters/port"), "80\n", 0o644);
+        write(&dir.join("parameters/name"), &format!("{m}\n"), 0o644);
+        for f in 1..=3 {
+            let body: String = (0..16)
+                .map(|l| {
+                    format!("{m} file {f} line {l:02} ........................................\n")
+                })
+                .collect();
+            write(
+                &dir.join(format!("files/etc/bench/{m}/f{f}.conf")),
+                &body,
+                0o644,
+            );
+        }
+        for t in 1..=2 {
+            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get name)\"\n");
+            write(
+                &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
+                &tpl,
+                0o644,
+            );
+        }
+        let script = format!(
+            "grep -qx {m} /var/lib/bench/state 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} >> /var/lib/bench/state; }}\n"
+        );
+        write(&dir.join("scripts/10-state"), &script, 0o755);
+    }
+}
