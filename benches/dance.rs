@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::Command;
 use std::time::Instant;
-use workload::{workload, write};
+use workload::workload;
 
 const RUNS: usize = 9;
 
