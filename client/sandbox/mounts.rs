@@ -167,6 +167,16 @@ pub enum MountOp {
         target: PathBuf,
         options: String,
     },
+    /// The sandbox's `/dev`: a small tmpfs where device nodes work.
+    DevTmpfs {
+        target: PathBuf,
+    },
+    /// A character device node, mode 0666.
+    CharDevice {
+        path: PathBuf,
+        major: u64,
+        minor: u64,
+    },
     Proc {
         target: PathBuf,
     },
@@ -209,7 +219,15 @@ pub struct RootPlan<'a> {
 }
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
-pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes made in the sandbox's `/dev`: name, major, minor.
+pub const DEV_NODES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// The operations that mount layer `plan.layer`'s view: one overlay per
 /// mount, then fresh `/proc` (with `/proc/sys` read-only), read-only
@@ -241,15 +259,13 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
         target: at("proc/sysrq-trigger"),
     });
     ops.push(MountOp::SysfsReadonly { target: at("sys") });
-    ops.push(MountOp::Tmpfs {
-        target: at("dev"),
-        options: "mode=755,size=64k".into(),
-    });
-    for node in DEV_NODES {
-        ops.push(MountOp::Bind {
-            source: Path::new("/dev").join(node),
-            target: at("dev").join(node),
-            readonly: false,
+    ops.push(MountOp::DevTmpfs { target: at("dev") });
+    for (node, major, minor) in DEV_NODES {
+        // mknod is far cheaper than a bind mount per node.
+        ops.push(MountOp::CharDevice {
+            path: at("dev").join(node),
+            major: *major,
+            minor: *minor,
         });
     }
     ops.push(MountOp::Mkdir {
@@ -437,6 +453,32 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             mount(Some(target.as_path()), target, NONE, MsFlags::MS_BIND, NONE)
                 .map_err(|e| mount_err(target, &src, "bind", e))?;
             remount_readonly(target, &src)
+        }
+        MountOp::DevTmpfs { target } => mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=64k"),
+        )
+        .map_err(|e| mount_err(target, "tmpfs", "tmpfs", e)),
+        MountOp::CharDevice { path, major, minor } => {
+            use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+            mknod(
+                path.as_path(),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(*major, *minor),
+            )
+            .map_err(|errno| SandboxError::Sys {
+                what: format!("mknod {}", path.display()),
+                errno,
+            })?;
+            // The umask took bits away: set the mode exactly.
+            prepare(
+                path,
+                fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)),
+            )
         }
         MountOp::Mkdir { path } => prepare(
             path,
