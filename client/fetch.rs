@@ -134,7 +134,7 @@ pub fn fetch(
         let _ = fs::remove_dir_all(&new);
         return Err(e);
     }
-    swap_in(&new, &cache)?;
+    swap_in(&new, &cache, false)?;
     let view = crate::transport::View::of(root, node)?;
     // The cache is a copy of what was just planned: the plan stands.
     Ok(Fetched {
@@ -151,17 +151,15 @@ pub fn fetch(
     })
 }
 
-/// Removes `.cache.new-*` directories left by an interrupted fetch.
+/// Removes `.cache.new-*` directories left by an interrupted fetch and
+/// `.cache.old-*` ones set aside by the last one.
 fn remove_leftovers(state_dir: &Path) -> Result<()> {
     for entry in
         fs::read_dir(state_dir).with_context(|| format!("cannot read {}", state_dir.display()))?
     {
         let entry = entry?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".cache.new-")
-        {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".cache.new-") || name.starts_with(".cache.old-") {
             fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
         }
@@ -213,9 +211,17 @@ fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &P
 }
 
 /// Atomically replaces `cache` by `new` (or moves it there if there is no cache yet).
-fn swap_in(new: &Path, cache: &Path) -> Result<()> {
+/// With `defer_cleanup` the previous cache is only renamed to
+/// `.cache.old-*`, and removed by the next fetch (while it waits for ssh).
+fn swap_in(new: &Path, cache: &Path, defer_cleanup: bool) -> Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     match renameat2(None, new, None, cache, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) if defer_cleanup => {
+            let old = new.with_file_name(format!(".cache.old-{}", crate::run::new_run_id()));
+            fs::rename(new, &old).with_context(|| {
+                format!("cannot set the previous cache aside as {}", old.display())
+            })
+        }
         Ok(()) => fs::remove_dir_all(new)
             .with_context(|| format!("cannot remove the previous cache (now {})", new.display())),
         Err(nix::errno::Errno::ENOENT) => fs::rename(new, cache)
@@ -282,7 +288,11 @@ fn fetch_ssh(
     let cache = cache_dir(state_dir);
     fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    remove_leftovers(state_dir)?;
+    // The last fetch's leftovers go while ssh connects.
+    let cleanup = {
+        let dir = state_dir.to_path_buf();
+        std::thread::spawn(move || remove_leftovers(&dir))
+    };
     let old_info: Option<FetchInfo> = fs::read(cache.join("fetch.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -293,7 +303,11 @@ fn fetch_ssh(
             .unwrap_or_default(),
         _ => Default::default(),
     };
-    let (mut session, snapshot, root_hash) = ssh::Session::open(server, node, opts)?;
+    let opened = ssh::Session::open(server, node, opts);
+    cleanup
+        .join()
+        .map_err(|_| anyhow::anyhow!("the cleanup of the previous cache panicked"))??;
+    let (mut session, snapshot, root_hash) = opened?;
     let mut stats = ssh::Stats {
         snapshot: snapshot.clone(),
         ..Default::default()
@@ -356,7 +370,7 @@ fn fetch_ssh(
         return Err(e);
     }
     session.close()?;
-    swap_in(&new, &cache)?;
+    swap_in(&new, &cache, true)?;
     crate::output::info(&format!(
         "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
                 stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
