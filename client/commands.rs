@@ -108,7 +108,7 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
                 bail!("set and delete change a plain tree: give --tree DIR (the fetched parameters are read-only)");
             }
             let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
-            let cache = crate::tree::ServerTree::open(&fetched.cache)?;
+            let cache = crate::fetch::cache_tree(&fetched.cache)?;
             params::merged(&cache, &fetched.node, &fetched.plan)?
         }
     };

@@ -24,7 +24,6 @@ use crate::params;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::{self, RunDir};
 use crate::sandbox::{Bind, Sandbox, DISCO_DIR};
-use crate::tree::ServerTree;
 
 /// How many kept scratch directories (failed or `--keep` runs) survive.
 const KEPT_RUNS: usize = 5;
@@ -171,7 +170,7 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     fetch_step.sent = Some(fetched.origin.sent);
     fetch_step.received = Some(fetched.origin.received);
     let meter = crate::report::Meter::start();
-    let tree = ServerTree::open(&fetched.cache)?;
+    let tree = fetch::cache_tree(&fetched.cache)?;
     let params = params::merged(&tree, &fetched.node, &fetched.plan)?;
     let plan_step = meter.step("plan");
 

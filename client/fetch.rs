@@ -99,6 +99,18 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
 }
 
+/// The content-addressed store of fetched units beside the cache.
+pub fn store_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("store")
+}
+
+/// Opens a cache (or a cache being built) as a server tree whose units
+/// may be symlinks into the store.
+pub fn cache_tree(cache: &Path) -> Result<ServerTree> {
+    let store = cache.parent().map(|p| p.join("store")).unwrap_or_default();
+    Ok(ServerTree::open(cache)?.allow(&store))
+}
+
 /// The cache directory inside a state dir.
 pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cache")
@@ -162,6 +174,31 @@ fn remove_leftovers(state_dir: &Path) -> Result<()> {
         if name.starts_with(".cache.new-") || name.starts_with(".cache.old-") {
             fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
+        }
+    }
+    // Store units the current cache does not use (and half-built ones).
+    let store = store_dir(state_dir);
+    let Ok(units) = fs::read_dir(&store) else {
+        return Ok(());
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for top in ["parameters", "modules"] {
+        for e in fs::read_dir(cache_dir(state_dir).join(top))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = fs::read_link(e.path()) {
+                if let Some(key) = target.file_name() {
+                    used.insert(key.to_os_string());
+                }
+            }
+        }
+    }
+    for unit in units.flatten() {
+        if !used.contains(&unit.file_name()) {
+            fs::remove_dir_all(unit.path())
+                .with_context(|| format!("cannot remove unused {}", unit.path().display()))?;
         }
     }
     Ok(())
@@ -334,7 +371,20 @@ fn fetch_ssh(
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
     let built = (|| -> Result<()> {
         fs::DirBuilder::new().mode(0o700).create(&new)?;
-        let manifest = match ssh::sync(&mut session, &root_hash, &cache, &old, &new, &mut stats) {
+        let store = store_dir(state_dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&store)?;
+        let manifest = match ssh::sync(
+            &mut session,
+            &root_hash,
+            &cache,
+            &old,
+            &new,
+            &store,
+            &mut stats,
+        ) {
             Ok(m) => m,
             Err(e) => return Err(session.failure(e)),
         };
@@ -346,7 +396,7 @@ fn fetch_ssh(
         )?;
         fs::create_dir_all(new.join("modules"))?;
         fs::create_dir_all(new.join("parameters"))?;
-        let tree = ServerTree::open(&new)?;
+        let tree = cache_tree(&new)?;
         let spec = tree.node(node)?;
         let plan = plan::plan(&tree, &spec, Scope::Cache)?;
         let info = FetchInfo {
@@ -412,7 +462,7 @@ pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
             info.node
         );
     }
-    let tree = ServerTree::open(&cache)?;
+    let tree = cache_tree(&cache)?;
     let spec = tree.node(node)?;
     let plan = plan::plan(&tree, &spec, Scope::Cache)?;
     Ok(Fetched {

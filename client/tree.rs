@@ -137,6 +137,15 @@ impl ServerTree {
         &self.root
     }
 
+    /// Also lets symlinked node and module directories point into `dir`
+    /// (the cache's content-addressed store).
+    pub fn allow(mut self, dir: &Path) -> ServerTree {
+        if let Ok(c) = fs::canonicalize(dir) {
+            self.inside.push(c);
+        }
+        self
+    }
+
     /// Resolves `rel` (a node, group or module directory) to a real
     /// directory, following a symlink only while it stays inside the tree.
     /// `Ok(None)` when nothing is there.

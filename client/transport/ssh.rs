@@ -42,6 +42,8 @@ pub struct Stats {
     pub whole: usize,
     pub deltas: usize,
     pub reused: usize,
+    /// Parameter layers and modules taken unchanged from the store.
+    pub reused_units: usize,
     pub sent: u64,
     pub received: u64,
 }
@@ -200,6 +202,7 @@ pub fn sync(
     old_dir: &Path,
     old: &Manifest,
     new_dir: &Path,
+    store: &Path,
     stats: &mut Stats,
 ) -> Result<Manifest> {
     // Descend, one round trip per level, only where hashes differ.
@@ -254,22 +257,70 @@ pub fn sync(
         level = next;
     }
 
-    // Lay out the new cache; collect what must come over the wire.
+    // Lay out the new cache: `parameters/L` and `modules/M` are symlinks
+    // into the content-addressed store beside the cache; a unit whose hash
+    // is already there costs one symlink. Changed units are built in
+    // `store/.tmp-KEY-PID` (unchanged files hard-linked from the old cache)
+    // and renamed into place once complete.
+    let mut building: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
+    for top in ["parameters", "modules"] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(new_dir.join(top))?;
+        for e in m.dirs.get(top).map(Vec::as_slice).unwrap_or(&[]) {
+            if e.kind != 'd' {
+                bail!("protocol error: {top}/{} is not a directory", e.name);
+            }
+            let key = format!("{}-{:o}", e.hash, e.mode);
+            std::os::unix::fs::symlink(
+                Path::new("../../store").join(&key),
+                new_dir.join(top).join(&e.name),
+            )?;
+            let done = store.join(&key);
+            if done.is_dir() || building.values().any(|(_, d)| *d == done) {
+                stats.reused_units += 1;
+                continue;
+            }
+            let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp)?;
+            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp)?;
+            building.insert(join(top, &e.name), (tmp, done));
+        }
+    }
+    let dst_of = |path: &str| -> Option<PathBuf> {
+        let mut parts = path.splitn(3, '/');
+        let unit = format!("{}/{}", parts.next()?, parts.next()?);
+        let (tmp, _) = building.get(&unit)?;
+        Some(match parts.next() {
+            Some(rest) => tmp.join(rest),
+            None => tmp.clone(),
+        })
+    };
     let mut requests: Vec<(String, Entry, bool)> = Vec::new();
+    let mut dirs_built: Vec<(PathBuf, u32)> = Vec::new();
     for (dir, entries) in &m.dirs {
-        let d = new_dir.join(dir);
+        let Some(d) = dst_of(dir) else { continue };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&d)?;
         for e in entries {
             let path = join(dir, &e.name);
-            let dst = new_dir.join(&path);
+            let dst = d.join(&e.name);
             match e.kind {
-                'd' => fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dst)?,
+                'd' => {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dst)?;
+                    dirs_built.push((dst, e.mode));
+                }
                 'l' => std::os::unix::fs::symlink(&e.hash, &dst)?,
                 _ => {
                     let prev = old.entry(&path).filter(|o| o.kind == 'f');
@@ -288,27 +339,29 @@ pub fn sync(
         }
     }
 
-    let refetch = transfer(s, old_dir, new_dir, &requests, stats)?;
+    let refetch = transfer(s, old_dir, &dst_of, &requests, stats)?;
     if !refetch.is_empty() {
         let again: Vec<_> = requests
             .into_iter()
             .filter(|r| refetch.contains(&r.0))
             .map(|(p, e, _)| (p, e, false))
             .collect();
-        let still = transfer(s, old_dir, new_dir, &again, stats)?;
+        let still = transfer(s, old_dir, &dst_of, &again, stats)?;
         if let Some(p) = still.first() {
             bail!("{p} does not match its hash even when sent whole; the server's tree changed under it");
         }
     }
 
-    // Directory modes last (a read-only directory could not be filled).
-    for (dir, entries) in m.dirs.iter().rev() {
-        for e in entries.iter().filter(|e| e.kind == 'd') {
-            fs::set_permissions(
-                new_dir.join(join(dir, &e.name)),
-                fs::Permissions::from_mode(e.mode),
-            )?;
-        }
+    // Directory modes last (a read-only directory could not be filled),
+    // then each finished unit goes into the store.
+    for (d, mode) in dirs_built.iter().rev() {
+        fs::set_permissions(d, fs::Permissions::from_mode(*mode))?;
+    }
+    for (unit, (tmp, done)) in &building {
+        let mode = m.entry(unit).map(|e| e.mode).unwrap_or(0o755);
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode))?;
+        fs::rename(tmp, done)
+            .with_context(|| format!("cannot move {unit} into {}", done.display()))?;
     }
     Ok(m)
 }
@@ -318,7 +371,7 @@ pub fn sync(
 fn transfer(
     s: &mut Session,
     old_dir: &Path,
-    new_dir: &Path,
+    dst_of: &dyn Fn(&str) -> Option<PathBuf>,
     requests: &[(String, Entry, bool)],
     stats: &mut Stats,
 ) -> Result<Vec<String>> {
@@ -385,7 +438,8 @@ fn transfer(
             }
             bail!("{path} does not match its hash after the transfer");
         }
-        let dst = new_dir.join(path);
+        let dst = dst_of(path)
+            .with_context(|| format!("protocol error: {path} is outside the units being built"))?;
         let _ = fs::remove_file(&dst);
         let mut f = fs::OpenOptions::new()
             .write(true)
