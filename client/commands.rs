@@ -76,6 +76,8 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn plan(config: &Config) -> Result<i32> {
+    // The cache is shared with dances: never fetch while one runs.
+    let _lock = take_lock(config, false)?;
     let fetched = fetch::fetch_configured(config)?;
     print_lines(fetched.plan.order.iter().map(|m| m.to_string()))?;
     Ok(0)
@@ -254,6 +256,15 @@ fn diff(config: &Config, run: Option<&str>) -> Result<i32> {
         print_lines([format!("info: that run failed: {e}")])?;
     }
     Ok(0)
+}
+
+/// The dance lock of this state dir (see [`crate::cron`]).
+pub fn take_lock(config: &Config, no_wait: bool) -> Result<crate::cron::Lock> {
+    let given = matches!(config.state_dir.source, crate::config::Source::Flag(_));
+    crate::cron::lock(
+        &crate::cron::lock_path(&config.state_dir.value, given),
+        no_wait,
+    )
 }
 
 /// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.

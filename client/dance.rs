@@ -86,8 +86,7 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     config.require_servers()?;
     crate::cron::splay(opts.splay, opts.splay_always);
     let state = &config.state_dir.value;
-    let given = matches!(config.state_dir.source, crate::config::Source::Flag(_));
-    let _lock = crate::cron::lock(&crate::cron::lock_path(state, given), opts.no_wait)?;
+    let _lock = crate::commands::take_lock(config, opts.no_wait)?;
     if opts.if_changed && unchanged_since_last(config, opts)? {
         return Ok(0);
     }
@@ -429,6 +428,7 @@ fn flush_captured(log: &Path, show: bool) {
 /// it was before the last merged dance.
 pub fn undo(config: &Config) -> Result<i32> {
     require_root("disco undo")?;
+    let _lock = crate::commands::take_lock(config, false)?;
     finish_interrupted(config)?;
     let lines = merge::undo(&config.state_dir.value, &config.root.value)?;
     for l in &lines {
