@@ -358,15 +358,7 @@ fn fetch_ssh(
             "fetch from {server}: snapshot {snapshot} unchanged (sent {} B, received {} B)",
             stats.sent, stats.received
         ));
-        let mut f = open_cache(state_dir, node)?;
-        f.origin = Origin {
-            server: server.to_string(),
-            snapshot,
-            root_hash,
-            sent: stats.sent,
-            received: stats.received,
-        };
-        return Ok(f);
+        return open_cache_from(state_dir, node, server, snapshot, root_hash, &stats);
     }
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
     let built = (|| -> Result<()> {
@@ -425,6 +417,18 @@ fn fetch_ssh(
         "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
                 stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
     ));
+    open_cache_from(state_dir, node, server, snapshot, root_hash, &stats)
+}
+
+/// The cache after an ssh fetch, with where it came from.
+fn open_cache_from(
+    state_dir: &Path,
+    node: &Name,
+    server: &ServerUri,
+    snapshot: String,
+    root_hash: String,
+    stats: &ssh::Stats,
+) -> Result<Fetched> {
     let mut f = open_cache(state_dir, node)?;
     f.origin = Origin {
         server: server.to_string(),

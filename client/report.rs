@@ -213,28 +213,17 @@ pub fn save_bounded(state_dir: &Path, report: &RunReport, keep: usize) -> Result
 /// Keeps the newest `keep` `RUN.json` files of a reports directory (run
 /// ids sort by time; `last.json` is never removed).
 pub fn prune_runs(dir: &Path, keep: usize) {
-    let mut runs: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(e) => e
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "json")
-                    && p.file_name().is_some_and(|n| n != "last.json")
-            })
-            .collect(),
-        Err(_) => return,
-    };
-    runs.sort();
+    let runs = run_files(dir);
     let excess = runs.len().saturating_sub(keep.max(1));
     for old in &runs[..excess] {
         let _ = fs::remove_file(old);
     }
 }
 
-/// Every saved run report, oldest first.
-pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
-    let dir = reports_dir(state_dir);
-    let mut runs: Vec<PathBuf> = match fs::read_dir(&dir) {
+/// The `RUN.json` files of a reports directory, oldest first (run ids
+/// sort by time); not `last.json`.
+fn run_files(dir: &Path) -> Vec<PathBuf> {
+    let mut runs: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(e) => e
             .flatten()
             .map(|e| e.path())
@@ -246,7 +235,13 @@ pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
         Err(_) => Vec::new(),
     };
     runs.sort();
-    runs.iter()
+    runs
+}
+
+/// Every saved run report, oldest first.
+pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
+    run_files(&reports_dir(state_dir))
+        .iter()
         .map(|p| {
             let bytes = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
             serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", p.display()))
