@@ -260,11 +260,7 @@ fn diff(config: &Config, run: Option<&str>) -> Result<i32> {
 
 /// The dance lock of this state dir (see [`crate::cron`]).
 pub fn take_lock(config: &Config, no_wait: bool) -> Result<crate::cron::Lock> {
-    let given = matches!(config.state_dir.source, crate::config::Source::Flag(_));
-    crate::cron::lock(
-        &crate::cron::lock_path(&config.state_dir.value, given),
-        no_wait,
-    )
+    crate::cron::lock(&crate::cron::lock_path(&config.state_dir.value), no_wait)
 }
 
 /// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.

@@ -22,12 +22,21 @@ pub struct Lock {
     _file: fs::File,
 }
 
-/// Where the lock lives: beside a given state dir, else in /run/disco.
-pub fn lock_path(state_dir: &Path, state_dir_given: bool) -> PathBuf {
-    if state_dir_given {
-        state_dir.join("dance.lock")
-    } else {
+/// Where the lock lives: `/run/disco/dance.lock` for the default state
+/// dir, else beside the state dir — keyed on the directory itself, so every
+/// way of naming the default state dir takes the same lock.
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    let default = Path::new(crate::config::DEFAULT_STATE_DIR);
+    let same = |a: &Path, b: &Path| {
+        fs::canonicalize(a)
+            .ok()
+            .zip(fs::canonicalize(b).ok())
+            .is_some_and(|(a, b)| a == b)
+    };
+    if state_dir == default || same(state_dir, default) {
         PathBuf::from("/run/disco/dance.lock")
+    } else {
+        state_dir.join("dance.lock")
     }
 }
 

@@ -262,7 +262,8 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
             mreport.killed = outcome.leftovers;
         }
         let all = read_queue(&queue_file(&sandbox.run.queue()))?;
-        mreport.actions = all[queued..].to_vec();
+        // The queue is writable inside the sandbox: never trust its length.
+        mreport.actions = all.get(queued..).unwrap_or_default().to_vec();
         queued = all.len();
         let meter = crate::report::Meter::start();
         mreport.changes = differ
@@ -481,9 +482,11 @@ pub fn read_queue(path: &Path) -> Result<Vec<Vec<String>>> {
         .map(|f| String::from_utf8_lossy(f).into_owned());
     let mut out = Vec::new();
     while let Some(count) = fields.next() {
-        let Ok(n) = count.parse::<usize>() else { break };
+        let Some(n) = count.parse::<usize>().ok().filter(|n| *n < 65_536) else {
+            break;
+        };
         let record: Vec<String> = fields.by_ref().take(n + 1).collect();
-        if record.len() != n + 1 {
+        if record.len() != n + 1 || record[0].is_empty() {
             break;
         }
         out.push(record);

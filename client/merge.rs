@@ -22,6 +22,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::os::unix::ffi::OsStringExt;
+
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -94,18 +96,36 @@ impl Failpoint {
 /// a merge that changes nothing leaves no backup behind.
 struct Journal {
     dir: PathBuf,
+    /// The root the merge writes to; undo refuses to apply it elsewhere.
+    root: PathBuf,
     file: Option<fs::File>,
     seq: u64,
 }
 
 impl Journal {
-    fn new(state_dir: &Path, run_id: &str) -> Journal {
+    fn new(state_dir: &Path, run_id: &str, root: &Path) -> Journal {
         let dir = backup_root(state_dir).join(run_id);
+        // A crash can leave a torn last record: cut the journal back to its
+        // last complete line before appending.
+        if let Ok(text) = fs::read(dir.join("journal")) {
+            let keep = text
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            if keep < text.len() {
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("journal"))
+                    .and_then(|f| f.set_len(keep as u64));
+            }
+        }
         let seq = fs::read_to_string(dir.join("journal"))
             .map(|t| t.lines().count() as u64)
             .unwrap_or(0);
         Journal {
             dir,
+            root: root.to_path_buf(),
             file: None,
             seq,
         }
@@ -126,6 +146,10 @@ impl Journal {
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
+            fs::write(
+                self.dir.join("root"),
+                self.root.as_os_str().as_encoded_bytes(),
+            )?;
             sync_dir(&self.dir)?;
             self.file = Some(file);
         }
@@ -169,7 +193,7 @@ pub fn merge(
     write_durably(&marker, run.id.as_bytes())?;
     // Everything the sandbox wrote must be on disk before it is renamed into place.
     sync_fs(&run.path)?;
-    let mut journal = Journal::new(state_dir, &run.id);
+    let mut journal = Journal::new(state_dir, &run.id, &layout.root);
     let mut m = Merger {
         journal: &mut journal,
         failpoint,
@@ -384,7 +408,11 @@ impl Merger<'_> {
             match fs::rename(l, &b) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                    copy_tree(l, &b)?;
+                    // Complete before it counts: a crash leaves only the .tmp.
+                    let tmp = b.with_extension("tmp");
+                    let _ = fs::remove_dir_all(&tmp);
+                    copy_tree(l, &tmp)?;
+                    fs::rename(&tmp, &b)?;
                     fs::remove_dir_all(l)?;
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
@@ -393,7 +421,12 @@ impl Merger<'_> {
             match fs::hard_link(l, &b) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_entry(l, &b)?,
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    let tmp = b.with_extension("tmp");
+                    let _ = fs::remove_file(&tmp);
+                    copy_entry(l, &tmp)?;
+                    fs::rename(&tmp, &b)?;
+                }
                 Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
             }
             if vacate {
@@ -644,6 +677,18 @@ pub fn undo(state_dir: &Path, root: &Path) -> Result<Vec<String>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Ok(merged_root) = fs::read(last.join("root")) {
+        let merged_root = PathBuf::from(std::ffi::OsString::from_vec(merged_root));
+        let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        if merged_root != root {
+            bail!(
+                "the last merged dance (run {id}) changed {}, not {}: give --root {}",
+                merged_root.display(),
+                root.display(),
+                merged_root.display()
+            );
+        }
+    }
     let text = fs::read_to_string(last.join("journal"))?;
     let records: Vec<Undo> = text
         .lines()

@@ -131,6 +131,10 @@ pub fn prune(state_dir: &Path, keep: usize) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
+    // Never the run an interrupted merge still needs.
+    if let Ok(id) = fs::read_to_string(state_dir.join("merging")) {
+        runs.retain(|r| r.file_name().is_none_or(|n| n != id.trim()));
+    }
     runs.sort();
     let excess = runs.len().saturating_sub(keep);
     for old in &runs[..excess] {

@@ -259,6 +259,14 @@ fn undo_restores_the_root_exactly() {
     let (code, _, err) = run(f.disco().arg("--root").arg(&r.path).arg("undo"));
     assert_eq!(code, 1);
     assert!(err.starts_with("error: nothing to undo"), "{err}");
+    // A backup is applied only to the root it was taken from.
+    assert_eq!(live_dance(&f, &r.path, &[]).0, 0);
+    let (code, _, err) = run(f.disco().arg("--root").arg(f.dir.path()).arg("undo"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("changed") && err.contains("give --root"),
+        "{err}"
+    );
 }
 
 #[test]

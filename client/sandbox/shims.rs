@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::rootpath;
 use crate::run::{Mount, RunDir};
@@ -81,6 +81,13 @@ pub fn shim_list(root: &Path) -> Result<Vec<String>> {
         Ok(text) => {
             for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("").trim();
+                let bare_but_pathlike = !line.starts_with('/') && line.contains('/');
+                if line.split('/').any(|c| c == "..") || bare_but_pathlike {
+                    bail!(
+                        "{}: {line:?}: give an absolute path without '..' or a bare command name",
+                        file.display()
+                    );
+                }
                 if !line.is_empty() && !list.iter().any(|l| l == line) {
                     list.push(line.to_string());
                 }
@@ -248,5 +255,9 @@ mod tests {
                 .any(|p| p.starts_with("sbin") || p.starts_with("bin")),
             "{paths:?}"
         );
+        for bad in ["../../usr/bin/sudo", "/opt/../etc/passwd", "bin/x"] {
+            fs::write(r.join("etc/disco/shims"), format!("{bad}\n")).unwrap();
+            assert!(shim_list(r).is_err(), "{bad}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub use crate::fsutil::md5_file;
 
 /// Longest path the client accepts.
 pub const MAX_PATH: usize = 4096;
+/// Largest file the client accepts (a configuration tree, not a mirror).
+pub const MAX_FILE: u64 = 16 << 30;
 
 /// A tree of directories and their entries; `""` is the root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +174,13 @@ pub fn validate(dir: &str, e: &Entry) -> Result<()> {
     }
     if join(dir, n).len() > MAX_PATH {
         bail!("the server sent a path longer than {MAX_PATH} bytes");
+    }
+    if e.size > MAX_FILE {
+        bail!(
+            "the server sent a size of {} bytes for {}, over the {MAX_FILE}-byte limit",
+            e.size,
+            join(dir, n)
+        );
     }
     if e.mode > 0o7777 {
         bail!(

@@ -192,6 +192,13 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         read_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
                     let delta = match msg {
                         Msg::Delta { .. } if (data.len() as u64) <= MAX_DELTA_FILE => {
+                            if !sane_signature(&blob) {
+                                return refuse(
+                                    &mut wire,
+                                    node.as_str(),
+                                    format!("a bad signature for {path}"),
+                                );
+                            }
                             match fast_rsync::Signature::deserialize(blob) {
                                 Ok(sig) => {
                                     let mut out = Vec::new();
@@ -299,4 +306,14 @@ fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
     }
     crate::report::prune_runs(&dir, KEPT_REPORTS);
     Ok(())
+}
+
+/// The librsync signature header (magic, block length, strong sum length)
+/// within the bounds fast_rsync handles: block 16..=1 MiB, sum 1..=16 bytes.
+fn sane_signature(sig: &[u8]) -> bool {
+    let word = |i: usize| {
+        sig.get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    matches!((word(4), word(8)), (Some(block), Some(sum)) if (16..=1 << 20).contains(&block) && (1..=16).contains(&sum))
 }

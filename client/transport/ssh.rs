@@ -236,6 +236,11 @@ pub fn sync(
             for e in &l.entries {
                 manifest::validate(&l.path, e)?;
             }
+            // Strictly ascending names: no entry can appear twice (say, a
+            // symlink and then a directory of the same name).
+            if l.entries.windows(2).any(|w| w[0].name >= w[1].name) {
+                bail!("the server's listing of {want:?} is not sorted or names an entry twice");
+            }
             if dir_hash(&l.entries) != expect[want] {
                 bail!("the server's listing of {want:?} does not match its hash");
             }
@@ -392,9 +397,10 @@ fn transfer(
     let mut refetch = Vec::new();
     for (path, e, _) in requests {
         let (head, _) = s.wire.recv()?;
+        let asked_delta = requests.iter().any(|(p, _, d)| p == path && *d);
         let (got, size, md5, is_delta) = match head {
             Msg::File { path, size, md5 } => (path, size, md5, false),
-            Msg::DeltaData { path, size, md5 } => (path, size, md5, true),
+            Msg::DeltaData { path, size, md5 } if asked_delta => (path, size, md5, true),
             other => bail!("protocol error: expected {path}, got {other:?}"),
         };
         if &got != path || md5 != e.hash {
@@ -411,7 +417,7 @@ fn transfer(
                 e.size
             );
         }
-        let mut body = Vec::with_capacity(size as usize);
+        let mut body = Vec::with_capacity(size.min(super::wire::MAX_BLOB as u64) as usize);
         while (body.len() as u64) < size {
             let (msg, blob) = s.wire.recv()?;
             if msg != Msg::Data || body.len() as u64 + blob.len() as u64 > size {
@@ -421,7 +427,7 @@ fn transfer(
         }
         let content = if is_delta {
             let base = fs::read(old_dir.join(path))?;
-            let mut out = Vec::with_capacity(e.size as usize);
+            let mut out = Vec::with_capacity(e.size.min(super::wire::MAX_BLOB as u64) as usize);
             fast_rsync::apply_limited(&base, &body, &mut out, e.size as usize)
                 .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
             stats.deltas += 1;
