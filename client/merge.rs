@@ -281,6 +281,18 @@ impl Merger<'_> {
             planned.push((u, l, s, um, seq, false));
         }
         self.journal.sync()?;
+        // Every backup of this batch is made, and made durable, before any
+        // live entry is replaced or deleted.
+        let mut backed_up = false;
+        for (_, l, _, _, seq, unchanged) in &planned {
+            if let (Some(seq), false) = (seq, unchanged) {
+                self.backup_to(l, *seq, false)?;
+                backed_up = true;
+            }
+        }
+        if backed_up {
+            sync_dir(&self.journal.dir.join("b"))?;
+        }
         for (u, l, s, um, seq, unchanged) in planned {
             touched |= self.apply_leaf(&u, &l, &s, &um, seq, unchanged)?;
         }
@@ -313,13 +325,17 @@ impl Merger<'_> {
             self.merged.unchanged += 1;
             return Ok(false);
         }
+        // The backup was made by the caller. A whiteout deletes the live
+        // entry; a file keeps the live name until the rename replaces it.
         let whiteout = is_whiteout(um);
-        if let Some(seq) = seq {
-            // A whiteout deletes; a file keeps the live name until the rename
-            // replaces it (a directory in the way is moved into the backup).
-            self.backup_to(l, seq, whiteout)?;
-        }
         if whiteout {
+            if seq.is_some() {
+                match fs::symlink_metadata(l) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(l)?,
+                    Ok(_) => fs::remove_file(l)?,
+                    Err(_) => {}
+                }
+            }
             fs::remove_file(u)?;
             if seq.is_some() {
                 self.applied(shown)?;
