@@ -98,7 +98,7 @@ pub fn describe_noop(pending: &Pending) {
             for a in &m.actions {
                 output::info(&format!(
                     "would skip {} ({} changed nothing)",
-                    a.join(" "),
+                    shown(a),
                     m.module
                 ));
             }
