@@ -185,6 +185,7 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     let sandbox = match Sandbox::prepare(run, &config.root.value, noop, &layers) {
         Ok(s) => s,
         Err(e) => {
+            crate::run::unmount_mem(&run_path);
             let _ = fs::remove_dir_all(&run_path);
             return Err(e);
         }
@@ -298,10 +299,16 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     let changes = report.changes().count();
     let failed_before_merge = report.error.is_some();
     let code = if failed_before_merge {
-        output::info(&format!(
-            "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
-            sandbox.run.path.display()
-        ));
+        if crate::run::is_mount_point(&sandbox.run.path.join(crate::run::MEM)) {
+            // In-memory layers are not kept: they would pin RAM until pruned.
+            sandbox.run.remove()?;
+            output::info("the dance failed; nothing was merged (`disco diff` shows what ran)");
+        } else {
+            output::info(&format!(
+                "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
+                sandbox.run.path.display()
+            ));
+        }
         1
     } else if noop {
         actions::describe_noop(&pending);

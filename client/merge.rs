@@ -639,6 +639,13 @@ pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
         )
     })?)
     .with_context(|| format!("{} is damaged", layout_path.display()))?;
+    if run.layers_lost() {
+        output::warning(&format!(
+            "a merge of run {id} was interrupted and its in-memory layers are gone (the machine restarted): it cannot be finished; the root may be partly merged — `disco undo` puts back what it merged"
+        ));
+        fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+        return Ok(None);
+    }
     output::warning(&format!(
         "a merge of run {id} was interrupted; finishing it first"
     ));

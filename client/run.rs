@@ -75,14 +75,33 @@ impl RunDir {
     pub fn shim_rel(k: usize) -> PathBuf {
         PathBuf::from(format!("s/{k}"))
     }
+    /// Where `u/`, `w/` and `s/` live: the run dir itself, or `mem/`, a
+    /// tmpfs, when the run dir is inside a filesystem the sandbox overlays
+    /// (overlayfs refuses a lower layer below another lower layer's root,
+    /// and ROOT `/` is above everything on its filesystem).
+    pub fn layers(&self) -> PathBuf {
+        let mem = self.path.join(MEM);
+        if mem.is_dir() {
+            mem
+        } else {
+            self.path.clone()
+        }
+    }
     pub fn upper(&self, i: usize, k: usize) -> PathBuf {
-        self.path.join(Self::upper_rel(i, k))
+        self.layers().join(Self::upper_rel(i, k))
     }
     pub fn work(&self, i: usize, k: usize) -> PathBuf {
-        self.path.join(Self::work_rel(i, k))
+        self.layers().join(Self::work_rel(i, k))
     }
     pub fn shim(&self, k: usize) -> PathBuf {
-        self.path.join(Self::shim_rel(k))
+        self.layers().join(Self::shim_rel(k))
+    }
+
+    /// True when the layers were in memory and that memory is gone (the
+    /// machine rebooted since): `mem/` exists but is no longer a mount.
+    pub fn layers_lost(&self) -> bool {
+        let mem = self.path.join(MEM);
+        mem.is_dir() && !is_mount_point(&mem)
     }
     pub fn merged(&self) -> PathBuf {
         self.path.join("merged")
@@ -100,14 +119,35 @@ impl RunDir {
             .with_context(|| format!("cannot write {}", p.display()))
     }
 
-    /// Removes the whole run directory.
+    /// Removes the whole run directory (unmounting its in-memory layers).
     pub fn remove(&self) -> Result<()> {
+        unmount_mem(&self.path);
         match fs::remove_dir_all(&self.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove scratch {}", self.path.display()))
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The name of the in-memory layers directory inside a run dir.
+pub const MEM: &str = "mem";
+
+/// True when `dir` is the root of a mount (another device than its parent).
+pub fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts a run dir's in-memory layers, if mounted.
+pub fn unmount_mem(run_dir: &Path) {
+    let mem = run_dir.join(MEM);
+    if is_mount_point(&mem) {
+        let _ = nix::mount::umount2(&mem, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -138,6 +178,7 @@ pub fn prune(state_dir: &Path, keep: usize) -> Result<()> {
     runs.sort();
     let excess = runs.len().saturating_sub(keep);
     for old in &runs[..excess] {
+        unmount_mem(old);
         fs::remove_dir_all(old)
             .with_context(|| format!("cannot remove old scratch {}", old.display()))?;
     }

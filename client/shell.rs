@@ -29,6 +29,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
     let sandbox = match Sandbox::prepare(run, &config.root.value, true, &["shell".to_string()]) {
         Ok(s) => s,
         Err(e) => {
+            crate::run::unmount_mem(&run_path);
             let _ = fs::remove_dir_all(&run_path);
             return Err(e);
         }

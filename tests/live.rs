@@ -480,3 +480,70 @@ fn a_merge_killed_after_any_entry_is_finished_by_the_next_dance() {
         );
     }
 }
+
+#[test]
+fn state_dir_inside_the_root_keeps_layers_in_memory_and_merges() {
+    // As on a real node: ROOT is `/` and the state dir lives inside it.
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let state = r.path.join("var/lib/disco");
+    f.node("n", &["a", "b"])
+        .module("a", "")
+        .module("b", "after a\n");
+    f.module_file("a", "files/etc/from-a", "a\n", 0o644)
+        .module_file(
+            "b",
+            "scripts/10-x",
+            "cat /etc/from-a > /etc/from-b; rm /etc/hostname\n",
+            0o755,
+        );
+    let dance = |noop: bool| {
+        run(f
+            .disco_with_state(&state)
+            .env("NOOP", if noop { "1" } else { "0" })
+            .arg("--server")
+            .arg(f.server())
+            .args(["--node", "n", "--root"])
+            .arg(&r.path)
+            .arg("dance"))
+    };
+    let outside_state = |root: &Path| -> Vec<String> {
+        deep_snapshot(root)
+            .into_iter()
+            .filter(|l| !l.starts_with("var/lib/disco"))
+            .collect()
+    };
+    fs::create_dir_all(&state).unwrap();
+    let before = outside_state(&r.path);
+    let (code, out, err) = dance(true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("File: /etc/from-b : Created"), "{err}");
+    assert_eq!(
+        outside_state(&r.path),
+        before,
+        "noop changed nothing outside the state dir"
+    );
+    assert!(
+        common::root::host_mounts_with("disco-scratch").is_empty(),
+        "the in-memory layers are unmounted"
+    );
+    let (code, out, err) = dance(false);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/from-b")).unwrap(),
+        "a\n"
+    );
+    assert!(!r.path.join("etc/hostname").exists());
+    assert!(common::root::host_mounts_with("disco-scratch").is_empty());
+    let (code, _, err) = run(f
+        .disco_with_state(&state)
+        .arg("--root")
+        .arg(&r.path)
+        .arg("undo"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/hostname")).unwrap(),
+        "fixture\n"
+    );
+    assert!(!r.path.join("etc/from-b").exists());
+}

@@ -121,9 +121,28 @@ impl Sandbox {
             .mode(0o755)
             .create(run.merged())
             .context("cannot create the merged dir")?;
+        if inside_an_overlaid_filesystem(&run.path, &root, &mounts) {
+            // The layers cannot live below a lower layer's root on the same
+            // filesystem (overlayfs: "overlapping lowerdir"): keep them in a
+            // private tmpfs for the run; the merge then takes the copy path.
+            let mem = run.path.join(crate::run::MEM);
+            fs::DirBuilder::new().mode(0o700).create(&mem)?;
+            mount(
+                Some("disco-scratch"),
+                &mem,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=700"),
+            )
+            .map_err(|errno| SandboxError::Sys {
+                what: format!("cannot mount the in-memory scratch {}", mem.display()),
+                errno,
+            })?;
+        }
+        let layers_dir = run.layers();
         for d in ["u", "w", "s"] {
-            fs::create_dir(run.path.join(d))
-                .with_context(|| format!("cannot create {}", run.path.join(d).display()))?;
+            fs::create_dir(layers_dir.join(d))
+                .with_context(|| format!("cannot create {}", layers_dir.join(d).display()))?;
         }
         let shims = shims::build(&run, &root, &mounts, noop)?;
         run.save_layout(&Layout {
@@ -256,7 +275,7 @@ impl Sandbox {
 
     /// Mounts the root of `layer` and pivots into it.
     fn enter(&self, layer: usize, binds: &[Bind]) -> Result<()> {
-        nix::unistd::chdir(&self.run.path).context("chdir to the run dir")?;
+        nix::unistd::chdir(&self.run.layers()).context("chdir to the run's layers")?;
         mount(
             None::<&str>,
             "/",
@@ -304,6 +323,19 @@ impl Sandbox {
         }
         Ok(())
     }
+}
+
+/// True when `dir` is inside one of the filesystems the sandbox overlays,
+/// below that overlay's lower layer.
+fn inside_an_overlaid_filesystem(dir: &Path, root: &Path, mounts: &[Mount]) -> bool {
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return false;
+    };
+    mounts.iter().any(|m| {
+        let lower = root.join(&m.rel);
+        dir.starts_with(&lower) && dev(&dir) == dev(&lower) && dev(&dir).is_some()
+    })
 }
 
 fn send<T: Serialize>(out: &OwnedFd, value: Result<T, String>, leftovers: Vec<String>) -> i32 {

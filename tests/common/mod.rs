@@ -93,6 +93,11 @@ impl Fixture {
 
     /// [`Fixture::disco`] without `--server`.
     pub fn disco_without_server(&self) -> Command {
+        self.disco_with_state(&self.state())
+    }
+
+    /// `disco` with this fixture's config and the given state dir, no server.
+    pub fn disco_with_state(&self, state: &Path) -> Command {
         let mut c = Command::cargo_bin("disco").unwrap();
         c.env_remove("NOOP")
             .env_remove("DISCO_SERVER")
@@ -101,7 +106,7 @@ impl Fixture {
             .arg("--config")
             .arg(self.config())
             .arg("--state-dir")
-            .arg(self.state());
+            .arg(state);
         c
     }
 
