@@ -175,21 +175,13 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
 
     run::prune(state, KEPT_RUNS)?;
     let run = RunDir::create(state)?;
-    let run_path = run.path.clone();
     params
         .write_to(&run.params())
         .context("cannot write the parameter tree")?;
     fs::create_dir(run.queue())?;
     fs::write(queue_file(&run.queue()), b"")?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
-    let sandbox = match Sandbox::prepare(run, &config.root.value, noop, &layers) {
-        Ok(s) => s,
-        Err(e) => {
-            crate::run::unmount_mem(&run_path);
-            let _ = fs::remove_dir_all(&run_path);
-            return Err(e);
-        }
-    };
+    let sandbox = Sandbox::prepare(run, &config.root.value, noop, &layers)?;
     let owners = Owners::load(&sandbox.root);
     let differ = Differ {
         run: &sandbox.run,

@@ -23,17 +23,9 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
     require_root("disco shell")?;
     let state = &config.state_dir.value;
     let run = RunDir::create(state)?;
-    let run_path = run.path.clone();
     fs::create_dir(run.queue())?;
     fs::write(queue_file(&run.queue()), b"")?;
-    let sandbox = match Sandbox::prepare(run, &config.root.value, true, &["shell".to_string()]) {
-        Ok(s) => s,
-        Err(e) => {
-            crate::run::unmount_mem(&run_path);
-            let _ = fs::remove_dir_all(&run_path);
-            return Err(e);
-        }
-    };
+    let sandbox = Sandbox::prepare(run, &config.root.value, true, &["shell".to_string()])?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
     let binds = standard_binds(&exe, &sandbox.run.queue(), None);
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();

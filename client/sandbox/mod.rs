@@ -96,7 +96,18 @@ const DROPPED_CAPS: &[caps::Capability] = {
 impl Sandbox {
     /// Inspects ROOT (canonical path, filesystems below it) and builds the
     /// shim layer in the run directory.
+    /// On failure the run directory is removed (nothing half-made stays).
     pub fn prepare(run: RunDir, root: &Path, noop: bool, layers: &[String]) -> Result<Sandbox> {
+        let path = run.path.clone();
+        let prepared = Self::prepare_in(run, root, noop, layers);
+        if prepared.is_err() {
+            crate::run::unmount_mem(&path);
+            let _ = fs::remove_dir_all(&path);
+        }
+        prepared
+    }
+
+    fn prepare_in(run: RunDir, root: &Path, noop: bool, layers: &[String]) -> Result<Sandbox> {
         check_overlayfs()?;
         let root = fs::canonicalize(root).with_context(|| format!("root {}", root.display()))?;
         if !root.is_dir() {
