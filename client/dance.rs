@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::actions::{self, ModuleActions, Pending};
 use crate::config::Config;
-use crate::diff::{Differ, Owners};
+use crate::diff::Owners;
 use crate::exec::Job;
 use crate::fetch;
 use crate::merge::{self, Failpoint};
@@ -183,12 +183,7 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     let sandbox = Sandbox::prepare(run, &config.root.value, noop, &layers)?;
     let owners = Owners::load(&sandbox.root);
-    let differ = Differ {
-        run: &sandbox.run,
-        root: &sandbox.root,
-        mounts: &sandbox.mounts,
-        owners: &owners,
-    };
+    let differ = sandbox.differ(&owners);
     let exe =
         fs::read_link("/proc/self/exe").context("cannot find the disco binary (/proc/self/exe)")?;
 

@@ -36,6 +36,21 @@ pub struct FetchInfo {
     pub modules: Vec<String>,
 }
 
+impl FetchInfo {
+    /// What a fetch of `plan` for `node` from `server` records, now.
+    pub fn new(node: String, server: String, plan: &Plan) -> FetchInfo {
+        FetchInfo {
+            node,
+            server,
+            fetched_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            modules: plan.order.iter().map(Name::to_string).collect(),
+        }
+    }
+}
+
 /// The result of a fetch: the cache and the node/plan read from it.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -230,15 +245,7 @@ fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &P
         )?;
     }
     fs::create_dir_all(new.join("parameters"))?;
-    let info = FetchInfo {
-        node: spec.name.to_string(),
-        server: server.display().to_string(),
-        fetched_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        modules: plan.order.iter().map(Name::to_string).collect(),
-    };
+    let info = FetchInfo::new(spec.name.to_string(), server.display().to_string(), plan);
     fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
     // One syncfs makes the whole new cache durable before it is swapped in.
     let dir = fs::File::open(new)?;
@@ -391,15 +398,7 @@ fn fetch_ssh(
         let tree = cache_tree(&new)?;
         let spec = tree.node(node)?;
         let plan = plan::plan(&tree, &spec, Scope::Cache)?;
-        let info = FetchInfo {
-            node: node.to_string(),
-            server: server.to_string(),
-            fetched_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            modules: plan.order.iter().map(Name::to_string).collect(),
-        };
+        let info = FetchInfo::new(node.to_string(), server.to_string(), &plan);
         fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
         fs::set_permissions(&new, fs::Permissions::from_mode(0o700))?;
         let dir = fs::File::open(&new)?;

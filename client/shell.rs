@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::dance::{queue_file, read_queue, require_root, standard_binds};
-use crate::diff::{Differ, Owners};
+use crate::diff::Owners;
 use crate::exec::{wait4, SANDBOX_PATH};
 use crate::output;
 use crate::report::{self, ModuleReport, RunReport};
@@ -70,12 +70,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
     }
     let outcome = outcome?;
     let owners = Owners::load(&sandbox.root);
-    let differ = Differ {
-        run: &sandbox.run,
-        root: &sandbox.root,
-        mounts: &sandbox.mounts,
-        owners: &owners,
-    };
+    let differ = sandbox.differ(&owners);
     let changes = differ.layer(1)?;
     for c in &changes {
         output::change(c, false);

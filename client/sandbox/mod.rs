@@ -170,6 +170,16 @@ impl Sandbox {
         })
     }
 
+    /// The differ of this sandbox's layers, with ROOT's owner names.
+    pub fn differ<'a>(&'a self, owners: &'a crate::diff::Owners) -> crate::diff::Differ<'a> {
+        crate::diff::Differ {
+            run: &self.run,
+            root: &self.root,
+            mounts: &self.mounts,
+            owners,
+        }
+    }
+
     /// Runs `body` inside the sandbox of `layer` (1-based), in a child
     /// process. Errors of the sandbox itself come back as `Err`; the
     /// body's own result is in the [`Outcome`].
