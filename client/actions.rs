@@ -210,10 +210,18 @@ fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> 
         )
     });
     cmd.current_dir("/").stdin(Stdio::null());
+    let host_ns = crate::sandbox::host_mount_namespace();
     // SAFETY: runs between fork and exec in a single-threaded process:
     // only namespace, mount and chroot calls, no locks held.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(ns) = host_ns {
+                // Back on the host's mounts: a daemon an action starts must
+                // not live in disco's private namespace.
+                if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if let Some((module, params, exe, dir)) = &bind_spec {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
                 mount(

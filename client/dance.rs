@@ -8,7 +8,7 @@
 //! summary). The stages themselves live in their own modules.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +23,7 @@ use crate::output;
 use crate::params;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::{self, RunDir};
-use crate::sandbox::{Bind, Sandbox, DISCO_DIR};
+use crate::sandbox::{Bind, Output, Sandbox, DISCO_DIR};
 
 /// How many kept scratch directories (failed or `--keep` runs) survive.
 const KEPT_RUNS: usize = 5;
@@ -82,6 +82,8 @@ fn finish_interrupted(config: &Config) -> Result<()> {
 /// Runs a dance; returns the exit code.
 pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     require_root("disco dance")?;
+    // Before any thread exists: every mount of the dance lives and dies with disco.
+    crate::sandbox::own_mount_namespace()?;
     output::set_quiet(opts.quiet);
     config.require_servers()?;
     crate::cron::splay(opts.splay, opts.splay_always);
@@ -178,10 +180,8 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     params
         .write_to(&run.params())
         .context("cannot write the parameter tree")?;
-    fs::create_dir(run.queue())?;
-    fs::write(queue_file(&run.queue()), b"")?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
-    let sandbox = Sandbox::prepare(run, &config.root.value, noop, &layers)?;
+    let sandbox = Sandbox::prepare(run, &config.root.value, state, noop, &layers)?;
     let owners = Owners::load(&sandbox.root);
     let differ = sandbox.differ(&owners);
     let exe =
@@ -207,34 +207,32 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
         run_actions: opts.run_actions,
         modules: Vec::new(),
     };
-    let mut queued = 0;
     for (idx, module) in fetched.plan.order.iter().enumerate() {
         let layer = idx + 1;
         output::info(&format!("Processing {module}"));
         let module_dir = tree
             .module_dir(module)?
             .expect("planned modules are in the cache");
-        let binds = standard_binds(
-            &exe,
-            &sandbox.run.queue(),
-            Some((&module_dir, &sandbox.run.params())),
-        );
+        let binds = standard_binds(&exe, Some((&module_dir, &sandbox.run.params())));
         let job = Job {
             node: node.to_string(),
             module: module.to_string(),
             noop,
             module_dir: Path::new(DISCO_DIR).join("module"),
             params_dir: Path::new(DISCO_DIR).join("params"),
-            output_log: opts
-                .quiet
-                .then(|| Path::new(DISCO_DIR).join("queue/output")),
+            state_in_root: sandbox.state_in_root.clone(),
         };
-        let outcome = sandbox.run_layer(layer, &binds, || Ok(job.run()))?;
+        let output = if opts.quiet {
+            Output::Capture
+        } else {
+            Output::Forward
+        };
+        let outcome = sandbox.run_layer(layer, &binds, output, || Ok(job.run()))?;
         let mut mreport = ModuleReport {
             name: module.to_string(),
             ..ModuleReport::default()
         };
-        let failed = match outcome.value {
+        let mut failed = match outcome.value {
             Ok(r) => {
                 mreport.steps = r.steps;
                 r.failed
@@ -249,20 +247,18 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
             ));
             mreport.killed = outcome.leftovers;
         }
-        let all = read_queue(&queue_file(&sandbox.run.queue()))?;
-        // The queue is writable inside the sandbox: never trust its length.
-        mreport.actions = all.get(queued..).unwrap_or_default().to_vec();
-        queued = all.len();
+        mreport.actions = outcome.actions;
         let meter = crate::report::Meter::start();
         mreport.changes = differ
             .layer(layer)
             .with_context(|| format!("{module}: cannot compute its changes"))?;
         mreport.steps.push(meter.step("diff"));
-        if let Some(log) = &job.output_log {
-            flush_captured(
-                &sandbox.run.queue().join(log.file_name().expect("a file")),
-                failed.is_some() || !mreport.changes.is_empty(),
-            );
+        if let (Some(rel), None) = (&sandbox.state_in_root, &failed) {
+            failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
+        }
+        if opts.quiet && (failed.is_some() || !mreport.changes.is_empty()) {
+            // --quiet: a module's output is shown only when it failed or changed.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
         }
         for c in &mreport.changes {
             output::change(c, false);
@@ -408,17 +404,6 @@ fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `--quiet`: a module's captured script output is shown only when it
-/// failed or changed something; then the capture is emptied.
-fn flush_captured(log: &Path, show: bool) {
-    if show {
-        if let Ok(text) = fs::read(log) {
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), &text);
-        }
-    }
-    let _ = fs::write(log, b"");
-}
-
 /// `disco undo`: finishes any interrupted merge, then restores the root as
 /// it was before the last merged dance.
 pub fn undo(config: &Config) -> Result<i32> {
@@ -433,72 +418,84 @@ pub fn undo(config: &Config) -> Result<i32> {
     Ok(0)
 }
 
-/// The queue file inside the run's queue dir.
-pub fn queue_file(queue_dir: &Path) -> PathBuf {
-    queue_dir.join("actions")
+/// The change of a module that would touch disco's own state dir
+/// (`state`, absolute on the target), as the error that fails the module:
+/// anything under it, or the deletion or replacement of it or of a
+/// directory above it.
+fn touches_state_dir(changes: &[crate::report::Change], state: &Path) -> Option<String> {
+    use crate::report::ChangeKind;
+    changes.iter().find_map(|c| {
+        let p = Path::new(&c.path);
+        let under = p.starts_with(state) && p != state;
+        let removes = state.starts_with(p)
+            && matches!(c.kind, ChangeKind::Deleted | ChangeKind::Replaced);
+        (under || removes || p == state).then(|| {
+            format!(
+                "refusing to merge a change to {}: {} is disco's state dir, which modules may not touch",
+                c.path,
+                state.display()
+            )
+        })
+    })
 }
 
-/// disco's own files bound under `/run/disco`: the binary (for `disco
-/// param`), the action queue, and for a module its files and parameters.
-pub fn standard_binds(exe: &Path, queue_dir: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
-    let mut binds = vec![
-        Bind {
-            source: exe.to_path_buf(),
-            inside: Path::new(DISCO_DIR).join("bin/disco"),
-            readonly: true,
-        },
-        Bind {
-            source: queue_dir.to_path_buf(),
-            inside: Path::new(DISCO_DIR).join("queue"),
-            readonly: false,
-        },
-    ];
+/// disco's own files bound read-only under `/run/disco`: the binary (for
+/// `disco param`) and, for a module, its files and parameters.
+pub fn standard_binds(exe: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
+    let mut binds = vec![Bind {
+        source: exe.to_path_buf(),
+        inside: Path::new(DISCO_DIR).join("bin/disco"),
+    }];
     if let Some((module_dir, params)) = module {
         binds.push(Bind {
             source: module_dir.to_path_buf(),
             inside: Path::new(DISCO_DIR).join("module"),
-            readonly: true,
         });
         binds.push(Bind {
             source: params.to_path_buf(),
             inside: Path::new(DISCO_DIR).join("params"),
-            readonly: true,
         });
     }
     binds
 }
 
-/// Parses the shim queue: records of `argc\0argv0\0arg1\0…`.
-pub fn read_queue(path: &Path) -> Result<Vec<Vec<String>>> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut fields = bytes
-        .split(|b| *b == 0)
-        .map(|f| String::from_utf8_lossy(f).into_owned());
-    let mut out = Vec::new();
-    while let Some(count) = fields.next() {
-        let Some(n) = count.parse::<usize>().ok().filter(|n| *n < 65_536) else {
-            break;
-        };
-        let record: Vec<String> = fields.by_ref().take(n + 1).collect();
-        if record.len() != n + 1 || record[0].is_empty() {
-            break;
-        }
-        out.push(record);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{Change, ChangeKind};
+
+    fn change(path: &str, kind: ChangeKind) -> Change {
+        Change {
+            path: path.into(),
+            kind,
+            old: None,
+            new: None,
+            diff: None,
+        }
+    }
+
+    #[test]
+    fn no_change_may_touch_the_state_dir() {
+        let state = Path::new("/var/lib/disco");
+        for (c, refused) in [
+            (change("/var/lib/disco/x", ChangeKind::Created), true),
+            (change("/var/lib/disco", ChangeKind::Modified), true),
+            (change("/var/lib", ChangeKind::Deleted), true),
+            (change("/var", ChangeKind::Replaced), true),
+            (change("/var/lib", ChangeKind::Modified), false),
+            (change("/var/lib/discotheque", ChangeKind::Created), false),
+            (change("/etc/x", ChangeKind::Deleted), false),
+        ] {
+            let got = touches_state_dir(std::slice::from_ref(&c), state);
+            assert_eq!(got.is_some(), refused, "{} {:?}: {got:?}", c.path, c.kind);
+        }
+    }
 
     #[test]
     fn queue_records_keep_arguments_with_spaces_and_newlines() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("q");
-        fs::write(&p, b"2\0/usr/sbin/service\0postgresql\0stop\x000\0/sbin/reboot\x001\0/bin/systemctl\0a b\nc\0").unwrap();
+        let q = b"2\0/usr/sbin/service\0postgresql\0stop\x000\0/sbin/reboot\x001\0/bin/systemctl\0a b\nc\0";
         assert_eq!(
-            read_queue(&p).unwrap(),
+            crate::sandbox::parse_queue(q),
             vec![
                 vec!["/usr/sbin/service", "postgresql", "stop"],
                 vec!["/sbin/reboot"],

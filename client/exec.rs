@@ -39,9 +39,9 @@ pub struct Job {
     pub module_dir: PathBuf,
     /// The merged parameter tree, read-only.
     pub params_dir: PathBuf,
-    /// `--quiet`: scripts' output goes to this file (inside the sandbox)
-    /// instead of the terminal; disco shows it if the module fails or changes.
-    pub output_log: Option<PathBuf>,
+    /// disco's state dir relative to ROOT, when it lies inside ROOT: no
+    /// file or template may write there.
+    pub state_in_root: Option<PathBuf>,
 }
 
 /// The result of one module's steps.
@@ -184,6 +184,7 @@ impl Job {
         let target = target_path(rel, true)?;
         match fs::metadata(&target) {
             Ok(m) if m.is_dir() => Ok(()),
+            _ if self.target_path(rel, true).is_err() => self.target_path(rel, true).map(drop),
             Ok(_) => bail!("{} exists and is not a directory", target.display()),
             Err(_) => {
                 fs::DirBuilder::new()
@@ -198,7 +199,7 @@ impl Job {
     }
 
     fn copy_file(&self, src: &Path, rel: &Path, meta: &fs::Metadata) -> Result<()> {
-        let target = target_path(rel, false)?;
+        let target = self.target_path(rel, false)?;
         if meta.file_type().is_symlink() {
             let want = fs::read_link(src)?;
             if fs::read_link(&target).ok().as_ref() == Some(&want) {
@@ -219,7 +220,7 @@ impl Job {
         let name = format!("templates/{}", rel.display());
         let started = Instant::now();
         let result = (|| -> Result<(i32, libc::rusage, Vec<u8>)> {
-            let target = target_path(rel, false)?;
+            let target = self.target_path(rel, false)?;
             let mut child = self
                 .command(src)
                 .stdout(Stdio::piped())
@@ -289,12 +290,6 @@ impl Job {
             .envs(self.env())
             .current_dir("/")
             .stdin(Stdio::null());
-        if let Some(log) = &self.output_log {
-            let open = || fs::OpenOptions::new().create(true).append(true).open(log);
-            if let (Ok(out), Ok(err)) = (open(), open()) {
-                c.stdout(out).stderr(err);
-            }
-        }
         if let Ok(term) = std::env::var("TERM") {
             c.env("TERM", term);
         }
@@ -369,6 +364,26 @@ pub fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
         128 + libc::WTERMSIG(status)
     };
     Ok((code, ru))
+}
+
+impl Job {
+    /// The absolute target of module path `rel` inside the sandbox,
+    /// symlinks in ROOT resolved; refused if it leaves ROOT, lands on a
+    /// mount that is private to the sandbox (and so would never be
+    /// merged), or in disco's own state dir.
+    fn target_path(&self, rel: &Path, follow_last: bool) -> Result<PathBuf> {
+        let real = target_path(rel, follow_last)?;
+        if let Some(state) = &self.state_in_root {
+            if real.starts_with(Path::new("/").join(state)) {
+                bail!(
+                    "refusing to write {}: /{} is disco's state dir, which modules may not touch",
+                    real.display(),
+                    state.display()
+                );
+            }
+        }
+        Ok(real)
+    }
 }
 
 /// The absolute target of module path `rel` inside the sandbox, symlinks

@@ -640,10 +640,23 @@ pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
     })?)
     .with_context(|| format!("{} is damaged", layout_path.display()))?;
     if run.layers_lost() {
+        // In-memory layers live in disco's own mount namespace: they went
+        // with a killed disco or a restarted machine. What was merged is
+        // rolled back from the backups, so the root is as before that run.
         output::warning(&format!(
-            "a merge of run {id} was interrupted and its in-memory layers are gone (the machine restarted): it cannot be finished; the root may be partly merged — `disco undo` puts back what it merged"
+            "a merge of run {id} was interrupted and its in-memory layers are gone (disco was killed or the machine restarted): rolling back what it merged"
         ));
+        let backup = backup_root(state_dir).join(&id);
+        if backup.join("journal").is_file() {
+            let lines = undo_backup(&backup, &layout.root)?;
+            output::info(&format!(
+                "rolled back the interrupted merge of run {id}: {} entries restored",
+                lines.len()
+            ));
+        }
         fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+        sync_dir(state_dir)?;
+        let _ = run.remove();
         return Ok(None);
     }
     output::warning(&format!(
@@ -696,6 +709,12 @@ pub fn undo(state_dir: &Path, root: &Path) -> Result<Vec<String>> {
             dir.display()
         );
     };
+    undo_backup(&last, root)
+}
+
+/// Restores ROOT from one run's backup directory (its journal, newest
+/// record first); marks the journal undone.
+fn undo_backup(last: &Path, root: &Path) -> Result<Vec<String>> {
     let id = last
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -14,7 +14,7 @@
 //!   s/K           the read-only shim layer of mount K
 //!   merged/       where the sandbox's root overlay is mounted
 //!   params/       the node's merged parameters, bound read-only in the sandbox
-//!   queue/        the deferred-action queue the shims append to
+//!   mem/          a tmpfs holding u/, w/, s/ when the state dir is inside ROOT
 //! ```
 
 use std::fs;
@@ -108,9 +108,6 @@ impl RunDir {
     }
     pub fn params(&self) -> PathBuf {
         self.path.join("params")
-    }
-    pub fn queue(&self) -> PathBuf {
-        self.path.join("queue")
     }
 
     pub fn save_layout(&self, layout: &Layout) -> Result<()> {

@@ -10,24 +10,23 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::dance::{queue_file, read_queue, require_root, standard_binds};
+use crate::dance::{require_root, standard_binds};
 use crate::diff::Owners;
 use crate::exec::{wait4, SANDBOX_PATH};
 use crate::output;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::RunDir;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Output, Sandbox};
 
 /// Runs the shell; the exit code is the shell's.
 pub fn shell(config: &Config, keep: bool) -> Result<i32> {
     require_root("disco shell")?;
+    crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;
     let run = RunDir::create(state)?;
-    fs::create_dir(run.queue())?;
-    fs::write(queue_file(&run.queue()), b"")?;
-    let sandbox = Sandbox::prepare(run, &config.root.value, true, &["shell".to_string()])?;
+    let sandbox = Sandbox::prepare(run, &config.root.value, state, true, &["shell".to_string()])?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
-    let binds = standard_binds(&exe, &sandbox.run.queue(), None);
+    let binds = standard_binds(&exe, None);
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     output::info(&format!(
         "shell in a noop sandbox over {}; nothing you do reaches it. Exit to see the changes.",
@@ -42,7 +41,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
             libc::signal(libc::SIGQUIT, libc::SIG_IGN),
         )
     };
-    let outcome = sandbox.run_layer(1, &binds, || {
+    let outcome = sandbox.run_layer(1, &binds, Output::Terminal, || {
         let mut cmd = Command::new("bash");
         if std::io::stdin().is_terminal() {
             cmd.arg("-i");
@@ -94,7 +93,7 @@ pub fn shell(config: &Config, keep: bool) -> Result<i32> {
             name: "shell".into(),
             changes,
             killed: outcome.leftovers,
-            actions: read_queue(&queue_file(&sandbox.run.queue()))?,
+            actions: outcome.actions,
             ..ModuleReport::default()
         }],
         actions: Vec::new(),

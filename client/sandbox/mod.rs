@@ -14,6 +14,7 @@
 //! takes every process the work left behind with it.
 
 pub mod mounts;
+pub mod security;
 pub mod shims;
 
 use std::fs;
@@ -36,13 +37,34 @@ use mounts::{MountOp, RootPlan, SandboxError};
 /// Where disco's own files appear inside the sandbox.
 pub const DISCO_DIR: &str = "/run/disco";
 
-/// A file or directory of the host bound into the sandbox.
+/// Largest deferred-action queue read back from a sandbox.
+const MAX_QUEUE: u64 = 4 << 20;
+/// Largest result a sandbox's init may send.
+const MAX_RESULT: usize = 64 << 20;
+/// Script output kept for `--quiet` (the rest is counted, not kept).
+const MAX_CAPTURE: usize = 1 << 20;
+
+/// A file or directory of the host bound read-only into the sandbox.
 #[derive(Debug, Clone)]
 pub struct Bind {
     pub source: PathBuf,
     /// Absolute path inside the sandbox (under [`DISCO_DIR`]).
     pub inside: PathBuf,
-    pub readonly: bool,
+}
+
+/// Where the output of what runs in the sandbox goes. Except with
+/// [`Output::Terminal`] the sandbox never holds a descriptor of disco's
+/// own stdout/stderr (a terminal would let it inject keystrokes): it
+/// writes into pipes that disco reads on its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Copied to disco's stdout and stderr as it comes.
+    Forward,
+    /// Kept (up to 1 MiB, stdout and stderr interleaved) in
+    /// [`Outcome::output`], for `--quiet`.
+    Capture,
+    /// disco's own stdin/stdout/stderr, for the interactive `disco shell`.
+    Terminal,
 }
 
 /// Everything fixed for the whole run: ROOT, its filesystems, the shim layer.
@@ -54,52 +76,39 @@ pub struct Sandbox {
     pub mounts: Vec<Mount>,
     shims: Vec<bool>,
     pub noop: bool,
+    /// The state dir relative to ROOT when it lies inside it: hidden from
+    /// the sandbox, and no change may touch it.
+    pub state_in_root: Option<PathBuf>,
 }
 
 /// The result of work done in a sandbox, and what it left behind.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Outcome<T> {
     pub value: Result<T, String>,
-    /// Processes still running when the work ended (noop: killed with the
-    /// sandbox), as `pid comm: cmdline`.
+    /// Processes still running when the work ended, killed with the
+    /// sandbox, as `cmdline (comm)`.
     pub leftovers: Vec<String>,
+    /// Commands the shims caught, argv as called, in order.
+    pub actions: Vec<Vec<String>>,
+    /// With [`Output::Capture`]: what the work printed.
+    #[serde(skip)]
+    pub output: Vec<u8>,
 }
-
-/// Capabilities that reach outside the sandbox, dropped in noop.
-const DROPPED_CAPS: &[caps::Capability] = {
-    use caps::Capability::*;
-    &[
-        CAP_SYS_ADMIN,
-        CAP_SYS_MODULE,
-        CAP_SYS_BOOT,
-        CAP_SYS_TIME,
-        CAP_SYS_RAWIO,
-        CAP_SYS_PTRACE,
-        CAP_NET_ADMIN,
-        CAP_MKNOD,
-        CAP_SYS_CHROOT,
-        CAP_SYS_PACCT,
-        CAP_SYS_TTY_CONFIG,
-        CAP_SYSLOG,
-        CAP_WAKE_ALARM,
-        CAP_BLOCK_SUSPEND,
-        CAP_MAC_ADMIN,
-        CAP_MAC_OVERRIDE,
-        CAP_AUDIT_CONTROL,
-        CAP_LINUX_IMMUTABLE,
-        CAP_BPF,
-        CAP_PERFMON,
-        CAP_CHECKPOINT_RESTORE,
-    ]
-};
 
 impl Sandbox {
     /// Inspects ROOT (canonical path, filesystems below it) and builds the
-    /// shim layer in the run directory.
+    /// shim layer in the run directory. `state_dir` is hidden from the
+    /// sandbox when it lies inside ROOT.
     /// On failure the run directory is removed (nothing half-made stays).
-    pub fn prepare(run: RunDir, root: &Path, noop: bool, layers: &[String]) -> Result<Sandbox> {
+    pub fn prepare(
+        run: RunDir,
+        root: &Path,
+        state_dir: &Path,
+        noop: bool,
+        layers: &[String],
+    ) -> Result<Sandbox> {
         let path = run.path.clone();
-        let prepared = Self::prepare_in(run, root, noop, layers);
+        let prepared = Self::prepare_in(run, root, state_dir, noop, layers);
         if prepared.is_err() {
             crate::run::unmount_mem(&path);
             let _ = fs::remove_dir_all(&path);
@@ -107,7 +116,13 @@ impl Sandbox {
         prepared
     }
 
-    fn prepare_in(run: RunDir, root: &Path, noop: bool, layers: &[String]) -> Result<Sandbox> {
+    fn prepare_in(
+        run: RunDir,
+        root: &Path,
+        state_dir: &Path,
+        noop: bool,
+        layers: &[String],
+    ) -> Result<Sandbox> {
         check_overlayfs()?;
         let root = fs::canonicalize(root).with_context(|| format!("root {}", root.display()))?;
         if !root.is_dir() {
@@ -120,6 +135,24 @@ impl Sandbox {
             bail!(
                 "{} modules are more than one overlay stack can hold (450)",
                 layers.len()
+            );
+        }
+        let state = fs::canonicalize(state_dir)
+            .with_context(|| format!("state dir {}", state_dir.display()))?;
+        let state_in_root = state
+            .strip_prefix(&root)
+            .ok()
+            .map(Path::to_path_buf)
+            .filter(|rel| {
+                // Under /proc, /tmp, /run… the sandbox's own mounts hide it already.
+                rel.components().next().is_some_and(|c| {
+                    !mounts::SANDBOX_DIRS.contains(&c.as_os_str().to_string_lossy().as_ref())
+                })
+            });
+        if state == root {
+            bail!(
+                "the state dir {} is the root itself; give a state dir inside or outside it",
+                state.display()
             );
         }
         let info = fs::read_to_string("/proc/self/mountinfo")
@@ -136,6 +169,8 @@ impl Sandbox {
             // The layers cannot live below a lower layer's root on the same
             // filesystem (overlayfs: "overlapping lowerdir"): keep them in a
             // private tmpfs for the run; the merge then takes the copy path.
+            // It is mounted in disco's own mount namespace, so it goes
+            // when disco does, even killed.
             let mem = run.path.join(crate::run::MEM);
             fs::DirBuilder::new().mode(0o700).create(&mem)?;
             mount(
@@ -167,6 +202,7 @@ impl Sandbox {
             mounts,
             shims,
             noop,
+            state_in_root,
         })
     }
 
@@ -181,9 +217,17 @@ impl Sandbox {
     }
 
     /// Runs `body` inside the sandbox of `layer` (1-based), in a child
-    /// process. Errors of the sandbox itself come back as `Err`; the
-    /// body's own result is in the [`Outcome`].
-    pub fn run_layer<T, F>(&self, layer: usize, binds: &[Bind], body: F) -> Result<Outcome<T>>
+    /// process that is the init of its own PID namespace: when it ends,
+    /// every process the body started ends with it. Errors of the sandbox
+    /// itself come back as `Err`; the body's own result is in the
+    /// [`Outcome`].
+    pub fn run_layer<T, F>(
+        &self,
+        layer: usize,
+        binds: &[Bind],
+        output: Output,
+        body: F,
+    ) -> Result<Outcome<T>>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
@@ -199,99 +243,134 @@ impl Sandbox {
         }
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (reader, writer) = nix::unistd::pipe2(cloexec).context("pipe")?;
+        let pipes = match output {
+            Output::Terminal => None,
+            _ => Some((
+                nix::unistd::pipe2(cloexec).context("pipe")?,
+                nix::unistd::pipe2(cloexec).context("pipe")?,
+            )),
+        };
         // SAFETY: disco is single-threaded here; the child only runs Rust
         // code of this process and ends with _exit.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(reader);
-                let code = self.child(layer, binds, writer, body);
+                let std = pipes.map(|((r1, w1), (r2, w2))| {
+                    drop((r1, r2));
+                    (w1, w2)
+                });
+                let code = self.child(layer, binds, writer, std, body);
                 // SAFETY: leaving the forked child without running the parent's destructors.
                 unsafe { libc::_exit(code) }
             }
             ForkResult::Parent { child } => {
                 drop(writer);
-                let mut buf = Vec::new();
-                let read = fs::File::from(reader).read_to_end(&mut buf);
+                let std = pipes.map(|((r1, w1), (r2, w2))| {
+                    drop((w1, w2));
+                    (r1, r2)
+                });
+                let drained = drain(reader, std, output);
                 let status = waitpid(child, None).context("waitpid")?;
-                read.context("reading the sandbox's result")?;
+                let (buf, captured) = drained.context("reading the sandbox's result")?;
                 if buf.is_empty() {
                     bail!("the sandbox ended without a result ({})", describe(status));
                 }
-                serde_json::from_slice(&buf).context("the sandbox's result is damaged")
+                let mut outcome: Outcome<T> =
+                    serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
+                outcome.output = captured;
+                Ok(outcome)
             }
         }
     }
 
-    /// In the forked child: unshare, then (noop) fork the PID namespace's
-    /// init, which builds the root and runs the body.
+    /// In the forked child: unshare, then fork the PID namespace's init,
+    /// which builds the root and runs the body.
     fn child<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
         layer: usize,
         binds: &[Bind],
         out: OwnedFd,
+        std: Option<(OwnedFd, OwnedFd)>,
         body: F,
     ) -> i32 {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-        let mut flags = CloneFlags::CLONE_NEWNS;
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
         if self.noop {
-            flags |= CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWIPC;
+            flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
         }
         if let Err(e) = unshare(flags) {
             return send::<T>(
                 &out,
                 Err(format!("cannot unshare namespaces: {}", e.desc())),
                 Vec::new(),
+                Vec::new(),
             );
-        }
-        if !self.noop {
-            return self.init(layer, binds, out, body);
         }
         // SAFETY: single-threaded, as above.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let code = self.init(layer, binds, out, body);
+                let code = self.init(layer, binds, out, std, body);
                 // SAFETY: as above.
                 unsafe { libc::_exit(code) }
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(out);
+                drop(std);
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, code)) => code,
                     _ => 1,
                 }
             }
-            Err(e) => send::<T>(&out, Err(format!("fork: {}", e.desc())), Vec::new()),
+            Err(e) => send::<T>(
+                &out,
+                Err(format!("fork: {}", e.desc())),
+                Vec::new(),
+                Vec::new(),
+            ),
         }
     }
 
-    /// Builds the root, runs the body, reports.
+    /// PID 1 of the sandbox: builds the root, shuts every way out, runs
+    /// the body, reads back the queue the shims wrote, reports.
     fn init<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
         layer: usize,
         binds: &[Bind],
         out: OwnedFd,
+        std: Option<(OwnedFd, OwnedFd)>,
         body: F,
     ) -> i32 {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-        if !self.noop {
-            // Orphans of the body's processes come to us, so none outlives the module.
-            let _ = nix::sys::prctl::set_child_subreaper(true);
-        }
-        let entered = self.enter(layer, binds).map_err(|e| format!("{e:#}"));
-        let value = entered
-            .clone()
-            .and_then(|()| body().map_err(|e| format!("{e:#}")));
-        // Only once inside is /proc this PID namespace's own.
-        let leftovers = match (self.noop, entered.is_ok()) {
-            (true, true) => leftover_processes(),
-            (false, true) => kill_orphans(),
-            _ => Vec::new(),
+        let terminal = std.is_none();
+        let entered = self
+            .enter(layer, binds)
+            .and_then(|()| {
+                if let Some((o, e)) = &std {
+                    use std::os::fd::AsRawFd;
+                    nix::unistd::dup2(o.as_raw_fd(), 1).context("dup2 stdout")?;
+                    nix::unistd::dup2(e.as_raw_fd(), 2).context("dup2 stderr")?;
+                }
+                drop(std);
+                Ok(())
+            })
+            .map_err(|e| format!("{e:#}"));
+        let out = match entered {
+            Ok(()) => match detach_and_restrict(out, terminal) {
+                Ok(fd) => fd,
+                Err((fd, e)) => return send::<T>(&fd, Err(format!("{e:#}")), vec![], vec![]),
+            },
+            Err(e) => return send::<T>(&out, Err(e), Vec::new(), Vec::new()),
         };
-        send(&out, value, leftovers)
+        let value = body().map_err(|e| format!("{e:#}"));
+        let (value, actions) = match (value, read_queue_file(Path::new(shims::QUEUE_IN_SANDBOX))) {
+            (Ok(v), Ok(a)) => (Ok(v), a),
+            (Err(e), Ok(a)) => (Err(e), a),
+            (Ok(_), Err(e)) => (Err(format!("{e:#}")), Vec::new()),
+            (Err(e), Err(_)) => (Err(e), Vec::new()),
+        };
+        send(&out, value, leftover_processes(), actions)
     }
 
     /// Mounts the root of `layer` and pivots into it.
@@ -315,12 +394,13 @@ impl Sandbox {
             layer,
             shims: &self.shims,
             merged: &merged,
+            hidden: self.state_in_root.as_deref(),
         });
         for b in binds {
             ops.push(MountOp::Bind {
                 source: b.source.clone(),
                 target: merged.join(b.inside.strip_prefix("/").unwrap_or(&b.inside)),
-                readonly: b.readonly,
+                readonly: true,
             });
         }
         for op in &ops {
@@ -339,11 +419,227 @@ impl Sandbox {
             errno,
         })?;
         nix::unistd::chdir("/").context("chdir /")?;
-        if self.noop {
-            drop_capabilities()?;
-        }
+        // The shims' queue lives in the sandbox's own /run tmpfs: disco
+        // reads it back from here, never from a host path.
+        let queue = Path::new(shims::QUEUE_IN_SANDBOX);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(queue.parent().expect("has a parent"))
+            .context("cannot create the action queue")?;
+        fs::write(queue, b"").context("cannot create the action queue")?;
         Ok(())
     }
+}
+
+/// The init's last steps before running anything: [`security::detach`]
+/// then [`security::restrict`]. Returns the result pipe (now fd 3), or it
+/// with the error.
+fn detach_and_restrict(out: OwnedFd, terminal: bool) -> Result<OwnedFd, (OwnedFd, anyhow::Error)> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // detach closes every other descriptor: hand it the raw one, take
+    // back the one it kept.
+    let raw = out.into_raw_fd();
+    // SAFETY: `raw` is ours, released above; on success detach returns
+    // the single descriptor that now holds the pipe.
+    match security::detach(raw, terminal) {
+        Ok(kept) => {
+            let out = unsafe { OwnedFd::from_raw_fd(kept) };
+            match security::restrict() {
+                Ok(()) => Ok(out),
+                Err(e) => Err((out, e)),
+            }
+        }
+        Err(e) => Err((unsafe { OwnedFd::from_raw_fd(raw) }, e)),
+    }
+}
+
+/// Reads the sandbox's result pipe to its end while copying or capturing
+/// the sandbox's stdout and stderr pipes, without threads (disco forks
+/// again for the next module).
+fn drain(
+    result: OwnedFd,
+    std: Option<(OwnedFd, OwnedFd)>,
+    output: Output,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut open: Vec<(OwnedFd, u8)> = vec![(result, 0)];
+    if let Some((o, e)) = std {
+        open.push((o, 1));
+        open.push((e, 2));
+    }
+    let (mut buf, mut captured, mut dropped) = (Vec::new(), Vec::new(), 0usize);
+    let mut chunk = vec![0u8; 64 << 10];
+    while !open.is_empty() {
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = open
+                .iter()
+                .map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll"),
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut closed = Vec::new();
+        for (i, (fd, which)) in open.iter().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            let n = match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut chunk) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                Err(e) => return Err(e).context("read"),
+            };
+            if n == 0 {
+                closed.push(i);
+                continue;
+            }
+            let bytes = &chunk[..n];
+            match (*which, output) {
+                (0, _) => {
+                    if buf.len() + n > MAX_RESULT {
+                        bail!("the sandbox's result is larger than {MAX_RESULT} bytes");
+                    }
+                    buf.extend_from_slice(bytes);
+                }
+                (_, Output::Capture) => {
+                    let room = MAX_CAPTURE.saturating_sub(captured.len()).min(n);
+                    captured.extend_from_slice(&bytes[..room]);
+                    dropped += n - room;
+                }
+                (1, _) => {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(bytes).and_then(|()| o.flush());
+                }
+                _ => {
+                    let _ = std::io::stderr().write_all(bytes);
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+    if dropped > 0 {
+        captured.extend_from_slice(
+            format!("\n[… {dropped} more bytes of output not kept]\n").as_bytes(),
+        );
+    }
+    Ok((buf, captured))
+}
+
+/// Reads the shims' queue from inside the sandbox, as untrusted data: not
+/// through a symlink, only a regular file, at most [`MAX_QUEUE`] bytes.
+fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            bail!("the action queue {} was replaced by a symbolic link; the module's deferred actions are refused", path.display())
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot open the action queue {}", path.display()))
+        }
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        let ft = meta.file_type();
+        let kind = if ft.is_fifo() {
+            "a fifo"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        bail!(
+            "the action queue {} was replaced by {kind}; the module's deferred actions are refused",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_QUEUE {
+        bail!(
+            "the action queue {} holds {} bytes, more than {MAX_QUEUE}; the module's deferred actions are refused",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_QUEUE + 1).read_to_end(&mut bytes)?;
+    Ok(parse_queue(&bytes))
+}
+
+/// Parses the shim queue: records of `argc\0argv0\0arg1\0…`; stops at the
+/// first malformed record.
+pub fn parse_queue(bytes: &[u8]) -> Vec<Vec<String>> {
+    let mut fields = bytes
+        .split(|b| *b == 0)
+        .map(|f| String::from_utf8_lossy(f).into_owned());
+    let mut out = Vec::new();
+    while let Some(count) = fields.next() {
+        let Some(n) = count.parse::<usize>().ok().filter(|n| *n < 65_536) else {
+            break;
+        };
+        let record: Vec<String> = fields.by_ref().take(n + 1).collect();
+        if record.len() != n + 1 || record[0].is_empty() {
+            break;
+        }
+        out.push(record);
+    }
+    out
+}
+
+/// The host's mount namespace, kept open once disco has left it.
+static HOST_MOUNT_NS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Moves disco into a mount namespace of its own (a slave of the host's:
+/// mounts made on the host still show, none made here leak out). Every
+/// mount of a run, the in-memory scratch included, is then gone the
+/// moment disco ends, however it ends. Call once, before any thread is
+/// started (`unshare` refuses a multi-threaded process).
+pub fn own_mount_namespace() -> Result<()> {
+    if HOST_MOUNT_NS.get().is_some() {
+        return Ok(());
+    }
+    let host = fs::File::open("/proc/self/ns/mnt")
+        .context("cannot open /proc/self/ns/mnt (disco needs /proc)")?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|errno| SandboxError::Sys {
+        what: "cannot enter a private mount namespace".into(),
+        errno,
+    })?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|errno| SandboxError::Sys {
+        what: "cannot make disco's mount namespace a slave of the host's".into(),
+        errno,
+    })?;
+    let _ = HOST_MOUNT_NS.set(OwnedFd::from(host));
+    Ok(())
+}
+
+/// The host's mount namespace, when disco has left it: what deferred
+/// actions and handlers rejoin, so a daemon they start lives on the host.
+pub fn host_mount_namespace() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    HOST_MOUNT_NS.get().map(|fd| fd.as_raw_fd())
 }
 
 /// True when `dir` is inside one of the filesystems the sandbox overlays,
@@ -359,9 +655,19 @@ fn inside_an_overlaid_filesystem(dir: &Path, root: &Path, mounts: &[Mount]) -> b
     })
 }
 
-fn send<T: Serialize>(out: &OwnedFd, value: Result<T, String>, leftovers: Vec<String>) -> i32 {
+fn send<T: Serialize>(
+    out: &OwnedFd,
+    value: Result<T, String>,
+    leftovers: Vec<String>,
+    actions: Vec<Vec<String>>,
+) -> i32 {
     let ok = value.is_ok();
-    let outcome = Outcome { value, leftovers };
+    let outcome = Outcome {
+        value,
+        leftovers,
+        actions,
+        output: Vec::new(),
+    };
     let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
     let mut file = fs::File::from(out.try_clone().expect("dup of the result pipe"));
     let written = file.write_all(&bytes).is_ok();
@@ -433,61 +739,6 @@ fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Drops [`DROPPED_CAPS`] from every set, the bounding set included, so
-/// neither this process nor anything it executes can get them back.
-fn drop_capabilities() -> Result<()> {
-    use caps::CapSet;
-    let supported = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
-    for cap in DROPPED_CAPS.iter().filter(|c| supported.contains(c)) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .map_err(|e| anyhow!("cannot drop {cap} from the bounding set: {e}"))?;
-    }
-    // One capset per set, with everything dropped at once.
-    for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
-        let mut keep =
-            caps::read(None, set).map_err(|e| anyhow!("cannot read capabilities: {e}"))?;
-        for cap in DROPPED_CAPS {
-            keep.remove(cap);
-        }
-        caps::set(None, set, &keep).map_err(|e| anyhow!("cannot drop capabilities: {e}"))?;
-    }
-    caps::clear(None, CapSet::Ambient)
-        .map_err(|e| anyhow!("cannot clear ambient capabilities: {e}"))?;
-    Ok(())
-}
-
-/// Live mode: kills what the body left running (reparented to us, the
-/// subreaper) and returns what it was.
-fn kill_orphans() -> Vec<String> {
-    let me = std::process::id();
-    let mut killed = Vec::new();
-    for _ in 0..100 {
-        let children: Vec<(u32, String)> = fs::read_dir("/proc")
-            .map(|e| {
-                e.flatten()
-                    .filter_map(|e| {
-                        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-                        let stat = fs::read_to_string(e.path().join("stat")).ok()?;
-                        let after = &stat[stat.rfind(')')? + 2..];
-                        let ppid: u32 = after.split(' ').nth(1)?.parse().ok()?;
-                        (ppid == me).then(|| (pid, describe_process(&e.path())))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if children.is_empty() {
-            break;
-        }
-        for (pid, what) in children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-            let _ = waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            killed.push(what);
-        }
-    }
-    killed.sort();
-    killed
 }
 
 fn describe_process(proc_dir: &Path) -> String {

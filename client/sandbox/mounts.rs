@@ -171,6 +171,17 @@ pub enum MountOp {
     DevTmpfs {
         target: PathBuf,
     },
+    /// An empty read-only tmpfs over a directory: it shows nothing and
+    /// takes nothing (`/proc/irq`, the state dir inside ROOT).
+    MaskDir {
+        target: PathBuf,
+    },
+    /// `/dev/null` bound read-only and `nodev` over a file: it cannot be
+    /// opened (`/proc/sysrq-trigger`, `/proc/kcore`).
+    MaskFile {
+        target: PathBuf,
+        null: PathBuf,
+    },
     /// A character device node, mode 0666.
     CharDevice {
         path: PathBuf,
@@ -216,7 +227,25 @@ pub struct RootPlan<'a> {
     /// Mount indexes that have a shim layer.
     pub shims: &'a [bool],
     pub merged: &'a Path,
+    /// A directory of ROOT to hide (the state dir, when inside ROOT).
+    pub hidden: Option<&'a Path>,
 }
+
+/// Entries of `/proc` that are the machine's, not the sandbox's: bound
+/// read-only over themselves (ReadonlyInPlace) or masked.
+const PROC_READONLY: &[&str] = &["sys", "bus", "fs", "pressure"];
+const PROC_MASKED_DIRS: &[&str] = &["irq", "acpi", "scsi", "asound"];
+const PROC_MASKED_FILES: &[&str] = &[
+    "sysrq-trigger",
+    "kcore",
+    "keys",
+    "key-users",
+    "kmsg",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "mtrr",
+];
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
 /// Device nodes made in the sandbox's `/dev`: name, major, minor.
@@ -251,14 +280,11 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
         });
     }
     let at = |p: &str| plan.merged.join(p);
-    ops.push(MountOp::Proc { target: at("proc") });
-    ops.push(MountOp::ReadonlyInPlace {
-        target: at("proc/sys"),
-    });
-    ops.push(MountOp::ReadonlyInPlace {
-        target: at("proc/sysrq-trigger"),
-    });
-    ops.push(MountOp::SysfsReadonly { target: at("sys") });
+    if let Some(hidden) = plan.hidden {
+        ops.push(MountOp::MaskDir {
+            target: plan.merged.join(hidden),
+        });
+    }
     ops.push(MountOp::DevTmpfs { target: at("dev") });
     for (node, major, minor) in DEV_NODES {
         // mknod is far cheaper than a bind mount per node.
@@ -296,6 +322,24 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
             link: at("dev").join(name),
         });
     }
+    ops.push(MountOp::Proc { target: at("proc") });
+    for name in PROC_READONLY {
+        ops.push(MountOp::ReadonlyInPlace {
+            target: at("proc").join(name),
+        });
+    }
+    for name in PROC_MASKED_DIRS {
+        ops.push(MountOp::MaskDir {
+            target: at("proc").join(name),
+        });
+    }
+    for name in PROC_MASKED_FILES {
+        ops.push(MountOp::MaskFile {
+            target: at("proc").join(name),
+            null: at("dev/null"),
+        });
+    }
+    ops.push(MountOp::SysfsReadonly { target: at("sys") });
     ops.push(MountOp::Tmpfs {
         target: at("tmp"),
         options: "mode=1777".into(),
@@ -368,11 +412,13 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             work,
         } => {
             let opts = overlay_options(lowers, upper, work);
+            // No device node or set-id bit of ROOT works in the sandbox:
+            // devices only through its own /dev.
             mount(
                 Some("overlay"),
                 target,
                 Some("overlay"),
-                MsFlags::empty(),
+                nosuid_nodev,
                 Some(opts.as_str()),
             )
             .map_err(|e| mount_err(target, "overlay", "overlay", e))
@@ -462,6 +508,28 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             Some("mode=755,size=64k"),
         )
         .map_err(|e| mount_err(target, "tmpfs", "tmpfs", e)),
+        MountOp::MaskDir { target } => {
+            if !fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+                return Ok(()); // not on this kernel or in this root: nothing to hide
+            }
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                Some("size=0,mode=755"),
+            )
+            .map_err(|e| mount_err(target, "tmpfs", "tmpfs (read-only mask)", e))
+        }
+        MountOp::MaskFile { target, null } => {
+            if fs::symlink_metadata(target).is_err() {
+                return Ok(());
+            }
+            let src = null.display().to_string();
+            mount(Some(null.as_path()), target, NONE, MsFlags::MS_BIND, NONE)
+                .map_err(|e| mount_err(target, &src, "bind", e))?;
+            remount_readonly(target, &src)
+        }
         MountOp::CharDevice { path, major, minor } => {
             use nix::sys::stat::{makedev, mknod, Mode, SFlag};
             mknod(
@@ -552,6 +620,7 @@ mod tests {
             layer: 3,
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
+            hidden: Some(Path::new("var/lib/disco")),
         });
         let MountOp::Overlay {
             target,
@@ -581,6 +650,27 @@ mod tests {
         assert!(ops.contains(&MountOp::SysfsReadonly {
             target: "/s/run/R/merged/sys".into()
         }));
+        // The state dir is masked right after the overlays, before /dev and /proc.
+        assert_eq!(
+            ops[3],
+            MountOp::MaskDir {
+                target: "/s/run/R/merged/var/lib/disco".into()
+            }
+        );
+        assert!(ops.contains(&MountOp::MaskDir {
+            target: "/s/run/R/merged/proc/irq".into()
+        }));
+        assert!(ops.contains(&MountOp::MaskFile {
+            target: "/s/run/R/merged/proc/sysrq-trigger".into(),
+            null: "/s/run/R/merged/dev/null".into()
+        }));
+        let dev = ops
+            .iter()
+            .position(|o| matches!(o, MountOp::DevTmpfs { .. }));
+        let mask = ops
+            .iter()
+            .position(|o| matches!(o, MountOp::MaskFile { .. }));
+        assert!(dev < mask, "/dev/null exists before it masks /proc files");
         assert_eq!(
             overlay_options(&[PathBuf::from("u/1-0"), PathBuf::from("/r")], Path::new("u/2-0"), Path::new("w/2-0")),
             "lowerdir=u/1-0:/r,upperdir=u/2-0,workdir=w/2-0,metacopy=off,redirect_dir=off,index=off,xino=off,volatile"
@@ -599,6 +689,7 @@ mod tests {
             layer: 1,
             shims: &[false],
             merged: Path::new("/m"),
+            hidden: None,
         });
         let MountOp::Overlay { lowers, .. } = &ops[0] else {
             panic!()
