@@ -547,3 +547,44 @@ fn state_dir_inside_the_root_keeps_layers_in_memory_and_merges() {
     );
     assert!(!r.path.join("etc/from-b").exists());
 }
+
+#[test]
+fn a_merge_from_memory_killed_half_way_is_rolled_back() {
+    // The state dir inside ROOT: the layers are in a tmpfs of disco's own
+    // mount namespace, gone with a killed disco. The next run rolls back.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let state = r.path.join("var/lib/disco");
+    two_hundred(&f, &r);
+    let before = snapshot_no_mtimes(&r.path.join("srv"));
+    let disco = || {
+        let mut c = f.disco_with_state(&state);
+        c.arg("--server").arg(f.server()).arg("--root").arg(&r.path);
+        c
+    };
+    let (code, _, err) = run(disco()
+        .env("DISCO_FAILPOINT", "merge-after:120")
+        .args(["--node", "n", "dance"]));
+    assert_ne!(code, 0, "the failpoint must abort: {err}");
+    assert!(state.join("merging").exists());
+    assert_ne!(
+        snapshot_no_mtimes(&r.path.join("srv")),
+        before,
+        "half merged"
+    );
+    assert!(common::root::host_mounts_with("disco-scratch").is_empty());
+    // `disco undo` finishes what is pending first: here, the roll-back.
+    let (_, _, err) = run(disco().arg("undo"));
+    assert!(
+        err.contains("its in-memory layers are gone (disco was killed or the machine restarted): rolling back what it merged"),
+        "{err}"
+    );
+    assert!(err.contains("entries restored"), "{err}");
+    assert_eq!(snapshot_no_mtimes(&r.path.join("srv")), before);
+    assert!(!state.join("merging").exists());
+    // And the next dance applies the whole run.
+    let (code, _, err) = run(disco().args(["--node", "n", "dance"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.read("srv/new/f099").as_deref(), Some("created 99\n"));
+}
