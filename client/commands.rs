@@ -3,6 +3,7 @@
 //! Kept short on purpose: the work lives in the stage modules.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::io::{self, Read, Write};
 
 use anyhow::{bail, Context, Result};
@@ -261,6 +262,14 @@ fn diff(config: &Config, run: Option<&str>) -> Result<i32> {
 /// The dance lock of this state dir (see [`crate::cron`]).
 pub fn take_lock(config: &Config, no_wait: bool) -> Result<crate::cron::Lock> {
     crate::cron::lock(&crate::cron::lock_path(&config.state_dir.value), no_wait)
+}
+
+/// The lock of the root a dance or undo writes, whatever its state dir:
+/// two state dirs on one root must not merge at once.
+pub fn take_root_lock(config: &Config, no_wait: bool) -> Result<crate::cron::Lock> {
+    let root = &config.root.value;
+    let meta = fs::metadata(root).with_context(|| format!("root {}", root.display()))?;
+    crate::cron::lock(&crate::cron::root_lock_path(&meta), no_wait)
 }
 
 /// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.

@@ -166,7 +166,8 @@ impl Config {
             c.node
                 .set(Name::parse(v, "env DISCO_NODE")?, Source::Env("DISCO_NODE"));
         }
-        if let Some(v) = env.get("NOOP") {
+        // An empty NOOP is an unset one: it never turns the config's `noop = true` off.
+        if let Some(v) = env.get("NOOP").filter(|v| !v.trim().is_empty()) {
             c.noop.set(parse_noop(v)?, Source::Env("NOOP"));
         }
 
@@ -185,6 +186,14 @@ impl Config {
         }
         if flags.noop {
             c.noop.set(true, Source::Flag("--noop"));
+        }
+        // Relative paths mean the directory disco was started in: the
+        // sandbox changes directory before it uses them.
+        for p in [&mut c.state_dir.value, &mut c.root.value] {
+            if p.is_relative() {
+                *p = std::path::absolute(&*p)
+                    .with_context(|| format!("cannot make {} absolute", p.display()))?;
+            }
         }
         Ok(c)
     }
@@ -359,7 +368,8 @@ fn dropins(main: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `NOOP`: `true`/`1`/`yes` → noop; `false`/`0`/`no`/empty → not.
+/// `NOOP`: `true`/`1`/`yes` → noop; `false`/`0`/`no` → not (an empty
+/// value is treated as unset by the caller).
 pub fn parse_noop(v: &str) -> Result<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
@@ -447,6 +457,28 @@ mod tests {
         assert!(
             err.starts_with(&format!("{}:1: unknown field", main.display())),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_noop_is_unset_and_relative_paths_are_made_absolute() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("disco.toml");
+        fs::write(&main, "noop = true\n").unwrap();
+        let flags = Flags {
+            config: Some(main),
+            state_dir: Some("rel/state".into()),
+            ..Flags::default()
+        };
+        for empty in ["", " "] {
+            let c = Config::load(&flags, &env(&[("NOOP", empty)])).unwrap();
+            assert!(c.noop.value, "NOOP={empty:?} must not turn noop off");
+        }
+        let c = Config::load(&flags, &env(&[("NOOP", "0")])).unwrap();
+        assert!(!c.noop.value);
+        assert_eq!(
+            c.state_dir.value,
+            std::env::current_dir().unwrap().join("rel/state")
         );
     }
 

@@ -40,6 +40,17 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
     }
 }
 
+/// The lock of one root, keyed by its device and inode (the same root
+/// under two paths is one lock): `/run/disco/root-DEV-INO.lock`.
+pub fn root_lock_path(root: &fs::Metadata) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    PathBuf::from(format!(
+        "/run/disco/root-{:x}-{}.lock",
+        root.dev(),
+        root.ino()
+    ))
+}
+
 /// Takes the lock; waits (saying so once) unless `no_wait`.
 pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
     if let Some(dir) = path.parent() {

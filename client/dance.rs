@@ -62,21 +62,34 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Finishes a merge a crash interrupted (and runs what it had pending).
-fn finish_interrupted(config: &Config) -> Result<()> {
-    if let Some((run, _)) = merge::recover(&config.state_dir.value)? {
-        if let Some(pending) = actions::Pending::load(&run.path)? {
-            let (_, ok) = actions::run(&pending)?;
-            if !ok {
-                output::warning(&format!(
-                    "a deferred action or handler of run {} failed; its files stay merged",
-                    run.id
-                ));
-            }
-        }
-        run.remove()?;
+/// Finishes an undo or a merge a crash interrupted (and runs what the
+/// merge had pending). True when that undid a run: an interrupted undo
+/// finished, or a merge whose in-memory layers were lost rolled back.
+fn finish_interrupted(config: &Config) -> Result<bool> {
+    if let Some(lines) = merge::finish_interrupted_undo(&config.state_dir.value)? {
+        output::info(&format!(
+            "finished the interrupted undo: {} more entries restored",
+            lines.len()
+        ));
+        return Ok(true);
     }
-    Ok(())
+    match merge::recover(&config.state_dir.value)? {
+        merge::Recovered::Nothing => Ok(false),
+        merge::Recovered::RolledBack => Ok(true),
+        merge::Recovered::Finished(run, _) => {
+            if let Some(pending) = actions::Pending::load(&run.path)? {
+                let (_, ok) = actions::run(&pending)?;
+                if !ok {
+                    output::warning(&format!(
+                        "a deferred action or handler of run {} failed; its files stay merged",
+                        run.id
+                    ));
+                }
+            }
+            run.remove()?;
+            Ok(false)
+        }
+    }
 }
 
 /// Runs a dance; returns the exit code.
@@ -89,6 +102,7 @@ pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
     crate::cron::splay(opts.splay, opts.splay_always);
     let state = &config.state_dir.value;
     let _lock = crate::commands::take_lock(config, opts.no_wait)?;
+    let _root_lock = crate::commands::take_root_lock(config, opts.no_wait)?;
     if opts.if_changed && unchanged_since_last(config, opts)? {
         return Ok(0);
     }
@@ -409,8 +423,16 @@ fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
 pub fn undo(config: &Config) -> Result<i32> {
     require_root("disco undo")?;
     let _lock = crate::commands::take_lock(config, false)?;
-    finish_interrupted(config)?;
-    let lines = merge::undo(&config.state_dir.value, &config.root.value)?;
+    let _root_lock = crate::commands::take_root_lock(config, false)?;
+    if finish_interrupted(config)? {
+        // That was the last run's undo already.
+        return Ok(0);
+    }
+    let lines = merge::undo(
+        &config.state_dir.value,
+        &config.root.value,
+        Failpoint::from_env()?,
+    )?;
     for l in &lines {
         output::info(l);
     }

@@ -68,3 +68,82 @@ pub fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
         }
     }
 }
+
+/// A path as one printable line, losslessly: bytes that are not UTF-8
+/// and control characters as `\xNN`, a backslash as `\\`. Reports and
+/// messages show every file name a Linux filesystem allows this way.
+pub fn shown(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Serde for paths as they are on disk: a JSON string when the path is
+/// UTF-8, else its bytes as an array of numbers. Journals use it, so any
+/// name a Linux filesystem allows survives a crash and an undo.
+pub mod path_bytes {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match p.to_str() {
+            Some(t) => s.serialize_str(t),
+            None => s.collect_seq(p.as_os_str().as_bytes()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(t) => PathBuf::from(t),
+            Repr::Bytes(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn any_name_is_shown_on_one_line_and_kept_by_the_journal() {
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"/srv/caf\xe9/a\nb\\c"));
+        assert_eq!(shown(p), "/srv/caf\\xe9/a\\x0ab\\\\c");
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct J {
+            #[serde(with = "path_bytes")]
+            p: std::path::PathBuf,
+        }
+        let text = serde_json::to_string(&J { p: p.into() }).unwrap();
+        let back: J = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.p, p);
+        let plain = serde_json::to_string(&J { p: "/etc/x".into() }).unwrap();
+        assert_eq!(plain, r#"{"p":"/etc/x"}"#);
+    }
+}

@@ -6,6 +6,7 @@
 //! [`params`].
 
 pub mod actions;
+pub mod anchor;
 pub mod cli;
 pub mod commands;
 pub mod config;

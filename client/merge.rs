@@ -44,11 +44,19 @@ fn backup_root(state_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Undo {
     /// The dance created `path`: undo removes it.
-    Remove { path: PathBuf },
+    Remove {
+        #[serde(with = "crate::fsutil::path_bytes")]
+        path: PathBuf,
+    },
     /// The dance replaced or deleted `path`; its old version is backup `seq`.
-    Restore { path: PathBuf, seq: u64 },
+    Restore {
+        #[serde(with = "crate::fsutil::path_bytes")]
+        path: PathBuf,
+        seq: u64,
+    },
     /// The dance changed a directory's attributes: undo sets them back.
     Attrs {
+        #[serde(with = "crate::fsutil::path_bytes")]
         path: PathBuf,
         mode: u32,
         uid: u32,
@@ -68,24 +76,35 @@ pub struct Merged {
     pub changed: Vec<BTreeSet<PathBuf>>,
 }
 
-/// Options from the environment: the test failpoint.
+/// Options from the environment: the crash tests' failpoints.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Failpoint {
     /// `DISCO_FAILPOINT=merge-after:N`: abort() after N applied entries.
     pub abort_after: Option<usize>,
+    /// `DISCO_FAILPOINT=undo-after:N`: abort() after N renames or unlinks
+    /// of an undo.
+    pub undo_abort_after: Option<usize>,
 }
 
 impl Failpoint {
     pub fn from_env() -> Result<Failpoint> {
         match std::env::var("DISCO_FAILPOINT") {
             Ok(v) if !v.is_empty() => {
-                let n = v
-                    .strip_prefix("merge-after:")
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("DISCO_FAILPOINT={v:?}: expected merge-after:N"))?;
-                Ok(Failpoint {
-                    abort_after: Some(n),
-                })
+                let bad =
+                    || format!("DISCO_FAILPOINT={v:?}: expected merge-after:N or undo-after:N");
+                let (what, n) = v.split_once(':').with_context(bad)?;
+                let n: usize = n.parse().ok().with_context(bad)?;
+                match what {
+                    "merge-after" => Ok(Failpoint {
+                        abort_after: Some(n),
+                        ..Failpoint::default()
+                    }),
+                    "undo-after" => Ok(Failpoint {
+                        undo_abort_after: Some(n),
+                        ..Failpoint::default()
+                    }),
+                    _ => bail!(bad()),
+                }
             }
             _ => Ok(Failpoint::default()),
         }
@@ -616,13 +635,24 @@ fn sync_fs(path: &Path) -> Result<()> {
         .with_context(|| format!("syncfs {}", path.display()))
 }
 
-/// Finishes a merge that a crash interrupted, if `STATE/merging` says so.
-/// Returns the run id it finished.
-pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
+/// What [`recover`] found and did.
+#[derive(Debug)]
+pub enum Recovered {
+    /// No merge was interrupted.
+    Nothing,
+    /// The interrupted merge is finished now.
+    Finished(RunDir, Merged),
+    /// Its in-memory layers were gone: what it merged was rolled back.
+    RolledBack,
+}
+
+/// Finishes a merge that a crash interrupted, if `STATE/merging` says so,
+/// or rolls it back when its in-memory layers are gone.
+pub fn recover(state_dir: &Path) -> Result<Recovered> {
     let marker = marker(state_dir);
     let id = match fs::read_to_string(&marker) {
         Ok(id) => id.trim().to_string(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovered::Nothing),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", marker.display())),
     };
     crate::names::Name::parse(&id, marker.display())?;
@@ -648,7 +678,7 @@ pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
         ));
         let backup = backup_root(state_dir).join(&id);
         if backup.join("journal").is_file() {
-            let lines = undo_backup(&backup, &layout.root)?;
+            let lines = undo_backup(&backup, &layout.root, Failpoint::default())?;
             output::info(&format!(
                 "rolled back the interrupted merge of run {id}: {} entries restored",
                 lines.len()
@@ -657,7 +687,7 @@ pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
         fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
         sync_dir(state_dir)?;
         let _ = run.remove();
-        return Ok(None);
+        return Ok(Recovered::RolledBack);
     }
     output::warning(&format!(
         "a merge of run {id} was interrupted; finishing it first"
@@ -667,7 +697,7 @@ pub fn recover(state_dir: &Path) -> Result<Option<(RunDir, Merged)>> {
         "finished the interrupted merge of run {id}: {} more entries applied",
         merged.applied
     ));
-    Ok(Some((run, merged)))
+    Ok(Recovered::Finished(run, merged))
 }
 
 /// Keeps the newest `keep` backup directories.
@@ -692,7 +722,7 @@ pub fn prune_backups(state_dir: &Path, keep: usize) -> Result<()> {
 
 /// `disco undo`: restores ROOT as it was before the last merged dance.
 /// Returns the lines it reports.
-pub fn undo(state_dir: &Path, root: &Path) -> Result<Vec<String>> {
+pub fn undo(state_dir: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
     let dir = backup_root(state_dir);
     let mut runs: Vec<PathBuf> = fs::read_dir(&dir)
         .map(|e| {
@@ -709,19 +739,150 @@ pub fn undo(state_dir: &Path, root: &Path) -> Result<Vec<String>> {
             dir.display()
         );
     };
-    undo_backup(&last, root)
+    undo_backup(&last, root, failpoint)
+}
+
+/// Finishes an undo that a crash interrupted (its progress log is there),
+/// before anything else touches the root. Returns its lines.
+pub fn finish_interrupted_undo(state_dir: &Path) -> Result<Option<Vec<String>>> {
+    let Ok(entries) = fs::read_dir(backup_root(state_dir)) else {
+        return Ok(None);
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(UNDO_LOG).is_file() && p.join("journal").is_file())
+        .collect();
+    runs.sort();
+    let Some(run) = runs.pop() else {
+        return Ok(None);
+    };
+    let root = fs::read(run.join("root"))
+        .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+        .with_context(|| {
+            format!(
+                "{}: the root of the interrupted undo is unknown",
+                run.display()
+            )
+        })?;
+    output::warning(&format!(
+        "an undo of run {} was interrupted; finishing it first",
+        run.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    undo_backup(&run, &root, Failpoint::default()).map(Some)
+}
+
+/// The progress log of an undo, `BACKUP/undo.log`: `begin I INO` before
+/// record I swaps anything (INO: the live entry's inode then, or `-`),
+/// `done I` after. A resumed undo skips what is done and tells, for the
+/// record it was in, whether the swap happened by the live inode.
+const UNDO_LOG: &str = "undo.log";
+
+struct Progress {
+    file: fs::File,
+    done: BTreeSet<usize>,
+    begun: std::collections::BTreeMap<usize, Option<u64>>,
+    ops: usize,
+    abort_after: Option<usize>,
+}
+
+impl Progress {
+    fn open(dir: &Path, abort_after: Option<usize>) -> Result<Progress> {
+        let path = dir.join(UNDO_LOG);
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let (mut done, mut begun) = (BTreeSet::new(), std::collections::BTreeMap::new());
+        // Only complete lines count: a crash can tear the last one.
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["done", i] => {
+                    if let Ok(i) = i.parse() {
+                        done.insert(i);
+                    }
+                }
+                ["begin", i, ino] => {
+                    if let Ok(i) = i.parse() {
+                        begun.insert(i, ino.parse().ok());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if text.len() != text.rfind('\n').map_or(0, |i| i + 1) {
+            file.set_len(text.rfind('\n').map_or(0, |i| i + 1) as u64)?;
+        }
+        Ok(Progress {
+            file,
+            done,
+            begun,
+            ops: 0,
+            abort_after,
+        })
+    }
+
+    fn log(&mut self, line: String) -> Result<()> {
+        self.file.write_all(line.as_bytes())?;
+        self.file.sync_data().context("cannot sync the undo log")
+    }
+
+    fn begin(&mut self, i: usize, ino: Option<u64>) -> Result<()> {
+        let ino = ino.map_or("-".to_string(), |n| n.to_string());
+        self.log(format!("begin {i} {ino}\n"))
+    }
+
+    fn done(&mut self, i: usize) -> Result<()> {
+        self.done.insert(i);
+        self.log(format!("done {i}\n"))
+    }
+
+    /// Counts a rename or unlink; honours the failpoint.
+    fn op(&mut self) {
+        self.ops += 1;
+        if self.abort_after == Some(self.ops) {
+            output::error(&format!(
+                "DISCO_FAILPOINT: aborting the undo after {} operations",
+                self.ops
+            ));
+            std::process::abort();
+        }
+    }
+}
+
+fn ino(p: &Path) -> Option<u64> {
+    fs::symlink_metadata(p).ok().map(|m| m.ino())
+}
+
+/// Removes a file, symlink or whole directory; absent is fine.
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: swaps two entries atomically.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    nix::fcntl::renameat2(None, a, None, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+        .map_err(io::Error::from)
 }
 
 /// Restores ROOT from one run's backup directory (its journal, newest
-/// record first); marks the journal undone.
-fn undo_backup(last: &Path, root: &Path) -> Result<Vec<String>> {
+/// record first), resumably; marks the journal undone at the end.
+fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
     let id = last
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     if let Ok(merged_root) = fs::read(last.join("root")) {
         let merged_root = PathBuf::from(std::ffi::OsString::from_vec(merged_root));
-        let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         if merged_root != root {
             bail!(
                 "the last merged dance (run {id}) changed {}, not {}: give --root {}",
@@ -732,81 +893,152 @@ fn undo_backup(last: &Path, root: &Path) -> Result<Vec<String>> {
         }
     }
     let text = fs::read_to_string(last.join("journal"))?;
+    // A torn last record (a crash while journaling) was never applied.
     let records: Vec<Undo> = text
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{} is damaged", last.join("journal").display()))?;
+    let mut progress = Progress::open(last, failpoint.undo_abort_after)?;
     let mut said = Vec::new();
-    let live = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-    for rec in records.iter().rev() {
-        match rec {
-            Undo::Remove { path } => {
-                let l = live(path);
-                match fs::symlink_metadata(&l) {
-                    Ok(m) if m.is_dir() => fs::remove_dir_all(&l)?,
-                    Ok(_) => fs::remove_file(&l)?,
-                    Err(_) => continue,
-                }
-                said.push(format!("removed {} (created by run {id})", path.display()));
-            }
-            Undo::Restore { path, seq } => {
-                let b = last.join("b").join(seq.to_string());
-                if fs::symlink_metadata(&b).is_err() {
-                    continue; // recorded, then interrupted before the backup was made
-                }
-                let l = live(path);
-                let tmp = l.with_file_name(format!(
-                    ".{}.disco-undo",
-                    l.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
+    for (i, rec) in records.iter().enumerate().rev() {
+        if progress.done.contains(&i) {
+            continue;
+        }
+        let path = match rec {
+            Undo::Remove { path } | Undo::Restore { path, .. } | Undo::Attrs { path, .. } => path,
+        };
+        let shown = crate::fsutil::shown(path);
+        // The entry's directory, as the dance left it: no symlink on the way.
+        let (dir, name) = match crate::anchor::Anchor::parent_of(&root, path) {
+            Some((Ok(dir), name)) => (dir, Some(name)),
+            Some((Err(e), _)) => {
+                output::warning(&format!(
+                    "undo: skipped {shown}: its directory is not the one the dance left ({})",
+                    crate::anchor::why(&e)
                 ));
-                let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
-                // Put the old version beside the target, then swap it in by rename.
-                match fs::rename(&b, &tmp) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_tree(&b, &tmp)?,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot restore {}", path.display()))
+                progress.done(i)?;
+                continue;
+            }
+            None => match crate::anchor::Anchor::open(&root, Path::new("/")) {
+                Ok(dir) => (dir, None),
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", root.display())),
+            },
+        };
+        let live = name.map_or_else(|| dir.path(), |n| dir.join(n));
+        match rec {
+            Undo::Remove { .. } => {
+                if fs::symlink_metadata(&live).is_ok() {
+                    remove_any(&live).with_context(|| format!("cannot remove {shown}"))?;
+                    progress.op();
+                    said.push(format!("removed {shown} (created by run {id})"));
+                }
+            }
+            Undo::Restore { seq, .. } => {
+                let b = last.join("b").join(seq.to_string());
+                let tmp = name.map(|n| {
+                    let mut t = std::ffi::OsString::from(".");
+                    t.push(n);
+                    t.push(".disco-undo");
+                    dir.join(&t)
+                });
+                let now = ino(&live);
+                if let Some(before) = progress.begun.get(&i).copied() {
+                    // Resumed inside this record: did its swap happen?
+                    let swapped = match before {
+                        None => now.is_some(),
+                        Some(x) => now.is_some_and(|n| n != x),
+                    };
+                    if swapped {
+                        // What the swap moved aside is the dance's version.
+                        if let (Some(x), Some(bi)) = (before, ino(&b)) {
+                            if x == bi {
+                                remove_any(&b)?;
+                            }
+                        }
+                        if let Some(t) = &tmp {
+                            remove_any(t)?;
+                        }
+                        said.push(format!("restored {shown}"));
+                        progress.done(i)?;
+                        continue;
                     }
                 }
-                let is_dir_now = fs::symlink_metadata(&l)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
-                let tmp_is_dir = fs::symlink_metadata(&tmp)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
-                if is_dir_now || tmp_is_dir {
-                    let _ = fs::remove_dir_all(&l).or_else(|_| fs::remove_file(&l));
+                let Some(b_ino) = ino(&b) else {
+                    // Recorded, then interrupted before the backup was made.
+                    progress.done(i)?;
+                    continue;
+                };
+                if now == Some(b_ino) {
+                    // The backup is a hard link of what is live: nothing to put back.
+                    remove_any(&b)?;
+                    progress.done(i)?;
+                    continue;
                 }
-                fs::rename(&tmp, &l)
-                    .with_context(|| format!("cannot restore {}", path.display()))?;
-                said.push(format!("restored {}", path.display()));
+                progress.begin(i, now)?;
+                let swapped = match exchange_or_rename(&b, &live, now.is_some()) {
+                    Ok(()) => {
+                        progress.op();
+                        // After an exchange the backup's name holds the dance's version.
+                        remove_any(&b)?;
+                        Ok(())
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        // The backup is on another filesystem: copy it
+                        // beside the target first, complete, then swap.
+                        let t = tmp.as_ref().context("the root itself has no backup")?;
+                        remove_any(t)?;
+                        copy_tree(&b, t)?;
+                        exchange_or_rename(t, &live, now.is_some())?;
+                        progress.op();
+                        remove_any(t)?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                swapped.with_context(|| format!("cannot restore {shown}"))?;
+                sync_dir(&dir.path())?;
+                said.push(format!("restored {shown}"));
             }
             Undo::Attrs {
-                path,
                 mode,
                 uid,
                 gid,
                 xattrs: old,
+                ..
             } => {
-                let l = live(path);
-                std::os::unix::fs::lchown(&l, Some(*uid), Some(*gid))?;
-                fs::set_permissions(&l, fs::Permissions::from_mode(*mode))?;
-                for (k, _) in xattrs(&l) {
+                std::os::unix::fs::lchown(&live, Some(*uid), Some(*gid))
+                    .with_context(|| format!("cannot chown {shown}"))?;
+                fs::set_permissions(&live, fs::Permissions::from_mode(*mode))
+                    .with_context(|| format!("cannot chmod {shown}"))?;
+                for (k, _) in xattrs(&live) {
                     if !old.iter().any(|(n, _)| *n == k) {
-                        let _ = xattr::remove(&l, &k);
+                        let _ = xattr::remove(&live, &k);
                     }
                 }
                 for (k, v) in old {
-                    let _ = xattr::set(&l, k, v);
+                    let _ = xattr::set(&live, k, v);
                 }
-                said.push(format!("restored mode/owner of {}", path.display()));
+                said.push(format!("restored mode/owner of {shown}"));
             }
         }
+        progress.done(i)?;
     }
+    sync_fs(&root)?;
     fs::rename(last.join("journal"), last.join("journal.undone"))?;
+    let _ = fs::remove_file(last.join(UNDO_LOG));
+    sync_dir(last)?;
     said.reverse();
     Ok(said)
+}
+
+/// Puts `from` at `to`: swapped in atomically when `to` exists (so `to`
+/// is always either its old or its new version), renamed otherwise.
+fn exchange_or_rename(from: &Path, to: &Path, to_exists: bool) -> io::Result<()> {
+    if to_exists {
+        exchange(from, to)
+    } else {
+        fs::rename(from, to)
+    }
 }
