@@ -295,6 +295,7 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
 
     let changes = report.changes().count();
     let failed_before_merge = report.error.is_some();
+    let mut failed_merge = false;
     let code = if failed_before_merge {
         if crate::run::is_mount_point(&sandbox.run.path.join(crate::run::MEM)) {
             // In-memory layers are not kept: they would pin RAM until pruned.
@@ -327,39 +328,63 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
             mounts: sandbox.mounts.clone(),
         };
         let meter = crate::report::Meter::start();
-        let merged = merge::merge(state, &sandbox.run, &layout, failpoint)?;
+        let merged = merge::merge(state, &sandbox.run, &layout, failpoint);
         let merge_step = meter.step("merge");
         let took = merge_step.figures.time_real * 1e3;
         report.stages.push(merge_step);
-        merge::prune_backups(state, config.keep_backups.value)?;
-        if merged.applied > 0 {
-            output::info(&format!(
-                "merged {} change(s) onto {} in {took:.1} ms",
-                merged.applied,
-                sandbox.root.display()
-            ));
-        }
-        let (steps, ok) = actions::run(&pending)?;
-        report.actions = steps;
-        if ok {
-            output::info(&format!(
-                "{changes} change(s) in {} module(s)",
-                report.modules.len()
-            ));
-            if changes > 0 && opts.detailed_exitcodes {
-                2
-            } else {
-                0
+        match merged {
+            Err(e) => {
+                // Disk full, a read-only root…: put back what was merged.
+                let mut msg = format!("the merge failed: {e:#}");
+                match merge::roll_back(state, &sandbox.run.id, &sandbox.root) {
+                    Ok(n) => msg.push_str(&format!(
+                        "; rolled back ({n} entries restored): the root is as it was before this run"
+                    )),
+                    Err(e) => msg.push_str(&format!(
+                        "; rolling back failed too ({e:#}): the next dance or `disco undo` finishes it"
+                    )),
+                }
+                output::error(&msg);
+                report.error = Some(msg);
+                failed_merge = true;
+                if opts.detailed_exitcodes {
+                    4
+                } else {
+                    1
+                }
             }
-        } else {
-            let msg =
-                "a deferred action or handler failed; the merged files stay merged".to_string();
-            output::error(&msg);
-            report.error = Some(msg);
-            if opts.detailed_exitcodes {
-                4
-            } else {
-                1
+            Ok(merged) => {
+                merge::prune_backups(state, config.keep_backups.value)?;
+                if merged.applied > 0 {
+                    output::info(&format!(
+                        "merged {} change(s) onto {} in {took:.1} ms",
+                        merged.applied,
+                        sandbox.root.display()
+                    ));
+                }
+                let (steps, ok) = actions::run(&pending)?;
+                report.actions = steps;
+                if ok {
+                    output::info(&format!(
+                        "{changes} change(s) in {} module(s)",
+                        report.modules.len()
+                    ));
+                    if changes > 0 && opts.detailed_exitcodes {
+                        2
+                    } else {
+                        0
+                    }
+                } else {
+                    let msg = "a deferred action or handler failed; the merged files stay merged"
+                        .to_string();
+                    output::error(&msg);
+                    report.error = Some(msg);
+                    if opts.detailed_exitcodes {
+                        4
+                    } else {
+                        1
+                    }
+                }
             }
         }
     };
@@ -380,7 +405,10 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
     if config.report_upload.value {
         upload(config, &report);
     }
-    if !failed_before_merge {
+    // A failed merge that could not be rolled back keeps its layers: the
+    // next run finishes it.
+    let pending_merge = failed_merge && merge::marker(state).exists();
+    if !failed_before_merge && !pending_merge {
         if opts.keep {
             output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
         } else {

@@ -100,7 +100,7 @@ impl Differ<'_> {
 
     fn abs(&self, k: usize, rel: &Path) -> String {
         let p = Path::new("/").join(&self.mounts[k].rel).join(rel);
-        let s = p.display().to_string();
+        let s = crate::fsutil::shown(&p);
         if s.len() > 1 {
             s.trim_end_matches('/').to_string()
         } else {
@@ -246,7 +246,7 @@ impl Differ<'_> {
             None
         };
         let target = if m.file_type().is_symlink() {
-            Some(fs::read_link(path)?.display().to_string())
+            Some(crate::fsutil::shown(&fs::read_link(path)?))
         } else {
             None
         };
@@ -271,6 +271,7 @@ impl Differ<'_> {
             md5,
             target,
             selinux,
+            caps: crate::fsutil::file_caps(path),
             size: if m.is_file() { m.len() } else { 0 },
         })
     }

@@ -69,6 +69,60 @@ pub fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
     }
 }
 
+/// The file capabilities of `path` (`security.capability`) as `getcap`
+/// prints them: `cap_net_bind_service=ep`, caps with the same flags
+/// joined by commas.
+pub fn file_caps(path: &Path) -> Option<String> {
+    let raw = xattr::get(path, "security.capability").ok().flatten()?;
+    let word = |i: usize| -> Option<u32> {
+        raw.get(i * 4..i * 4 + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let magic = word(0)?;
+    let effective = magic & 1 != 0;
+    let pairs = match magic & 0xff00_0000 {
+        0x0100_0000 => 1,
+        0x0200_0000 | 0x0300_0000 => 2,
+        _ => return Some(format!("unknown format {magic:#x}")),
+    };
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pair in 0..pairs {
+        let (perm, inh) = (word(1 + pair * 2)?, word(2 + pair * 2)?);
+        for bit in 0..32 {
+            let (p, i) = (perm >> bit & 1 != 0, inh >> bit & 1 != 0);
+            if !p && !i {
+                continue;
+            }
+            let index = (pair * 32 + bit) as u8;
+            let name = caps::all()
+                .into_iter()
+                .find(|c| c.index() == index)
+                .map(|c| c.to_string().to_lowercase())
+                .unwrap_or_else(|| format!("cap_{index}"));
+            let mut flags = String::new();
+            if effective && p {
+                flags.push('e');
+            }
+            if i {
+                flags.push('i');
+            }
+            if p {
+                flags.push('p');
+            }
+            groups.entry(flags).or_default().push(name);
+        }
+    }
+    let mut out: Vec<String> = groups
+        .into_iter()
+        .map(|(flags, mut names)| {
+            names.sort();
+            format!("{}={flags}", names.join(","))
+        })
+        .collect();
+    out.sort();
+    Some(out.join(" "))
+}
+
 /// A path as one printable line, losslessly: bytes that are not UTF-8
 /// and control characters as `\xNN`, a backslash as `\\`. Reports and
 /// messages show every file name a Linux filesystem allows this way.
@@ -130,6 +184,24 @@ pub mod path_bytes {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn file_capabilities_read_as_getcap_prints_them() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("ping");
+        fs::write(&f, "").unwrap();
+        // VFS_CAP_REVISION_2 | effective; permitted = NET_BIND_SERVICE (10) + NET_RAW (13).
+        let mut v = (0x0200_0001u32).to_le_bytes().to_vec();
+        for w in [(1u32 << 10) | (1 << 13), 0, 0, 0] {
+            v.extend(w.to_le_bytes());
+        }
+        xattr::set(&f, "security.capability", &v).unwrap();
+        assert_eq!(
+            file_caps(&f).as_deref(),
+            Some("cap_net_bind_service,cap_net_raw=ep")
+        );
+        assert_eq!(file_caps(d.path()), None);
+    }
 
     #[test]
     fn any_name_is_shown_on_one_line_and_kept_by_the_journal() {

@@ -221,6 +221,7 @@ pub fn merge(
             ..Merged::default()
         },
         layer: 0,
+        linked: Default::default(),
     };
     for (idx, name) in layout.layers.iter().enumerate() {
         m.layer = idx;
@@ -248,6 +249,9 @@ struct Merger<'a> {
     failpoint: Failpoint,
     merged: Merged,
     layer: usize,
+    /// Copy path: the live name each multiply-linked upper inode was
+    /// placed at first, so its other names become hard links again.
+    linked: std::collections::HashMap<(u64, u64), PathBuf>,
 }
 
 impl Merger<'_> {
@@ -362,7 +366,7 @@ impl Merger<'_> {
             return Ok(seq.is_some());
         }
         strip_overlay_xattrs(u);
-        place(u, l)?;
+        self.place(u, l, um)?;
         self.applied(shown)?;
         Ok(true)
     }
@@ -471,6 +475,57 @@ impl Merger<'_> {
         Ok(())
     }
 
+    /// Moves upper entry `u` to live path `l`: one rename on the same
+    /// filesystem (a hard link stays one, its names share the inode);
+    /// else a copy beside `l` (or a link to where another name of the same
+    /// upper inode was placed), fsync, rename, then `u` is removed. A
+    /// failed copy leaves no temporary behind.
+    fn place(&mut self, u: &Path, l: &Path, um: &fs::Metadata) -> Result<()> {
+        if let Ok(m) = fs::symlink_metadata(l) {
+            if m.is_dir() {
+                // A file replacing a directory: the directory was backed up (moved) already.
+                bail!("{} is still a directory", l.display());
+            }
+        }
+        match fs::rename(u, l) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let mut name = std::ffi::OsString::from(".");
+                name.push(l.file_name().unwrap_or_default());
+                name.push(".disco-merge");
+                let tmp = l.with_file_name(name);
+                let _ = fs::remove_file(&tmp);
+                let key = (um.dev(), um.ino());
+                // Looked up whatever nlink says now: placing the first name
+                // removed it from the upper.
+                let first = um
+                    .is_file()
+                    .then(|| self.linked.get(&key).cloned())
+                    .flatten();
+                let made = match &first {
+                    Some(other) => fs::hard_link(other, &tmp).map_err(anyhow::Error::from),
+                    None => copy_entry(u, &tmp),
+                };
+                let placed = made.and_then(|()| {
+                    fs::rename(&tmp, l)
+                        .with_context(|| format!("cannot move {} into place", l.display()))
+                });
+                if let Err(e) = placed {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                if um.is_file() && um.nlink() > 1 && first.is_none() {
+                    self.linked.insert(key, l.to_path_buf());
+                }
+                fs::remove_file(u)?;
+                Ok(())
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot move {} to {}", u.display(), l.display()))
+            }
+        }
+    }
+
     /// Counts an applied entry; honours the failpoint.
     fn applied(&mut self, shown: &Path) -> Result<()> {
         self.merged.applied += 1;
@@ -486,58 +541,59 @@ impl Merger<'_> {
     }
 }
 
-/// Moves upper entry `u` to live path `l`: one rename on the same
-/// filesystem; else a copy beside `l`, fsync, rename, then `u` is removed.
-fn place(u: &Path, l: &Path) -> Result<()> {
-    if let Ok(m) = fs::symlink_metadata(l) {
-        if m.is_dir() {
-            // A file replacing a directory: the directory was backed up (moved) already.
-            bail!("{} is still a directory", l.display());
-        }
-    }
-    match fs::rename(u, l) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let tmp = l.with_file_name(format!(
-                ".{}.disco-merge",
-                l.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ));
-            let _ = fs::remove_file(&tmp);
-            copy_entry(u, &tmp)?;
-            fs::rename(&tmp, l)
-                .with_context(|| format!("cannot move {} into place", l.display()))?;
-            fs::remove_file(u)?;
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot move {} to {}", u.display(), l.display())),
-    }
-}
-
-/// Copies a file or symlink with mode, owner, xattrs and mtime; file data
-/// is fsynced.
+/// Copies a file, symlink, FIFO, socket or device node with mode, owner,
+/// xattrs and mtime. File data is copied hole-aware (a sparse file stays
+/// sparse) and fsynced; special files are made anew with `mknod`, never
+/// opened (opening a FIFO would wait for a writer forever).
 fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     let m = fs::symlink_metadata(src)?;
-    if m.file_type().is_symlink() {
+    let ft = m.file_type();
+    if ft.is_symlink() {
         std::os::unix::fs::symlink(fs::read_link(src)?, dst)
             .with_context(|| format!("cannot create {}", dst.display()))?;
         std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))?;
         return Ok(());
     }
-    let mut from = fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mut to = fs::OpenOptions::new()
+    if !ft.is_file() {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        let kind = if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else if ft.is_socket() {
+            SFlag::S_IFSOCK
+        } else if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else {
+            bail!("{}: unknown file type", src.display());
+        };
+        mknod(dst, kind, Mode::from_bits_truncate(0o600), m.rdev())
+            .with_context(|| format!("cannot create {}", dst.display()))?;
+        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        for (k, v) in xattrs(src) {
+            let _ = xattr::set(dst, &k, &v);
+        }
+        return Ok(());
+    }
+    let from = fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(dst)
         .with_context(|| format!("cannot create {}", dst.display()))?;
-    io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", dst.display()))?;
+    copy_sparse(&from, &to, m.len())
+        .with_context(|| format!("cannot copy to {}", dst.display()))?;
     std::os::unix::fs::fchown(&to, Some(m.uid()), Some(m.gid()))?;
     to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
     for (k, v) in xattrs(src) {
         let _ = xattr::set(dst, &k, &v);
     }
+    // chown cleared set-id bits and file capabilities: set the mode again
+    // (xattrs, security.capability included, were set after it).
+    to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
     let times = [
         nix::sys::time::TimeSpec::new(m.atime(), m.atime_nsec()),
         nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec()),
@@ -546,6 +602,42 @@ fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
     to.sync_all()
         .with_context(|| format!("cannot sync {}", dst.display()))?;
     Ok(())
+}
+
+/// Copies the data regions of `from` (found with `SEEK_DATA`/`SEEK_HOLE`)
+/// into the same offsets of `to`, which ends `len` long: holes stay holes.
+fn copy_sparse(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let ifd = from.as_raw_fd();
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (pos as u64) < len {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut off = data;
+        while off < end {
+            let want = ((end - off) as usize).min(buf.len());
+            let n = from.read_at(&mut buf[..want], off as u64)?;
+            if n == 0 {
+                break;
+            }
+            to.write_all_at(&buf[..n], off as u64)?;
+            off += n as i64;
+        }
+        pos = end;
+    }
+    to.set_len(len)
 }
 
 /// Copies a directory tree (backups across filesystems, undo).
@@ -698,6 +790,27 @@ pub fn recover(state_dir: &Path) -> Result<Recovered> {
         merged.applied
     ));
     Ok(Recovered::Finished(run, merged))
+}
+
+/// After a merge of run `id` failed (disk full, read-only root): puts
+/// back what it merged from its backups and clears the marker, so the
+/// root is as before the run. Returns how many entries were restored.
+pub fn roll_back(state_dir: &Path, id: &str, root: &Path) -> Result<usize> {
+    let backup = backup_root(state_dir).join(id);
+    let restored = if backup.join("journal").is_file() {
+        undo_backup(&backup, root, Failpoint::default())?.len()
+    } else {
+        0
+    };
+    let marker = marker(state_dir);
+    match fs::remove_file(&marker) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", marker.display()))
+        }
+        _ => {}
+    }
+    sync_dir(state_dir)?;
+    Ok(restored)
 }
 
 /// Keeps the newest `keep` backup directories.

@@ -126,6 +126,7 @@ pub fn change_line(c: &crate::report::Change) -> String {
         field("md5", &|m| m.md5.clone()),
         field("target", &|m| m.target.clone()),
         field("selinux", &|m| m.selinux.clone()),
+        field("caps", &|m| m.caps.clone()),
     ]
     .into_iter()
     .flatten()

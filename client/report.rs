@@ -130,6 +130,9 @@ pub struct Meta {
     pub md5: Option<String>,
     pub target: Option<String>,
     pub selinux: Option<String>,
+    /// File capabilities as `getcap` shows them (`cap_net_bind_service=ep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<String>,
     pub size: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The ways out of the sandbox a hostile module author found, one test
 //! each: every test runs the attack for real (static helpers built here
-//! with the system C compiler from `tests/escape/*.c`) in a dance on a
+//! with the system C compiler from `tests/helpers/*.c`) in a dance on a
 //! fixture root, then checks the host. A test fails if the escape works.
 mod common;
 
@@ -9,36 +9,12 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::root::{host_mounts_with, FixtureRoot};
-use common::{run, Fixture};
-
-/// Builds `tests/escape/NAME.c` as a static binary, once per test process.
-fn helper(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("escape-helpers")
-            .join(std::process::id().to_string());
-        fs::create_dir_all(&d).unwrap();
-        for name in ["handle", "tiocsti", "keyring"] {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/escape/{name}.c"));
-            let status = Command::new("cc")
-                .args(["-static", "-O1", "-o"])
-                .arg(d.join(name))
-                .arg(&src)
-                .status()
-                .expect("cc (gcc) is needed: scripts/install-test-deps installs it");
-            assert!(status.success(), "cannot build {}", src.display());
-        }
-        d
-    });
-    dir.join(name)
-}
+use common::{helper, run, Fixture};
 
 /// A fixture with module `evil` (on node `n`) running `script`, with the
 /// named helpers in the module's `bin/`.

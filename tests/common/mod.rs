@@ -184,3 +184,31 @@ impl Fixture {
             .args(args))
     }
 }
+
+/// Builds `tests/helpers/NAME.c` as a static binary (once per test
+/// process) and returns its path: small programs a module runs, for what
+/// bash cannot do (file handles, TIOCSTI, keyrings, socket files).
+pub fn helper(name: &str) -> PathBuf {
+    use std::sync::{Mutex, OnceLock};
+    static DIR: OnceLock<Mutex<PathBuf>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("helpers")
+            .join(std::process::id().to_string());
+        fs::create_dir_all(&d).unwrap();
+        Mutex::new(d)
+    });
+    let dir = dir.lock().unwrap();
+    let out = dir.join(name);
+    if !out.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/helpers/{name}.c"));
+        let status = std::process::Command::new("cc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc (gcc) is needed: scripts/install-test-deps installs it");
+        assert!(status.success(), "cannot build {}", src.display());
+    }
+    out
+}
