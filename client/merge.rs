@@ -938,19 +938,23 @@ impl Progress {
         })
     }
 
-    fn log(&mut self, line: String) -> Result<()> {
-        self.file.write_all(line.as_bytes())?;
-        self.file.sync_data().context("cannot sync the undo log")
-    }
-
+    /// `begin` must be on disk before its swap: a resumed undo tells by
+    /// it whether the swap happened. `done` need not be: every record is
+    /// safe to apply again (a removal of what is gone, a swap that the
+    /// begin line shows done), and the root is synced before the journal
+    /// is marked undone.
     fn begin(&mut self, i: usize, ino: Option<u64>) -> Result<()> {
         let ino = ino.map_or("-".to_string(), |n| n.to_string());
-        self.log(format!("begin {i} {ino}\n"))
+        self.file
+            .write_all(format!("begin {i} {ino}\n").as_bytes())?;
+        self.file.sync_data().context("cannot sync the undo log")
     }
 
     fn done(&mut self, i: usize) -> Result<()> {
         self.done.insert(i);
-        self.log(format!("done {i}\n"))
+        self.file
+            .write_all(format!("done {i}\n").as_bytes())
+            .context("cannot write the undo log")
     }
 
     /// Counts a rename or unlink; honours the failpoint.
@@ -1111,7 +1115,6 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
                     Err(e) => Err(e),
                 };
                 swapped.with_context(|| format!("cannot restore {shown}"))?;
-                sync_dir(&dir.path())?;
                 said.push(format!("restored {shown}"));
             }
             Undo::Attrs {
