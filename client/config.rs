@@ -82,8 +82,16 @@ pub struct Config {
     pub ssh_known_hosts: Setting<Option<PathBuf>>,
     pub ssh_options: Setting<Vec<String>>,
     pub connect_timeout: Setting<u64>,
+    /// Seconds of silence from the server before a fetch gives up.
+    pub io_timeout: Setting<u64>,
+    /// Seconds a whole fetch may take.
+    pub fetch_timeout: Setting<u64>,
+    /// Largest file a node accepts from the server, in bytes.
+    pub max_file_size: Setting<u64>,
     /// How many run reports `STATE/reports/` keeps.
     pub report_history: Setting<usize>,
+    /// How many bytes of run reports `STATE/reports/` keeps.
+    pub report_history_bytes: Setting<u64>,
     /// Where to write the Prometheus textfile after every dance.
     pub prometheus_textfile: Setting<Option<PathBuf>>,
     /// Send each dance's report to the server (ssh:// only).
@@ -116,7 +124,11 @@ struct FileConfig {
     ssh_known_hosts: Option<PathBuf>,
     ssh_options: Option<Vec<String>>,
     connect_timeout: Option<u64>,
+    io_timeout: Option<u64>,
+    fetch_timeout: Option<u64>,
+    max_file_size: Option<u64>,
     report_history: Option<usize>,
+    report_history_bytes: Option<u64>,
     prometheus_textfile: Option<PathBuf>,
     report_upload: Option<bool>,
 }
@@ -137,7 +149,11 @@ impl Config {
             ssh_known_hosts: Setting::new(None, Source::Default),
             ssh_options: Setting::new(Vec::new(), Source::Default),
             connect_timeout: Setting::new(10, Source::Default),
+            io_timeout: Setting::new(60, Source::Default),
+            fetch_timeout: Setting::new(3600, Source::Default),
+            max_file_size: Setting::new(1 << 30, Source::Default),
             report_history: Setting::new(50, Source::Default),
+            report_history_bytes: Setting::new(100 << 20, Source::Default),
             prometheus_textfile: Setting::new(None, Source::Default),
             report_upload: Setting::new(false, Source::Default),
         };
@@ -241,8 +257,20 @@ impl Config {
         if let Some(v) = file.connect_timeout {
             self.connect_timeout.set(v, src());
         }
+        if let Some(v) = file.io_timeout {
+            self.io_timeout.set(v.max(1), src());
+        }
+        if let Some(v) = file.fetch_timeout {
+            self.fetch_timeout.set(v.max(1), src());
+        }
+        if let Some(v) = file.max_file_size {
+            self.max_file_size.set(v, src());
+        }
         if let Some(v) = file.report_history {
             self.report_history.set(v, src());
+        }
+        if let Some(v) = file.report_history_bytes {
+            self.report_history_bytes.set(v, src());
         }
         if let Some(v) = file.prometheus_textfile {
             self.prometheus_textfile.set(Some(v), src());
@@ -272,6 +300,9 @@ impl Config {
             known_hosts: self.ssh_known_hosts.value.clone(),
             options: self.ssh_options.value.clone(),
             connect_timeout: self.connect_timeout.value,
+            io_timeout: self.io_timeout.value,
+            fetch_timeout: self.fetch_timeout.value,
+            max_file_size: self.max_file_size.value,
         }
     }
 
@@ -326,9 +357,29 @@ impl Config {
                 &self.connect_timeout.source,
             ),
             line(
+                "io_timeout",
+                self.io_timeout.value.to_string(),
+                &self.io_timeout.source,
+            ),
+            line(
+                "fetch_timeout",
+                self.fetch_timeout.value.to_string(),
+                &self.fetch_timeout.source,
+            ),
+            line(
+                "max_file_size",
+                self.max_file_size.value.to_string(),
+                &self.max_file_size.source,
+            ),
+            line(
                 "report_history",
                 self.report_history.value.to_string(),
                 &self.report_history.source,
+            ),
+            line(
+                "report_history_bytes",
+                self.report_history_bytes.value.to_string(),
+                &self.report_history_bytes.source,
             ),
             match &self.prometheus_textfile.value {
                 Some(v) => line(

@@ -212,8 +212,7 @@ impl Job {
             return fs::rename(&tmp, &target)
                 .with_context(|| format!("cannot replace {}", target.display()));
         }
-        let content = fs::read(src)?;
-        write_if_changed(&target, &content, meta.mode() & 0o7777)
+        copy_if_changed(src, &target, meta.len(), meta.mode() & 0o7777)
     }
 
     fn render(&self, src: &Path, rel: &Path) -> Step {
@@ -409,6 +408,42 @@ fn temp_name(target: &Path) -> PathBuf {
         .unwrap_or(OsStr::new("x"))
         .to_string_lossy();
     target.with_file_name(format!(".{name}.disco-{}", std::process::id()))
+}
+
+/// Copies module file `src` (`len` bytes) to `target` with `mode`, owned
+/// root:root, streamed and hole-aware through a temporary file and a
+/// rename — unless the target already is exactly that.
+fn copy_if_changed(src: &Path, target: &Path, len: u64, mode: u32) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(target) {
+        if m.is_file()
+            && m.mode() & 0o7777 == mode
+            && m.uid() == 0
+            && m.gid() == 0
+            && crate::fsutil::same_bytes(src, target, len, m.len()).unwrap_or(false)
+        {
+            return Ok(());
+        }
+        if m.is_dir() {
+            bail!("{} is a directory", target.display());
+        }
+    }
+    let tmp = temp_name(target);
+    let written = (|| -> io::Result<()> {
+        let from = fs::File::open(src)?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        crate::fsutil::copy_sparse(&from, &f, len)?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+        // After chown, which clears set-id bits.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        fs::rename(&tmp, target)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("cannot write {}", target.display()))
 }
 
 /// Writes `content` to `target` with `mode`, owned root:root, through a

@@ -156,7 +156,13 @@ pub fn fetch(
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     remove_leftovers(state_dir)?;
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
-    let built = build(&tree, &spec, &plan, root, &new);
+    let max_file = if ssh_opts.max_file_size == 0 {
+        1 << 30
+    } else {
+        ssh_opts.max_file_size
+    };
+    let built = build(&tree, &spec, &plan, root, &new, max_file)
+        .with_context(|| format!("server {}", root.display()));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&new);
         return Err(e);
@@ -219,7 +225,14 @@ fn remove_leftovers(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &Path) -> Result<()> {
+fn build(
+    tree: &ServerTree,
+    spec: &NodeSpec,
+    plan: &Plan,
+    server: &Path,
+    new: &Path,
+    max_file: u64,
+) -> Result<()> {
     fs::DirBuilder::new()
         .mode(0o700)
         .create(new)
@@ -233,6 +246,7 @@ fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &P
             &src,
             &new.join("parameters").join(layer.as_str()),
             &format!("parameters/{layer}"),
+            max_file,
         )?;
     }
     fs::create_dir_all(new.join("modules"))?;
@@ -242,6 +256,7 @@ fn build(tree: &ServerTree, spec: &NodeSpec, plan: &Plan, server: &Path, new: &P
             &src,
             &new.join("modules").join(m.as_str()),
             &format!("modules/{m}"),
+            max_file,
         )?;
     }
     fs::create_dir_all(new.join("parameters"))?;
@@ -279,9 +294,10 @@ fn swap_in(new: &Path, cache: &Path, defer_cleanup: bool) -> Result<()> {
 }
 
 /// Copies `src` to `dst` (which must not exist): regular files with their
-/// mode, symlinks as symlinks (never followed), directories recursively.
-/// Sockets, FIFOs and devices are refused.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
+/// mode (hole-aware, never whole in memory), symlinks as symlinks (never
+/// followed), directories recursively. Sockets, FIFOs and devices are
+/// refused, and so is a file over `max_file` bytes.
+pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<()> {
     let meta = fs::metadata(src).with_context(|| label.to_string())?;
     fs::DirBuilder::new()
         .mode(0o700)
@@ -304,10 +320,9 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
             std::os::unix::fs::symlink(&target, &to)
                 .with_context(|| format!("cannot create {}", to.display()))?;
         } else if ft.is_dir() {
-            copy_tree(&from, &to, &shown)?;
+            copy_tree(&from, &to, &shown, max_file)?;
         } else if ft.is_file() {
-            // fs::copy keeps the permission bits.
-            fs::copy(&from, &to).with_context(|| format!("cannot copy {shown}"))?;
+            copy_file(&from, &to, &shown, max_file)?;
         } else {
             let meta = entry.metadata().with_context(|| shown.clone())?;
             bail!(
@@ -318,6 +333,38 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str) -> Result<()> {
     }
     fs::set_permissions(dst, meta.permissions())
         .with_context(|| format!("cannot set mode of {}", dst.display()))?;
+    Ok(())
+}
+
+/// Copies one regular file of a server tree (not through a symlink),
+/// with its permission bits, holes kept.
+fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let src = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .with_context(|| format!("cannot read {shown}"))?;
+    let meta = src.metadata()?;
+    if !meta.is_file() {
+        bail!("{shown} is not a regular file");
+    }
+    if meta.len() > max_file {
+        bail!(
+            "{shown} is {}, over max_file_size ({}); refused",
+            crate::fsutil::human_bytes(meta.len()),
+            crate::fsutil::human_bytes(max_file)
+        );
+    }
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("cannot create {}", to.display()))?;
+    crate::fsutil::copy_sparse(&src, &dst, meta.len())
+        .with_context(|| format!("cannot copy {shown}"))?;
+    dst.set_permissions(meta.permissions())?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! extended attributes, its md5, byte equality of two files.
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -121,6 +121,110 @@ pub fn file_caps(path: &Path) -> Option<String> {
         .collect();
     out.sort();
     Some(out.join(" "))
+}
+
+/// Copies bytes `start..end` of `from` to the same offsets of `to`: with
+/// `sendfile` (no copy through user space), else `pread`/`pwrite`.
+fn copy_range(
+    from: &fs::File,
+    to: &fs::File,
+    start: i64,
+    end: i64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let mut off = start;
+    // SAFETY: lseek on a descriptor we own.
+    let mut sendfile_ok = unsafe { libc::lseek(to.as_raw_fd(), start, libc::SEEK_SET) } == start;
+    while off < end {
+        let want = ((end - off) as usize).min(1 << 30);
+        if sendfile_ok {
+            let mut o = off as libc::off_t;
+            // SAFETY: valid descriptors and offset pointer.
+            let n = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut o, want) };
+            if n > 0 {
+                off += n as i64;
+                continue;
+            }
+            if n == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL) | Some(libc::ENOSYS) => sendfile_ok = false,
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        let chunk = want.min(buf.len());
+        let n = from.read_at(&mut buf[..chunk], off as u64)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], off as u64)?;
+        off += n as i64;
+    }
+    Ok(())
+}
+
+/// Copies the data regions of `from` (found with `SEEK_DATA`/`SEEK_HOLE`)
+/// into the same offsets of `to`, which ends `len` long: holes stay holes.
+pub fn copy_sparse(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ifd = from.as_raw_fd();
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (pos as u64) < len {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        copy_range(from, to, data, end, &mut buf)?;
+        pos = end;
+    }
+    to.set_len(len)
+}
+
+/// Writes `data` at `offset` of `f`, leaving 4 KiB blocks of zeros as
+/// holes (the file is extended to its size by the caller's `set_len`).
+pub fn write_sparse(f: &fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4096;
+    let mut i = 0;
+    while i < data.len() {
+        // Block boundaries of the file, so holes line up with its blocks.
+        let end = (((offset as usize + i) / BLOCK + 1) * BLOCK - offset as usize).min(data.len());
+        let chunk = &data[i..end];
+        if chunk.iter().any(|b| *b != 0) {
+            f.write_all_at(chunk, offset + i as u64)?;
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `17.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 /// A path as one printable line, losslessly: bytes that are not UTF-8

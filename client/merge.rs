@@ -584,7 +584,7 @@ fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
         .mode(0o600)
         .open(dst)
         .with_context(|| format!("cannot create {}", dst.display()))?;
-    copy_sparse(&from, &to, m.len())
+    crate::fsutil::copy_sparse(&from, &to, m.len())
         .with_context(|| format!("cannot copy to {}", dst.display()))?;
     std::os::unix::fs::fchown(&to, Some(m.uid()), Some(m.gid()))?;
     to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
@@ -602,42 +602,6 @@ fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
     to.sync_all()
         .with_context(|| format!("cannot sync {}", dst.display()))?;
     Ok(())
-}
-
-/// Copies the data regions of `from` (found with `SEEK_DATA`/`SEEK_HOLE`)
-/// into the same offsets of `to`, which ends `len` long: holes stay holes.
-fn copy_sparse(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
-    let ifd = from.as_raw_fd();
-    let mut pos: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    while (pos as u64) < len {
-        // SAFETY: lseek on a descriptor we own.
-        let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole is left
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
-        let mut off = data;
-        while off < end {
-            let want = ((end - off) as usize).min(buf.len());
-            let n = from.read_at(&mut buf[..want], off as u64)?;
-            if n == 0 {
-                break;
-            }
-            to.write_all_at(&buf[..n], off as u64)?;
-            off += n as i64;
-        }
-        pos = end;
-    }
-    to.set_len(len)
 }
 
 /// Copies a directory tree (backups across filesystems, undo).

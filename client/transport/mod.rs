@@ -8,6 +8,7 @@
 //! ([`manifest`]), the server ([`serve`]), the client ([`ssh`]) and
 //! `disco publish` ([`publish`]).
 
+pub mod deadline;
 pub mod manifest;
 pub mod publish;
 pub mod serve;

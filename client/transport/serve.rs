@@ -188,10 +188,11 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         );
                     };
                     let md5 = entry.hash.clone();
-                    let data =
-                        read_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
+                    let mut f =
+                        open_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
+                    let size = f.metadata()?.len();
                     let delta = match msg {
-                        Msg::Delta { .. } if (data.len() as u64) <= MAX_DELTA_FILE => {
+                        Msg::Delta { .. } if size <= MAX_DELTA_FILE => {
                             if !sane_signature(&blob) {
                                 return refuse(
                                     &mut wire,
@@ -199,12 +200,14 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                                     format!("a bad signature for {path}"),
                                 );
                             }
+                            let mut data = Vec::with_capacity(size as usize);
+                            (&mut f).take(MAX_DELTA_FILE).read_to_end(&mut data)?;
                             match fast_rsync::Signature::deserialize(blob) {
                                 Ok(sig) => {
                                     let mut out = Vec::new();
                                     fast_rsync::diff(&sig.index(), &data, &mut out)
                                         .ok()
-                                        .map(|_| out)
+                                        .map(|_| (out, data))
                                 }
                                 Err(_) => {
                                     return refuse(
@@ -217,27 +220,40 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         }
                         _ => None,
                     };
-                    let (head, body) = match delta {
-                        Some(d) => (
-                            Msg::DeltaData {
+                    match delta {
+                        Some((d, _)) => {
+                            let head = Msg::DeltaData {
                                 path,
                                 size: d.len() as u64,
                                 md5,
-                            },
-                            d,
-                        ),
-                        None => (
-                            Msg::File {
-                                path,
-                                size: data.len() as u64,
-                                md5,
-                            },
-                            data,
-                        ),
-                    };
-                    wire.send(&head, &[])?;
-                    for chunk in body.chunks(CHUNK) {
-                        wire.send(&Msg::Data, chunk)?;
+                            };
+                            wire.send(&head, &[])?;
+                            for chunk in d.chunks(CHUNK) {
+                                wire.send(&Msg::Data, chunk)?;
+                            }
+                        }
+                        None => {
+                            // Whole files are streamed: never all in memory.
+                            use std::io::Seek;
+                            f.rewind()?;
+                            wire.send(
+                                &Msg::File {
+                                    path: path.clone(),
+                                    size,
+                                    md5,
+                                },
+                                &[],
+                            )?;
+                            let mut buf = vec![0u8; CHUNK];
+                            let mut left = size;
+                            while left > 0 {
+                                let want = (left as usize).min(CHUNK);
+                                f.read_exact(&mut buf[..want])
+                                    .with_context(|| format!("{path} changed while it was sent"))?;
+                                wire.send(&Msg::Data, &buf[..want])?;
+                                left -= want as u64;
+                            }
+                        }
                     }
                 }
                 queued_bytes = 0;
@@ -265,22 +281,19 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 return refuse(
                     &mut wire,
                     node.as_str(),
-                    format!("unexpected message {other:?}"),
+                    format!("unexpected message {}", super::wire::describe(&other)),
                 )
             }
         }
     }
 }
 
-/// Reads a file without following a symlink in its last component.
-fn read_nofollow(p: &Path) -> io::Result<Vec<u8>> {
-    let mut f = fs::OpenOptions::new()
+/// Opens a file without following a symlink in its last component.
+fn open_nofollow(p: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(p)?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(buf)
+        .open(p)
 }
 
 /// How many dated reports a node keeps on the server.

@@ -14,11 +14,12 @@ use std::fs;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::deadline::{Deadline, Timed};
 use super::manifest::{self, dir_hash, join, Manifest};
 use super::serve::MAX_DELTA_FILE;
 use super::wire::{Entry, Msg, Wire, VERSION};
@@ -32,6 +33,12 @@ pub struct SshOptions {
     pub known_hosts: Option<PathBuf>,
     pub options: Vec<String>,
     pub connect_timeout: u64,
+    /// Seconds of silence before giving up (0: the default, 60).
+    pub io_timeout: u64,
+    /// Seconds a whole session may take (0: the default, 3600).
+    pub fetch_timeout: u64,
+    /// Largest file accepted, in bytes (0: the default, 1 GiB).
+    pub max_file_size: u64,
 }
 
 /// What a fetch moved.
@@ -89,13 +96,22 @@ pub fn ssh_command(uri: &ServerUri, opts: &SshOptions, remote: &[&str]) -> Resul
     Ok(c)
 }
 
+/// The wire to ssh: both pipe ends with deadlines.
+pub type SshWire = Wire<BufReader<Timed<ChildStdout>>, BufWriter<Timed<ChildStdin>>>;
+
 /// A running `ssh` with the protocol on its pipes and its stderr collected.
+/// Dropping it ends ssh (closed stdin, then killed after a short grace).
 pub struct Session {
     child: Child,
-    pub wire: Wire<BufReader<std::process::ChildStdout>, BufWriter<std::process::ChildStdin>>,
+    pub wire: SshWire,
     stderr: Arc<Mutex<String>>,
     uri: String,
+    /// Largest file accepted from this server.
+    pub max_file_size: u64,
 }
+
+/// How much of ssh's stderr is kept for the error message.
+const MAX_STDERR: usize = 64 << 10;
 
 impl Session {
     /// Starts ssh and does the handshake for `node`.
@@ -118,19 +134,54 @@ impl Session {
         let mut err_pipe = child.stderr.take().expect("piped");
         let sink = Arc::clone(&stderr);
         std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = err_pipe.read_to_string(&mut buf);
-            sink.lock().map(|mut s| s.push_str(&buf)).ok();
+            // Keep the last 64 KiB: a server cannot fill memory through ssh's stderr.
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    if s.len() > MAX_STDERR {
+                        let cut = s.len() - MAX_STDERR / 2;
+                        let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+                        s.drain(..cut);
+                    }
+                }
+            }
         });
+        let deadline = Deadline::new(
+            if opts.io_timeout == 0 {
+                60
+            } else {
+                opts.io_timeout
+            },
+            if opts.fetch_timeout == 0 {
+                3600
+            } else {
+                opts.fetch_timeout
+            },
+        );
         let wire = Wire::new(
-            BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped")),
-            BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped")),
+            BufReader::with_capacity(
+                1 << 20,
+                Timed::new(child.stdout.take().expect("piped"), deadline, false),
+            ),
+            BufWriter::with_capacity(
+                1 << 16,
+                Timed::new(child.stdin.take().expect("piped"), deadline, true),
+            ),
         );
         let mut s = Session {
             child,
             wire,
             stderr,
             uri: uri.to_string(),
+            max_file_size: if opts.max_file_size == 0 {
+                1 << 30
+            } else {
+                opts.max_file_size
+            },
         };
         let hello = s.wire.say(
             &Msg::Hello {
@@ -153,21 +204,52 @@ impl Session {
                 _,
             )) if version == VERSION => Ok((s, snapshot, root)),
             Ok((Msg::Welcome { version, .. }, _)) => {
-                bail!("server {}: protocol version mismatch: it speaks {version}, this client {VERSION}", s.uri)
+                let e = anyhow!(
+                    "protocol version mismatch: it speaks {version}, this client {VERSION}"
+                );
+                Err(s.failure(e))
             }
-            Ok((other, _)) => bail!("server {}: unexpected answer {other:?}", s.uri),
+            Ok((other, _)) => {
+                let e = anyhow!("unexpected answer {}", super::wire::describe(&other));
+                Err(s.failure(e))
+            }
             Err(e) => Err(s.failure(e)),
         }
     }
 
-    /// The error to show when the connection failed: ssh's own words if it
-    /// died, the protocol error otherwise.
+    /// Ends ssh: closes its stdin (so it and the server see EOF), waits a
+    /// short grace, then kills it. Returns its exit status if it exited.
+    fn end(&mut self) -> Option<std::process::ExitStatus> {
+        self.wire.writer().get_mut().close();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The error to show when the session failed — ssh's own words if it
+    /// died, the server's or the protocol's otherwise — after ending ssh
+    /// (never waiting on it with its stdin open).
     pub fn failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let status = self.end();
         if let Some(peer) = e.downcast_ref::<super::wire::PeerError>() {
-            let _ = self.child.wait();
             return anyhow!("server {}: {peer}", self.uri);
         }
-        let status = self.child.wait().ok();
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return anyhow!("server {} {io}", self.uri);
+            }
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
         let said = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
         let last = said
@@ -185,12 +267,19 @@ impl Session {
         }
     }
 
-    /// Says goodbye and waits for ssh.
+    /// Says goodbye and ends ssh.
     pub fn close(mut self) -> Result<()> {
         let _ = self.wire.say(&Msg::Bye, &[]);
-        drop(self.wire);
-        let _ = self.child.wait();
+        self.end();
         Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.end();
+        }
     }
 }
 
@@ -219,7 +308,10 @@ pub fn sync(
         )?;
         let (msg, _) = s.wire.recv()?;
         let Msg::Listings { dirs } = msg else {
-            bail!("protocol error: expected a listing, got {msg:?}")
+            bail!(
+                "protocol error: expected a listing, got {}",
+                super::wire::describe(&msg)
+            )
         };
         if dirs.len() != level.len() {
             bail!(
@@ -235,6 +327,14 @@ pub fn sync(
             }
             for e in &l.entries {
                 manifest::validate(&l.path, e)?;
+                if e.kind == 'f' && e.size > s.max_file_size {
+                    bail!(
+                        "{} is {}, over max_file_size ({}); refused",
+                        crate::fsutil::shown(Path::new(&join(&l.path, &e.name))),
+                        crate::fsutil::human_bytes(e.size),
+                        crate::fsutil::human_bytes(s.max_file_size)
+                    );
+                }
             }
             // Strictly ascending names: no entry can appear twice (say, a
             // symlink and then a directory of the same name).
@@ -401,7 +501,10 @@ fn transfer(
         let (got, size, md5, is_delta) = match head {
             Msg::File { path, size, md5 } => (path, size, md5, false),
             Msg::DeltaData { path, size, md5 } if asked_delta => (path, size, md5, true),
-            other => bail!("protocol error: expected {path}, got {other:?}"),
+            other => bail!(
+                "protocol error: expected {path}, got {}",
+                super::wire::describe(&other)
+            ),
         };
         if &got != path || md5 != e.hash {
             bail!("protocol error: expected {path}, got {got}");
@@ -417,6 +520,38 @@ fn transfer(
                 e.size
             );
         }
+        let dst = dst_of(path)
+            .with_context(|| format!("protocol error: {path} is outside the units being built"))?;
+        let _ = fs::remove_file(&dst);
+        if !is_delta {
+            // Streamed to disk as it comes: no whole-file buffer; zero
+            // blocks become holes.
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&dst)?;
+            let mut hash = <md5::Md5 as md5::Digest>::new();
+            let mut at = 0u64;
+            while at < size {
+                let (msg, blob) = s.wire.recv()?;
+                if msg != Msg::Data || at + blob.len() as u64 > size {
+                    bail!("protocol error in the data of {path}");
+                }
+                md5::Digest::update(&mut hash, &blob);
+                crate::fsutil::write_sparse(&f, &blob, at)
+                    .with_context(|| format!("cannot write {}", dst.display()))?;
+                at += blob.len() as u64;
+            }
+            f.set_len(size)?;
+            stats.whole += 1;
+            if format!("{:x}", md5::Digest::finalize(hash)) != e.hash {
+                let _ = fs::remove_file(&dst);
+                bail!("{path} does not match its hash after the transfer");
+            }
+            f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+            continue;
+        }
+        // A delta (files up to MAX_DELTA_FILE): base and result in memory.
         let mut body = Vec::with_capacity(size.min(super::wire::MAX_BLOB as u64) as usize);
         while (body.len() as u64) < size {
             let (msg, blob) = s.wire.recv()?;
@@ -425,28 +560,16 @@ fn transfer(
             }
             body.extend_from_slice(&blob);
         }
-        let content = if is_delta {
-            let base = fs::read(old_dir.join(path))?;
-            let mut out = Vec::with_capacity(e.size.min(super::wire::MAX_BLOB as u64) as usize);
-            fast_rsync::apply_limited(&base, &body, &mut out, e.size as usize)
-                .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
-            stats.deltas += 1;
-            out
-        } else {
-            stats.whole += 1;
-            body
-        };
+        let base = fs::read(old_dir.join(path))?;
+        let mut content = Vec::with_capacity(e.size.min(super::wire::MAX_BLOB as u64) as usize);
+        fast_rsync::apply_limited(&base, &body, &mut content, e.size as usize)
+            .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
+        stats.deltas += 1;
         let sum = format!("{:x}", <md5::Md5 as md5::Digest>::digest(&content));
         if sum != e.hash {
-            if is_delta {
-                refetch.push(path.clone());
-                continue;
-            }
-            bail!("{path} does not match its hash after the transfer");
+            refetch.push(path.clone());
+            continue;
         }
-        let dst = dst_of(path)
-            .with_context(|| format!("protocol error: {path} is outside the units being built"))?;
-        let _ = fs::remove_file(&dst);
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -482,7 +605,13 @@ pub fn upload(uri: &ServerUri, node: &Name, opts: &SshOptions, report: &[u8]) ->
     s.wire.say(&Msg::Report, report)?;
     match s.wire.recv() {
         Ok((Msg::Stored, _)) => s.close(),
-        Ok((other, _)) => bail!("protocol error: expected Stored, got {other:?}"),
+        Ok((other, _)) => {
+            let e = anyhow!(
+                "protocol error: expected Stored, got {}",
+                super::wire::describe(&other)
+            );
+            Err(s.failure(e))
+        }
         Err(e) => Err(s.failure(e)),
     }
 }

@@ -92,6 +92,27 @@ pub enum Msg {
     },
 }
 
+/// A message's kind, for errors: never the peer's text (it could be
+/// huge or hold control characters).
+pub fn describe(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Hello { .. } => "Hello",
+        Msg::Welcome { .. } => "Welcome",
+        Msg::List { .. } => "List",
+        Msg::Listings { .. } => "Listings",
+        Msg::Get { .. } => "Get",
+        Msg::Delta { .. } => "Delta",
+        Msg::Flush => "Flush",
+        Msg::File { .. } => "File",
+        Msg::DeltaData { .. } => "DeltaData",
+        Msg::Data => "Data",
+        Msg::Report => "Report",
+        Msg::Stored => "Stored",
+        Msg::Bye => "Bye",
+        Msg::Error { .. } => "Error",
+    }
+}
+
 /// An error the peer reported with a `Msg::Error` frame.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -128,6 +149,11 @@ impl<R: Read, W: Write> Wire<R, W> {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.w.flush()
+    }
+
+    /// The write side, to close it.
+    pub fn writer(&mut self) -> &mut W {
+        &mut self.w
     }
 
     /// Sends and flushes.
@@ -167,6 +193,8 @@ impl<R: Read, W: Write> Wire<R, W> {
             io::ErrorKind::UnexpectedEof => {
                 anyhow::anyhow!("the connection closed in the middle of a {what}")
             }
+            // A deadline: said as it is ("sent nothing for 60 s").
+            io::ErrorKind::TimedOut => anyhow::Error::from(e),
             _ => anyhow::Error::from(e).context(format!("reading a {what}")),
         })?;
         self.received += n as u64;
