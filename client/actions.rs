@@ -77,18 +77,28 @@ impl Pending {
     }
 }
 
-/// Lists handlers of a module directory, sorted.
-pub fn handlers_of(module_dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(module_dir.join("handlers"))
-        .map(|e| {
-            e.flatten()
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+/// Lists handlers of a module directory, sorted: regular files of a real
+/// `handlers/` directory (a symlinked one is refused, never listed).
+pub fn handlers_of(module_dir: &Path) -> Result<Vec<String>> {
+    let dir = module_dir.join("handlers");
+    if !crate::fsutil::real_dir(&dir, "handlers/")? {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for e in fs::read_dir(&dir).context("handlers/")? {
+        let e = e.context("handlers/")?;
+        let shown = format!("handlers/{}", e.file_name().to_string_lossy());
+        let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
+        if !meta.is_file() {
+            anyhow::bail!(
+                "{shown} is a {}; handlers must be regular files",
+                crate::exec::kind_name(&meta)
+            );
+        }
+        out.push(e.file_name().to_string_lossy().into_owned());
+    }
     out.sort();
-    out
+    Ok(out)
 }
 
 /// Noop: says what would run after a merge.

@@ -137,7 +137,11 @@ fn param(config: &Config, args: ParamArgs) -> Result<i32> {
         }
         ParamAction::Dump { key } => {
             let key = key.as_deref().map(Key::parse).transpose()?;
-            print_lines(tree.dump(key.as_ref())?)?;
+            print_lines(
+                tree.dump(key.as_ref())?
+                    .iter()
+                    .map(|l| crate::output::printable(l)),
+            )?;
         }
         ParamAction::Set { key, value } => {
             let dir = args.tree.as_ref().expect("checked above");
@@ -229,7 +233,11 @@ fn report(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
         let text = crate::output::prometheus(&r);
         print_lines(text.lines().map(String::from))?;
     } else {
-        print_lines(crate::output::report_lines(&r))?;
+        print_lines(
+            crate::output::report_lines(&r)
+                .iter()
+                .map(|l| crate::output::printable(l)),
+        )?;
     }
     Ok(0)
 }

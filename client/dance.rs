@@ -51,9 +51,9 @@ pub struct DanceOptions {
 }
 
 /// Refuses to go on unless running as root.
-pub fn require_root(what: &str) -> Result<()> {
+pub fn require_root(what: &str, why: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("{what} must run as root: it mounts overlays and enters namespaces");
+        bail!("{what} must run as root: {why}");
     }
     Ok(())
 }
@@ -94,7 +94,7 @@ fn finish_interrupted(config: &Config) -> Result<bool> {
 
 /// Runs a dance; returns the exit code.
 pub fn dance(config: &Config, opts: &DanceOptions) -> Result<i32> {
-    require_root("disco dance")?;
+    require_root("disco dance", "it mounts overlays and enters namespaces")?;
     // Before any thread exists: every mount of the dance lives and dies with disco.
     crate::sandbox::own_mount_namespace()?;
     output::set_quiet(opts.quiet);
@@ -279,7 +279,8 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
         }
         pending.modules.push(ModuleActions {
             module: module.to_string(),
-            handlers: actions::handlers_of(&module_dir),
+            handlers: actions::handlers_of(&module_dir)
+                .with_context(|| format!("module {module}"))?,
             module_dir,
             actions: mreport.actions.clone(),
             changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
@@ -397,7 +398,12 @@ fn run_dance(config: &Config, opts: &DanceOptions) -> Result<(i32, RunReport)> {
         _ => "changed",
     }
     .into();
-    report::save_bounded(state, &report, config.report_history.value)?;
+    report::save_bounded(
+        state,
+        &report,
+        config.report_history.value,
+        config.report_history_bytes.value,
+    )?;
     if let Some(path) = &config.prometheus_textfile.value {
         write_atomic(path, output::prometheus(&report).as_bytes())
             .with_context(|| format!("cannot write the Prometheus textfile {}", path.display()))?;
@@ -449,7 +455,7 @@ fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
 /// `disco undo`: finishes any interrupted merge, then restores the root as
 /// it was before the last merged dance.
 pub fn undo(config: &Config) -> Result<i32> {
-    require_root("disco undo")?;
+    require_root("disco undo", "it restores files of the root as they were")?;
     let _lock = crate::commands::take_lock(config, false)?;
     let _root_lock = crate::commands::take_root_lock(config, false)?;
     if finish_interrupted(config)? {

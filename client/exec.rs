@@ -71,8 +71,8 @@ impl Job {
     pub fn run(&self) -> ModuleRun {
         let mut run = ModuleRun::default();
         let meter = crate::report::Meter::start();
-        let files = self.install_tree("files", &mut |src, rel, meta| {
-            self.copy_file(src, rel, meta)
+        let files = self.install_tree("files", &mut |src, _, target, meta| {
+            self.copy_file(src, target, meta)
         });
         let figures = meter.figures();
         let failed = files.err().map(|e| format!("{e:#}"));
@@ -90,7 +90,7 @@ impl Job {
         }
 
         let mut templates = Vec::new();
-        let walked = self.install_tree("templates", &mut |src, rel, _| {
+        let walked = self.install_tree("templates", &mut |src, rel, _, _| {
             templates.push((src.to_path_buf(), rel.to_path_buf()));
             Ok(())
         });
@@ -127,15 +127,17 @@ impl Job {
 
     /// Walks `module_dir/sub` (sorted), creating directories as it goes and
     /// calling `leaf` for every regular file or symlink with its path
-    /// relative to `sub` (= its target relative to `/`).
+    /// relative to `sub` and its target in the sandbox. Linear in entries:
+    /// a directory's target is resolved once and its entries named
+    /// through it; deeper than [`crate::fsutil::MAX_DEPTH`] is refused.
     fn install_tree(
         &self,
         sub: &str,
-        leaf: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<()>,
+        leaf: &mut dyn FnMut(&Path, &Path, &Path, &fs::Metadata) -> Result<()>,
     ) -> Result<()> {
         let top = self.module_dir.join(sub);
-        if top.is_dir() {
-            self.install_dir(&top, sub, Path::new(""), leaf)?;
+        if crate::fsutil::real_dir(&top, &format!("{sub}/"))? {
+            self.install_dir(&top, sub, Path::new(""), Path::new("/"), 0, leaf)?;
         }
         Ok(())
     }
@@ -145,8 +147,17 @@ impl Job {
         top: &Path,
         sub: &str,
         rel: &Path,
-        leaf: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<()>,
+        target_dir: &Path,
+        depth: usize,
+        leaf: &mut dyn FnMut(&Path, &Path, &Path, &fs::Metadata) -> Result<()>,
     ) -> Result<()> {
+        if depth >= crate::fsutil::MAX_DEPTH {
+            bail!(
+                "{sub}/{}: more than {} levels of directories",
+                crate::fsutil::shown(rel),
+                crate::fsutil::MAX_DEPTH
+            );
+        }
         let dir = top.join(rel);
         let mut entries: Vec<_> = fs::read_dir(&dir)
             .and_then(|e| e.collect::<io::Result<Vec<_>>>())
@@ -157,12 +168,15 @@ impl Job {
             let shown = format!("{sub}/{}", r.display());
             let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
             let ft = meta.file_type();
+            let target = target_dir.join(e.file_name());
             if ft.is_dir() {
-                self.ensure_dir(&r, meta.mode())
+                let t = self
+                    .ensure_dir(&r, &target, meta.mode())
                     .with_context(|| shown.clone())?;
-                self.install_dir(top, sub, &r, leaf)?;
+                self.install_dir(top, sub, &r, &t, depth + 1, leaf)?;
             } else if ft.is_file() || (ft.is_symlink() && sub == "files") {
-                leaf(&e.path(), &r, &meta).with_context(|| shown.clone())?;
+                self.check_target(&target).with_context(|| shown.clone())?;
+                leaf(&e.path(), &r, &target, &meta).with_context(|| shown.clone())?;
             } else {
                 let allowed = if sub == "files" {
                     "regular files, directories and symlinks"
@@ -178,41 +192,54 @@ impl Job {
         Ok(())
     }
 
-    /// Creates directory `/rel` with `mode` if it is missing; an existing
-    /// directory is left as it is.
-    fn ensure_dir(&self, rel: &Path, mode: u32) -> Result<()> {
-        let target = target_path(rel, true)?;
+    /// Makes sure directory `/rel` exists (created with `mode`, root:root,
+    /// when missing; an existing one is left as it is) and returns where it
+    /// really is: `candidate` (its parent's real path joined with its
+    /// name) unless that is a symlink in ROOT, which is then resolved.
+    fn ensure_dir(&self, rel: &Path, candidate: &Path, mode: u32) -> Result<PathBuf> {
+        let (target, via) = match fs::symlink_metadata(candidate) {
+            Ok(m) if m.is_dir() => return Ok(candidate.to_path_buf()),
+            Ok(m) if m.file_type().is_symlink() => (target_path(rel, true)?, Some(candidate)),
+            _ => (candidate.to_path_buf(), None),
+        };
+        let shown = match via {
+            Some(link) => format!(
+                "{} (where the symlink {} points)",
+                target.display(),
+                link.display()
+            ),
+            None => target.display().to_string(),
+        };
         match fs::metadata(&target) {
-            Ok(m) if m.is_dir() => Ok(()),
-            _ if self.target_path(rel, true).is_err() => self.target_path(rel, true).map(drop),
-            Ok(_) => bail!("{} exists and is not a directory", target.display()),
+            Ok(m) if m.is_dir() => Ok(target),
+            Ok(_) => bail!("{shown} exists and is not a directory"),
             Err(_) => {
+                self.check_target(&target)?;
                 fs::DirBuilder::new()
                     .mode(mode & 0o7777)
                     .create(&target)
-                    .with_context(|| format!("cannot create {}", target.display()))?;
+                    .with_context(|| format!("cannot create {shown}"))?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
                 std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
-                Ok(())
+                Ok(target)
             }
         }
     }
 
-    fn copy_file(&self, src: &Path, rel: &Path, meta: &fs::Metadata) -> Result<()> {
-        let target = self.target_path(rel, false)?;
+    fn copy_file(&self, src: &Path, target: &Path, meta: &fs::Metadata) -> Result<()> {
         if meta.file_type().is_symlink() {
             let want = fs::read_link(src)?;
-            if fs::read_link(&target).ok().as_ref() == Some(&want) {
+            if fs::read_link(target).ok().as_ref() == Some(&want) {
                 return Ok(());
             }
-            let tmp = temp_name(&target);
+            let tmp = temp_name(target);
             std::os::unix::fs::symlink(&want, &tmp)
                 .with_context(|| format!("cannot create {}", target.display()))?;
             std::os::unix::fs::lchown(&tmp, Some(0), Some(0))?;
-            return fs::rename(&tmp, &target)
+            return fs::rename(&tmp, target)
                 .with_context(|| format!("cannot replace {}", target.display()));
         }
-        copy_if_changed(src, &target, meta.len(), meta.mode() & 0o7777)
+        copy_if_changed(src, target, meta.len(), meta.mode() & 0o7777)
     }
 
     fn render(&self, src: &Path, rel: &Path) -> Step {
@@ -241,23 +268,20 @@ impl Job {
     fn scripts(&self) -> Result<Vec<PathBuf>> {
         let dir = self.module_dir.join("scripts");
         let mut out = Vec::new();
-        match fs::read_dir(&dir) {
-            Ok(entries) => {
-                for e in entries {
-                    let e = e?;
-                    let meta = fs::symlink_metadata(e.path())?;
-                    if !meta.is_file() {
-                        bail!(
-                            "scripts/{} is a {}; scripts must be regular files",
-                            e.file_name().to_string_lossy(),
-                            kind_name(&meta)
-                        );
-                    }
-                    out.push(e.path());
-                }
+        if !crate::fsutil::real_dir(&dir, "scripts/")? {
+            return Ok(out);
+        }
+        for e in fs::read_dir(&dir).context("scripts/")? {
+            let e = e.context("scripts/")?;
+            let meta = fs::symlink_metadata(e.path())?;
+            if !meta.is_file() {
+                bail!(
+                    "scripts/{} is a {}; scripts must be regular files",
+                    e.file_name().to_string_lossy(),
+                    kind_name(&meta)
+                );
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("scripts/"),
+            out.push(e.path());
         }
         out.sort();
         Ok(out)
@@ -372,6 +396,22 @@ impl Job {
     /// merged), or in disco's own state dir.
     fn target_path(&self, rel: &Path, follow_last: bool) -> Result<PathBuf> {
         let real = target_path(rel, follow_last)?;
+        self.check_target(&real)?;
+        Ok(real)
+    }
+
+    /// Refuses an absolute target inside the sandbox's private mounts or
+    /// disco's state dir.
+    fn check_target(&self, real: &Path) -> Result<()> {
+        if let Some(first) = real.components().nth(1) {
+            let first = first.as_os_str().to_string_lossy();
+            if SANDBOX_DIRS.contains(&first.as_ref()) {
+                bail!(
+                    "refusing to write {}: /{first} is private to the sandbox and never merged",
+                    real.display()
+                );
+            }
+        }
         if let Some(state) = &self.state_in_root {
             if real.starts_with(Path::new("/").join(state)) {
                 bail!(
@@ -381,7 +421,7 @@ impl Job {
                 );
             }
         }
-        Ok(real)
+        Ok(())
     }
 }
 

@@ -298,6 +298,12 @@ fn swap_in(new: &Path, cache: &Path, defer_cleanup: bool) -> Result<()> {
 /// followed), directories recursively. Sockets, FIFOs and devices are
 /// refused, and so is a file over `max_file` bytes.
 pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<()> {
+    if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
+        bail!(
+            "{label}: more than {} levels of directories",
+            crate::fsutil::MAX_DEPTH
+        );
+    }
     let meta = fs::metadata(src).with_context(|| label.to_string())?;
     fs::DirBuilder::new()
         .mode(0o700)

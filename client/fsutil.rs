@@ -194,6 +194,70 @@ pub fn copy_sparse(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
     to.set_len(len)
 }
 
+/// How deep disco walks a tree (module files, parameters, server trees):
+/// deeper is refused, naming the path, so no walk can take unbounded
+/// time or stack.
+pub const MAX_DEPTH: usize = 256;
+
+/// Reads a small regular file of a tree as untrusted input: never through
+/// a symlink (`O_NOFOLLOW`), never blocking on a FIFO (`O_NONBLOCK`),
+/// only a regular file of at most `cap` bytes. `Ok(None)` when absent;
+/// otherwise one error naming `shown`.
+pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            anyhow::bail!("{shown} is a symbolic link; it must be a regular file")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {shown}")),
+    };
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot read {shown}"))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{shown} is a {}; it must be a regular file",
+            crate::exec::kind_name(&meta)
+        );
+    }
+    if meta.len() > cap {
+        anyhow::bail!(
+            "{shown} is {}, more than the {} it may hold",
+            human_bytes(meta.len()),
+            human_bytes(cap)
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {shown}"))?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!("{shown} grew past {} while it was read", human_bytes(cap));
+    }
+    Ok(Some(bytes))
+}
+
+/// True when `path` is a real directory, false when it is absent; an
+/// error naming `shown` when it is a symlink or anything else — a
+/// directory disco walks is never followed elsewhere.
+pub fn real_dir(path: &Path, shown: &str) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(m) => anyhow::bail!(
+            "{shown} is a {}; it must be a directory",
+            crate::exec::kind_name(&m)
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot read {shown}")),
+    }
+}
+
 /// Writes `data` at `offset` of `f`, leaving 4 KiB blocks of zeros as
 /// holes (the file is extended to its size by the caller's `set_len`).
 pub fn write_sparse(f: &fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {

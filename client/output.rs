@@ -32,7 +32,58 @@ fn colour() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
+/// Longest line disco prints; the rest is cut with an ellipsis (a
+/// server can name a module with 10 MB).
+const MAX_LINE: usize = 4096;
+
+/// `text` safe to print on one terminal line: control characters (an
+/// escape sequence, a newline that would forge an `info:` line) as
+/// `\xNN`, tabs kept, cut after [`MAX_LINE`] characters with `…`.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LINE + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_LINE {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\t' => out.push(c),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A diff as it is printed: every line made [`printable`] (no escape
+/// sequence in a file's content reaches the terminal), not cut.
+fn printable_diff(d: &str) -> String {
+    let mut out = String::with_capacity(d.len() + 1);
+    for line in d.lines() {
+        for c in line.chars() {
+            match c {
+                '\t' => out.push(c),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn emit(level: Level, msg: &str) {
+    let msg = printable(msg);
     let (tag, code) = match level {
         Level::Info => ("info", "32"),
         Level::Warning => ("warning", "33"),
@@ -71,24 +122,16 @@ pub fn change(c: &crate::report::Change, to_stdout: bool) {
     let line = change_line(c);
     if to_stdout {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "info: {line}");
+        let _ = writeln!(out, "info: {}", printable(&line));
         if let Some(d) = &c.diff {
-            let _ = write!(out, "{}", with_newline(d));
+            let _ = write!(out, "{}", printable_diff(d));
         }
     } else {
         emit(Level::Info, &line);
         if let Some(d) = &c.diff {
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "{}", with_newline(d));
+            let _ = write!(err, "{}", printable_diff(d));
         }
-    }
-}
-
-fn with_newline(s: &str) -> String {
-    if s.ends_with('\n') {
-        s.to_string()
-    } else {
-        format!("{s}\n")
     }
 }
 

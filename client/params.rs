@@ -143,6 +143,12 @@ impl ParamTree {
 
 /// Loads one directory; `top` is the tree's root, the bound for symlinks.
 fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>> {
+    if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
+        bail!(
+            "{label}: more than {} levels of directories",
+            crate::fsutil::MAX_DEPTH
+        );
+    }
     let mut out = BTreeMap::new();
     let entries = fs::read_dir(dir).with_context(|| label.to_string())?;
     for entry in entries {
@@ -168,7 +174,10 @@ fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>
         let param = if meta.is_dir() {
             Param::Dir(load_dir(&path, &shown, top)?)
         } else if meta.is_file() {
-            Param::Value(fs::read(&path).with_context(|| shown.clone())?)
+            // A parameter is a value, not a payload: 16 MiB at most.
+            let value = crate::fsutil::read_small(&path, &shown, 16 << 20)?
+                .with_context(|| format!("{shown} went away while it was read"))?;
+            Param::Value(value)
         } else {
             bail!("{shown} is neither a file nor a directory");
         };

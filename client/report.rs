@@ -207,10 +207,35 @@ fn reports_dir(state_dir: &Path) -> PathBuf {
 
 /// Writes `reports/RUN.json`, replaces `reports/last.json` atomically and
 /// keeps the newest `keep` run reports.
-pub fn save_bounded(state_dir: &Path, report: &RunReport, keep: usize) -> Result<()> {
+pub fn save_bounded(
+    state_dir: &Path,
+    report: &RunReport,
+    keep: usize,
+    keep_bytes: u64,
+) -> Result<()> {
     save(state_dir, report)?;
     prune_runs(&reports_dir(state_dir), keep);
+    prune_bytes(&reports_dir(state_dir), keep_bytes);
     Ok(())
+}
+
+/// Removes the oldest `RUN.json` files until the rest add up to at most
+/// `keep_bytes` (the newest is always kept).
+fn prune_bytes(dir: &Path, keep_bytes: u64) {
+    let runs = run_files(dir);
+    let sizes: Vec<u64> = runs
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let mut total: u64 = sizes.iter().sum();
+    for (p, size) in runs.iter().zip(&sizes).take(runs.len().saturating_sub(1)) {
+        if total <= keep_bytes {
+            break;
+        }
+        if fs::remove_file(p).is_ok() {
+            total -= size;
+        }
+    }
 }
 
 /// Keeps the newest `keep` `RUN.json` files of a reports directory (run
@@ -256,15 +281,20 @@ pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
 pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
     let dir = reports_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Written once: `last.json` is a hard link of `RUN.json`.
     let bytes = serde_json::to_vec_pretty(report)?;
-    for name in [format!("{}.json", report.id), "last.json".to_string()] {
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(dir.join(&name))
-            .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
-    }
+    let run = dir.join(format!("{}.json", report.id));
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(&bytes)?;
+    tmp.as_file().sync_all()?;
+    let link = dir.join(format!(".last.{}.tmp", report.id));
+    let _ = fs::remove_file(&link);
+    fs::hard_link(tmp.path(), &link).with_context(|| format!("cannot write {}", link.display()))?;
+    tmp.persist(&run)
+        .with_context(|| format!("cannot write {}", run.display()))?;
+    fs::rename(&link, dir.join("last.json"))
+        .with_context(|| format!("cannot write {}", dir.join("last.json").display()))?;
     Ok(())
 }
 

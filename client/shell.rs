@@ -20,7 +20,7 @@ use crate::sandbox::{Output, Sandbox};
 
 /// Runs the shell; the exit code is the shell's.
 pub fn shell(config: &Config, keep: bool) -> Result<i32> {
-    require_root("disco shell")?;
+    require_root("disco shell", "it mounts overlays and enters namespaces")?;
     crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;
     let run = RunDir::create(state)?;

@@ -40,8 +40,13 @@ pub enum TreeError {
     },
     #[error(transparent)]
     BadName(#[from] NameError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    /// (Not a `source`: the io error is said once, in this line.)
+    #[error("{path}: {error}")]
+    Io { path: String, error: io::Error },
+    /// A file or directory of the tree that is not what it must be (a
+    /// symlink, a FIFO, too big), said in full.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 /// Prints `a -> b -> a` for a cycle given as `[a, b]`.
@@ -106,9 +111,9 @@ impl ServerTree {
     /// may themselves be symlinks (as in `server-layout/`); both count as
     /// "inside the tree" for later symlinks.
     pub fn open(root: &Path) -> Result<ServerTree, TreeError> {
-        let meta = fs::metadata(root).map_err(|source| TreeError::Io {
+        let meta = fs::metadata(root).map_err(|error| TreeError::Io {
             path: root.display().to_string(),
-            source,
+            error,
         })?;
         if !meta.is_dir() {
             return Err(TreeError::WrongType {
@@ -165,10 +170,10 @@ impl ServerTree {
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(error) => {
                 return Err(TreeError::Io {
                     path: rel.to_string(),
-                    source,
+                    error,
                 })
             }
         };
@@ -186,10 +191,10 @@ impl ServerTree {
                 Ok(t) => t,
                 // A dangling symlink: nothing usable is there.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => {
+                Err(error) => {
                     return Err(TreeError::Io {
                         path: rel.to_string(),
-                        source,
+                        error,
                     })
                 }
             };
@@ -253,38 +258,44 @@ impl ServerTree {
         let Some(dir) = self.module_dir(m)? else {
             return Ok(Vec::new());
         };
-        match fs::read(dir.join("requires")) {
-            Ok(bytes) => parse_requires(&bytes, &rel),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => Err(TreeError::Io { path: rel, source }),
+        // Never followed, never a FIFO, never big: 64 KiB of `after X` lines is plenty.
+        match crate::fsutil::read_small(&dir.join("requires"), &rel, 64 << 10) {
+            Ok(Some(bytes)) => parse_requires(&bytes, &rel),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(TreeError::Untrusted(format!("{e:#}"))),
         }
     }
 
     /// The validated, sorted entry names of directory `rel` (empty if absent).
     pub fn names_in(&self, rel: &str) -> Result<Vec<(Name, fs::FileType)>, TreeError> {
+        // `parameters/N/modules → /etc` must not list the client's /etc.
+        match crate::fsutil::real_dir(&self.root.join(rel), rel) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Vec::new()),
+            Err(e) => return Err(TreeError::Untrusted(format!("{e:#}"))),
+        }
         let entries = match fs::read_dir(self.root.join(rel)) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
+            Err(error) => {
                 return Err(TreeError::Io {
                     path: rel.to_string(),
-                    source,
+                    error,
                 })
             }
         };
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| TreeError::Io {
+            let entry = entry.map_err(|error| TreeError::Io {
                 path: rel.to_string(),
-                source,
+                error,
             })?;
             let raw = entry.file_name();
             let shown = format!("{rel}/{}", raw.to_string_lossy());
             let name = Name::parse_os(&raw, &shown)?;
-            let kind = entry.file_type().map_err(|source| TreeError::Io {
-                path: shown,
-                source,
-            })?;
+            let kind = entry
+                .file_type()
+                .map_err(|error| TreeError::Io { path: shown, error })?;
             out.push((name, kind));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));

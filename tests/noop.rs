@@ -376,7 +376,13 @@ fn module_fifo_is_refused() {
     .unwrap();
     let (code, _, err) = f.noop_dance("n", &r.path, &[]);
     assert_eq!(code, 1);
-    assert_eq!(err, "error: modules/m/files/etc/pipe is a fifo; a server tree may hold only regular files, directories and symlinks\n");
+    assert_eq!(
+        err,
+        format!(
+            "error: server {}: modules/m/files/etc/pipe is a fifo; a server tree may hold only regular files, directories and symlinks\n",
+            f.server().display()
+        )
+    );
 }
 
 #[test]

@@ -63,6 +63,13 @@ impl Manifest {
     /// Adds the tree under `src` at manifest path `at`, returning the entry
     /// `at` gets in its parent (named `name`). Symlinks are never followed.
     pub fn add_tree(&mut self, src: &Path, at: &str, name: &str) -> Result<Entry> {
+        if at.matches('/').count() > crate::fsutil::MAX_DEPTH {
+            bail!(
+                "{}: more than {} levels of directories",
+                src.display(),
+                crate::fsutil::MAX_DEPTH
+            );
+        }
         let meta = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
         let mut entries = Vec::new();
         let mut names: Vec<_> = fs::read_dir(src)
