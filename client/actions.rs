@@ -92,7 +92,7 @@ pub fn handlers_of(module_dir: &Path) -> Result<Vec<String>> {
         if !meta.is_file() {
             anyhow::bail!(
                 "{shown} is a {}; handlers must be regular files",
-                crate::exec::kind_name(&meta)
+                crate::fsutil::kind_name(&meta)
             );
         }
         out.push(e.file_name().to_string_lossy().into_owned());
@@ -203,23 +203,14 @@ struct Binds {
     params_dir: PathBuf,
 }
 
-/// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
-/// private mount namespace for handlers); reports exit code and output.
-fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> Step {
-    let started = Instant::now();
-    let root = root.to_path_buf();
-    let exe = fs::read_link("/proc/self/exe").unwrap_or_default();
-    let disco_dir = root.join("run/disco");
-    let made_dir = binds.is_some() && !disco_dir.exists() && fs::create_dir_all(&disco_dir).is_ok();
-    let bind_spec = binds.map(|b| {
-        (
-            b.module_dir.clone(),
-            b.params_dir.clone(),
-            exe.clone(),
-            disco_dir.clone(),
-        )
-    });
-    cmd.current_dir("/").stdin(Stdio::null());
+/// Makes `cmd` run on the host's mounts, chrooted into `root`; with
+/// `binds` (module dir, params dir, disco binary, `root/run/disco`) in a
+/// private mount namespace where those appear under `/run/disco`.
+fn in_root(
+    cmd: &mut Command,
+    root: PathBuf,
+    bind_spec: Option<(PathBuf, PathBuf, PathBuf, PathBuf)>,
+) {
     let host_ns = crate::sandbox::host_mount_namespace();
     // SAFETY: runs between fork and exec in a single-threaded process:
     // only namespace, mount and chroot calls, no locks held.
@@ -283,6 +274,26 @@ fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> 
             Ok(())
         });
     }
+}
+
+/// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
+/// private mount namespace for handlers); reports exit code and output.
+fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> Step {
+    let started = Instant::now();
+    let root = root.to_path_buf();
+    let exe = fs::read_link("/proc/self/exe").unwrap_or_default();
+    let disco_dir = root.join("run/disco");
+    let made_dir = binds.is_some() && !disco_dir.exists() && fs::create_dir_all(&disco_dir).is_ok();
+    let bind_spec = binds.map(|b| {
+        (
+            b.module_dir.clone(),
+            b.params_dir.clone(),
+            exe.clone(),
+            disco_dir.clone(),
+        )
+    });
+    cmd.current_dir("/").stdin(Stdio::null());
+    in_root(&mut cmd, root.clone(), bind_spec);
     let result = cmd
         .spawn()
         .map_err(anyhow::Error::from)

@@ -25,27 +25,97 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command accepts.
-#[derive(Debug, Args)]
+/// Flags that may stand before the subcommand (`disco --root R dance`),
+/// for the subcommands that use them; each subcommand also takes the
+/// ones it uses after its name, and says there what they mean for it.
+#[derive(Debug, Args, Default)]
 pub struct Global {
-    /// Server to pull from: ssh://[user@]host[:port]/path, or a local directory holding parameters/ and modules/
-    #[arg(long, global = true, value_name = "URI")]
+    /// Server to pull from (dance, plan, config; report --fleet)
+    #[arg(long, value_name = "URI")]
     pub server: Option<String>,
-    /// Node name [default: this machine's hostname]
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Node name (dance, plan, param, config; serve: the only node served)
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// Target root directory to converge [default: /]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Root directory (dance, undo, shell, config: the target; serve, publish: the served directory)
+    #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// State directory (every node-side command)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Main config file (every node-side command)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Noop (dance, config)
+    #[arg(long)]
+    pub noop: bool,
+}
+
+/// `--server`, as a node-side command means it.
+#[derive(Debug, Args, Default)]
+pub struct ServerArg {
+    /// Server to pull from: ssh://[user@]host[:port]/path, or a local directory holding parameters/ and modules/
+    #[arg(long, value_name = "URI")]
+    pub server: Option<String>,
+}
+
+/// `--node`, as a node-side command means it.
+#[derive(Debug, Args, Default)]
+pub struct NodeArg {
+    /// Node name [default: this machine's hostname]
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+/// `--root`, the target a node-side command works on.
+#[derive(Debug, Args, Default)]
+pub struct RootArg {
+    /// Target root directory to converge [default: /]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+/// `--state-dir` and `--config`: every node-side command has them.
+#[derive(Debug, Args, Default)]
+pub struct NodeSide {
     /// State directory: cache, runs, reports [default: /var/lib/disco]
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Main config file; drop-ins are read from disco.d/ beside it [default: /etc/disco/disco.toml]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// `--noop`.
+#[derive(Debug, Args, Default)]
+pub struct NoopArg {
     /// Change nothing: run in the sandbox and report what would change (same as NOOP=true)
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub noop: bool,
+}
+
+/// What every subcommand says of the shared flags it takes.
+#[derive(Debug, Default)]
+pub struct Given {
+    pub server: Option<String>,
+    pub node: Option<String>,
+    pub root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub noop: bool,
+}
+
+impl Given {
+    /// The flags after the subcommand over those before it.
+    pub fn over(self, before: &Global) -> Given {
+        Given {
+            server: self.server.or_else(|| before.server.clone()),
+            node: self.node.or_else(|| before.node.clone()),
+            root: self.root.or_else(|| before.root.clone()),
+            state_dir: self.state_dir.or_else(|| before.state_dir.clone()),
+            config: self.config.or_else(|| before.config.clone()),
+            noop: self.noop || before.noop,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +154,7 @@ pub enum Command {
     /// Files the dance replaced or deleted are put back from
     /// STATE/backup/RUN, files it created are removed, directory modes and
     /// owners are reset. Says what it restored.
-    Undo,
+    Undo(UndoArgs),
     /// Serve a server tree on stdin/stdout to `disco` clients over SSH
     ///
     /// Meant as the forced command of a node's key in authorized_keys:
@@ -93,7 +163,7 @@ pub enum Command {
     /// of its plan are served; anything else is refused and logged to
     /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
     /// published tree (DIR/current) is resolved once per session.
-    Serve,
+    Serve(ServeArgs),
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)
     ///
@@ -124,7 +194,7 @@ pub enum Command {
     /// stderr, so stdout is only the plan.
     ///
     /// Example: disco plan --server /srv/disco --node web1
-    Plan,
+    Plan(PlanArgs),
     /// Read the node's merged parameters, or read and edit a plain parameter tree
     ///
     /// Without --tree, reads the parameters fetched by the last `disco plan`:
@@ -135,7 +205,49 @@ pub enum Command {
     /// Keys look like `users/alice/shell`; each part matches [A-Za-z0-9._-]+.
     Param(ParamArgs),
     /// Print the effective configuration, one `key = value  # source` line per setting
-    Config,
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The served directory: a server tree, or one `disco publish` made
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Serve only this node's view (the key's forced command names it)
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    #[command(flatten)]
+    pub node: NodeArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    #[command(flatten)]
+    pub node: NodeArg,
+    #[command(flatten)]
+    pub root: RootArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
+    #[command(flatten)]
+    pub noop: NoopArg,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +255,10 @@ pub struct ParamArgs {
     /// Work on the plain parameter tree in DIR instead of the fetched node
     #[arg(long, value_name = "DIR")]
     pub tree: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
     #[command(subcommand)]
     pub action: ParamAction,
 }
@@ -173,6 +289,16 @@ pub enum ParamAction {
 
 #[derive(Debug, Args)]
 pub struct DanceArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    #[command(flatten)]
+    pub node: NodeArg,
+    #[command(flatten)]
+    pub root: RootArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
+    #[command(flatten)]
+    pub noop: NoopArg,
     /// Keep the scratch directory (STATE/run/RUN) after a successful run
     #[arg(long)]
     pub keep: bool,
@@ -210,6 +336,8 @@ pub struct DanceArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    #[command(flatten)]
+    pub node_side: NodeSide,
     /// Show run ID instead of the last one (see STATE/reports/)
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
@@ -217,6 +345,10 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
     /// Keep the scratch directory after the shell exits
     #[arg(long)]
     pub keep: bool,
@@ -224,6 +356,9 @@ pub struct ShellArgs {
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
+    /// The served directory: gets snapshots/ID and the `current` link
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// The server tree to publish (holds parameters/ and modules/)
     pub src: PathBuf,
     /// How many snapshots to keep (one still being served is never removed)
@@ -233,6 +368,11 @@ pub struct PublishArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// With --fleet: the served directory on the server
+    #[arg(long, value_name = "DIR")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub node_side: NodeSide,
     /// Show run ID instead of the last one
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
@@ -251,4 +391,56 @@ pub struct ReportArgs {
     /// With --fleet: flag nodes whose last report is older than this
     #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
     pub stale: std::time::Duration,
+}
+
+impl Command {
+    /// The shared flags this subcommand was given after its name.
+    pub fn given(&self) -> Given {
+        let side = |n: &NodeSide| (n.state_dir.clone(), n.config.clone());
+        let mut g = Given::default();
+        match self {
+            Command::Dance(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.server = a.server.server.clone();
+                g.node = a.node.node.clone();
+                g.root = a.root.root.clone();
+                g.noop = a.noop.noop;
+            }
+            Command::Undo(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.root = a.root.root.clone();
+            }
+            Command::Serve(a) => {
+                g.root = a.root.clone();
+                g.node = a.node.clone();
+            }
+            Command::Publish(a) => g.root = a.root.clone(),
+            Command::Report(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.server = a.server.clone();
+            }
+            Command::Diff(a) => (g.state_dir, g.config) = side(&a.node_side),
+            Command::Shell(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.root = a.root.root.clone();
+            }
+            Command::Plan(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.server = a.server.server.clone();
+                g.node = a.node.node.clone();
+            }
+            Command::Param(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.node = a.node.node.clone();
+            }
+            Command::Config(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.server = a.server.server.clone();
+                g.node = a.node.node.clone();
+                g.root = a.root.root.clone();
+                g.noop = a.noop.noop;
+            }
+        }
+        g
+    }
 }

@@ -307,6 +307,8 @@ impl Config {
     }
 
     /// The effective settings as `key = value  # source` lines (valid TOML).
+    ///
+    /// Long because it is a table: one entry per setting, in the order `disco config` prints them.
     pub fn lines(&self) -> Vec<String> {
         fn line(key: &str, value: String, source: &Source) -> String {
             format!("{key} = {value}  # {source}")

@@ -123,6 +123,19 @@ pub fn splay(seconds: u64, always: bool) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+/// The dance lock of the state dir of `config`.
+pub fn take_lock(config: &crate::config::Config, no_wait: bool) -> Result<Lock> {
+    lock(&lock_path(&config.state_dir.value), no_wait)
+}
+
+/// The lock of the root a dance or undo writes, whatever its state dir:
+/// two state dirs on one root must not merge at once.
+pub fn take_root_lock(config: &crate::config::Config, no_wait: bool) -> Result<Lock> {
+    let root = &config.root.value;
+    let meta = fs::metadata(root).with_context(|| format!("root {}", root.display()))?;
+    lock(&root_lock_path(&meta), no_wait)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::exec::kind_name;
+use crate::fsutil::kind_name;
 use crate::fsutil::{is_opaque, is_whiteout, md5_file, same_bytes, xattrs};
 use crate::report::{Change, ChangeKind, Meta};
 use crate::run::{Mount, RunDir};
@@ -162,51 +162,9 @@ impl Differ<'_> {
                 children_without_lower = true;
             }
             Some(l) => {
-                let lmeta = fs::symlink_metadata(l)?;
-                let opaque = meta.is_dir() && is_opaque(&path);
-                if meta.is_dir() && (opaque || !lmeta.is_dir()) {
-                    out.push(Change {
-                        path: abs,
-                        kind: ChangeKind::Replaced,
-                        old: Some(self.meta(l)?),
-                        new: Some(new),
-                        diff: None,
-                    });
-                    children_without_lower = true;
-                } else if !meta.is_dir() && lmeta.is_dir() {
-                    let diff = if meta.is_file() {
-                        text_diff(None, Some(&path), &abs)?
-                    } else {
-                        None
-                    };
-                    out.push(Change {
-                        path: abs,
-                        kind: ChangeKind::Replaced,
-                        old: Some(self.meta(l)?),
-                        new: Some(new),
-                        diff,
-                    });
-                } else {
-                    let old = self.meta(l)?;
-                    let same_content = match (meta.is_file(), lmeta.is_file()) {
-                        (true, true) => same_bytes(&path, l, meta.len(), lmeta.len())?,
-                        _ => true, // type and link target are part of Meta
-                    };
-                    if !same_content || old != new || xattrs(&path) != xattrs(l) {
-                        let diff = if !same_content {
-                            text_diff(Some(l), Some(&path), &abs)?
-                        } else {
-                            None
-                        };
-                        out.push(Change {
-                            path: abs,
-                            kind: ChangeKind::Modified,
-                            old: Some(old),
-                            new: Some(new),
-                            diff,
-                        });
-                    }
-                }
+                let (change, replaced) = self.against_lower(&path, &meta, l, abs, new)?;
+                out.extend(change);
+                children_without_lower |= replaced;
             }
         }
         if meta.is_dir() {
@@ -222,6 +180,68 @@ impl Differ<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Classifies upper entry `path` (`meta`, shown as `abs`, `new` its
+    /// attributes) against the lower entry `l`: Replaced, Modified, or no
+    /// change (a copy-up that changed nothing). True when what was below
+    /// no longer counts for the entries under it (a replaced directory).
+    fn against_lower(
+        &self,
+        path: &Path,
+        meta: &fs::Metadata,
+        l: &Path,
+        abs: String,
+        new: Meta,
+    ) -> Result<(Option<Change>, bool)> {
+        let lmeta = fs::symlink_metadata(l)?;
+        let opaque = meta.is_dir() && is_opaque(path);
+        if meta.is_dir() && (opaque || !lmeta.is_dir()) {
+            let change = Change {
+                path: abs,
+                kind: ChangeKind::Replaced,
+                old: Some(self.meta(l)?),
+                new: Some(new),
+                diff: None,
+            };
+            return Ok((Some(change), true));
+        }
+        if !meta.is_dir() && lmeta.is_dir() {
+            let diff = if meta.is_file() {
+                text_diff(None, Some(path), &abs)?
+            } else {
+                None
+            };
+            let change = Change {
+                path: abs,
+                kind: ChangeKind::Replaced,
+                old: Some(self.meta(l)?),
+                new: Some(new),
+                diff,
+            };
+            return Ok((Some(change), false));
+        }
+        let old = self.meta(l)?;
+        let same_content = match (meta.is_file(), lmeta.is_file()) {
+            (true, true) => same_bytes(path, l, meta.len(), lmeta.len())?,
+            _ => true, // type and link target are part of Meta
+        };
+        if same_content && old == new && xattrs(path) == xattrs(l) {
+            return Ok((None, false));
+        }
+        let diff = if !same_content {
+            text_diff(Some(l), Some(path), &abs)?
+        } else {
+            None
+        };
+        let change = Change {
+            path: abs,
+            kind: ChangeKind::Modified,
+            old: Some(old),
+            new: Some(new),
+            diff,
+        };
+        Ok((Some(change), false))
     }
 
     /// The entry below layer `layer` at `rel` of mount `k`: the nearest

@@ -185,7 +185,7 @@ impl Job {
                 };
                 bail!(
                     "{shown} is a {}; only {allowed} can be installed",
-                    kind_name(&meta)
+                    crate::fsutil::kind_name(&meta)
                 );
             }
         }
@@ -278,7 +278,7 @@ impl Job {
                 bail!(
                     "scripts/{} is a {}; scripts must be regular files",
                     e.file_name().to_string_lossy(),
-                    kind_name(&meta)
+                    crate::fsutil::kind_name(&meta)
                 );
             }
             out.push(e.path());
@@ -520,27 +520,4 @@ fn write_if_changed(target: &Path, content: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written.with_context(|| format!("cannot write {}", target.display()))
-}
-
-/// A human name for a file type.
-pub fn kind_name(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_file() {
-        "regular file"
-    } else if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symbolic link"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
-    }
 }

@@ -242,7 +242,7 @@ fn build(
         let src = tree
             .layer_dir(layer)?
             .expect("layers were resolved by tree.node");
-        copy_tree(
+        crate::transport::copy_tree(
             &src,
             &new.join("parameters").join(layer.as_str()),
             &format!("parameters/{layer}"),
@@ -252,7 +252,7 @@ fn build(
     fs::create_dir_all(new.join("modules"))?;
     for m in &plan.order {
         let src = tree.module_dir(m)?.expect("planned modules exist");
-        copy_tree(
+        crate::transport::copy_tree(
             &src,
             &new.join("modules").join(m.as_str()),
             &format!("modules/{m}"),
@@ -293,89 +293,10 @@ fn swap_in(new: &Path, cache: &Path, defer_cleanup: bool) -> Result<()> {
     }
 }
 
-/// Copies `src` to `dst` (which must not exist): regular files with their
-/// mode (hole-aware, never whole in memory), symlinks as symlinks (never
-/// followed), directories recursively. Sockets, FIFOs and devices are
-/// refused, and so is a file over `max_file` bytes.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<()> {
-    if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
-        bail!(
-            "{label}: more than {} levels of directories",
-            crate::fsutil::MAX_DEPTH
-        );
-    }
-    let meta = fs::metadata(src).with_context(|| label.to_string())?;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(dst)
-        .with_context(|| format!("cannot create {}", dst.display()))?;
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .with_context(|| label.to_string())?
-        .collect::<io::Result<_>>()
-        .with_context(|| label.to_string())?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let shown = format!("{label}/{}", name.to_string_lossy());
-        let from = entry.path();
-        let to = dst.join(&name);
-        let ft = entry.file_type().with_context(|| shown.clone())?;
-        if ft.is_symlink() {
-            let target = fs::read_link(&from).with_context(|| shown.clone())?;
-            std::os::unix::fs::symlink(&target, &to)
-                .with_context(|| format!("cannot create {}", to.display()))?;
-        } else if ft.is_dir() {
-            copy_tree(&from, &to, &shown, max_file)?;
-        } else if ft.is_file() {
-            copy_file(&from, &to, &shown, max_file)?;
-        } else {
-            let meta = entry.metadata().with_context(|| shown.clone())?;
-            bail!(
-                "{shown} is a {}; a server tree may hold only regular files, directories and symlinks",
-                crate::exec::kind_name(&meta)
-            );
-        }
-    }
-    fs::set_permissions(dst, meta.permissions())
-        .with_context(|| format!("cannot set mode of {}", dst.display()))?;
-    Ok(())
-}
-
-/// Copies one regular file of a server tree (not through a symlink),
-/// with its permission bits, holes kept.
-fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let src = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(from)
-        .with_context(|| format!("cannot read {shown}"))?;
-    let meta = src.metadata()?;
-    if !meta.is_file() {
-        bail!("{shown} is not a regular file");
-    }
-    if meta.len() > max_file {
-        bail!(
-            "{shown} is {}, over max_file_size ({}); refused",
-            crate::fsutil::human_bytes(meta.len()),
-            crate::fsutil::human_bytes(max_file)
-        );
-    }
-    let dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to)
-        .with_context(|| format!("cannot create {}", to.display()))?;
-    crate::fsutil::copy_sparse(&src, &dst, meta.len())
-        .with_context(|| format!("cannot copy {shown}"))?;
-    dst.set_permissions(meta.permissions())?;
-    Ok(())
-}
-
 /// Fetches over SSH: the same cache, built beside the old one and swapped
 /// in, with the content synced by [`crate::transport::ssh`].
+///
+/// Long because it is one transaction: set the old cache aside, open, sync, write the manifest, swap in — every early return must leave the old cache as it was, which is easiest to check when the steps are in one body.
 fn fetch_ssh(
     server: &ServerUri,
     node: &Name,

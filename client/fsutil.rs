@@ -223,7 +223,7 @@ pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>>
     if !meta.is_file() {
         anyhow::bail!(
             "{shown} is a {}; it must be a regular file",
-            crate::exec::kind_name(&meta)
+            crate::fsutil::kind_name(&meta)
         );
     }
     if meta.len() > cap {
@@ -251,7 +251,7 @@ pub fn real_dir(path: &Path, shown: &str) -> Result<bool> {
         Ok(m) if m.is_dir() => Ok(true),
         Ok(m) => anyhow::bail!(
             "{shown} is a {}; it must be a directory",
-            crate::exec::kind_name(&m)
+            crate::fsutil::kind_name(&m)
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot read {shown}")),
@@ -289,6 +289,29 @@ pub fn human_bytes(n: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", UNITS[u])
+}
+
+/// A human name for a file type.
+pub fn kind_name(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
 }
 
 /// A path as one printable line, losslessly: bytes that are not UTF-8

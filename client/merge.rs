@@ -956,6 +956,8 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 
 /// Restores ROOT from one run's backup directory (its journal, newest
 /// record first), resumably; marks the journal undone at the end.
+///
+/// One loop over the journal with one arm per record kind; the arms' work is in [`restore_entry`] and [`restore_attrs`], what stays is the resumable bookkeeping, kept in one place on purpose.
 fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
     let id = last
         .file_name()
@@ -1018,68 +1020,11 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
             }
             Undo::Restore { seq, .. } => {
                 let b = last.join("b").join(seq.to_string());
-                let tmp = name.map(|n| {
-                    let mut t = std::ffi::OsString::from(".");
-                    t.push(n);
-                    t.push(".disco-undo");
-                    dir.join(&t)
-                });
-                let now = ino(&live);
-                if let Some(before) = progress.begun.get(&i).copied() {
-                    // Resumed inside this record: did its swap happen?
-                    let swapped = match before {
-                        None => now.is_some(),
-                        Some(x) => now.is_some_and(|n| n != x),
-                    };
-                    if swapped {
-                        // What the swap moved aside is the dance's version.
-                        if let (Some(x), Some(bi)) = (before, ino(&b)) {
-                            if x == bi {
-                                remove_any(&b)?;
-                            }
-                        }
-                        if let Some(t) = &tmp {
-                            remove_any(t)?;
-                        }
-                        said.push(format!("restored {shown}"));
-                        progress.done(i)?;
-                        continue;
-                    }
+                if restore_entry(&mut progress, i, &b, &dir, name, &live, &shown)? {
+                    said.push(format!("restored {shown}"));
                 }
-                let Some(b_ino) = ino(&b) else {
-                    // Recorded, then interrupted before the backup was made.
-                    progress.done(i)?;
-                    continue;
-                };
-                if now == Some(b_ino) {
-                    // The backup is a hard link of what is live: nothing to put back.
-                    remove_any(&b)?;
-                    progress.done(i)?;
-                    continue;
-                }
-                progress.begin(i, now)?;
-                let swapped = match exchange_or_rename(&b, &live, now.is_some()) {
-                    Ok(()) => {
-                        progress.op();
-                        // After an exchange the backup's name holds the dance's version.
-                        remove_any(&b)?;
-                        Ok(())
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                        // The backup is on another filesystem: copy it
-                        // beside the target first, complete, then swap.
-                        let t = tmp.as_ref().context("the root itself has no backup")?;
-                        remove_any(t)?;
-                        copy_tree(&b, t)?;
-                        exchange_or_rename(t, &live, now.is_some())?;
-                        progress.op();
-                        remove_any(t)?;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                swapped.with_context(|| format!("cannot restore {shown}"))?;
-                said.push(format!("restored {shown}"));
+                progress.done(i)?;
+                continue;
             }
             Undo::Attrs {
                 mode,
@@ -1088,18 +1033,7 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
                 xattrs: old,
                 ..
             } => {
-                std::os::unix::fs::lchown(&live, Some(*uid), Some(*gid))
-                    .with_context(|| format!("cannot chown {shown}"))?;
-                fs::set_permissions(&live, fs::Permissions::from_mode(*mode))
-                    .with_context(|| format!("cannot chmod {shown}"))?;
-                for (k, _) in xattrs(&live) {
-                    if !old.iter().any(|(n, _)| *n == k) {
-                        let _ = xattr::remove(&live, &k);
-                    }
-                }
-                for (k, v) in old {
-                    let _ = xattr::set(&live, k, v);
-                }
+                restore_attrs(&live, *mode, *uid, *gid, old, &shown)?;
                 said.push(format!("restored mode/owner of {shown}"));
             }
         }
@@ -1111,6 +1045,103 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
     sync_dir(last)?;
     said.reverse();
     Ok(said)
+}
+
+/// Sets a directory's mode, owner and xattrs back to what they were.
+fn restore_attrs(
+    live: &Path,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    old: &[(String, Vec<u8>)],
+    shown: &str,
+) -> Result<()> {
+    std::os::unix::fs::lchown(live, Some(uid), Some(gid))
+        .with_context(|| format!("cannot chown {shown}"))?;
+    fs::set_permissions(live, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {shown}"))?;
+    for (k, _) in xattrs(live) {
+        if !old.iter().any(|(n, _)| *n == k) {
+            let _ = xattr::remove(live, &k);
+        }
+    }
+    for (k, v) in old {
+        let _ = xattr::set(live, k, v);
+    }
+    Ok(())
+}
+
+/// Restores one entry from backup `b` to `live` (in `dir`, named `name`),
+/// resumably: record `i`'s `begin` line is on disk before the swap, and
+/// a resumed undo tells by the live inode whether the swap happened.
+/// True when something was put back.
+fn restore_entry(
+    progress: &mut Progress,
+    i: usize,
+    b: &Path,
+    dir: &crate::anchor::Anchor,
+    name: Option<&std::ffi::OsStr>,
+    live: &Path,
+    shown: &str,
+) -> Result<bool> {
+    let tmp = name.map(|n| {
+        let mut t = std::ffi::OsString::from(".");
+        t.push(n);
+        t.push(".disco-undo");
+        dir.join(&t)
+    });
+    let now = ino(live);
+    if let Some(before) = progress.begun.get(&i).copied() {
+        // Resumed inside this record: did its swap happen?
+        let swapped = match before {
+            None => now.is_some(),
+            Some(x) => now.is_some_and(|n| n != x),
+        };
+        if swapped {
+            // What the swap moved aside is the dance's version.
+            if let (Some(x), Some(bi)) = (before, ino(b)) {
+                if x == bi {
+                    remove_any(b)?;
+                }
+            }
+            if let Some(t) = &tmp {
+                remove_any(t)?;
+            }
+            return Ok(true);
+        }
+    }
+    let Some(b_ino) = ino(b) else {
+        // Recorded, then interrupted before the backup was made.
+        return Ok(false);
+    };
+    if now == Some(b_ino) {
+        // The backup is a hard link of what is live: nothing to put back.
+        remove_any(b)?;
+        return Ok(false);
+    }
+    progress.begin(i, now)?;
+    let swapped = match exchange_or_rename(b, live, now.is_some()) {
+        Ok(()) => {
+            progress.op();
+            // After an exchange the backup's name holds the dance's version.
+            remove_any(b)?;
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            // The backup is on another filesystem: copy it
+            // beside the target first, complete, then swap.
+            let t = tmp.as_ref().context("the root itself has no backup")?;
+            remove_any(t)?;
+            copy_tree(b, t)?;
+            exchange_or_rename(t, live, now.is_some())?;
+            progress.op();
+            remove_any(t)?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    swapped.with_context(|| format!("cannot restore {shown}"))?;
+    Ok(true)
 }
 
 /// Puts `from` at `to`: swapped in atomically when `to` exists (so `to`

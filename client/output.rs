@@ -38,7 +38,7 @@ const MAX_LINE: usize = 4096;
 
 /// `text` safe to print on one terminal line: control characters (an
 /// escape sequence, a newline that would forge an `info:` line) as
-/// `\xNN`, tabs kept, cut after [`MAX_LINE`] characters with `…`.
+/// `\xNN`, tabs kept, cut after `MAX_LINE` (4096) characters with `…`.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_LINE + 8));
     for (i, c) in text.chars().enumerate() {

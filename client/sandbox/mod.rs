@@ -116,6 +116,10 @@ impl Sandbox {
         prepared
     }
 
+    /// The work of [`Sandbox::prepare`].
+    ///
+    /// Long because it is the checks and the layout of a run in the order
+    /// they must happen (each step depends on the ones before).
     fn prepare_in(
         run: RunDir,
         root: &Path,
@@ -600,6 +604,26 @@ pub fn parse_queue(bytes: &[u8]) -> Vec<Vec<String>> {
         out.push(record);
     }
     out
+}
+
+/// disco's own files bound read-only under `/run/disco`: the binary (for
+/// `disco param`) and, for a module, its files and parameters.
+pub fn standard_binds(exe: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
+    let mut binds = vec![Bind {
+        source: exe.to_path_buf(),
+        inside: Path::new(DISCO_DIR).join("bin/disco"),
+    }];
+    if let Some((module_dir, params)) = module {
+        binds.push(Bind {
+            source: module_dir.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("module"),
+        });
+        binds.push(Bind {
+            source: params.to_path_buf(),
+            inside: Path::new(DISCO_DIR).join("params"),
+        });
+    }
+    binds
 }
 
 /// The host's mount namespace, kept open once disco has left it.

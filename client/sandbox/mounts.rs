@@ -261,6 +261,8 @@ pub const DEV_NODES: &[(&str, u64, u64)] = &[
 /// The operations that mount layer `plan.layer`'s view: one overlay per
 /// mount, then fresh `/proc` (with `/proc/sys` read-only), read-only
 /// `/sys`, a minimal `/dev`, tmpfs `/tmp` and `/run`.
+///
+/// Long because it is the sandbox's root as a list, read top to bottom in mount order.
 pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
     let mut ops = Vec::new();
     for (k, m) in plan.mounts.iter().enumerate() {
@@ -402,6 +404,8 @@ const NONE: Option<&str> = None;
 
 /// Performs one operation (the caller is in the sandbox's mount namespace,
 /// with its working directory at the run dir).
+///
+/// Long because it is one arm per [`MountOp`]; the longer arms are their own functions.
 pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match op {
@@ -459,38 +463,7 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             source,
             target,
             readonly,
-        } => {
-            let is_dir = fs::metadata(source).map(|m| m.is_dir()).unwrap_or(false);
-            if is_dir {
-                prepare(
-                    target,
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o755)
-                        .create(target),
-                )?;
-            } else {
-                if let Some(parent) = target.parent() {
-                    prepare(
-                        parent,
-                        fs::DirBuilder::new()
-                            .recursive(true)
-                            .mode(0o755)
-                            .create(parent),
-                    )?;
-                }
-                if fs::symlink_metadata(target).is_err() {
-                    prepare(target, fs::File::create(target).map(drop))?;
-                }
-            }
-            let src = source.display().to_string();
-            mount(Some(source.as_path()), target, NONE, MsFlags::MS_BIND, NONE)
-                .map_err(|e| mount_err(target, &src, "bind", e))?;
-            if *readonly {
-                remount_readonly(target, &src)?;
-            }
-            Ok(())
-        }
+        } => bind(source, target, *readonly),
         MountOp::ReadonlyInPlace { target } => {
             if fs::symlink_metadata(target).is_err() {
                 return Ok(()); // e.g. no /proc/sysrq-trigger on this kernel: nothing to protect
@@ -508,46 +481,9 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             Some("mode=755,size=64k"),
         )
         .map_err(|e| mount_err(target, "tmpfs", "tmpfs", e)),
-        MountOp::MaskDir { target } => {
-            if !fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
-                return Ok(()); // not on this kernel or in this root: nothing to hide
-            }
-            mount(
-                Some("tmpfs"),
-                target,
-                Some("tmpfs"),
-                nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-                Some("size=0,mode=755"),
-            )
-            .map_err(|e| mount_err(target, "tmpfs", "tmpfs (read-only mask)", e))
-        }
-        MountOp::MaskFile { target, null } => {
-            if fs::symlink_metadata(target).is_err() {
-                return Ok(());
-            }
-            let src = null.display().to_string();
-            mount(Some(null.as_path()), target, NONE, MsFlags::MS_BIND, NONE)
-                .map_err(|e| mount_err(target, &src, "bind", e))?;
-            remount_readonly(target, &src)
-        }
-        MountOp::CharDevice { path, major, minor } => {
-            use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-            mknod(
-                path.as_path(),
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o666),
-                makedev(*major, *minor),
-            )
-            .map_err(|errno| SandboxError::Sys {
-                what: format!("mknod {}", path.display()),
-                errno,
-            })?;
-            // The umask took bits away: set the mode exactly.
-            prepare(
-                path,
-                fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)),
-            )
-        }
+        MountOp::MaskDir { target } => mask_dir(target),
+        MountOp::MaskFile { target, null } => mask_file(target, null),
+        MountOp::CharDevice { path, major, minor } => char_device(path, *major, *minor),
         MountOp::Mkdir { path } => prepare(
             path,
             fs::DirBuilder::new()
@@ -559,6 +495,88 @@ pub fn apply(op: &MountOp) -> Result<(), SandboxError> {
             prepare(link, std::os::unix::fs::symlink(target, link))
         }
     }
+}
+
+/// Binds `source` on `target` (made as a file or dir to match), then
+/// optionally remounts it read-only (`nosuid`, `nodev`).
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), SandboxError> {
+    let is_dir = fs::metadata(source).map(|m| m.is_dir()).unwrap_or(false);
+    if is_dir {
+        prepare(
+            target,
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(target),
+        )?;
+    } else {
+        if let Some(parent) = target.parent() {
+            prepare(
+                parent,
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent),
+            )?;
+        }
+        if fs::symlink_metadata(target).is_err() {
+            prepare(target, fs::File::create(target).map(drop))?;
+        }
+    }
+    let src = source.display().to_string();
+    mount(Some(source), target, NONE, MsFlags::MS_BIND, NONE)
+        .map_err(|e| mount_err(target, &src, "bind", e))?;
+    if readonly {
+        remount_readonly(target, &src)?;
+    }
+    Ok(())
+}
+
+/// An empty read-only tmpfs over a directory, when it exists.
+fn mask_dir(target: &Path) -> Result<(), SandboxError> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+        return Ok(()); // not on this kernel or in this root: nothing to hide
+    }
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("size=0,mode=755"),
+    )
+    .map_err(|e| mount_err(target, "tmpfs", "tmpfs (read-only mask)", e))
+}
+
+/// `/dev/null` bound read-only and `nodev` over a file, when it exists.
+fn mask_file(target: &Path, null: &Path) -> Result<(), SandboxError> {
+    if fs::symlink_metadata(target).is_err() {
+        return Ok(());
+    }
+    let src = null.display().to_string();
+    mount(Some(null), target, NONE, MsFlags::MS_BIND, NONE)
+        .map_err(|e| mount_err(target, &src, "bind", e))?;
+    remount_readonly(target, &src)
+}
+
+/// A character device node, mode 0666 exactly.
+fn char_device(path: &Path, major: u64, minor: u64) -> Result<(), SandboxError> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(major, minor),
+    )
+    .map_err(|errno| SandboxError::Sys {
+        what: format!("mknod {}", path.display()),
+        errno,
+    })?;
+    // The umask took bits away: set the mode exactly.
+    prepare(
+        path,
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)),
+    )
 }
 
 fn remount_readonly(target: &Path, src: &str) -> Result<(), SandboxError> {

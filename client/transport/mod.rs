@@ -18,6 +18,8 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -189,6 +191,87 @@ impl View {
         let rest = parts.next()?;
         Some(self.dirs.get(&top)?.join(rest))
     }
+}
+
+/// Copies `src` to `dst` (which must not exist): regular files with their
+/// mode (hole-aware, never whole in memory), symlinks as symlinks (never
+/// followed), directories recursively. Sockets, FIFOs and devices are
+/// refused, and so is a file over `max_file` bytes.
+pub fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<()> {
+    if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
+        bail!(
+            "{label}: more than {} levels of directories",
+            crate::fsutil::MAX_DEPTH
+        );
+    }
+    let meta = fs::metadata(src).with_context(|| label.to_string())?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .with_context(|| label.to_string())?
+        .collect::<io::Result<_>>()
+        .with_context(|| label.to_string())?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let shown = format!("{label}/{}", name.to_string_lossy());
+        let from = entry.path();
+        let to = dst.join(&name);
+        let ft = entry.file_type().with_context(|| shown.clone())?;
+        if ft.is_symlink() {
+            let target = fs::read_link(&from).with_context(|| shown.clone())?;
+            std::os::unix::fs::symlink(&target, &to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
+        } else if ft.is_dir() {
+            copy_tree(&from, &to, &shown, max_file)?;
+        } else if ft.is_file() {
+            copy_file(&from, &to, &shown, max_file)?;
+        } else {
+            let meta = entry.metadata().with_context(|| shown.clone())?;
+            bail!(
+                "{shown} is a {}; a server tree may hold only regular files, directories and symlinks",
+                crate::fsutil::kind_name(&meta)
+            );
+        }
+    }
+    fs::set_permissions(dst, meta.permissions())
+        .with_context(|| format!("cannot set mode of {}", dst.display()))?;
+    Ok(())
+}
+
+/// Copies one regular file of a server tree (not through a symlink),
+/// with its permission bits, holes kept.
+fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let src = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .with_context(|| format!("cannot read {shown}"))?;
+    let meta = src.metadata()?;
+    if !meta.is_file() {
+        bail!("{shown} is not a regular file");
+    }
+    if meta.len() > max_file {
+        bail!(
+            "{shown} is {}, over max_file_size ({}); refused",
+            crate::fsutil::human_bytes(meta.len()),
+            crate::fsutil::human_bytes(max_file)
+        );
+    }
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("cannot create {}", to.display()))?;
+    crate::fsutil::copy_sparse(&src, &dst, meta.len())
+        .with_context(|| format!("cannot copy {shown}"))?;
+    dst.set_permissions(meta.permissions())?;
+    Ok(())
 }
 
 #[cfg(test)]

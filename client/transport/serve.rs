@@ -10,7 +10,7 @@
 //! stderr — anything outside the view.
 
 use std::fs;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -80,64 +80,17 @@ pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
 }
 
 /// Serves one session on stdin/stdout. `forced`: the node this key may fetch.
+///
+/// Long because it is the session's loop, one arm per message kind; the handshake and the answers are `handshake` and `answer`.
 pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     let snapshot = resolve_snapshot(root)?;
     let stdin = io::stdin().lock();
     let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut wire = Wire::new(stdin, stdout);
-    let refuse = |wire: &mut Wire<_, _>, node: &str, what: String| -> Result<i32> {
-        eprintln!("disco serve: refused for node {node}: {what}");
-        let _ = wire.say(
-            &Msg::Error {
-                message: format!("server refused: {what}"),
-            },
-            &[],
-        );
-        Ok(1)
+    let (node, view) = match handshake(&mut wire, &snapshot, forced)? {
+        Ok(nv) => nv,
+        Err(code) => return Ok(code),
     };
-
-    let (hello, _) = wire.recv().context("reading the client's hello")?;
-    let Msg::Hello { version, node } = hello else {
-        return refuse(&mut wire, "?", "the first message must be a hello".into());
-    };
-    if version != VERSION {
-        let msg = format!("protocol version mismatch: the client speaks {version}, this server {VERSION}; install the same disco on both");
-        eprintln!("disco serve: {msg}");
-        let _ = wire.say(&Msg::Error { message: msg }, &[]);
-        return Ok(1);
-    }
-    let node = match forced {
-        Some(f) if f.as_str() != node => {
-            return refuse(
-                &mut wire,
-                &node,
-                format!("this key may fetch only node '{f}'"),
-            );
-        }
-        Some(f) => f.clone(),
-        None => match Name::parse(&node, "the client's node") {
-            Ok(n) => n,
-            Err(e) => return refuse(&mut wire, &node, e.to_string()),
-        },
-    };
-    let view = match View::of(&snapshot.path, &node) {
-        Ok(v) => v,
-        Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("disco serve: {message}");
-            let _ = wire.say(&Msg::Error { message }, &[]);
-            return Ok(1);
-        }
-    };
-    wire.say(
-        &Msg::Welcome {
-            version: VERSION,
-            node: node.to_string(),
-            snapshot: snapshot.id.clone(),
-            root: view.manifest.root_hash(),
-        },
-        &[],
-    )?;
 
     let mut queued: Vec<(Msg, Vec<u8>)> = Vec::new();
     let mut queued_bytes = 0usize;
@@ -175,85 +128,8 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             }
             Msg::Flush => {
                 for (msg, blob) in queued.drain(..) {
-                    let path = match &msg {
-                        Msg::Get { path } | Msg::Delta { path } => path.clone(),
-                        _ => unreachable!("only requests are queued"),
-                    };
-                    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path))
-                    else {
-                        return refuse(
-                            &mut wire,
-                            node.as_str(),
-                            format!("{path:?} is not a file of this node's view"),
-                        );
-                    };
-                    let md5 = entry.hash.clone();
-                    let mut f =
-                        open_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
-                    let size = f.metadata()?.len();
-                    let delta = match msg {
-                        Msg::Delta { .. } if size <= MAX_DELTA_FILE => {
-                            if !sane_signature(&blob) {
-                                return refuse(
-                                    &mut wire,
-                                    node.as_str(),
-                                    format!("a bad signature for {path}"),
-                                );
-                            }
-                            let mut data = Vec::with_capacity(size as usize);
-                            (&mut f).take(MAX_DELTA_FILE).read_to_end(&mut data)?;
-                            match fast_rsync::Signature::deserialize(blob) {
-                                Ok(sig) => {
-                                    let mut out = Vec::new();
-                                    fast_rsync::diff(&sig.index(), &data, &mut out)
-                                        .ok()
-                                        .map(|_| (out, data))
-                                }
-                                Err(_) => {
-                                    return refuse(
-                                        &mut wire,
-                                        node.as_str(),
-                                        format!("a bad signature for {path}"),
-                                    )
-                                }
-                            }
-                        }
-                        _ => None,
-                    };
-                    match delta {
-                        Some((d, _)) => {
-                            let head = Msg::DeltaData {
-                                path,
-                                size: d.len() as u64,
-                                md5,
-                            };
-                            wire.send(&head, &[])?;
-                            for chunk in d.chunks(CHUNK) {
-                                wire.send(&Msg::Data, chunk)?;
-                            }
-                        }
-                        None => {
-                            // Whole files are streamed: never all in memory.
-                            use std::io::Seek;
-                            f.rewind()?;
-                            wire.send(
-                                &Msg::File {
-                                    path: path.clone(),
-                                    size,
-                                    md5,
-                                },
-                                &[],
-                            )?;
-                            let mut buf = vec![0u8; CHUNK];
-                            let mut left = size;
-                            while left > 0 {
-                                let want = (left as usize).min(CHUNK);
-                                f.read_exact(&mut buf[..want])
-                                    .with_context(|| format!("{path} changed while it was sent"))?;
-                                wire.send(&Msg::Data, &buf[..want])?;
-                                left -= want as u64;
-                            }
-                        }
+                    if let Err(why) = answer(&mut wire, &view, msg, blob)? {
+                        return refuse(&mut wire, node.as_str(), why);
                     }
                 }
                 queued_bytes = 0;
@@ -286,6 +162,132 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             }
         }
     }
+}
+
+/// Refuses the session: says why on stderr (the server's log) and to the
+/// client, once. The exit code is 1.
+fn refuse<R: Read, W: Write>(wire: &mut Wire<R, W>, node: &str, what: String) -> Result<i32> {
+    eprintln!("disco serve: refused for node {node}: {what}");
+    let _ = wire.say(
+        &Msg::Error {
+            message: format!("server refused: {what}"),
+        },
+        &[],
+    );
+    Ok(1)
+}
+
+/// The hello/welcome exchange: the client's version and node (the key's
+/// forced `--node` wins), the node's view of `snapshot`. `Ok(Err(code))`
+/// when the session ends there (refused, said why).
+fn handshake<R: Read, W: Write>(
+    wire: &mut Wire<R, W>,
+    snapshot: &Snapshot,
+    forced: Option<&Name>,
+) -> Result<Result<(Name, View), i32>> {
+    let (hello, _) = wire.recv().context("reading the client's hello")?;
+    let Msg::Hello { version, node } = hello else {
+        return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
+    };
+    if version != VERSION {
+        let msg = format!("protocol version mismatch: the client speaks {version}, this server {VERSION}; install the same disco on both");
+        eprintln!("disco serve: {msg}");
+        let _ = wire.say(&Msg::Error { message: msg }, &[]);
+        return Ok(Err(1));
+    }
+    let node = match forced {
+        Some(f) if f.as_str() != node => {
+            let why = format!("this key may fetch only node '{f}'");
+            return refuse(wire, &node, why).map(Err);
+        }
+        Some(f) => f.clone(),
+        None => match Name::parse(&node, "the client's node") {
+            Ok(n) => n,
+            Err(e) => return refuse(wire, &node, e.to_string()).map(Err),
+        },
+    };
+    let view = match View::of(&snapshot.path, &node) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("disco serve: {message}");
+            let _ = wire.say(&Msg::Error { message }, &[]);
+            return Ok(Err(1));
+        }
+    };
+    wire.say(
+        &Msg::Welcome {
+            version: VERSION,
+            node: node.to_string(),
+            snapshot: snapshot.id.clone(),
+            root: view.manifest.root_hash(),
+        },
+        &[],
+    )?;
+    Ok(Ok((node, view)))
+}
+
+/// Answers one queued `Get` or `Delta`: a delta (files up to
+/// [`MAX_DELTA_FILE`], built in memory) or the whole file, streamed in
+/// [`CHUNK`]s. `Ok(Err(why))` is a request to refuse.
+fn answer<R: Read, W: Write>(
+    wire: &mut Wire<R, W>,
+    view: &View,
+    msg: Msg,
+    blob: Vec<u8>,
+) -> Result<Result<(), String>> {
+    let path = match &msg {
+        Msg::Get { path } | Msg::Delta { path } => path.clone(),
+        _ => unreachable!("only requests are queued"),
+    };
+    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path)) else {
+        return Ok(Err(format!("{path:?} is not a file of this node's view")));
+    };
+    let md5 = entry.hash.clone();
+    let mut f = open_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
+    let size = f.metadata()?.len();
+    if matches!(msg, Msg::Delta { .. }) && size <= MAX_DELTA_FILE {
+        if !sane_signature(&blob) {
+            return Ok(Err(format!("a bad signature for {path}")));
+        }
+        let Ok(sig) = fast_rsync::Signature::deserialize(blob) else {
+            return Ok(Err(format!("a bad signature for {path}")));
+        };
+        let mut data = Vec::with_capacity(size as usize);
+        (&mut f).take(MAX_DELTA_FILE).read_to_end(&mut data)?;
+        let mut delta = Vec::new();
+        if fast_rsync::diff(&sig.index(), &data, &mut delta).is_ok() {
+            let head = Msg::DeltaData {
+                path,
+                size: delta.len() as u64,
+                md5,
+            };
+            wire.send(&head, &[])?;
+            for chunk in delta.chunks(CHUNK) {
+                wire.send(&Msg::Data, chunk)?;
+            }
+            return Ok(Ok(()));
+        }
+    }
+    // Whole files are streamed: never all in memory.
+    use std::io::Seek;
+    f.rewind()?;
+    let head = Msg::File {
+        path: path.clone(),
+        size,
+        md5,
+    };
+    wire.send(&head, &[])?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = (left as usize).min(CHUNK);
+        f.read_exact(&mut buf[..want])
+            .with_context(|| format!("{path} changed while it was sent"))?;
+        wire.send(&Msg::Data, &buf[..want])?;
+        left -= want as u64;
+    }
+    Ok(Ok(()))
 }
 
 /// Opens a file without following a symlink in its last component.

@@ -96,6 +96,30 @@ pub fn ssh_command(uri: &ServerUri, opts: &SshOptions, remote: &[&str]) -> Resul
     Ok(c)
 }
 
+/// Collects ssh's stderr in a thread, keeping its last 64 KiB: a server
+/// cannot fill memory through it.
+fn collect_stderr(mut err_pipe: std::process::ChildStderr) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = err_pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                if s.len() > MAX_STDERR {
+                    let cut = s.len() - MAX_STDERR / 2;
+                    let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+                    s.drain(..cut);
+                }
+            }
+        }
+    });
+    stderr
+}
+
 /// The wire to ssh: both pipe ends with deadlines.
 pub type SshWire = Wire<BufReader<Timed<ChildStdout>>, BufWriter<Timed<ChildStdin>>>;
 
@@ -115,6 +139,8 @@ const MAX_STDERR: usize = 64 << 10;
 
 impl Session {
     /// Starts ssh and does the handshake for `node`.
+    ///
+    /// Long because the handshake's error cases (ssh itself, the protocol version, an unexpected answer) are each said here.
     pub fn open(
         uri: &ServerUri,
         node: &Name,
@@ -130,26 +156,7 @@ impl Session {
         let mut child = cmd
             .spawn()
             .context("cannot run ssh (is openssh-client installed?)")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("piped");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            // Keep the last 64 KiB: a server cannot fill memory through ssh's stderr.
-            let mut chunk = [0u8; 8192];
-            while let Ok(n) = err_pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                    if s.len() > MAX_STDERR {
-                        let cut = s.len() - MAX_STDERR / 2;
-                        let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-                        s.drain(..cut);
-                    }
-                }
-            }
-        });
+        let stderr = collect_stderr(child.stderr.take().expect("piped"));
         let deadline = Deadline::new(
             if opts.io_timeout == 0 {
                 60
@@ -285,6 +292,8 @@ impl Drop for Session {
 
 /// Brings `new` (a fresh directory) to the server's snapshot for `node`,
 /// reusing `old` (the current cache, if any). Returns the new manifest.
+///
+/// The stages are [`descend`], [`lay_out_units`] and [`transfer`]; what stays is wiring them, kept together so the order of the cache's construction reads in one place.
 pub fn sync(
     s: &mut Session,
     root_hash: &str,
@@ -294,110 +303,9 @@ pub fn sync(
     store: &Path,
     stats: &mut Stats,
 ) -> Result<Manifest> {
-    // Descend, one round trip per level, only where hashes differ.
-    let mut m = Manifest::default();
-    let mut level = vec![String::new()];
-    let mut expect: BTreeMap<String, String> =
-        BTreeMap::from([(String::new(), root_hash.to_string())]);
-    while !level.is_empty() {
-        s.wire.say(
-            &Msg::List {
-                paths: level.clone(),
-            },
-            &[],
-        )?;
-        let (msg, _) = s.wire.recv()?;
-        let Msg::Listings { dirs } = msg else {
-            bail!(
-                "protocol error: expected a listing, got {}",
-                super::wire::describe(&msg)
-            )
-        };
-        if dirs.len() != level.len() {
-            bail!(
-                "protocol error: asked for {} listings, got {}",
-                level.len(),
-                dirs.len()
-            );
-        }
-        let mut next = Vec::new();
-        for (want, l) in level.iter().zip(dirs) {
-            if &l.path != want {
-                bail!("protocol error: asked for {want:?}, got {:?}", l.path);
-            }
-            for e in &l.entries {
-                manifest::validate(&l.path, e)?;
-                if e.kind == 'f' && e.size > s.max_file_size {
-                    bail!(
-                        "{} is {}, over max_file_size ({}); refused",
-                        crate::fsutil::shown(Path::new(&join(&l.path, &e.name))),
-                        crate::fsutil::human_bytes(e.size),
-                        crate::fsutil::human_bytes(s.max_file_size)
-                    );
-                }
-            }
-            // Strictly ascending names: no entry can appear twice (say, a
-            // symlink and then a directory of the same name).
-            if l.entries.windows(2).any(|w| w[0].name >= w[1].name) {
-                bail!("the server's listing of {want:?} is not sorted or names an entry twice");
-            }
-            if dir_hash(&l.entries) != expect[want] {
-                bail!("the server's listing of {want:?} does not match its hash");
-            }
-            for e in l.entries.iter().filter(|e| e.kind == 'd') {
-                let child = join(&l.path, &e.name);
-                let same = old
-                    .entry(&child)
-                    .is_some_and(|o| o.kind == 'd' && o.hash == e.hash)
-                    && old.dirs.contains_key(&child);
-                if same {
-                    m.graft(old, &child);
-                } else {
-                    expect.insert(child.clone(), e.hash.clone());
-                    next.push(child);
-                }
-            }
-            m.dirs.insert(l.path, l.entries);
-        }
-        level = next;
-    }
+    let m = descend(s, root_hash, old)?;
 
-    // Lay out the new cache: `parameters/L` and `modules/M` are symlinks
-    // into the content-addressed store beside the cache; a unit whose hash
-    // is already there costs one symlink. Changed units are built in
-    // `store/.tmp-KEY-PID` (unchanged files hard-linked from the old cache)
-    // and renamed into place once complete.
-    let mut building: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
-    for top in ["parameters", "modules"] {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(new_dir.join(top))?;
-        for e in m.dirs.get(top).map(Vec::as_slice).unwrap_or(&[]) {
-            if e.kind != 'd' {
-                bail!("protocol error: {top}/{} is not a directory", e.name);
-            }
-            let key = format!("{}-{:o}", e.hash, e.mode);
-            std::os::unix::fs::symlink(
-                Path::new("../../store").join(&key),
-                new_dir.join(top).join(&e.name),
-            )?;
-            let done = store.join(&key);
-            if done.is_dir() || building.values().any(|(_, d)| *d == done) {
-                stats.reused_units += 1;
-                continue;
-            }
-            let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
-            if tmp.exists() {
-                fs::remove_dir_all(&tmp)?;
-            }
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&tmp)?;
-            building.insert(join(top, &e.name), (tmp, done));
-        }
-    }
+    let building = lay_out_units(&m, new_dir, store, stats)?;
     let dst_of = |path: &str| -> Option<PathBuf> {
         let mut parts = path.splitn(3, '/');
         let unit = format!("{}/{}", parts.next()?, parts.next()?);
@@ -471,6 +379,127 @@ pub fn sync(
     Ok(m)
 }
 
+/// Lays out the new cache: `parameters/L` and `modules/M` are symlinks
+/// into the content-addressed store beside the cache; a unit whose hash
+/// is already there costs one symlink. Returns the units to build, by
+/// manifest path: `store/.tmp-KEY-PID` (filled by the caller, unchanged
+/// files hard-linked from the old cache) and where it goes once complete.
+fn lay_out_units(
+    m: &Manifest,
+    new_dir: &Path,
+    store: &Path,
+    stats: &mut Stats,
+) -> Result<BTreeMap<String, (PathBuf, PathBuf)>> {
+    let mut building: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
+    for top in ["parameters", "modules"] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(new_dir.join(top))?;
+        for e in m.dirs.get(top).map(Vec::as_slice).unwrap_or(&[]) {
+            if e.kind != 'd' {
+                bail!("protocol error: {top}/{} is not a directory", e.name);
+            }
+            let key = format!("{}-{:o}", e.hash, e.mode);
+            std::os::unix::fs::symlink(
+                Path::new("../../store").join(&key),
+                new_dir.join(top).join(&e.name),
+            )?;
+            let done = store.join(&key);
+            if done.is_dir() || building.values().any(|(_, d)| *d == done) {
+                stats.reused_units += 1;
+                continue;
+            }
+            let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp)?;
+            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp)?;
+            building.insert(join(top, &e.name), (tmp, done));
+        }
+    }
+    Ok(building)
+}
+
+/// Walks the server's listings down from the root, one round trip per
+/// level and only into directories whose hash differs from `old`'s,
+/// checking every listing against its hash and every entry's name,
+/// kind and size. Returns the new manifest.
+fn descend(s: &mut Session, root_hash: &str, old: &Manifest) -> Result<Manifest> {
+    // Descend, one round trip per level, only where hashes differ.
+    let mut m = Manifest::default();
+    let mut level = vec![String::new()];
+    let mut expect: BTreeMap<String, String> =
+        BTreeMap::from([(String::new(), root_hash.to_string())]);
+    while !level.is_empty() {
+        s.wire.say(
+            &Msg::List {
+                paths: level.clone(),
+            },
+            &[],
+        )?;
+        let (msg, _) = s.wire.recv()?;
+        let Msg::Listings { dirs } = msg else {
+            bail!(
+                "protocol error: expected a listing, got {}",
+                super::wire::describe(&msg)
+            )
+        };
+        if dirs.len() != level.len() {
+            bail!(
+                "protocol error: asked for {} listings, got {}",
+                level.len(),
+                dirs.len()
+            );
+        }
+        let mut next = Vec::new();
+        for (want, l) in level.iter().zip(dirs) {
+            if &l.path != want {
+                bail!("protocol error: asked for {want:?}, got {:?}", l.path);
+            }
+            for e in &l.entries {
+                manifest::validate(&l.path, e)?;
+                if e.kind == 'f' && e.size > s.max_file_size {
+                    bail!(
+                        "{} is {}, over max_file_size ({}); refused",
+                        crate::fsutil::shown(Path::new(&join(&l.path, &e.name))),
+                        crate::fsutil::human_bytes(e.size),
+                        crate::fsutil::human_bytes(s.max_file_size)
+                    );
+                }
+            }
+            // Strictly ascending names: no entry can appear twice (say, a
+            // symlink and then a directory of the same name).
+            if l.entries.windows(2).any(|w| w[0].name >= w[1].name) {
+                bail!("the server's listing of {want:?} is not sorted or names an entry twice");
+            }
+            if dir_hash(&l.entries) != expect[want] {
+                bail!("the server's listing of {want:?} does not match its hash");
+            }
+            for e in l.entries.iter().filter(|e| e.kind == 'd') {
+                let child = join(&l.path, &e.name);
+                let same = old
+                    .entry(&child)
+                    .is_some_and(|o| o.kind == 'd' && o.hash == e.hash)
+                    && old.dirs.contains_key(&child);
+                if same {
+                    m.graft(old, &child);
+                } else {
+                    expect.insert(child.clone(), e.hash.clone());
+                    next.push(child);
+                }
+            }
+            m.dirs.insert(l.path, l.entries);
+        }
+        level = next;
+    }
+
+    Ok(m)
+}
+
 /// Sends the requests, receives the files; returns the paths whose delta
 /// gave the wrong content (to fetch whole).
 fn transfer(
@@ -523,61 +552,81 @@ fn transfer(
         let dst = dst_of(path)
             .with_context(|| format!("protocol error: {path} is outside the units being built"))?;
         let _ = fs::remove_file(&dst);
-        if !is_delta {
-            // Streamed to disk as it comes: no whole-file buffer; zero
-            // blocks become holes.
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&dst)?;
-            let mut hash = <md5::Md5 as md5::Digest>::new();
-            let mut at = 0u64;
-            while at < size {
-                let (msg, blob) = s.wire.recv()?;
-                if msg != Msg::Data || at + blob.len() as u64 > size {
-                    bail!("protocol error in the data of {path}");
-                }
-                md5::Digest::update(&mut hash, &blob);
-                crate::fsutil::write_sparse(&f, &blob, at)
-                    .with_context(|| format!("cannot write {}", dst.display()))?;
-                at += blob.len() as u64;
+        if is_delta {
+            if !receive_delta(s, path, e, size, old_dir, &dst)? {
+                refetch.push(path.clone());
             }
-            f.set_len(size)?;
+            stats.deltas += 1;
+        } else {
+            receive_whole(s, path, e, size, &dst)?;
             stats.whole += 1;
-            if format!("{:x}", md5::Digest::finalize(hash)) != e.hash {
-                let _ = fs::remove_file(&dst);
-                bail!("{path} does not match its hash after the transfer");
-            }
-            f.set_permissions(fs::Permissions::from_mode(e.mode))?;
-            continue;
         }
-        // A delta (files up to MAX_DELTA_FILE): base and result in memory.
-        let mut body = Vec::with_capacity(size.min(super::wire::MAX_BLOB as u64) as usize);
-        while (body.len() as u64) < size {
-            let (msg, blob) = s.wire.recv()?;
-            if msg != Msg::Data || body.len() as u64 + blob.len() as u64 > size {
-                bail!("protocol error in the data of {path}");
-            }
-            body.extend_from_slice(&blob);
-        }
-        let base = fs::read(old_dir.join(path))?;
-        let mut content = Vec::with_capacity(e.size.min(super::wire::MAX_BLOB as u64) as usize);
-        fast_rsync::apply_limited(&base, &body, &mut content, e.size as usize)
-            .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
-        stats.deltas += 1;
-        let sum = format!("{:x}", <md5::Md5 as md5::Digest>::digest(&content));
-        if sum != e.hash {
-            refetch.push(path.clone());
-            continue;
-        }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&dst)?;
-        f.write_all(&content)?;
-        f.set_permissions(fs::Permissions::from_mode(e.mode))?;
     }
     Ok(refetch)
+}
+
+/// Receives a whole file of `size` bytes into `dst`: streamed to disk as
+/// it comes (no whole-file buffer), md5 computed on the way, zero blocks
+/// left as holes; removed again if it does not match `e`'s hash.
+fn receive_whole(s: &mut Session, path: &str, e: &Entry, size: u64, dst: &Path) -> Result<()> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    let mut hash = <md5::Md5 as md5::Digest>::new();
+    let mut at = 0u64;
+    while at < size {
+        let (msg, blob) = s.wire.recv()?;
+        if msg != Msg::Data || at + blob.len() as u64 > size {
+            bail!("protocol error in the data of {path}");
+        }
+        md5::Digest::update(&mut hash, &blob);
+        crate::fsutil::write_sparse(&f, &blob, at)
+            .with_context(|| format!("cannot write {}", dst.display()))?;
+        at += blob.len() as u64;
+    }
+    f.set_len(size)?;
+    if format!("{:x}", md5::Digest::finalize(hash)) != e.hash {
+        let _ = fs::remove_file(dst);
+        bail!("{path} does not match its hash after the transfer");
+    }
+    f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    Ok(())
+}
+
+/// Receives a delta of `size` bytes and applies it to the old cache's
+/// copy (files up to MAX_DELTA_FILE: base and result in memory); false
+/// when the result does not match `e`'s hash (fetch it whole then).
+fn receive_delta(
+    s: &mut Session,
+    path: &str,
+    e: &Entry,
+    size: u64,
+    old_dir: &Path,
+    dst: &Path,
+) -> Result<bool> {
+    let mut body = Vec::with_capacity(size.min(super::wire::MAX_BLOB as u64) as usize);
+    while (body.len() as u64) < size {
+        let (msg, blob) = s.wire.recv()?;
+        if msg != Msg::Data || body.len() as u64 + blob.len() as u64 > size {
+            bail!("protocol error in the data of {path}");
+        }
+        body.extend_from_slice(&blob);
+    }
+    let base = fs::read(old_dir.join(path))?;
+    let mut content = Vec::with_capacity(e.size.min(super::wire::MAX_BLOB as u64) as usize);
+    fast_rsync::apply_limited(&base, &body, &mut content, e.size as usize)
+        .map_err(|err| anyhow!("the delta for {path} does not apply: {err}"))?;
+    if format!("{:x}", <md5::Md5 as md5::Digest>::digest(&content)) != e.hash {
+        return Ok(false);
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    f.write_all(&content)?;
+    f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    Ok(true)
 }
 
 /// Block size ~ sqrt(size) (at least 256, at most 64 KiB, a multiple of

@@ -9,17 +9,20 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
+use super::require_root;
 use crate::config::Config;
-use crate::dance::{require_root, standard_binds};
 use crate::diff::Owners;
 use crate::exec::{wait4, SANDBOX_PATH};
 use crate::output;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::RunDir;
+use crate::sandbox::standard_binds;
 use crate::sandbox::{Output, Sandbox};
 
 /// Runs the shell; the exit code is the shell's.
-pub fn shell(config: &Config, keep: bool) -> Result<i32> {
+///
+/// Long because it is the whole command: sandbox, terminal signals, the shell, the changes, the report — in the order a user sees them.
+pub fn run(config: &Config, keep: bool) -> Result<i32> {
     require_root("disco shell", "it mounts overlays and enters namespaces")?;
     crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;

@@ -1,0 +1,121 @@
+//! `disco dance`: root check, its own mount namespace, splay, the locks
+//! (state dir and root), `--if-changed`, the status file around one run
+//! of [`crate::pipeline`].
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+
+use super::require_root;
+use crate::config::Config;
+use crate::fetch;
+use crate::output;
+use crate::pipeline;
+use crate::report;
+
+/// Options of `disco dance` beyond the global ones.
+#[derive(Debug, Clone, Default)]
+pub struct DanceOptions {
+    /// Keep the scratch directory of a successful run.
+    pub keep: bool,
+    /// Exit at once if another dance holds the lock.
+    pub no_wait: bool,
+    /// Sleep a random 0..splay seconds first (not on a terminal unless `splay_always`).
+    pub splay: u64,
+    pub splay_always: bool,
+    /// Print only changes, warnings and errors.
+    pub quiet: bool,
+    /// Skip the dance when the server's view is what the last successful
+    /// dance saw, and that dance is younger than `max_age` seconds.
+    pub if_changed: bool,
+    pub max_age: u64,
+    /// Run deferred actions and handlers under a `--root` other than `/`.
+    pub run_actions: bool,
+    /// 0 no change, 2 changes, 1 failure, 4 failure after the merge.
+    pub detailed_exitcodes: bool,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Runs a dance; returns the exit code.
+pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
+    require_root("disco dance", "it mounts overlays and enters namespaces")?;
+    // Before any thread exists: every mount of the dance lives and dies with disco.
+    crate::sandbox::own_mount_namespace()?;
+    output::set_quiet(opts.quiet);
+    config.require_servers()?;
+    crate::cron::splay(opts.splay, opts.splay_always);
+    let state = &config.state_dir.value;
+    let _lock = crate::cron::take_lock(config, opts.no_wait)?;
+    let _root_lock = crate::cron::take_root_lock(config, opts.no_wait)?;
+    if opts.if_changed && unchanged_since_last(config, opts)? {
+        return Ok(0);
+    }
+    crate::cron::set_status(
+        state,
+        &format!("running since {} (pid {})", now(), std::process::id()),
+    );
+    let result = pipeline::run(
+        config,
+        &pipeline::Options {
+            keep: opts.keep,
+            quiet: opts.quiet,
+            run_actions: opts.run_actions,
+            detailed_exitcodes: opts.detailed_exitcodes,
+        },
+    );
+    match &result {
+        Ok((code, report)) => {
+            let line = match report.status.as_str() {
+                "failed" => format!(
+                    "failed at {}: {}",
+                    report.ended,
+                    report.error.as_deref().unwrap_or("see disco report")
+                ),
+                _ => format!(
+                    "done at {} ({} change(s){})",
+                    report.ended,
+                    report.changes().count(),
+                    if report.noop { ", noop" } else { "" }
+                ),
+            };
+            crate::cron::set_status(state, &line);
+            let _ = code;
+        }
+        Err(e) => crate::cron::set_status(state, &format!("failed at {}: {e:#}", now())),
+    }
+    result.map(|(code, _)| code)
+}
+
+/// `--if-changed`: true (and says so) when the server's view of this node
+/// hashes as it did for the last successful dance, which is recent enough.
+fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
+    let Ok(last) = report::history(&config.state_dir.value).map(|h| {
+        h.into_iter().rev().find(|r| {
+            r.status != "failed" && r.noop == config.noop.value && !r.root_hash.is_empty()
+        })
+    }) else {
+        return Ok(false);
+    };
+    let Some(last) = last else { return Ok(false) };
+    let age = humantime::parse_rfc3339(&last.ended)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX);
+    if age >= opts.max_age {
+        return Ok(false);
+    }
+    let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
+    let (snapshot, root) = fetch::probe(&server, &config.node.value, &config.ssh())?;
+    if root == last.root_hash {
+        output::info(&format!(
+            "skipped: the server's snapshot {snapshot} is what run {} applied {age} s ago (--if-changed)",
+            last.id
+        ));
+        return Ok(true);
+    }
+    Ok(false)
+}

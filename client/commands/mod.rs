@@ -1,0 +1,84 @@
+//! The subcommands, one file each; [`run`] dispatches the parsed command
+//! line. A subcommand loads the effective [`Config`], calls the stages
+//! it needs, and writes its result to stdout; the work lives in the stage
+//! modules (`fetch`, `plan`, `pipeline`, `merge`, …), never here.
+
+pub mod config;
+pub mod dance;
+pub mod diff;
+pub mod param;
+pub mod plan;
+pub mod publish;
+pub mod report;
+pub mod serve;
+pub mod shell;
+pub mod undo;
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Flags};
+
+/// Runs the command of `cli`; the return value is the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let given = cli.command.given().over(&cli.global);
+    let flags = Flags {
+        config: given.config,
+        server: given.server,
+        node: given.node,
+        root: given.root,
+        state_dir: given.state_dir,
+        noop: given.noop,
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = Config::load(&flags, &env)?;
+    match cli.command {
+        Command::Plan(_) => plan::run(&config),
+        Command::Dance(args) => dance::run(
+            &config,
+            &dance::DanceOptions {
+                keep: args.keep,
+                run_actions: args.run_actions,
+                detailed_exitcodes: args.detailed_exitcodes,
+                no_wait: args.no_wait,
+                splay: args.splay,
+                splay_always: args.splay_always,
+                quiet: args.quiet,
+                if_changed: args.if_changed,
+                max_age: args.max_age.as_secs(),
+            },
+        ),
+        Command::Undo(_) => undo::run(&config),
+        Command::Serve(_) => serve::run(&config),
+        Command::Publish(args) => publish::run(&config, &args),
+        Command::Diff(args) => diff::run(&config, args.run.as_deref()),
+        Command::Report(args) => report::run(&config, &args),
+        Command::Shell(args) => shell::run(&config, args.keep),
+        Command::Param(args) => param::run(&config, args),
+        Command::Config(_) => config::run(&config),
+    }
+}
+
+/// Refuses to go on unless running as root.
+pub fn require_root(what: &str, why: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} must run as root: {why}");
+    }
+    Ok(())
+}
+
+/// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.
+pub fn print_lines<I: IntoIterator<Item = String>>(lines: I) -> Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = lines
+        .into_iter()
+        .try_for_each(|l| writeln!(out, "{l}"))
+        .and_then(|_| out.flush());
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
+}

@@ -1,0 +1,99 @@
+//! `disco param`: reads the node's merged parameters (or, with --tree,
+//! reads and edits a plain parameter tree).
+
+use std::io::{self, Read, Write};
+
+use anyhow::{bail, Context, Result};
+
+use super::print_lines;
+use crate::cli::{ParamAction, ParamArgs};
+use crate::config::Config;
+use crate::fetch;
+use crate::params::{self, Key, NewValue, Param, ParamTree};
+
+/// Runs `disco param`: loads the tree (plain, inside a dance, or the
+/// fetched node's), then does the action.
+///
+/// Long because it is one arm per `disco param` action.
+pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
+    let tree = match &args.tree {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("parameter tree {} is not a directory", dir.display());
+            }
+            ParamTree::load(dir, &dir.display().to_string())?
+        }
+        None if std::env::var_os("DISCO_PARAMS").is_some_and(|p| !p.is_empty()) => {
+            // Inside a dance's sandbox: the node's merged parameters.
+            if matches!(
+                args.action,
+                ParamAction::Set { .. } | ParamAction::Delete { .. }
+            ) {
+                bail!("parameters are read-only during a dance");
+            }
+            let dir = std::path::PathBuf::from(std::env::var_os("DISCO_PARAMS").expect("checked"));
+            ParamTree::load(&dir, "DISCO_PARAMS")?
+        }
+        None => {
+            if matches!(
+                args.action,
+                ParamAction::Set { .. } | ParamAction::Delete { .. }
+            ) {
+                bail!("set and delete change a plain tree: give --tree DIR (the fetched parameters are read-only)");
+            }
+            let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
+            let cache = crate::fetch::cache_tree(&fetched.cache)?;
+            params::merged(&cache, &fetched.node, &fetched.plan)?
+        }
+    };
+    match args.action {
+        ParamAction::Get { key } => {
+            let key = Key::parse(&key)?;
+            match tree.get(&key) {
+                Some(Param::Value(v)) => {
+                    let mut out = io::stdout().lock();
+                    out.write_all(v)
+                        .and_then(|_| out.flush())
+                        .context("cannot write to stdout")?;
+                }
+                Some(Param::Dir(_)) => {
+                    bail!("parameter '{key}' is a directory: use `disco param keys {key}`")
+                }
+                None => bail!("no parameter '{key}'"),
+            }
+        }
+        ParamAction::Keys { key } => {
+            let key = key.as_deref().map(Key::parse).transpose()?;
+            print_lines(tree.children(key.as_ref())?.keys().map(|k| k.to_string()))?;
+        }
+        ParamAction::Dump { key } => {
+            let key = key.as_deref().map(Key::parse).transpose()?;
+            print_lines(
+                tree.dump(key.as_ref())?
+                    .iter()
+                    .map(|l| crate::output::printable(l)),
+            )?;
+        }
+        ParamAction::Set { key, value } => {
+            let dir = args.tree.as_ref().expect("checked above");
+            let key = Key::parse(&key)?;
+            let value = match value.as_deref() {
+                Some("{}") => NewValue::Dir,
+                Some(v) => NewValue::Value(format!("{v}\n").into_bytes()),
+                None => {
+                    let mut buf = Vec::new();
+                    io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read the value from stdin")?;
+                    NewValue::Value(buf)
+                }
+            };
+            params::tree_set(dir, &key, &value)?;
+        }
+        ParamAction::Delete { key, recursive } => {
+            let dir = args.tree.as_ref().expect("checked above");
+            params::tree_delete(dir, &Key::parse(&key)?, recursive)?;
+        }
+    }
+    Ok(0)
+}

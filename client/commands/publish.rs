@@ -1,0 +1,23 @@
+//! `disco publish`: copies a server tree into a new snapshot and points
+//! `current` at it, atomically.
+
+use anyhow::{bail, Result};
+
+use crate::cli::PublishArgs;
+use crate::config::{Config, Source};
+
+/// Publishes `args.src` under `--root`.
+pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
+    if !matches!(config.root.source, Source::Flag(_)) {
+        bail!(
+            "disco publish needs --root DIR, the served directory (it gets snapshots/ and current)"
+        );
+    }
+    let id = crate::transport::publish::publish(&args.src, &config.root.value, args.keep)?;
+    crate::output::info(&format!(
+        "published {} as snapshot {id}; {}/current points to it",
+        args.src.display(),
+        config.root.value.display()
+    ));
+    Ok(0)
+}

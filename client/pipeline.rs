@@ -1,0 +1,580 @@
+//! The dance pipeline of DESIGN §3, one stage per function with a typed
+//! input and output: recover → fetch → plan → sandbox → per module (run in
+//! its layer, diff) → verdict → merge → actions → report. [`run`] reads as
+//! that list; the `disco dance` subcommand (locks, splay, status,
+//! `--if-changed`) is in [`crate::commands::dance`].
+//!
+//! Owns the rule "merge only if every step succeeded and not in noop"
+//! ([`verdict`]), the exit-code table ([`exit_code`]), what the user sees
+//! between stages, and finishing an interrupted undo or merge before a run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, Result};
+
+use crate::actions::{self, ModuleActions, Pending};
+use crate::config::Config;
+use crate::diff::Owners;
+use crate::exec::Job;
+use crate::fetch::{self, Fetched};
+use crate::merge::{self, Failpoint};
+use crate::names::Name;
+use crate::output;
+use crate::params::ParamTree;
+use crate::report::{self, ModuleReport, RunReport, Step};
+use crate::run::{self, RunDir};
+use crate::sandbox::{standard_binds, Output, Sandbox, DISCO_DIR};
+use crate::tree::ServerTree;
+
+/// How many kept scratch directories (failed or `--keep` runs) survive.
+const KEPT_RUNS: usize = 5;
+
+/// What the pipeline needs from `disco dance`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep the scratch directory of a successful run.
+    pub keep: bool,
+    /// Capture each module's output; show it only if it failed or changed.
+    pub quiet: bool,
+    /// Run deferred actions and handlers under a `--root` other than `/`.
+    pub run_actions: bool,
+    /// 0 no change, 2 changes, 1 failure, 4 failure after the merge began.
+    pub detailed_exitcodes: bool,
+}
+
+/// How a run ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing was merged (a step failed, or noop).
+    FailedBeforeMerge,
+    /// The merge failed (rolled back) or an action or handler failed.
+    FailedAfterMerge,
+    Succeeded {
+        changes: usize,
+    },
+}
+
+/// The exit-code table of `disco dance` (README "Exit codes").
+pub fn exit_code(ending: Ending, detailed: bool) -> i32 {
+    match (ending, detailed) {
+        (Ending::FailedBeforeMerge, _) => 1,
+        (Ending::FailedAfterMerge, true) => 4,
+        (Ending::FailedAfterMerge, false) => 1,
+        (Ending::Succeeded { changes }, true) if changes > 0 => 2,
+        (Ending::Succeeded { .. }, _) => 0,
+    }
+}
+
+/// What happens after the modules ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A step failed: nothing is merged.
+    Failed,
+    /// Every step succeeded in noop: the report is the result.
+    Noop,
+    /// Every step succeeded, live: merge.
+    Merge,
+}
+
+/// The one place that decides whether a run merges.
+pub fn verdict(report: &RunReport) -> Verdict {
+    match (report.error.is_some(), report.noop) {
+        (true, _) => Verdict::Failed,
+        (false, true) => Verdict::Noop,
+        (false, false) => Verdict::Merge,
+    }
+}
+
+/// Runs the pipeline once; returns the exit code and the saved report.
+pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
+    let started = Instant::now();
+    recover(config)?;
+    let fetched = fetch_stage(config)?;
+    let planned = plan_stage(&fetched)?;
+    let sandbox = sandbox_stage(config, &fetched, &planned)?;
+    let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
+    for (idx, module) in fetched.0.plan.order.iter().enumerate() {
+        if !run.module(idx + 1, module)? {
+            break;
+        }
+    }
+    let (ending, keep_layers) = match verdict(&run.report) {
+        Verdict::Failed => (run.failed(), true),
+        Verdict::Noop => (run.noop_summary(), false),
+        Verdict::Merge => run.merge_and_act()?,
+    };
+    let code = exit_code(ending, opts.detailed_exitcodes);
+    report_stage(config, &mut run.report, code, started)?;
+    cleanup_stage(&sandbox.run, opts.keep, keep_layers)?;
+    Ok((code, run.report))
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Before a live run: finish an interrupted undo or merge. Before a noop
+/// one: say that the root is half merged.
+fn recover(config: &Config) -> Result<()> {
+    if !config.noop.value {
+        finish_interrupted(config)?;
+    } else if merge::marker(&config.state_dir.value).exists() {
+        output::warning(
+            "a merge was interrupted and is not finished yet (the next live dance or `disco undo` finishes it); this noop report is against the half-merged root",
+        );
+    }
+    Ok(())
+}
+
+/// Finishes an undo or a merge a crash interrupted (and runs what the
+/// merge had pending). True when that undid a run: an interrupted undo
+/// finished, or a merge whose in-memory layers were lost rolled back.
+pub fn finish_interrupted(config: &Config) -> Result<bool> {
+    if let Some(lines) = merge::finish_interrupted_undo(&config.state_dir.value)? {
+        output::info(&format!(
+            "finished the interrupted undo: {} more entries restored",
+            lines.len()
+        ));
+        return Ok(true);
+    }
+    match merge::recover(&config.state_dir.value)? {
+        merge::Recovered::Nothing => Ok(false),
+        merge::Recovered::RolledBack => Ok(true),
+        merge::Recovered::Finished(run, _) => {
+            if let Some(pending) = Pending::load(&run.path)? {
+                let (_, ok) = actions::run(&pending)?;
+                if !ok {
+                    output::warning(&format!(
+                        "a deferred action or handler of run {} failed; its files stay merged",
+                        run.id
+                    ));
+                }
+            }
+            run.remove()?;
+            Ok(false)
+        }
+    }
+}
+
+/// Stage 3: the node's view from the server into the cache.
+fn fetch_stage(config: &Config) -> Result<(Fetched, Step)> {
+    let meter = report::Meter::start();
+    let fetched = fetch::fetch_configured(config)?;
+    let mut step = meter.step("fetch");
+    step.sent = Some(fetched.origin.sent);
+    step.received = Some(fetched.origin.received);
+    Ok((fetched, step))
+}
+
+/// What the plan stage hands on: the cached tree and the merged parameters.
+struct Planned {
+    tree: ServerTree,
+    params: ParamTree,
+    step: Step,
+}
+
+/// Stage 4: the cached tree and the node's merged parameters (the order
+/// itself was planned by the fetch, on the same snapshot).
+fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
+    let meter = report::Meter::start();
+    let tree = fetch::cache_tree(&fetched.cache)?;
+    let params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    Ok(Planned {
+        tree,
+        params,
+        step: meter.step("plan"),
+    })
+}
+
+/// Stage 5: a fresh run directory with the parameters, and the sandbox
+/// over ROOT for the planned modules.
+fn sandbox_stage(
+    config: &Config,
+    (fetched, _): &(Fetched, Step),
+    planned: &Planned,
+) -> Result<Sandbox> {
+    let state = &config.state_dir.value;
+    run::prune(state, KEPT_RUNS)?;
+    let run = RunDir::create(state)?;
+    planned
+        .params
+        .write_to(&run.params())
+        .context("cannot write the parameter tree")?;
+    let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
+    Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)
+}
+
+/// One run in progress: its report and what is to run after the merge.
+struct Run<'a> {
+    config: &'a Config,
+    opts: &'a Options,
+    tree: &'a ServerTree,
+    sandbox: &'a Sandbox,
+    owners: Owners,
+    exe: PathBuf,
+    report: RunReport,
+    pending: Pending,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a Config,
+        opts: &'a Options,
+        (fetched, fetch_step): &'a (Fetched, Step),
+        planned: &'a Planned,
+        sandbox: &'a Sandbox,
+    ) -> Result<Run<'a>> {
+        let node = config.node.value.to_string();
+        let report = RunReport {
+            id: sandbox.run.id.clone(),
+            node: node.clone(),
+            noop: config.noop.value,
+            root: sandbox.root.clone(),
+            started: now(),
+            server: fetched.origin.server.clone(),
+            snapshot: fetched.origin.snapshot.clone(),
+            root_hash: fetched.origin.root_hash.clone(),
+            stages: vec![fetch_step.clone(), planned.step.clone()],
+            plan: fetched.plan.order.iter().map(|m| m.to_string()).collect(),
+            ..RunReport::default()
+        };
+        let pending = Pending {
+            node,
+            root: sandbox.root.clone(),
+            params_dir: sandbox.run.params(),
+            run_actions: opts.run_actions,
+            modules: Vec::new(),
+        };
+        Ok(Run {
+            config,
+            opts,
+            tree: &planned.tree,
+            sandbox,
+            owners: Owners::load(&sandbox.root),
+            exe: fs::read_link("/proc/self/exe")
+                .context("cannot find the disco binary (/proc/self/exe)")?,
+            report,
+            pending,
+        })
+    }
+
+    /// Stages 6–7 for one module: runs its job in layer `layer`, then
+    /// diffs the layer; records its report, actions and changes. False
+    /// when it failed (the run stops there).
+    fn module(&mut self, layer: usize, module: &Name) -> Result<bool> {
+        output::info(&format!("Processing {module}"));
+        let module_dir = self
+            .tree
+            .module_dir(module)?
+            .expect("planned modules are in the cache");
+        let job = Job {
+            node: self.report.node.clone(),
+            module: module.to_string(),
+            noop: self.report.noop,
+            module_dir: Path::new(DISCO_DIR).join("module"),
+            params_dir: Path::new(DISCO_DIR).join("params"),
+            state_in_root: self.sandbox.state_in_root.clone(),
+        };
+        let binds = standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
+        let output = if self.opts.quiet {
+            Output::Capture
+        } else {
+            Output::Forward
+        };
+        let outcome = self
+            .sandbox
+            .run_layer(layer, &binds, output, || Ok(job.run()))?;
+        let mut mreport = ModuleReport {
+            name: module.to_string(),
+            actions: outcome.actions,
+            ..ModuleReport::default()
+        };
+        let mut failed = match outcome.value {
+            Ok(r) => {
+                mreport.steps = r.steps;
+                r.failed
+            }
+            Err(e) => Some(e),
+        };
+        if !outcome.leftovers.is_empty() {
+            output::warning(&format!(
+                "{module}: killed {} background process(es) its steps left running: {}",
+                outcome.leftovers.len(),
+                outcome.leftovers.join(", ")
+            ));
+            mreport.killed = outcome.leftovers;
+        }
+        let meter = report::Meter::start();
+        mreport.changes = self
+            .sandbox
+            .differ(&self.owners)
+            .layer(layer)
+            .with_context(|| format!("{module}: cannot compute its changes"))?;
+        mreport.steps.push(meter.step("diff"));
+        if let (Some(rel), None) = (&self.sandbox.state_in_root, &failed) {
+            failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
+        }
+        if self.opts.quiet && (failed.is_some() || !mreport.changes.is_empty()) {
+            // --quiet: a module's output is shown only when it failed or changed.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
+        }
+        for c in &mreport.changes {
+            output::change(c, false);
+        }
+        self.pending.modules.push(ModuleActions {
+            module: module.to_string(),
+            handlers: actions::handlers_of(&module_dir)
+                .with_context(|| format!("module {module}"))?,
+            module_dir,
+            actions: mreport.actions.clone(),
+            changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
+        });
+        self.report.modules.push(mreport);
+        if let Some(f) = failed {
+            let msg = format!("{module}: {f}");
+            output::error(&msg);
+            self.report.error = Some(msg);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// A step failed: says so and where the scratch is.
+    fn failed(&self) -> Ending {
+        if run::is_mount_point(&self.sandbox.run.path.join(run::MEM)) {
+            // In-memory layers are not kept: they would pin RAM until pruned.
+            let _ = self.sandbox.run.remove();
+            output::info("the dance failed; nothing was merged (`disco diff` shows what ran)");
+        } else {
+            output::info(&format!(
+                "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
+                self.sandbox.run.path.display()
+            ));
+        }
+        Ending::FailedBeforeMerge
+    }
+
+    /// Noop: what would run after a merge, and the summary.
+    fn noop_summary(&self) -> Ending {
+        actions::describe_noop(&self.pending);
+        let changes = self.report.changes().count();
+        let acts: usize = self.report.modules.iter().map(|m| m.actions.len()).sum();
+        output::info(&format!(
+            "noop: {changes} change(s) and {acts} deferred action(s) in {} module(s); nothing was merged",
+            self.report.modules.len()
+        ));
+        Ending::Succeeded { changes }
+    }
+
+    /// Stages 8–9: merge (rolled back if it fails), then the deferred
+    /// actions and handlers. Returns the ending and whether the layers
+    /// must be kept (a failed merge that could not be rolled back).
+    fn merge_and_act(&mut self) -> Result<(Ending, bool)> {
+        let state = &self.config.state_dir.value;
+        self.pending.save(&self.sandbox.run.path)?;
+        let layout = run::Layout {
+            root: self.sandbox.root.clone(),
+            layers: self.report.plan.clone(),
+            mounts: self.sandbox.mounts.clone(),
+        };
+        let meter = report::Meter::start();
+        let merged = merge::merge(state, &self.sandbox.run, &layout, Failpoint::from_env()?);
+        let step = meter.step("merge");
+        let took = step.figures.time_real * 1e3;
+        self.report.stages.push(step);
+        let merged = match merged {
+            Ok(m) => m,
+            Err(e) => {
+                // Disk full, a read-only root…: put back what was merged.
+                let mut msg = format!("the merge failed: {e:#}");
+                match merge::roll_back(state, &self.sandbox.run.id, &self.sandbox.root) {
+                    Ok(n) => msg.push_str(&format!(
+                        "; rolled back ({n} entries restored): the root is as it was before this run"
+                    )),
+                    Err(e) => msg.push_str(&format!(
+                        "; rolling back failed too ({e:#}): the next dance or `disco undo` finishes it"
+                    )),
+                }
+                output::error(&msg);
+                self.report.error = Some(msg);
+                return Ok((Ending::FailedAfterMerge, merge::marker(state).exists()));
+            }
+        };
+        merge::prune_backups(state, self.config.keep_backups.value)?;
+        if merged.applied > 0 {
+            output::info(&format!(
+                "merged {} change(s) onto {} in {took:.1} ms",
+                merged.applied,
+                self.sandbox.root.display()
+            ));
+        }
+        let (steps, ok) = actions::run(&self.pending)?;
+        self.report.actions = steps;
+        if !ok {
+            let msg = "a deferred action or handler failed; the merged files stay merged";
+            output::error(msg);
+            self.report.error = Some(msg.into());
+            return Ok((Ending::FailedAfterMerge, false));
+        }
+        let changes = self.report.changes().count();
+        output::info(&format!(
+            "{changes} change(s) in {} module(s)",
+            self.report.modules.len()
+        ));
+        Ok((Ending::Succeeded { changes }, false))
+    }
+}
+
+/// Stage 10: completes, saves and publishes the report (history, the
+/// Prometheus textfile, the upload to the server).
+fn report_stage(
+    config: &Config,
+    report: &mut RunReport,
+    code: i32,
+    started: Instant,
+) -> Result<()> {
+    report.ended = now();
+    report.duration = started.elapsed().as_secs_f64();
+    report.exit_code = code;
+    report.status = match (report.error.is_some(), report.changes().count()) {
+        (true, _) => "failed",
+        (false, 0) => "ok",
+        _ => "changed",
+    }
+    .into();
+    report::save_bounded(
+        &config.state_dir.value,
+        report,
+        config.report_history.value,
+        config.report_history_bytes.value,
+    )?;
+    if let Some(path) = &config.prometheus_textfile.value {
+        write_atomic(path, output::prometheus(report).as_bytes())
+            .with_context(|| format!("cannot write the Prometheus textfile {}", path.display()))?;
+    }
+    if config.report_upload.value {
+        upload(config, report);
+    }
+    Ok(())
+}
+
+/// Removes the scratch of a run, unless `--keep`, a failure (kept for
+/// `disco diff`) or a merge still to finish needs it.
+fn cleanup_stage(run: &RunDir, keep: bool, keep_layers: bool) -> Result<()> {
+    if keep_layers || !run.path.exists() {
+        return Ok(());
+    }
+    if keep {
+        output::info(&format!("scratch kept in {}", run.path.display()));
+        return Ok(());
+    }
+    run.remove()
+}
+
+/// Sends the report to the server (best effort: a failed upload warns).
+fn upload(config: &Config, report: &RunReport) {
+    let sent = (|| -> Result<()> {
+        let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
+        if !matches!(server, fetch::ServerUri::Ssh { .. }) {
+            return Ok(());
+        }
+        crate::transport::ssh::upload(
+            &server,
+            &config.node.value,
+            &config.ssh(),
+            &serde_json::to_vec(report)?,
+        )
+    })();
+    if let Err(e) = sent {
+        output::warning(&format!("the report was not uploaded: {e:#}"));
+    }
+}
+
+/// Writes a file through a temporary file and a rename.
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, content)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The change of a module that would touch disco's own state dir
+/// (`state`, absolute on the target), as the error that fails the module:
+/// anything under it, or the deletion or replacement of it or of a
+/// directory above it.
+fn touches_state_dir(changes: &[crate::report::Change], state: &Path) -> Option<String> {
+    use crate::report::ChangeKind;
+    changes.iter().find_map(|c| {
+        let p = Path::new(&c.path);
+        let under = p.starts_with(state) && p != state;
+        let removes = state.starts_with(p)
+            && matches!(c.kind, ChangeKind::Deleted | ChangeKind::Replaced);
+        (under || removes || p == state).then(|| {
+            format!(
+                "refusing to merge a change to {}: {} is disco's state dir, which modules may not touch",
+                c.path,
+                state.display()
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Change, ChangeKind};
+
+    fn change(path: &str, kind: ChangeKind) -> Change {
+        Change {
+            path: path.into(),
+            kind,
+            old: None,
+            new: None,
+            diff: None,
+        }
+    }
+
+    #[test]
+    fn no_change_may_touch_the_state_dir() {
+        let state = Path::new("/var/lib/disco");
+        for (c, refused) in [
+            (change("/var/lib/disco/x", ChangeKind::Created), true),
+            (change("/var/lib/disco", ChangeKind::Modified), true),
+            (change("/var/lib", ChangeKind::Deleted), true),
+            (change("/var", ChangeKind::Replaced), true),
+            (change("/var/lib", ChangeKind::Modified), false),
+            (change("/var/lib/discotheque", ChangeKind::Created), false),
+            (change("/etc/x", ChangeKind::Deleted), false),
+        ] {
+            let got = touches_state_dir(std::slice::from_ref(&c), state);
+            assert_eq!(got.is_some(), refused, "{} {:?}: {got:?}", c.path, c.kind);
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_table() {
+        use Ending::*;
+        assert_eq!(exit_code(FailedBeforeMerge, true), 1);
+        assert_eq!(exit_code(FailedAfterMerge, true), 4);
+        assert_eq!(exit_code(FailedAfterMerge, false), 1);
+        assert_eq!(exit_code(Succeeded { changes: 3 }, true), 2);
+        assert_eq!(exit_code(Succeeded { changes: 3 }, false), 0);
+        assert_eq!(exit_code(Succeeded { changes: 0 }, true), 0);
+    }
+
+    #[test]
+    fn queue_records_keep_arguments_with_spaces_and_newlines() {
+        let q = b"2\0/usr/sbin/service\0postgresql\0stop\x000\0/sbin/reboot\x001\0/bin/systemctl\0a b\nc\0";
+        assert_eq!(
+            crate::sandbox::parse_queue(q),
+            vec![
+                vec!["/usr/sbin/service", "postgresql", "stop"],
+                vec!["/sbin/reboot"],
+                vec!["/bin/systemctl", "a b\nc"]
+            ]
+        );
+    }
+}
