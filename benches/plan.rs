@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use disco::names::Name;
-use disco::plan::{plan, Scope};
+use disco::plan::plan;
 use disco::tree::ServerTree;
 
 const MODULES: usize = 2000;
@@ -66,7 +66,7 @@ fn main() {
         let t = Instant::now();
         let tree = ServerTree::open(&server).unwrap();
         let spec = tree.node(&node).unwrap();
-        planned = plan(&tree, &spec, Scope::Server).unwrap().order.len();
+        planned = plan(&tree, &spec).unwrap().order.len();
         in_process.push(t.elapsed());
     }
 

@@ -188,9 +188,9 @@ pub enum Command {
     /// order its modules run in, one per line
     ///
     /// The plan is the node's modules (from parameters/NODE/modules and its
-    /// groups) plus every module pulled in by a `before` line. `after X`
-    /// makes X run first when X is in the plan; `before X` makes this module
-    /// run first and adds X. Ties are broken by name. Diagnostics go to
+    /// groups) plus every module named by a `requires` line, transitively:
+    /// `after X` adds X and runs it first; `before X` adds X and runs this
+    /// module first. Ties are broken by name. Diagnostics go to
     /// stderr, so stdout is only the plan.
     ///
     /// Example: disco plan --server /srv/disco --node web1

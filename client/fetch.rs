@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::Name;
 use crate::params;
-use crate::plan::{self, Plan, Scope};
+use crate::plan::{self, Plan};
 use crate::tree::{NodeSpec, ServerTree};
 
 use crate::transport::ssh::{self, SshOptions};
@@ -101,7 +101,12 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
             &config.state_dir.value,
             &config.ssh(),
         ) {
-            Ok(f) => return Ok(f),
+            Ok(f) => {
+                for (by, m) in &f.plan.discovered {
+                    crate::output::info(&format!("Discovered dependency: {by} -> {m}"));
+                }
+                return Ok(f);
+            }
             Err(e)
                 if i + 1 < servers.len() && format!("{e:#}").starts_with("cannot reach server") =>
             {
@@ -147,7 +152,7 @@ pub fn fetch(
     let root = &snapshot.path;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
-    let plan = plan::plan(&tree, &spec, Scope::Server)?;
+    let plan = plan::plan(&tree, &spec)?;
     // Parse every parameter tree now: a bad key fails the fetch, not a later step.
     params::merged(&tree, &spec, &plan)?;
 
@@ -371,7 +376,7 @@ fn fetch_ssh(
         fs::create_dir_all(new.join("parameters"))?;
         let tree = cache_tree(&new)?;
         let spec = tree.node(node)?;
-        let plan = plan::plan(&tree, &spec, Scope::Cache)?;
+        let plan = plan::plan(&tree, &spec)?;
         let info = FetchInfo::new(node.to_string(), server.to_string(), &plan);
         fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
         fs::set_permissions(&new, fs::Permissions::from_mode(0o700))?;
@@ -441,7 +446,7 @@ pub fn open_cache(state_dir: &Path, node: &Name) -> Result<Fetched> {
     }
     let tree = cache_tree(&cache)?;
     let spec = tree.node(node)?;
-    let plan = plan::plan(&tree, &spec, Scope::Cache)?;
+    let plan = plan::plan(&tree, &spec)?;
     Ok(Fetched {
         cache,
         node: spec,

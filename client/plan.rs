@@ -1,10 +1,9 @@
 //! Stage 4, plan: which modules run, and in what order (DESIGN §3.4).
 //!
 //! Owns the module graph. The plan holds the node's modules (from the node
-//! and its groups) plus every module pulled in by a `before` line,
-//! transitively. `after X` orders X first when X is in the plan (it does not
-//! pull X in, but X must exist on the server); `before X` orders this module
-//! first and adds X. The graph is a petgraph `DiGraph` whose edge `a -> b`
+//! and its groups) plus every module named in a `requires` line of a
+//! planned module, transitively, as the original DISCO did: `after X` adds
+//! X and orders it first, `before X` adds X and orders this module first. The graph is a petgraph `DiGraph` whose edge `a -> b`
 //! means "a runs before b"; it is sorted with Kahn's algorithm taking the
 //! smallest ready name first, so the order is stable. A cycle is reported
 //! with every member in order.
@@ -33,20 +32,13 @@ pub enum PlanError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub order: Vec<Name>,
-}
-
-/// What kind of tree a plan is built from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// A whole server tree: every module named by `after` must exist.
-    Server,
-    /// A fetched cache, which holds only the planned modules: an `after`
-    /// target that is absent was checked on the server and is not planned.
-    Cache,
+    /// Modules the node does not list, pulled in by a `requires` line:
+    /// (the module whose requires named it, the module), in discovery order.
+    pub discovered: Vec<(Name, Name)>,
 }
 
 /// Builds the plan of `node` from the modules in `tree`.
-pub fn plan(tree: &ServerTree, node: &NodeSpec, scope: Scope) -> Result<Plan, PlanError> {
+pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
     let mut graph: DiGraph<Name, Direction> = DiGraph::new();
     let mut index: BTreeMap<Name, NodeIndex> = BTreeMap::new();
     let mut queue: VecDeque<Name> = VecDeque::new();
@@ -63,37 +55,30 @@ pub fn plan(tree: &ServerTree, node: &NodeSpec, scope: Scope) -> Result<Plan, Pl
         queue.push_back(m.clone());
     }
 
-    // Closure over `before`; `after` edges wait until the plan is complete.
-    let mut afters: Vec<(Name, Name)> = Vec::new();
+    // Closure over every requires line, `after` and `before` alike.
+    let mut discovered = Vec::new();
     while let Some(m) = queue.pop_front() {
         for req in tree.requires(&m)? {
-            let checked = scope == Scope::Server || req.direction == Direction::Before;
-            if checked && tree.module_dir(&req.module)?.is_none() {
+            if tree.module_dir(&req.module)?.is_none() {
                 return Err(TreeError::ModuleMissing {
                     name: req.module.clone(),
                     why: format!("{}, in modules/{m}/requires", req.direction.as_str()),
                 }
                 .into());
             }
+            let other = *index.entry(req.module.clone()).or_insert_with(|| {
+                queue.push_back(req.module.clone());
+                discovered.push((m.clone(), req.module.clone()));
+                graph.add_node(req.module.clone())
+            });
             match req.direction {
-                Direction::After => afters.push((m.clone(), req.module)),
-                Direction::Before => {
-                    let to = *index.entry(req.module.clone()).or_insert_with(|| {
-                        queue.push_back(req.module.clone());
-                        graph.add_node(req.module.clone())
-                    });
-                    graph.add_edge(index[&m], to, Direction::Before);
-                }
-            }
-        }
-    }
-    for (m, first) in afters {
-        if let Some(&from) = index.get(&first) {
-            graph.add_edge(from, index[&m], Direction::After);
+                Direction::After => graph.add_edge(other, index[&m], Direction::After),
+                Direction::Before => graph.add_edge(index[&m], other, Direction::Before),
+            };
         }
     }
 
-    sort(&graph).map(|order| Plan { order })
+    sort(&graph).map(|order| Plan { order, discovered })
 }
 
 /// Kahn's algorithm, smallest ready name first.
@@ -221,7 +206,7 @@ mod tests {
             &["a", "b", "c"],
             &[("a", "after b"), ("b", "after c"), ("c", "")],
         );
-        assert_eq!(order(plan(&t, &n, Scope::Server).unwrap()), ["c", "b", "a"]);
+        assert_eq!(order(plan(&t, &n).unwrap()), ["c", "b", "a"]);
     }
 
     #[test]
@@ -238,13 +223,13 @@ mod tests {
             ],
         );
         assert_eq!(
-            order(plan(&t, &n, Scope::Server).unwrap()),
+            order(plan(&t, &n).unwrap()),
             ["x", "y", "z", "top"]
         );
     }
 
     #[test]
-    fn before_pulls_in_and_after_does_not() {
+    fn after_and_before_both_pull_in() {
         let d = tempfile::tempdir().unwrap();
         let (t, n) = tree(
             d.path(),
@@ -256,7 +241,10 @@ mod tests {
                 ("d", ""),
             ],
         );
-        assert_eq!(order(plan(&t, &n, Scope::Server).unwrap()), ["a", "b", "d"]);
+        let p = plan(&t, &n).unwrap();
+        let found: Vec<String> = p.discovered.iter().map(|(a, b)| format!("{a} -> {b}")).collect();
+        assert_eq!(found, ["a -> b", "a -> c", "b -> d"]);
+        assert_eq!(order(p), ["c", "a", "b", "d"]);
     }
 
     #[test]
@@ -267,7 +255,7 @@ mod tests {
             &["a", "b", "c"],
             &[("a", "after b"), ("b", "after c"), ("c", "after a")],
         );
-        let err = plan(&t, &n, Scope::Server).unwrap_err();
+        let err = plan(&t, &n).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: a -> b -> c -> a");
     }
 
@@ -279,7 +267,7 @@ mod tests {
             &["a"],
             &[("a", "before b"), ("b", "before c"), ("c", "before a")],
         );
-        let err = plan(&t, &n, Scope::Server).unwrap_err();
+        let err = plan(&t, &n).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: a -> b -> c -> a");
     }
 
@@ -291,7 +279,7 @@ mod tests {
             &["ok", "p", "q"],
             &[("ok", ""), ("p", "after q\nafter ok"), ("q", "after p")],
         );
-        let err = plan(&t, &n, Scope::Server).unwrap_err();
+        let err = plan(&t, &n).unwrap_err();
         assert_eq!(err.to_string(), "module cycle: p -> q -> p");
     }
 
@@ -300,7 +288,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (t, n) = tree(d.path(), &["a"], &[("a", "after a")]);
         assert_eq!(
-            plan(&t, &n, Scope::Server).unwrap_err().to_string(),
+            plan(&t, &n).unwrap_err().to_string(),
             "module cycle: a -> a"
         );
     }
@@ -310,7 +298,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (t, n) = tree(d.path(), &["y"], &[("y", "\nafter x")]);
         assert_eq!(
-            plan(&t, &n, Scope::Server).unwrap_err().to_string(),
+            plan(&t, &n).unwrap_err().to_string(),
             "module 'x' (after, in modules/y/requires) is not on the server"
         );
     }

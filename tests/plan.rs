@@ -44,12 +44,26 @@ fn before_pulls_in_a_module_the_node_did_not_list() {
 }
 
 #[test]
-fn after_does_not_pull_in_but_orders_when_present() {
+fn after_pulls_in_the_whole_chain_and_says_so() {
+    // The node lists only `web`; `after` brings in `app`, then `base`.
     let f = Fixture::new();
-    f.node("n", &["b"]).module("a", "").module("b", "after a\n");
-    assert_eq!(f.plan("n").1, "b\n");
-    f.node("n", &["a"]);
-    assert_eq!(f.plan("n").1, "a\nb\n");
+    f.node("n", &["web"])
+        .module("base", "")
+        .module("app", "after base\n")
+        .module("web", "after app\n")
+        .module("unrelated", "");
+    let (code, out, err) = f.plan("n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "base\napp\nweb\n");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("Discovered dependency"))
+            .collect::<Vec<_>>(),
+        [
+            "info: Discovered dependency: web -> app",
+            "info: Discovered dependency: app -> base"
+        ]
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::names::Name;
-use crate::plan::{self, Scope};
+use crate::plan;
 use crate::tree::ServerTree;
 use manifest::Manifest;
 use wire::Entry;
@@ -139,7 +139,7 @@ impl View {
     pub fn of(root: &Path, node: &Name) -> Result<View> {
         let tree = ServerTree::open(root)?;
         let spec = tree.node(node)?;
-        let plan = plan::plan(&tree, &spec, Scope::Server)?;
+        let plan = plan::plan(&tree, &spec)?;
         let published: Option<Manifest> = fs::read(root.join(PUBLISHED_MANIFEST))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
