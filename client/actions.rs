@@ -78,16 +78,22 @@ impl Pending {
 }
 
 /// Lists handlers of a module directory, sorted: regular files of a real
-/// `handlers/` directory (a symlinked one is refused, never listed).
-pub fn handlers_of(module_dir: &Path) -> Result<Vec<String>> {
+/// `handlers/` directory (a symlinked one is refused, never listed) whose
+/// names say they run ([`crate::exec::runs`]); and the files skipped.
+pub fn handlers_of(module_dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let dir = module_dir.join("handlers");
     if !crate::fsutil::real_dir(&dir, "handlers/")? {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for e in fs::read_dir(&dir).context("handlers/")? {
         let e = e.context("handlers/")?;
         let shown = format!("handlers/{}", e.file_name().to_string_lossy());
+        if !crate::exec::runs(&e.file_name().to_string_lossy()) {
+            skipped.push(shown);
+            continue;
+        }
         let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
         if !meta.is_file() {
             anyhow::bail!(
@@ -98,7 +104,8 @@ pub fn handlers_of(module_dir: &Path) -> Result<Vec<String>> {
         out.push(e.file_name().to_string_lossy().into_owned());
     }
     out.sort();
-    Ok(out)
+    skipped.sort();
+    Ok((out, skipped))
 }
 
 /// Noop: says what would run after a merge.

@@ -35,9 +35,26 @@ pub struct Owners {
 
 impl Owners {
     pub fn load(root: &Path) -> Owners {
+        Self::from_files(|f| fs::read_to_string(root.join(f)).unwrap_or_default())
+    }
+
+    /// The names as the root stands after layer `layer` (1-based): each of
+    /// `etc/passwd` and `etc/group` from the topmost layer that changed
+    /// it, else from ROOT — so a user a module created shows by name.
+    pub fn at_layer(run: &RunDir, root: &Path, layer: usize) -> Owners {
+        Self::from_files(|f| {
+            (1..=layer)
+                .rev()
+                .map(|i| run.upper(i, 0).join(f))
+                .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+                .and_then(|p| fs::read_to_string(p).ok())
+                .unwrap_or_else(|| fs::read_to_string(root.join(f)).unwrap_or_default())
+        })
+    }
+
+    fn from_files(text_of: impl Fn(&str) -> String) -> Owners {
         let read = |f: &str| -> BTreeMap<u32, String> {
-            fs::read_to_string(root.join(f))
-                .unwrap_or_default()
+            text_of(f)
                 .lines()
                 .filter_map(|l| {
                     let mut it = l.split(':');

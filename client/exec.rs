@@ -42,7 +42,17 @@ pub struct Job {
     /// disco's state dir relative to ROOT, when it lies inside ROOT: no
     /// file or template may write there.
     pub state_in_root: Option<PathBuf>,
+    /// The module's `attributes`, checked before anything ran; owner
+    /// names are resolved in the sandbox when the module starts.
+    pub attributes: crate::attributes::Attributes,
 }
+
+/// Mode and owner a file, template or directory lands with.
+type Wanted = crate::attributes::Resolved;
+
+/// The attributes of this module, names resolved against the root as it
+/// stands now (after the earlier modules), by line.
+type ResolvedRules = std::collections::BTreeMap<usize, Wanted>;
 
 /// The result of one module's steps.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,6 +60,58 @@ pub struct ModuleRun {
     pub steps: Vec<Step>,
     /// `scripts/10-x exited 3`, when a step failed.
     pub failed: Option<String>,
+    /// Files of `scripts/` that are not scripts (a README, an editor's
+    /// backup), not run.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+/// Suffixes of files that are not meant to run or to be installed:
+/// editors' and package managers' leftovers, and notes.
+const NOT_RUN: &[&str] = &[
+    "~",
+    ".bak",
+    ".orig",
+    ".rej",
+    ".swp",
+    ".tmp",
+    ".disabled",
+    ".dpkg-old",
+    ".dpkg-new",
+    ".dpkg-dist",
+    ".rpmnew",
+    ".rpmsave",
+    ".md",
+    ".txt",
+];
+
+/// True when a file of `scripts/` or `handlers/` named `name` runs: its
+/// name matches `[A-Za-z0-9][A-Za-z0-9._-]*`, is not a `README*` and does
+/// not end in one of [`NOT_RUN`].
+pub fn runs(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with("README")
+        && !NOT_RUN.iter().any(|s| name.ends_with(s))
+}
+
+/// True when a file of `files/` or `templates/` named `name` is an
+/// editor's or package manager's leftover, which is never installed.
+pub fn is_leftover(name: &str) -> bool {
+    const LEFTOVER: &[&str] = &[
+        "~",
+        ".bak",
+        ".orig",
+        ".rej",
+        ".swp",
+        ".dpkg-old",
+        ".dpkg-new",
+        ".dpkg-dist",
+        ".rpmnew",
+        ".rpmsave",
+    ];
+    LEFTOVER.iter().any(|s| name.ends_with(s)) || (name.starts_with(".#"))
 }
 
 impl Job {
@@ -70,9 +132,23 @@ impl Job {
     /// Runs files, templates, scripts; stops at the first failure.
     pub fn run(&self) -> ModuleRun {
         let mut run = ModuleRun::default();
+        let shown = format!("modules/{}/attributes", self.module);
+        let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
+        let rules = match self
+            .attributes
+            .resolve(&shown, &read("/etc/passwd"), &read("/etc/group"))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                run.failed = Some(format!("{e:#}"));
+                return run;
+            }
+        };
         let meter = crate::report::Meter::start();
-        let files = self.install_tree("files", &mut |src, _, target, meta| {
-            self.copy_file(src, target, meta)
+        let files = self.install_tree("files", &rules, &mut |src, rel, target, meta| {
+            let exec = meta.mode() & 0o111 != 0;
+            let want = self.wanted(&rules, rel, if exec { 0o755 } else { 0o644 });
+            self.copy_file(src, target, meta, want)
         });
         let figures = meter.figures();
         let failed = files.err().map(|e| format!("{e:#}"));
@@ -90,7 +166,7 @@ impl Job {
         }
 
         let mut templates = Vec::new();
-        let walked = self.install_tree("templates", &mut |src, rel, _, _| {
+        let walked = self.install_tree("templates", &rules, &mut |src, rel, _, _| {
             templates.push((src.to_path_buf(), rel.to_path_buf()));
             Ok(())
         });
@@ -99,7 +175,8 @@ impl Job {
             return run;
         }
         for (src, rel) in templates {
-            let step = self.render(&src, &rel);
+            let want = self.wanted(&rules, &rel, 0o644);
+            let step = self.render(&src, &rel, want);
             let failed = step.error.clone();
             run.steps.push(step);
             if failed.is_some() {
@@ -109,7 +186,8 @@ impl Job {
         }
 
         match self.scripts() {
-            Ok(scripts) => {
+            Ok((scripts, skipped)) => {
+                run.skipped = skipped;
                 for script in scripts {
                     let step = self.script(&script);
                     let failed = step.error.clone();
@@ -133,19 +211,33 @@ impl Job {
     fn install_tree(
         &self,
         sub: &str,
+        rules: &ResolvedRules,
         leaf: &mut dyn FnMut(&Path, &Path, &Path, &fs::Metadata) -> Result<()>,
     ) -> Result<()> {
         let top = self.module_dir.join(sub);
         if crate::fsutil::real_dir(&top, &format!("{sub}/"))? {
-            self.install_dir(&top, sub, Path::new(""), Path::new("/"), 0, leaf)?;
+            let at = (top.as_path(), sub, rules);
+            self.install_dir(at, Path::new(""), Path::new("/"), 0, leaf)?;
         }
         Ok(())
     }
 
+    /// Mode and owner for module path `rel`: its `attributes` line, else
+    /// `default_mode` and root:root.
+    fn wanted(&self, rules: &ResolvedRules, rel: &Path, default_mode: u32) -> Wanted {
+        self.attributes
+            .rule_for(&Path::new("/").join(rel))
+            .and_then(|r| rules.get(&r.line).copied())
+            .unwrap_or(Wanted {
+                mode: default_mode,
+                uid: 0,
+                gid: 0,
+            })
+    }
+
     fn install_dir(
         &self,
-        top: &Path,
-        sub: &str,
+        (top, sub, rules): (&Path, &str, &ResolvedRules),
         rel: &Path,
         target_dir: &Path,
         depth: usize,
@@ -169,11 +261,15 @@ impl Job {
             let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
             let ft = meta.file_type();
             let target = target_dir.join(e.file_name());
+            if !ft.is_dir() && is_leftover(&e.file_name().to_string_lossy()) {
+                bail!("{shown} is an editor's or package manager's leftover; it would be installed on every node: remove it from the module");
+            }
             if ft.is_dir() {
+                let want = self.wanted(rules, &r, 0o755);
                 let t = self
-                    .ensure_dir(&r, &target, meta.mode())
+                    .ensure_dir(&r, &target, want)
                     .with_context(|| shown.clone())?;
-                self.install_dir(top, sub, &r, &t, depth + 1, leaf)?;
+                self.install_dir((top, sub, rules), &r, &t, depth + 1, leaf)?;
             } else if ft.is_file() || (ft.is_symlink() && sub == "files") {
                 self.check_target(&target).with_context(|| shown.clone())?;
                 leaf(&e.path(), &r, &target, &meta).with_context(|| shown.clone())?;
@@ -196,9 +292,19 @@ impl Job {
     /// when missing; an existing one is left as it is) and returns where it
     /// really is: `candidate` (its parent's real path joined with its
     /// name) unless that is a symlink in ROOT, which is then resolved.
-    fn ensure_dir(&self, rel: &Path, candidate: &Path, mode: u32) -> Result<PathBuf> {
+    fn ensure_dir(&self, rel: &Path, candidate: &Path, want: Wanted) -> Result<PathBuf> {
+        let named = self
+            .attributes
+            .rule_for(&Path::new("/").join(rel))
+            .is_some();
         let (target, via) = match fs::symlink_metadata(candidate) {
-            Ok(m) if m.is_dir() => return Ok(candidate.to_path_buf()),
+            Ok(m) if m.is_dir() => {
+                // An existing directory keeps its attributes unless a line names it.
+                if named {
+                    set_attrs(candidate, want)?;
+                }
+                return Ok(candidate.to_path_buf());
+            }
             Ok(m) if m.file_type().is_symlink() => (target_path(rel, true)?, Some(candidate)),
             _ => (candidate.to_path_buf(), None),
         };
@@ -211,22 +317,32 @@ impl Job {
             None => target.display().to_string(),
         };
         match fs::metadata(&target) {
-            Ok(m) if m.is_dir() => Ok(target),
+            Ok(m) if m.is_dir() => {
+                if named {
+                    set_attrs(&target, want)?;
+                }
+                Ok(target)
+            }
             Ok(_) => bail!("{shown} exists and is not a directory"),
             Err(_) => {
                 self.check_target(&target)?;
                 fs::DirBuilder::new()
-                    .mode(mode & 0o7777)
+                    .mode(want.mode)
                     .create(&target)
                     .with_context(|| format!("cannot create {shown}"))?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
-                std::os::unix::fs::lchown(&target, Some(0), Some(0))?;
+                set_attrs(&target, want)?;
                 Ok(target)
             }
         }
     }
 
-    fn copy_file(&self, src: &Path, target: &Path, meta: &fs::Metadata) -> Result<()> {
+    fn copy_file(
+        &self,
+        src: &Path,
+        target: &Path,
+        meta: &fs::Metadata,
+        want: Wanted,
+    ) -> Result<()> {
         if meta.file_type().is_symlink() {
             let want = fs::read_link(src)?;
             if fs::read_link(target).ok().as_ref() == Some(&want) {
@@ -239,10 +355,10 @@ impl Job {
             return fs::rename(&tmp, target)
                 .with_context(|| format!("cannot replace {}", target.display()));
         }
-        copy_if_changed(src, target, meta.len(), meta.mode() & 0o7777)
+        copy_if_changed(src, target, meta.len(), want)
     }
 
-    fn render(&self, src: &Path, rel: &Path) -> Step {
+    fn render(&self, src: &Path, rel: &Path, want: Wanted) -> Step {
         let name = format!("templates/{}", rel.display());
         let started = Instant::now();
         let result = (|| -> Result<(i32, libc::rusage, Vec<u8>)> {
@@ -257,22 +373,28 @@ impl Job {
             let (status, ru) = wait4(child.id())?;
             read.context("reading the template's output")?;
             if status == 0 {
-                let mode = fs::metadata(src)?.mode() & 0o7777;
-                write_if_changed(&target, &out, mode)?;
+                write_if_changed(&target, &out, want)?;
             }
             Ok((status, ru, out))
         })();
         finish(name, started, result.map(|(s, ru, _)| (s, ru)), "template")
     }
 
-    fn scripts(&self) -> Result<Vec<PathBuf>> {
+    /// The scripts to run, sorted, and the files of `scripts/` skipped
+    /// because they are not scripts (see [`runs`]).
+    fn scripts(&self) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let dir = self.module_dir.join("scripts");
-        let mut out = Vec::new();
+        let (mut out, mut skipped) = (Vec::new(), Vec::new());
         if !crate::fsutil::real_dir(&dir, "scripts/")? {
-            return Ok(out);
+            return Ok((out, skipped));
         }
         for e in fs::read_dir(&dir).context("scripts/")? {
             let e = e.context("scripts/")?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !runs(&name) {
+                skipped.push(format!("scripts/{name}"));
+                continue;
+            }
             let meta = fs::symlink_metadata(e.path())?;
             if !meta.is_file() {
                 bail!(
@@ -284,7 +406,8 @@ impl Job {
             out.push(e.path());
         }
         out.sort();
-        Ok(out)
+        skipped.sort();
+        Ok((out, skipped))
     }
 
     fn script(&self, path: &Path) -> Step {
@@ -453,12 +576,12 @@ fn temp_name(target: &Path) -> PathBuf {
 /// Copies module file `src` (`len` bytes) to `target` with `mode`, owned
 /// root:root, streamed and hole-aware through a temporary file and a
 /// rename — unless the target already is exactly that.
-fn copy_if_changed(src: &Path, target: &Path, len: u64, mode: u32) -> Result<()> {
+fn copy_if_changed(src: &Path, target: &Path, len: u64, want: Wanted) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(target) {
         if m.is_file()
-            && m.mode() & 0o7777 == mode
-            && m.uid() == 0
-            && m.gid() == 0
+            && m.mode() & 0o7777 == want.mode
+            && m.uid() == want.uid
+            && m.gid() == want.gid
             && crate::fsutil::same_bytes(src, target, len, m.len()).unwrap_or(false)
         {
             return Ok(());
@@ -475,9 +598,9 @@ fn copy_if_changed(src: &Path, target: &Path, len: u64, mode: u32) -> Result<()>
             .create_new(true)
             .open(&tmp)?;
         crate::fsutil::copy_sparse(&from, &f, len)?;
-        std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+        std::os::unix::fs::fchown(&f, Some(want.uid), Some(want.gid))?;
         // After chown, which clears set-id bits.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.set_permissions(fs::Permissions::from_mode(want.mode))?;
         fs::rename(&tmp, target)
     })();
     if written.is_err() {
@@ -486,14 +609,22 @@ fn copy_if_changed(src: &Path, target: &Path, len: u64, mode: u32) -> Result<()>
     written.with_context(|| format!("cannot write {}", target.display()))
 }
 
+/// Sets a directory's mode and owner.
+fn set_attrs(dir: &Path, want: Wanted) -> Result<()> {
+    std::os::unix::fs::lchown(dir, Some(want.uid), Some(want.gid))
+        .with_context(|| format!("cannot chown {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(want.mode))
+        .with_context(|| format!("cannot chmod {}", dir.display()))
+}
+
 /// Writes `content` to `target` with `mode`, owned root:root, through a
 /// temporary file and a rename — unless the target already is exactly that.
-fn write_if_changed(target: &Path, content: &[u8], mode: u32) -> Result<()> {
+fn write_if_changed(target: &Path, content: &[u8], want: Wanted) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(target) {
         if m.is_file()
-            && m.mode() & 0o7777 == mode
-            && m.uid() == 0
-            && m.gid() == 0
+            && m.mode() & 0o7777 == want.mode
+            && m.uid() == want.uid
+            && m.gid() == want.gid
             && m.len() == content.len() as u64
             && fs::read(target).map(|c| c == content).unwrap_or(false)
         {
@@ -510,10 +641,9 @@ fn write_if_changed(target: &Path, content: &[u8], mode: u32) -> Result<()> {
             .create_new(true)
             .open(&tmp)?;
         f.write_all(content)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
-        // chown clears set-id bits: set the mode again.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::fchown(&f, Some(want.uid), Some(want.gid))?;
+        // chown clears set-id bits: set the mode after it.
+        f.set_permissions(fs::Permissions::from_mode(want.mode))?;
         fs::rename(&tmp, target)
     })();
     if written.is_err() {

@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod anchor;
+pub mod attributes;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -172,18 +172,38 @@ fn fetch_stage(config: &Config) -> Result<(Fetched, Step)> {
 struct Planned {
     tree: ServerTree,
     params: ParamTree,
+    /// Each planned module's `attributes`, checked.
+    attributes: std::collections::BTreeMap<Name, crate::attributes::Attributes>,
     step: Step,
 }
 
-/// Stage 4: the cached tree and the node's merged parameters (the order
+/// Stage 4: the cached tree, the node's merged parameters and every
+/// planned module's `attributes`, checked before anything runs (the order
 /// itself was planned by the fetch, on the same snapshot).
 fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
     let meter = report::Meter::start();
     let tree = fetch::cache_tree(&fetched.cache)?;
     let params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    let mut attributes = std::collections::BTreeMap::new();
+    for m in &fetched.plan.order {
+        let dir = tree
+            .module_dir(m)?
+            .expect("planned modules are in the cache");
+        let shown = format!("modules/{m}/attributes");
+        let parsed = match crate::fsutil::read_small(&dir.join("attributes"), &shown, 1 << 20)? {
+            None => crate::attributes::Attributes::default(),
+            Some(bytes) => crate::attributes::Attributes::parse(
+                &String::from_utf8_lossy(&bytes),
+                &shown,
+                &crate::attributes::targets(&dir),
+            )?,
+        };
+        attributes.insert(m.clone(), parsed);
+    }
     Ok(Planned {
         tree,
         params,
+        attributes,
         step: meter.step("plan"),
     })
 }
@@ -211,8 +231,8 @@ struct Run<'a> {
     config: &'a Config,
     opts: &'a Options,
     tree: &'a ServerTree,
+    attributes: &'a std::collections::BTreeMap<Name, crate::attributes::Attributes>,
     sandbox: &'a Sandbox,
-    owners: Owners,
     exe: PathBuf,
     report: RunReport,
     pending: Pending,
@@ -251,8 +271,8 @@ impl<'a> Run<'a> {
             config,
             opts,
             tree: &planned.tree,
+            attributes: &planned.attributes,
             sandbox,
-            owners: Owners::load(&sandbox.root),
             exe: fs::read_link("/proc/self/exe")
                 .context("cannot find the disco binary (/proc/self/exe)")?,
             report,
@@ -276,6 +296,7 @@ impl<'a> Run<'a> {
             module_dir: Path::new(DISCO_DIR).join("module"),
             params_dir: Path::new(DISCO_DIR).join("params"),
             state_in_root: self.sandbox.state_in_root.clone(),
+            attributes: self.attributes[module].clone(),
         };
         let binds = standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
         let output = if self.opts.quiet {
@@ -291,9 +312,11 @@ impl<'a> Run<'a> {
             actions: outcome.actions,
             ..ModuleReport::default()
         };
+        let mut skipped = Vec::new();
         let mut failed = match outcome.value {
             Ok(r) => {
                 mreport.steps = r.steps;
+                skipped = r.skipped;
                 r.failed
             }
             Err(e) => Some(e),
@@ -307,9 +330,11 @@ impl<'a> Run<'a> {
             mreport.killed = outcome.leftovers;
         }
         let meter = report::Meter::start();
+        // Owners by name as the root stands after this module.
+        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer);
         mreport.changes = self
             .sandbox
-            .differ(&self.owners)
+            .differ(&owners)
             .layer(layer)
             .with_context(|| format!("{module}: cannot compute its changes"))?;
         mreport.steps.push(meter.step("diff"));
@@ -323,10 +348,18 @@ impl<'a> Run<'a> {
         for c in &mreport.changes {
             output::change(c, false);
         }
+        let (handlers, skipped_handlers) =
+            actions::handlers_of(&module_dir).with_context(|| format!("module {module}"))?;
+        skipped.extend(skipped_handlers);
+        if !skipped.is_empty() {
+            output::warning(&format!(
+                "{module}: not run (not a script by its name): {}",
+                skipped.join(", ")
+            ));
+        }
         self.pending.modules.push(ModuleActions {
             module: module.to_string(),
-            handlers: actions::handlers_of(&module_dir)
-                .with_context(|| format!("module {module}"))?,
+            handlers,
             module_dir,
             actions: mreport.actions.clone(),
             changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),

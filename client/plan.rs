@@ -222,10 +222,7 @@ mod tests {
                 ("z", ""),
             ],
         );
-        assert_eq!(
-            order(plan(&t, &n).unwrap()),
-            ["x", "y", "z", "top"]
-        );
+        assert_eq!(order(plan(&t, &n).unwrap()), ["x", "y", "z", "top"]);
     }
 
     #[test]
@@ -242,7 +239,11 @@ mod tests {
             ],
         );
         let p = plan(&t, &n).unwrap();
-        let found: Vec<String> = p.discovered.iter().map(|(a, b)| format!("{a} -> {b}")).collect();
+        let found: Vec<String> = p
+            .discovered
+            .iter()
+            .map(|(a, b)| format!("{a} -> {b}"))
+            .collect();
         assert_eq!(found, ["a -> b", "a -> c", "b -> d"]);
         assert_eq!(order(p), ["c", "a", "b", "d"]);
     }

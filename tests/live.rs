@@ -53,7 +53,9 @@ fn every_kind_of_change(f: &Fixture, r: &FixtureRoot) {
     fs::create_dir_all(r.path.join("srv/replace")).unwrap();
     r.file("srv/replace/old", "o\n");
     f.node("n", &["m"]).module("m", "");
-    f.module_file("m", "files/etc/created", "new file\n", 0o640).module_file(
+    // The mode comes from `attributes`, not from the checkout.
+    f.module_file("m", "attributes", "/etc/created 0640\n", 0o644);
+    f.module_file("m", "files/etc/created", "new file\n", 0o644).module_file(
         "m",
         "scripts/10-all",
         "echo new > /etc/modify\nrm /etc/delete\nrm -rf /srv/dir-to-file; echo file > /srv/dir-to-file\n\

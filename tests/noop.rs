@@ -72,7 +72,8 @@ fn noop_leaves_root_byte_identical_and_no_mounts() {
     xattr::set(r.path.join("etc/motd"), "user.disco-test", b"keep").unwrap();
     f.node("n", &["m"]).module("m", "");
     f.module_file("m", "files/etc/motd", "new motd\n", 0o644)
-        .module_file("m", "templates/etc/app/app.conf", "echo port=2\n", 0o600)
+        .module_file("m", "templates/etc/app/app.conf", "echo port=2\n", 0o755)
+        .module_file("m", "attributes", "/etc/app/app.conf 0600\n", 0o644)
         .module_file(
             "m",
             "scripts/10-mess",
