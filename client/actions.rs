@@ -49,6 +49,13 @@ pub struct Pending {
     pub params_dir: PathBuf,
     pub run_actions: bool,
     pub modules: Vec<ModuleActions>,
+    /// Seconds an action or handler may run (`step_timeout`).
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: u64,
+}
+
+fn default_step_timeout() -> u64 {
+    1800
 }
 
 impl Pending {
@@ -150,7 +157,7 @@ pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
             output::info(&format!("running deferred action: {shown}"));
             let mut cmd = Command::new(&a[0]);
             cmd.args(&a[1..]);
-            let step = execute(cmd, &format!("action {shown}"), &pending.root, None);
+            let step = execute(cmd, &format!("action {shown}"), pending, None);
             ok &= step.error.is_none();
             steps.push(step);
         }
@@ -185,7 +192,7 @@ pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
                 module_dir: m.module_dir.clone(),
                 params_dir: pending.params_dir.clone(),
             };
-            let step = execute(cmd, &format!("handler {name}"), &pending.root, Some(&binds));
+            let step = execute(cmd, &format!("handler {name}"), pending, Some(&binds));
             ok &= step.error.is_none();
             steps.push(step);
         }
@@ -223,6 +230,8 @@ fn in_root(
     // only namespace, mount and chroot calls, no locks held.
     unsafe {
         cmd.pre_exec(move || {
+            // A group of its own: a time limit ends the whole action.
+            libc::setpgid(0, 0);
             if let Some(ns) = host_ns {
                 // Back on the host's mounts: a daemon an action starts must
                 // not live in disco's private namespace.
@@ -285,9 +294,9 @@ fn in_root(
 
 /// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
 /// private mount namespace for handlers); reports exit code and output.
-fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> Step {
+fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds>) -> Step {
     let started = Instant::now();
-    let root = root.to_path_buf();
+    let root = pending.root.clone();
     let exe = fs::read_link("/proc/self/exe").unwrap_or_default();
     let disco_dir = root.join("run/disco");
     let made_dir = binds.is_some() && !disco_dir.exists() && fs::create_dir_all(&disco_dir).is_ok();
@@ -301,10 +310,15 @@ fn execute(mut cmd: Command, name: &str, root: &Path, binds: Option<&Binds>) -> 
     });
     cmd.current_dir("/").stdin(Stdio::null());
     in_root(&mut cmd, root.clone(), bind_spec);
-    let result = cmd
-        .spawn()
-        .map_err(anyhow::Error::from)
-        .and_then(|c| wait4(c.id()));
+    let limit = std::time::Duration::from_secs(pending.step_timeout);
+    let result = cmd.spawn().map_err(anyhow::Error::from).and_then(|c| {
+        let dog = crate::exec::Watchdog::start(c.id(), limit, "step_timeout".into(), false);
+        let waited = wait4(c.id());
+        if dog.finish() {
+            anyhow::bail!("was killed after {} s (step_timeout)", limit.as_secs());
+        }
+        waited
+    });
     if made_dir {
         let _ = fs::remove_dir(&disco_dir);
     }

@@ -45,7 +45,7 @@ pub struct Global {
     /// Main config file (every node-side command)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Noop (dance, config)
+    /// Noop (dance, undo, publish, config)
     #[arg(long)]
     pub noop: bool,
 }
@@ -214,6 +214,9 @@ pub struct UndoArgs {
     pub root: RootArg,
     #[command(flatten)]
     pub node_side: NodeSide,
+    /// List what undo would restore and remove; change nothing
+    #[arg(long)]
+    pub noop: bool,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +362,10 @@ pub struct PublishArgs {
     /// The served directory: gets snapshots/ID and the `current` link
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Say which snapshot would be made and how many files differ from
+    /// current; change nothing
+    #[arg(long)]
+    pub noop: bool,
     /// The server tree to publish (holds parameters/ and modules/)
     pub src: PathBuf,
     /// How many snapshots to keep (one still being served is never removed)
@@ -409,12 +416,16 @@ impl Command {
             Command::Undo(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.root = a.root.root.clone();
+                g.noop = a.noop;
             }
             Command::Serve(a) => {
                 g.root = a.root.clone();
                 g.node = a.node.clone();
             }
-            Command::Publish(a) => g.root = a.root.clone(),
+            Command::Publish(a) => {
+                g.root = a.root.clone();
+                g.noop = a.noop;
+            }
             Command::Report(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.server = a.server.clone();

@@ -88,6 +88,10 @@ pub struct Config {
     pub fetch_timeout: Setting<u64>,
     /// Largest file a node accepts from the server, in bytes.
     pub max_file_size: Setting<u64>,
+    /// Seconds a template, script or handler may run.
+    pub step_timeout: Setting<u64>,
+    /// Seconds a whole dance may run.
+    pub dance_timeout: Setting<u64>,
     /// How many run reports `STATE/reports/` keeps.
     pub report_history: Setting<usize>,
     /// How many bytes of run reports `STATE/reports/` keeps.
@@ -127,6 +131,8 @@ struct FileConfig {
     io_timeout: Option<u64>,
     fetch_timeout: Option<u64>,
     max_file_size: Option<u64>,
+    step_timeout: Option<u64>,
+    dance_timeout: Option<u64>,
     report_history: Option<usize>,
     report_history_bytes: Option<u64>,
     prometheus_textfile: Option<PathBuf>,
@@ -152,6 +158,8 @@ impl Config {
             io_timeout: Setting::new(60, Source::Default),
             fetch_timeout: Setting::new(3600, Source::Default),
             max_file_size: Setting::new(1 << 30, Source::Default),
+            step_timeout: Setting::new(1800, Source::Default),
+            dance_timeout: Setting::new(7200, Source::Default),
             report_history: Setting::new(50, Source::Default),
             report_history_bytes: Setting::new(100 << 20, Source::Default),
             prometheus_textfile: Setting::new(None, Source::Default),
@@ -211,6 +219,16 @@ impl Config {
                     .with_context(|| format!("cannot make {} absolute", p.display()))?;
             }
         }
+        // A local server given as a relative path, likewise.
+        let servers = c.server.value.iter_mut().chain(c.servers.value.iter_mut());
+        for s in servers {
+            if !s.contains("://") && Path::new(s.as_str()).is_relative() {
+                *s = std::path::absolute(s.as_str())
+                    .with_context(|| format!("cannot make {s} absolute"))?
+                    .display()
+                    .to_string();
+            }
+        }
         Ok(c)
     }
 
@@ -265,6 +283,12 @@ impl Config {
         }
         if let Some(v) = file.max_file_size {
             self.max_file_size.set(v, src());
+        }
+        if let Some(v) = file.step_timeout {
+            self.step_timeout.set(v.max(1), src());
+        }
+        if let Some(v) = file.dance_timeout {
+            self.dance_timeout.set(v.max(1), src());
         }
         if let Some(v) = file.report_history {
             self.report_history.set(v, src());
@@ -372,6 +396,16 @@ impl Config {
                 "max_file_size",
                 self.max_file_size.value.to_string(),
                 &self.max_file_size.source,
+            ),
+            line(
+                "step_timeout",
+                self.step_timeout.value.to_string(),
+                &self.step_timeout.source,
+            ),
+            line(
+                "dance_timeout",
+                self.dance_timeout.value.to_string(),
+                &self.dance_timeout.source,
             ),
             line(
                 "report_history",

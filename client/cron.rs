@@ -98,6 +98,31 @@ pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
     Ok(Lock { _file: file })
 }
 
+/// `STATE/status` as it truly is: a `running since … (pid N)` whose pid
+/// is gone (disco was killed) is rewritten as interrupted, so neither the
+/// file nor `disco report` claims a dead dance is running. Returns the
+/// line, if any.
+pub fn current_status(state_dir: &Path) -> Option<String> {
+    let line = fs::read_to_string(state_dir.join("status")).ok()?;
+    let line = line.trim().to_string();
+    let pid = line
+        .strip_prefix("running since ")
+        .and_then(|r| r.rsplit_once("(pid "))
+        .and_then(|(_, p)| p.trim_end_matches(')').parse::<i32>().ok());
+    if let Some(pid) = pid {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let fixed = format!(
+                "interrupted: the dance {} ended without finishing (killed?)",
+                line.trim_start_matches("running ")
+            );
+            set_status(state_dir, &fixed);
+            return Some(fixed);
+        }
+    }
+    Some(line)
+}
+
 /// Replaces `STATE/status` with `line` atomically.
 pub fn set_status(state_dir: &Path, line: &str) {
     let path = state_dir.join("status");

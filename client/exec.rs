@@ -45,6 +45,10 @@ pub struct Job {
     /// The module's `attributes`, checked before anything ran; owner
     /// names are resolved in the sandbox when the module starts.
     pub attributes: crate::attributes::Attributes,
+    /// Longest a template or script may run, and what sets it (for messages).
+    pub step_timeout: (std::time::Duration, String),
+    /// When the whole dance must be over (`dance_timeout`).
+    pub dance_deadline: Option<Instant>,
 }
 
 /// Mode and owner a file, template or directory lands with.
@@ -369,8 +373,8 @@ impl Job {
                 .spawn()
                 .with_context(|| format!("cannot run bash for {name}"))?;
             let mut out = Vec::new();
-            let read = child.stdout.take().expect("piped").read_to_end(&mut out);
-            let (status, ru) = wait4(child.id())?;
+            let mut pipe = child.stdout.take().expect("piped");
+            let (read, status, ru) = self.supervise(&child, || pipe.read_to_end(&mut out))?;
             read.context("reading the template's output")?;
             if status == 0 {
                 write_if_changed(&target, &out, want)?;
@@ -423,7 +427,8 @@ impl Job {
                 .command(path)
                 .spawn()
                 .with_context(|| format!("cannot run bash for {name}"))?;
-            wait4(child.id())
+            let ((), status, ru) = self.supervise(&child, || ())?;
+            Ok((status, ru))
         })();
         finish(name, started, result, "script")
     }
@@ -439,9 +444,11 @@ impl Job {
         if let Ok(term) = std::env::var("TERM") {
             c.env("TERM", term);
         }
-        // SAFETY: only resets signal dispositions between fork and exec.
+        // SAFETY: only resets signal dispositions and makes a process
+        // group (so a time limit ends the whole step) between fork and exec.
         unsafe {
             c.pre_exec(|| {
+                libc::setpgid(0, 0);
                 libc::signal(libc::SIGINT, libc::SIG_DFL);
                 libc::signal(libc::SIGQUIT, libc::SIG_DFL);
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -450,6 +457,95 @@ impl Job {
         }
         c.env("PATH", SANDBOX_PATH);
         c
+    }
+}
+
+/// Kills a step's process group when its time is up. The step runs in a
+/// process group of its own (see [`Job::command`]); a thread waits for
+/// the limit unless the step ends first.
+pub struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// `after 2 s (step_timeout)`
+    pub what: String,
+}
+
+impl Watchdog {
+    /// Watches process group `pgid` for `limit`; `what` names the limit.
+    /// With `namespace` (only ever in a sandbox's init, PID 1 of the
+    /// module's PID namespace), a hit also kills every other process of
+    /// the namespace.
+    pub fn start(pgid: u32, limit: std::time::Duration, what: String, namespace: bool) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fired.clone();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                // SAFETY: plain kill calls. The step's group first; then,
+                // as PID 1 of the module's PID namespace, every other
+                // process in it (kill(-1) spares the caller): whatever the
+                // step started, even in another session, ends now.
+                unsafe {
+                    libc::kill(-(pgid as i32), libc::SIGKILL);
+                    if namespace && libc::getpid() == 1 {
+                        libc::kill(-1, libc::SIGKILL);
+                    }
+                }
+            }
+        });
+        Watchdog {
+            stop: Some(tx),
+            fired,
+            thread: Some(thread),
+            what,
+        }
+    }
+
+    /// Stops watching; true when the limit was hit (the group was killed).
+    pub fn finish(mut self) -> bool {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Job {
+    /// The limit of the next step: the step timeout, or what is left of
+    /// the dance's, whichever is sooner; and how to name it.
+    fn limit(&self) -> (std::time::Duration, String) {
+        let (step, by) = &self.step_timeout;
+        match self.dance_deadline {
+            Some(end) if end.saturating_duration_since(Instant::now()) < *step => (
+                end.saturating_duration_since(Instant::now()),
+                "dance_timeout".to_string(),
+            ),
+            _ => (*step, by.clone()),
+        }
+    }
+
+    /// Runs `child` (already spawned in its own process group) to its end
+    /// under the step's limit; `read` consumes its output meanwhile.
+    fn supervise<T>(
+        &self,
+        child: &std::process::Child,
+        read: impl FnOnce() -> T,
+    ) -> Result<(T, i32, libc::rusage)> {
+        let (limit, by) = self.limit();
+        let dog = Watchdog::start(child.id(), limit, by.clone(), true);
+        let out = read();
+        let waited = wait4(child.id());
+        if dog.finish() {
+            bail!(
+                "was killed after {} s ({by}); its processes were ended",
+                limit.as_secs()
+            );
+        }
+        let (status, ru) = waited?;
+        Ok((out, status, ru))
     }
 }
 

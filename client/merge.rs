@@ -819,6 +819,56 @@ pub fn undo(state_dir: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<S
     undo_backup(&last, root, failpoint)
 }
 
+/// What `disco undo` would do, without doing it (noop): one line per
+/// journal record of the last merged run, newest first as undo walks them.
+pub fn undo_preview(state_dir: &Path) -> Result<Vec<String>> {
+    let dir = backup_root(state_dir);
+    let mut runs: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("journal").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    runs.sort();
+    let Some(last) = runs.pop() else {
+        bail!(
+            "nothing to undo: no merged dance has a backup in {}",
+            dir.display()
+        );
+    };
+    let id = last
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let text = fs::read_to_string(last.join("journal"))?;
+    let mut lines = Vec::new();
+    for l in text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .rev()
+    {
+        let rec: Undo = serde_json::from_str(l)
+            .with_context(|| format!("{} is damaged", last.join("journal").display()))?;
+        lines.push(match rec {
+            Undo::Remove { path } => format!(
+                "would remove {} (created by run {id})",
+                crate::fsutil::shown(&path)
+            ),
+            Undo::Restore { path, .. } => {
+                format!("would restore {}", crate::fsutil::shown(&path))
+            }
+            Undo::Attrs { path, .. } => format!(
+                "would restore mode/owner of {}",
+                crate::fsutil::shown(&path)
+            ),
+        });
+    }
+    Ok(lines)
+}
+
 /// Finishes an undo that a crash interrupted (its progress log is there),
 /// before anything else touches the root. Returns its lines.
 pub fn finish_interrupted_undo(state_dir: &Path) -> Result<Option<Vec<String>>> {

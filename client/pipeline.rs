@@ -174,6 +174,8 @@ struct Planned {
     params: ParamTree,
     /// Each planned module's `attributes`, checked.
     attributes: std::collections::BTreeMap<Name, crate::attributes::Attributes>,
+    /// Modules with their own step limit (`modules/M/timeout`, seconds).
+    timeouts: std::collections::BTreeMap<Name, u64>,
     step: Step,
 }
 
@@ -185,10 +187,24 @@ fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
     let tree = fetch::cache_tree(&fetched.cache)?;
     let params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
     let mut attributes = std::collections::BTreeMap::new();
+    let mut timeouts = std::collections::BTreeMap::new();
     for m in &fetched.plan.order {
         let dir = tree
             .module_dir(m)?
             .expect("planned modules are in the cache");
+        let shown = format!("modules/{m}/timeout");
+        if let Some(bytes) = crate::fsutil::read_small(&dir.join("timeout"), &shown, 64)? {
+            let text = String::from_utf8_lossy(&bytes);
+            match text.trim().parse::<u64>() {
+                Ok(secs) if secs > 0 => {
+                    timeouts.insert(m.clone(), secs);
+                }
+                _ => anyhow::bail!(
+                    "{shown}: expected a number of seconds, got {:?}",
+                    text.trim()
+                ),
+            }
+        }
         let shown = format!("modules/{m}/attributes");
         let parsed = match crate::fsutil::read_small(&dir.join("attributes"), &shown, 1 << 20)? {
             None => crate::attributes::Attributes::default(),
@@ -204,6 +220,7 @@ fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
         tree,
         params,
         attributes,
+        timeouts,
         step: meter.step("plan"),
     })
 }
@@ -232,6 +249,8 @@ struct Run<'a> {
     opts: &'a Options,
     tree: &'a ServerTree,
     attributes: &'a std::collections::BTreeMap<Name, crate::attributes::Attributes>,
+    timeouts: &'a std::collections::BTreeMap<Name, u64>,
+    deadline: Instant,
     sandbox: &'a Sandbox,
     exe: PathBuf,
     report: RunReport,
@@ -266,12 +285,15 @@ impl<'a> Run<'a> {
             params_dir: sandbox.run.params(),
             run_actions: opts.run_actions,
             modules: Vec::new(),
+            step_timeout: config.step_timeout.value,
         };
         Ok(Run {
             config,
             opts,
             tree: &planned.tree,
             attributes: &planned.attributes,
+            timeouts: &planned.timeouts,
+            deadline: Instant::now() + std::time::Duration::from_secs(config.dance_timeout.value),
             sandbox,
             exe: fs::read_link("/proc/self/exe")
                 .context("cannot find the disco binary (/proc/self/exe)")?,
@@ -297,6 +319,17 @@ impl<'a> Run<'a> {
             params_dir: Path::new(DISCO_DIR).join("params"),
             state_in_root: self.sandbox.state_in_root.clone(),
             attributes: self.attributes[module].clone(),
+            step_timeout: match self.timeouts.get(module) {
+                Some(secs) => (
+                    std::time::Duration::from_secs(*secs),
+                    format!("modules/{module}/timeout"),
+                ),
+                None => (
+                    std::time::Duration::from_secs(self.config.step_timeout.value),
+                    "step_timeout".into(),
+                ),
+            },
+            dance_deadline: Some(self.deadline),
         };
         let binds = standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
         let output = if self.opts.quiet {

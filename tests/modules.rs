@@ -181,3 +181,146 @@ fn only_real_scripts_run_and_leftovers_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_step_over_its_time_limit_fails_the_dance_and_nothing_is_merged() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "step_timeout = 2\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/from-m", "x\n", 0o644)
+        .module_file(
+            "m",
+            "scripts/10-hang",
+            "(sleep 1000; echo late > /etc/late) &\nsleep 1000\n",
+            0o755,
+        );
+    let started = std::time::Instant::now();
+    let (code, _, err) = live(&f, &f.server(), &r.path);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert!(
+        err.contains("error: m: scripts/10-hang: was killed after 2 s (step_timeout); its processes were ended"),
+        "{err}"
+    );
+    assert!(!r.path.join("etc/from-m").exists(), "nothing merged");
+    // A module's own limit wins.
+    f.module_file("m", "timeout", "1\n", 0o644);
+    let (code, _, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("was killed after 1 s (modules/m/timeout)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn noop_is_honoured_by_undo_and_publish() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/new", "n\n", 0o644);
+    let (code, _, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{err}");
+    let before = common::root::deep_snapshot(&r.path);
+    for noop in [true, false] {
+        let mut c = f.disco_without_server();
+        c.arg("--root").arg(&r.path);
+        if noop {
+            c.env("NOOP", "true").arg("undo");
+        } else {
+            c.args(["undo", "--noop"]);
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("would remove /etc/new (created by run"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was changed"), "{err}");
+        assert_eq!(common::root::deep_snapshot(&r.path), before);
+    }
+    let served = f.dir.path().join("served");
+    let (code, _, err) = run(f
+        .disco_without_server()
+        .arg("publish")
+        .arg(f.server())
+        .arg("--root")
+        .arg(&served)
+        .arg("--noop"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("file(s) differ from current; nothing was changed"),
+        "{err}"
+    );
+    assert!(!served.join("current").exists());
+}
+
+#[test]
+fn relative_paths_mean_the_current_directory() {
+    let f = Fixture::new();
+    let _r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/rel", "r\n", 0o644);
+    fs::write(f.dir.path().join("rel.toml"), "").unwrap();
+    let mut c = assert_cmd::Command::cargo_bin("disco").unwrap();
+    c.env_remove("NOOP").current_dir(f.dir.path()).args([
+        "--config",
+        "rel.toml",
+        "--server",
+        "server",
+        "--state-dir",
+        "dd/st",
+        "--node",
+        "n",
+        "--root",
+        "root",
+        "dance",
+    ]);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(f.dir.path().join("root/etc/rel")).unwrap(),
+        "r\n"
+    );
+}
+
+#[test]
+fn a_killed_dance_reads_as_interrupted() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-slow", "sleep 60\n", 0o755);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_disco"))
+        .env_remove("NOOP")
+        .arg("--config")
+        .arg(f.config())
+        .arg("--state-dir")
+        .arg(f.state())
+        .arg("--server")
+        .arg(f.server())
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !fs::read_to_string(f.state().join("status"))
+        .unwrap_or_default()
+        .starts_with("running")
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, _, err) = run(f.disco_without_server().arg("report"));
+    assert!(
+        err.contains("warning: interrupted: the dance since"),
+        "{err}"
+    );
+    let status = fs::read_to_string(f.state().join("status")).unwrap();
+    assert!(status.starts_with("interrupted"), "{status}");
+}

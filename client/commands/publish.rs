@@ -13,6 +13,15 @@ pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
             "disco publish needs --root DIR, the served directory (it gets snapshots/ and current)"
         );
     }
+    if config.noop.value {
+        let n = crate::transport::publish::differing_files(&args.src, &config.root.value)?;
+        crate::output::info(&format!(
+            "noop: would publish {} as a new snapshot of {}; {n} file(s) differ from current; nothing was changed",
+            args.src.display(),
+            config.root.value.display()
+        ));
+        return Ok(0);
+    }
     let id = crate::transport::publish::publish(&args.src, &config.root.value, args.keep)?;
     crate::output::info(&format!(
         "published {} as snapshot {id}; {}/current points to it",

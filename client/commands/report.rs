@@ -58,6 +58,11 @@ pub fn run(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
         return Ok(0);
     }
     let state = &config.state_dir.value;
+    if let Some(s) = crate::cron::current_status(state) {
+        if s.starts_with("interrupted") {
+            crate::output::warning(&s);
+        }
+    }
     if args.history {
         print_lines(
             report::history(state)?

@@ -15,6 +15,31 @@ use super::manifest::Manifest;
 use super::PUBLISHED_MANIFEST;
 use crate::output;
 
+/// Noop: how many files of `src` differ from those `root/current` serves
+/// (added, changed or removed), without publishing anything.
+pub fn differing_files(src: &Path, root: &Path) -> Result<usize> {
+    let manifest_of = |dir: &Path| -> Result<std::collections::BTreeMap<String, String>> {
+        let mut m = Manifest::default();
+        for sub in ["parameters", "modules"] {
+            if dir.join(sub).is_dir() {
+                m.add_tree(&dir.join(sub), sub, sub)?;
+            }
+        }
+        Ok(m.files()
+            .into_iter()
+            .map(|(p, e)| (p, e.hash.clone()))
+            .collect())
+    };
+    let new = manifest_of(src)?;
+    let old = match fs::canonicalize(root.join("current")) {
+        Ok(cur) => manifest_of(&cur)?,
+        Err(_) => Default::default(),
+    };
+    let changed = new.iter().filter(|(p, h)| old.get(*p) != Some(h)).count();
+    let removed = old.keys().filter(|p| !new.contains_key(*p)).count();
+    Ok(changed + removed)
+}
+
 /// Publishes `src` under `root`; returns the new snapshot id.
 pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     for sub in ["parameters", "modules"] {
