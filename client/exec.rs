@@ -545,6 +545,18 @@ impl Job {
             );
         }
         let (status, ru) = waited?;
+        // A `disco param get` that failed fails the step, even inside
+        // `$(…)`, where bash drops its exit status.
+        let errors = Path::new(crate::sandbox::PARAM_ERRORS);
+        let said = crate::fsutil::read_small(errors, "the parameter errors", 64 << 10)?;
+        let _ = fs::remove_file(errors);
+        if let Some(text) = said.filter(|t| !t.is_empty()) {
+            let text = String::from_utf8_lossy(&text);
+            bail!(
+                "{}",
+                text.lines().next().unwrap_or("a parameter lookup failed")
+            );
+        }
         Ok((out, status, ru))
     }
 }

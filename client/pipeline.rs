@@ -25,7 +25,7 @@ use crate::output;
 use crate::params::ParamTree;
 use crate::report::{self, ModuleReport, RunReport, Step};
 use crate::run::{self, RunDir};
-use crate::sandbox::{standard_binds, Output, Sandbox, DISCO_DIR};
+use crate::sandbox::{Output, Sandbox, DISCO_DIR};
 use crate::tree::ServerTree;
 
 /// How many kept scratch directories (failed or `--keep` runs) survive.
@@ -331,7 +331,9 @@ impl<'a> Run<'a> {
             },
             dance_deadline: Some(self.deadline),
         };
-        let binds = standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
+        let binds = self
+            .sandbox
+            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
         let output = if self.opts.quiet {
             Output::Capture
         } else {

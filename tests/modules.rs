@@ -324,3 +324,36 @@ fn a_killed_dance_reads_as_interrupted() {
     let status = fs::read_to_string(f.state().join("status")).unwrap();
     assert!(status.starts_with("interrupted"), "{status}");
 }
+
+#[test]
+fn a_missing_parameter_fails_its_step_even_inside_a_substitution() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    // A root without disco's shared libraries: `disco param get` still works.
+    let _ = fs::remove_file(r.path.join("usr/lib/x86_64-linux-gnu/libgcc_s.so.1"));
+    f.node("n", &["app"]).module("app", "");
+    f.file("modules/app/parameters/port", "8080\n");
+    f.module_file(
+        "app",
+        "templates/etc/app/port.conf",
+        "echo \"port=$(disco param get port)\"\n",
+        0o644,
+    )
+    .module_file(
+        "app",
+        "templates/etc/app/secret.conf",
+        "echo \"password=$(disco param get db_pass)\"\n",
+        0o644,
+    );
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("+port=8080"), "{err}");
+    assert!(
+        err.contains("error: app: templates/etc/app/secret.conf: no parameter 'db_pass'"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("File: /etc/app/secret.conf"),
+        "nothing written: {err}"
+    );
+}

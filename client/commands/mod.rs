@@ -57,7 +57,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(args) => diff::run(&config, args.run.as_deref()),
         Command::Report(args) => report::run(&config, &args),
         Command::Shell(args) => shell::run(&config, args.keep),
-        Command::Param(args) => param::run(&config, args),
+        Command::Param(args) => {
+            let result = param::run(&config, args);
+            if let Err(e) = &result {
+                in_sandbox_note(&format!("{e:#}"));
+            }
+            result
+        }
         Command::Config(_) => config::run(&config),
     }
 }
@@ -68,6 +74,18 @@ pub fn require_root(what: &str, why: &str) -> Result<()> {
         bail!("{what} must run as root: {why}");
     }
     Ok(())
+}
+
+/// Inside a dance's sandbox, a failed `disco param` also leaves its error
+/// where the step's runner reads it (bash may drop the exit status).
+fn in_sandbox_note(error: &str) {
+    if std::env::var_os("DISCO_PARAMS").is_some_and(|p| !p.is_empty()) {
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(crate::sandbox::PARAM_ERRORS)
+            .and_then(|mut f| writeln!(f, "{error}"));
+    }
 }
 
 /// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.

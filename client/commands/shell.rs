@@ -16,7 +16,6 @@ use crate::exec::{wait4, SANDBOX_PATH};
 use crate::output;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::RunDir;
-use crate::sandbox::standard_binds;
 use crate::sandbox::{Output, Sandbox};
 
 /// Runs the shell; the exit code is the shell's.
@@ -29,7 +28,7 @@ pub fn run(config: &Config, keep: bool) -> Result<i32> {
     let run = RunDir::create(state)?;
     let sandbox = Sandbox::prepare(run, &config.root.value, state, true, &["shell".to_string()])?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
-    let binds = standard_binds(&exe, None);
+    let binds = sandbox.standard_binds(&exe, None);
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     output::info(&format!(
         "shell in a noop sandbox over {}; nothing you do reaches it. Exit to see the changes.",

@@ -37,6 +37,46 @@ use mounts::{MountOp, RootPlan, SandboxError};
 /// Where disco's own files appear inside the sandbox.
 pub const DISCO_DIR: &str = "/run/disco";
 
+/// Where a failed `disco param` inside the sandbox writes its error, so
+/// the step fails even when bash swallowed the exit status (`$(…)`).
+pub const PARAM_ERRORS: &str = "/run/disco/queue/param-errors";
+
+/// The name of [`PARAM_SHIM`] in the run directory.
+const SHIM_FILE: &str = "disco.sh";
+
+/// `/run/disco/bin/disco` inside the sandbox: `disco param get KEY`
+/// answered by `/bin/sh` and `cat` (a root without disco's shared
+/// libraries, an Alpine or busybox one, can still read parameters), a
+/// missing key recorded in [`PARAM_ERRORS`]; anything else goes to the
+/// real binary.
+pub const PARAM_SHIM: &str = r#"#!/bin/sh
+# disco in the sandbox: `disco param get KEY` is answered here; every other
+# command goes to the real binary.
+if [ "$1" = param ] && [ "$2" = get ] && [ "$#" -eq 3 ]; then
+    key=$3
+    bad=
+    case "$key" in ''|/*|*/|*//*) bad=1 ;; esac
+    oldifs=$IFS; IFS=/
+    for part in $key; do
+        case "$part" in .|..|*[!A-Za-z0-9._-]*) bad=1 ;; esac
+    done
+    IFS=$oldifs
+    if [ -n "$bad" ]; then
+        err="invalid parameter key '$key'"
+    elif [ -f "$DISCO_PARAMS/$key" ]; then
+        exec cat "$DISCO_PARAMS/$key"
+    elif [ -d "$DISCO_PARAMS/$key" ]; then
+        err="parameter '$key' is a directory: use \`disco param keys $key\`"
+    else
+        err="no parameter '$key'"
+    fi
+    echo "error: $err" >&2
+    echo "$err" >> /run/disco/queue/param-errors
+    exit 1
+fi
+exec /run/disco/bin/disco.real "$@"
+"#;
+
 /// Largest deferred-action queue read back from a sandbox.
 const MAX_QUEUE: u64 = 4 << 20;
 /// Largest result a sandbox's init may send.
@@ -195,6 +235,10 @@ impl Sandbox {
                 .with_context(|| format!("cannot create {}", layers_dir.join(d).display()))?;
         }
         let shims = shims::build(&run, &root, &mounts, noop)?;
+        let shim = run.path.join(SHIM_FILE);
+        fs::write(&shim, PARAM_SHIM)
+            .and_then(|()| fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)))
+            .with_context(|| format!("cannot write {}", shim.display()))?;
         run.save_layout(&Layout {
             root: root.clone(),
             layers: layers.to_vec(),
@@ -208,6 +252,35 @@ impl Sandbox {
             noop,
             state_in_root,
         })
+    }
+
+    /// disco's own files bound read-only under `/run/disco`: `bin/disco`
+    /// (the [`PARAM_SHIM`], which answers `disco param get` with nothing
+    /// but `/bin/sh` and `cat` of the root), `bin/disco.real` (this
+    /// binary, for everything else) and, for a module, its files and
+    /// parameters.
+    pub fn standard_binds(&self, exe: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
+        let mut binds = vec![
+            Bind {
+                source: self.run.path.join(SHIM_FILE),
+                inside: Path::new(DISCO_DIR).join("bin/disco"),
+            },
+            Bind {
+                source: exe.to_path_buf(),
+                inside: Path::new(DISCO_DIR).join("bin/disco.real"),
+            },
+        ];
+        if let Some((module_dir, params)) = module {
+            binds.push(Bind {
+                source: module_dir.to_path_buf(),
+                inside: Path::new(DISCO_DIR).join("module"),
+            });
+            binds.push(Bind {
+                source: params.to_path_buf(),
+                inside: Path::new(DISCO_DIR).join("params"),
+            });
+        }
+        binds
     }
 
     /// The differ of this sandbox's layers, with ROOT's owner names.
@@ -604,26 +677,6 @@ pub fn parse_queue(bytes: &[u8]) -> Vec<Vec<String>> {
         out.push(record);
     }
     out
-}
-
-/// disco's own files bound read-only under `/run/disco`: the binary (for
-/// `disco param`) and, for a module, its files and parameters.
-pub fn standard_binds(exe: &Path, module: Option<(&Path, &Path)>) -> Vec<Bind> {
-    let mut binds = vec![Bind {
-        source: exe.to_path_buf(),
-        inside: Path::new(DISCO_DIR).join("bin/disco"),
-    }];
-    if let Some((module_dir, params)) = module {
-        binds.push(Bind {
-            source: module_dir.to_path_buf(),
-            inside: Path::new(DISCO_DIR).join("module"),
-        });
-        binds.push(Bind {
-            source: params.to_path_buf(),
-            inside: Path::new(DISCO_DIR).join("params"),
-        });
-    }
-    binds
 }
 
 /// The host's mount namespace, kept open once disco has left it.
