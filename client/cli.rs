@@ -272,6 +272,9 @@ pub enum ParamAction {
     Get { key: String },
     /// List the keys directly under KEY (or at the top), one per line
     Keys { key: Option<String> },
+    /// Print every layer that holds KEY — module defaults, each group in
+    /// order, the node — with its value, and which one wins
+    Explain { key: String },
     /// Print `key = value` for everything under KEY (or everything), sorted;
     /// directories print as `key = {}`, newlines in values as \n
     Dump { key: Option<String> },

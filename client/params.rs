@@ -87,6 +87,27 @@ impl ParamTree {
 
     /// Lays `upper` over this tree: `upper` wins wherever both have a key,
     /// except that two directories merge.
+    /// Every value's key, as `a/b/c` strings.
+    pub fn value_keys(&self) -> Vec<String> {
+        fn walk(dir: &BTreeMap<Name, Param>, at: &str, out: &mut Vec<String>) {
+            for (name, p) in dir {
+                let key = if at.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{at}/{name}")
+                };
+                match p {
+                    Param::Value(_) => out.push(key),
+                    Param::Dir(d) if d.is_empty() => out.push(key),
+                    Param::Dir(d) => walk(d, &key, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, "", &mut out);
+        out
+    }
+
     pub fn overlay(&mut self, upper: ParamTree) {
         merge_into(&mut self.root, upper.root);
     }
@@ -237,12 +258,44 @@ fn write_dir(dir: &BTreeMap<Name, Param>, path: &Path) -> io::Result<()> {
 /// plan order, then each of the node's layers (groups, then the node).
 pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTree> {
     let mut params = ParamTree::default();
+    // Which module gave each default: two modules may not give the same
+    // key (nor a key and a directory above it), or which one wins would
+    // depend on the plan's order.
+    let mut owner: BTreeMap<String, Name> = BTreeMap::new();
     for m in &plan.order {
         if let Some(dir) = tree.module_dir(m)? {
-            params.overlay(ParamTree::load(
-                &dir.join("parameters"),
-                &format!("modules/{m}/parameters"),
-            )?);
+            let defaults =
+                ParamTree::load(&dir.join("parameters"), &format!("modules/{m}/parameters"))?;
+            for key in defaults.value_keys() {
+                let mut prefixes: Vec<String> = Vec::new();
+                let mut at = String::new();
+                for part in key.split('/') {
+                    at = if at.is_empty() {
+                        part.to_string()
+                    } else {
+                        format!("{at}/{part}")
+                    };
+                    prefixes.push(at.clone());
+                }
+                let below = format!("{key}/");
+                let clash = prefixes
+                    .iter()
+                    .find_map(|p| owner.get(p).map(|o| (p.clone(), o.clone())))
+                    .or_else(|| {
+                        owner
+                            .range(below.clone()..)
+                            .take_while(|(k, _)| k.starts_with(&below))
+                            .map(|(k, o)| (k.clone(), o.clone()))
+                            .next()
+                    });
+                if let Some((k, other)) = clash {
+                    bail!(
+                        "parameter '{k}' has a default in two modules, {other} and {m}: keep it in one, or set it for the node or a group"
+                    );
+                }
+                owner.insert(key, m.clone());
+            }
+            params.overlay(defaults);
         }
     }
     for layer in &node.layers {
@@ -254,6 +307,38 @@ pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTr
         }
     }
     Ok(params)
+}
+
+/// `disco param explain KEY`: every layer that holds `key`, lowest first
+/// (module defaults in plan order, then each group, then the node), as
+/// (where, the value as `dump` shows it); the last one wins.
+pub fn explain(
+    tree: &ServerTree,
+    node: &NodeSpec,
+    plan: &Plan,
+    key: &Key,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut look = |dir: Option<PathBuf>, label: String| -> Result<()> {
+        let Some(dir) = dir else { return Ok(()) };
+        let t = ParamTree::load(&dir.join("parameters"), &label)?;
+        match t.get(key) {
+            Some(Param::Value(v)) => out.push((format!("{label}/{key}"), show_value(v))),
+            Some(Param::Dir(_)) => out.push((format!("{label}/{key}"), "{}".into())),
+            None => {}
+        }
+        Ok(())
+    };
+    for m in &plan.order {
+        look(tree.module_dir(m)?, format!("modules/{m}/parameters"))?;
+    }
+    for layer in &node.layers {
+        look(
+            tree.layer_dir(layer)?,
+            format!("parameters/{layer}/parameters"),
+        )?;
+    }
+    Ok(out)
 }
 
 /// What `set` writes.

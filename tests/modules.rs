@@ -357,3 +357,34 @@ fn a_missing_parameter_fails_its_step_even_inside_a_substitution() {
         "nothing written: {err}"
     );
 }
+
+#[test]
+fn two_modules_defaulting_one_key_is_an_error_and_explain_shows_every_layer() {
+    let f = Fixture::new();
+    f.node("n", &["nginx", "app"])
+        .module("nginx", "")
+        .module("app", "");
+    f.file("modules/nginx/parameters/listen_port", "80\n")
+        .file("modules/app/parameters/listen_port", "8080\n");
+    let (code, _, err) = f.plan("n");
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: parameter 'listen_port' has a default in two modules, app and nginx: keep it in one, or set it for the node or a group\n"
+    );
+    fs::remove_file(f.server().join("modules/app/parameters/listen_port")).unwrap();
+    f.group("n", "web")
+        .file("parameters/web/parameters/listen_port", "8000\n")
+        .file("parameters/n/parameters/listen_port", "8081\n");
+    let (code, _, err) = f.plan("n");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        run(f
+            .disco_without_server()
+            .args(["--node", "n", "param", "explain", "listen_port"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "modules/nginx/parameters/listen_port = 80\nparameters/web/parameters/listen_port = 8000\nparameters/n/parameters/listen_port = 8081   <- wins\n"
+    );
+}

@@ -16,6 +16,9 @@ use crate::params::{self, Key, NewValue, Param, ParamTree};
 ///
 /// Long because it is one arm per `disco param` action.
 pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
+    if let ParamAction::Explain { key } = &args.action {
+        return explain(config, key);
+    }
     let tree = match &args.tree {
         Some(dir) => {
             if !dir.is_dir() {
@@ -90,10 +93,28 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             };
             params::tree_set(dir, &key, &value)?;
         }
+        ParamAction::Explain { .. } => unreachable!("answered above"),
         ParamAction::Delete { key, recursive } => {
             let dir = args.tree.as_ref().expect("checked above");
             params::tree_delete(dir, &Key::parse(&key)?, recursive)?;
         }
     }
+    Ok(0)
+}
+
+/// `disco param explain KEY`: every layer holding KEY, and the winner.
+fn explain(config: &Config, key: &str) -> Result<i32> {
+    let key = Key::parse(key)?;
+    let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
+    let cache = fetch::cache_tree(&fetched.cache)?;
+    let layers = params::explain(&cache, &fetched.node, &fetched.plan, &key)?;
+    if layers.is_empty() {
+        bail!("no parameter '{key}' in any module, group or the node");
+    }
+    let last = layers.len() - 1;
+    print_lines(layers.iter().enumerate().map(|(i, (at, v))| {
+        let mark = if i == last { "   <- wins" } else { "" };
+        crate::output::printable(&format!("{at} = {v}{mark}"))
+    }))?;
     Ok(0)
 }
