@@ -335,6 +335,10 @@ pub struct DanceArgs {
     /// than --max-age
     #[arg(long)]
     pub if_changed: bool,
+    /// Run only these modules (comma-separated) and what they require;
+    /// merge only their layers. The report says the dance was partial.
+    #[arg(long, value_name = "MODULE[,MODULE…]", value_delimiter = ',')]
+    pub only: Vec<String>,
     /// With --if-changed: dance anyway when the last one is older (e.g. 1h, 30m)
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_age: std::time::Duration,

@@ -42,6 +42,8 @@ pub struct Options {
     pub run_actions: bool,
     /// 0 no change, 2 changes, 1 failure, 4 failure after the merge began.
     pub detailed_exitcodes: bool,
+    /// `--only`: run these modules and what they require, nothing else.
+    pub only: Vec<Name>,
 }
 
 /// How a run ended, for the exit code.
@@ -91,7 +93,16 @@ pub fn verdict(report: &RunReport) -> Verdict {
 pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     let started = Instant::now();
     recover(config)?;
-    let fetched = fetch_stage(config)?;
+    let mut fetched = fetch_stage(config)?;
+    if !opts.only.is_empty() {
+        let tree = fetch::cache_tree(&fetched.0.cache)?;
+        fetched.0.plan = crate::plan::only(&tree, &fetched.0.plan, &opts.only)?;
+        output::info(&format!(
+            "partial dance (--only {}): {}",
+            join(&opts.only),
+            join(&fetched.0.plan.order)
+        ));
+    }
     let planned = plan_stage(&fetched)?;
     let sandbox = sandbox_stage(config, &fetched, &planned)?;
     let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
@@ -109,6 +120,10 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     report_stage(config, &mut run.report, code, started)?;
     cleanup_stage(&sandbox.run, opts.keep, keep_layers)?;
     Ok((code, run.report))
+}
+
+fn join(names: &[Name]) -> String {
+    names.iter().map(Name::as_str).collect::<Vec<_>>().join(",")
 }
 
 fn now() -> String {
@@ -277,6 +292,7 @@ impl<'a> Run<'a> {
             root_hash: fetched.origin.root_hash.clone(),
             stages: vec![fetch_step.clone(), planned.step.clone()],
             plan: fetched.plan.order.iter().map(|m| m.to_string()).collect(),
+            only: opts.only.iter().map(|m| m.to_string()).collect(),
             ..RunReport::default()
         };
         let pending = Pending {

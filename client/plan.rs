@@ -24,6 +24,8 @@ pub enum PlanError {
     /// `a -> b` means a's requires names b.
     #[error("module cycle: {}", join_cycle(.0))]
     Cycle(Vec<Name>),
+    #[error("--only: module '{0}' is not in this node's plan")]
+    NotInPlan(Name),
     #[error(transparent)]
     Tree(#[from] TreeError),
 }
@@ -79,6 +81,31 @@ pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
     }
 
     sort(&graph).map(|order| Plan { order, discovered })
+}
+
+/// `--only`: the plan cut to `wanted` and every module they require
+/// (named by a `requires` line, transitively), in the plan's order. A
+/// wanted module that is not in the plan is an error.
+pub fn only(tree: &ServerTree, plan: &Plan, wanted: &[Name]) -> Result<Plan, PlanError> {
+    let mut keep: BTreeSet<Name> = BTreeSet::new();
+    let mut queue: VecDeque<Name> = VecDeque::new();
+    for w in wanted {
+        if !plan.order.contains(w) {
+            return Err(PlanError::NotInPlan(w.clone()));
+        }
+        queue.push_back(w.clone());
+    }
+    while let Some(m) = queue.pop_front() {
+        if keep.insert(m.clone()) {
+            for req in tree.requires(&m)? {
+                queue.push_back(req.module);
+            }
+        }
+    }
+    Ok(Plan {
+        order: plan.order.iter().filter(|m| keep.contains(*m)).cloned().collect(),
+        discovered: Vec::new(),
+    })
 }
 
 /// Kahn's algorithm, smallest ready name first.

@@ -180,6 +180,10 @@ pub struct RunReport {
     #[serde(default)]
     pub root_hash: String,
     pub plan: Vec<String>,
+    /// `--only`: the modules asked for (the plan then holds them and what
+    /// they require); empty for a whole dance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
     /// fetch, plan, merge.
     #[serde(default)]
     pub stages: Vec<Step>,

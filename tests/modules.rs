@@ -388,3 +388,32 @@ fn two_modules_defaulting_one_key_is_an_error_and_explain_shows_every_layer() {
         "modules/nginx/parameters/listen_port = 80\nparameters/web/parameters/listen_port = 8000\nparameters/n/parameters/listen_port = 8081   <- wins\n"
     );
 }
+
+#[test]
+fn only_runs_the_asked_modules_and_what_they_require() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["a", "b", "c"]).module("a", "").module("b", "after a\n").module("c", "after b\n");
+    for m in ["a", "b", "c"] {
+        f.module_file(m, &format!("files/etc/from-{m}"), "x\n", 0o644);
+    }
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--only", "b"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("info: partial dance (--only b): a,b"), "{err}");
+    assert!(r.path.join("etc/from-a").exists() && r.path.join("etc/from-b").exists());
+    assert!(!r.path.join("etc/from-c").exists(), "c was not asked for");
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap();
+    assert_eq!(report["only"], serde_json::json!(["b"]));
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--only", "nope"]));
+    assert_eq!(code, 1);
+    assert_eq!(err, "error: --only: module 'nope' is not in this node's plan\n");
+}

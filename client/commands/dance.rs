@@ -33,6 +33,8 @@ pub struct DanceOptions {
     pub run_actions: bool,
     /// 0 no change, 2 changes, 1 failure, 4 failure after the merge.
     pub detailed_exitcodes: bool,
+    /// `--only`: these modules and what they require.
+    pub only: Vec<crate::names::Name>,
 }
 
 fn now() -> String {
@@ -64,6 +66,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
             quiet: opts.quiet,
             run_actions: opts.run_actions,
             detailed_exitcodes: opts.detailed_exitcodes,
+            only: opts.only.clone(),
         },
     );
     match &result {

@@ -49,6 +49,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 quiet: args.quiet,
                 if_changed: args.if_changed,
                 max_age: args.max_age.as_secs(),
+                only: args
+                    .only
+                    .iter()
+                    .map(|m| crate::names::Name::parse(m, "--only"))
+                    .collect::<Result<_, _>>()?,
             },
         ),
         Command::Undo(_) => undo::run(&config),
