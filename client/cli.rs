@@ -355,6 +355,12 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
+    /// Open the shell where MODULE's scripts run: after the layers of what
+    /// it requires (run first, as in a noop dance), with its environment
+    /// (DISCO_MODULE, DISCO_MODULE_DIR, DISCO_PARAMS; `disco param get`
+    /// works). Reads the cache of the last `disco plan` or dance.
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
     #[command(flatten)]
     pub root: RootArg,
     #[command(flatten)]

@@ -207,29 +207,10 @@ fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
         let dir = tree
             .module_dir(m)?
             .expect("planned modules are in the cache");
-        let shown = format!("modules/{m}/timeout");
-        if let Some(bytes) = crate::fsutil::read_small(&dir.join("timeout"), &shown, 64)? {
-            let text = String::from_utf8_lossy(&bytes);
-            match text.trim().parse::<u64>() {
-                Ok(secs) if secs > 0 => {
-                    timeouts.insert(m.clone(), secs);
-                }
-                _ => anyhow::bail!(
-                    "{shown}: expected a number of seconds, got {:?}",
-                    text.trim()
-                ),
-            }
+        if let Some(secs) = load_timeout(&dir, m)? {
+            timeouts.insert(m.clone(), secs);
         }
-        let shown = format!("modules/{m}/attributes");
-        let parsed = match crate::fsutil::read_small(&dir.join("attributes"), &shown, 1 << 20)? {
-            None => crate::attributes::Attributes::default(),
-            Some(bytes) => crate::attributes::Attributes::parse(
-                &String::from_utf8_lossy(&bytes),
-                &shown,
-                &crate::attributes::targets(&dir),
-            )?,
-        };
-        attributes.insert(m.clone(), parsed);
+        attributes.insert(m.clone(), load_attributes(&dir, m)?);
     }
     Ok(Planned {
         tree,
@@ -256,6 +237,69 @@ fn sandbox_stage(
         .context("cannot write the parameter tree")?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)
+}
+
+/// A module's `attributes` (empty when it has none), checked against what
+/// the module installs.
+pub fn load_attributes(dir: &Path, m: &Name) -> Result<crate::attributes::Attributes> {
+    let shown = format!("modules/{m}/attributes");
+    Ok(
+        match crate::fsutil::read_small(&dir.join("attributes"), &shown, 1 << 20)? {
+            None => crate::attributes::Attributes::default(),
+            Some(bytes) => crate::attributes::Attributes::parse(
+                &String::from_utf8_lossy(&bytes),
+                &shown,
+                &crate::attributes::targets(dir),
+            )?,
+        },
+    )
+}
+
+/// A module's own step limit (`modules/M/timeout`, seconds), if it has one.
+pub fn load_timeout(dir: &Path, m: &Name) -> Result<Option<u64>> {
+    let shown = format!("modules/{m}/timeout");
+    let Some(bytes) = crate::fsutil::read_small(&dir.join("timeout"), &shown, 64)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match text.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Some(secs)),
+        _ => anyhow::bail!(
+            "{shown}: expected a number of seconds, got {:?}",
+            text.trim()
+        ),
+    }
+}
+
+/// The job of `module` in `sandbox`: what its templates and scripts see.
+pub fn job(
+    config: &Config,
+    sandbox: &Sandbox,
+    module: &Name,
+    attributes: crate::attributes::Attributes,
+    timeout: Option<u64>,
+    dance_deadline: Option<Instant>,
+) -> Job {
+    Job {
+        node: config.node.value.to_string(),
+        module: module.to_string(),
+        noop: sandbox.noop,
+        module_dir: Path::new(DISCO_DIR).join("module"),
+        params_dir: Path::new(DISCO_DIR).join("params"),
+        state_in_root: sandbox.state_in_root.clone(),
+        attributes,
+        step_timeout: match timeout {
+            Some(secs) => (
+                std::time::Duration::from_secs(secs),
+                format!("modules/{module}/timeout"),
+            ),
+            None => (
+                std::time::Duration::from_secs(config.step_timeout.value),
+                "step_timeout".into(),
+            ),
+        },
+        dance_deadline,
+    }
 }
 
 /// One run in progress: its report and what is to run after the merge.
@@ -327,26 +371,14 @@ impl<'a> Run<'a> {
             .tree
             .module_dir(module)?
             .expect("planned modules are in the cache");
-        let job = Job {
-            node: self.report.node.clone(),
-            module: module.to_string(),
-            noop: self.report.noop,
-            module_dir: Path::new(DISCO_DIR).join("module"),
-            params_dir: Path::new(DISCO_DIR).join("params"),
-            state_in_root: self.sandbox.state_in_root.clone(),
-            attributes: self.attributes[module].clone(),
-            step_timeout: match self.timeouts.get(module) {
-                Some(secs) => (
-                    std::time::Duration::from_secs(*secs),
-                    format!("modules/{module}/timeout"),
-                ),
-                None => (
-                    std::time::Duration::from_secs(self.config.step_timeout.value),
-                    "step_timeout".into(),
-                ),
-            },
-            dance_deadline: Some(self.deadline),
-        };
+        let job = job(
+            self.config,
+            self.sandbox,
+            module,
+            self.attributes[module].clone(),
+            self.timeouts.get(module).copied(),
+            Some(self.deadline),
+        );
         let binds = self
             .sandbox
             .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));

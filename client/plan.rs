@@ -103,7 +103,12 @@ pub fn only(tree: &ServerTree, plan: &Plan, wanted: &[Name]) -> Result<Plan, Pla
         }
     }
     Ok(Plan {
-        order: plan.order.iter().filter(|m| keep.contains(*m)).cloned().collect(),
+        order: plan
+            .order
+            .iter()
+            .filter(|m| keep.contains(*m))
+            .cloned()
+            .collect(),
         discovered: Vec::new(),
     })
 }

@@ -393,7 +393,10 @@ fn two_modules_defaulting_one_key_is_an_error_and_explain_shows_every_layer() {
 fn only_runs_the_asked_modules_and_what_they_require() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
-    f.node("n", &["a", "b", "c"]).module("a", "").module("b", "after a\n").module("c", "after b\n");
+    f.node("n", &["a", "b", "c"])
+        .module("a", "")
+        .module("b", "after a\n")
+        .module("c", "after b\n");
     for m in ["a", "b", "c"] {
         f.module_file(m, &format!("files/etc/from-{m}"), "x\n", 0o644);
     }
@@ -415,5 +418,36 @@ fn only_runs_the_asked_modules_and_what_they_require() {
         .arg(&r.path)
         .args(["dance", "--only", "nope"]));
     assert_eq!(code, 1);
-    assert_eq!(err, "error: --only: module 'nope' is not in this node's plan\n");
+    assert_eq!(
+        err,
+        "error: --only: module 'nope' is not in this node's plan\n"
+    );
+}
+
+#[test]
+fn shell_module_stands_where_the_module_runs() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["app"])
+        .module("base", "")
+        .module("app", "after base\n");
+    f.module_file("base", "files/etc/from-base", "b\n", 0o644);
+    f.file("modules/app/parameters/port", "8080\n");
+    let (code, _, err) = f.plan("n");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(f
+        .disco_without_server()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["shell", "--module", "app"])
+        .write_stdin(
+            "echo \"port=$(disco param get port) module=$DISCO_MODULE\"; cat /etc/from-base\n",
+        ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("port=8080 module=app"), "{out}{err}");
+    assert!(out.contains("b\n"), "base's layer is below: {out}");
+    assert!(
+        !r.path.join("etc/from-base").exists(),
+        "nothing reaches the root"
+    );
 }

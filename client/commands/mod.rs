@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Publish(args) => publish::run(&config, &args),
         Command::Diff(args) => diff::run(&config, args.run.as_deref()),
         Command::Report(args) => report::run(&config, &args),
-        Command::Shell(args) => shell::run(&config, args.keep),
+        Command::Shell(args) => shell::run(&config, args.keep, args.module.as_deref()),
         Command::Param(args) => {
             let result = param::run(&config, args);
             if let Err(e) = &result {

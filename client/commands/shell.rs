@@ -13,22 +13,113 @@ use super::require_root;
 use crate::config::Config;
 use crate::diff::Owners;
 use crate::exec::{wait4, SANDBOX_PATH};
+use crate::names::Name;
 use crate::output;
+use crate::params::ParamTree;
 use crate::report::{self, ModuleReport, RunReport};
 use crate::run::RunDir;
 use crate::sandbox::{Output, Sandbox};
+use crate::tree::ServerTree;
 
-/// Runs the shell; the exit code is the shell's.
+/// `--module M`: what M's requirements and M itself are, from the cache
+/// of the last fetch.
+struct ModuleSetup {
+    tree: ServerTree,
+    params: ParamTree,
+    /// The modules up to and including M, in plan order.
+    order: Vec<Name>,
+    module: Name,
+}
+
+fn module_setup(config: &Config, module: &str) -> Result<ModuleSetup> {
+    let module = Name::parse(module, "--module")?;
+    let fetched = crate::fetch::open_cache(&config.state_dir.value, &config.node.value)?;
+    let tree = crate::fetch::cache_tree(&fetched.cache)?;
+    let plan = crate::plan::only(&tree, &fetched.plan, std::slice::from_ref(&module))?;
+    let params = crate::params::merged(&tree, &fetched.node, &plan)?;
+    let pos = plan
+        .order
+        .iter()
+        .position(|m| *m == module)
+        .expect("only keeps it");
+    Ok(ModuleSetup {
+        tree,
+        params,
+        order: plan.order[..=pos].to_vec(),
+        module,
+    })
+}
+
+/// Runs the modules M requires, each in its layer, as a noop dance does.
+fn run_requirements(
+    config: &Config,
+    sandbox: &Sandbox,
+    setup: &ModuleSetup,
+    exe: &std::path::Path,
+) -> Result<()> {
+    for (idx, m) in setup.order[..setup.order.len() - 1].iter().enumerate() {
+        output::info(&format!("Processing {m} (required by {})", setup.module));
+        let dir = setup
+            .tree
+            .module_dir(m)?
+            .expect("planned modules are in the cache");
+        let attrs = crate::pipeline::load_attributes(&dir, m)?;
+        let timeout = crate::pipeline::load_timeout(&dir, m)?;
+        let job = crate::pipeline::job(config, sandbox, m, attrs, timeout, None);
+        let binds = sandbox.standard_binds(exe, Some((&dir, &sandbox.run.params())));
+        let outcome = sandbox.run_layer(idx + 1, &binds, Output::Forward, || Ok(job.run()))?;
+        let failed = match outcome.value {
+            Ok(r) => r.failed,
+            Err(e) => Some(e),
+        };
+        if let Some(f) = failed {
+            anyhow::bail!("{m}: {f} (required by {}; no shell)", setup.module);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the shell; the exit code is the shell's. With `module`, the shell
+/// stands where that module's scripts run: after the layers of what it
+/// requires, with its environment.
 ///
 /// Long because it is the whole command: sandbox, terminal signals, the shell, the changes, the report — in the order a user sees them.
-pub fn run(config: &Config, keep: bool) -> Result<i32> {
+pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
     require_root("disco shell", "it mounts overlays and enters namespaces")?;
     crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;
+    let setup = module.map(|m| module_setup(config, m)).transpose()?;
     let run = RunDir::create(state)?;
-    let sandbox = Sandbox::prepare(run, &config.root.value, state, true, &["shell".to_string()])?;
+    let layers: Vec<String> = match &setup {
+        Some(s) => {
+            s.params
+                .write_to(&run.params())
+                .context("cannot write the parameter tree")?;
+            s.order.iter().map(|m| m.to_string()).collect()
+        }
+        None => vec!["shell".to_string()],
+    };
+    let sandbox = Sandbox::prepare(run, &config.root.value, state, true, &layers)?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
-    let binds = sandbox.standard_binds(&exe, None);
+    let layer = layers.len();
+    let (binds, env) = match &setup {
+        Some(s) => {
+            run_requirements(config, &sandbox, s, &exe)?;
+            let dir = s.tree.module_dir(&s.module)?.expect("planned");
+            let job =
+                crate::pipeline::job(config, &sandbox, &s.module, Default::default(), None, None);
+            let env: Vec<(String, String)> = job
+                .env()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            (
+                sandbox.standard_binds(&exe, Some((&dir, &sandbox.run.params()))),
+                env,
+            )
+        }
+        None => (sandbox.standard_binds(&exe, None), Vec::new()),
+    };
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     output::info(&format!(
         "shell in a noop sandbox over {}; nothing you do reaches it. Exit to see the changes.",
@@ -43,12 +134,13 @@ pub fn run(config: &Config, keep: bool) -> Result<i32> {
             libc::signal(libc::SIGQUIT, libc::SIG_IGN),
         )
     };
-    let outcome = sandbox.run_layer(1, &binds, Output::Terminal, || {
+    let outcome = sandbox.run_layer(layer, &binds, Output::Terminal, || {
         let mut cmd = Command::new("bash");
         if std::io::stdin().is_terminal() {
             cmd.arg("-i");
         }
-        cmd.env("PATH", SANDBOX_PATH)
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PATH", SANDBOX_PATH)
             .env("NOOP", "true")
             .env("PS1", "(disco noop) \\w# ")
             .current_dir("/");
@@ -72,7 +164,7 @@ pub fn run(config: &Config, keep: bool) -> Result<i32> {
     let outcome = outcome?;
     let owners = Owners::load(&sandbox.root);
     let differ = sandbox.differ(&owners);
-    let changes = differ.layer(1)?;
+    let changes = differ.layer(layer)?;
     for c in &changes {
         output::change(c, false);
     }
