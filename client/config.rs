@@ -142,6 +142,8 @@ struct FileConfig {
 impl Config {
     /// Layers defaults, files, `env` and `flags`. `env` is passed in (not
     /// read here) so the layering is testable.
+    ///
+    /// Long because it is the precedence table, lowest first, in one place.
     pub fn load(flags: &Flags, env: &BTreeMap<String, String>) -> Result<Config> {
         let mut c = Config {
             server: Setting::new(None, Source::Default),

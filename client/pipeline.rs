@@ -365,6 +365,9 @@ impl<'a> Run<'a> {
     /// Stages 6–7 for one module: runs its job in layer `layer`, then
     /// diffs the layer; records its report, actions and changes. False
     /// when it failed (the run stops there).
+    ///
+    /// Long because it is everything the user sees of one module, in the
+    /// order they see it: processing, leftovers, changes, skipped files.
     fn module(&mut self, layer: usize, module: &Name) -> Result<bool> {
         output::info(&format!("Processing {module}"));
         let module_dir = self

@@ -79,6 +79,30 @@ fn run_requirements(
     Ok(())
 }
 
+/// The interactive bash of the shell, with `env` (a module's, with
+/// `--module`) and the signals a terminal user expects.
+fn bash_command(env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new("bash");
+    if std::io::stdin().is_terminal() {
+        cmd.arg("-i");
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATH", SANDBOX_PATH)
+        .env("NOOP", "true")
+        .env("PS1", "(disco noop) \\w# ")
+        .current_dir("/");
+    // SAFETY: only resets signal dispositions between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Runs the shell; the exit code is the shell's. With `module`, the shell
 /// stands where that module's scripts run: after the layers of what it
 /// requires, with its environment.
@@ -135,24 +159,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         )
     };
     let outcome = sandbox.run_layer(layer, &binds, Output::Terminal, || {
-        let mut cmd = Command::new("bash");
-        if std::io::stdin().is_terminal() {
-            cmd.arg("-i");
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PATH", SANDBOX_PATH)
-            .env("NOOP", "true")
-            .env("PS1", "(disco noop) \\w# ")
-            .current_dir("/");
-        // SAFETY: only resets signal dispositions between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        let mut cmd = bash_command(&env);
         let child = cmd.spawn().context("cannot start bash in the sandbox")?;
         Ok(wait4(child.id())?.0)
     });
