@@ -177,7 +177,9 @@ pub enum Command {
     /// machines; --fleet --server DIR (on the server) lists every node that
     /// uploads its reports (report_upload = true).
     Report(ReportArgs),
-    /// Print the changes of the last dance (or shell) again, from its saved report
+    /// Print the changes of the last dance (or shell) again, from its saved
+    /// report: rolled up as the dance printed them, `--full` for all, or
+    /// the given PATHs
     Diff(DiffArgs),
     /// Open bash in a noop sandbox over ROOT; when it exits, print what it changed
     ///
@@ -206,6 +208,23 @@ pub enum Command {
     Param(ParamArgs),
     /// Print the effective configuration, one `key = value  # source` line per setting
     Config(ConfigArgs),
+    /// Print this node's facts: hostname, fqdn, OS of the root, CPUs,
+    /// memory, interfaces, default route, primary address, virtualization
+    ///
+    /// Facts are gathered on the host before any sandbox, so noop and live
+    /// see the same; templates and scripts read them as parameters:
+    /// `disco param get facts/primary_ipv4`. Read facts instead of probing
+    /// the system (`ip addr` in a noop sandbox sees only loopback).
+    Facts(FactsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FactsArgs {
+    /// Print them as one JSON object
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub root: RootArg,
 }
 
 #[derive(Debug, Args)]
@@ -346,6 +365,12 @@ pub struct DanceArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// Every change in full, never rolled up
+    #[arg(long)]
+    pub full: bool,
+    /// Only these paths, in full
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
     #[command(flatten)]
     pub node_side: NodeSide,
     /// Show run ID instead of the last one (see STATE/reports/)
@@ -457,6 +482,7 @@ impl Command {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.node = a.node.node.clone();
             }
+            Command::Facts(a) => g.root = a.root.root.clone(),
             Command::Config(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.server = a.server.server.clone();

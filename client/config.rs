@@ -88,6 +88,11 @@ pub struct Config {
     pub fetch_timeout: Setting<u64>,
     /// Largest file a node accepts from the server, in bytes.
     pub max_file_size: Setting<u64>,
+    /// A module's changes are printed in full up to this many paths, then
+    /// rolled up per directory.
+    pub diff_limit: Setting<usize>,
+    /// Globs of paths whose changes are merged but not printed.
+    pub report_ignore: Setting<Vec<String>>,
     /// Seconds a template, script or handler may run.
     pub step_timeout: Setting<u64>,
     /// Seconds a whole dance may run.
@@ -131,6 +136,8 @@ struct FileConfig {
     io_timeout: Option<u64>,
     fetch_timeout: Option<u64>,
     max_file_size: Option<u64>,
+    diff_limit: Option<usize>,
+    report_ignore: Option<Vec<String>>,
     step_timeout: Option<u64>,
     dance_timeout: Option<u64>,
     report_history: Option<usize>,
@@ -160,6 +167,14 @@ impl Config {
             io_timeout: Setting::new(60, Source::Default),
             fetch_timeout: Setting::new(3600, Source::Default),
             max_file_size: Setting::new(1 << 30, Source::Default),
+            diff_limit: Setting::new(50, Source::Default),
+            report_ignore: Setting::new(
+                crate::output::DEFAULT_IGNORE
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                Source::Default,
+            ),
             step_timeout: Setting::new(1800, Source::Default),
             dance_timeout: Setting::new(7200, Source::Default),
             report_history: Setting::new(50, Source::Default),
@@ -286,6 +301,12 @@ impl Config {
         if let Some(v) = file.max_file_size {
             self.max_file_size.set(v, src());
         }
+        if let Some(v) = file.diff_limit {
+            self.diff_limit.set(v, src());
+        }
+        if let Some(v) = file.report_ignore {
+            self.report_ignore.set(v, src());
+        }
         if let Some(v) = file.step_timeout {
             self.step_timeout.set(v.max(1), src());
         }
@@ -316,6 +337,17 @@ impl Config {
             None => Err(anyhow!(
                 "no server configured: give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}"
             )),
+        }
+    }
+
+    /// How changes are printed (`diff_limit`, `report_ignore`).
+    pub fn roll_up(&self, quiet: bool, to_stdout: bool) -> crate::output::RollUp {
+        crate::output::RollUp {
+            diff_limit: self.diff_limit.value,
+            etc_limit: 200,
+            quiet,
+            ignore: self.report_ignore.value.clone(),
+            to_stdout,
         }
     }
 
@@ -398,6 +430,16 @@ impl Config {
                 "max_file_size",
                 self.max_file_size.value.to_string(),
                 &self.max_file_size.source,
+            ),
+            line(
+                "diff_limit",
+                self.diff_limit.value.to_string(),
+                &self.diff_limit.source,
+            ),
+            line(
+                "report_ignore",
+                list(&self.report_ignore.value),
+                &self.report_ignore.source,
             ),
             line(
                 "step_timeout",

@@ -112,6 +112,9 @@ impl Differ<'_> {
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
+        for c in &mut out {
+            scrub_secret(c);
+        }
         Ok(out)
     }
 
@@ -149,13 +152,19 @@ impl Differ<'_> {
         if is_whiteout(&meta) {
             if let Some(l) = lower {
                 let old = self.meta(&l)?;
-                let diff = text_diff(Some(&l), None, &abs)?;
+                let lm = fs::symlink_metadata(&l)?;
+                let diff = if lm.is_file() {
+                    text_diff(Some(&l), None, &abs)?
+                } else {
+                    None
+                };
                 out.push(Change {
-                    path: abs,
+                    path: abs.clone(),
                     kind: ChangeKind::Deleted,
                     old: Some(old),
                     new: None,
                     diff,
+                    inside: inside(&l, &abs)?,
                 });
             }
             return Ok(());
@@ -175,6 +184,7 @@ impl Differ<'_> {
                     old: None,
                     new: Some(new),
                     diff,
+                    inside: None,
                 });
                 children_without_lower = true;
             }
@@ -215,6 +225,7 @@ impl Differ<'_> {
         let opaque = meta.is_dir() && is_opaque(path);
         if meta.is_dir() && (opaque || !lmeta.is_dir()) {
             let change = Change {
+                inside: inside(l, &abs)?,
                 path: abs,
                 kind: ChangeKind::Replaced,
                 old: Some(self.meta(l)?),
@@ -230,6 +241,7 @@ impl Differ<'_> {
                 None
             };
             let change = Change {
+                inside: inside(l, &abs)?,
                 path: abs,
                 kind: ChangeKind::Replaced,
                 old: Some(self.meta(l)?),
@@ -257,6 +269,7 @@ impl Differ<'_> {
             old: Some(old),
             new: Some(new),
             diff,
+            inside: None,
         };
         Ok((Some(change), false))
     }
@@ -312,6 +325,58 @@ impl Differ<'_> {
             size: if m.is_file() { m.len() } else { 0 },
         })
     }
+}
+
+/// What a deleted or replaced directory `dir` (shown as `abs`) held,
+/// symlinks not followed; `None` when it is not a directory.
+fn inside(dir: &Path, abs: &str) -> Result<Option<crate::report::Inside>> {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(None);
+    }
+    let mut found = crate::report::Inside::default();
+    let mut stack = vec![(dir.to_path_buf(), abs.to_string(), 0usize)];
+    while let Some((d, shown, depth)) = stack.pop() {
+        if depth > crate::fsutil::MAX_DEPTH {
+            continue;
+        }
+        let entries = fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?;
+        for e in entries.flatten() {
+            let p = format!(
+                "{shown}/{}",
+                crate::fsutil::shown(Path::new(&e.file_name()))
+            );
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                found.dirs += 1;
+                stack.push((e.path(), p.clone(), depth + 1));
+            } else {
+                found.files += 1;
+            }
+            found.paths.push(p);
+        }
+    }
+    found.paths.sort();
+    Ok(Some(found))
+}
+
+/// A file that is not world-readable (before or after) is a secret: its
+/// content, diff and md5 (an md5 of a short password is the password)
+/// never leave the node; the change says `content changed`.
+fn scrub_secret(c: &mut Change) {
+    let secret = |m: &Option<Meta>| {
+        m.as_ref()
+            .is_some_and(|m| m.kind == "regular file" && m.mode & 0o004 == 0)
+    };
+    if !(secret(&c.old) || secret(&c.new)) {
+        return;
+    }
+    let changed = match (&c.old, &c.new) {
+        (Some(o), Some(n)) => o.md5 != n.md5,
+        _ => true,
+    };
+    for m in [c.old.as_mut(), c.new.as_mut()].into_iter().flatten() {
+        m.md5 = None;
+    }
+    c.diff = changed.then(|| "content changed".to_string());
 }
 
 /// Looks `rel` up in one upper layer.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cron;
 pub mod diff;
 pub mod exec;
+pub mod facts;
 pub mod fetch;
 pub mod fsutil;
 pub mod merge;

@@ -32,6 +32,276 @@ fn colour() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
+/// How a module's changes are printed: in full while there are few,
+/// rolled up per directory beyond that.
+#[derive(Debug, Clone)]
+pub struct RollUp {
+    /// Paths printed in full (line and diff) while a module changes at
+    /// most this many (`diff_limit`).
+    pub diff_limit: usize,
+    /// Beyond `diff_limit`, paths under `/etc` still printed in full, up
+    /// to this many.
+    pub etc_limit: usize,
+    /// `--quiet`: the same lines, no diff text.
+    pub quiet: bool,
+    /// Globs of paths merged but never printed (`report_ignore`).
+    pub ignore: Vec<String>,
+    /// To stdout (`disco diff`) instead of stderr.
+    pub to_stdout: bool,
+}
+
+/// The default `report_ignore`: shadow-utils backups, apt and dpkg locks,
+/// logs and caches.
+pub const DEFAULT_IGNORE: &[&str] = &[
+    "/etc/*-",
+    "/var/lib/dpkg/lock*",
+    "/var/lib/dpkg/triggers/Lock",
+    "/var/lib/apt/lists/lock",
+    "/var/cache/apt/archives/lock",
+    "/var/log/**",
+    "/var/cache/**",
+];
+
+/// `path` against a glob: `**` matches anything (slashes too), `*` and
+/// `?` anything within one path component.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn m(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] => s.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| m(rest, &s[i..])),
+            [b'*', rest @ ..] => {
+                let mut i = 0;
+                loop {
+                    if m(rest, &s[i..]) {
+                        return true;
+                    }
+                    if i == s.len() || s[i] == b'/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            [b'?', rest @ ..] => !s.is_empty() && s[0] != b'/' && m(rest, &s[1..]),
+            [c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
+        }
+    }
+    m(pattern.as_bytes(), path.as_bytes())
+}
+
+fn say(line: &str, to_stdout: bool) {
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "info: {}", printable(line));
+    } else {
+        emit(Level::Info, line);
+    }
+}
+
+/// Prints one module's changes as [`RollUp`] says: every path in full
+/// while there are at most `diff_limit` of them; beyond that `/etc` in
+/// full (up to `etc_limit`) and the rest one line per created, deleted or
+/// replaced directory (`/usr/share/doc/x/** : Created 37 file(s), 2
+/// dir(s), 412 KiB`) or per parent directory of scattered changes.
+pub fn changes(list: &[crate::report::Change], r: &RollUp) {
+    use crate::report::ChangeKind;
+    let shown: Vec<&crate::report::Change> = list
+        .iter()
+        .filter(|c| !r.ignore.iter().any(|g| glob_match(g, &c.path)))
+        .collect();
+    let full = |c: &crate::report::Change| {
+        let c = if r.quiet {
+            crate::report::Change {
+                diff: None,
+                ..c.clone()
+            }
+        } else {
+            c.clone()
+        };
+        change(&c, r.to_stdout);
+    };
+    if shown.len() <= r.diff_limit {
+        shown.iter().for_each(|c| full(c));
+        return;
+    }
+    let mut etc = 0;
+    let mut rest = Vec::new();
+    for c in shown {
+        if c.path.starts_with("/etc/") && etc < r.etc_limit {
+            etc += 1;
+            full(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    // Roots: directories created, deleted or replaced; what is below them rolls into them.
+    let is_dir = |c: &crate::report::Change| {
+        [&c.new, &c.old]
+            .into_iter()
+            .flatten()
+            .any(|m| m.kind == "directory")
+    };
+    let mut groups: Vec<(String, bool, Vec<&crate::report::Change>)> = Vec::new();
+    for c in rest {
+        if let Some(g) = groups
+            .iter_mut()
+            .find(|(root, tree, _)| *tree && c.path.starts_with(&format!("{root}/")))
+        {
+            g.2.push(c);
+            continue;
+        }
+        if is_dir(c) && c.kind != ChangeKind::Modified {
+            groups.push((c.path.clone(), true, vec![c]));
+            continue;
+        }
+        let parent = c
+            .path
+            .rsplit_once('/')
+            .map(|(p, _)| p)
+            .unwrap_or("")
+            .to_string();
+        match groups
+            .iter_mut()
+            .find(|(p, tree, _)| !*tree && *p == parent)
+        {
+            Some(g) => g.2.push(c),
+            None => groups.push((parent, false, vec![c])),
+        }
+    }
+    for (dir, tree, members) in groups {
+        if members.len() == 1 {
+            full(members[0]);
+            continue;
+        }
+        let mut kinds: Vec<&str> = members
+            .iter()
+            .map(|c| match c.kind {
+                ChangeKind::Created => "Created",
+                ChangeKind::Modified => "Modified",
+                ChangeKind::Deleted => "Deleted",
+                ChangeKind::Replaced => "Replaced",
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let kind = if kinds.len() == 1 {
+            kinds[0]
+        } else {
+            "Changed"
+        };
+        let dirs = members.iter().filter(|c| is_dir(c)).count();
+        let inside: u64 = members
+            .iter()
+            .filter_map(|c| c.inside.as_ref())
+            .map(|i| i.files + i.dirs)
+            .sum();
+        let files = members.len() - dirs;
+        let bytes: u64 = members
+            .iter()
+            .filter_map(|c| c.new.as_ref().or(c.old.as_ref()))
+            .map(|m| m.size)
+            .sum();
+        let what = if tree {
+            format!("{dir}/**")
+        } else {
+            format!("{dir}/*")
+        };
+        let mut line = format!(
+            "{what} : {kind} {files} file(s), {dirs} dir(s), {}",
+            crate::fsutil::human_bytes(bytes)
+        );
+        if inside > 0 {
+            line.push_str(&format!(" ({inside} entries inside removed)"));
+        }
+        say(&line, r.to_stdout);
+    }
+}
+
+/// Secret values (parameters under `secrets/`) and the mask that replaces
+/// them wherever they would be printed or saved.
+#[derive(Debug, Clone, Default)]
+pub struct Masks {
+    secrets: Vec<Vec<u8>>,
+}
+
+/// What a secret value is replaced with.
+pub const MASK: &str = "********";
+
+impl Masks {
+    /// From the values of secret parameters: each line of each value of at
+    /// least 4 bytes is masked (shorter ones would mask ordinary text).
+    pub fn new<I: IntoIterator<Item = Vec<u8>>>(values: I) -> Masks {
+        let mut secrets: Vec<Vec<u8>> = values
+            .into_iter()
+            .flat_map(|v| {
+                v.split(|b| *b == b'\n')
+                    .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.len() >= 4)
+            .collect();
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        secrets.dedup();
+        Masks { secrets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// `bytes` with every secret replaced by [`MASK`].
+    pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            return bytes.to_vec();
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        'outer: while i < bytes.len() {
+            for s in &self.secrets {
+                if bytes[i..].starts_with(s) {
+                    out.extend_from_slice(MASK.as_bytes());
+                    i += s.len();
+                    continue 'outer;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// `text` with every secret masked.
+    pub fn text(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_string();
+        }
+        String::from_utf8_lossy(&self.bytes(text.as_bytes())).into_owned()
+    }
+
+    /// Streams `bytes` through `pending` (a partial line), returning the
+    /// complete lines masked (everything, at `end`). Without secrets,
+    /// bytes pass as they come.
+    pub fn lines(&self, pending: &mut Vec<u8>, bytes: &[u8], end: bool) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            let mut out = std::mem::take(pending);
+            out.extend_from_slice(bytes);
+            return out;
+        }
+        pending.extend_from_slice(bytes);
+        let cut = if end {
+            pending.len()
+        } else {
+            match pending.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None if pending.len() > 1 << 16 => pending.len(),
+                None => return Vec::new(),
+            }
+        };
+        let done: Vec<u8> = pending.drain(..cut).collect();
+        self.bytes(&done)
+    }
+}
+
 /// Longest line disco prints; the rest is cut with an ellipsis (a
 /// server can name a module with 10 MB).
 const MAX_LINE: usize = 4096;
@@ -180,8 +450,12 @@ pub fn change_line(c: &crate::report::Change) -> String {
         }
         _ => "",
     };
+    let inside = match &c.inside {
+        Some(i) => format!(" ({} file(s), {} dir(s) inside)", i.files, i.dirs),
+        None => String::new(),
+    };
     format!(
-        "File: {} : {kind} : {}{xattr_note}",
+        "File: {} : {kind} : {}{xattr_note}{inside}",
         c.path,
         fields.join(" ")
     )

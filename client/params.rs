@@ -108,8 +108,48 @@ impl ParamTree {
         out
     }
 
+    /// The values under the top-level `secrets/` key, at any depth.
+    pub fn secret_values(&self) -> Vec<Vec<u8>> {
+        fn walk(p: &Param, out: &mut Vec<Vec<u8>>) {
+            match p {
+                Param::Value(v) => out.push(v.clone()),
+                Param::Dir(d) => d.values().for_each(|p| walk(p, out)),
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(p) = self
+            .root
+            .iter()
+            .find(|(k, _)| k.as_str() == "secrets")
+            .map(|(_, p)| p)
+        {
+            walk(p, &mut out);
+        }
+        out
+    }
+
     pub fn overlay(&mut self, upper: ParamTree) {
         merge_into(&mut self.root, upper.root);
+    }
+
+    /// Sets `key` to `value` (directories above it made as needed; a
+    /// value in the way is replaced).
+    pub fn insert(&mut self, key: &Key, value: Vec<u8>) {
+        let Some((last, parents)) = key.0.split_last() else {
+            return;
+        };
+        let mut dir = &mut self.root;
+        for c in parents {
+            let entry = dir
+                .entry(c.clone())
+                .or_insert_with(|| Param::Dir(BTreeMap::new()));
+            if !matches!(entry, Param::Dir(_)) {
+                *entry = Param::Dir(BTreeMap::new());
+            }
+            let Param::Dir(d) = entry else { unreachable!() };
+            dir = d;
+        }
+        dir.insert(last.clone(), Param::Value(value));
     }
 
     /// The value or directory at `key`.

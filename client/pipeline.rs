@@ -103,7 +103,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
             join(&fetched.0.plan.order)
         ));
     }
-    let planned = plan_stage(&fetched)?;
+    let planned = plan_stage(&fetched, &config.root.value)?;
     let sandbox = sandbox_stage(config, &fetched, &planned)?;
     let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
     for (idx, module) in fetched.0.plan.order.iter().enumerate() {
@@ -197,10 +197,12 @@ struct Planned {
 /// Stage 4: the cached tree, the node's merged parameters and every
 /// planned module's `attributes`, checked before anything runs (the order
 /// itself was planned by the fetch, on the same snapshot).
-fn plan_stage((fetched, _): &(Fetched, Step)) -> Result<Planned> {
+fn plan_stage((fetched, _): &(Fetched, Step), root: &Path) -> Result<Planned> {
     let meter = report::Meter::start();
     let tree = fetch::cache_tree(&fetched.cache)?;
-    let params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    let mut params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    // Facts, gathered here on the host: the same in noop and live.
+    params.overlay(crate::facts::as_params(&crate::facts::gather(root)));
     let mut attributes = std::collections::BTreeMap::new();
     let mut timeouts = std::collections::BTreeMap::new();
     for m in &fetched.plan.order {
@@ -236,7 +238,9 @@ fn sandbox_stage(
         .write_to(&run.params())
         .context("cannot write the parameter tree")?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
-    Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)
+    let mut sandbox = Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)?;
+    sandbox.masks = crate::output::Masks::new(planned.params.secret_values());
+    Ok(sandbox)
 }
 
 /// A module's `attributes` (empty when it has none), checked against what
@@ -424,6 +428,11 @@ impl<'a> Run<'a> {
             .layer(layer)
             .with_context(|| format!("{module}: cannot compute its changes"))?;
         mreport.steps.push(meter.step("diff"));
+        for c in &mut mreport.changes {
+            if let Some(d) = &c.diff {
+                c.diff = Some(self.sandbox.masks.text(d));
+            }
+        }
         if let (Some(rel), None) = (&self.sandbox.state_in_root, &failed) {
             failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
         }
@@ -431,9 +440,10 @@ impl<'a> Run<'a> {
             // --quiet: a module's output is shown only when it failed or changed.
             let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
         }
-        for c in &mreport.changes {
-            output::change(c, false);
-        }
+        output::changes(
+            &mreport.changes,
+            &self.config.roll_up(self.opts.quiet, false),
+        );
         let (handlers, skipped_handlers) =
             actions::handlers_of(&module_dir).with_context(|| format!("module {module}"))?;
         skipped.extend(skipped_handlers);
@@ -653,6 +663,7 @@ mod tests {
             old: None,
             new: None,
             diff: None,
+            inside: None,
         }
     }
 

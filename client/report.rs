@@ -144,8 +144,22 @@ pub struct Change {
     pub kind: ChangeKind,
     pub old: Option<Meta>,
     pub new: Option<Meta>,
-    /// Unified diff, `binary files differ`, or nothing (directories…).
+    /// Unified diff, `binary files differ`, `content changed` (a secret),
+    /// or nothing (directories…).
     pub diff: Option<String>,
+    /// A deleted or replaced directory: what was inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside: Option<Inside>,
+}
+
+/// What a deleted or replaced directory held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inside {
+    pub files: u64,
+    pub dirs: u64,
+    /// Every path that was inside (absolute on the target), sorted; the
+    /// saved report keeps them all, the console only counts.
+    pub paths: Vec<String>,
 }
 
 /// One module's part of the run.
@@ -285,6 +299,9 @@ pub fn history(state_dir: &Path) -> Result<Vec<RunReport>> {
 pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
     let dir = reports_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Reports are for root: 0700 directory, 0600 files (NamedTempFile's mode).
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot chmod {}", dir.display()))?;
     // Written once: `last.json` is a hard link of `RUN.json`.
     let bytes = serde_json::to_vec_pretty(report)?;
     let run = dir.join(format!("{}.json", report.id));

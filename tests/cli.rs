@@ -24,7 +24,7 @@ fn help_lists_only_working_commands() {
         commands,
         [
             "dance", "undo", "serve", "publish", "report", "diff", "shell", "plan", "param",
-            "config", "help"
+            "config", "facts", "help"
         ]
     );
     for flag in [
@@ -78,7 +78,7 @@ fn config_shows_each_setting_and_its_source() {
     assert_eq!(
         out,
         format!(
-            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\nkeep_backups = 5  # default\nservers = []  # default\n# ssh_identity is not set (ssh's default)\n# ssh_known_hosts is not set (ssh's default)\nssh_options = []  # default\nconnect_timeout = 10  # default\nio_timeout = 60  # default\nfetch_timeout = 3600  # default\nmax_file_size = 1073741824  # default\nstep_timeout = 1800  # default\ndance_timeout = 7200  # default\nreport_history = 50  # default\nreport_history_bytes = 104857600  # default\n# prometheus_textfile is not set\nreport_upload = false  # default\n"
+            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\nkeep_backups = 5  # default\nservers = []  # default\n# ssh_identity is not set (ssh's default)\n# ssh_known_hosts is not set (ssh's default)\nssh_options = []  # default\nconnect_timeout = 10  # default\nio_timeout = 60  # default\nfetch_timeout = 3600  # default\nmax_file_size = 1073741824  # default\ndiff_limit = 50  # default\nreport_ignore = [\"/etc/*-\", \"/var/lib/dpkg/lock*\", \"/var/lib/dpkg/triggers/Lock\", \"/var/lib/apt/lists/lock\", \"/var/cache/apt/archives/lock\", \"/var/log/**\", \"/var/cache/**\"]  # default\nstep_timeout = 1800  # default\ndance_timeout = 7200  # default\nreport_history = 50  # default\nreport_history_bytes = 104857600  # default\n# prometheus_textfile is not set\nreport_upload = false  # default\n"
         )
     );
 }

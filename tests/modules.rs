@@ -451,3 +451,159 @@ fn shell_module_stands_where_the_module_runs() {
         "nothing reaches the root"
     );
 }
+
+/// Every file below `dir`, its bytes (to grep for a secret).
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            out.extend(all_bytes(&p));
+        } else if ft.is_file() {
+            out.extend(fs::read(&p).unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_never_leave_the_node_in_clear() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let secret = "Hunter2-very-secret";
+    f.node("n", &["app"]).module("app", "");
+    f.file(
+        "parameters/n/parameters/secrets/db_password",
+        &format!("{secret}\n"),
+    );
+    f.module_file(
+        "app",
+        "templates/etc/app/db.conf",
+        "echo \"password=$(disco param get secrets/db_password)\"\n",
+        0o644,
+    )
+    .module_file("app", "attributes", "/etc/app/db.conf 0600\n", 0o644)
+    .module_file(
+        "app",
+        "templates/etc/app/leaky.conf",
+        "echo \"oops=$(disco param get secrets/db_password)\"\n",
+        0o644,
+    )
+    .module_file(
+        "app",
+        "scripts/10-say",
+        "echo \"the password is $(disco param get secrets/db_password)\"\n",
+        0o755,
+    );
+    for noop in [true, false] {
+        let mut c = f.disco();
+        if noop {
+            c.env("NOOP", "1");
+        }
+        let (code, out, err) = run(c.args(["--node", "n", "--root"]).arg(&r.path).arg("dance"));
+        assert_eq!(code, 0, "{err}");
+        let all = format!("{out}{err}");
+        assert!(!all.contains(secret), "the secret was printed: {all}");
+        assert!(all.contains("File: /etc/app/db.conf : Created : type=[regular file] mode=[0600] owner=[root:root]"), "{all}");
+        assert!(all.contains("+oops=********"), "{all}");
+        assert!(all.contains("the password is ********"), "{all}");
+        let saved = all_bytes(&f.state());
+        assert!(
+            !saved.windows(secret.len()).any(|w| w == secret.as_bytes())
+                || saved_only_in_params(&f.state(), secret),
+            "the secret is in a file of the state dir outside the parameters"
+        );
+        let m = fs::metadata(f.state().join("reports")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700);
+        let m = fs::metadata(f.state().join("reports/last.json")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+    }
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/app/db.conf")).unwrap(),
+        format!("password={secret}\n"),
+        "the node itself gets the value"
+    );
+}
+
+/// True when `secret` is only in the fetched parameters of the cache
+/// (where it must be, 0700) and nowhere else in the state dir.
+fn saved_only_in_params(state: &Path, secret: &str) -> bool {
+    let reports = all_bytes(&state.join("reports"));
+    !reports
+        .windows(secret.len())
+        .any(|w| w == secret.as_bytes())
+}
+
+#[test]
+fn many_changes_roll_up_and_diff_full_shows_them_all() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-many",
+        "mkdir -p /srv/many/sub\nfor i in $(seq 1 500); do echo $i > /srv/many/f$i; done\necho s > /srv/many/sub/s\nmkdir -p /srv/old\n",
+        0o755,
+    );
+    fs::create_dir_all(r.path.join("srv/olddir/inner")).unwrap();
+    for n in ["a", "b", "inner/c"] {
+        fs::write(r.path.join("srv/olddir").join(n), "x\n").unwrap();
+    }
+    f.module_file("m", "scripts/20-rm", "rm -rf /srv/olddir\n", 0o755);
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines().count() < 60,
+        "{} lines:\n{err}",
+        err.lines().count()
+    );
+    assert!(
+        err.contains("info: /srv/many/** : Created 501 file(s), 2 dir(s)"),
+        "{err}"
+    );
+    let (code, out, _) = run(f.disco_without_server().args(["diff", "--full"]));
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("File: /srv/many/f").count(), 500);
+    assert!(
+        out.contains("File: /srv/olddir : Deleted : type=[directory] mode=[0755] owner=[root:root] (3 file(s), 1 dir(s) inside)"),
+        "{out}"
+    );
+    assert!(!out.contains("binary files differ"), "{out}");
+    let (_, out, _) = run(f.disco_without_server().args(["diff", "/srv/many/f7"]));
+    assert!(out.contains("+7"), "{out}");
+    assert_eq!(out.matches("File: ").count(), 1, "{out}");
+}
+
+#[test]
+fn facts_make_noop_render_what_live_does() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "templates/etc/listen.conf",
+        "echo \"listen $(disco param get facts/primary_ipv4) on $(disco param get facts/hostname)\"\n",
+        0o644,
+    );
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, live) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance"));
+    assert_eq!(code, 0, "{live}");
+    let landed = fs::read_to_string(r.path.join("etc/listen.conf")).unwrap();
+    assert!(
+        err.contains(&format!("+{}", landed.trim_end())),
+        "noop rendered what live did: {err} vs {landed}"
+    );
+    let (code, out, _) = run(f.disco_without_server().args(["facts", "--json"]));
+    assert_eq!(code, 0);
+    let facts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        landed.contains(facts["primary_ipv4"].as_str().unwrap()),
+        "{landed}"
+    );
+}

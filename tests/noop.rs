@@ -101,7 +101,8 @@ fn noop_leaves_root_byte_identical_and_no_mounts() {
     assert!(run_dirs(&f).is_empty(), "scratch removed after success");
     for want in [
         "info: File: /etc/motd : Modified : type=[regular file] mode=[0644] owner=[root:root] md5=[",
-        "info: File: /etc/app/app.conf : Modified : type=[regular file] mode=[0644 => 0600] owner=[root:root] md5=[",
+        // Not world-readable: a secret, no md5, no diff.
+        "info: File: /etc/app/app.conf : Modified : type=[regular file] mode=[0644 => 0600] owner=[root:root]\ncontent changed\n",
         "info: File: /var/lib/app : Deleted : type=[directory] mode=[0755] owner=[root:root]",
         "info: File: /etc/hostname : Modified : type=[regular file] mode=[0644 => 0600] owner=[root:root]",
         "info: File: /etc/group : Modified : type=[regular file] mode=[0644] owner=[root:root => daemon:daemon]",
@@ -426,7 +427,8 @@ fn shell_demo_reports_deleted_modified_created_and_leaves_root() {
         ),
         "{err}"
     );
-    assert!(err.contains("info: File: /etc/shadow : Modified : type=[regular file] mode=[0640] owner=[root:root] md5=["), "{err}");
+    // Not world-readable: a secret, reported without md5 or diff.
+    assert!(err.contains("info: File: /etc/shadow : Modified : type=[regular file] mode=[0640] owner=[root:root]\ncontent changed\n"), "{err}");
     assert!(err.contains("info: File: /usr/bin/myhotbash : Created : type=[regular file] mode=[0644] owner=[root:root]"), "{err}");
     assert_eq!(deep_snapshot(&r.path), before);
     assert!(Path::new(&r.path.join("etc/passwd")).exists());

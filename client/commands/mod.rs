@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dance;
 pub mod diff;
+pub mod facts;
 pub mod param;
 pub mod plan;
 pub mod publish;
@@ -59,7 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Undo(_) => undo::run(&config),
         Command::Serve(_) => serve::run(&config),
         Command::Publish(args) => publish::run(&config, &args),
-        Command::Diff(args) => diff::run(&config, args.run.as_deref()),
+        Command::Diff(args) => diff::run(&config, &args),
         Command::Report(args) => report::run(&config, &args),
         Command::Shell(args) => shell::run(&config, args.keep, args.module.as_deref()),
         Command::Param(args) => {
@@ -70,6 +71,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             result
         }
         Command::Config(_) => config::run(&config),
+        Command::Facts(args) => facts::run(&config, args.json),
     }
 }
 

@@ -46,7 +46,18 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             }
             let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
             let cache = crate::fetch::cache_tree(&fetched.cache)?;
-            params::merged(&cache, &fetched.node, &fetched.plan)?
+            let mut tree = params::merged(&cache, &fetched.node, &fetched.plan)?;
+            // Facts when asked for (`disco facts` lists them all).
+            let key = match &args.action {
+                ParamAction::Get { key } => Some(key.as_str()),
+                ParamAction::Keys { key } | ParamAction::Dump { key } => key.as_deref(),
+                _ => None,
+            };
+            if key.is_some_and(|k| k == "facts" || k.starts_with("facts/")) {
+                let facts = crate::facts::gather(&config.root.value);
+                tree.overlay(crate::facts::as_params(&facts));
+            }
+            tree
         }
     };
     match args.action {

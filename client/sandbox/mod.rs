@@ -119,6 +119,8 @@ pub struct Sandbox {
     /// The state dir relative to ROOT when it lies inside it: hidden from
     /// the sandbox, and no change may touch it.
     pub state_in_root: Option<PathBuf>,
+    /// Secret parameter values, masked in everything the sandbox prints.
+    pub masks: crate::output::Masks,
 }
 
 /// The result of work done in a sandbox, and what it left behind.
@@ -251,6 +253,7 @@ impl Sandbox {
             shims,
             noop,
             state_in_root,
+            masks: Default::default(),
         })
     }
 
@@ -348,7 +351,7 @@ impl Sandbox {
                     drop((w1, w2));
                     (r1, r2)
                 });
-                let drained = drain(reader, std, output);
+                let drained = drain(reader, std, output, &self.masks);
                 let status = waitpid(child, None).context("waitpid")?;
                 let (buf, captured) = drained.context("reading the sandbox's result")?;
                 if buf.is_empty() {
@@ -356,7 +359,7 @@ impl Sandbox {
                 }
                 let mut outcome: Outcome<T> =
                     serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
-                outcome.output = captured;
+                outcome.output = self.masks.bytes(&captured);
                 Ok(outcome)
             }
         }
@@ -538,7 +541,11 @@ fn drain(
     result: OwnedFd,
     std: Option<(OwnedFd, OwnedFd)>,
     output: Output,
+    masks: &crate::output::Masks,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
+    // With secrets to mask, output goes out line by line (a secret is
+    // replaced within a line); a partial line waits for its end.
+    let mut pending: [Vec<u8>; 3] = Default::default();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let mut open: Vec<(OwnedFd, u8)> = vec![(result, 0)];
@@ -590,16 +597,18 @@ fn drain(
                     captured.extend_from_slice(&bytes[..room]);
                     dropped += n - room;
                 }
-                (1, _) => {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(bytes).and_then(|()| o.flush());
-                }
-                _ => {
-                    let _ = std::io::stderr().write_all(bytes);
+                (w, _) => {
+                    let out = masks.lines(&mut pending[w as usize], bytes, false);
+                    emit(w, &out);
                 }
             }
         }
         for i in closed.into_iter().rev() {
+            let w = open[i].1;
+            if w != 0 {
+                let rest = masks.lines(&mut pending[w as usize], &[], true);
+                emit(w, &rest);
+            }
             open.remove(i);
         }
     }
@@ -609,6 +618,19 @@ fn drain(
         );
     }
     Ok((buf, captured))
+}
+
+/// Writes forwarded output to disco's stdout (1) or stderr (2).
+fn emit(which: u8, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if which == 1 {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(bytes).and_then(|()| o.flush());
+    } else {
+        let _ = std::io::stderr().write_all(bytes);
+    }
 }
 
 /// Reads the shims' queue from inside the sandbox, as untrusted data: not
