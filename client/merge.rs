@@ -797,9 +797,8 @@ pub fn prune_backups(state_dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// `disco undo`: restores ROOT as it was before the last merged dance.
-/// Returns the lines it reports.
-pub fn undo(state_dir: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
+/// The backup directory of the last merged run that is not undone yet.
+fn last_backup(state_dir: &Path) -> Result<PathBuf> {
     let dir = backup_root(state_dir);
     let mut runs: Vec<PathBuf> = fs::read_dir(&dir)
         .map(|e| {
@@ -810,34 +809,25 @@ pub fn undo(state_dir: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<S
         })
         .unwrap_or_default();
     runs.sort();
-    let Some(last) = runs.pop() else {
-        bail!(
+    runs.pop().with_context(|| {
+        format!(
             "nothing to undo: no merged dance has a backup in {}",
             dir.display()
-        );
-    };
+        )
+    })
+}
+
+/// `disco undo`: restores ROOT as it was before the last merged dance.
+/// Returns the lines it reports.
+pub fn undo(state_dir: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
+    let last = last_backup(state_dir)?;
     undo_backup(&last, root, failpoint)
 }
 
 /// What `disco undo` would do, without doing it (noop): one line per
 /// journal record of the last merged run, newest first as undo walks them.
 pub fn undo_preview(state_dir: &Path) -> Result<Vec<String>> {
-    let dir = backup_root(state_dir);
-    let mut runs: Vec<PathBuf> = fs::read_dir(&dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.join("journal").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    runs.sort();
-    let Some(last) = runs.pop() else {
-        bail!(
-            "nothing to undo: no merged dance has a backup in {}",
-            dir.display()
-        );
-    };
+    let last = last_backup(state_dir)?;
     let id = last
         .file_name()
         .unwrap_or_default()

@@ -316,18 +316,23 @@ pub fn printable(text: &str) -> String {
             out.push('…');
             break;
         }
-        match c {
-            '\t' => out.push(c),
-            c if c.is_control() => {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\x{b:02x}"));
-                }
-            }
-            c => out.push(c),
-        }
+        push_printable(&mut out, c);
     }
     out
+}
+
+/// Pushes `c`, or `\xNN` for each byte of a control character (a tab stays).
+fn push_printable(out: &mut String, c: char) {
+    match c {
+        '\t' => out.push(c),
+        c if c.is_control() => {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        c => out.push(c),
+    }
 }
 
 /// A diff as it is printed: every line made [`printable`] (no escape
@@ -336,16 +341,7 @@ fn printable_diff(d: &str) -> String {
     let mut out = String::with_capacity(d.len() + 1);
     for line in d.lines() {
         for c in line.chars() {
-            match c {
-                '\t' => out.push(c),
-                c if c.is_control() => {
-                    let mut buf = [0u8; 4];
-                    for b in c.encode_utf8(&mut buf).bytes() {
-                        out.push_str(&format!("\\x{b:02x}"));
-                    }
-                }
-                c => out.push(c),
-            }
+            push_printable(&mut out, c);
         }
         out.push('\n');
     }

@@ -456,17 +456,10 @@ impl Sandbox {
     /// Mounts the root of `layer` and pivots into it.
     fn enter(&self, layer: usize, binds: &[Bind]) -> Result<()> {
         nix::unistd::chdir(&self.run.layers()).context("chdir to the run's layers")?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|errno| SandboxError::Sys {
-            what: "cannot make the mount namespace private".into(),
-            errno,
-        })?;
+        propagation(
+            MsFlags::MS_PRIVATE,
+            "cannot make the mount namespace private",
+        )?;
         let merged = self.run.merged();
         let mut ops = mounts::root_ops(&RootPlan {
             root: &self.root,
@@ -701,6 +694,22 @@ pub fn parse_queue(bytes: &[u8]) -> Vec<Vec<String>> {
     out
 }
 
+/// Sets the propagation of every mount of this namespace (`MS_PRIVATE`,
+/// `MS_SLAVE`); `what` says what failed.
+fn propagation(kind: MsFlags, what: &str) -> Result<(), SandboxError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | kind,
+        None::<&str>,
+    )
+    .map_err(|errno| SandboxError::Sys {
+        what: what.into(),
+        errno,
+    })
+}
+
 /// The host's mount namespace, kept open once disco has left it.
 static HOST_MOUNT_NS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
 
@@ -719,17 +728,10 @@ pub fn own_mount_namespace() -> Result<()> {
         what: "cannot enter a private mount namespace".into(),
         errno,
     })?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(|errno| SandboxError::Sys {
-        what: "cannot make disco's mount namespace a slave of the host's".into(),
-        errno,
-    })?;
+    propagation(
+        MsFlags::MS_SLAVE,
+        "cannot make disco's mount namespace a slave of the host's",
+    )?;
     let _ = HOST_MOUNT_NS.set(OwnedFd::from(host));
     Ok(())
 }
