@@ -318,6 +318,40 @@ struct Run<'a> {
     exe: PathBuf,
     report: RunReport,
     pending: Pending,
+    /// What each path the merge will replace or delete looked like to the
+    /// sandbox (or that a path it creates was absent), checked again just
+    /// before the merge: a live change meanwhile would be lost.
+    expected: Vec<Expected>,
+    /// Paths already seen changed on the live system while a module ran.
+    conflicts: Vec<String>,
+}
+
+/// The live state of one path the merge will touch, as the sandbox saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expected {
+    shown: String,
+    live: PathBuf,
+    /// (inode, size, mtime ns, ctime ns), or `None`: it must not exist.
+    stat: Option<(u64, u64, i128, i128)>,
+}
+
+fn stat_of(p: &Path) -> Option<(u64, u64, i128, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).ok()?;
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    Some((
+        m.ino(),
+        m.size(),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec()),
+    ))
+}
+
+impl Expected {
+    /// True when the live path is no longer what the sandbox saw.
+    fn changed(&self) -> bool {
+        stat_of(&self.live) != self.stat
+    }
 }
 
 impl<'a> Run<'a> {
@@ -363,6 +397,8 @@ impl<'a> Run<'a> {
                 .context("cannot find the disco binary (/proc/self/exe)")?,
             report,
             pending,
+            expected: Vec::new(),
+            conflicts: Vec::new(),
         })
     }
 
@@ -394,6 +430,7 @@ impl<'a> Run<'a> {
         } else {
             Output::Forward
         };
+        let started = SystemTime::now();
         let outcome = self
             .sandbox
             .run_layer(layer, &binds, output, || Ok(job.run()))?;
@@ -433,6 +470,7 @@ impl<'a> Run<'a> {
                 c.diff = Some(self.sandbox.masks.text(d));
             }
         }
+        self.expect(&mreport.changes, started);
         if let (Some(rel), None) = (&self.sandbox.state_in_root, &failed) {
             failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
         }
@@ -470,6 +508,74 @@ impl<'a> Run<'a> {
         Ok(true)
     }
 
+    /// Records what the live paths of `changes` are now; a path changed on
+    /// the live system since the module `started` is a conflict already
+    /// (its ctime is newer).
+    fn expect(&mut self, changes: &[crate::report::Change], started: SystemTime) {
+        use crate::report::ChangeKind;
+        // Strictly after the start: the filesystem's clock may lag a few ms,
+        // so a write in that instant can be missed, never a false alarm.
+        let since = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        for c in changes {
+            // Names shown escaped (not UTF-8) are not checked; a path an
+            // earlier module touched was recorded when it did.
+            if c.path.contains('\\') || self.expected.iter().any(|e| e.shown == c.path) {
+                continue;
+            }
+            let is_dir =
+                |m: &Option<crate::report::Meta>| m.as_ref().is_some_and(|m| m.kind == "directory");
+            let live = self.sandbox.root.join(c.path.trim_start_matches('/'));
+            let now = stat_of(&live);
+            let stat = match c.kind {
+                // Created: it must still not exist (a directory may: merging into it loses nothing).
+                ChangeKind::Created if is_dir(&c.new) => continue,
+                ChangeKind::Created => {
+                    if now.is_some() {
+                        self.conflicts.push(c.path.clone());
+                    }
+                    None
+                }
+                // A directory's attributes: nothing in it is replaced.
+                ChangeKind::Modified if is_dir(&c.old) => continue,
+                _ => match now {
+                    None => {
+                        self.conflicts.push(c.path.clone());
+                        continue;
+                    }
+                    Some(st) => {
+                        if st.3 > since {
+                            self.conflicts.push(c.path.clone());
+                        }
+                        Some(st)
+                    }
+                },
+            };
+            self.expected.push(Expected {
+                shown: c.path.clone(),
+                live,
+                stat,
+            });
+        }
+    }
+
+    /// The paths changed on the live system during the dance, sorted.
+    fn lost_updates(&self) -> Vec<String> {
+        let mut lost: Vec<String> = self
+            .expected
+            .iter()
+            .filter(|e| e.changed())
+            .map(|e| e.shown.clone())
+            .chain(self.conflicts.iter().cloned())
+            .collect();
+        lost.sort();
+        lost.dedup();
+        lost
+    }
+
     /// A step failed: says so and where the scratch is.
     fn failed(&self) -> Ending {
         if run::is_mount_point(&self.sandbox.run.path.join(run::MEM)) {
@@ -502,6 +608,21 @@ impl<'a> Run<'a> {
     /// must be kept (a failed merge that could not be rolled back).
     fn merge_and_act(&mut self) -> Result<(Ending, bool)> {
         let state = &self.config.state_dir.value;
+        // The last look before the first live entry is touched.
+        let lost = self.lost_updates();
+        if !lost.is_empty() {
+            let msg = format!(
+                "changed on the live system during the dance: {} (merge nothing; the next dance starts over)",
+                lost.join(", ")
+            );
+            output::error(&msg);
+            self.report.error = Some(msg);
+            output::info(&format!(
+                "scratch kept in {} (`disco diff` shows what ran)",
+                self.sandbox.run.path.display()
+            ));
+            return Ok((Ending::FailedBeforeMerge, true));
+        }
         self.pending.save(&self.sandbox.run.path)?;
         let layout = run::Layout {
             root: self.sandbox.root.clone(),

@@ -448,3 +448,44 @@ fn hard_links_holes_and_file_capabilities_keep_their_shape() {
         );
     }
 }
+
+#[test]
+fn a_live_change_during_the_dance_is_never_lost() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/users", "alice\n");
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-carol",
+        "echo carol >> /etc/users\nsleep 3\n",
+        0o755,
+    )
+    .module_file("m", "files/etc/other", "o\n", 0o644);
+    let users = r.path.join("etc/users");
+    let writer = {
+        let users = users.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            // The admin, on the live system, while the module sleeps.
+            fs::write(&users, "alice\ndave\n").unwrap();
+        })
+    };
+    let (code, _, err) = run(disco(&f, &r.path, &f.state()).arg("dance"));
+    writer.join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: changed on the live system during the dance: /etc/users (merge nothing; the next dance starts over)"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(&users).unwrap(),
+        "alice\ndave\n",
+        "the host-side write stays"
+    );
+    assert!(!r.path.join("etc/other").exists(), "nothing merged");
+    // The next dance starts over from the live file.
+    let (code, _, err) = run(disco(&f, &r.path, &f.state()).arg("dance"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_to_string(&users).unwrap(), "alice\ndave\ncarol\n");
+}
