@@ -236,6 +236,9 @@ pub struct UndoArgs {
     /// List what undo would restore and remove; change nothing
     #[arg(long)]
     pub noop: bool,
+    /// Do not ask for confirmation on a terminal (it is never asked without one)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -489,3 +489,42 @@ fn a_live_change_during_the_dance_is_never_lost() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(fs::read_to_string(&users).unwrap(), "alice\ndave\ncarol\n");
 }
+
+/// `disco undo` with a terminal as stdin, answering `answer`.
+fn undo_on_a_terminal(f: &Fixture, root: &Path, answer: &str) -> (bool, String) {
+    use std::io::Write;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut master = fs::File::from(pty.master);
+    master.write_all(answer.as_bytes()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_disco"))
+        .env_remove("NOOP")
+        .arg("--config")
+        .arg(f.config())
+        .arg("--state-dir")
+        .arg(f.state())
+        .arg("--root")
+        .arg(root)
+        .arg("undo")
+        .stdin(std::process::Stdio::from(pty.slave))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn undo_asks_on_a_terminal_and_shows_what_it_will_do() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/new", "n\n", 0o644);
+    let (code, _, err) = run(disco(&f, &r.path, &f.state()).arg("dance"));
+    assert_eq!(code, 0, "{err}");
+    let (ok, err) = undo_on_a_terminal(&f, &r.path, "n\n");
+    assert!(ok, "{err}");
+    assert!(err.contains("would remove /etc/new (created by run"), "{err}");
+    assert!(err.contains("[y/N]") && err.contains("undo: nothing was changed"), "{err}");
+    assert!(r.path.join("etc/new").exists());
+    let (ok, err) = undo_on_a_terminal(&f, &r.path, "y\n");
+    assert!(ok, "{err}");
+    assert!(!r.path.join("etc/new").exists(), "{err}");
+}

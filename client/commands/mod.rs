@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     .collect::<Result<_, _>>()?,
             },
         ),
-        Command::Undo(_) => undo::run(&config),
+        Command::Undo(args) => undo::run(&config, args.yes),
         Command::Serve(_) => serve::run(&config),
         Command::Publish(args) => publish::run(&config, &args),
         Command::Diff(args) => diff::run(&config, &args),
