@@ -436,8 +436,10 @@ pub struct ReportArgs {
     /// On the server: one line per node from DIR/reports (give --server DIR)
     #[arg(long)]
     pub fleet: bool,
-    /// With --fleet: flag nodes whose last report is older than this
-    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+    /// With --fleet: flag nodes whose last report is older than this. The
+    /// exit code makes --fleet a monitoring check: 0 every node fresh and
+    /// ok, 1 any failed (or unreadable), 2 any stale
+    #[arg(long, visible_alias = "max-age", value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
     pub stale: std::time::Duration,
 }
 

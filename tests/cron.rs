@@ -106,6 +106,10 @@ fn prometheus_output_parses() {
     assert_eq!(noop(&f, &r, &[]).0, 0);
     let (_, out, _) = run(f.disco().args(["report", "--prometheus"]));
     assert_eq!(out, fs::read_to_string(&textfile).unwrap());
+    // node_exporter reads it as its own user.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&textfile).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644);
     let mut samples = std::collections::BTreeMap::new();
     for line in out.lines() {
         if line.starts_with('#') {
@@ -359,10 +363,23 @@ fn uploaded_reports_land_under_the_nodes_own_dir_and_the_fleet_view_lists_them()
         lines[1].starts_with("a ") && lines[1].contains(" ok ") && !lines[1].contains("STALE"),
         "{out}"
     );
-    let (_, out, _) = run(f
+    let (code, out, _) = run(f
         .disco_without_server()
         .arg("--server")
         .arg(f.server())
-        .args(["report", "--fleet", "--stale", "0s"]));
+        .args(["report", "--fleet", "--max-age", "0s"]));
     assert!(out.lines().nth(1).unwrap().ends_with("STALE"), "{out}");
+    assert_eq!(code, 2, "a stale node: exit 2");
+    // A failed last report: exit 1, whatever the age.
+    let last = f.server().join("reports/a/last.json");
+    let text = fs::read_to_string(&last)
+        .unwrap()
+        .replace("\"status\":\"ok\"", "\"status\":\"failed\"");
+    fs::write(&last, text).unwrap();
+    let (code, _, _) = run(f
+        .disco_without_server()
+        .arg("--server")
+        .arg(f.server())
+        .args(["report", "--fleet", "--max-age", "0s"]));
+    assert_eq!(code, 1, "a failed node: exit 1");
 }

@@ -332,3 +332,50 @@ fn report_history_is_bounded_in_bytes() {
         .collect();
     assert_eq!(runs.len(), 1, "only the newest is kept: {runs:?}");
 }
+
+#[test]
+fn a_snapshot_published_by_root_is_served_to_the_serving_user() {
+    let f = Fixture::new();
+    f.node("n", &["m"]).module("m", "");
+    f.file("modules/m/files/etc/m.conf", "c\n");
+    fs::set_permissions(
+        f.server().join("modules/m/files/etc/m.conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // The served directory belongs to the serving user (a uid with no
+    // passwd entry: nothing is added to the host).
+    let served = f.dir.path().join("served");
+    fs::create_dir(&served).unwrap();
+    std::os::unix::fs::chown(&served, Some(45678), Some(45678)).unwrap();
+    for d in [f.dir.path()] {
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let (code, _, err) = run(f
+        .disco_without_server()
+        .arg("publish")
+        .arg(f.server())
+        .arg("--root")
+        .arg(&served));
+    assert_eq!(code, 0, "{err}");
+    let keys = f.dir.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let public = keygen(&keys.join("k"));
+    let line = format!(
+        "command=\"setpriv --reuid 45678 --regid 45678 --clear-groups {} serve --root {} --node n\",restrict {public}",
+        env!("CARGO_BIN_EXE_disco"),
+        served.display()
+    );
+    let sshd = Sshd::start(&f.dir.path().join("sshd"), &[line]);
+    fs::write(f.config(), sshd.client_config(&keys.join("k"))).unwrap();
+    let (code, out, err) = run(f
+        .disco_without_server()
+        .args(["--server", &sshd.uri(&served.display().to_string())])
+        .args(["--node", "n", "plan"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "m\n");
+    assert_eq!(
+        fs::read_to_string(f.cache().join("modules/m/files/etc/m.conf")).unwrap(),
+        "c\n"
+    );
+}

@@ -508,7 +508,10 @@ fn undo_on_a_terminal(f: &Fixture, root: &Path, answer: &str) -> (bool, String) 
         .stdin(std::process::Stdio::from(pty.slave))
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -521,8 +524,14 @@ fn undo_asks_on_a_terminal_and_shows_what_it_will_do() {
     assert_eq!(code, 0, "{err}");
     let (ok, err) = undo_on_a_terminal(&f, &r.path, "n\n");
     assert!(ok, "{err}");
-    assert!(err.contains("would remove /etc/new (created by run"), "{err}");
-    assert!(err.contains("[y/N]") && err.contains("undo: nothing was changed"), "{err}");
+    assert!(
+        err.contains("would remove /etc/new (created by run"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[y/N]") && err.contains("undo: nothing was changed"),
+        "{err}"
+    );
     assert!(r.path.join("etc/new").exists());
     let (ok, err) = undo_on_a_terminal(&f, &r.path, "y\n");
     assert!(ok, "{err}");

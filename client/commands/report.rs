@@ -34,15 +34,21 @@ pub fn run(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
             "{:<24} {:<21} {:<8} {:>8} {:>9} {:>10}",
             "node", "last run", "status", "changes", "duration", "age"
         )];
+        let (mut failed, mut stale_any) = (false, false);
         for (node, r) in nodes {
             match r {
-                None => lines.push(format!("{node:<24} (no readable report)")),
+                None => {
+                    failed = true;
+                    lines.push(format!("{node:<24} (no readable report)"))
+                }
                 Some(r) => {
                     let age = humantime::parse_rfc3339(&r.ended)
                         .ok()
                         .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
                         .unwrap_or_default();
                     let stale = if age > args.stale { "  STALE" } else { "" };
+                    failed |= r.status == "failed";
+                    stale_any |= age > args.stale;
                     lines.push(format!(
                         "{node:<24} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s{stale}",
                         r.ended,
@@ -55,7 +61,13 @@ pub fn run(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
             }
         }
         print_lines(lines)?;
-        return Ok(0);
+        return Ok(if failed {
+            1
+        } else if stale_any {
+            2
+        } else {
+            0
+        });
     }
     let state = &config.state_dir.value;
     if let Some(s) = crate::cron::current_status(state) {

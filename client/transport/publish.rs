@@ -40,6 +40,33 @@ pub fn differing_files(src: &Path, root: &Path) -> Result<usize> {
     Ok(changed + removed)
 }
 
+/// Makes everything of snapshot `tree` belong to the owner of the served
+/// directory `root` (the user `disco serve` runs as), so a snapshot
+/// published by root can be served. Nothing to do when they are the same.
+fn give_to_owner_of(root: &Path, tree: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let (uid, gid) = (owner.uid(), owner.gid());
+    if uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    fn walk(p: &Path, uid: u32, gid: u32) -> Result<()> {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).with_context(|| {
+            format!(
+                "cannot give {} to the served directory's owner",
+                p.display()
+            )
+        })?;
+        if fs::symlink_metadata(p)?.is_dir() {
+            for e in fs::read_dir(p)? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(tree, uid, gid)
+}
+
 /// Publishes `src` under `root`; returns the new snapshot id.
 pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     for sub in ["parameters", "modules"] {
@@ -65,6 +92,7 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
         }
         m.set_dir("", "", 0o755, top);
         fs::write(tmp.join(PUBLISHED_MANIFEST), serde_json::to_vec(&m)?)?;
+        give_to_owner_of(root, &tmp)?;
         let dir = fs::File::open(&tmp)?;
         nix::unistd::syncfs(dir.as_raw_fd()).context("syncfs of the new snapshot")?;
         fs::rename(&tmp, snapshots.join(&id))?;

@@ -83,10 +83,20 @@ pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
 ///
 /// Long because it is the session's loop, one arm per message kind; the handshake and the answers are `handshake` and `answer`.
 pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
-    let snapshot = resolve_snapshot(root)?;
     let stdin = io::stdin().lock();
     let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut wire = Wire::new(stdin, stdout);
+    // A server that cannot read its tree says so to the client (which
+    // would otherwise see a dead connection and say "cannot reach").
+    let snapshot = match resolve_snapshot(root) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("the server could not read {}: {e:#}", root.display());
+            log(forced.map(Name::as_str).unwrap_or("?"), &message);
+            let _ = wire.say(&Msg::Error { message }, &[]);
+            return Ok(1);
+        }
+    };
     let (node, view) = match handshake(&mut wire, &snapshot, forced)? {
         Ok(nv) => nv,
         Err(code) => return Ok(code),
@@ -164,10 +174,24 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     }
 }
 
+/// Says `what` about node `node` on stderr and to syslog (facility auth,
+/// as sshd does), so refused requests are in the server's logs.
+fn log(node: &str, what: &str) {
+    let line = crate::output::printable(&format!("node {node}: {what}"));
+    eprintln!("disco serve: {line}");
+    if let Ok(c) = std::ffi::CString::new(line) {
+        // SAFETY: openlog/syslog with static ident and a "%s" format.
+        unsafe {
+            libc::openlog(c"disco-serve".as_ptr(), libc::LOG_PID, libc::LOG_AUTH);
+            libc::syslog(libc::LOG_WARNING, c"%s".as_ptr(), c.as_ptr());
+        }
+    }
+}
+
 /// Refuses the session: says why on stderr (the server's log) and to the
 /// client, once. The exit code is 1.
 fn refuse<R: Read, W: Write>(wire: &mut Wire<R, W>, node: &str, what: String) -> Result<i32> {
-    eprintln!("disco serve: refused for node {node}: {what}");
+    log(node, &format!("refused: {what}"));
     let _ = wire.say(
         &Msg::Error {
             message: format!("server refused: {what}"),
