@@ -348,9 +348,12 @@ fn a_snapshot_published_by_root_is_served_to_the_serving_user() {
     let served = f.dir.path().join("served");
     fs::create_dir(&served).unwrap();
     std::os::unix::fs::chown(&served, Some(45678), Some(45678)).unwrap();
-    for d in [f.dir.path()] {
-        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    // The serving user must reach the served directory.
+    fs::set_permissions(
+        f.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let (code, _, err) = run(f
         .disco_without_server()
         .arg("publish")
