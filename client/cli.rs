@@ -357,6 +357,11 @@ pub struct DanceArgs {
     /// than --max-age
     #[arg(long)]
     pub if_changed: bool,
+    /// In noop: `none` (loopback only; name lookups and connects fail at
+    /// once) or `host` (the host's network, so a package install in noop
+    /// is exact). Scripts see it as DISCO_NOOP_NETWORK [config: noop_network]
+    #[arg(long, value_name = "none|host", value_parser = ["none", "host"])]
+    pub noop_network: Option<String>,
     /// Run only these modules (comma-separated) and what they require;
     /// merge only their layers. The report says the dance was partial.
     #[arg(long, value_name = "MODULE[,MODULE…]", value_delimiter = ',')]

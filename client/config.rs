@@ -88,6 +88,9 @@ pub struct Config {
     pub fetch_timeout: Setting<u64>,
     /// Largest file a node accepts from the server, in bytes.
     pub max_file_size: Setting<u64>,
+    /// `none`: a noop sandbox has only loopback; `host`: the host's
+    /// network (a noop package install can download).
+    pub noop_network: Setting<String>,
     /// A module's changes are printed in full up to this many paths, then
     /// rolled up per directory.
     pub diff_limit: Setting<usize>,
@@ -136,6 +139,7 @@ struct FileConfig {
     io_timeout: Option<u64>,
     fetch_timeout: Option<u64>,
     max_file_size: Option<u64>,
+    noop_network: Option<String>,
     diff_limit: Option<usize>,
     report_ignore: Option<Vec<String>>,
     step_timeout: Option<u64>,
@@ -167,6 +171,7 @@ impl Config {
             io_timeout: Setting::new(60, Source::Default),
             fetch_timeout: Setting::new(3600, Source::Default),
             max_file_size: Setting::new(1 << 30, Source::Default),
+            noop_network: Setting::new("none".into(), Source::Default),
             diff_limit: Setting::new(50, Source::Default),
             report_ignore: Setting::new(
                 crate::output::DEFAULT_IGNORE
@@ -301,6 +306,15 @@ impl Config {
         if let Some(v) = file.max_file_size {
             self.max_file_size.set(v, src());
         }
+        if let Some(v) = file.noop_network {
+            if v != "none" && v != "host" {
+                bail!(
+                    "{}: noop_network = {v:?}: expected \"none\" or \"host\"",
+                    path.display()
+                );
+            }
+            self.noop_network.set(v, src());
+        }
         if let Some(v) = file.diff_limit {
             self.diff_limit.set(v, src());
         }
@@ -430,6 +444,11 @@ impl Config {
                 "max_file_size",
                 self.max_file_size.value.to_string(),
                 &self.max_file_size.source,
+            ),
+            line(
+                "noop_network",
+                s(&self.noop_network.value),
+                &self.noop_network.source,
             ),
             line(
                 "diff_limit",

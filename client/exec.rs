@@ -35,6 +35,8 @@ pub struct Job {
     pub node: String,
     pub module: String,
     pub noop: bool,
+    /// `none` (noop: loopback only) or `host`: what `DISCO_NOOP_NETWORK` says.
+    pub network: &'static str,
     /// The module's fetched files, read-only.
     pub module_dir: PathBuf,
     /// The merged parameter tree, read-only.
@@ -126,6 +128,7 @@ impl Job {
             ("HOME", "/root".into()),
             ("LANG", "C.UTF-8".into()),
             ("NOOP", if self.noop { "true" } else { "false" }.into()),
+            ("DISCO_NOOP_NETWORK", self.network.into()),
             ("DISCO_NODE", self.node.clone()),
             ("DISCO_MODULE", self.module.clone()),
             ("DISCO_MODULE_DIR", self.module_dir.display().to_string()),

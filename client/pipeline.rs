@@ -240,6 +240,7 @@ fn sandbox_stage(
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     let mut sandbox = Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)?;
     sandbox.masks = crate::output::Masks::new(planned.params.secret_values());
+    sandbox.host_network = config.noop_network.value == "host";
     Ok(sandbox)
 }
 
@@ -288,6 +289,11 @@ pub fn job(
         node: config.node.value.to_string(),
         module: module.to_string(),
         noop: sandbox.noop,
+        network: if !sandbox.noop || sandbox.host_network {
+            "host"
+        } else {
+            "none"
+        },
         module_dir: Path::new(DISCO_DIR).join("module"),
         params_dir: Path::new(DISCO_DIR).join("params"),
         state_in_root: sandbox.state_in_root.clone(),

@@ -607,3 +607,40 @@ fn facts_make_noop_render_what_live_does() {
         "{landed}"
     );
 }
+
+#[test]
+fn noop_network_none_fails_fast_and_host_reaches_the_network() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-net",
+        &format!(
+            // Only loopback is ever a target: the test's own listener.
+            "echo \"network=$DISCO_NOOP_NETWORK\"\nstart=$(date +%s%N)\n(echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo REACHED || echo UNREACHED\nend=$(date +%s%N)\necho \"took $(( (end - start) / 1000000 )) ms\"\n"
+        ),
+        0o755,
+    );
+    let (code, out, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("network=none") && out.contains("UNREACHED"),
+        "{out}"
+    );
+    let ms: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("took "))
+        .and_then(|l| l.trim_end_matches(" ms").parse().ok())
+        .unwrap();
+    assert!(ms < 1000, "connects fail at once: {ms} ms");
+    let (code, out, err) = f.noop_dance("n", &r.path, &["--noop-network", "host"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("network=host") && out.contains("REACHED"),
+        "{out}"
+    );
+    assert!(!out.contains("UNREACHED"), "{out}");
+}

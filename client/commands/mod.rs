@@ -35,7 +35,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         noop: given.noop,
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let config = Config::load(&flags, &env)?;
+    let mut config = Config::load(&flags, &env)?;
+    if let Command::Dance(args) = &cli.command {
+        if let Some(n) = &args.noop_network {
+            config.noop_network.value = n.clone();
+            config.noop_network.source = crate::config::Source::Flag("--noop-network");
+        }
+    }
     match cli.command {
         Command::Plan(_) => plan::run(&config),
         Command::Dance(args) => dance::run(

@@ -121,6 +121,9 @@ pub struct Sandbox {
     pub state_in_root: Option<PathBuf>,
     /// Secret parameter values, masked in everything the sandbox prints.
     pub masks: crate::output::Masks,
+    /// `noop_network = "host"`: a noop sandbox keeps the host's network
+    /// (a package install can download); files, PIDs, UTS, IPC stay its own.
+    pub host_network: bool,
 }
 
 /// The result of work done in a sandbox, and what it left behind.
@@ -254,6 +257,7 @@ impl Sandbox {
             noop,
             state_in_root,
             masks: Default::default(),
+            host_network: false,
         })
     }
 
@@ -378,7 +382,10 @@ impl Sandbox {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
         if self.noop {
-            flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            if !self.host_network {
+                flags |= CloneFlags::CLONE_NEWNET;
+            }
         }
         if let Err(e) = unshare(flags) {
             return send::<T>(
@@ -479,7 +486,7 @@ impl Sandbox {
         for op in &ops {
             mounts::apply(op)?;
         }
-        if self.noop {
+        if self.noop && !self.host_network {
             loopback_up()?;
         }
         nix::unistd::chdir(&merged).context("chdir to the merged root")?;
