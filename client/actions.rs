@@ -137,8 +137,34 @@ pub fn describe_noop(pending: &Pending) {
 /// Runs the actions, then the handlers. Returns the steps and whether all
 /// succeeded.
 pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
+    let (steps, failed) = run_keeping_failures(pending)?;
+    Ok((steps, failed.modules.is_empty()))
+}
+
+/// Runs the actions, then the handlers; returns the steps and what failed
+/// (the same shape: the modules with only their failed actions and
+/// handlers), to be run again later.
+pub fn run_keeping_failures(pending: &Pending) -> Result<(Vec<Step>, Pending)> {
     let mut steps = Vec::new();
-    let mut ok = true;
+    let mut failed = Pending {
+        modules: Vec::new(),
+        ..pending.clone()
+    };
+    let mut fail = |m: &ModuleActions, action: Option<&Vec<String>>, handler: Option<&String>| {
+        let entry = match failed.modules.iter_mut().position(|f| f.module == m.module) {
+            Some(i) => &mut failed.modules[i],
+            None => {
+                failed.modules.push(ModuleActions {
+                    actions: Vec::new(),
+                    handlers: Vec::new(),
+                    ..m.clone()
+                });
+                failed.modules.last_mut().expect("pushed")
+            }
+        };
+        entry.actions.extend(action.cloned());
+        entry.handlers.extend(handler.cloned());
+    };
     let live = pending.live();
     for m in &pending.modules {
         for a in &m.actions {
@@ -158,7 +184,9 @@ pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
             let mut cmd = Command::new(&a[0]);
             cmd.args(&a[1..]);
             let step = execute(cmd, &format!("action {shown}"), pending, None);
-            ok &= step.error.is_none();
+            if step.error.is_some() {
+                fail(m, Some(a), None);
+            }
             steps.push(step);
         }
     }
@@ -193,11 +221,98 @@ pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
                 params_dir: pending.params_dir.clone(),
             };
             let step = execute(cmd, &format!("handler {name}"), pending, Some(&binds));
-            ok &= step.error.is_none();
+            if step.error.is_some() {
+                fail(m, None, Some(h));
+            }
             steps.push(step);
         }
     }
-    Ok((steps, ok))
+    Ok((steps, failed))
+}
+
+/// Where failed actions and handlers wait to be run again.
+fn failed_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("failed-actions.json")
+}
+
+/// The actions and handlers that failed and wait to be run again.
+pub fn load_failed(state_dir: &Path) -> Result<Option<Pending>> {
+    let p = failed_path(state_dir);
+    match fs::read(&p) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))?,
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Keeps `failed` for the next dance (removes the file when nothing failed).
+pub fn save_failed(state_dir: &Path, failed: &Pending) -> Result<()> {
+    let p = failed_path(state_dir);
+    if failed.modules.is_empty() {
+        return match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", p.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let tmp = p.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(failed)?)
+        .and_then(|()| fs::rename(&tmp, &p))
+        .with_context(|| format!("cannot write {}", p.display()))
+}
+
+/// How many actions and handlers wait to be run again.
+pub fn count(p: &Pending) -> usize {
+    p.modules
+        .iter()
+        .map(|m| m.actions.len() + m.handlers.len())
+        .sum()
+}
+
+/// Runs again what failed before, with the module directories and the
+/// parameters of now (`dir_of` a module's current directory, `params_dir`);
+/// a module no longer planned is dropped with a warning. Returns the steps
+/// and what still fails.
+pub fn retry(
+    mut before: Pending,
+    dir_of: &dyn Fn(&str) -> Option<PathBuf>,
+    params_dir: &Path,
+    partial: bool,
+) -> Result<(Vec<Step>, Pending)> {
+    before.params_dir = params_dir.to_path_buf();
+    let mut later = Vec::new();
+    before.modules.retain_mut(|m| match dir_of(&m.module) {
+        Some(d) => {
+            m.module_dir = d;
+            true
+        }
+        // A partial dance (--only) keeps them for a whole one.
+        None if partial => {
+            later.push(m.clone());
+            false
+        }
+        None => {
+            output::warning(&format!(
+                "{}: no longer planned; its failed actions and handlers are dropped",
+                m.module
+            ));
+            false
+        }
+    });
+    for m in &before.modules {
+        output::info(&format!(
+            "running again what failed before in {}: {} action(s), {} handler(s)",
+            m.module,
+            m.actions.len(),
+            m.handlers.len()
+        ));
+    }
+    let (steps, mut still) = run_keeping_failures(&before)?;
+    still.modules.extend(later);
+    Ok((steps, still))
 }
 
 fn shown(argv: &[String]) -> String {

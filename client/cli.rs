@@ -362,6 +362,10 @@ pub struct DanceArgs {
     /// is exact). Scripts see it as DISCO_NOOP_NETWORK [config: noop_network]
     #[arg(long, value_name = "none|host", value_parser = ["none", "host"])]
     pub noop_network: Option<String>,
+    /// Only run again the deferred actions and handlers that failed in
+    /// earlier dances (they also run again at the end of every dance)
+    #[arg(long)]
+    pub retry_actions: bool,
     /// Run only these modules (comma-separated) and what they require;
     /// merge only their layers. The report says the dance was partial.
     #[arg(long, value_name = "MODULE[,MODULE…]", value_delimiter = ',')]

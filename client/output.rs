@@ -525,6 +525,12 @@ pub fn report_lines(r: &RunReport) -> Vec<String> {
         }
     }
     stage(&mut out, "merge");
+    if r.pending_failed_actions > 0 {
+        out.push(format!(
+            "report: pending_failed_actions {}",
+            r.pending_failed_actions
+        ));
+    }
     for s in &r.actions {
         out.push(format!("report: disco: {}", s.name));
         figure_lines(&mut out, &s.figures, s);
@@ -590,6 +596,11 @@ pub fn prometheus(r: &RunReport) -> String {
         "disco_last_run_noop",
         "1 if the last dance was a noop.",
         u8::from(r.noop).to_string(),
+    );
+    gauge(
+        "disco_pending_failed_actions",
+        "Deferred actions and handlers that failed and run again at the next dance.",
+        r.pending_failed_actions.to_string(),
     );
     out.push_str("# HELP disco_module_duration_seconds Wall time of each module's steps in the last dance.\n");
     out.push_str("# TYPE disco_module_duration_seconds gauge\n");

@@ -598,8 +598,15 @@ impl<'a> Run<'a> {
     }
 
     /// Noop: what would run after a merge, and the summary.
-    fn noop_summary(&self) -> Ending {
+    fn noop_summary(&mut self) -> Ending {
         actions::describe_noop(&self.pending);
+        if let Ok(Some(failed)) = actions::load_failed(&self.config.state_dir.value) {
+            self.report.pending_failed_actions = actions::count(&failed);
+            output::warning(&format!(
+                "{} deferred action(s) or handler(s) failed in an earlier dance and run again at the next live one",
+                self.report.pending_failed_actions
+            ));
+        }
         let changes = self.report.changes().count();
         let acts: usize = self.report.modules.iter().map(|m| m.actions.len()).sum();
         output::info(&format!(
@@ -607,6 +614,43 @@ impl<'a> Run<'a> {
             self.report.modules.len()
         ));
         Ending::Succeeded { changes }
+    }
+
+    /// Stage 9: this dance's deferred actions and handlers, then again
+    /// those that failed in earlier dances (of modules that did not run
+    /// theirs anew now). What still fails is kept for the next dance.
+    /// Returns how many still fail.
+    fn act(&mut self) -> Result<usize> {
+        let state = &self.config.state_dir.value;
+        let (mut steps, mut still) = actions::run_keeping_failures(&self.pending)?;
+        if let Some(mut before) = actions::load_failed(state)? {
+            let ran: std::collections::BTreeSet<&str> = self
+                .pending
+                .modules
+                .iter()
+                .filter(|m| !m.changed.is_empty())
+                .map(|m| m.module.as_str())
+                .collect();
+            before.modules.retain(|m| !ran.contains(m.module.as_str()));
+            if !before.modules.is_empty() {
+                let dirs: std::collections::BTreeMap<String, PathBuf> = self
+                    .pending
+                    .modules
+                    .iter()
+                    .map(|m| (m.module.clone(), m.module_dir.clone()))
+                    .collect();
+                let dir_of = |m: &str| dirs.get(m).cloned();
+                let partial = !self.report.only.is_empty();
+                let (more, failed) =
+                    actions::retry(before, &dir_of, &self.sandbox.run.params(), partial)?;
+                steps.extend(more);
+                still.modules.extend(failed.modules);
+            }
+        }
+        actions::save_failed(state, &still)?;
+        self.report.actions = steps;
+        self.report.pending_failed_actions = actions::count(&still);
+        Ok(self.report.pending_failed_actions)
     }
 
     /// Stages 8–9: merge (rolled back if it fails), then the deferred
@@ -666,12 +710,13 @@ impl<'a> Run<'a> {
                 self.sandbox.root.display()
             ));
         }
-        let (steps, ok) = actions::run(&self.pending)?;
-        self.report.actions = steps;
-        if !ok {
-            let msg = "a deferred action or handler failed; the merged files stay merged";
-            output::error(msg);
-            self.report.error = Some(msg.into());
+        let still = self.act()?;
+        if still > 0 {
+            let msg = format!(
+                "{still} deferred action(s) or handler(s) failed; the merged files stay merged, and they run again at the next dance"
+            );
+            output::error(&msg);
+            self.report.error = Some(msg);
             return Ok((Ending::FailedAfterMerge, false));
         }
         let changes = self.report.changes().count();

@@ -211,6 +211,9 @@ pub struct RunReport {
     pub actions: Vec<Step>,
     /// The error that stopped the run, if any.
     pub error: Option<String>,
+    /// Deferred actions and handlers that failed and wait to run again.
+    #[serde(default)]
+    pub pending_failed_actions: usize,
 }
 
 impl RunReport {

@@ -591,3 +591,52 @@ fn a_merge_from_memory_killed_half_way_is_rolled_back() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(r.read("srv/new/f099").as_deref(), Some("created 99\n"));
 }
+
+#[test]
+fn a_failed_handler_runs_again_until_it_succeeds() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/app.conf", "bad\n", 0o644)
+        .module_file("m", "handlers/10-check", "exit 4\n", 0o755);
+    let dance = || live_dance(&f, &r.path, &["--run-actions", "--detailed-exitcodes"]);
+    let (code, _, err) = dance();
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("1 deferred action(s) or handler(s) failed"),
+        "{err}"
+    );
+    // Nothing changed since, yet the failure is not forgotten.
+    let (code, _, err) = dance();
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("running again what failed before in m"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap();
+    assert_eq!(report["pending_failed_actions"], 1);
+    let (code, _, err) = live_dance(&f, &r.path, &["--retry-actions", "--detailed-exitcodes"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("1 deferred action(s) or handler(s) still fail"),
+        "{err}"
+    );
+    // The fix is published: the handler runs once more, and succeeds.
+    f.module_file(
+        "m",
+        "handlers/10-check",
+        "echo ran >> /etc/handler-ran\n",
+        0o755,
+    );
+    let (code, _, err) = dance();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.read("etc/handler-ran").as_deref(), Some("ran\n"));
+    let (code, _, err) = dance();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        r.read("etc/handler-ran").as_deref(),
+        Some("ran\n"),
+        "not again"
+    );
+}

@@ -18,6 +18,8 @@ use crate::report;
 pub struct DanceOptions {
     /// Keep the scratch directory of a successful run.
     pub keep: bool,
+    /// Only run again the actions and handlers that failed before.
+    pub retry_actions: bool,
     /// Exit at once if another dance holds the lock.
     pub no_wait: bool,
     /// Sleep a random 0..splay seconds first (not on a terminal unless `splay_always`).
@@ -52,6 +54,9 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
     let state = &config.state_dir.value;
     let _lock = crate::cron::take_lock(config, opts.no_wait)?;
     let _root_lock = crate::cron::take_root_lock(config, opts.no_wait)?;
+    if opts.retry_actions {
+        return retry_only(config, opts);
+    }
     if opts.if_changed && unchanged_since_last(config, opts)? {
         return Ok(0);
     }
@@ -121,4 +126,38 @@ fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
         return Ok(true);
     }
     Ok(false)
+}
+
+/// `--retry-actions`: runs again only what failed before, with the
+/// modules and parameters of the last fetch.
+fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
+    use crate::actions;
+    let state = &config.state_dir.value;
+    let Some(before) = actions::load_failed(state)? else {
+        output::info("nothing failed before: nothing to run again");
+        return Ok(0);
+    };
+    let fetched = fetch::open_cache(state, &config.node.value)?;
+    let tree = fetch::cache_tree(&fetched.cache)?;
+    let mut params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    params.overlay(crate::facts::as_params(&crate::facts::gather(
+        &config.root.value,
+    )));
+    let scratch = tempfile::tempdir_in(state)?;
+    let params_dir = scratch.path().join("params");
+    params.write_to(&params_dir)?;
+    let dir_of = |m: &str| {
+        crate::names::Name::parse(m, "module")
+            .ok()
+            .and_then(|n| tree.module_dir(&n).ok().flatten())
+    };
+    let (_, still) = actions::retry(before, &dir_of, &params_dir, false)?;
+    actions::save_failed(state, &still)?;
+    let n = actions::count(&still);
+    if n == 0 {
+        output::info("everything that failed before succeeded");
+        return Ok(0);
+    }
+    output::error(&format!("{n} deferred action(s) or handler(s) still fail"));
+    Ok(if opts.detailed_exitcodes { 4 } else { 1 })
 }

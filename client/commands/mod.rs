@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             &config,
             &dance::DanceOptions {
                 keep: args.keep,
+                retry_actions: args.retry_actions,
                 run_actions: args.run_actions,
                 detailed_exitcodes: args.detailed_exitcodes,
                 no_wait: args.no_wait,
