@@ -88,6 +88,9 @@ pub struct Config {
     pub fetch_timeout: Setting<u64>,
     /// Largest file a node accepts from the server, in bytes.
     pub max_file_size: Setting<u64>,
+    /// Size of the scratch filesystem (bytes) when the state dir is inside
+    /// ROOT; `None`: the free space of the state dir's filesystem less 10%.
+    pub scratch_max: Setting<Option<u64>>,
     /// `none`: a noop sandbox has only loopback; `host`: the host's
     /// network (a noop package install can download).
     pub noop_network: Setting<String>,
@@ -140,6 +143,7 @@ struct FileConfig {
     fetch_timeout: Option<u64>,
     max_file_size: Option<u64>,
     noop_network: Option<String>,
+    scratch_max: Option<u64>,
     diff_limit: Option<usize>,
     report_ignore: Option<Vec<String>>,
     step_timeout: Option<u64>,
@@ -172,6 +176,7 @@ impl Config {
             fetch_timeout: Setting::new(3600, Source::Default),
             max_file_size: Setting::new(1 << 30, Source::Default),
             noop_network: Setting::new("none".into(), Source::Default),
+            scratch_max: Setting::new(None, Source::Default),
             diff_limit: Setting::new(50, Source::Default),
             report_ignore: Setting::new(
                 crate::output::DEFAULT_IGNORE
@@ -315,6 +320,9 @@ impl Config {
             }
             self.noop_network.set(v, src());
         }
+        if let Some(v) = file.scratch_max {
+            self.scratch_max.set(Some(v), src());
+        }
         if let Some(v) = file.diff_limit {
             self.diff_limit.set(v, src());
         }
@@ -450,6 +458,10 @@ impl Config {
                 s(&self.noop_network.value),
                 &self.noop_network.source,
             ),
+            match self.scratch_max.value {
+                Some(v) => line("scratch_max", v.to_string(), &self.scratch_max.source),
+                None => "# scratch_max is not set (the state dir's free space less 10%)".into(),
+            },
             line(
                 "diff_limit",
                 self.diff_limit.value.to_string(),

@@ -210,8 +210,9 @@ pub fn merge(
 ) -> Result<Merged> {
     let marker = marker(state_dir);
     write_durably(&marker, run.id.as_bytes())?;
-    // Everything the sandbox wrote must be on disk before it is renamed into place.
-    sync_fs(&run.path)?;
+    // Everything the sandbox wrote must be on disk before it is renamed
+    // into place (the layers may be on their own filesystem).
+    sync_fs(&run.layers())?;
     let mut journal = Journal::new(state_dir, &run.id, &layout.root);
     let mut m = Merger {
         journal: &mut journal,
@@ -725,6 +726,13 @@ pub fn recover(state_dir: &Path) -> Result<Recovered> {
         )
     })?)
     .with_context(|| format!("{} is damaged", layout_path.display()))?;
+    // Layers kept in the scratch image: mount it again to finish the merge.
+    let mem = run.path.join(crate::run::MEM);
+    if run.layers_lost() && crate::sandbox::scratch::image(state_dir).is_file() {
+        if let Err(e) = crate::sandbox::scratch::mount(state_dir, &mem, None, true) {
+            output::warning(&format!("{e:#}"));
+        }
+    }
     if run.layers_lost() {
         // In-memory layers live in disco's own mount namespace: they went
         // with a killed disco or a restarted machine. What was merged is

@@ -238,7 +238,13 @@ fn sandbox_stage(
         .write_to(&run.params())
         .context("cannot write the parameter tree")?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
-    let mut sandbox = Sandbox::prepare(run, &config.root.value, state, config.noop.value, &layers)?;
+    let mut sandbox = Sandbox::prepare(
+        run,
+        &config.root.value,
+        (state, config.scratch_max.value),
+        config.noop.value,
+        &layers,
+    )?;
     sandbox.masks = crate::output::Masks::new(planned.params.secret_values());
     sandbox.host_network = config.noop_network.value == "host";
     Ok(sandbox)
@@ -506,7 +512,13 @@ impl<'a> Run<'a> {
         });
         self.report.modules.push(mreport);
         if let Some(f) = failed {
-            let msg = format!("{module}: {f}");
+            let mem = self.sandbox.run.path.join(run::MEM);
+            let full = run::is_mount_point(&mem) && crate::sandbox::scratch::is_full(&mem);
+            let msg = if full {
+                format!("{module}: {f} (the scratch filesystem is full: raise scratch_max)")
+            } else {
+                format!("{module}: {f}")
+            };
             output::error(&msg);
             self.report.error = Some(msg);
             return Ok(false);

@@ -14,7 +14,8 @@
 //!   s/K           the read-only shim layer of mount K
 //!   merged/       where the sandbox's root overlay is mounted
 //!   params/       the node's merged parameters, bound read-only in the sandbox
-//!   mem/          a tmpfs holding u/, w/, s/ when the state dir is inside ROOT
+//!   mem/          the scratch filesystem (STATE/scratch.img, loop-mounted)
+//!                 holding u/, w/, s/ when the state dir is inside ROOT
 //! ```
 
 use std::fs;
@@ -116,8 +117,17 @@ impl RunDir {
             .with_context(|| format!("cannot write {}", p.display()))
     }
 
-    /// Removes the whole run directory (unmounting its in-memory layers).
+    /// Removes the whole run directory (emptying and unmounting its
+    /// scratch filesystem, whose space goes back to the disk).
     pub fn remove(&self) -> Result<()> {
+        let mem = self.path.join(MEM);
+        if is_mount_point(&mem) {
+            for e in fs::read_dir(&mem).into_iter().flatten().flatten() {
+                if e.file_name() != "lost+found" {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
+            }
+        }
         unmount_mem(&self.path);
         match fs::remove_dir_all(&self.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -490,7 +490,7 @@ fn a_killed_dance_leaves_no_mount_on_the_host() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let scratch_in_disco = loop {
         let theirs = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-        if theirs.contains("disco-scratch") {
+        if theirs.contains(run_dir.to_str().unwrap()) {
             break true;
         }
         if Instant::now() > deadline {

@@ -123,7 +123,13 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         }
         None => vec!["shell".to_string()],
     };
-    let sandbox = Sandbox::prepare(run, &config.root.value, state, true, &layers)?;
+    let sandbox = Sandbox::prepare(
+        run,
+        &config.root.value,
+        (state, config.scratch_max.value),
+        true,
+        &layers,
+    )?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
     let layer = layers.len();
     let (binds, env) = match &setup {

@@ -14,6 +14,7 @@
 //! takes every process the work left behind with it.
 
 pub mod mounts;
+pub mod scratch;
 pub mod security;
 pub mod shims;
 
@@ -148,12 +149,12 @@ impl Sandbox {
     pub fn prepare(
         run: RunDir,
         root: &Path,
-        state_dir: &Path,
+        (state_dir, scratch_max): (&Path, Option<u64>),
         noop: bool,
         layers: &[String],
     ) -> Result<Sandbox> {
         let path = run.path.clone();
-        let prepared = Self::prepare_in(run, root, state_dir, noop, layers);
+        let prepared = Self::prepare_in(run, root, (state_dir, scratch_max), noop, layers);
         if prepared.is_err() {
             crate::run::unmount_mem(&path);
             let _ = fs::remove_dir_all(&path);
@@ -168,7 +169,7 @@ impl Sandbox {
     fn prepare_in(
         run: RunDir,
         root: &Path,
-        state_dir: &Path,
+        (state_dir, scratch_max): (&Path, Option<u64>),
         noop: bool,
         layers: &[String],
     ) -> Result<Sandbox> {
@@ -216,23 +217,14 @@ impl Sandbox {
             .context("cannot create the merged dir")?;
         if inside_an_overlaid_filesystem(&run.path, &root, &mounts) {
             // The layers cannot live below a lower layer's root on the same
-            // filesystem (overlayfs: "overlapping lowerdir"): keep them in a
-            // private tmpfs for the run; the merge then takes the copy path.
-            // It is mounted in disco's own mount namespace, so it goes
-            // when disco does, even killed.
+            // filesystem (overlayfs: "overlapping lowerdir"): keep them in
+            // the scratch filesystem (a loop-mounted image on disk, see
+            // [`scratch`]); the merge then takes the copy path. It is
+            // mounted in disco's own mount namespace, so it goes when disco
+            // does, even killed — its content stays on disk.
             let mem = run.path.join(crate::run::MEM);
             fs::DirBuilder::new().mode(0o700).create(&mem)?;
-            mount(
-                Some("disco-scratch"),
-                &mem,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some("mode=700"),
-            )
-            .map_err(|errno| SandboxError::Sys {
-                what: format!("cannot mount the in-memory scratch {}", mem.display()),
-                errno,
-            })?;
+            scratch::mount(&state, &mem, scratch_max, false)?;
         }
         let layers_dir = run.layers();
         for d in ["u", "w", "s"] {

@@ -91,6 +91,10 @@ pub fn deep_snapshot(root: &Path) -> Vec<String> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
+            // A state dir inside the root: its scratch image is disco's, not the root's.
+            if e.file_name() == "scratch.img" {
+                continue;
+            }
             let m = fs::symlink_metadata(&p).unwrap();
             let mut xattrs: Vec<String> = xattr::list(&p)
                 .map(|l| {
