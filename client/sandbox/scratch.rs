@@ -28,7 +28,7 @@ pub fn image(state_dir: &Path) -> PathBuf {
 pub fn default_size(state_dir: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(state_dir)
         .with_context(|| format!("cannot read the free space of {}", state_dir.display()))?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = st.blocks_available() * st.fragment_size();
     Ok(free / 10 * 9)
 }
 
@@ -141,7 +141,7 @@ fn mount_once(
 /// of a step that ran out of it names `scratch_max`.
 pub fn is_full(mem: &Path) -> bool {
     nix::sys::statvfs::statvfs(mem)
-        .map(|st| (st.blocks_available() as u64) * (st.fragment_size() as u64) < 1 << 20)
+        .map(|st| st.blocks_available() * st.fragment_size() < 1 << 20)
         .unwrap_or(false)
 }
 
