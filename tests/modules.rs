@@ -644,3 +644,33 @@ fn noop_network_none_fails_fast_and_host_reaches_the_network() {
     );
     assert!(!out.contains("UNREACHED"), "{out}");
 }
+
+#[test]
+fn a_full_scratch_fails_the_module_naming_scratch_max() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let state = r.path.join("var/lib/disco");
+    fs::create_dir_all(&state).unwrap();
+    fs::write(f.config(), format!("scratch_max = {}\n", 64 << 20)).unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-fill",
+        "mkdir -p /opt\nhead -c 100M /dev/zero > /opt/big\n",
+        0o755,
+    );
+    let mut c = f.disco_with_state(&state);
+    c.arg("--server").arg(f.server()).env("NOOP", "1");
+    let (code, _, err) = run(c.args(["--node", "n", "--root"]).arg(&r.path).arg("dance"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("(the scratch filesystem is full: raise scratch_max)"),
+        "{err}"
+    );
+    assert!(
+        fs::symlink_metadata(state.join("scratch.img"))
+            .unwrap()
+            .len()
+            == 64 << 20
+    );
+}
