@@ -140,16 +140,8 @@ fn prometheus_output_parses() {
 }
 
 fn spawn_dance(f: &Fixture, r: &FixtureRoot, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_disco"))
+    f.process(&f.state(), &r.path)
         .env("NOOP", "1")
-        .arg("--config")
-        .arg(f.config())
-        .arg("--state-dir")
-        .arg(f.state())
-        .arg("--server")
-        .arg(f.server())
-        .args(["--node", "n", "--root"])
-        .arg(&r.path)
         .arg("dance")
         .args(extra)
         .stdout(Stdio::piped())

@@ -208,18 +208,8 @@ fn dance_on_a_terminal(cmd: &mut Command) -> (i32, String, String) {
 fn no_keystroke_reaches_the_terminal() {
     let (f, r) = evil("\"$DISCO_MODULE_DIR/bin/tiocsti\"\n", &["tiocsti"]);
     for mode in ["noop", "live"] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
-        cmd.env_remove("NOOP")
-            .env("NO_COLOR", "1")
-            .arg("--config")
-            .arg(f.config())
-            .arg("--state-dir")
-            .arg(f.state())
-            .arg("--server")
-            .arg(f.server())
-            .args(["--node", "n", "--root"])
-            .arg(&r.path)
-            .arg("dance");
+        let mut cmd = f.process(&f.state(), &r.path);
+        cmd.arg("dance");
         if mode == "noop" {
             cmd.env("NOOP", "true");
         }
@@ -470,16 +460,8 @@ fn a_killed_dance_leaves_no_mount_on_the_host() {
         "echo started > /etc/slow\nsleep 60\n",
         0o755,
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_disco"))
-        .env_remove("NOOP")
-        .arg("--config")
-        .arg(f.config())
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--server")
-        .arg(f.server())
-        .args(["--node", "n", "--root"])
-        .arg(&r.path)
+    let mut child = f
+        .process(&state, &r.path)
         .arg("dance")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

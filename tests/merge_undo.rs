@@ -173,17 +173,8 @@ fn one_root_takes_one_dance_at_a_time_whatever_the_state_dir() {
     let r = FixtureRoot::new(f.dir.path());
     f.node("n", &["slow"]).module("slow", "");
     f.module_file("slow", "scripts/10-slow", "sleep 3\n", 0o755);
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+    let mut first = f.process(&f.dir.path().join("state-a"), &r.path);
     first
-        .env_remove("NOOP")
-        .arg("--config")
-        .arg(f.config())
-        .arg("--state-dir")
-        .arg(f.dir.path().join("state-a"))
-        .arg("--server")
-        .arg(f.server())
-        .args(["--node", "n", "--root"])
-        .arg(&r.path)
         .arg("dance")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

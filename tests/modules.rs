@@ -292,16 +292,8 @@ fn a_killed_dance_reads_as_interrupted() {
     let r = FixtureRoot::new(f.dir.path());
     f.node("n", &["m"]).module("m", "");
     f.module_file("m", "scripts/10-slow", "sleep 60\n", 0o755);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_disco"))
-        .env_remove("NOOP")
-        .arg("--config")
-        .arg(f.config())
-        .arg("--state-dir")
-        .arg(f.state())
-        .arg("--server")
-        .arg(f.server())
-        .args(["--node", "n", "--root"])
-        .arg(&r.path)
+    let mut child = f
+        .process(&f.state(), &r.path)
         .arg("dance")
         .stderr(std::process::Stdio::null())
         .spawn()

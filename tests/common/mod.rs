@@ -110,6 +110,24 @@ impl Fixture {
         c
     }
 
+    /// The real `disco` as a plain process (to spawn, kill, or give a
+    /// terminal) with this fixture's config, `state` and server, for node
+    /// `n` on `root`; the subcommand is the caller's.
+    pub fn process(&self, state: &Path, root: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+        c.env_remove("NOOP")
+            .env("NO_COLOR", "1")
+            .arg("--config")
+            .arg(self.config())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--server")
+            .arg(self.server())
+            .args(["--node", "n", "--root"])
+            .arg(root);
+        c
+    }
+
     /// `disco plan --node NODE`, returning (exit code, stdout, stderr).
     pub fn plan(&self, node: &str) -> (i32, String, String) {
         run(self.disco().args(["--node", node, "plan"]))
