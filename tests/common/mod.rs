@@ -182,6 +182,7 @@ pub fn snapshot(root: &Path) -> Vec<String> {
     out
 }
 
+pub mod debian;
 pub mod root;
 pub mod sshd;
 
