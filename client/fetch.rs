@@ -166,7 +166,7 @@ pub fn fetch(
     } else {
         ssh_opts.max_file_size
     };
-    let built = build(&tree, &spec, &plan, root, &new, max_file)
+    let built = build(&tree, &spec, &plan, root, &new, &cache, max_file)
         .with_context(|| format!("server {}", root.display()));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&new);
@@ -236,8 +236,11 @@ fn build(
     plan: &Plan,
     server: &Path,
     new: &Path,
+    old: &Path,
     max_file: u64,
 ) -> Result<()> {
+    // Units of the last cache: their unchanged files are linked, not copied.
+    let reuse = |unit: &Path| Some(old.join(unit)).filter(|p| p.is_dir());
     fs::DirBuilder::new()
         .mode(0o700)
         .create(new)
@@ -247,30 +250,45 @@ fn build(
         let src = tree
             .layer_dir(layer)?
             .expect("layers were resolved by tree.node");
+        let unit = Path::new("parameters").join(layer.as_str());
         crate::transport::copy_tree(
             &src,
-            &new.join("parameters").join(layer.as_str()),
+            &new.join(&unit),
             &format!("parameters/{layer}"),
             max_file,
+            reuse(&unit).as_deref(),
         )?;
     }
     fs::create_dir_all(new.join("modules"))?;
     for m in &plan.order {
         let src = tree.module_dir(m)?.expect("planned modules exist");
+        let unit = Path::new("modules").join(m.as_str());
         crate::transport::copy_tree(
             &src,
-            &new.join("modules").join(m.as_str()),
+            &new.join(&unit),
             &format!("modules/{m}"),
             max_file,
+            reuse(&unit).as_deref(),
         )?;
     }
     fs::create_dir_all(new.join("parameters"))?;
     let info = FetchInfo::new(spec.name.to_string(), server.display().to_string(), plan);
-    fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
-    // One syncfs makes the whole new cache durable before it is swapped in.
-    let dir = fs::File::open(new)?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
-        .context("syncfs of the new cache")?;
+    let json = new.join("fetch.json");
+    fs::File::create(&json)
+        .and_then(|mut f| {
+            io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&info)?)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    // copy_tree synced what it wrote; these make the new cache's own
+    // entries durable before it is swapped in.
+    for dir in [
+        new.join("parameters"),
+        new.join("modules"),
+        new.to_path_buf(),
+    ] {
+        crate::fsutil::fsync_dir(&dir)?;
+    }
     Ok(())
 }
 

@@ -371,6 +371,13 @@ pub mod path_bytes {
     }
 }
 
+/// Makes `dir`'s entries durable (fsync of the directory itself).
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

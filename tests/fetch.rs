@@ -120,6 +120,35 @@ fn a_refetch_replaces_the_cache() {
 }
 
 #[test]
+fn a_refetch_links_unchanged_files_and_copies_changed_ones() {
+    use std::os::unix::fs::MetadataExt;
+    let f = web_fixture();
+    assert_eq!(f.plan("web1").0, 0);
+    let ino = |p: &str| fs::metadata(f.cache().join(p)).unwrap().ino();
+    let conf = "modules/nginx/files/etc/nginx/nginx.conf";
+    let script = "modules/nginx/scripts/10-reload";
+    let (conf_before, script_before) = (ino(conf), ino(script));
+    // Same size, new content: the server's mtime tells it changed.
+    let on_server = f.server().join(script);
+    let old_mtime = fs::metadata(&on_server).unwrap().modified().unwrap();
+    fs::write(&on_server, "#!/bin/bash\necho ho\n").unwrap();
+    let file = fs::File::options().write(true).open(&on_server).unwrap();
+    file.set_modified(old_mtime + std::time::Duration::from_nanos(1))
+        .unwrap();
+    assert_eq!(f.plan("web1").0, 0);
+    assert_eq!(ino(conf), conf_before, "an unchanged file is linked");
+    assert_ne!(ino(script), script_before, "a changed file is copied");
+    assert_eq!(
+        fs::read_to_string(f.cache().join(script)).unwrap(),
+        "#!/bin/bash\necho ho\n"
+    );
+    assert_eq!(
+        snapshot(&f.server().join("modules/nginx")),
+        snapshot(&f.cache().join("modules/nginx"))
+    );
+}
+
+#[test]
 fn module_symlink_inside_the_tree_is_followed() {
     let f = Fixture::new();
     f.node("n", &["alias"]).module("real-1.0", "");

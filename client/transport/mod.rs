@@ -194,10 +194,23 @@ impl View {
 }
 
 /// Copies `src` to `dst` (which must not exist): regular files with their
-/// mode (hole-aware, never whole in memory), symlinks as symlinks (never
-/// followed), directories recursively. Sockets, FIFOs and devices are
-/// refused, and so is a file over `max_file` bytes.
-pub fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<()> {
+/// mode and mtime (hole-aware, never whole in memory), symlinks as
+/// symlinks (never followed), directories recursively. Sockets, FIFOs and
+/// devices are refused, and so is a file over `max_file` bytes.
+///
+/// `reuse` is an earlier copy of the same tree made by this function (the
+/// last fetch's cache): a file whose size, mtime and mode equal its earlier
+/// copy's is hard-linked from there instead of copied — rsync's quick
+/// check; disco never changes its copies in place. What is written is made
+/// durable by fsync of each copied file and each directory made, never by
+/// a `syncfs` that would wait for everything else on the filesystem.
+pub fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    label: &str,
+    max_file: u64,
+    reuse: Option<&Path>,
+) -> Result<()> {
     if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
         bail!(
             "{label}: more than {} levels of directories",
@@ -226,9 +239,11 @@ pub fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<(
             std::os::unix::fs::symlink(&target, &to)
                 .with_context(|| format!("cannot create {}", to.display()))?;
         } else if ft.is_dir() {
-            copy_tree(&from, &to, &shown, max_file)?;
+            let old = reuse.map(|r| r.join(&name));
+            copy_tree(&from, &to, &shown, max_file, old.as_deref())?;
         } else if ft.is_file() {
-            copy_file(&from, &to, &shown, max_file)?;
+            let old = reuse.map(|r| r.join(&name));
+            copy_file(&from, &to, &shown, max_file, old.as_deref())?;
         } else {
             let meta = entry.metadata().with_context(|| shown.clone())?;
             bail!(
@@ -239,12 +254,20 @@ pub fn copy_tree(src: &Path, dst: &Path, label: &str, max_file: u64) -> Result<(
     }
     fs::set_permissions(dst, meta.permissions())
         .with_context(|| format!("cannot set mode of {}", dst.display()))?;
-    Ok(())
+    crate::fsutil::fsync_dir(dst)
 }
 
 /// Copies one regular file of a server tree (not through a symlink),
-/// with its permission bits, holes kept.
-fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
+/// with its permission bits and mtime, holes kept, fsynced — or links
+/// `reuse` when that is an unchanged earlier copy of it.
+fn copy_file(
+    from: &Path,
+    to: &Path,
+    shown: &str,
+    max_file: u64,
+    reuse: Option<&Path>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::OpenOptionsExt;
     let src = fs::OpenOptions::new()
         .read(true)
@@ -262,6 +285,18 @@ fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
             crate::fsutil::human_bytes(max_file)
         );
     }
+    if let Some(old) = reuse {
+        let same = fs::symlink_metadata(old).is_ok_and(|o| {
+            o.is_file()
+                && o.len() == meta.len()
+                && (o.mtime(), o.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec())
+                && o.mode() & 0o7777 == meta.mode() & 0o7777
+        });
+        // A failed link (another filesystem, too many links) is a copy.
+        if same && fs::hard_link(old, to).is_ok() {
+            return Ok(());
+        }
+    }
     let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -271,6 +306,9 @@ fn copy_file(from: &Path, to: &Path, shown: &str, max_file: u64) -> Result<()> {
     crate::fsutil::copy_sparse(&src, &dst, meta.len())
         .with_context(|| format!("cannot copy {shown}"))?;
     dst.set_permissions(meta.permissions())?;
+    dst.set_modified(meta.modified()?)
+        .and_then(|()| dst.sync_all())
+        .with_context(|| format!("cannot write {}", to.display()))?;
     Ok(())
 }
 

@@ -87,7 +87,7 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
         let mut m = Manifest::default();
         let mut top = Vec::new();
         for sub in ["parameters", "modules"] {
-            super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX)?;
+            super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX, None)?;
             top.push(m.add_tree(&tmp.join(sub), sub, sub)?);
         }
         m.set_dir("", "", 0o755, top);
