@@ -173,7 +173,11 @@ pub fn fetch(
         return Err(e);
     }
     swap_in(&new, &cache, false)?;
-    let view = crate::transport::View::of(root, node)?;
+    // The hashes of the last fetch's files, kept while they are unchanged.
+    let hash_file = state_dir.join("hashes.json");
+    let mut hashes = crate::transport::manifest::HashCache::load(&hash_file);
+    let view = crate::transport::View::of_cached(root, node, &mut hashes)?;
+    hashes.save(&hash_file)?;
     // The cache is a copy of what was just planned: the plan stands.
     Ok(Fetched {
         cache,

@@ -95,7 +95,7 @@ fn a_failed_fetch_leaves_the_old_cache_intact() {
     leftovers.sort();
     assert_eq!(
         leftovers,
-        ["cache", "dance.lock"],
+        ["cache", "dance.lock", "hashes.json"],
         "no half-built cache beside the old one"
     );
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -49,6 +49,84 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// The md5 of files already hashed, keyed by device and inode and valid
+/// while size, mtime and ctime are unchanged (ctime cannot be set back by
+/// a writer). A file changed less than [`HashCache::RACY`] before it was
+/// hashed is not kept: a second write in the same timestamp tick would
+/// leave its times equal (git's "racily clean" entries). Saved as JSON.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    files: BTreeMap<String, (u64, i64, i64, i64, i64, String)>,
+    #[serde(skip)]
+    used: BTreeMap<String, (u64, i64, i64, i64, i64, String)>,
+    /// [`HashCache::RACY`] unless set (by tests).
+    #[serde(skip)]
+    racy: Option<i64>,
+}
+
+impl HashCache {
+    /// Seconds within which a just-changed file is hashed again next time.
+    pub const RACY: i64 = 2;
+
+    /// The cache saved at `path`; empty when it is missing or unreadable
+    /// (it is only a cache).
+    pub fn load(path: &Path) -> HashCache {
+        crate::fsutil::read_small(path, &path.display().to_string(), 256 << 20)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the entries used since [`HashCache::load`] (files no longer
+    /// seen are dropped) to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let data = serde_json::to_vec(&HashCache {
+            files: self.used.clone(),
+            ..HashCache::default()
+        })?;
+        // 0600: md5s of secret parameters are not for other users.
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &data))
+            .and_then(|()| fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The md5 of `path` (whose metadata is `m`), from the cache when the
+    /// file is unchanged.
+    pub fn md5(&mut self, path: &Path, m: &fs::Metadata) -> Result<String> {
+        let key = format!("{}:{}", m.dev(), m.ino());
+        let stamp = (
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        );
+        if let Some(e) = self.files.get(&key) {
+            if (e.0, e.1, e.2, e.3, e.4) == stamp {
+                self.used.insert(key, e.clone());
+                return Ok(e.5.clone());
+            }
+        }
+        let hash = md5_file(path)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now - m.ctime().max(m.mtime()) > self.racy.unwrap_or(Self::RACY) {
+            let (a, b, c, d, e) = stamp;
+            self.used.insert(key, (a, b, c, d, e, hash.clone()));
+        }
+        Ok(hash)
+    }
+}
+
 impl Manifest {
     pub fn root_hash(&self) -> String {
         dir_hash(self.dirs.get("").map(Vec::as_slice).unwrap_or(&[]))
@@ -63,6 +141,18 @@ impl Manifest {
     /// Adds the tree under `src` at manifest path `at`, returning the entry
     /// `at` gets in its parent (named `name`). Symlinks are never followed.
     pub fn add_tree(&mut self, src: &Path, at: &str, name: &str) -> Result<Entry> {
+        self.add_tree_cached(src, at, name, &mut HashCache::default())
+    }
+
+    /// [`Manifest::add_tree`], taking the md5 of a file from `hashes` when
+    /// the file is unchanged since it was hashed.
+    pub fn add_tree_cached(
+        &mut self,
+        src: &Path,
+        at: &str,
+        name: &str,
+        hashes: &mut HashCache,
+    ) -> Result<Entry> {
         if at.matches('/').count() > crate::fsutil::MAX_DEPTH {
             bail!(
                 "{}: more than {} levels of directories",
@@ -97,14 +187,14 @@ impl Manifest {
                     hash: t.to_string_lossy().into_owned(),
                 }
             } else if m.is_dir() {
-                self.add_tree(&p, &join(at, ns), ns)?
+                self.add_tree_cached(&p, &join(at, ns), ns, hashes)?
             } else if m.is_file() {
                 Entry {
                     name: ns.into(),
                     kind: 'f',
                     mode: m.mode() & 0o7777,
                     size: m.len(),
-                    hash: md5_file(&p)?,
+                    hash: hashes.md5(&p, &m)?,
                 }
             } else {
                 bail!("{} is not a file, directory or symlink", p.display());
@@ -206,6 +296,47 @@ pub fn validate(dir: &str, e: &Entry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_cache_reuses_only_unchanged_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let saved = d.path().join("hashes.json");
+        fs::write(&p, "one\n").unwrap();
+        let md5 = |c: &mut HashCache| c.md5(&p, &fs::metadata(&p).unwrap()).unwrap();
+        let mut c = HashCache {
+            racy: Some(-10),
+            ..HashCache::default()
+        };
+        assert_eq!(md5(&mut c), md5_file(&p).unwrap());
+        c.save(&saved).unwrap();
+        // Same size, mtime set back: only ctime tells the change.
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        fs::write(&p, "two\n").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let mut c = HashCache::load(&saved);
+        c.racy = Some(-10);
+        assert_eq!(c.files.len(), 1, "the saved hash is loaded");
+        assert_eq!(md5(&mut c), md5_file(&p).unwrap(), "changed: hashed again");
+        // Unchanged: the cached value is what comes back.
+        let key = c.used.keys().next().unwrap().clone();
+        let mut c = HashCache {
+            files: c.used.clone(),
+            racy: Some(-10),
+            ..HashCache::default()
+        };
+        c.files.get_mut(&key).unwrap().5 = "cached".into();
+        assert_eq!(md5(&mut c), "cached");
+        // A file changed just now is not kept (racily clean).
+        let mut c = HashCache::default();
+        md5(&mut c);
+        assert!(c.used.is_empty());
+    }
 
     #[test]
     fn a_change_anywhere_changes_the_root_hash() {

@@ -137,6 +137,11 @@ impl View {
     /// The view of `node` in the tree at `root`: its layers and the modules
     /// of its plan, hashed (or taken from the published manifest).
     pub fn of(root: &Path, node: &Name) -> Result<View> {
+        View::of_cached(root, node, &mut manifest::HashCache::default())
+    }
+
+    /// [`View::of`], with file hashes from (and into) `hashes`.
+    pub fn of_cached(root: &Path, node: &Name, hashes: &mut manifest::HashCache) -> Result<View> {
         let tree = ServerTree::open(root)?;
         let spec = tree.node(node)?;
         let plan = plan::plan(&tree, &spec)?;
@@ -166,7 +171,7 @@ impl View {
                             .cloned()
                             .with_context(|| format!("{rel} missing in the published manifest"))?
                     }
-                    _ => m.add_tree(&real, &rel, n.as_str())?,
+                    _ => m.add_tree_cached(&real, &rel, n.as_str(), hashes)?,
                 };
                 entries.push(Entry {
                     name: n.to_string(),
