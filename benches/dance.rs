@@ -44,10 +44,13 @@ fn measure(mut make: impl FnMut() -> Command) -> Measure {
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
         m.wall.push(t.elapsed().as_secs_f64());
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "a benchmarked command failed"
-        );
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            let out = make().output().unwrap();
+            panic!(
+                "a benchmarked command failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         m.rss_kib = m.rss_kib.max(ru.ru_maxrss);
     }
     m

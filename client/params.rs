@@ -330,7 +330,7 @@ pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTr
                     });
                 if let Some((k, other)) = clash {
                     bail!(
-                        "parameter '{k}' has a default in two modules, {other} and {m}: keep it in one, or set it for the node or a group"
+                        "parameter '{k}' has a default in two modules, {other} and {m}: keep the default in one of them, or move it to the node or a group"
                     );
                 }
                 owner.insert(key, m.clone());

@@ -362,7 +362,7 @@ fn two_modules_defaulting_one_key_is_an_error_and_explain_shows_every_layer() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "error: parameter 'listen_port' has a default in two modules, app and nginx: keep it in one, or set it for the node or a group\n"
+        "error: parameter 'listen_port' has a default in two modules, app and nginx: keep the default in one of them, or move it to the node or a group\n"
     );
     fs::remove_file(f.server().join("modules/app/parameters/listen_port")).unwrap();
     f.group("n", "web")

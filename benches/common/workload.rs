@@ -44,8 +44,12 @@ pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
         if empty {
             continue;
         }
-        write(&dir.join("parameters/port"), "80\n", 0o644);
-        write(&dir.join("parameters/name"), &format!("{m}\n"), 0o644);
+        // Each module's own key: two modules may not default one key.
+        write(
+            &dir.join(format!("parameters/{m}/name")),
+            &format!("{m}\n"),
+            0o644,
+        );
         for f in 1..=3 {
             let body: String = (0..16)
                 .map(|l| {
@@ -59,7 +63,7 @@ pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
             );
         }
         for t in 1..=2 {
-            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get name)\"\n");
+            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get {m}/name)\"\n");
             write(
                 &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
                 &tpl,
