@@ -2,12 +2,13 @@
 //! modules of its plan into `STATE/cache/` (DESIGN §3.3).
 //!
 //! Owns the cache: its layout (the server tree's, restricted to one node,
-//! plus `fetch.json`), its 0700 mode, and its replacement — the new copy is
+//! each unit a symlink into the content-addressed `STATE/store`, plus
+//! `fetch.json`), its 0700 mode, and its replacement — the new copy is
 //! built in a directory beside the old one and swapped in with one
 //! `renameat2(RENAME_EXCHANGE)`, so any failure leaves the last good cache.
 //! Everything is validated (names, groups, plan, parameter trees) before
-//! the first byte is written. Transports: a local directory path today;
-//! `ssh://` is refused with a clear message until it exists.
+//! the first byte is written. Transports: a local directory path, and
+//! `ssh://` through [`crate::transport::ssh`].
 
 use std::fs;
 use std::io;
@@ -166,18 +167,20 @@ pub fn fetch(
     } else {
         ssh_opts.max_file_size
     };
-    let built = build(&tree, &spec, &plan, root, &new, &cache, max_file)
+    // The node's view, hashed (file hashes kept while files are unchanged).
+    let hash_file = state_dir.join("hashes.json");
+    let mut hashes = crate::transport::manifest::HashCache::load(&hash_file);
+    let view = crate::transport::View::of_cached(root, node, &mut hashes)
+        .with_context(|| format!("server {}", root.display()))?;
+    hashes.save(&hash_file)?;
+    let info = FetchInfo::new(spec.name.to_string(), root.display().to_string(), &plan);
+    let built = build(&view, &info, &new, &cache, &store_dir(state_dir), max_file)
         .with_context(|| format!("server {}", root.display()));
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&new);
         return Err(e);
     }
     swap_in(&new, &cache, false)?;
-    // The hashes of the last fetch's files, kept while they are unchanged.
-    let hash_file = state_dir.join("hashes.json");
-    let mut hashes = crate::transport::manifest::HashCache::load(&hash_file);
-    let view = crate::transport::View::of_cached(root, node, &mut hashes)?;
-    hashes.save(&hash_file)?;
     // The cache is a copy of what was just planned: the plan stands.
     Ok(Fetched {
         cache,
@@ -234,53 +237,79 @@ fn remove_leftovers(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Builds the new cache at `new` from the server tree at `server` whose
+/// node view (hashed) is `view`: `parameters/L` and `modules/M` are
+/// symlinks into the content-addressed store beside the cache, as the SSH
+/// transport lays them out, so an unchanged unit costs one symlink. A unit
+/// not in the store yet is copied (files unchanged since the last cache
+/// linked from it), checked against its hash — the server tree may change
+/// while it is read — and moved into the store.
 fn build(
-    tree: &ServerTree,
-    spec: &NodeSpec,
-    plan: &Plan,
-    server: &Path,
+    view: &crate::transport::View,
+    info: &FetchInfo,
     new: &Path,
     old: &Path,
+    store: &Path,
     max_file: u64,
 ) -> Result<()> {
-    // Units of the last cache: their unchanged files are linked, not copied.
-    let reuse = |unit: &Path| Some(old.join(unit)).filter(|p| p.is_dir());
+    use crate::transport::manifest::Manifest;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(new)
         .with_context(|| format!("cannot create {}", new.display()))?;
     fs::set_permissions(new, fs::Permissions::from_mode(0o700))?;
-    for layer in &spec.layers {
-        let src = tree
-            .layer_dir(layer)?
-            .expect("layers were resolved by tree.node");
-        let unit = Path::new("parameters").join(layer.as_str());
-        crate::transport::copy_tree(
-            &src,
-            &new.join(&unit),
-            &format!("parameters/{layer}"),
-            max_file,
-            reuse(&unit).as_deref(),
-        )?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
+    let mut copied = 0;
+    for top in ["parameters", "modules"] {
+        fs::create_dir(new.join(top))?;
+        for e in view
+            .manifest
+            .dirs
+            .get(top)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let unit = format!("{top}/{}", e.name);
+            let key = format!("{}-{:o}", e.hash, e.mode);
+            std::os::unix::fs::symlink(
+                Path::new("../../store").join(&key),
+                new.join(top).join(&e.name),
+            )?;
+            let done = store.join(&key);
+            if done.is_dir() {
+                continue;
+            }
+            let src = view
+                .dirs
+                .get(&unit)
+                .with_context(|| format!("{unit} is not in the node's view"))?;
+            let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp)?;
+            }
+            let prev = Some(old.join(&unit)).filter(|p| p.is_dir());
+            crate::transport::copy_tree(src, &tmp, &unit, max_file, prev.as_deref())?;
+            let got = Manifest::default().add_tree(&tmp, &unit, &e.name)?;
+            if got.hash != e.hash || got.mode != e.mode {
+                let _ = fs::remove_dir_all(&tmp);
+                bail!("{unit} changed while it was copied; fetch again");
+            }
+            fs::rename(&tmp, &done)
+                .with_context(|| format!("cannot move {unit} into {}", done.display()))?;
+            copied += 1;
+        }
     }
-    fs::create_dir_all(new.join("modules"))?;
-    for m in &plan.order {
-        let src = tree.module_dir(m)?.expect("planned modules exist");
-        let unit = Path::new("modules").join(m.as_str());
-        crate::transport::copy_tree(
-            &src,
-            &new.join(&unit),
-            &format!("modules/{m}"),
-            max_file,
-            reuse(&unit).as_deref(),
-        )?;
+    if copied > 0 {
+        crate::fsutil::fsync_dir(store)?;
     }
-    fs::create_dir_all(new.join("parameters"))?;
-    let info = FetchInfo::new(spec.name.to_string(), server.display().to_string(), plan);
     let json = new.join("fetch.json");
     fs::File::create(&json)
         .and_then(|mut f| {
-            io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&info)?)?;
+            io::Write::write_all(&mut f, &serde_json::to_vec_pretty(info)?)?;
             f.sync_all()
         })
         .with_context(|| format!("cannot write {}", json.display()))?;

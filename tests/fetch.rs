@@ -95,7 +95,7 @@ fn a_failed_fetch_leaves_the_old_cache_intact() {
     leftovers.sort();
     assert_eq!(
         leftovers,
-        ["cache", "dance.lock", "hashes.json"],
+        ["cache", "dance.lock", "hashes.json", "store"],
         "no half-built cache beside the old one"
     );
 }
@@ -128,6 +128,8 @@ fn a_refetch_links_unchanged_files_and_copies_changed_ones() {
     let conf = "modules/nginx/files/etc/nginx/nginx.conf";
     let script = "modules/nginx/scripts/10-reload";
     let (conf_before, script_before) = (ino(conf), ino(script));
+    let unit = |m: &str| fs::read_link(f.cache().join("modules").join(m)).unwrap();
+    let (base_before, nginx_before) = (unit("base"), unit("nginx"));
     // Same size, new content: the server's mtime tells it changed.
     let on_server = f.server().join(script);
     let old_mtime = fs::metadata(&on_server).unwrap().modified().unwrap();
@@ -136,6 +138,15 @@ fn a_refetch_links_unchanged_files_and_copies_changed_ones() {
     file.set_modified(old_mtime + std::time::Duration::from_nanos(1))
         .unwrap();
     assert_eq!(f.plan("web1").0, 0);
+    assert_eq!(unit("base"), base_before, "an unchanged unit is reused");
+    assert_ne!(unit("nginx"), nginx_before, "a changed unit is new");
+    let old_unit = f
+        .state()
+        .join("store")
+        .join(nginx_before.file_name().unwrap());
+    assert!(old_unit.is_dir(), "kept until the cache stops using it");
+    assert_eq!(f.plan("web1").0, 0);
+    assert!(!old_unit.exists(), "the next fetch drops the unused unit");
     assert_eq!(ino(conf), conf_before, "an unchanged file is linked");
     assert_ne!(ino(script), script_before, "a changed file is copied");
     assert_eq!(
@@ -156,10 +167,13 @@ fn module_symlink_inside_the_tree_is_followed() {
     symlink("real-1.0", f.server().join("modules/alias")).unwrap();
     assert_eq!(f.plan("n").1, "alias\n");
     assert!(f.cache().join("modules/alias/files/x").is_file());
-    assert!(!fs::symlink_metadata(f.cache().join("modules/alias"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    // A copy in the state dir's store, not a link to the server's tree.
+    let real = fs::canonicalize(f.cache().join("modules/alias")).unwrap();
+    assert!(
+        real.starts_with(fs::canonicalize(f.state().join("store")).unwrap()),
+        "{}",
+        real.display()
+    );
 }
 
 #[test]

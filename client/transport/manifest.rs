@@ -197,7 +197,11 @@ impl Manifest {
                     hash: hashes.md5(&p, &m)?,
                 }
             } else {
-                bail!("{} is not a file, directory or symlink", p.display());
+                bail!(
+                    "{} is a {}; a server tree may hold only regular files, directories and symlinks",
+                    join(at, ns),
+                    crate::fsutil::kind_name(&m)
+                );
             };
             entries.push(e);
         }
