@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -81,20 +81,12 @@ impl HashCache {
     /// Saves the entries used since [`HashCache::load`] (files no longer
     /// seen are dropped) to `path`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("tmp");
         let data = serde_json::to_vec(&HashCache {
             files: self.used.clone(),
             ..HashCache::default()
         })?;
         // 0600: md5s of secret parameters are not for other users.
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &data))
-            .and_then(|()| fs::rename(&tmp, path))
+        crate::fsutil::write_private(path, &data)
             .with_context(|| format!("cannot write {}", path.display()))
     }
 

@@ -340,16 +340,8 @@ fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     for name in [format!("{}.json", report.id), "last.json".to_string()] {
-        let tmp = dir.join(format!(".{name}.tmp"));
         // Readable by the serving user only.
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(blob))?;
-        fs::rename(&tmp, dir.join(&name))?;
+        crate::fsutil::write_private(&dir.join(&name), blob)?;
     }
     crate::report::prune_runs(&dir, KEPT_REPORTS);
     Ok(())
