@@ -431,9 +431,16 @@ fn fetch_ssh(
         let info = FetchInfo::new(node.to_string(), server.to_string(), &plan);
         fs::write(new.join("fetch.json"), serde_json::to_vec_pretty(&info)?)?;
         fs::set_permissions(&new, fs::Permissions::from_mode(0o700))?;
-        let dir = fs::File::open(&new)?;
-        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
-            .context("syncfs of the new cache")?;
+        // The units were synced as they were made; these make the new
+        // cache's own entries durable before it is swapped in.
+        for f in [ssh::CACHE_MANIFEST, "fetch.json"] {
+            fs::File::open(new.join(f))
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", new.join(f).display()))?;
+        }
+        for dir in [new.join("parameters"), new.join("modules"), new.clone()] {
+            crate::fsutil::fsync_dir(&dir)?;
+        }
         Ok(())
     })();
     if let Err(e) = built {

@@ -367,14 +367,21 @@ pub fn sync(
 
     // Directory modes last (a read-only directory could not be filled),
     // then each finished unit goes into the store.
+    // Each received file was fsynced; each directory made is synced here,
+    // so the new units are durable without a syncfs of the filesystem.
     for (d, mode) in dirs_built.iter().rev() {
         fs::set_permissions(d, fs::Permissions::from_mode(*mode))?;
+        crate::fsutil::fsync_dir(d)?;
     }
     for (unit, (tmp, done)) in &building {
         let mode = m.entry(unit).map(|e| e.mode).unwrap_or(0o755);
         fs::set_permissions(tmp, fs::Permissions::from_mode(mode))?;
+        crate::fsutil::fsync_dir(tmp)?;
         fs::rename(tmp, done)
             .with_context(|| format!("cannot move {unit} into {}", done.display()))?;
+    }
+    if !building.is_empty() {
+        crate::fsutil::fsync_dir(store)?;
     }
     Ok(m)
 }
@@ -591,6 +598,8 @@ fn receive_whole(s: &mut Session, path: &str, e: &Entry, size: u64, dst: &Path) 
         bail!("{path} does not match its hash after the transfer");
     }
     f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", dst.display()))?;
     Ok(())
 }
 
@@ -626,6 +635,8 @@ fn receive_delta(
         .open(dst)?;
     f.write_all(&content)?;
     f.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", dst.display()))?;
     Ok(true)
 }
 
