@@ -9,10 +9,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::root::deep_snapshot;
-use common::{run, Fixture};
+use common::{git, run, Fixture};
 
 /// The root's snapshot without disco's state, logs and caches, and
 /// without directory mtimes (adding and removing entries changes them).
@@ -32,27 +31,6 @@ fn pristine_view(root: &Path) -> Vec<String> {
             parts.join(" ")
         })
         .collect()
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 }
 
 #[test]

@@ -231,3 +231,26 @@ pub fn helper(name: &str) -> PathBuf {
     }
     out
 }
+
+/// Runs `git ARGS` in `dir` (a fixed identity and branch name), which
+/// must succeed: server trees kept in git, as on a real server.
+pub fn git(dir: &Path, args: &[&str]) {
+    let st = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
