@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -181,15 +181,19 @@ impl Job {
             run.failed = Some(format!("{e:#}"));
             return run;
         }
-        for (src, rel) in templates {
-            let want = self.wanted(&rules, &rel, 0o644);
-            let step = self.render(&src, &rel, want);
-            let failed = step.error.clone();
-            run.steps.push(step);
-            if failed.is_some() {
-                run.failed = failed;
-                return run;
-            }
+        let jobs: Vec<_> = templates
+            .into_iter()
+            .map(|(src, rel)| {
+                let want = self.wanted(&rules, &rel, 0o644);
+                (src, rel, want)
+            })
+            .collect();
+        let rendered = self.render_all(&jobs);
+        let failed = rendered.last().and_then(|s| s.error.clone());
+        run.steps.extend(rendered);
+        if failed.is_some() {
+            run.failed = failed;
+            return run;
         }
 
         match self.scripts() {
@@ -365,26 +369,96 @@ impl Job {
         copy_if_changed(src, target, meta.len(), want)
     }
 
-    fn render(&self, src: &Path, rel: &Path, want: Wanted) -> Step {
-        let name = format!("templates/{}", rel.display());
+    /// Renders `templates` (source, module path, attributes) in order, in
+    /// one bash for the module: each template runs in a subshell of its own
+    /// (`( . TEMPLATE )`, stdout to a file of the sandbox's `/run`), so it
+    /// keeps its own stdout, exit status, options, traps and time limit,
+    /// but costs a fork instead of a bash started from scratch (see
+    /// [`RENDER_DRIVER`]). Each template's output is written to its target
+    /// before the next one starts; the first failure ends the rendering.
+    /// One step per template rendered, the failed one last.
+    fn render_all(&self, templates: &[(PathBuf, PathBuf, Wanted)]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if templates.is_empty() {
+            return steps;
+        }
+        let name = |rel: &Path| format!("templates/{}", rel.display());
         let started = Instant::now();
-        let result = (|| -> Result<(i32, libc::rusage, Vec<u8>)> {
-            let target = self.target_path(rel, false)?;
-            let mut child = self
-                .command(src)
-                .stdout(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("cannot run bash for {name}"))?;
-            let mut out = Vec::new();
-            let mut pipe = child.stdout.take().expect("piped");
-            let (read, status, ru) = self.supervise(&child, || pipe.read_to_end(&mut out))?;
-            read.context("reading the template's output")?;
-            if status == 0 {
-                write_if_changed(&target, &out, want)?;
-            }
-            Ok((status, ru, out))
+        let out_file = Path::new(RENDER_OUT);
+        let spawned = (|| -> Result<std::process::Child> {
+            let dir = out_file.parent().expect("has a parent");
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut c = self.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
+            c.arg(out_file);
+            c.args(templates.iter().map(|(src, _, _)| src));
+            c.stdin(Stdio::piped()).stdout(Stdio::piped());
+            c.spawn().context("cannot run bash")
         })();
-        finish(name, started, result.map(|(s, ru, _)| (s, ru)), "template")
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let first = name(&templates[0].1);
+                steps.push(finish(first, started, Err(e), "template"));
+                return steps;
+            }
+        };
+        let mut go = child.stdin.take().expect("piped");
+        let mut status = io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut cpu_before = (0.0, 0.0);
+        for (i, (_, rel, want)) in templates.iter().enumerate() {
+            let started = if i == 0 { started } else { Instant::now() };
+            let (limit, by) = self.limit();
+            let dog = Watchdog::start(child.id(), limit, by.clone(), true);
+            let ended = read_rendered(&mut status);
+            let result = if dog.finish() {
+                Err(anyhow::anyhow!(
+                    "was killed after {} s ({by}); its processes were ended",
+                    limit.as_secs()
+                ))
+            } else {
+                ended.and_then(|(code, cpu)| {
+                    param_errors()?;
+                    if code == 0 {
+                        let target = self.target_path(rel, false)?;
+                        let out = fs::read(out_file).context("reading the template's output")?;
+                        write_if_changed(&target, &out, *want)?;
+                    }
+                    Ok((code, cpu))
+                })
+            };
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            if let Ok((_, (user, sys))) = &result {
+                let micros = |s: f64| libc::timeval {
+                    tv_sec: s.trunc() as libc::time_t,
+                    tv_usec: (s.fract() * 1e6) as libc::suseconds_t,
+                };
+                ru.ru_utime = micros((user - cpu_before.0).max(0.0));
+                ru.ru_stime = micros((sys - cpu_before.1).max(0.0));
+                cpu_before = (*user, *sys);
+            }
+            let step = finish(
+                name(rel),
+                started,
+                result.map(|(code, _)| (code, ru)),
+                "template",
+            );
+            let failed = step.error.is_some();
+            steps.push(step);
+            if failed || go.write_all(b"go\n").is_err() {
+                break;
+            }
+        }
+        drop(go);
+        drop(status);
+        // The driver ends at the end of its list or when its input closes;
+        // a killed one is already gone.
+        let _ = wait4(child.id());
+        let _ = fs::remove_file(out_file);
+        steps
     }
 
     /// The scripts to run, sorted, and the files of `scripts/` skipped
@@ -438,8 +512,16 @@ impl Job {
 
     /// `bash FILE` with the job's environment, in `/`, stdin from /dev/null.
     fn command(&self, file: &Path) -> Command {
+        let mut c = self.command_with(&[]);
+        c.arg(file);
+        c
+    }
+
+    /// `bash ARGS…` with the job's environment, in `/`, stdin from
+    /// /dev/null, in a process group of its own.
+    fn command_with(&self, args: &[&str]) -> Command {
         let mut c = Command::new("bash");
-        c.arg(file)
+        c.args(args)
             .env_clear()
             .envs(self.env())
             .current_dir("/")
@@ -548,21 +630,109 @@ impl Job {
             );
         }
         let (status, ru) = waited?;
-        // A `disco param get` that failed fails the step, even inside
-        // `$(…)`, where bash drops its exit status.
-        let errors = Path::new(crate::sandbox::PARAM_ERRORS);
-        let said = crate::fsutil::read_small(errors, "the parameter errors", 64 << 10)?;
-        let _ = fs::remove_file(errors);
-        if let Some(text) = said.filter(|t| !t.is_empty()) {
-            let text = String::from_utf8_lossy(&text);
-            bail!(
-                "{}",
-                text.lines().next().unwrap_or("a parameter lookup failed")
-            );
-        }
+        param_errors()?;
         Ok((out, status, ru))
     }
 }
+
+/// Fails when a `disco param get` of the step failed, even inside `$(…)`,
+/// where bash drops its exit status: the lookups record their errors in
+/// [`crate::sandbox::PARAM_ERRORS`], emptied here for the next step.
+fn param_errors() -> Result<()> {
+    let errors = Path::new(crate::sandbox::PARAM_ERRORS);
+    let said = crate::fsutil::read_small(errors, "the parameter errors", 64 << 10)?;
+    let _ = fs::remove_file(errors);
+    if let Some(text) = said.filter(|t| !t.is_empty()) {
+        let text = String::from_utf8_lossy(&text);
+        bail!(
+            "{}",
+            text.lines().next().unwrap_or("a parameter lookup failed")
+        );
+    }
+    Ok(())
+}
+
+/// Reads what [`RENDER_DRIVER`] says after a template: `E STATUS`, then
+/// the two lines of bash's `times` (its own, then its children's user and
+/// system time). Returns the status and the children's (user, system)
+/// seconds so far.
+fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
+    let mut lines = [String::new(), String::new(), String::new()];
+    for l in &mut lines {
+        if status
+            .read_line(l)
+            .context("reading the renderer's status")?
+            == 0
+        {
+            bail!("bash ended before the template did (its renderer was killed)");
+        }
+    }
+    let code = lines[0]
+        .strip_prefix("E ")
+        .and_then(|c| c.trim().parse::<i32>().ok())
+        .with_context(|| format!("the renderer said {:?}", lines[0].trim()))?;
+    // `0m0.004s 0m0.001s`
+    let secs = |t: &str| -> Option<f64> {
+        let (m, s) = t.strip_suffix('s')?.split_once('m')?;
+        Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    let mut cpu = lines[2].split_whitespace().map(secs);
+    let cpu = match (cpu.next().flatten(), cpu.next().flatten()) {
+        (Some(u), Some(s)) => (u, s),
+        _ => (0.0, 0.0),
+    };
+    Ok((code, cpu))
+}
+
+/// Where a template's output goes inside the sandbox (its own `/run`).
+const RENDER_OUT: &str = "/run/disco/render/out";
+
+/// The bash program that renders a module's templates (`bash -c DRIVER
+/// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
+/// from /dev/null, stdout to OUT, `$0` its path; after it the driver says
+/// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
+/// its stdin (disco has written the target) before the next one.
+///
+/// `disco param get KEY` is a shell function here, answered with bash
+/// builtins: no process at all, or one fork inside `$(…)` — where the
+/// sandbox's `disco` shim starts `/bin/sh` and `cat`. Same keys, same
+/// errors, same record of a failed lookup as [`crate::sandbox::PARAM_SHIM`].
+pub const RENDER_DRIVER: &str = r#"__disco_out=$1; shift
+disco() {
+    if [ "${1-}" = param ] && [ "${2-}" = get ] && [ "$#" -eq 3 ]; then
+        local key=$3 err= value=
+        case "$key" in
+        ''|/*|*/|*//*|*[!A-Za-z0-9._/-]*) err="invalid parameter key '$key'" ;;
+        *) case "/$key/" in */./*|*/../*) err="invalid parameter key '$key'" ;; esac ;;
+        esac
+        if [ -n "$err" ]; then
+            :
+        elif [ -f "$DISCO_PARAMS/$key" ]; then
+            IFS= read -r -d '' value < "$DISCO_PARAMS/$key" || :
+            printf '%s' "$value"
+            return 0
+        elif [ -d "$DISCO_PARAMS/$key" ]; then
+            err="parameter '$key' is a directory: use \`disco param keys $key\`"
+        else
+            err="no parameter '$key'"
+        fi
+        printf 'error: %s\n' "$err" >&2
+        printf '%s\n' "$err" >> /run/disco/queue/param-errors
+        return 1
+    fi
+    command disco "$@"
+}
+for __disco_t in "$@"; do
+    (
+        exec < /dev/null > "$__disco_out"
+        BASH_ARGV0=$__disco_t
+        . "$__disco_t"
+    )
+    printf 'E %s\n' "$?"
+    times
+    IFS= read -r __disco_go && [ "$__disco_go" = go ] || exit 0
+done
+"#;
 
 /// Turns a child's status into a step, with the error line if it failed.
 fn finish(name: String, started: Instant, result: Result<(i32, libc::rusage)>, what: &str) -> Step {

@@ -669,6 +669,7 @@ impl<'a> Run<'a> {
     /// actions and handlers. Returns the ending and whether the layers
     /// must be kept (a failed merge that could not be rolled back).
     fn merge_and_act(&mut self) -> Result<(Ending, bool)> {
+        self.sandbox.drop_squash();
         let state = &self.config.state_dir.value;
         // The last look before the first live entry is touched.
         let lost = self.lost_updates();

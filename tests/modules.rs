@@ -194,6 +194,132 @@ fn a_step_over_its_time_limit_fails_the_dance_and_nothing_is_merged() {
 }
 
 #[test]
+fn each_template_keeps_its_own_shell_status_and_time_limit() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.file("modules/m/parameters/port", "8080\n");
+    // t1 changes its shell (errexit, a variable, a function, a trap);
+    // t2 must see none of it.
+    f.module_file(
+        "m",
+        "templates/etc/t1",
+        "set -e\nX=leak\nf() { :; }\ntrap 'echo trap' EXIT\necho \"0=$0\"\necho \"port=$(disco param get port)\"\nprintf 'bare='; disco param get port\n",
+        0o644,
+    )
+    .module_file(
+        "m",
+        "templates/etc/t2",
+        "false\necho \"x=${X-unset} f=$(type -t f || echo none)\"\ncat; echo \"stdin=$?\"\n",
+        0o644,
+    );
+    let (code, out, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{out}{err}");
+    let t1 = fs::read_to_string(r.path.join("etc/t1")).unwrap();
+    assert!(t1.ends_with("port=8080\nbare=8080\ntrap\n"), "{t1}");
+    assert!(
+        t1.starts_with("0=/") && t1.contains("/templates/etc/t1\n"),
+        "{t1}"
+    );
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/t2")).unwrap(),
+        "x=unset f=none\nstdin=0\n"
+    );
+
+    // A failing template ends the module there: the next one is not rendered.
+    f.module_file(
+        "m",
+        "templates/etc/t1",
+        "echo \"$(disco param get no/such)\"\n",
+        0o644,
+    )
+    .module_file("m", "templates/etc/t2", "touch /etc/t2-ran\n", 0o644);
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: m: templates/etc/t1: no parameter 'no/such'"),
+        "{err}"
+    );
+    assert!(!err.contains("t2-ran"), "{err}");
+
+    // Each template has its own time limit, and a hung one is killed.
+    f.module_file("m", "timeout", "1\n", 0o644)
+        .module_file("m", "templates/etc/t1", "sleep 0.7; echo one\n", 0o644)
+        .module_file("m", "templates/etc/t2", "sleep 0.7; echo two\n", 0o644)
+        .module_file("m", "templates/etc/t3", "sleep 1000 & sleep 1000\n", 0o644);
+    let started = std::time::Instant::now();
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(
+        err.contains("error: m: templates/etc/t3: was killed after 1 s (modules/m/timeout); its processes were ended"),
+        "{err}"
+    );
+}
+
+#[test]
+fn later_modules_see_deletions_replacements_and_opaque_dirs_of_earlier_ones() {
+    // Five modules, each seeing what the ones before left: whiteouts,
+    // a directory replaced (opaque), a file turned into a directory and
+    // back, a mode change — the lower stack of module 5 is the squash of
+    // modules 1–4.
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/keep/r1", "root\n")
+        .file("etc/keep/r2", "root\n")
+        .file("etc/gone", "root\n")
+        .file("etc/ftod", "a file\n");
+    let mods = ["m1", "m2", "m3", "m4", "m5"];
+    f.node("n", &mods);
+    let scripts = [
+        "rm /etc/gone; mkdir /etc/new; echo 1 > /etc/new/a; rm -rf /etc/keep; mkdir /etc/keep; echo k > /etc/keep/only; rm /etc/ftod; mkdir /etc/ftod; echo z > /etc/ftod/z\n",
+        "echo 2 > /etc/new/b; rm /etc/new/a; chmod 700 /etc/new\n",
+        "{ ls -A /etc/keep /etc/new /etc/ftod; test -e /etc/gone && echo gone-visible; stat -c %a /etc/new; } > /etc/seen3; rm -rf /etc/ftod\n",
+        "test -e /etc/ftod && echo ftod-visible > /etc/seen4; mkdir /etc/ftod; echo again > /etc/ftod/new\n",
+        "ls -A /etc/ftod > /etc/seen5; cat /etc/new/b >> /etc/seen5\n",
+    ];
+    for (i, (m, script)) in mods.iter().zip(scripts).enumerate() {
+        let requires = if i > 0 {
+            format!("after {}\n", mods[i - 1])
+        } else {
+            String::new()
+        };
+        f.module(m, &requires);
+        f.module_file(m, "scripts/10-x", script, 0o755);
+    }
+    let (code, out, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/seen3")).unwrap(),
+        "/etc/ftod:\nz\n\n/etc/keep:\nonly\n\n/etc/new:\nb\n700\n"
+    );
+    assert!(
+        !r.path.join("etc/seen4").exists(),
+        "a deleted directory stays deleted"
+    );
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/seen5")).unwrap(),
+        "new\n2\n"
+    );
+    let names = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(r.path.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("etc/keep"), ["only"]);
+    assert_eq!(names("etc/new"), ["b"]);
+    assert_eq!(names("etc/ftod"), ["new"]);
+    assert!(!r.path.join("etc/gone").exists());
+    assert_eq!(
+        fs::metadata(r.path.join("etc/new")).unwrap().mode() & 0o7777,
+        0o700
+    );
+}
+
+#[test]
 fn noop_is_honoured_by_undo_and_publish() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());

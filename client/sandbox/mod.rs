@@ -17,6 +17,7 @@ pub mod mounts;
 pub mod scratch;
 pub mod security;
 pub mod shims;
+pub mod squash;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -125,6 +126,9 @@ pub struct Sandbox {
     /// `noop_network = "host"`: a noop sandbox keeps the host's network
     /// (a package install can download); files, PIDs, UTS, IPC stay its own.
     pub host_network: bool,
+    /// How many layers (1..=n) are folded into the squash ([`squash`]);
+    /// `None` once a fold failed or a layer ran below it: stack them.
+    squashed: std::cell::Cell<Option<usize>>,
 }
 
 /// The result of work done in a sandbox, and what it left behind.
@@ -227,7 +231,7 @@ impl Sandbox {
             scratch::mount(&state, &mem, scratch_max, false)?;
         }
         let layers_dir = run.layers();
-        for d in ["u", "w", "s"] {
+        for d in ["u", "w", "s", "q"] {
             fs::create_dir(layers_dir.join(d))
                 .with_context(|| format!("cannot create {}", layers_dir.join(d).display()))?;
         }
@@ -250,6 +254,7 @@ impl Sandbox {
             state_in_root,
             masks: Default::default(),
             host_network: false,
+            squashed: std::cell::Cell::new(Some(0)),
         })
     }
 
@@ -292,6 +297,48 @@ impl Sandbox {
         }
     }
 
+    /// Folds the uppers of layers below `layer` not folded yet into the
+    /// squash; true when the squash then holds exactly layers
+    /// 1..`layer`-1 (a layer run again below what is folded, or a failed
+    /// fold, turns squashing off for the run: the layers are stacked).
+    fn squash_below(&self, layer: usize) -> bool {
+        let Some(done) = self.squashed.get() else {
+            return false;
+        };
+        let want = layer.saturating_sub(1);
+        if done > want {
+            self.squashed.set(None);
+            return false;
+        }
+        if want == 0 {
+            return false;
+        }
+        let layers = self.run.layers();
+        for i in done + 1..=want {
+            for k in 0..self.mounts.len() {
+                let upper = self.run.upper(i, k);
+                let root = self.root.join(&self.mounts[k].rel);
+                if let Err(e) = squash::fold(&upper, &layers.join(RunDir::squash_rel(k)), &root) {
+                    crate::output::warning(&format!(
+                        "cannot squash layer {i} ({e:#}); stacking every layer instead"
+                    ));
+                    self.squashed.set(None);
+                    return false;
+                }
+            }
+        }
+        self.squashed.set(Some(want));
+        true
+    }
+
+    /// Removes the squash (its names for the uppers' inodes would count
+    /// as hard links in the merge). The layers run after this are stacked.
+    pub fn drop_squash(&self) {
+        self.squashed.set(None);
+        let q = self.run.layers().join("q");
+        let _ = fs::remove_dir_all(&q);
+    }
+
     /// Runs `body` inside the sandbox of `layer` (1-based), in a child
     /// process that is the init of its own PID namespace: when it ends,
     /// every process the body started ends with it. Errors of the sandbox
@@ -308,6 +355,7 @@ impl Sandbox {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
     {
+        let squashed = self.squash_below(layer);
         for (k, m) in self.mounts.iter().enumerate() {
             let upper = self.run.upper(layer, k);
             fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
@@ -337,7 +385,7 @@ impl Sandbox {
                     drop((r1, r2));
                     (w1, w2)
                 });
-                let code = self.child(layer, binds, writer, std, body);
+                let code = self.child((layer, squashed), binds, writer, std, body);
                 // SAFETY: leaving the forked child without running the parent's destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -365,7 +413,7 @@ impl Sandbox {
     /// which builds the root and runs the body.
     fn child<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
-        layer: usize,
+        layer: (usize, bool),
         binds: &[Bind],
         out: OwnedFd,
         std: Option<(OwnedFd, OwnedFd)>,
@@ -415,7 +463,7 @@ impl Sandbox {
     /// the body, reads back the queue the shims wrote, reports.
     fn init<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
-        layer: usize,
+        layer: (usize, bool),
         binds: &[Bind],
         out: OwnedFd,
         std: Option<(OwnedFd, OwnedFd)>,
@@ -453,7 +501,7 @@ impl Sandbox {
     }
 
     /// Mounts the root of `layer` and pivots into it.
-    fn enter(&self, layer: usize, binds: &[Bind]) -> Result<()> {
+    fn enter(&self, (layer, squashed): (usize, bool), binds: &[Bind]) -> Result<()> {
         nix::unistd::chdir(&self.run.layers()).context("chdir to the run's layers")?;
         propagation(
             MsFlags::MS_PRIVATE,
@@ -464,6 +512,7 @@ impl Sandbox {
             root: &self.root,
             mounts: &self.mounts,
             layer,
+            squashed,
             shims: &self.shims,
             merged: &merged,
             hidden: self.state_in_root.as_deref(),

@@ -224,6 +224,9 @@ pub struct RootPlan<'a> {
     pub mounts: &'a [Mount],
     /// Layer being run (1-based); layers 1..layer-1 are its lower stack.
     pub layer: usize,
+    /// Layers 1..layer-1 are folded into the squash (`q/K`), which is then
+    /// the one lower layer above the shims instead of all of them.
+    pub squashed: bool,
     /// Mount indexes that have a shim layer.
     pub shims: &'a [bool],
     pub merged: &'a Path,
@@ -266,10 +269,14 @@ pub const DEV_NODES: &[(&str, u64, u64)] = &[
 pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
     let mut ops = Vec::new();
     for (k, m) in plan.mounts.iter().enumerate() {
-        let mut lowers: Vec<PathBuf> = (1..plan.layer)
-            .rev()
-            .map(|i| RunDir::upper_rel(i, k))
-            .collect();
+        let mut lowers: Vec<PathBuf> = if plan.squashed {
+            vec![RunDir::squash_rel(k)]
+        } else {
+            (1..plan.layer)
+                .rev()
+                .map(|i| RunDir::upper_rel(i, k))
+                .collect()
+        };
         if plan.shims.get(k).copied().unwrap_or(false) {
             lowers.push(RunDir::shim_rel(k));
         }
@@ -636,6 +643,7 @@ mod tests {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
+            squashed: false,
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
             hidden: Some(Path::new("var/lib/disco")),
@@ -652,6 +660,21 @@ mod tests {
         assert_eq!(target, Path::new("/s/run/R/merged/"));
         let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(lowers, ["u/2-0", "u/1-0", "s/0", "/srv/root/"]);
+        // Squashed: the earlier uppers are one lower.
+        let squashed = root_ops(&RootPlan {
+            root: Path::new("/srv/root"),
+            mounts: &mounts,
+            layer: 3,
+            squashed: true,
+            shims: &[true],
+            merged: Path::new("/s/run/R/merged"),
+            hidden: None,
+        });
+        let MountOp::Overlay { lowers: q, .. } = &squashed[0] else {
+            panic!()
+        };
+        let q: Vec<String> = q.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(q, ["q/0", "s/0", "/srv/root/"]);
         assert_eq!(
             (upper.to_str(), work.to_str()),
             (Some("u/3-0"), Some("w/3-0"))
@@ -705,6 +728,7 @@ mod tests {
             root: Path::new("/r"),
             mounts: &mounts,
             layer: 1,
+            squashed: false,
             shims: &[false],
             merged: Path::new("/m"),
             hidden: None,

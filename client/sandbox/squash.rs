@@ -1,0 +1,155 @@
+//! The squashed lower layer (DESIGN §5): the upper layers of the modules
+//! already run, folded into one directory in overlayfs' own format, so
+//! module *i* mounts `upper(i)` over `[squash, shims, ROOT]` instead of
+//! over all *i − 1* earlier uppers. A path lookup then costs the same at
+//! the 400th module as at the 2nd; the per-module uppers stay as they
+//! are, for the diff's attribution, `disco diff`, the merge and undo.
+//!
+//! Owns the fold: every entry of an upper replaces the same path of the
+//! squash (regular files, symlinks, whiteouts and special files as hard
+//! links — no data is copied, the cost is one link per changed entry);
+//! a directory is merged into the squash's, taking its mode, owner,
+//! extended attributes and mtime; an opaque directory, or a directory
+//! where the squash had a file or a whiteout, replaces what was there and
+//! is opaque — in both stacks nothing of ROOT shows through it.
+//!
+//! The squash holds extra names for the uppers' inodes; it is removed
+//! before the merge, which counts links (hard links kept).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::fsutil::{is_opaque, is_whiteout, MAX_DEPTH};
+
+const OPAQUE: &str = "trusted.overlay.opaque";
+
+/// Folds the upper layer `upper` (none: nothing to fold) into `squash`
+/// (created if missing), over `root` (the filesystem's directory in
+/// ROOT). An error leaves the squash unusable: the caller falls back to
+/// stacking.
+///
+/// A whiteout is kept only where ROOT has something to hide: overlayfs
+/// filters whiteouts out of a listing only in a directory that more than
+/// one layer holds, and a directory that only the squash holds (new, or
+/// opaque) would list the name of a file it does not have.
+pub fn fold(upper: &Path, squash: &Path, root: &Path) -> Result<()> {
+    if !squash.exists() {
+        fs::create_dir(squash).with_context(|| format!("cannot create {}", squash.display()))?;
+    }
+    if !upper.exists() {
+        return Ok(());
+    }
+    // Directories whose mtime is set last (linking into them changes it).
+    let mut times: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    // (upper dir, squash dir, the same dir in ROOT if ROOT shows through).
+    let mut work = vec![(
+        upper.to_path_buf(),
+        squash.to_path_buf(),
+        Some(root.to_path_buf()),
+        0usize,
+    )];
+    while let Some((u, s, below, depth)) = work.pop() {
+        if depth > MAX_DEPTH {
+            anyhow::bail!("{}: more than {MAX_DEPTH} levels", u.display());
+        }
+        let entries = fs::read_dir(&u).with_context(|| format!("cannot read {}", u.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", u.display()))?;
+            let (up, sp) = (e.path(), s.join(e.file_name()));
+            let um = fs::symlink_metadata(&up)
+                .with_context(|| format!("cannot stat {}", up.display()))?;
+            let sm = fs::symlink_metadata(&sp).ok();
+            if um.is_dir() {
+                let opaque = is_opaque(&up);
+                let merge_into = sm.as_ref().is_some_and(|m| m.is_dir()) && !opaque;
+                if !merge_into {
+                    if let Some(m) = &sm {
+                        remove(&sp, m)?;
+                    }
+                    fs::create_dir(&sp)
+                        .with_context(|| format!("cannot create {}", sp.display()))?;
+                    if opaque || sm.is_some() {
+                        xattr::set(&sp, OPAQUE, b"y")
+                            .with_context(|| format!("cannot mark {} opaque", sp.display()))?;
+                    }
+                }
+                attributes(&up, &sp, &um)?;
+                times.push((sp.clone(), um));
+                let below = below.as_ref().map(|b| b.join(e.file_name())).filter(|b| {
+                    !is_opaque(&sp) && fs::symlink_metadata(b).is_ok_and(|m| m.is_dir())
+                });
+                work.push((up, sp, below, depth + 1));
+            } else {
+                if let Some(m) = &sm {
+                    remove(&sp, m)?;
+                }
+                let hides_root = below
+                    .as_ref()
+                    .is_some_and(|b| fs::symlink_metadata(b.join(e.file_name())).is_ok());
+                if is_whiteout(&um) && !hides_root {
+                    continue;
+                }
+                fs::hard_link(&up, &sp)
+                    .with_context(|| format!("cannot link {} to {}", up.display(), sp.display()))?;
+            }
+        }
+    }
+    for (dir, meta) in times.iter().rev() {
+        let t = |s: i64, ns: i64| libc::timespec {
+            tv_sec: s as libc::time_t,
+            tv_nsec: ns as _,
+        };
+        let ts = [
+            t(meta.atime(), meta.atime_nsec()),
+            t(meta.mtime(), meta.mtime_nsec()),
+        ];
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))?;
+        // SAFETY: a valid C string and two timespecs.
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+    }
+    Ok(())
+}
+
+/// Gives directory `s` the mode, owner and extended attributes of `u`
+/// (overlayfs' own attributes aside: `s` keeps its opacity, which a
+/// directory merged over it does not lift).
+fn attributes(u: &Path, s: &Path, um: &fs::Metadata) -> Result<()> {
+    let ctx = || {
+        format!(
+            "cannot give {} the attributes of {}",
+            s.display(),
+            u.display()
+        )
+    };
+    std::os::unix::fs::lchown(s, Some(um.uid()), Some(um.gid())).with_context(ctx)?;
+    fs::set_permissions(s, fs::Permissions::from_mode(um.mode() & 0o7777)).with_context(ctx)?;
+    let want = crate::fsutil::xattrs(u);
+    for (name, _) in crate::fsutil::xattrs(s) {
+        if !want.iter().any(|(n, _)| *n == name) {
+            xattr::remove(s, &name).with_context(ctx)?;
+        }
+    }
+    for (name, value) in want {
+        xattr::set(s, &name, &value).with_context(ctx)?;
+    }
+    Ok(())
+}
+
+fn remove(p: &Path, m: &fs::Metadata) -> Result<()> {
+    if m.is_dir() {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    }
+    .with_context(|| format!("cannot remove {}", p.display()))
+}
