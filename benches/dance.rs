@@ -18,14 +18,21 @@ use std::process::Command;
 use std::time::Instant;
 use workload::workload;
 
-const RUNS: usize = 9;
+/// Runs per measurement (`DISCO_BENCH_RUNS`, default 9).
+fn runs() -> usize {
+    std::env::var("DISCO_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(9)
+}
 
 struct Measure {
     wall: Vec<f64>,
     rss_kib: i64,
 }
 
-/// Runs `cmd` RUNS times; wall times and the peak RSS over all runs
+/// Runs `cmd` [`runs`] times; wall times and the peak RSS over all runs
 /// (`wait4` of disco, which covers the children it reaped).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
 fn measure(mut make: impl FnMut() -> Command) -> Measure {
@@ -33,7 +40,7 @@ fn measure(mut make: impl FnMut() -> Command) -> Measure {
         wall: Vec::new(),
         rss_kib: 0,
     };
-    for _ in 0..RUNS {
+    for _ in 0..runs() {
         let t = Instant::now();
         let child = make()
             .stdout(std::process::Stdio::null())
@@ -174,4 +181,49 @@ fn main() {
         "sandbox setup + teardown per module ((20 empty - 0) / 20)",
         (median(&e20.wall) - median(&e0.wall)) / 20.0 * 1e3
     );
+
+    // Scale: a live no-change dance of 20, 100 and 400 workload modules on
+    // a converged root; the cost per module should not grow with their
+    // number (each module's lower stack is the squash of the earlier ones).
+    if std::env::var_os("DISCO_BENCH_SCALE").is_some_and(|v| v == "0") {
+        return;
+    }
+    println!(
+        "\n{:<58} {:>10} {:>10}",
+        "live no-change dance, converged root", "median", "per module"
+    );
+    for n in [20, 100, 400] {
+        let server = dir.path().join(format!("scale{n}"));
+        workload(&server, "bench", n, false);
+        let state = dir.path().join(format!("scale-state{n}"));
+        let live = || {
+            let mut c = Command::new(&disco);
+            c.env_remove("NOOP")
+                .arg("--config")
+                .arg(&config)
+                .arg("--server")
+                .arg(&server)
+                .args(["--node", "bench", "--root"])
+                .arg(&root)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["dance", "--quiet"]);
+            c
+        };
+        let _ = fs::remove_dir_all(root.join("etc/bench"));
+        let _ = fs::remove_dir_all(root.join("var/lib/bench"));
+        let first = live().output().unwrap();
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let m = measure(live);
+        println!(
+            "{:<58} {:>8.0}ms {:>8.2}ms",
+            format!("{n} modules x (3 files, 2 templates, 1 script)"),
+            median(&m.wall) * 1e3,
+            median(&m.wall) * 1e3 / n as f64
+        );
+    }
 }

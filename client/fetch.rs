@@ -32,7 +32,8 @@ pub use crate::transport::ServerUri;
 pub struct FetchInfo {
     pub node: String,
     pub server: String,
-    /// Seconds since the epoch.
+    /// Seconds since the epoch when the cache last changed (a fetch that
+    /// finds the same tree keeps the cache, and this, as they are).
     pub fetched_at: u64,
     pub modules: Vec<String>,
 }
@@ -174,13 +175,17 @@ pub fn fetch(
         .with_context(|| format!("server {}", root.display()))?;
     hashes.save(&hash_file)?;
     let info = FetchInfo::new(spec.name.to_string(), root.display().to_string(), &plan);
-    let built = build(&view, &info, &new, &cache, &store_dir(state_dir), max_file)
-        .with_context(|| format!("server {}", root.display()));
-    if let Err(e) = built {
-        let _ = fs::remove_dir_all(&new);
-        return Err(e);
+    // Unchanged since the last fetch: the cache stands as it is, and
+    // nothing is written (each fsync is a journal commit).
+    if !up_to_date(&cache, &view, &info) {
+        let built = build(&view, &info, &new, &cache, &store_dir(state_dir), max_file)
+            .with_context(|| format!("server {}", root.display()));
+        if let Err(e) = built {
+            let _ = fs::remove_dir_all(&new);
+            return Err(e);
+        }
+        swap_in(&new, &cache, false)?;
     }
-    swap_in(&new, &cache, false)?;
     // The cache is a copy of what was just planned: the plan stands.
     Ok(Fetched {
         cache,
@@ -193,6 +198,48 @@ pub fn fetch(
             sent: 0,
             received: 0,
         },
+    })
+}
+
+/// True when `cache` is exactly what [`build`] would make of `view` and
+/// `info`: the same node, server and plan in `fetch.json`, and `parameters/L`, `modules/M` the same
+/// units, each a link to its store entry, which exists.
+fn up_to_date(cache: &Path, view: &crate::transport::View, info: &FetchInfo) -> bool {
+    let same_info = fs::read(cache.join("fetch.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<FetchInfo>(&b).ok())
+        .is_some_and(|have| {
+            (have.node.as_str(), have.server.as_str(), &have.modules)
+                == (info.node.as_str(), info.server.as_str(), &info.modules)
+        });
+    let names = |dir: &Path| -> Option<Vec<String>> {
+        let mut v = fs::read_dir(dir)
+            .ok()?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<Vec<_>>>()
+            .ok()?;
+        v.sort();
+        Some(v)
+    };
+    let layout = ["fetch.json", "modules", "parameters"].map(String::from);
+    if !same_info || names(cache).as_deref() != Some(&layout[..]) {
+        return false;
+    }
+    ["parameters", "modules"].iter().all(|top| {
+        let want = view
+            .manifest
+            .dirs
+            .get(*top)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut want_names: Vec<String> = want.iter().map(|e| e.name.clone()).collect();
+        want_names.sort();
+        names(&cache.join(top)) == Some(want_names)
+            && want.iter().all(|e| {
+                let link = Path::new("../../store").join(format!("{}-{:o}", e.hash, e.mode));
+                let at = cache.join(top).join(&e.name);
+                fs::read_link(&at).is_ok_and(|t| t == link) && at.is_dir()
+            })
     })
 }
 

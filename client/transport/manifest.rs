@@ -79,8 +79,12 @@ impl HashCache {
     }
 
     /// Saves the entries used since [`HashCache::load`] (files no longer
-    /// seen are dropped) to `path`, atomically.
+    /// seen are dropped) to `path`, atomically; nothing is written when
+    /// they are the ones loaded.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if self.used == self.files {
+            return Ok(());
+        }
         let data = serde_json::to_vec(&HashCache {
             files: self.used.clone(),
             ..HashCache::default()
