@@ -174,9 +174,17 @@ fn main() {
     let plain = d.join("plain");
     let pk = sshd::keygen(&key);
     let pp = sshd::keygen(&plain);
+    // A second node key, served the source tree itself (not published):
+    // the server hashes it, with its hash cache.
+    let key_src = d.join("key-src");
+    let pks = sshd::keygen(&key_src);
     let sshd = sshd::Sshd::start(
         &d.join("sshd"),
-        &[sshd::forced(&pk, &server, Some("n0")), pp],
+        &[
+            sshd::forced(&pk, &server, Some("n0")),
+            sshd::forced(&pks, &src, Some("n0")),
+            pp,
+        ],
     );
     let counts = d.join("counts");
     let exe = std::env::current_exe().unwrap();
@@ -286,6 +294,29 @@ fn main() {
     measure("rsync -a, no change", &mut || time(rsync(&rs, false)));
     measure("rsync -a --checksum, no change", &mut || {
         time(rsync(&rs, true))
+    });
+    let config_src = d.join("disco-src.toml");
+    fs::write(
+        &config_src,
+        fs::read_to_string(&config)
+            .unwrap()
+            .replace(key.to_str().unwrap(), key_src.to_str().unwrap()),
+    )
+    .unwrap();
+    let uri_src = sshd.uri(src.to_str().unwrap());
+    let from_src = |state: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_disco"));
+        c.arg("--config")
+            .arg(&config_src)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--server", &uri_src, "--node", "n0", "plan"]);
+        c
+    };
+    let st_src = d.join("st-src");
+    let _ = time(from_src(&st_src));
+    measure("disco fetch, no change, tree not published", &mut || {
+        time(from_src(&st_src))
     });
 
     // Small change: flip a byte in a 1 MiB file, append a line to a small one.

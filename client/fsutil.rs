@@ -384,7 +384,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    // Its own temporary name: two writers of one file never mix.
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -49,6 +49,9 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// Size, mtime (s, ns), ctime (s, ns) and the md5 of a file.
+type Stamp = (u64, i64, i64, i64, i64, String);
+
 /// The md5 of files already hashed, keyed by device and inode and valid
 /// while size, mtime and ctime are unchanged (ctime cannot be set back by
 /// a writer). A file changed less than [`HashCache::RACY`] before it was
@@ -56,9 +59,9 @@ pub fn join(dir: &str, name: &str) -> String {
 /// leave its times equal (git's "racily clean" entries). Saved as JSON.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
-    files: BTreeMap<String, (u64, i64, i64, i64, i64, String)>,
+    files: BTreeMap<String, Stamp>,
     #[serde(skip)]
-    used: BTreeMap<String, (u64, i64, i64, i64, i64, String)>,
+    used: BTreeMap<String, Stamp>,
     /// [`HashCache::RACY`] unless set (by tests).
     #[serde(skip)]
     racy: Option<i64>,
@@ -85,8 +88,30 @@ impl HashCache {
         if self.used == self.files {
             return Ok(());
         }
+        self.write(path, self.used.clone())
+    }
+
+    /// Like [`HashCache::save`], but keeps the loaded entries this run did
+    /// not use (up to [`HashCache::MAX_KEPT`] entries in all): a server's
+    /// cache serves many nodes, each reading only its own view.
+    pub fn save_shared(&self, path: &Path) -> Result<()> {
+        if self.used.iter().all(|(k, v)| self.files.get(k) == Some(v)) {
+            return Ok(());
+        }
+        let mut all = self.files.clone();
+        if all.len() + self.used.len() > Self::MAX_KEPT {
+            all.clear();
+        }
+        all.extend(self.used.clone());
+        self.write(path, all)
+    }
+
+    /// Most entries [`HashCache::save_shared`] keeps.
+    pub const MAX_KEPT: usize = 1_000_000;
+
+    fn write(&self, path: &Path, files: BTreeMap<String, Stamp>) -> Result<()> {
         let data = serde_json::to_vec(&HashCache {
-            files: self.used.clone(),
+            files,
             ..HashCache::default()
         })?;
         // 0600: md5s of secret parameters are not for other users.

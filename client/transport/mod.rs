@@ -208,13 +208,45 @@ impl View {
 /// copy's is hard-linked from there instead of copied — rsync's quick
 /// check; disco never changes its copies in place. What is written is made
 /// durable by fsync of each copied file and each directory made, never by
-/// a `syncfs` that would wait for everything else on the filesystem.
+/// a `syncfs` that would wait for everything else on the filesystem. The
+/// fsyncs come last, in a batch: each file's writeback is started as soon
+/// as it is written (`sync_file_range`), so by the first fsync the data is
+/// on its way and one journal commit covers most of the files (git's
+/// `core.fsyncMethod=batch` idea, with a real fsync per file kept).
 pub fn copy_tree(
     src: &Path,
     dst: &Path,
     label: &str,
     max_file: u64,
     reuse: Option<&Path>,
+) -> Result<()> {
+    let mut written = Written::default();
+    copy_dir(src, dst, label, max_file, reuse, &mut written)?;
+    for f in &written.files {
+        fs::File::open(f)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync {}", f.display()))?;
+    }
+    for d in written.dirs.iter().rev() {
+        crate::fsutil::fsync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// What a copy wrote, to be made durable at its end.
+#[derive(Default)]
+struct Written {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    label: &str,
+    max_file: u64,
+    reuse: Option<&Path>,
+    written: &mut Written,
 ) -> Result<()> {
     if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
         bail!(
@@ -228,6 +260,7 @@ pub fn copy_tree(
         .recursive(true)
         .create(dst)
         .with_context(|| format!("cannot create {}", dst.display()))?;
+    written.dirs.push(dst.to_path_buf());
     let mut entries: Vec<_> = fs::read_dir(src)
         .with_context(|| label.to_string())?
         .collect::<io::Result<_>>()
@@ -245,10 +278,12 @@ pub fn copy_tree(
                 .with_context(|| format!("cannot create {}", to.display()))?;
         } else if ft.is_dir() {
             let old = reuse.map(|r| r.join(&name));
-            copy_tree(&from, &to, &shown, max_file, old.as_deref())?;
+            copy_dir(&from, &to, &shown, max_file, old.as_deref(), written)?;
         } else if ft.is_file() {
             let old = reuse.map(|r| r.join(&name));
-            copy_file(&from, &to, &shown, max_file, old.as_deref())?;
+            if copy_file(&from, &to, &shown, max_file, old.as_deref())? {
+                written.files.push(to);
+            }
         } else {
             let meta = entry.metadata().with_context(|| shown.clone())?;
             bail!(
@@ -258,20 +293,20 @@ pub fn copy_tree(
         }
     }
     fs::set_permissions(dst, meta.permissions())
-        .with_context(|| format!("cannot set mode of {}", dst.display()))?;
-    crate::fsutil::fsync_dir(dst)
+        .with_context(|| format!("cannot set mode of {}", dst.display()))
 }
 
 /// Copies one regular file of a server tree (not through a symlink),
-/// with its permission bits and mtime, holes kept, fsynced — or links
-/// `reuse` when that is an unchanged earlier copy of it.
+/// with its permission bits and mtime, holes kept, its writeback started
+/// (true: the caller fsyncs it) — or links `reuse` when that is an
+/// unchanged earlier copy of it (false).
 fn copy_file(
     from: &Path,
     to: &Path,
     shown: &str,
     max_file: u64,
     reuse: Option<&Path>,
-) -> Result<()> {
+) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::OpenOptionsExt;
     let src = fs::OpenOptions::new()
@@ -299,7 +334,7 @@ fn copy_file(
         });
         // A failed link (another filesystem, too many links) is a copy.
         if same && fs::hard_link(old, to).is_ok() {
-            return Ok(());
+            return Ok(false);
         }
     }
     let dst = fs::OpenOptions::new()
@@ -312,9 +347,13 @@ fn copy_file(
         .with_context(|| format!("cannot copy {shown}"))?;
     dst.set_permissions(meta.permissions())?;
     dst.set_modified(meta.modified()?)
-        .and_then(|()| dst.sync_all())
         .with_context(|| format!("cannot write {}", to.display()))?;
-    Ok(())
+    // SAFETY: a valid descriptor; only starts the writeback of its pages.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::sync_file_range(dst.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -230,7 +230,17 @@ fn handshake<R: Read, W: Write>(
             Err(e) => return refuse(wire, &node, e.to_string()).map(Err),
         },
     };
-    let view = match View::of(&snapshot.path, &node) {
+    let cache = hash_cache_file(&snapshot.path);
+    let mut hashes = cache
+        .as_deref()
+        .map(super::manifest::HashCache::load)
+        .unwrap_or_default();
+    let view = View::of_cached(&snapshot.path, &node, &mut hashes);
+    if let (Some(path), Ok(_)) = (&cache, &view) {
+        // Only a cache: a session that cannot save it still serves.
+        let _ = hashes.save_shared(path);
+    }
+    let view = match view {
         Ok(v) => v,
         Err(e) => {
             let message = format!("{e:#}");
@@ -249,6 +259,36 @@ fn handshake<R: Read, W: Write>(
         &[],
     )?;
     Ok(Ok((node, view)))
+}
+
+/// Where the md5s of a tree served as it is (not made by `disco publish`,
+/// whose snapshots carry their manifest) are kept between sessions:
+/// `$XDG_CACHE_HOME/disco` (else `~/.cache/disco`) of the serving user,
+/// one file per served path, 0600 in a 0700 directory. Entries are valid
+/// while a file's inode, size, mtime and ctime are unchanged, so a session
+/// reads the tree's metadata instead of every byte. None when there is no
+/// such directory and it cannot be made.
+fn hash_cache_file(served: &Path) -> Option<PathBuf> {
+    use md5::{Digest, Md5};
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    let dir = base.join("disco");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ok()?;
+    let canonical = fs::canonicalize(served).ok()?;
+    let key = format!(
+        "{:x}",
+        Md5::digest(std::os::unix::ffi::OsStrExt::as_bytes(
+            canonical.as_os_str()
+        ))
+    );
+    Some(dir.join(format!("serve-hashes-{}.json", &key[..16])))
 }
 
 /// Answers one queued `Get` or `Delta`: a delta (files up to

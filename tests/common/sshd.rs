@@ -51,9 +51,12 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\n\
              StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nLogLevel ERROR\nMaxStartups 100\n",
+             KbdInteractiveAuthentication no\nLogLevel ERROR\nMaxStartups 100\n\
+             SetEnv XDG_CACHE_HOME={}\n",
             host_key.display(),
-            dir.join("authorized_keys").display()
+            dir.join("authorized_keys").display(),
+            // disco serve keeps its hash cache there, not in root's home.
+            dir.join("cache").display()
         );
         fs::write(dir.join("sshd_config"), config).unwrap();
         let pubkey = fs::read_to_string(host_key.with_extension("pub")).unwrap();
