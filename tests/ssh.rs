@@ -466,3 +466,45 @@ fn rdiff_reads_disco_deltas_and_disco_reads_rdiff_signatures() {
     assert!(st.success());
     assert_eq!(fs::read(work.join("out2")).unwrap(), new);
 }
+
+#[test]
+fn serve_keeps_hashes_of_an_unpublished_tree_and_sees_a_rewrite() {
+    let s = setup();
+    let uri = s.sshd.uri(s.f.server().to_str().unwrap());
+    let conf = s.f.server().join("modules/common/files/etc/common.conf");
+    // Older than the racy window, so its md5 is kept.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&conf)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
+    let caches: Vec<_> = fs::read_dir(s.sshd.dir.join("cache/disco"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    let saved = fs::read_to_string(&caches[0]).unwrap();
+    assert!(
+        saved.contains("2cd6ee2c70b0bde53fbe6cac3c8b8bb1"),
+        "the md5 of common.conf is kept: {saved}"
+    );
+    // Same size, mtime set back: only the ctime tells — the server must
+    // hash it again, and the node gets the new bytes.
+    fs::write(&conf, "C\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&conf)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (code, _, err) = plan_over(&s.f, &uri, "a");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(s.f.cache().join("modules/common/files/etc/common.conf")).unwrap(),
+        "C\n"
+    );
+}
