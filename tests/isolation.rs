@@ -60,6 +60,32 @@ fn cannot_touch_the_host_network() {
 }
 
 #[test]
+fn noop_modules_share_a_loopback_only_network_that_none_can_change() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["first", "second"])
+        .module("first", "")
+        .module("second", "after first\n");
+    f.module_file(
+        "first",
+        "scripts/10-x",
+        "ip link set lo down || true\nip link add disco-evil type dummy || true\n",
+        0o755,
+    )
+    .module_file(
+        "second",
+        "scripts/10-x",
+        "echo \"links: $(ls /sys/class/net | tr '\\n' ' ')\"\nip -o link show lo | grep -q ',UP' && echo 'lo: up'\n",
+        0o755,
+    );
+    let (code, out, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("links: lo \n"), "{out}");
+    assert!(out.contains("lo: up\n"), "{out}");
+    assert!(!sh("ip -o link").contains("disco-evil"));
+}
+
+#[test]
 fn cannot_write_sysctls() {
     let before = fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
     let other = if before.trim() == "17" { "18" } else { "17" };

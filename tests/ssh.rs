@@ -480,7 +480,8 @@ fn serve_keeps_hashes_of_an_unpublished_tree_and_sees_a_rewrite() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Whole seconds past the racy window (2 s) since its ctime.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
     let caches: Vec<_> = fs::read_dir(s.sshd.dir.join("cache/disco"))
         .unwrap()

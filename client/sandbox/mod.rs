@@ -1,9 +1,11 @@
 //! Stage 5, sandbox (DESIGN §5): runs a piece of work for one layer inside
 //! a private mount namespace whose root is an overlay stack over ROOT.
 //!
-//! For layer *i* a child process unshares its namespaces (mount always;
-//! PID, network, UTS and IPC too in noop), mounts one overlay per real
-//! filesystem of ROOT with `lowerdir = upper(i-1):…:upper(1):[shims]:ROOT`,
+//! For layer *i* a child process unshares its namespaces (mount and PID
+//! always; UTS and IPC too in noop, and it enters the noop network
+//! namespace — loopback only — made once per dance), mounts one overlay
+//! per real filesystem of ROOT with `lowerdir = squash:[shims]:ROOT` (the
+//! squash: the uppers of layers 1..i-1 folded into one, see [`squash`]),
 //! adds fresh `/proc` (`/proc/sys` read-only), read-only `/sys`, a minimal
 //! `/dev`, tmpfs `/tmp` and `/run`, binds disco's own files under
 //! `/run/disco`, `pivot_root`s into the result and, in noop, drops the
@@ -126,6 +128,10 @@ pub struct Sandbox {
     /// `noop_network = "host"`: a noop sandbox keeps the host's network
     /// (a package install can download); files, PIDs, UTS, IPC stay its own.
     pub host_network: bool,
+    /// The noop sandboxes' network namespace (loopback only, up), made
+    /// once per dance and entered by each module's sandbox: a namespace
+    /// made and torn down per module cost about a millisecond each.
+    net: std::cell::OnceCell<OwnedFd>,
     /// How many layers (1..=n) are folded into the squash ([`squash`]);
     /// `None` once a fold failed or a layer ran below it: stack them.
     squashed: std::cell::Cell<Option<usize>>,
@@ -255,6 +261,7 @@ impl Sandbox {
             masks: Default::default(),
             host_network: false,
             squashed: std::cell::Cell::new(Some(0)),
+            net: std::cell::OnceCell::new(),
         })
     }
 
@@ -356,6 +363,9 @@ impl Sandbox {
         F: FnOnce() -> Result<T>,
     {
         let squashed = self.squash_below(layer);
+        if self.noop && !self.host_network && self.net.get().is_none() {
+            let _ = self.net.set(loopback_namespace()?);
+        }
         for (k, m) in self.mounts.iter().enumerate() {
             let upper = self.run.upper(layer, k);
             fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
@@ -423,8 +433,18 @@ impl Sandbox {
         let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
         if self.noop {
             flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-            if !self.host_network {
-                flags |= CloneFlags::CLONE_NEWNET;
+        }
+        if let Some(net) = self.net.get() {
+            if let Err(e) = nix::sched::setns(net, CloneFlags::CLONE_NEWNET) {
+                return send::<T>(
+                    &out,
+                    Err(format!(
+                        "cannot enter the sandbox's network namespace: {}",
+                        e.desc()
+                    )),
+                    Vec::new(),
+                    Vec::new(),
+                );
             }
         }
         if let Err(e) = unshare(flags) {
@@ -526,9 +546,6 @@ impl Sandbox {
         }
         for op in &ops {
             mounts::apply(op)?;
-        }
-        if self.noop && !self.host_network {
-            loopback_up()?;
         }
         nix::unistd::chdir(&merged).context("chdir to the merged root")?;
         nix::unistd::pivot_root(".", ".").map_err(|errno| SandboxError::Sys {
@@ -860,6 +877,22 @@ fn check_overlayfs() -> Result<()> {
 }
 
 /// Brings `lo` up in the new network namespace (nothing else exists there).
+/// A new network namespace with nothing but loopback, up: made by this
+/// thread (`unshare`), which then goes back to the one it was in.
+fn loopback_namespace() -> Result<OwnedFd> {
+    let open = |p: &str| -> Result<OwnedFd> {
+        Ok(fs::File::open(p)
+            .with_context(|| format!("cannot open {p}"))?
+            .into())
+    };
+    let host = open("/proc/thread-self/ns/net")?;
+    unshare(CloneFlags::CLONE_NEWNET).context("cannot make the noop network namespace")?;
+    let made = loopback_up().and_then(|()| open("/proc/thread-self/ns/net"));
+    nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
+        .context("cannot go back to the host's network namespace")?;
+    made
+}
+
 fn loopback_up() -> Result<()> {
     // SAFETY: plain socket/ioctl calls on a zeroed, correctly sized ifreq.
     unsafe {
