@@ -18,13 +18,8 @@ use std::process::Command;
 use std::time::Instant;
 use workload::workload;
 
-/// Runs per measurement (`DISCO_BENCH_RUNS`, default 9).
 fn runs() -> usize {
-    std::env::var("DISCO_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(9)
+    workload::runs(9)
 }
 
 struct Measure {

@@ -56,11 +56,7 @@ const SCENARIOS: [&str; 4] = [
 ];
 
 fn runs() -> usize {
-    std::env::var("DISCO_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(7)
+    workload::runs(7)
 }
 
 fn main() {

@@ -474,12 +474,15 @@ fn serve_keeps_hashes_of_an_unpublished_tree_and_sees_a_rewrite() {
     let conf = s.f.server().join("modules/common/files/etc/common.conf");
     // Older than the racy window, so its md5 is kept.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    fs::File::options()
-        .write(true)
-        .open(&conf)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    let set_back = || {
+        fs::File::options()
+            .write(true)
+            .open(&conf)
+            .unwrap()
+            .set_modified(old)
+            .unwrap()
+    };
+    set_back();
     // Whole seconds past the racy window (2 s) since its ctime.
     std::thread::sleep(std::time::Duration::from_millis(3100));
     assert_eq!(plan_over(&s.f, &uri, "a").0, 0);
@@ -496,12 +499,7 @@ fn serve_keeps_hashes_of_an_unpublished_tree_and_sees_a_rewrite() {
     // Same size, mtime set back: only the ctime tells — the server must
     // hash it again, and the node gets the new bytes.
     fs::write(&conf, "C\n").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&conf)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_back();
     let (code, _, err) = plan_over(&s.f, &uri, "a");
     assert_eq!(code, 0, "{err}");
     assert_eq!(

@@ -76,3 +76,12 @@ pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
         write(&dir.join("scripts/10-state"), &script, 0o755);
     }
 }
+
+/// Runs per measurement: `DISCO_BENCH_RUNS`, else `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("DISCO_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
