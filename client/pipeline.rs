@@ -104,7 +104,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         ));
     }
     let planned = plan_stage(&fetched, &config.root.value)?;
-    let sandbox = sandbox_stage(config, &fetched, &planned)?;
+    let sandbox = sandbox_stage(config, &fetched, &planned, opts.keep)?;
     let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
     for (idx, module) in fetched.0.plan.order.iter().enumerate() {
         if !run.module(idx + 1, module)? {
@@ -224,11 +224,12 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path) -> Result<Planned> {
 }
 
 /// Stage 5: a fresh run directory with the parameters, and the sandbox
-/// over ROOT for the planned modules.
+/// over ROOT for the planned modules (`keep`: its layers outlive the run).
 fn sandbox_stage(
     config: &Config,
     (fetched, _): &(Fetched, Step),
     planned: &Planned,
+    keep: bool,
 ) -> Result<Sandbox> {
     let state = &config.state_dir.value;
     run::prune(state, KEPT_RUNS)?;
@@ -242,7 +243,7 @@ fn sandbox_stage(
         run,
         &config.root.value,
         (state, config.scratch_max.value),
-        config.noop.value,
+        (config.noop.value, keep),
         &layers,
     )?;
     sandbox.masks = crate::output::Masks::new(planned.params.secret_values());
@@ -597,7 +598,8 @@ impl<'a> Run<'a> {
     /// A step failed: says so and where the scratch is.
     fn failed(&self) -> Ending {
         if run::is_mount_point(&self.sandbox.run.path.join(run::MEM)) {
-            // In-memory layers are not kept: they would pin RAM until pruned.
+            // Layers in the scratch image are not kept: the next run
+            // empties the image (the report keeps the changes for `disco diff`).
             let _ = self.sandbox.run.remove();
             output::info("the dance failed; nothing was merged (`disco diff` shows what ran)");
         } else {

@@ -127,7 +127,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         run,
         &config.root.value,
         (state, config.scratch_max.value),
-        true,
+        (true, false),
         &layers,
     )?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;

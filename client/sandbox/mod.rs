@@ -153,18 +153,19 @@ pub struct Outcome<T> {
 
 impl Sandbox {
     /// Inspects ROOT (canonical path, filesystems below it) and builds the
-    /// shim layer in the run directory. `state_dir` is hidden from the
+    /// shim layer in the run directory. `keep`: the layers must outlive
+    /// the run (`--keep`). `state_dir` is hidden from the
     /// sandbox when it lies inside ROOT.
     /// On failure the run directory is removed (nothing half-made stays).
     pub fn prepare(
         run: RunDir,
         root: &Path,
         (state_dir, scratch_max): (&Path, Option<u64>),
-        noop: bool,
+        (noop, keep): (bool, bool),
         layers: &[String],
     ) -> Result<Sandbox> {
         let path = run.path.clone();
-        let prepared = Self::prepare_in(run, root, (state_dir, scratch_max), noop, layers);
+        let prepared = Self::prepare_in(run, root, (state_dir, scratch_max), (noop, keep), layers);
         if prepared.is_err() {
             crate::run::unmount_mem(&path);
             let _ = fs::remove_dir_all(&path);
@@ -180,7 +181,7 @@ impl Sandbox {
         run: RunDir,
         root: &Path,
         (state_dir, scratch_max): (&Path, Option<u64>),
-        noop: bool,
+        (noop, keep): (bool, bool),
         layers: &[String],
     ) -> Result<Sandbox> {
         check_overlayfs()?;
@@ -225,13 +226,19 @@ impl Sandbox {
             .mode(0o755)
             .create(run.merged())
             .context("cannot create the merged dir")?;
-        if inside_an_overlaid_filesystem(&run.path, &root, &mounts) {
+        if (noop && !keep) || inside_an_overlaid_filesystem(&run.path, &root, &mounts) {
             // The layers cannot live below a lower layer's root on the same
             // filesystem (overlayfs: "overlapping lowerdir"): keep them in
             // the scratch filesystem (a loop-mounted image on disk, see
-            // [`scratch`]); the merge then takes the copy path. It is
-            // mounted in disco's own mount namespace, so it goes when disco
-            // does, even killed — its content stays on disk.
+            // [`scratch`]); the merge then takes the copy path. A noop
+            // dance, which merges nothing, does too unless its layers are
+            // to be kept for inspection (`keep`, `--keep`): each module's
+            // layer costs some ten directory operations (its dirs, the
+            // overlay's work dirs, their removal), which the image, without
+            // a journal, keeps in the page cache — a third of a converged
+            // noop dance of 20 modules on a slow disk. It is mounted in
+            // disco's own mount namespace, so it goes when disco does, even
+            // killed — its content stays on disk.
             let mem = run.path.join(crate::run::MEM);
             fs::DirBuilder::new().mode(0o700).create(&mem)?;
             scratch::mount(&state, &mem, scratch_max, false)?;
