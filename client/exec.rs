@@ -181,25 +181,36 @@ impl Job {
             run.failed = Some(format!("{e:#}"));
             return run;
         }
-        let (scripts, skipped) = match self.scripts() {
-            Ok(listed) => listed,
-            Err(e) => {
-                run.failed = Some(format!("{e:#}"));
-                return run;
-            }
-        };
-        run.skipped = skipped;
-        let mut steps: Vec<Bashed> = templates
+        let jobs: Vec<_> = templates
             .into_iter()
             .map(|(src, rel)| {
                 let want = self.wanted(&rules, &rel, 0o644);
-                Bashed::Template { src, rel, want }
+                (src, rel, want)
             })
             .collect();
-        steps.extend(scripts.into_iter().map(Bashed::Script));
-        let ran = self.run_bashed(&steps);
-        run.failed = ran.last().and_then(|s| s.error.clone());
-        run.steps.extend(ran);
+        let rendered = self.render_all(&jobs);
+        let failed = rendered.last().and_then(|s| s.error.clone());
+        run.steps.extend(rendered);
+        if failed.is_some() {
+            run.failed = failed;
+            return run;
+        }
+
+        match self.scripts() {
+            Ok((scripts, skipped)) => {
+                run.skipped = skipped;
+                for script in scripts {
+                    let step = self.script(&script);
+                    let failed = step.error.clone();
+                    run.steps.push(step);
+                    if failed.is_some() {
+                        run.failed = failed;
+                        return run;
+                    }
+                }
+            }
+            Err(e) => run.failed = Some(format!("{e:#}")),
+        }
         run
     }
 
@@ -358,68 +369,51 @@ impl Job {
         copy_if_changed(src, target, meta.len(), want)
     }
 
-    /// Runs a module's templates and scripts, in order, in one bash for
-    /// the module ([`STEP_DRIVER`]): each runs in a subshell of its own
-    /// (`( . FILE )`), so it keeps its own exit status, shell options,
-    /// variables, traps and time limit, but costs a fork instead of a bash
-    /// started from scratch. A template's stdout goes to a file of the
-    /// sandbox's `/run` and is written to its target (when it exits 0)
-    /// before the next step starts; a script's is the module's output. The
-    /// first failure ends the module: one step per file run, the failed
-    /// one last.
-    fn run_bashed(&self, items: &[Bashed]) -> Vec<Step> {
+    /// Renders `templates` (source, module path, attributes) in order, in
+    /// one bash for the module: each template runs in a subshell of its own
+    /// (`( . TEMPLATE )`, stdout to a file of the sandbox's `/run`), so it
+    /// keeps its own stdout, exit status, options, traps and time limit,
+    /// but costs a fork instead of a bash started from scratch (see
+    /// [`RENDER_DRIVER`]). Each template's output is written to its target
+    /// before the next one starts; the first failure ends the rendering.
+    /// One step per template rendered, the failed one last.
+    fn render_all(&self, templates: &[(PathBuf, PathBuf, Wanted)]) -> Vec<Step> {
         let mut steps = Vec::new();
-        let Some(first) = items.first() else {
+        if templates.is_empty() {
             return steps;
-        };
+        }
+        let name = |rel: &Path| format!("templates/{}", rel.display());
         let started = Instant::now();
         let out_file = Path::new(RENDER_OUT);
-        let spawned = (|| -> Result<(std::process::Child, fs::File)> {
+        let spawned = (|| -> Result<std::process::Child> {
             let dir = out_file.parent().expect("has a parent");
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            let (status, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .context("cannot make the steps' status pipe")?;
-            let mut c = self.command_with(&["-c", STEP_DRIVER, "disco-steps"]);
+            let mut c = self.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
             c.arg(out_file);
-            c.args(items.iter().map(Bashed::arg));
-            c.stdin(Stdio::piped());
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&status_w);
-            // SAFETY: dup2/fcntl between fork and exec: the status pipe
-            // becomes the driver's fd 3, not close-on-exec.
-            unsafe {
-                c.pre_exec(move || {
-                    if raw == 3 {
-                        let flags = libc::fcntl(3, libc::F_GETFD);
-                        libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                    } else if libc::dup2(raw, 3) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = c.spawn().context("cannot run bash")?;
-            drop(status_w);
-            Ok((child, fs::File::from(status)))
+            c.args(templates.iter().map(|(src, _, _)| src));
+            c.stdin(Stdio::piped()).stdout(Stdio::piped());
+            c.spawn().context("cannot run bash")
         })();
-        let (mut child, status) = match spawned {
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                steps.push(finish(first.name(), started, Err(e), first.what()));
+                let first = name(&templates[0].1);
+                steps.push(finish(first, started, Err(e), "template"));
                 return steps;
             }
         };
         let mut go = child.stdin.take().expect("piped");
-        let mut status = io::BufReader::new(status);
+        let mut status = io::BufReader::new(child.stdout.take().expect("piped"));
         let mut cpu_before = (0.0, 0.0);
-        for (i, item) in items.iter().enumerate() {
+        for (i, (_, rel, want)) in templates.iter().enumerate() {
             let started = if i == 0 { started } else { Instant::now() };
             let (limit, by) = self.limit();
             let dog = Watchdog::start(child.id(), limit, by.clone(), true);
-            let ended = read_step_status(&mut status);
+            let ended = read_rendered(&mut status);
             let result = if dog.finish() {
                 Err(anyhow::anyhow!(
                     "was killed after {} s ({by}); its processes were ended",
@@ -428,7 +422,7 @@ impl Job {
             } else {
                 ended.and_then(|(code, cpu)| {
                     param_errors()?;
-                    if let (0, Bashed::Template { rel, want, .. }) = (code, item) {
+                    if code == 0 {
                         let target = self.target_path(rel, false)?;
                         let out = fs::read(out_file).context("reading the template's output")?;
                         write_if_changed(&target, &out, *want)?;
@@ -436,7 +430,6 @@ impl Job {
                     Ok((code, cpu))
                 })
             };
-            // SAFETY: plain data; only the cpu times are filled in.
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
             if let Ok((_, (user, sys))) = &result {
                 let micros = |s: f64| libc::timeval {
@@ -448,10 +441,10 @@ impl Job {
                 cpu_before = (*user, *sys);
             }
             let step = finish(
-                item.name(),
+                name(rel),
                 started,
                 result.map(|(code, _)| (code, ru)),
-                item.what(),
+                "template",
             );
             let failed = step.error.is_some();
             steps.push(step);
@@ -496,6 +489,32 @@ impl Job {
         out.sort();
         skipped.sort();
         Ok((out, skipped))
+    }
+
+    fn script(&self, path: &Path) -> Step {
+        let name = format!(
+            "scripts/{}",
+            path.file_name()
+                .unwrap_or(OsStr::new("?"))
+                .to_string_lossy()
+        );
+        let started = Instant::now();
+        let result = (|| -> Result<(i32, libc::rusage)> {
+            let child = self
+                .command(path)
+                .spawn()
+                .with_context(|| format!("cannot run bash for {name}"))?;
+            let ((), status, ru) = self.supervise(&child, || ())?;
+            Ok((status, ru))
+        })();
+        finish(name, started, result, "script")
+    }
+
+    /// `bash FILE` with the job's environment, in `/`, stdin from /dev/null.
+    fn command(&self, file: &Path) -> Command {
+        let mut c = self.command_with(&[]);
+        c.arg(file);
+        c
     }
 
     /// `bash ARGS…` with the job's environment, in `/`, stdin from
@@ -592,6 +611,28 @@ impl Job {
             _ => (*step, by.clone()),
         }
     }
+
+    /// Runs `child` (already spawned in its own process group) to its end
+    /// under the step's limit; `read` consumes its output meanwhile.
+    fn supervise<T>(
+        &self,
+        child: &std::process::Child,
+        read: impl FnOnce() -> T,
+    ) -> Result<(T, i32, libc::rusage)> {
+        let (limit, by) = self.limit();
+        let dog = Watchdog::start(child.id(), limit, by.clone(), true);
+        let out = read();
+        let waited = wait4(child.id());
+        if dog.finish() {
+            bail!(
+                "was killed after {} s ({by}); its processes were ended",
+                limit.as_secs()
+            );
+        }
+        let (status, ru) = waited?;
+        param_errors()?;
+        Ok((out, status, ru))
+    }
 }
 
 /// Fails when a `disco param get` of the step failed, even inside `$(…)`,
@@ -611,21 +652,25 @@ fn param_errors() -> Result<()> {
     Ok(())
 }
 
-/// Reads what [`STEP_DRIVER`] says after a step: `E STATUS`, then
+/// Reads what [`RENDER_DRIVER`] says after a template: `E STATUS`, then
 /// the two lines of bash's `times` (its own, then its children's user and
 /// system time). Returns the status and the children's (user, system)
 /// seconds so far.
-fn read_step_status(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
+fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
     let mut lines = [String::new(), String::new(), String::new()];
     for l in &mut lines {
-        if status.read_line(l).context("reading the step's status")? == 0 {
-            bail!("bash ended before the step did (it was killed)");
+        if status
+            .read_line(l)
+            .context("reading the renderer's status")?
+            == 0
+        {
+            bail!("bash ended before the template did (its renderer was killed)");
         }
     }
     let code = lines[0]
         .strip_prefix("E ")
         .and_then(|c| c.trim().parse::<i32>().ok())
-        .with_context(|| format!("the step driver said {:?}", lines[0].trim()))?;
+        .with_context(|| format!("the renderer said {:?}", lines[0].trim()))?;
     // `0m0.004s 0m0.001s`
     let secs = |t: &str| -> Option<f64> {
         let (m, s) = t.strip_suffix('s')?.split_once('m')?;
@@ -642,62 +687,17 @@ fn read_step_status(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> 
 /// Where a template's output goes inside the sandbox (its own `/run`).
 const RENDER_OUT: &str = "/run/disco/render/out";
 
-/// A file of the module run by [`STEP_DRIVER`].
-enum Bashed {
-    /// `templates/REL`: its stdout becomes the file, with `want`.
-    Template {
-        src: PathBuf,
-        rel: PathBuf,
-        want: Wanted,
-    },
-    /// A file of `scripts/`.
-    Script(PathBuf),
-}
-
-impl Bashed {
-    /// How the driver is told of it: `T` or `S`, then the path.
-    fn arg(&self) -> std::ffi::OsString {
-        let (kind, path) = match self {
-            Bashed::Template { src, .. } => ("T", src),
-            Bashed::Script(p) => ("S", p),
-        };
-        let mut a = std::ffi::OsString::from(kind);
-        a.push(path);
-        a
-    }
-
-    /// `templates/etc/x.conf`, `scripts/10-setup`.
-    fn name(&self) -> String {
-        match self {
-            Bashed::Template { rel, .. } => format!("templates/{}", rel.display()),
-            Bashed::Script(p) => format!(
-                "scripts/{}",
-                p.file_name().unwrap_or(OsStr::new("?")).to_string_lossy()
-            ),
-        }
-    }
-
-    fn what(&self) -> &'static str {
-        match self {
-            Bashed::Template { .. } => "template",
-            Bashed::Script(_) => "script",
-        }
-    }
-}
-
-/// The bash program that runs a module's templates and scripts (`bash -c
-/// DRIVER disco-steps OUT [T|S]FILE…`). Each runs in a subshell: stdin
-/// `/dev/null`, no arguments, `$0` its path, stdout OUT for a template
-/// (the module's output for a script); the status pipe (fd 3) closed.
-/// After each the driver says `E STATUS` and bash's `times` on fd 3, then
-/// waits for `go` on its stdin (disco has written the template's target)
-/// before the next one.
+/// The bash program that renders a module's templates (`bash -c DRIVER
+/// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
+/// from /dev/null, stdout to OUT, `$0` its path; after it the driver says
+/// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
+/// its stdin (disco has written the target) before the next one.
 ///
 /// `disco param get KEY` is a shell function here, answered with bash
 /// builtins: no process at all, or one fork inside `$(…)` — where the
 /// sandbox's `disco` shim starts `/bin/sh` and `cat`. Same keys, same
 /// errors, same record of a failed lookup as [`crate::sandbox::PARAM_SHIM`].
-pub const STEP_DRIVER: &str = r#"__disco_out=$1; shift
+pub const RENDER_DRIVER: &str = r#"__disco_out=$1; shift
 disco() {
     if [ "${1-}" = param ] && [ "${2-}" = get ] && [ "$#" -eq 3 ]; then
         local key=$3 err= value=
@@ -722,14 +722,14 @@ disco() {
     fi
     command disco "$@"
 }
-for __disco_step in "$@"; do
-    __disco_file=${__disco_step#?}
-    case $__disco_step in
-    T*) ( exec < /dev/null > "$__disco_out" 3>&-; set --; BASH_ARGV0=$__disco_file; . "$__disco_file" ) ;;
-    *) ( exec < /dev/null 3>&-; set --; BASH_ARGV0=$__disco_file; . "$__disco_file" ) ;;
-    esac
-    printf 'E %s\n' "$?" >&3
-    times >&3
+for __disco_t in "$@"; do
+    (
+        exec < /dev/null > "$__disco_out"
+        BASH_ARGV0=$__disco_t
+        . "$__disco_t"
+    )
+    printf 'E %s\n' "$?"
+    times
     IFS= read -r __disco_go && [ "$__disco_go" = go ] || exit 0
 done
 "#;
