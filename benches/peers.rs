@@ -6,8 +6,9 @@
 //! dialect (disco modules; a CFEngine bundle with `copy_from`, mustache
 //! `edit_template` and `commands`; a Puppet manifest with `source`,
 //! `inline_epp` and `exec … unless`) and its own target tree, never the
-//! host's: disco a fixture root (`--root`), the peers a directory their
-//! paths are prefixed with.
+//! host's: disco a fixture root (`--root`, its state dir inside it at
+//! `var/lib/disco`, as on a node), the peers a directory their paths are
+//! prefixed with.
 //!
 //! Four scenarios, run in turn for every tool, medians of
 //! `DISCO_BENCH_RUNS` runs (default 7):
@@ -96,7 +97,8 @@ fn main() {
                     .args(["--node", "bench", "--root"])
                     .arg(&root)
                     .arg("--state-dir")
-                    .arg(d.join("disco-state"))
+                    // Where a node keeps it: inside the root it manages.
+                    .arg(root.join("var/lib/disco"))
                     .args(["dance", "--quiet"]);
                 if dry {
                     c.env("NOOP", "true");

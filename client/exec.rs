@@ -689,7 +689,7 @@ const RENDER_OUT: &str = "/run/disco/render/out";
 
 /// The bash program that renders a module's templates (`bash -c DRIVER
 /// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
-/// from /dev/null, stdout to OUT, `$0` its path; after it the driver says
+/// from /dev/null, stdout to OUT, no arguments, `$0` its path; after it the driver says
 /// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
 /// its stdin (disco has written the target) before the next one.
 ///
@@ -725,6 +725,7 @@ disco() {
 for __disco_t in "$@"; do
     (
         exec < /dev/null > "$__disco_out"
+        set --
         BASH_ARGV0=$__disco_t
         . "$__disco_t"
     )

@@ -204,7 +204,7 @@ fn each_template_keeps_its_own_shell_status_and_time_limit() {
     f.module_file(
         "m",
         "templates/etc/t1",
-        "set -e\nX=leak\nf() { :; }\ntrap 'echo trap' EXIT\necho \"0=$0\"\necho \"port=$(disco param get port)\"\nprintf 'bare='; disco param get port\n",
+        "set -e\nX=leak\nf() { :; }\ntrap 'echo trap' EXIT\necho \"0=$0 args=$#\"\necho \"port=$(disco param get port)\"\nprintf 'bare='; disco param get port\n",
         0o644,
     )
     .module_file(
@@ -218,7 +218,7 @@ fn each_template_keeps_its_own_shell_status_and_time_limit() {
     let t1 = fs::read_to_string(r.path.join("etc/t1")).unwrap();
     assert!(t1.ends_with("port=8080\nbare=8080\ntrap\n"), "{t1}");
     assert!(
-        t1.starts_with("0=/") && t1.contains("/templates/etc/t1\n"),
+        t1.starts_with("0=/") && t1.contains("/templates/etc/t1 args=0\n"),
         "{t1}"
     );
     assert_eq!(
