@@ -233,15 +233,17 @@ fn main() {
         );
         t.elapsed().as_secs_f64()
     };
-    let disco = |state: &Path| {
+    // `disco plan` (a fetch) with a config and a server URI.
+    let plan = |config: &Path, uri: &str, state: &Path| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_disco"));
         c.arg("--config")
-            .arg(&config)
+            .arg(config)
             .arg("--state-dir")
             .arg(state)
-            .args(["--server", &uri, "--node", "n0", "plan"]);
+            .args(["--server", uri, "--node", "n0", "plan"]);
         c
     };
+    let disco = |state: &Path| plan(&config, &uri, state);
     let rsync = |dest: &Path, checksum: bool| {
         let mut c = Command::new("rsync");
         c.arg("-a").arg("--delete");
@@ -304,15 +306,7 @@ fn main() {
     )
     .unwrap();
     let uri_src = sshd.uri(src.to_str().unwrap());
-    let from_src = |state: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_disco"));
-        c.arg("--config")
-            .arg(&config_src)
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--server", &uri_src, "--node", "n0", "plan"]);
-        c
-    };
+    let from_src = |state: &Path| plan(&config_src, &uri_src, state);
     let st_src = d.join("st-src");
     let _ = time(from_src(&st_src));
     measure("disco fetch, no change, tree not published", &mut || {
