@@ -223,6 +223,7 @@ pub fn merge(
         },
         layer: 0,
         linked: Default::default(),
+        copied: Default::default(),
     };
     for (idx, name) in layout.layers.iter().enumerate() {
         m.layer = idx;
@@ -253,6 +254,9 @@ struct Merger<'a> {
     /// Copy path: the live name each multiply-linked upper inode was
     /// placed at first, so its other names become hard links again.
     linked: std::collections::HashMap<(u64, u64), PathBuf>,
+    /// Copy path: upper files already copied beside their live name
+    /// (and synced) by [`Merger::precopy`], waiting for their rename.
+    copied: std::collections::HashMap<PathBuf, PathBuf>,
 }
 
 impl Merger<'_> {
@@ -317,6 +321,12 @@ impl Merger<'_> {
         if backed_up {
             sync_dir(&self.journal.dir.join("b"))?;
         }
+        self.precopy(
+            planned
+                .iter()
+                .filter(|p| !p.5)
+                .map(|(u, l, _, um, _, _)| (u.as_path(), l.as_path(), um)),
+        )?;
         for (u, l, s, um, seq, unchanged) in planned {
             touched |= self.apply_leaf(&u, &l, &s, &um, seq, unchanged)?;
         }
@@ -464,7 +474,7 @@ impl Merger<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                     let tmp = b.with_extension("tmp");
                     let _ = fs::remove_file(&tmp);
-                    copy_entry(l, &tmp)?;
+                    copy_entry(l, &tmp, true)?;
                     fs::rename(&tmp, &b)?;
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot back up {}", l.display())),
@@ -473,6 +483,62 @@ impl Merger<'_> {
                 fs::remove_file(l).with_context(|| format!("cannot remove {}", l.display()))?;
             }
         }
+        Ok(())
+    }
+
+    /// The copy path, for a batch of leaves about to be placed: each
+    /// single-linked regular file on another filesystem than its live
+    /// directory is copied beside its live name first, its writeback
+    /// started, then all are fsynced — one journal commit covers most of
+    /// them instead of one per file — and [`Merger::place`] only renames.
+    /// A copy a crash leaves behind is replaced by a resumed merge and
+    /// removed by a rollback (the name is derived from the live one).
+    fn precopy<'p>(
+        &mut self,
+        leaves: impl Iterator<Item = (&'p Path, &'p Path, &'p fs::Metadata)>,
+    ) -> Result<()> {
+        let mut made = Vec::new();
+        // The leaves of a batch share their live directory.
+        let mut live_dev: Option<(PathBuf, Option<u64>)> = None;
+        for (u, l, um) in leaves {
+            if !um.is_file() || um.nlink() > 1 {
+                continue;
+            }
+            let Some(dir) = l.parent() else { continue };
+            let dev = match &live_dev {
+                Some((d, dev)) if d == dir => *dev,
+                _ => {
+                    let dev = fs::metadata(dir).ok().map(|m| m.dev());
+                    live_dev = Some((dir.to_path_buf(), dev));
+                    dev
+                }
+            };
+            if dev == Some(um.dev()) {
+                continue;
+            }
+            strip_overlay_xattrs(u);
+            let tmp = merge_temp(l);
+            let mut copied = copy_entry(u, &tmp, false);
+            if copied.is_err() && fs::symlink_metadata(&tmp).is_ok() {
+                // Left by an interrupted merge: made again.
+                let _ = fs::remove_file(&tmp);
+                copied = copy_entry(u, &tmp, false);
+            }
+            if let Err(e) = copied {
+                let _ = fs::remove_file(&tmp);
+                for (_, t) in &made {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+            made.push((u.to_path_buf(), tmp));
+        }
+        for (_, t) in &made {
+            fs::File::open(t)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", t.display()))?;
+        }
+        self.copied.extend(made);
         Ok(())
     }
 
@@ -491,10 +557,14 @@ impl Merger<'_> {
         match fs::rename(u, l) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let mut name = std::ffi::OsString::from(".");
-                name.push(l.file_name().unwrap_or_default());
-                name.push(".disco-merge");
-                let tmp = l.with_file_name(name);
+                let tmp = merge_temp(l);
+                if self.copied.get(u) == Some(&tmp) {
+                    self.copied.remove(u);
+                    fs::rename(&tmp, l)
+                        .with_context(|| format!("cannot move {} into place", l.display()))?;
+                    fs::remove_file(u)?;
+                    return Ok(());
+                }
                 let _ = fs::remove_file(&tmp);
                 let key = (um.dev(), um.ino());
                 // Looked up whatever nlink says now: placing the first name
@@ -505,7 +575,7 @@ impl Merger<'_> {
                     .flatten();
                 let made = match &first {
                     Some(other) => fs::hard_link(other, &tmp).map_err(anyhow::Error::from),
-                    None => copy_entry(u, &tmp),
+                    None => copy_entry(u, &tmp, true),
                 };
                 let placed = made.and_then(|()| {
                     fs::rename(&tmp, l)
@@ -544,9 +614,10 @@ impl Merger<'_> {
 
 /// Copies a file, symlink, FIFO, socket or device node with mode, owner,
 /// xattrs and mtime. File data is copied hole-aware (a sparse file stays
-/// sparse) and fsynced; special files are made anew with `mknod`, never
+/// sparse) and fsynced (`durable`; else its writeback is only started, for
+/// the caller to fsync); special files are made anew with `mknod`, never
 /// opened (opening a FIFO would wait for a writer forever).
-fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
+fn copy_entry(src: &Path, dst: &Path, durable: bool) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let m = fs::symlink_metadata(src)?;
     let ft = m.file_type();
@@ -600,16 +671,36 @@ fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
         nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec()),
     ];
     let _ = nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&to), &times[0], &times[1]);
-    to.sync_all()
-        .with_context(|| format!("cannot sync {}", dst.display()))?;
+    if durable {
+        to.sync_all()
+            .with_context(|| format!("cannot sync {}", dst.display()))?;
+    } else {
+        // SAFETY: a valid descriptor; only starts the writeback of its pages.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&to),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
     Ok(())
+}
+
+/// The temporary name a copy for live path `l` gets beside it.
+fn merge_temp(l: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(l.file_name().unwrap_or_default());
+    name.push(".disco-merge");
+    l.with_file_name(name)
 }
 
 /// Copies a directory tree (backups across filesystems, undo).
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let m = fs::symlink_metadata(src)?;
     if !m.is_dir() {
-        return copy_entry(src, dst);
+        return copy_entry(src, dst, true);
     }
     fs::DirBuilder::new()
         .mode(0o700)
@@ -1058,6 +1149,13 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
             },
         };
         let live = name.map_or_else(|| dir.path(), |n| dir.join(n));
+        if let Some(n) = name {
+            // A copy the interrupted merge made beside it and never placed.
+            let tmp = merge_temp(&dir.join(n));
+            if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
         match rec {
             Undo::Remove { .. } => {
                 if fs::symlink_metadata(&live).is_ok() {

@@ -590,6 +590,52 @@ fn a_merge_from_the_scratch_image_killed_half_way_is_finished() {
 }
 
 #[test]
+fn a_merge_killed_with_copies_not_yet_placed_rolls_back_without_leftovers() {
+    // The copy path copies a directory's files beside their live names
+    // before placing any: a killed merge whose layers are then lost is
+    // rolled back, and those copies go too.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let state = r.path.join("var/lib/disco");
+    two_hundred(&f, &r);
+    let before = snapshot_no_mtimes(&r.path.join("srv"));
+    let disco = || {
+        let mut c = f.disco_with_state(&state);
+        c.arg("--server").arg(f.server()).arg("--root").arg(&r.path);
+        c
+    };
+    let (code, _, err) = run(disco()
+        .env("DISCO_FAILPOINT", "merge-after:30")
+        .args(["--node", "n", "dance"]));
+    assert_ne!(code, 0, "the failpoint must abort: {err}");
+    let leftovers = |dir: &str| {
+        fs::read_dir(r.path.join(dir))
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".disco-merge")
+            })
+            .count()
+    };
+    assert!(
+        leftovers("srv/new") + leftovers("srv/mod") > 0,
+        "copies were waiting for their rename"
+    );
+    // The layers are lost (the image is gone): roll back.
+    fs::remove_file(state.join("scratch.img")).unwrap();
+    let (code, _, err) = run(disco().arg("undo").arg("--yes"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rolling back"), "{err}");
+    assert_eq!(leftovers("srv/new") + leftovers("srv/mod"), 0);
+    assert_eq!(snapshot_no_mtimes(&r.path.join("srv")), before);
+}
+
+#[test]
 fn a_failed_handler_runs_again_until_it_succeeds() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
