@@ -4,7 +4,8 @@
 //!
 //! Owns: the apply of each upper entry (whiteout → delete, opaque dir →
 //! replace, file/symlink → `rename(2)` into place on the same filesystem,
-//! or copy beside the target + fsync + rename across filesystems,
+//! or copy beside the target + fsync + rename across filesystems (a
+//! directory's copies made first and fsynced in a batch),
 //! directory → create or fix mode/owner/xattrs); the skipping of copy-ups
 //! that change nothing; backups in `STATE/backup/RUN/` (hard link or move,
 //! copy across filesystems); the undo journal; the `STATE/merging` marker;
