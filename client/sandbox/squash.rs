@@ -92,7 +92,20 @@ pub fn fold(upper: &Path, squash: &Path, root: &Path) -> Result<()> {
                 if is_whiteout(&um) && !hides_root {
                     continue;
                 }
-                fs::hard_link(&up, &sp)
+                let linked = fs::hard_link(&up, &sp);
+                if is_whiteout(&um) && linked.is_err() {
+                    // Overlayfs shares one whiteout inode per work dir: past
+                    // the filesystem's link limit, a whiteout of its own.
+                    nix::sys::stat::mknod(
+                        &sp,
+                        nix::sys::stat::SFlag::S_IFCHR,
+                        nix::sys::stat::Mode::empty(),
+                        0,
+                    )
+                    .with_context(|| format!("cannot make the whiteout {}", sp.display()))?;
+                    continue;
+                }
+                linked
                     .with_context(|| format!("cannot link {} to {}", up.display(), sp.display()))?;
             }
         }
@@ -152,4 +165,64 @@ fn remove(p: &Path, m: &fs::Metadata) -> Result<()> {
         fs::remove_file(p)
     }
     .with_context(|| format!("cannot remove {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::{mknod, Mode, SFlag};
+
+    fn whiteout(p: &Path) {
+        mknod(p, SFlag::S_IFCHR, Mode::empty(), 0).unwrap();
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn fold_keeps_whiteouts_only_over_root_and_opaque_dirs_replace() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, q, u1, u2) = (
+            t.path().join("root"),
+            t.path().join("q"),
+            t.path().join("u1"),
+            t.path().join("u2"),
+        );
+        for d in [root.join("a"), u1.join("a"), u1.join("d"), u2.join("a")] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(root.join("a/r"), "root").unwrap();
+        fs::write(root.join("gone"), "root").unwrap();
+        fs::write(u1.join("a/new"), "new").unwrap();
+        whiteout(&u1.join("gone"));
+        whiteout(&u1.join("a/nothere"));
+        whiteout(&u1.join("d/x"));
+        fold(&u1, &q, &root).unwrap();
+        assert_eq!(names(&q), ["a", "d", "gone"]);
+        assert!(is_whiteout(&fs::symlink_metadata(q.join("gone")).unwrap()));
+        assert_eq!(
+            names(&q.join("a")),
+            ["new"],
+            "no whiteout where ROOT has nothing"
+        );
+        assert!(names(&q.join("d")).is_empty());
+        assert!(!is_opaque(&q.join("a")) && !is_opaque(&q.join("d")));
+        assert_eq!(
+            fs::metadata(q.join("a/new")).unwrap().ino(),
+            fs::metadata(u1.join("a/new")).unwrap().ino(),
+            "linked, not copied"
+        );
+        // An opaque directory replaces what the squash had there.
+        xattr::set(u2.join("a"), OPAQUE, b"y").unwrap();
+        fs::write(u2.join("a/only"), "only").unwrap();
+        fold(&u2, &q, &root).unwrap();
+        assert_eq!(names(&q.join("a")), ["only"]);
+        assert!(is_opaque(&q.join("a")));
+    }
 }
