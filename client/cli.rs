@@ -327,7 +327,9 @@ pub struct DanceArgs {
     pub node_side: NodeSide,
     #[command(flatten)]
     pub noop: NoopArg,
-    /// Keep the scratch directory (STATE/run/RUN) after a successful run
+    /// Keep the scratch directory (STATE/run/RUN), layers included, after a
+    /// successful run (a noop dance then keeps its layers there rather than
+    /// in the scratch image, which the next run empties)
     #[arg(long)]
     pub keep: bool,
     /// Run deferred actions and handlers even when --root is not /
