@@ -636,6 +636,48 @@ fn a_merge_killed_with_copies_not_yet_placed_rolls_back_without_leftovers() {
 }
 
 #[test]
+fn a_dance_that_changes_nothing_merges_nothing() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    // The file lands once; then the script rewrites it identically (a
+    // copy-up that changes nothing) at every dance.
+    f.module_file("m", "files/etc/app.conf", "same\n", 0o644)
+        .module_file(
+            "m",
+            "scripts/10-rewrite",
+            "cp /etc/app.conf /etc/app.tmp && mv /etc/app.tmp /etc/app.conf\n",
+            0o755,
+        );
+    let (code, _, err) = live_dance(&f, &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 2, "{err}");
+    let stages = |f: &Fixture| -> Vec<String> {
+        let rep: serde_json::Value =
+            serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap())
+                .unwrap();
+        rep["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(stages(&f).contains(&"merge".to_string()));
+    let backups = || fs::read_dir(f.state().join("backup")).unwrap().count();
+    let before = backups();
+    let (code, _, err) = live_dance(&f, &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !stages(&f).contains(&"merge".to_string()),
+        "{:?}",
+        stages(&f)
+    );
+    assert_eq!(backups(), before, "no journal, no backup");
+    assert!(!f.state().join("merging").exists());
+    assert_eq!(r.read("etc/app.conf").as_deref(), Some("same\n"));
+}
+
+#[test]
 fn a_failed_handler_runs_again_until_it_succeeds() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
