@@ -384,16 +384,16 @@ impl Job {
         }
         let name = |rel: &Path| format!("templates/{}", rel.display());
         let started = Instant::now();
-        let out_file = Path::new(RENDER_OUT);
+        let out_dir = Path::new(RENDER_OUT);
         let spawned = (|| -> Result<std::process::Child> {
-            let dir = out_file.parent().expect("has a parent");
+            let dir = out_dir;
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let mut c = self.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
-            c.arg(out_file);
+            c.arg(out_dir);
             c.args(templates.iter().map(|(src, _, _)| src));
             c.stdin(Stdio::piped()).stdout(Stdio::piped());
             c.spawn().context("cannot run bash")
@@ -424,7 +424,8 @@ impl Job {
                     param_errors()?;
                     if code == 0 {
                         let target = self.target_path(rel, false)?;
-                        let out = fs::read(out_file).context("reading the template's output")?;
+                        let out = fs::read(out_dir.join(i.to_string()))
+                            .context("reading the template's output")?;
                         write_if_changed(&target, &out, *want)?;
                     }
                     Ok((code, cpu))
@@ -448,8 +449,17 @@ impl Job {
             );
             let failed = step.error.is_some();
             steps.push(step);
-            if failed || go.write_all(b"go\n").is_err() {
+            if failed {
                 break;
+            }
+            if let Some((_, next, _)) = templates.get(i + 1) {
+                if go.write_all(b"go\n").is_err() {
+                    // The bash ended between two templates (killed from
+                    // outside): the next one never ran, and that fails.
+                    let e = anyhow::anyhow!("bash ended before it ran (it was killed)");
+                    steps.push(finish(name(next), Instant::now(), Err(e), "template"));
+                    break;
+                }
             }
         }
         drop(go);
@@ -457,7 +467,7 @@ impl Job {
         // The driver ends at the end of its list or when its input closes;
         // a killed one is already gone.
         let _ = wait4(child.id());
-        let _ = fs::remove_file(out_file);
+        let _ = fs::remove_dir_all(out_dir);
         steps
     }
 
@@ -684,12 +694,15 @@ fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
     Ok((code, cpu))
 }
 
-/// Where a template's output goes inside the sandbox (its own `/run`).
-const RENDER_OUT: &str = "/run/disco/render/out";
+/// Where the templates' outputs go inside the sandbox (its own `/run`),
+/// one file per template (`0`, `1`, …): a background process a template
+/// left writing never lands in the next one's output.
+const RENDER_OUT: &str = "/run/disco/render";
 
 /// The bash program that renders a module's templates (`bash -c DRIVER
 /// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
-/// from /dev/null, stdout to OUT, no arguments, `$0` its path; after it the driver says
+/// from /dev/null, stdout to OUT/N (N its index), no arguments, `$0` its
+/// path; after it the driver says
 /// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
 /// its stdin (disco has written the target) before the next one.
 ///
@@ -722,15 +735,17 @@ disco() {
     fi
     command disco "$@"
 }
+__disco_i=0
 for __disco_t in "$@"; do
     (
-        exec < /dev/null > "$__disco_out"
+        exec < /dev/null > "$__disco_out/$__disco_i"
         set --
         BASH_ARGV0=$__disco_t
         . "$__disco_t"
     )
     printf 'E %s\n' "$?"
     times
+    __disco_i=$((__disco_i + 1))
     IFS= read -r __disco_go && [ "$__disco_go" = go ] || exit 0
 done
 "#;

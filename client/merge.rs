@@ -34,7 +34,7 @@ use crate::run::{Layout, RunDir};
 
 /// The marker file that says "merge of RUN in progress".
 pub fn marker(state_dir: &Path) -> PathBuf {
-    state_dir.join("merging")
+    crate::run::merge_marker(state_dir)
 }
 
 fn backup_root(state_dir: &Path) -> PathBuf {
@@ -199,6 +199,40 @@ impl Journal {
     fn backup_path(&self, seq: u64) -> PathBuf {
         self.dir.join("b").join(seq.to_string())
     }
+}
+
+/// True when the upper layers of `run` hold nothing but directories,
+/// symlinks and singly-linked regular files — entries the diff compares
+/// completely (content, type, mode, owner, xattrs). When it then reports
+/// no change, the merge would apply nothing and can be skipped; a device
+/// node, a FIFO, a whiteout or a hard link makes it run.
+pub fn diff_covers(run: &RunDir, layout: &Layout) -> bool {
+    let mut stack: Vec<PathBuf> = (1..=layout.layers.len())
+        .flat_map(|i| (0..layout.mounts.len()).map(move |k| (i, k)))
+        .map(|(i, k)| run.upper(i, k))
+        .filter(|p| p.is_dir())
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return false;
+        };
+        for e in entries {
+            let Ok(m) = e.and_then(|e| {
+                let p = e.path();
+                fs::symlink_metadata(&p).map(|m| (p, m))
+            }) else {
+                return false;
+            };
+            let (p, m) = m;
+            let ft = m.file_type();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if !(ft.is_symlink() || (ft.is_file() && m.nlink() == 1)) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Merges every layer of `run` onto its root. Called for a fresh merge and

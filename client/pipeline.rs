@@ -695,7 +695,9 @@ impl<'a> Run<'a> {
             mounts: self.sandbox.mounts.clone(),
         };
         let meter = report::Meter::start();
-        let (merged, took) = if self.report.changes().next().is_none() {
+        let unchanged = self.report.changes().next().is_none()
+            && merge::diff_covers(&self.sandbox.run, &layout);
+        let (merged, took) = if unchanged {
             // Nothing to merge (what the layers hold equals the root): no
             // marker, no journal, and no syncfs of the root's filesystem,
             // which waits for every other writer on it.

@@ -145,6 +145,11 @@ impl RunDir {
 /// The name of the in-memory layers directory inside a run dir.
 pub const MEM: &str = "mem";
 
+/// The file that says "merge of RUN in progress" (its content is RUN).
+pub fn merge_marker(state_dir: &Path) -> PathBuf {
+    state_dir.join("merging")
+}
+
 /// True when `dir` is the root of a mount (another device than its parent).
 pub fn is_mount_point(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

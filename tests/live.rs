@@ -577,6 +577,13 @@ fn a_merge_from_the_scratch_image_killed_half_way_is_finished() {
         "half merged"
     );
     assert!(common::root::host_mounts_with(state.to_str().unwrap()).is_empty());
+    // A noop run would have to empty the image the merge needs: refused.
+    let (code, _, err) = run(disco().env("NOOP", "true").args(["--node", "n", "dance"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("a merge was interrupted and its layers are in the scratch image"),
+        "{err}"
+    );
     let (code, _, err) = run(disco().args(["--node", "n", "dance"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("finishing it first"), "{err}");

@@ -226,6 +226,19 @@ fn each_template_keeps_its_own_shell_status_and_time_limit() {
         "x=unset f=none\nstdin=0\n"
     );
 
+    // What a template leaves running in the background never lands in the
+    // next template's output.
+    f.module_file(
+        "m",
+        "templates/etc/t1",
+        "{ sleep 0.3; echo tail; } &\necho a\n",
+        0o644,
+    )
+    .module_file("m", "templates/etc/t2", "sleep 0.6; echo b\n", 0o644);
+    let (code, out, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(fs::read_to_string(r.path.join("etc/t2")).unwrap(), "b\n");
+
     // A failing template ends the module there: the next one is not rendered.
     f.module_file(
         "m",

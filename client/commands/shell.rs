@@ -127,7 +127,9 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         run,
         &config.root.value,
         (state, config.scratch_max.value),
-        (true, false),
+        // As if kept: the shell takes no dance lock, so it uses the shared
+        // scratch image only where it must (state dir inside ROOT).
+        (true, true),
         &layers,
     )?;
     let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;

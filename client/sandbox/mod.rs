@@ -226,7 +226,15 @@ impl Sandbox {
             .mode(0o755)
             .create(run.merged())
             .context("cannot create the merged dir")?;
-        if (noop && !keep) || inside_an_overlaid_filesystem(&run.path, &root, &mounts) {
+        let inside = inside_an_overlaid_filesystem(&run.path, &root, &mounts);
+        // An interrupted merge may have its layers in the image, which a
+        // run empties: a noop run then keeps off it, or, when it cannot,
+        // says what to do first.
+        let merge_pending = crate::run::merge_marker(&state).exists();
+        if inside && merge_pending {
+            bail!("a merge was interrupted and its layers are in the scratch image: run `disco dance` (live) to finish it, or `disco undo`, before this run");
+        }
+        if (noop && !keep && !merge_pending) || inside {
             // The layers cannot live below a lower layer's root on the same
             // filesystem (overlayfs: "overlapping lowerdir"): keep them in
             // the scratch filesystem (a loop-mounted image on disk, see
@@ -331,8 +339,13 @@ impl Sandbox {
         for i in done + 1..=want {
             for k in 0..self.mounts.len() {
                 let upper = self.run.upper(i, k);
-                let root = self.root.join(&self.mounts[k].rel);
-                if let Err(e) = squash::fold(&upper, &layers.join(RunDir::squash_rel(k)), &root) {
+                // What shows through below the squash: the shims, ROOT.
+                let mut below = Vec::new();
+                if self.shims.get(k).copied().unwrap_or(false) {
+                    below.push(layers.join(RunDir::shim_rel(k)));
+                }
+                below.push(self.root.join(&self.mounts[k].rel));
+                if let Err(e) = squash::fold(&upper, &layers.join(RunDir::squash_rel(k)), &below) {
                     crate::output::warning(&format!(
                         "cannot squash layer {i} ({e:#}); stacking every layer instead"
                     ));

@@ -27,15 +27,15 @@ use crate::fsutil::{is_opaque, is_whiteout, MAX_DEPTH};
 const OPAQUE: &str = "trusted.overlay.opaque";
 
 /// Folds the upper layer `upper` (none: nothing to fold) into `squash`
-/// (created if missing), over `root` (the filesystem's directory in
-/// ROOT). An error leaves the squash unusable: the caller falls back to
-/// stacking.
+/// (created if missing), over the layers `below` it (the shim layer, if
+/// any, and the filesystem's directory in ROOT). An error leaves the
+/// squash unusable: the caller falls back to stacking.
 ///
-/// A whiteout is kept only where ROOT has something to hide: overlayfs
+/// A whiteout is kept only where a layer below has something to hide: overlayfs
 /// filters whiteouts out of a listing only in a directory that more than
 /// one layer holds, and a directory that only the squash holds (new, or
 /// opaque) would list the name of a file it does not have.
-pub fn fold(upper: &Path, squash: &Path, root: &Path) -> Result<()> {
+pub fn fold(upper: &Path, squash: &Path, below: &[PathBuf]) -> Result<()> {
     if !squash.exists() {
         fs::create_dir(squash).with_context(|| format!("cannot create {}", squash.display()))?;
     }
@@ -44,11 +44,12 @@ pub fn fold(upper: &Path, squash: &Path, root: &Path) -> Result<()> {
     }
     // Directories whose mtime is set last (linking into them changes it).
     let mut times: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-    // (upper dir, squash dir, the same dir in ROOT if ROOT shows through).
+    // (upper dir, squash dir, the same dir in the layers below that show
+    // through here).
     let mut work = vec![(
         upper.to_path_buf(),
         squash.to_path_buf(),
-        Some(root.to_path_buf()),
+        below.to_vec(),
         0usize,
     )];
     while let Some((u, s, below, depth)) = work.pop() {
@@ -78,18 +79,24 @@ pub fn fold(upper: &Path, squash: &Path, root: &Path) -> Result<()> {
                 }
                 attributes(&up, &sp, &um)?;
                 times.push((sp.clone(), um));
-                let below = below.as_ref().map(|b| b.join(e.file_name())).filter(|b| {
-                    !is_opaque(&sp) && fs::symlink_metadata(b).is_ok_and(|m| m.is_dir())
-                });
+                let below: Vec<PathBuf> = if is_opaque(&sp) {
+                    Vec::new()
+                } else {
+                    below
+                        .iter()
+                        .map(|b| b.join(e.file_name()))
+                        .filter(|b| fs::symlink_metadata(b).is_ok_and(|m| m.is_dir()))
+                        .collect()
+                };
                 work.push((up, sp, below, depth + 1));
             } else {
                 if let Some(m) = &sm {
                     remove(&sp, m)?;
                 }
-                let hides_root = below
-                    .as_ref()
-                    .is_some_and(|b| fs::symlink_metadata(b.join(e.file_name())).is_ok());
-                if is_whiteout(&um) && !hides_root {
+                let hides = below
+                    .iter()
+                    .any(|b| fs::symlink_metadata(b.join(e.file_name())).is_ok());
+                if is_whiteout(&um) && !hides {
                     continue;
                 }
                 let linked = fs::hard_link(&up, &sp);
@@ -203,7 +210,7 @@ mod tests {
         whiteout(&u1.join("gone"));
         whiteout(&u1.join("a/nothere"));
         whiteout(&u1.join("d/x"));
-        fold(&u1, &q, &root).unwrap();
+        fold(&u1, &q, &[root.clone()]).unwrap();
         assert_eq!(names(&q), ["a", "d", "gone"]);
         assert!(is_whiteout(&fs::symlink_metadata(q.join("gone")).unwrap()));
         assert_eq!(
@@ -218,10 +225,21 @@ mod tests {
             fs::metadata(u1.join("a/new")).unwrap().ino(),
             "linked, not copied"
         );
+        // A whiteout over a shim (ROOT has no such command) is kept.
+        let shim = t.path().join("shim");
+        fs::create_dir_all(shim.join("sbin")).unwrap();
+        fs::write(shim.join("sbin/telinit"), "#!/bin/sh\n").unwrap();
+        let u3 = t.path().join("u3");
+        fs::create_dir_all(u3.join("sbin")).unwrap();
+        whiteout(&u3.join("sbin/telinit"));
+        fold(&u3, &q, &[shim, root.clone()]).unwrap();
+        assert!(is_whiteout(
+            &fs::symlink_metadata(q.join("sbin/telinit")).unwrap()
+        ));
         // An opaque directory replaces what the squash had there.
         xattr::set(u2.join("a"), OPAQUE, b"y").unwrap();
         fs::write(u2.join("a/only"), "only").unwrap();
-        fold(&u2, &q, &root).unwrap();
+        fold(&u2, &q, &[root.clone()]).unwrap();
         assert_eq!(names(&q.join("a")), ["only"]);
         assert!(is_opaque(&q.join("a")));
     }
