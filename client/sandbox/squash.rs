@@ -210,7 +210,7 @@ mod tests {
         whiteout(&u1.join("gone"));
         whiteout(&u1.join("a/nothere"));
         whiteout(&u1.join("d/x"));
-        fold(&u1, &q, &[root.clone()]).unwrap();
+        fold(&u1, &q, std::slice::from_ref(&root)).unwrap();
         assert_eq!(names(&q), ["a", "d", "gone"]);
         assert!(is_whiteout(&fs::symlink_metadata(q.join("gone")).unwrap()));
         assert_eq!(
@@ -239,7 +239,7 @@ mod tests {
         // An opaque directory replaces what the squash had there.
         xattr::set(u2.join("a"), OPAQUE, b"y").unwrap();
         fs::write(u2.join("a/only"), "only").unwrap();
-        fold(&u2, &q, &[root.clone()]).unwrap();
+        fold(&u2, &q, std::slice::from_ref(&root)).unwrap();
         assert_eq!(names(&q.join("a")), ["only"]);
         assert!(is_opaque(&q.join("a")));
     }
