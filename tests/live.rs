@@ -551,25 +551,56 @@ fn state_dir_inside_the_root_keeps_layers_in_memory_and_merges() {
     assert!(!r.path.join("etc/from-b").exists());
 }
 
+/// A live dance of [`two_hundred`] with the state dir inside the root
+/// (layers in the scratch image), aborted by the merge failpoint.
+struct ImageMerge {
+    f: Fixture,
+    r: FixtureRoot,
+    state: std::path::PathBuf,
+    /// `srv/` before the dance.
+    before: Vec<String>,
+}
+
+impl ImageMerge {
+    fn killed_after(n: usize) -> ImageMerge {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
+        let f = Fixture::new();
+        let r = FixtureRoot::new(f.dir.path());
+        let state = r.path.join("var/lib/disco");
+        two_hundred(&f, &r);
+        let before = snapshot_no_mtimes(&r.path.join("srv"));
+        let m = ImageMerge {
+            f,
+            r,
+            state,
+            before,
+        };
+        let (code, _, err) = run(m
+            .disco()
+            .env("DISCO_FAILPOINT", format!("merge-after:{n}"))
+            .args(["--node", "n", "dance"]));
+        assert_ne!(code, 0, "the failpoint must abort: {err}");
+        m
+    }
+
+    /// disco on this root and state dir.
+    fn disco(&self) -> assert_cmd::Command {
+        let mut c = self.f.disco_with_state(&self.state);
+        c.arg("--server")
+            .arg(self.f.server())
+            .arg("--root")
+            .arg(&self.r.path);
+        c
+    }
+}
+
 #[test]
 fn a_merge_from_the_scratch_image_killed_half_way_is_finished() {
     // The state dir inside ROOT: the layers are in the scratch image, on
     // disk; a killed disco leaves them there, and the next run finishes.
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
-    let f = Fixture::new();
-    let r = FixtureRoot::new(f.dir.path());
-    let state = r.path.join("var/lib/disco");
-    two_hundred(&f, &r);
-    let before = snapshot_no_mtimes(&r.path.join("srv"));
-    let disco = || {
-        let mut c = f.disco_with_state(&state);
-        c.arg("--server").arg(f.server()).arg("--root").arg(&r.path);
-        c
-    };
-    let (code, _, err) = run(disco()
-        .env("DISCO_FAILPOINT", "merge-after:120")
-        .args(["--node", "n", "dance"]));
-    assert_ne!(code, 0, "the failpoint must abort: {err}");
+    let m = ImageMerge::killed_after(120);
+    let (r, state, before) = (&m.r, &m.state, m.before.clone());
+    let disco = || m.disco();
     assert!(state.join("merging").exists());
     assert_ne!(
         snapshot_no_mtimes(&r.path.join("srv")),
@@ -601,21 +632,9 @@ fn a_merge_killed_with_copies_not_yet_placed_rolls_back_without_leftovers() {
     // The copy path copies a directory's files beside their live names
     // before placing any: a killed merge whose layers are then lost is
     // rolled back, and those copies go too.
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
-    let f = Fixture::new();
-    let r = FixtureRoot::new(f.dir.path());
-    let state = r.path.join("var/lib/disco");
-    two_hundred(&f, &r);
-    let before = snapshot_no_mtimes(&r.path.join("srv"));
-    let disco = || {
-        let mut c = f.disco_with_state(&state);
-        c.arg("--server").arg(f.server()).arg("--root").arg(&r.path);
-        c
-    };
-    let (code, _, err) = run(disco()
-        .env("DISCO_FAILPOINT", "merge-after:30")
-        .args(["--node", "n", "dance"]));
-    assert_ne!(code, 0, "the failpoint must abort: {err}");
+    let m = ImageMerge::killed_after(30);
+    let (r, state, before) = (&m.r, &m.state, m.before.clone());
+    let disco = || m.disco();
     let leftovers = |dir: &str| {
         fs::read_dir(r.path.join(dir))
             .into_iter()
