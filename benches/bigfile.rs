@@ -8,6 +8,8 @@
 
 #[path = "../tests/common/sshd.rs"]
 mod sshd;
+#[path = "common/workload.rs"]
+mod workload;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -52,8 +54,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = d.join("server");
-    fs::create_dir_all(server.join("parameters/n/modules")).unwrap();
-    fs::write(server.join("parameters/n/modules/m"), "").unwrap();
+    workload::one_module_node(&server, "n", "m");
     let big = server.join("modules/m/files/srv/big");
     fs::create_dir_all(big.parent().unwrap()).unwrap();
     let f = fs::File::create(&big).unwrap();

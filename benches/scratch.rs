@@ -6,6 +6,9 @@
 //!
 //! Run as root: `cargo bench --bench scratch`.
 
+#[path = "common/workload.rs"]
+mod workload;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -25,8 +28,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = d.join("server");
-    fs::create_dir_all(server.join("parameters/n/modules")).unwrap();
-    fs::write(server.join("parameters/n/modules/big"), "").unwrap();
+    workload::one_module_node(&server, "n", "big");
     fs::create_dir_all(server.join("modules/big/scripts")).unwrap();
     let script = server.join("modules/big/scripts/10-big");
     fs::write(

@@ -14,6 +14,21 @@ pub fn write(p: &Path, content: &str, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A server tree where `node` has the one module `module` (its directory
+/// made, empty).
+pub fn one_module_node(server: &Path, node: &str, module: &str) {
+    write(
+        &server
+            .join("parameters")
+            .join(node)
+            .join("modules")
+            .join(module),
+        "",
+        0o644,
+    );
+    fs::create_dir_all(server.join("modules").join(module)).unwrap();
+}
+
 /// The workload server tree; `empty` leaves the modules without content.
 pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
     fs::create_dir_all(server.join("parameters").join(node).join("modules")).unwrap();
