@@ -667,14 +667,19 @@ fn param_errors() -> Result<()> {
 /// system time). Returns the status and the children's (user, system)
 /// seconds so far.
 fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
+    use io::BufRead as _;
     let mut lines = [String::new(), String::new(), String::new()];
     for l in &mut lines {
-        if status
+        // A template can reach this pipe (/proc/$PPID/fd/1): lines are
+        // bounded, never read without end.
+        let n = io::Read::take(&mut *status, 256)
             .read_line(l)
-            .context("reading the renderer's status")?
-            == 0
-        {
+            .context("reading the renderer's status")?;
+        if n == 0 {
             bail!("bash ended before the template did (its renderer was killed)");
+        }
+        if !l.ends_with('\n') {
+            bail!("the renderer's status line is not one (over 256 bytes)");
         }
     }
     let code = lines[0]

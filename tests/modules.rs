@@ -271,6 +271,30 @@ fn each_template_keeps_its_own_shell_status_and_time_limit() {
 }
 
 #[test]
+fn a_template_flooding_the_renderers_status_pipe_fails_alone() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    // `$$` is the render bash: its stdout is disco's status pipe.
+    f.module_file(
+        "m",
+        "templates/etc/flood",
+        "printf '%*s' 100000 '' > /proc/$$/fd/1\necho ok\n",
+        0o644,
+    );
+    let started = std::time::Instant::now();
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        err.contains(
+            "error: m: templates/etc/flood: the renderer's status line is not one (over 256 bytes)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn later_modules_see_deletions_replacements_and_opaque_dirs_of_earlier_ones() {
     // Five modules, each seeing what the ones before left: whiteouts,
     // a directory replaced (opaque), a file turned into a directory and
