@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// disco — pull-based configuration management over plain trees, bash and SSH.
+/// Pull-based configuration management over plain trees, bash and SSH.
 ///
 /// A node pulls its parameters and modules from a server tree, orders the
 /// modules by their `requires`, and converges itself. Settings come from
@@ -216,6 +216,68 @@ pub enum Command {
     /// `disco param get facts/primary_ipv4`. Read facts instead of probing
     /// the system (`ip addr` in a noop sandbox sees only loopback).
     Facts(FactsArgs),
+    /// Set up this node: write /etc/disco/disco.toml, make the node's SSH
+    /// key, pin the server's host key, print the server's authorized_keys line
+    ///
+    /// Writes under ROOT (--root, default /): etc/disco/disco.toml (server
+    /// URI, node name, key and known_hosts paths), etc/disco/id_ed25519 (an
+    /// ed25519 key without passphrase, 0600; an existing one is kept) and
+    /// etc/disco/known_hosts (the server's host key). The host key is
+    /// fetched with ssh-keyscan and its SHA256 fingerprint shown for you to
+    /// confirm on a terminal; without a terminal give it with --host-key
+    /// (the key itself, pinned without contacting the server, or its
+    /// fingerprint, which the scanned key must match). A disco.toml with
+    /// settings in it is never overwritten without --force.
+    ///
+    /// Then add the printed line to the serving user's ~/.ssh/authorized_keys
+    /// on the server, and run `NOOP=true disco dance`.
+    ///
+    /// Example: disco init --server ssh://disco@cfg.example.org/srv/disco
+    Init(InitArgs),
+    /// Print the shell completion script for bash, zsh or fish
+    ///
+    /// Examples: disco completions bash > /etc/bash_completion.d/disco;
+    /// disco completions fish > ~/.config/fish/completions/disco.fish
+    Completions(CompletionsArgs),
+    /// Print the manual page disco(1), or write disco.1 and one page per
+    /// subcommand (disco-dance.1…) into DIR
+    ///
+    /// Example: disco man | man -l -
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The server: ssh://[user@]host[:port]/path (or a local directory)
+    #[arg(long, value_name = "URI")]
+    pub server: String,
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// Write into this root instead of / (for an image or a container)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The server's host key: `ssh-ed25519 AAAA…` (pinned as given, the
+    /// server is not contacted) or its `SHA256:…` fingerprint (the scanned
+    /// key must match)
+    #[arg(long, value_name = "KEY")]
+    pub host_key: Option<String>,
+    /// Overwrite an existing disco.toml that has settings
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write disco.1 and disco-SUBCOMMAND.1 into DIR instead of printing disco(1)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +561,11 @@ impl Command {
                 g.node = a.node.node.clone();
             }
             Command::Facts(a) => g.root = a.root.root.clone(),
+            Command::Init(a) => {
+                g.node = a.node.node.clone();
+                g.root = a.root.clone();
+            }
+            Command::Completions(_) | Command::Man(_) => {}
             Command::Config(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.server = a.server.server.clone();

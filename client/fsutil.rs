@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -381,19 +381,41 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Writes `data` to `path` readable by its owner only (0600), atomically:
 /// a hidden temporary file beside it, then a rename.
 pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_via_temp(path, data, 0o600, false)
+}
+
+/// Writes `data` to `path` with `mode`, atomically and durably: a hidden
+/// temporary file beside it (its own name: two writers never mix), synced,
+/// then renamed over `path`; nothing half-written is ever seen there.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_via_temp(path, data, mode, true)
+}
+
+/// The work of [`write_private`] and [`write_atomic`].
+fn write_via_temp(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    // Its own temporary name: two writers of one file never mix.
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    fs::OpenOptions::new()
+    let written = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            if sync {
+                f.sync_all()?;
+            }
+            Ok(())
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -133,3 +133,64 @@ fn unknown_server_scheme_is_refused_clearly() {
         "{err}"
     );
 }
+
+/// Completions and manual pages come from the command line's definition:
+/// every subcommand is in them, bash accepts the script, man renders it —
+/// with a broken config in place, which they do not read.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let f = Fixture::new();
+    fs::write(f.config(), "not toml [").unwrap();
+    let subcommands = [
+        "dance",
+        "undo",
+        "serve",
+        "publish",
+        "report",
+        "diff",
+        "shell",
+        "plan",
+        "param",
+        "config",
+        "facts",
+        "init",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(f.disco().args(["completions", shell]));
+        assert_eq!(code, 0, "{err}");
+        for s in subcommands {
+            assert!(out.contains(s), "{shell} completion lacks {s}");
+        }
+    }
+    let (_, script, _) = run(f.disco().args(["completions", "bash"]));
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{script}\ncomplete -p disco"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains(" -F _disco disco"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let (code, page, _) = run(f.disco().arg("man"));
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH disco 1"), "{page}");
+    let dir = f.dir.path().join("man");
+    let (code, _, err) = run(f.disco().arg("man").arg("--dir").arg(&dir));
+    assert_eq!(code, 0, "{err}");
+    for s in subcommands {
+        assert!(dir.join(format!("disco-{s}.1")).is_file(), "no disco-{s}.1");
+    }
+    let rendered = std::process::Command::new("man")
+        .args(["-l", "-P", "cat"])
+        .arg(dir.join("disco-dance.1"))
+        .env("MANWIDTH", "80")
+        .output();
+    if let Ok(o) = rendered {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("--detailed-exitcodes"), "{text}");
+    }
+}

@@ -7,6 +7,8 @@ pub mod config;
 pub mod dance;
 pub mod diff;
 pub mod facts;
+pub mod init;
+pub mod manual;
 pub mod param;
 pub mod plan;
 pub mod publish;
@@ -25,6 +27,13 @@ use crate::config::{Config, Flags};
 
 /// Runs the command of `cli`; the return value is the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    // These run before any configuration exists, or need none.
+    match &cli.command {
+        Command::Init(args) => return init::run(args),
+        Command::Completions(args) => return manual::completions(args.shell),
+        Command::Man(args) => return manual::man(args.dir.as_deref()),
+        _ => {}
+    }
     let given = cli.command.given().over(&cli.global);
     let flags = Flags {
         config: given.config,
@@ -79,6 +88,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Config(_) => config::run(&config),
         Command::Facts(args) => facts::run(&config, args.json),
+        Command::Init(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("run before the configuration is loaded")
+        }
     }
 }
 
