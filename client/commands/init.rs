@@ -317,11 +317,8 @@ fn config_text(uri: &ServerUri, node: &Name, ssh: bool) -> String {
         ));
     }
     t.push_str(
-        "\n# state_dir = \"/var/lib/disco\"\n\
-         # step_timeout = 600            # seconds a template or script may run\n\
-         # noop_network = \"loopback\"     # or \"host\": noop sandboxes may download\n\
-         # prometheus_textfile = \"/var/lib/prometheus/node-exporter/disco.prom\"\n\
-         # report_upload = false\n",
+        "\n# Every other key with its default, explained:\n\
+         # /usr/share/doc/disco/examples/disco.toml (the .deb installs it).\n",
     );
     t
 }

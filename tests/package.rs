@@ -1,0 +1,178 @@
+//! The Debian package as a sysadmin installs it: `scripts/build-deb` makes
+//! the .deb from the built binary; it holds the binary, the systemd service
+//! and timer (which systemd accepts), the commented config (whose defaults
+//! are disco's), man pages and completions; `dpkg --root` installs it into
+//! a real Debian 12 root, where `disco --version` runs.
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn build_deb(out: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(repo.join("scripts/build-deb"))
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_disco"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deb = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert_eq!(
+        deb.file_name().unwrap().to_string_lossy(),
+        format!("disco_{}_amd64.deb", env!("CARGO_PKG_VERSION"))
+    );
+    deb
+}
+
+fn stdout(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_deb_installs_into_a_debian_root_and_runs_there() {
+    let f = common::Fixture::new();
+    let deb = build_deb(&f.dir.path().join("out"));
+    let contents = stdout(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for path in [
+        "./usr/bin/disco",
+        "./lib/systemd/system/disco.service",
+        "./lib/systemd/system/disco.timer",
+        "./etc/disco/disco.toml",
+        "./usr/share/man/man1/disco.1.gz",
+        "./usr/share/man/man1/disco-dance.1.gz",
+        "./usr/share/man/man1/disco-init.1.gz",
+        "./usr/share/bash-completion/completions/disco",
+        "./usr/share/zsh/vendor-completions/_disco",
+        "./usr/share/fish/vendor_completions.d/disco.fish",
+    ] {
+        assert!(
+            contents.lines().any(|l| l.ends_with(&format!(" {path}"))),
+            "{path} missing from the package:\n{contents}"
+        );
+    }
+    let control = stdout(Command::new("dpkg-deb").args(["--field"]).arg(&deb));
+    assert!(control.contains("Depends: libc6 (>= 2.34), bash, mount, e2fsprogs, openssh-client"));
+    assert_eq!(
+        stdout(
+            Command::new("dpkg-deb")
+                .arg("--info")
+                .arg(&deb)
+                .arg("conffiles")
+        ),
+        "/etc/disco/disco.toml\n"
+    );
+
+    let Some(root) = common::debian::root(f.dir.path()) else {
+        return; // said why on stderr
+    };
+    // openssh-client is not in minbase, and this root has no network to
+    // fetch it: dpkg is told to go on, and says so.
+    let o = Command::new("dpkg")
+        .arg("--root")
+        .arg(&root)
+        .args(["--force-depends", "-i"])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let version = stdout(
+        Command::new("chroot")
+            .arg(&root)
+            .args(["disco", "--version"]),
+    );
+    assert_eq!(version, format!("disco {}\n", env!("CARGO_PKG_VERSION")));
+    let status = stdout(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Status}", "disco"]),
+    );
+    assert_eq!(status, "install ok installed");
+    // The timer is left for the admin to enable after `disco init`.
+    assert!(!root
+        .join("etc/systemd/system/timers.target.wants/disco.timer")
+        .exists());
+
+    // systemd accepts both units as installed (the service pointed at this
+    // build's binary, since /usr/bin/disco is not on the host).
+    let units = f.dir.path().join("units");
+    fs::create_dir_all(&units).unwrap();
+    let service = fs::read_to_string(root.join("lib/systemd/system/disco.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/bin/disco dance --quiet --detailed-exitcodes\n"));
+    assert!(service.contains("SuccessExitStatus=2\n"));
+    fs::write(
+        units.join("disco.service"),
+        service.replace("/usr/bin/disco", env!("CARGO_BIN_EXE_disco")),
+    )
+    .unwrap();
+    let timer = fs::read_to_string(root.join("lib/systemd/system/disco.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=*:00/30\n") && timer.contains("RandomizedDelaySec="));
+    fs::write(units.join("disco.timer"), &timer).unwrap();
+    if let Ok(o) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(units.join("disco.timer"))
+        .arg(units.join("disco.service"))
+        .output()
+    {
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// Every `# key = value` the commented config shows as a default is the
+/// value `disco config` reports as the default.
+#[test]
+fn the_packaged_config_shows_the_real_defaults() {
+    let f = common::Fixture::new();
+    let shown =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/disco.toml")).unwrap();
+    let defaults = shown
+        .split("# Every other key, with its default:\n")
+        .nth(1)
+        .expect("the defaults section");
+    // No flag but --config and --node: every other value is a default.
+    let config_of = |file: &Path| {
+        let mut c = assert_cmd::Command::cargo_bin("disco").unwrap();
+        c.env_remove("NOOP")
+            .env_remove("DISCO_SERVER")
+            .env_remove("DISCO_NODE")
+            .arg("--config")
+            .arg(file)
+            .args(["--node", "n", "config"]);
+        common::run(&mut c)
+    };
+    let (code, config, err) = config_of(&f.config());
+    assert_eq!(code, 0, "{err}");
+    let mut checked = 0;
+    for line in defaults.lines().take_while(|l| *l != "#") {
+        let setting = line.strip_prefix("# ").unwrap();
+        assert!(
+            config.lines().any(|l| l == format!("{setting}  # default")),
+            "`{setting}` is not disco's default:\n{config}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10);
+    // And the file as shipped sets nothing.
+    fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/disco.toml"),
+        f.config(),
+    )
+    .unwrap();
+    let (code, shipped, err) = config_of(&f.config());
+    assert_eq!((code, shipped), (0, config), "{err}");
+}
