@@ -34,6 +34,12 @@ pub fn keygen(path: &Path) -> String {
 impl Sshd {
     /// Starts sshd with `authorized` lines (each `command="…",restrict KEY`).
     pub fn start(dir: &Path, authorized: &[String]) -> Sshd {
+        Sshd::start_with(dir, authorized, "")
+    }
+
+    /// [`Sshd::start`] with `settings` (sshd_config lines) first: sshd
+    /// takes the first value of a keyword, so they win over the defaults.
+    pub fn start_with(dir: &Path, authorized: &[String], settings: &str) -> Sshd {
         fs::create_dir_all(dir).unwrap();
         let host_key = dir.join("host_key");
         keygen(&host_key);
@@ -49,7 +55,7 @@ impl Sshd {
         )
         .unwrap();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\n\
+            "{settings}Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\n\
              StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nLogLevel ERROR\nMaxStartups 100\n\
              SetEnv XDG_CACHE_HOME={}\n",
