@@ -57,7 +57,10 @@ fn main() {
         "no-change fetch bursts", "nodes", "wall", "fetches/s", "refused"
     );
     for (name, setting) in [
-        ("sshd default MaxStartups 10:30:100", "MaxStartups 10:30:100\n"),
+        (
+            "sshd default MaxStartups 10:30:100",
+            "MaxStartups 10:30:100\n",
+        ),
         ("MaxStartups 200:30:400", "MaxStartups 200:30:400\n"),
     ] {
         let s = sshd::Sshd::start_with(
