@@ -191,3 +191,82 @@ fn init_refuses_bad_input_in_one_line_and_writes_nothing() {
     assert!(out.contains("no key is needed"), "{out}");
     assert!(!root.join("etc/disco/id_ed25519").exists());
 }
+
+/// `disco init` on a terminal: the fingerprint is shown and the answer
+/// typed decides (a pty stands for the admin's terminal).
+fn init_on_a_terminal(root: &Path, uri: &str, answer: &str) -> (i32, String) {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+    cmd.env_remove("NOOP")
+        .env("NO_COLOR", "1")
+        .args(["init", "--node", "n", "--server", uri, "--root"])
+        .arg(root)
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut master = fs::File::from(pty.master);
+    // Typed ahead: the terminal keeps it until disco reads its answer.
+    master.write_all(answer.as_bytes()).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    // The terminal ends (EIO on the master) when no one holds its slave.
+    drop(cmd);
+    drop(pty.slave);
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the child has exited and the pty has no writer (EIO).
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&shown).into_owned())
+}
+
+#[test]
+fn init_asks_on_a_terminal_and_pins_only_on_yes() {
+    let f = Fixture::new();
+    let sshd = Sshd::start(&f.dir.path().join("sshd"), &[]);
+    let uri = sshd.uri("/srv/disco");
+    let print = host_fingerprint(&sshd);
+    let root = f.dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+
+    let (code, shown) = init_on_a_terminal(&root, &uri, "n\n");
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "The server 127.0.0.1 has the host key {print} (ssh-ed25519)."
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("error: host key not confirmed: nothing pinned"),
+        "{shown}"
+    );
+    assert!(!root.join("etc/disco").exists());
+
+    let (code, shown) = init_on_a_terminal(&root, &uri, "y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("command=\"disco serve --root /srv/disco --node n\",restrict ssh-ed25519 "),
+        "{shown}"
+    );
+    assert!(fs::read_to_string(root.join("etc/disco/known_hosts"))
+        .unwrap()
+        .starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)));
+}
