@@ -1,8 +1,9 @@
 //! A real Debian 12 root made with `debootstrap --variant=minbase`, built
 //! once (cached under `target/debian-bookworm`, shared by every test
-//! binary through a lock) and copied per test. When the Debian mirror
-//! cannot be reached the root cannot be made: [`root`] says so in one
-//! line and the caller skips.
+//! binary through a lock) and copied per test, with fresh apt package
+//! lists (`apt-get update` once, so `apt-get -s` works offline). When the
+//! Debian mirror cannot be reached the root cannot be made: [`root`] says
+//! so in one line and the caller skips.
 #![allow(dead_code)]
 
 use std::fs;
@@ -35,7 +36,7 @@ fn template() -> Option<PathBuf> {
     // SAFETY: flock on a descriptor we own; released when `lock` drops.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     if done.join("etc/debian_version").is_file() {
-        return Some(done);
+        return update_lists(&base, &done).then_some(done);
     }
     let tmp = base.join("building");
     let _ = fs::remove_dir_all(&tmp);
@@ -46,7 +47,7 @@ fn template() -> Option<PathBuf> {
     match out {
         Ok(o) if o.status.success() => {
             fs::rename(&tmp, &done).unwrap();
-            Some(done)
+            update_lists(&base, &done).then_some(done)
         }
         Ok(o) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -61,4 +62,59 @@ fn template() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Once per template (marked by `lists-updated` beside it, under the
+/// caller's lock): `apt-get update` in a chroot of `root`, the host's
+/// resolv.conf lent when the root has none. False (said in one line) when
+/// the root has no package lists at all; a failed update that leaves the
+/// lists debootstrap fetched is said and the template kept.
+fn update_lists(base: &Path, root: &Path) -> bool {
+    let marker = base.join("lists-updated");
+    if marker.is_file() {
+        return true;
+    }
+    let resolv = root.join("etc/resolv.conf");
+    let lent =
+        fs::symlink_metadata(&resolv).is_err() && fs::copy("/etc/resolv.conf", &resolv).is_ok();
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["apt-get", "-q"])
+        .args(["-o", "Acquire::Languages=none"])
+        .args(["-o", "Acquire::Retries=0"])
+        .args(["-o", "Acquire::http::Timeout=20"])
+        .args(["-o", "Dir::Cache::pkgcache="])
+        .args(["-o", "Dir::Cache::srcpkgcache="])
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    if lent {
+        let _ = fs::remove_file(&resolv);
+    }
+    let why = match out {
+        // apt-get update exits 0 on some failed fetches, and says `Err:`.
+        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("Err:") => {
+            fs::write(&marker, "").unwrap();
+            return true;
+        }
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .chain(String::from_utf8_lossy(&o.stdout).lines())
+            .find(|l| l.starts_with("E:") || l.starts_with("Err:"))
+            .unwrap_or("")
+            .to_string(),
+        Err(e) => format!("chroot: {e}"),
+    };
+    let has_lists = fs::read_dir(root.join("var/lib/apt/lists"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        })
+        .unwrap_or(false);
+    if has_lists {
+        eprintln!("warning: apt-get update of the Debian root failed (is the Debian mirror reachable?), keeping its old package lists: {why}");
+    } else {
+        eprintln!("skipped: the Debian root has no package lists and apt-get update failed (is the Debian mirror reachable?): {why}");
+    }
+    has_lists
 }
