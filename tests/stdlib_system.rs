@@ -327,8 +327,10 @@ fn standard_modules_go_noop_live_converged_changed_and_back() {
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 3);
 
     // A parameter change: one cron job gone, one sysctl changed, the
-    // watched config changed (restart, no daemon-reload).
+    // watched config changed (restart), a Debian unit enabled again (its
+    // link as Debian made it, and a daemon-reload).
     param(&f, "cron/cleanup", None);
+    param(&f, "services/fstrim.timer/enabled", Some("true\n"));
     param(&f, "sysctl/vm.swappiness", Some("20\n"));
     f.module_file(
         "hello-config",
@@ -340,6 +342,8 @@ fn standard_modules_go_noop_live_converged_changed_and_back() {
         "/etc/cron.d/cleanup : Deleted",
         "/etc/hello.conf : Modified",
         "/etc/sysctl.d/60-disco.conf : Modified",
+        "/etc/systemd/system/timers.target.wants/fstrim.timer : Created",
+        "/var/lib/disco-services/fstrim.timer : Modified",
         "/var/lib/disco-services/hello.service : Modified",
     ]);
     let before = noop_view(&root);
@@ -348,7 +352,7 @@ fn standard_modules_go_noop_live_converged_changed_and_back() {
     assert_eq!(changes(&err), second, "{err}");
     assert_eq!(
         deferred(&err, "warning: would execute: "),
-        ["systemctl restart hello.service"],
+        ["systemctl daemon-reload", "systemctl restart hello.service"],
         "{err}"
     );
     assert!(
@@ -362,7 +366,11 @@ fn standard_modules_go_noop_live_converged_changed_and_back() {
     assert_eq!(
         fs::read_to_string(&log).unwrap(),
         "systemctl daemon-reload\nsystemctl restart hello.service\nsysctl -p /etc/sysctl.d/60-disco.conf\n\
-         systemctl restart hello.service\nsysctl -p /etc/sysctl.d/60-disco.conf\n"
+         systemctl daemon-reload\nsystemctl restart hello.service\nsysctl -p /etc/sysctl.d/60-disco.conf\n"
+    );
+    assert_eq!(
+        fs::read_link(etc.join("systemd/system/timers.target.wants/fstrim.timer")).unwrap(),
+        Path::new("/lib/systemd/system/fstrim.timer")
     );
     assert!(!etc.join("cron.d/cleanup").exists());
     assert!(etc.join("cron.d/backup").exists());
