@@ -548,9 +548,7 @@ fn distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(cur + 1);
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
             prev = cur;
         }
     }
@@ -850,7 +848,10 @@ mod tests {
     #[test]
     fn places_split_into_file_and_line() {
         let p = Problem::from_message("x", "modules/m/attributes:3: mode \"9\" is not octal");
-        assert_eq!(p.to_string(), "modules/m/attributes:3: mode \"9\" is not octal");
+        assert_eq!(
+            p.to_string(),
+            "modules/m/attributes:3: mode \"9\" is not octal"
+        );
         assert_eq!(p.line, Some(3));
         let p = Problem::from_message("modules/m/timeout", "cannot read: denied");
         assert_eq!(p.to_string(), "modules/m/timeout: cannot read: denied");
