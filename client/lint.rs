@@ -841,7 +841,7 @@ mod tests {
         assert_eq!(suggest("Files").as_deref(), Some("files/"));
         assert_eq!(suggest("require").as_deref(), Some("requires"));
         assert_eq!(suggest("handler").as_deref(), Some("handlers/"));
-        assert_eq!(suggest("param").as_deref(), None);
+        assert_eq!(suggest("param").as_deref(), Some("parameters/"));
         assert_eq!(suggest("notes.txt"), None);
     }
 
