@@ -223,15 +223,18 @@ pub enum Command {
     /// disco lint --server . --node web1 --node db1
     ///
     /// A git pre-receive hook on the server (hooks/pre-receive, executable)
-    /// that refuses a push whose tree has a problem:
+    /// that refuses a push whose tree has a problem; git shows the pusher
+    /// the lines:
     ///
     ///   #!/bin/bash
-    ///   set -euo pipefail
+    ///   set -uo pipefail
     ///   while read -r old new ref; do
-    ///     [ "$new" = 0000000000000000000000000000000000000000 ] && continue
-    ///     tree=$(mktemp -d); trap 'rm -rf "$tree"' EXIT
+    ///     [ "$new" = 0000000000000000000000000000000000000000 ] && continue  # deleted
+    ///     tree=$(mktemp -d)
     ///     git archive "$new" | tar -x -C "$tree"
-    ///     disco lint --server "$tree" || { echo "push refused: fix the lines above"; exit 1; }
+    ///     disco lint --server "$tree"; status=$?
+    ///     rm -rf "$tree"
+    ///     [ "$status" = 0 ] || { echo "push of $ref refused: fix the lines above"; exit 1; }
     ///   done
     #[command(verbatim_doc_comment)]
     Lint(LintArgs),
