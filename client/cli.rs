@@ -197,8 +197,7 @@ pub enum Command {
     ///
     /// Example: disco plan --server /srv/disco --node web1
     Plan(PlanArgs),
-    /// Check a server tree before any node fetches it: plans, bash syntax,
-    /// parameters, attributes, stray files, typos
+    /// Check a server tree before any node fetches it: plans, bash -n, typos
     ///
     /// Reads the tree where it lies (no fetch, no cache, no root needed);
     /// --server must be a directory (an ssh:// server is refused: run
