@@ -17,6 +17,7 @@ pub mod exec;
 pub mod facts;
 pub mod fetch;
 pub mod fsutil;
+pub mod lint;
 pub mod merge;
 pub mod names;
 pub mod output;

@@ -294,6 +294,61 @@ fn write_dir(dir: &BTreeMap<Name, Param>, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Two modules of one plan default the same key (or one a key and the
+/// other a directory above or below it): which one wins would depend on
+/// the plan's order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter '{key}' has a default in two modules, {first} and {second}: keep the default in one of them, or move it to the node or a group")]
+pub struct DefaultClash {
+    /// The key as the first module holds it.
+    pub key: String,
+    /// The module that gave it first (in plan order).
+    pub first: Name,
+    pub second: Name,
+}
+
+/// Records that module `m` defaults `keys` (its [`ParamTree::value_keys`])
+/// in `owner` (key → the module that defaults it), refusing a key another
+/// module already defaults, or a key and a directory above or below it.
+pub fn claim(
+    owner: &mut BTreeMap<String, Name>,
+    m: &Name,
+    keys: Vec<String>,
+) -> Result<(), DefaultClash> {
+    for key in keys {
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut at = String::new();
+        for part in key.split('/') {
+            at = if at.is_empty() {
+                part.to_string()
+            } else {
+                format!("{at}/{part}")
+            };
+            prefixes.push(at.clone());
+        }
+        let below = format!("{key}/");
+        let clash = prefixes
+            .iter()
+            .find_map(|p| owner.get(p).map(|o| (p.clone(), o.clone())))
+            .or_else(|| {
+                owner
+                    .range(below.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&below))
+                    .map(|(k, o)| (k.clone(), o.clone()))
+                    .next()
+            });
+        if let Some((key, first)) = clash {
+            return Err(DefaultClash {
+                key,
+                first,
+                second: m.clone(),
+            });
+        }
+        owner.insert(key, m.clone());
+    }
+    Ok(())
+}
+
 /// The merged parameters of `node`: the defaults of each planned module in
 /// plan order, then each of the node's layers (groups, then the node).
 pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTree> {
@@ -306,35 +361,7 @@ pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTr
         if let Some(dir) = tree.module_dir(m)? {
             let defaults =
                 ParamTree::load(&dir.join("parameters"), &format!("modules/{m}/parameters"))?;
-            for key in defaults.value_keys() {
-                let mut prefixes: Vec<String> = Vec::new();
-                let mut at = String::new();
-                for part in key.split('/') {
-                    at = if at.is_empty() {
-                        part.to_string()
-                    } else {
-                        format!("{at}/{part}")
-                    };
-                    prefixes.push(at.clone());
-                }
-                let below = format!("{key}/");
-                let clash = prefixes
-                    .iter()
-                    .find_map(|p| owner.get(p).map(|o| (p.clone(), o.clone())))
-                    .or_else(|| {
-                        owner
-                            .range(below.clone()..)
-                            .take_while(|(k, _)| k.starts_with(&below))
-                            .map(|(k, o)| (k.clone(), o.clone()))
-                            .next()
-                    });
-                if let Some((k, other)) = clash {
-                    bail!(
-                        "parameter '{k}' has a default in two modules, {other} and {m}: keep the default in one of them, or move it to the node or a group"
-                    );
-                }
-                owner.insert(key, m.clone());
-            }
+            claim(&mut owner, m, defaults.value_keys())?;
             params.overlay(defaults);
         }
     }

@@ -15,7 +15,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction as Dir;
 
 use crate::names::Name;
-use crate::tree::{join_cycle, Direction, NodeSpec, ServerTree, TreeError};
+use crate::tree::{join_cycle, Direction, NodeSpec, Require, ServerTree, TreeError};
 
 /// Why there is no plan.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +62,7 @@ pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
     while let Some(m) = queue.pop_front() {
         for req in tree.requires(&m)? {
             if tree.module_dir(&req.module)?.is_none() {
-                return Err(TreeError::ModuleMissing {
-                    name: req.module.clone(),
-                    why: format!("{}, in modules/{m}/requires", req.direction.as_str()),
-                }
-                .into());
+                return Err(required_missing(&m, &req).into());
             }
             let other = *index.entry(req.module.clone()).or_insert_with(|| {
                 queue.push_back(req.module.clone());
@@ -81,6 +77,15 @@ pub fn plan(tree: &ServerTree, node: &NodeSpec) -> Result<Plan, PlanError> {
     }
 
     sort(&graph).map(|order| Plan { order, discovered })
+}
+
+/// The error for `req`, a line of `modules/M/requires` naming a module
+/// the server does not have.
+pub fn required_missing(m: &Name, req: &Require) -> TreeError {
+    TreeError::ModuleMissing {
+        name: req.module.clone(),
+        why: format!("{}, in modules/{m}/requires", req.direction.as_str()),
+    }
 }
 
 /// `--only`: the plan cut to `wanted` and every module they require

@@ -104,6 +104,8 @@ pub struct ServerTree {
     inside: Vec<PathBuf>,
     /// Directories already resolved (planning asks for the same module many times).
     resolved: RefCell<HashMap<String, Option<PathBuf>>>,
+    /// `requires` files already parsed (`disco lint` plans every node).
+    required: RefCell<HashMap<Name, Vec<Require>>>,
 }
 
 impl ServerTree {
@@ -135,6 +137,7 @@ impl ServerTree {
             root: root.to_path_buf(),
             inside,
             resolved: RefCell::default(),
+            required: RefCell::default(),
         })
     }
 
@@ -254,6 +257,15 @@ impl ServerTree {
 
     /// Parses `modules/M/requires` (absent file: no requirements).
     pub fn requires(&self, m: &Name) -> Result<Vec<Require>, TreeError> {
+        if let Some(known) = self.required.borrow().get(m) {
+            return Ok(known.clone());
+        }
+        let parsed = self.requires_uncached(m)?;
+        self.required.borrow_mut().insert(m.clone(), parsed.clone());
+        Ok(parsed)
+    }
+
+    fn requires_uncached(&self, m: &Name) -> Result<Vec<Require>, TreeError> {
         let rel = format!("modules/{m}/requires");
         let Some(dir) = self.module_dir(m)? else {
             return Ok(Vec::new());

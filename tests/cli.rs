@@ -23,8 +23,22 @@ fn help_lists_only_working_commands() {
     assert_eq!(
         commands,
         [
-            "dance", "undo", "serve", "publish", "report", "diff", "shell", "plan", "param",
-            "config", "facts", "help"
+            "dance",
+            "undo",
+            "serve",
+            "publish",
+            "report",
+            "diff",
+            "shell",
+            "plan",
+            "lint",
+            "param",
+            "config",
+            "facts",
+            "init",
+            "completions",
+            "man",
+            "help"
         ]
     );
     for flag in [

@@ -8,6 +8,7 @@ pub mod dance;
 pub mod diff;
 pub mod facts;
 pub mod init;
+pub mod lint;
 pub mod manual;
 pub mod param;
 pub mod plan;
@@ -53,6 +54,12 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Plan(_) => plan::run(&config),
+        Command::Lint(args) => {
+            // `disco --node N lint` means `disco lint --node N`.
+            let mut nodes = args.nodes;
+            nodes.extend(cli.global.node.clone());
+            lint::run(&config, &nodes)
+        }
         Command::Dance(args) => dance::run(
             &config,
             &dance::DanceOptions {
