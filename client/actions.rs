@@ -39,6 +39,10 @@ pub struct ModuleActions {
     pub changed: Vec<String>,
     /// Handler file names, sorted.
     pub handlers: Vec<String>,
+    /// Changes left pending in noop (`disco pending`): the module counts
+    /// as changed for what noop says would run.
+    #[serde(default, skip)]
+    pub pending: usize,
 }
 
 /// Everything to run after a merge.
@@ -118,7 +122,7 @@ pub fn handlers_of(module_dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
 /// Noop: says what would run after a merge.
 pub fn describe_noop(pending: &Pending) {
     for m in &pending.modules {
-        if m.changed.is_empty() {
+        if m.changed.is_empty() && m.pending == 0 {
             for a in &m.actions {
                 output::info(&format!(
                     "would skip {} ({} changed nothing)",

@@ -450,6 +450,11 @@ impl<'a> Run<'a> {
         let mut mreport = ModuleReport {
             name: module.to_string(),
             actions: outcome.actions,
+            pending: outcome
+                .pending
+                .iter()
+                .map(|p| self.sandbox.masks.text(p))
+                .collect(),
             ..ModuleReport::default()
         };
         let mut skipped = Vec::new();
@@ -484,6 +489,21 @@ impl<'a> Run<'a> {
             }
         }
         self.expect(&mreport.changes, started);
+        if !mreport.pending.is_empty() {
+            if self.config.noop.value {
+                output::info(&format!(
+                    "{module}: pending, not made in this noop: {}",
+                    mreport.pending.join("; ")
+                ));
+            } else if failed.is_none() {
+                // A live dance makes its changes: a step that could not
+                // has failed, whatever its exit status said.
+                failed = Some(format!(
+                    "a step left changes pending in a live dance ({}): `disco pending` is for noop runs",
+                    mreport.pending.join("; ")
+                ));
+            }
+        }
         if let (Some(rel), None) = (&self.sandbox.state_in_root, &failed) {
             failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
         }
@@ -510,6 +530,7 @@ impl<'a> Run<'a> {
             module_dir,
             actions: mreport.actions.clone(),
             changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
+            pending: mreport.pending.len(),
         });
         self.report.modules.push(mreport);
         if let Some(f) = failed {
@@ -622,12 +643,20 @@ impl<'a> Run<'a> {
             ));
         }
         let changes = self.report.changes().count();
+        let pending: usize = self.report.modules.iter().map(|m| m.pending.len()).sum();
         let acts: usize = self.report.modules.iter().map(|m| m.actions.len()).sum();
+        let also = if pending > 0 {
+            format!(", {pending} pending (not made in noop)")
+        } else {
+            String::new()
+        };
         output::info(&format!(
-            "noop: {changes} change(s) and {acts} deferred action(s) in {} module(s); nothing was merged",
+            "noop: {changes} change(s){also} and {acts} deferred action(s) in {} module(s); nothing was merged",
             self.report.modules.len()
         ));
-        Ending::Succeeded { changes }
+        Ending::Succeeded {
+            changes: changes + pending,
+        }
     }
 
     /// Stage 9: this dance's deferred actions and handlers, then again

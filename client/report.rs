@@ -172,6 +172,10 @@ pub struct ModuleReport {
     pub killed: Vec<String>,
     /// Commands caught by shims, in the order called.
     pub actions: Vec<Vec<String>>,
+    /// Changes its steps could not make in the sandbox and said so
+    /// (`disco pending TEXT`, noop only): counted as changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// A whole dance (or shell session).

@@ -435,3 +435,84 @@ fn shell_demo_reports_deleted_modified_created_and_leaves_root() {
     assert_eq!(deep_snapshot(&r.path), before);
     assert!(Path::new(&r.path.join("etc/passwd")).exists());
 }
+
+/// `disco pending TEXT`: a change a noop sandbox cannot make (a package
+/// install without a network) counts as one — said, counted, exit 2 with
+/// --detailed-exitcodes, the module's deferred actions and handlers "would"
+/// run — and a live dance whose step leaves one pending fails.
+#[test]
+fn pending_changes_count_in_noop_and_fail_a_live_dance() {
+    let (f, r) = fixture_with_root();
+    f.node("n", &["pkg"]).module("pkg", "");
+    f.module_file(
+        "pkg",
+        "scripts/10-install",
+        "if [ \"$NOOP\" = true ]; then disco pending 'install hello 2.10-3'; disco pending \"remove   old\nline\"; fi\n\
+         systemctl restart hello\n",
+        0o755,
+    )
+    .module_file("pkg", "handlers/10-h", "true\n", 0o755);
+    let before = deep_snapshot(&r.path);
+    let (code, out, err) = f.noop_dance("n", &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(
+            "info: pkg: pending, not made in this noop: install hello 2.10-3; remove   old line\n"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: would execute: systemctl restart hello"),
+        "{err}"
+    );
+    assert!(
+        err.contains("info: would run handler pkg/handlers/10-h"),
+        "{err}"
+    );
+    assert!(
+        err.contains("info: noop: 0 change(s), 2 pending (not made in noop) and 1 deferred action(s) in 1 module(s)"),
+        "{err}"
+    );
+    assert_eq!(deep_snapshot(&r.path), before);
+    let report = fs::read_to_string(f.state().join("reports/last.json")).unwrap();
+    assert!(report.contains("\"install hello 2.10-3\""), "{report}");
+
+    // Without a pending change the noop is converged: exit 0.
+    f.module_file("pkg", "scripts/10-install", "true\n", 0o755);
+    let (code, _, err) = f.noop_dance("n", &r.path, &["--detailed-exitcodes"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A live dance makes its changes; one left pending fails it, unmerged.
+    f.module_file(
+        "pkg",
+        "scripts/10-install",
+        "echo x > /etc/pkg.conf; disco pending 'install hello'\n",
+        0o755,
+    );
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .arg("dance"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: pkg: a step left changes pending in a live dance (install hello): `disco pending` is for noop runs"),
+        "{err}"
+    );
+    assert!(!r.path.join("etc/pkg.conf").exists());
+
+    // The list is the module's to write, so it is read as untrusted: a
+    // fifo in its place fails the module at once, no hang.
+    f.module_file(
+        "pkg",
+        "scripts/10-install",
+        "rm -f /run/disco/queue/pending; mkfifo /run/disco/queue/pending\n",
+        0o755,
+    );
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("was replaced by a fifo; it is refused"),
+        "{err}"
+    );
+}

@@ -325,9 +325,10 @@ fn packages_offline_noop_host_noop_live_converged_removed_and_undone() {
     };
     let untouched = whole(&root);
 
-    // Noop on the loopback network: simulated and said, nothing changed.
-    let (code, out, err) = dance(&f, &state, &root, true, false);
-    assert_eq!(code, 0, "{out}{err}");
+    // Noop on the loopback network: simulated and said, nothing changed;
+    // the installs are pending changes (exit 2, as the live dance's).
+    let (code, out, err) = dance(&f, &state, &root, true, true);
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
         out.contains(&format!("would install hello {hello}\n")),
         "{out}"
@@ -336,8 +337,23 @@ fn packages_offline_noop_host_noop_live_converged_removed_and_undone() {
         out.contains(&format!("would install less {less}\n")),
         "{out}"
     );
+    let pending = err
+        .lines()
+        .find_map(|l| l.strip_prefix("info: packages: pending, not made in this noop: "))
+        .unwrap_or_else(|| panic!("no pending line: {err}"));
+    let mut pending: Vec<&str> = pending.split("; ").collect();
+    pending.sort();
+    assert_eq!(
+        pending,
+        [
+            format!("install hello {hello}"),
+            format!("install less {less}")
+        ]
+    );
     assert!(
-        err.contains("info: noop: 0 change(s)"),
+        err.contains(
+            "info: noop: 0 change(s), 2 pending (not made in noop) and 0 deferred action(s)"
+        ),
         "offline noop changes no file: {err}"
     );
     assert_eq!(whole(&root), untouched, "noop changed the root");
@@ -412,11 +428,11 @@ fn packages_offline_noop_host_noop_live_converged_removed_and_undone() {
     // hello removed: said offline, done live.
     unparam(&f, "packages/install/hello");
     param(&f, "packages/remove/hello", "");
-    let (code, out, err) = dance(&f, &state, &root, true, false);
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = dance(&f, &state, &root, true, true);
+    assert_eq!(code, 2, "{out}{err}");
     assert_eq!(out, "would remove hello\n");
     assert!(
-        err.contains("info: noop: 0 change(s)"),
+        err.contains("info: noop: 0 change(s), 1 pending (not made in noop)"),
         "offline noop changes no file: {err}"
     );
     let (code, out, err) = dance(&f, &state, &root, false, true);

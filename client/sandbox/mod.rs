@@ -45,14 +45,19 @@ pub const DISCO_DIR: &str = "/run/disco";
 /// the step fails even when bash swallowed the exit status (`$(…)`).
 pub const PARAM_ERRORS: &str = "/run/disco/queue/param-errors";
 
+/// Where `disco pending TEXT` inside the sandbox records a change the
+/// sandbox could not make (a noop package install without a network).
+pub const PENDING_IN_SANDBOX: &str = "/run/disco/queue/pending";
+
 /// The name of [`PARAM_SHIM`] in the run directory.
 const SHIM_FILE: &str = "disco.sh";
 
 /// `/run/disco/bin/disco` inside the sandbox: `disco param get KEY`
 /// answered by `/bin/sh` and `cat` (a root without disco's shared
 /// libraries, an Alpine or busybox one, can still read parameters), a
-/// missing key recorded in [`PARAM_ERRORS`]; anything else goes to the
-/// real binary.
+/// missing key recorded in [`PARAM_ERRORS`]; `disco pending TEXT`
+/// recorded in [`PENDING_IN_SANDBOX`]; anything else goes to the real
+/// binary.
 pub const PARAM_SHIM: &str = r#"#!/bin/sh
 # disco in the sandbox: `disco param get KEY` is answered here; every other
 # command goes to the real binary.
@@ -77,6 +82,16 @@ if [ "$1" = param ] && [ "$2" = get ] && [ "$#" -eq 3 ]; then
     echo "error: $err" >&2
     echo "$err" >> /run/disco/queue/param-errors
     exit 1
+fi
+if [ "$1" = pending ]; then
+    shift
+    if [ "$#" -eq 0 ] || [ -z "$*" ]; then
+        echo "error: usage: disco pending TEXT (a change this run could not make)" >&2
+        exit 2
+    fi
+    # One line per change, at most 500 bytes of it.
+    printf '%s\n' "$*" | tr '\n' ' ' | cut -b 1-500 >> /run/disco/queue/pending
+    exit 0
 fi
 exec /run/disco/bin/disco.real "$@"
 "#;
@@ -146,6 +161,9 @@ pub struct Outcome<T> {
     pub leftovers: Vec<String>,
     /// Commands the shims caught, argv as called, in order.
     pub actions: Vec<Vec<String>>,
+    /// Changes the work said it could not make (`disco pending TEXT`).
+    #[serde(default)]
+    pub pending: Vec<String>,
     /// With [`Output::Capture`]: what the work printed.
     #[serde(skip)]
     pub output: Vec<u8>,
@@ -531,13 +549,22 @@ impl Sandbox {
             Err(e) => return send::<T>(&out, Err(e), Vec::new(), Vec::new()),
         };
         let value = body().map_err(|e| format!("{e:#}"));
-        let (value, actions) = match (value, read_queue_file(Path::new(shims::QUEUE_IN_SANDBOX))) {
-            (Ok(v), Ok(a)) => (Ok(v), a),
-            (Err(e), Ok(a)) => (Err(e), a),
-            (Ok(_), Err(e)) => (Err(format!("{e:#}")), Vec::new()),
-            (Err(e), Err(_)) => (Err(e), Vec::new()),
+        let queues = read_queue_file(Path::new(shims::QUEUE_IN_SANDBOX))
+            .and_then(|a| Ok((a, read_pending(Path::new(PENDING_IN_SANDBOX))?)));
+        let (value, (actions, pending)) = match (value, queues) {
+            (Ok(v), Ok(q)) => (Ok(v), q),
+            (Err(e), Ok(q)) => (Err(e), q),
+            (Ok(_), Err(e)) => (Err(format!("{e:#}")), Default::default()),
+            (Err(e), Err(_)) => (Err(e), Default::default()),
         };
-        send(&out, value, leftover_processes(), actions)
+        let outcome = Outcome {
+            value,
+            leftovers: leftover_processes(),
+            actions,
+            pending,
+            output: Vec::new(),
+        };
+        send_outcome(&out, outcome)
     }
 
     /// Mounts the root of `layer` and pivots into it.
@@ -713,7 +740,11 @@ fn emit(which: u8, bytes: &[u8]) {
 
 /// Reads the shims' queue from inside the sandbox, as untrusted data: not
 /// through a symlink, only a regular file, at most [`MAX_QUEUE`] bytes.
-fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
+/// The bytes of a queue the sandbox wrote (`what`: "action queue"), at
+/// most [`MAX_QUEUE`]; none when it was not made. A queue replaced by a
+/// link, fifo or anything but a file is refused (it is the module's to
+/// write, so it is read as untrusted).
+fn read_queue_bytes(path: &Path, what: &str) -> Result<Vec<u8>> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let f = fs::OpenOptions::new()
         .read(true)
@@ -723,11 +754,13 @@ fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            bail!("the action queue {} was replaced by a symbolic link; the module's deferred actions are refused", path.display())
+            bail!(
+                "the {what} {} was replaced by a symbolic link; it is refused",
+                path.display()
+            )
         }
         Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot open the action queue {}", path.display()))
+            return Err(e).with_context(|| format!("cannot open the {what} {}", path.display()))
         }
     };
     let meta = f.metadata()?;
@@ -743,20 +776,35 @@ fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
             "a special file"
         };
         bail!(
-            "the action queue {} was replaced by {kind}; the module's deferred actions are refused",
+            "the {what} {} was replaced by {kind}; it is refused",
             path.display()
         );
     }
     if meta.len() > MAX_QUEUE {
         bail!(
-            "the action queue {} holds {} bytes, more than {MAX_QUEUE}; the module's deferred actions are refused",
+            "the {what} {} holds {} bytes, more than {MAX_QUEUE}; it is refused",
             path.display(),
             meta.len()
         );
     }
     let mut bytes = Vec::new();
     f.take(MAX_QUEUE + 1).read_to_end(&mut bytes)?;
-    Ok(parse_queue(&bytes))
+    Ok(bytes)
+}
+
+/// The deferred actions the shims queued.
+fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
+    Ok(parse_queue(&read_queue_bytes(path, "action queue")?))
+}
+
+/// The changes the work left pending (`disco pending`), one per line.
+fn read_pending(path: &Path) -> Result<Vec<String>> {
+    let bytes = read_queue_bytes(path, "pending-change list")?;
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// Parses the shim queue: records of `argc\0argv0\0arg1\0…`; stops at the
@@ -847,13 +895,19 @@ fn send<T: Serialize>(
     leftovers: Vec<String>,
     actions: Vec<Vec<String>>,
 ) -> i32 {
-    let ok = value.is_ok();
     let outcome = Outcome {
         value,
         leftovers,
         actions,
+        pending: Vec::new(),
         output: Vec::new(),
     };
+    send_outcome(out, outcome)
+}
+
+/// Writes `outcome` to the result pipe; the init's exit code.
+fn send_outcome<T: Serialize>(out: &OwnedFd, outcome: Outcome<T>) -> i32 {
+    let ok = outcome.value.is_ok();
     let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
     let mut file = fs::File::from(out.try_clone().expect("dup of the result pipe"));
     let written = file.write_all(&bytes).is_ok();
