@@ -274,7 +274,7 @@ pub enum Command {
     ///
     /// Example: disco init --server ssh://disco@cfg.example.org/srv/disco
     Init(InitArgs),
-    /// Print the shell completion script for bash, zsh or fish
+    /// Print the shell completion script for bash, zsh or fish (or elvish, powershell)
     ///
     /// Examples: disco completions bash > /etc/bash_completion.d/disco;
     /// disco completions fish > ~/.config/fish/completions/disco.fish

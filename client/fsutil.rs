@@ -411,7 +411,15 @@ fn write_via_temp(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result
             }
             Ok(())
         })
-        .and_then(|()| fs::rename(&tmp, path));
+        .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|()| {
+            if !sync {
+                return Ok(());
+            }
+            // The rename itself lasts only once the directory does.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+        });
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -171,12 +171,21 @@ fn completions_and_man_pages_cover_every_subcommand() {
         "completions",
         "man",
     ];
-    for shell in ["bash", "zsh", "fish"] {
+    // How each shell's script names a subcommand.
+    let named: [(&str, fn(&str) -> String); 3] = [
+        ("bash", |s| format!("disco,{s})")),
+        ("zsh", |s| format!("\n'{s}:")),
+        ("fish", |s| {
+            format!("-n \"__fish_disco_needs_command\" -f -a \"{s}\"")
+        }),
+    ];
+    for (shell, name) in named {
         let (code, out, err) = run(f.disco().args(["completions", shell]));
         assert_eq!(code, 0, "{err}");
         for s in subcommands {
-            assert!(out.contains(s), "{shell} completion lacks {s}");
+            assert!(out.contains(&name(s)), "{shell} completion lacks {s}");
         }
+        assert!(!out.contains(&name("nosuch")));
     }
     let (_, script, _) = run(f.disco().args(["completions", "bash"]));
     let loaded = std::process::Command::new("bash")
@@ -202,9 +211,9 @@ fn completions_and_man_pages_cover_every_subcommand() {
         .args(["-l", "-P", "cat"])
         .arg(dir.join("disco-dance.1"))
         .env("MANWIDTH", "80")
-        .output();
-    if let Ok(o) = rendered {
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.contains("--detailed-exitcodes"), "{text}");
-    }
+        .output()
+        .expect("man (man-db; scripts/install-test-deps installs it)");
+    assert!(rendered.status.success());
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("--detailed-exitcodes"), "{text}");
 }

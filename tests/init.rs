@@ -182,13 +182,62 @@ fn init_refuses_bad_input_in_one_line_and_writes_nothing() {
         ),
         "error: --host-key 'nonsense' is neither `TYPE BASE64` (ssh-ed25519 AAAA…) nor a SHA256: fingerprint",
     );
+    // Keys ssh could not use are refused before anything is written.
+    let blob = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    assert_error(
+        init(
+            &root,
+            &["--server", "ssh://h/srv", "--node", "n", "--host-key", "ssh-ed25519 AAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+        ),
+        "error: --host-key: 'ssh-ed25519 AAAAAAAAAAAAAAAAAAAAAAAAAAAA' is not a ssh-ed25519 public key ssh can read",
+    );
+    assert_error(
+        init(
+            &root,
+            &[
+                "--server",
+                "ssh://h/srv",
+                "--node",
+                "n",
+                "--host-key",
+                &format!("ssh-rsa {blob}"),
+            ],
+        ),
+        &format!("error: --host-key: 'ssh-rsa {blob}' is not a ssh-rsa public key ssh can read"),
+    );
+    // A path that cannot stand in the forced command.
+    assert_error(
+        init(&root, &["--server", "ssh://h/srv/my tree", "--node", "n"]),
+        "error: server path '/srv/my tree': a path with spaces, quotes, `\\`, `$` or backquotes cannot stand in the server's forced command; use a plain path",
+    );
+    // Under --root the node is never this machine's hostname.
+    assert_error(
+        init(&root, &["--server", "ssh://h/srv"]),
+        &format!(
+            "error: {} does not name the node: give --node NAME",
+            root.join("etc/hostname").display()
+        ),
+    );
     assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
     // A commented config (as the package installs it) is not settings.
     fs::create_dir_all(root.join("etc/disco")).unwrap();
     fs::write(root.join("etc/disco/disco.toml"), "# server = \"…\"\n\n").unwrap();
-    let (code, out, err) = init(&root, &["--server", "/srv/disco", "--node", "n"]);
+    let mut c = assert_cmd::Command::cargo_bin("disco").unwrap();
+    c.current_dir(f.dir.path())
+        .args(["init", "--server", "srv/disco", "--node", "n", "--root"])
+        .arg(&root);
+    let (code, out, err) = run(&mut c);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no key is needed"), "{out}");
+    // A relative path means where init ran, which cron's directory is not.
+    let written = fs::read_to_string(root.join("etc/disco/disco.toml")).unwrap();
+    assert!(
+        written.contains(&format!(
+            "server = \"{}\"\n",
+            f.dir.path().join("srv/disco").display()
+        )),
+        "{written}"
+    );
     assert!(!root.join("etc/disco/id_ed25519").exists());
 }
 

@@ -62,7 +62,21 @@ pub fn run(args: &InitArgs) -> Result<i32> {
     if !root.is_dir() {
         bail!("root {} is not a directory", root.display());
     }
-    let uri = ServerUri::parse(&args.server)?;
+    let uri = match ServerUri::parse(&args.server)? {
+        // A path means the directory from where init runs, which cron's
+        // working directory is not: write it absolute.
+        ServerUri::Local(p) => ServerUri::Local(
+            std::path::absolute(&p).with_context(|| format!("server {}", p.display()))?,
+        ),
+        ServerUri::Ssh { path, .. }
+            if path
+                .chars()
+                .any(|c| c.is_whitespace() || "\"'\\$`".contains(c)) =>
+        {
+            bail!("server path '{path}': a path with spaces, quotes, `\\`, `$` or backquotes cannot stand in the server's forced command; use a plain path")
+        }
+        uri => uri,
+    };
     let node = node_name(args.node.node.as_deref(), args.root.as_deref())?;
     let etc = root.join(ETC);
     let config = etc.join("disco.toml");
@@ -110,7 +124,8 @@ pub fn run(args: &InitArgs) -> Result<i32> {
     println!("wrote {}", config.display());
     println!("pinned {} in {}", fingerprint(&pinned)?, known.display());
     println!("node key {}", key.display());
-    let account = user.as_deref().unwrap_or("the ssh user");
+    // Without a user in the URI, ssh logs in as the user disco runs as.
+    let account = user.as_deref().unwrap_or("root");
     println!("\nAdd this line to ~{account}/.ssh/authorized_keys on {host}:\n");
     println!(
         "command=\"disco serve --root {path} --node {node}\",restrict {}",
@@ -127,16 +142,21 @@ fn node_name(given: Option<&str>, root: Option<&Path>) -> Result<Name> {
         return Ok(Name::parse(n, "--node")?);
     }
     if let Some(root) = root {
+        // Never this machine's name: an image built here would carry it
+        // to every machine made from it.
         let file = root.join("etc/hostname");
-        if let Ok(text) = fs::read_to_string(&file) {
-            let name = text.trim();
-            if !name.is_empty() {
-                return Ok(Name::parse(
-                    name,
-                    format!("{} (give --node NAME)", file.display()),
-                )?);
-            }
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        let name = text.trim();
+        if name.is_empty() {
+            bail!(
+                "{} does not name the node: give --node NAME",
+                file.display()
+            );
         }
+        return Ok(Name::parse(
+            name,
+            format!("{} (give --node NAME)", file.display()),
+        )?);
     }
     let host = nix::unistd::gethostname().context("cannot read the hostname")?;
     Ok(Name::parse_os(&host, "the hostname (give --node NAME)")?)
@@ -199,9 +219,18 @@ fn node_key(key: &Path, node: &Name) -> Result<String> {
 /// given fingerprint, or by the user on a terminal).
 fn host_key(host: &str, port: Option<u16>, given: Option<&str>) -> Result<HostKey> {
     if let Some(g) = given.filter(|g| !g.starts_with("SHA256:")) {
-        return HostKey::parse(g).with_context(|| {
+        let key = HostKey::parse(g).with_context(|| {
             format!("--host-key '{g}' is neither `TYPE BASE64` (ssh-ed25519 AAAA…) nor a SHA256: fingerprint")
-        });
+        })?;
+        // Read by ssh-keygen before anything is written: a key ssh cannot
+        // use would be pinned for good.
+        fingerprint(&key).map_err(|_| {
+            anyhow::anyhow!(
+                "--host-key: '{key}' is not a {} public key ssh can read",
+                key.kind
+            )
+        })?;
+        return Ok(key);
     }
     let scanned = scan(host, port)?;
     let print = fingerprint(&scanned)?;
@@ -267,8 +296,22 @@ fn fingerprint(key: &HostKey) -> Result<String> {
         .output()
         .context("cannot run ssh-keygen (is openssh-client installed?)")?;
     let text = String::from_utf8_lossy(&out.stdout);
+    // `256 SHA256:… comment (ED25519)`: the type inside the key must be
+    // the one its label says.
+    let inside = text
+        .trim()
+        .rsplit_once('(')
+        .map(|(_, t)| t.trim_end_matches(')').to_ascii_lowercase());
+    let label = key
+        .kind
+        .trim_start_matches("ssh-")
+        .trim_start_matches("sk-ssh-")
+        .replace("sk-ecdsa", "ecdsa")
+        .replace("@openssh.com", "");
+    let fits = inside.is_some_and(|t| label.starts_with(t.trim_end_matches("-sk")));
     text.split_whitespace()
         .find(|w| w.starts_with("SHA256:"))
+        .filter(|_| out.status.success() && fits)
         .map(str::to_string)
         .with_context(|| format!("ssh-keygen cannot read the host key {}", key.kind))
 }
@@ -318,7 +361,7 @@ fn config_text(uri: &ServerUri, node: &Name, ssh: bool) -> String {
     }
     t.push_str(
         "\n# Every other key with its default, explained:\n\
-         # /usr/share/doc/disco/examples/disco.toml (the .deb installs it).\n",
+         # /usr/share/disco/disco.toml (the .deb installs it).\n",
     );
     t
 }
