@@ -172,7 +172,8 @@ fn completions_and_man_pages_cover_every_subcommand() {
         "man",
     ];
     // How each shell's script names a subcommand.
-    let named: [(&str, fn(&str) -> String); 3] = [
+    type Naming = fn(&str) -> String;
+    let named: [(&str, Naming); 3] = [
         ("bash", |s| format!("disco,{s})")),
         ("zsh", |s| format!("\n'{s}:")),
         ("fish", |s| {
