@@ -351,10 +351,15 @@ fn in_root(
         cmd.pre_exec(move || {
             // A group of its own: a time limit ends the whole action.
             libc::setpgid(0, 0);
-            if let Some(ns) = host_ns {
+            if let Some((ns, slash)) = host_ns {
                 // Back on the host's mounts: a daemon an action starts must
-                // not live in disco's private namespace.
-                if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                // not live in disco's private namespace. setns moves to that
+                // namespace's root: back to disco's own `/` (a chroot disco
+                // runs in stays one).
+                if libc::setns(ns, libc::CLONE_NEWNS) != 0
+                    || libc::fchdir(slash) != 0
+                    || libc::chroot(c".".as_ptr()) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -416,7 +421,7 @@ fn in_root(
 fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds>) -> Step {
     let started = Instant::now();
     let root = pending.root.clone();
-    let exe = fs::read_link("/proc/self/exe").unwrap_or_default();
+    let exe = crate::sandbox::exe().unwrap_or_default();
     let disco_dir = root.join("run/disco");
     let made_dir = binds.is_some() && !disco_dir.exists() && fs::create_dir_all(&disco_dir).is_ok();
     let bind_spec = binds.map(|b| {

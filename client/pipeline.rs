@@ -406,8 +406,7 @@ impl<'a> Run<'a> {
             timeouts: &planned.timeouts,
             deadline: Instant::now() + std::time::Duration::from_secs(config.dance_timeout.value),
             sandbox,
-            exe: fs::read_link("/proc/self/exe")
-                .context("cannot find the disco binary (/proc/self/exe)")?,
+            exe: crate::sandbox::exe()?,
             report,
             pending,
             expected: Vec::new(),

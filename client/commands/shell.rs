@@ -2,7 +2,6 @@
 //! same sandbox a noop dance uses, with a single layer — and, when it
 //! exits, the report of everything it changed. ROOT is never touched.
 
-use std::fs;
 use std::io::IsTerminal;
 use std::process::Command;
 use std::time::SystemTime;
@@ -132,7 +131,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         (true, true),
         &layers,
     )?;
-    let exe = fs::read_link("/proc/self/exe").context("cannot find the disco binary")?;
+    let exe = crate::sandbox::exe()?;
     let layer = layers.len();
     let (binds, env) = match &setup {
         Some(s) => {

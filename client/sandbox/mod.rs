@@ -843,8 +843,9 @@ fn propagation(kind: MsFlags, what: &str) -> Result<(), SandboxError> {
     })
 }
 
-/// The host's mount namespace, kept open once disco has left it.
-static HOST_MOUNT_NS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+/// The host's mount namespace and disco's `/` in it, kept open once disco
+/// has left it.
+static HOST_MOUNT_NS: std::sync::OnceLock<(OwnedFd, OwnedFd)> = std::sync::OnceLock::new();
 
 /// Moves disco into a mount namespace of its own (a slave of the host's:
 /// mounts made on the host still show, none made here leak out). Every
@@ -855,25 +856,57 @@ pub fn own_mount_namespace() -> Result<()> {
     if HOST_MOUNT_NS.get().is_some() {
         return Ok(());
     }
+    // Read while the binary's mount is still in this namespace: after the
+    // unshare, a disco started in a chroot reads its own path as the host
+    // sees it (outside the chroot).
+    let _ = exe();
     let host = fs::File::open("/proc/self/ns/mnt")
         .context("cannot open /proc/self/ns/mnt (disco needs /proc)")?;
+    // disco's own `/` in the host's namespace: entering that namespace
+    // again moves a process to its root, which, when disco runs in a
+    // chroot, is outside it — actions go back here.
+    let slash = fs::File::open("/").context("cannot open /")?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(|errno| SandboxError::Sys {
         what: "cannot enter a private mount namespace".into(),
         errno,
     })?;
-    propagation(
+    match propagation(
         MsFlags::MS_SLAVE,
         "cannot make disco's mount namespace a slave of the host's",
-    )?;
-    let _ = HOST_MOUNT_NS.set(OwnedFd::from(host));
+    ) {
+        // `/` must be a mount point to carry propagation: in a chroot of a
+        // plain directory it is not.
+        Err(SandboxError::Sys {
+            errno: nix::errno::Errno::EINVAL,
+            ..
+        }) => bail!("disco's / is not a mount point (a chroot of a plain directory?): bind-mount that directory onto itself first (mount --bind DIR DIR), then chroot into it"),
+        r => r?,
+    }
+    let _ = HOST_MOUNT_NS.set((OwnedFd::from(host), OwnedFd::from(slash)));
     Ok(())
 }
 
-/// The host's mount namespace, when disco has left it: what deferred
-/// actions and handlers rejoin, so a daemon they start lives on the host.
-pub fn host_mount_namespace() -> Option<std::os::fd::RawFd> {
+/// This binary's path, read once from `/proc/self/exe` (see
+/// [`own_mount_namespace`]).
+pub fn exe() -> Result<PathBuf> {
+    static EXE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        fs::read_link("/proc/self/exe")
+            .map_err(|e| format!("cannot find the disco binary (/proc/self/exe): {e}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// The host's mount namespace and disco's `/` there, when disco has left
+/// it: what deferred actions and handlers rejoin, so a daemon they start
+/// lives on the host — `setns` then `fchdir` + `chroot(".")` to the `/`
+/// (setns alone would leave a chroot disco runs in).
+pub fn host_mount_namespace() -> Option<(std::os::fd::RawFd, std::os::fd::RawFd)> {
     use std::os::fd::AsRawFd;
-    HOST_MOUNT_NS.get().map(|fd| fd.as_raw_fd())
+    HOST_MOUNT_NS
+        .get()
+        .map(|(ns, slash)| (ns.as_raw_fd(), slash.as_raw_fd()))
 }
 
 /// True when `dir` is inside one of the filesystems the sandbox overlays,
