@@ -464,7 +464,19 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
             }
         }
         Err(e) => {
-            let msg = format!("{name}: cannot run: {e:#}");
+            // The spawn's error is the kernel's (ENOENT of the program, of
+            // the root, of a bind source): say where it was started.
+            let why = match e
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+            {
+                Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+                None => format!("{e:#}"),
+            };
+            let msg = format!(
+                "{name}: cannot start it in {}: {why}",
+                pending.root.display()
+            );
             output::error(&msg);
             Step {
                 name: name.to_string(),
