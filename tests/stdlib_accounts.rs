@@ -8,7 +8,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::root::deep_snapshot;
@@ -450,5 +450,178 @@ fn packages_offline_noop_host_noop_live_converged_removed_and_undone() {
         pristine_view(&root),
         pristine,
         "undo gives back the pristine root"
+    );
+}
+
+/// Content, mode, owner and group of a file (never following a link).
+fn file_state(p: &Path) -> (Vec<u8>, u32, u32, u32) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (fs::read(p).unwrap(), m.mode(), m.uid(), m.gid())
+}
+
+#[test]
+fn users_never_follow_links_in_a_home_to_write_authorized_keys() {
+    use std::os::unix::fs::{lchown, symlink};
+    let f = Fixture::new();
+    let Some(root) = common::debian::root(f.dir.path()) else {
+        return; // said why on stderr
+    };
+    let state = root.join("var/lib/disco");
+    fs::create_dir_all(&state).unwrap();
+    server_with(&f, &["users", "groups"], &["users"]);
+    param(&f, "users/alice/shell", "/bin/bash\n");
+    let (code, out, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 2, "{out}{err}");
+    let shadow = root.join("etc/shadow");
+    let etc_state = file_state(&shadow);
+    let home = root.join("home/alice");
+    let ssh = home.join(".ssh");
+    let ak = ssh.join("authorized_keys");
+    let keys = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHt0ZXN0a2V5 alice@laptop\n";
+    param(&f, "users/alice/authorized_keys", keys);
+    let p = "error: users: parameter users/alice/authorized_keys: user alice:";
+
+    // alice's own .ssh, and in it a link to /etc/shadow: refused, noop and live.
+    fs::create_dir(&ssh).unwrap();
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)).unwrap();
+    lchown(&ssh, Some(1000), Some(1000)).unwrap();
+    symlink("/etc/shadow", &ak).unwrap();
+    lchown(&ak, Some(1000), Some(1000)).unwrap();
+    for noop in [true, false] {
+        let (code, _, err) = dance(&f, &state, &root, noop, true);
+        assert_eq!(code, 1, "{err}");
+        let want = format!("{p} /home/alice/.ssh/authorized_keys is a symlink; refusing");
+        assert!(err.lines().any(|l| l == want), "want {want:?}: {err}");
+        assert_eq!(file_state(&shadow), etc_state, "/etc/shadow untouched");
+    }
+
+    // .ssh itself a link to /etc.
+    fs::remove_file(&ak).unwrap();
+    fs::remove_dir(&ssh).unwrap();
+    symlink("/etc", &ssh).unwrap();
+    lchown(&ssh, Some(1000), Some(1000)).unwrap();
+    let (code, _, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{p} /home/alice/.ssh is a symlink; refusing");
+    assert!(err.lines().any(|l| l == want), "want {want:?}: {err}");
+    assert_eq!(file_state(&shadow), etc_state, "/etc/shadow untouched");
+    let etc = fs::metadata(root.join("etc")).unwrap();
+    assert_eq!((etc.uid(), etc.mode() & 0o7777), (0, 0o755));
+
+    // .ssh a directory of someone else (not alice, not root): not taken over.
+    fs::remove_file(&ssh).unwrap();
+    fs::create_dir(&ssh).unwrap();
+    lchown(&ssh, Some(1500), Some(1500)).unwrap();
+    let (code, _, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{p} /home/alice/.ssh is owned by uid 1500, not by alice or root; refusing");
+    assert!(err.lines().any(|l| l == want), "want {want:?}: {err}");
+    assert_eq!(fs::metadata(&ssh).unwrap().uid(), 1500);
+
+    // The home itself a link.
+    fs::remove_dir(&ssh).unwrap();
+    fs::rename(&home, root.join("home/alice.real")).unwrap();
+    symlink("/etc", &home).unwrap();
+    let (code, _, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{p} the home /home/alice is a symlink; refusing");
+    assert!(err.lines().any(|l| l == want), "want {want:?}: {err}");
+    assert_eq!(file_state(&shadow), etc_state, "/etc/shadow untouched");
+    fs::remove_file(&home).unwrap();
+    fs::rename(root.join("home/alice.real"), &home).unwrap();
+
+    // A hard link to /etc/shadow in a root-owned, open .ssh: replaced, never
+    // written through; .ssh given to alice, 0700.
+    fs::create_dir(&ssh).unwrap();
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::hard_link(&shadow, &ak).unwrap();
+    let (code, out, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("users: user alice: wrote /home/alice/.ssh/authorized_keys"),
+        "{out}"
+    );
+    assert_eq!(file_state(&shadow), etc_state, "/etc/shadow untouched");
+    let m = fs::symlink_metadata(&ak).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid(), m.nlink()),
+        (0o600, 1000, 1000, 1)
+    );
+    assert_eq!(fs::read_to_string(&ak).unwrap(), keys);
+    let m = fs::symlink_metadata(&ssh).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o700, 1000, 1000));
+    assert_eq!(
+        fs::read_dir(&ssh).unwrap().count(),
+        1,
+        "no temporary file is left"
+    );
+    let (code, out, err) = dance(&f, &state, &root, false, true);
+    assert_eq!(code, 0, "converged: {out}{err}");
+}
+
+#[test]
+fn packages_held_package_is_installed_and_stale_lists_with_update_are_said() {
+    let f = Fixture::new();
+    let Some(root) = common::debian::root(f.dir.path()) else {
+        return; // said why on stderr
+    };
+    let state = root.join("var/lib/disco");
+    fs::create_dir_all(&state).unwrap();
+    server_with(&f, &["packages"], &["packages"]);
+    // gzip (minbase) held at its installed version.
+    let st = std::process::Command::new("chroot")
+        .arg(&root)
+        .args(["apt-mark", "hold", "gzip"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let status = dpkg_status(&root, "gzip").unwrap();
+    let version = status
+        .strip_prefix("hold ok installed ")
+        .unwrap_or_else(|| panic!("gzip is held: {status}"))
+        .to_string();
+    // Lists that know nothing: anything asked of apt would fail.
+    for e in fs::read_dir(root.join("var/lib/apt/lists"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().ends_with("_Packages") {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    param(&f, "packages/install/gzip", &format!("{version}\n"));
+    for noop in [true, false] {
+        let (code, out, err) = dance(&f, &state, &root, noop, true);
+        assert_eq!(code, 0, "a held installed package is converged: {out}{err}");
+        assert_eq!(out, "", "no apt run");
+    }
+
+    // A package stale lists do not know: an error without packages/update …
+    param(&f, "packages/install/hello", "");
+    let (code, _, err) = dance(&f, &state, &root, true, true);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: packages: parameter packages/install/hello: apt knows no package hello (are the lists up to date? see packages/update)"),
+        "{err}"
+    );
+    // … with it, an offline noop says (and counts) what the live dance,
+    // which updates the lists first, does.
+    param(&f, "packages/update", "true\n");
+    let (code, out, err) = dance(&f, &state, &root, true, true);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(
+        out, "would update the package lists, then install hello\n",
+        "{err}"
+    );
+    assert!(
+        err.contains("info: packages: pending, not made in this noop: update the package lists, then install hello\n"),
+        "{err}"
+    );
+    param(&f, "packages/install/hello", "2.10-3\n");
+    let (code, out, err) = dance(&f, &state, &root, true, true);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(
+        out, "would update the package lists, then install hello 2.10-3\n",
+        "{err}"
     );
 }

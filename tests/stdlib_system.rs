@@ -20,6 +20,9 @@ use common::root::deep_snapshot;
 use common::{run, Fixture};
 
 const MODULES: &[&str] = &["services", "sysctl", "cron", "hosts", "motd"];
+/// What `cron` pulls in (`after users`, and users `after groups`): on the
+/// server with it, in every plan that has cron.
+const PULLED: &[&str] = &["users", "groups"];
 
 /// The root's snapshot without disco's state, logs and caches, and
 /// without directory mtimes (adding and removing entries changes them).
@@ -168,6 +171,7 @@ fn setup(f: &Fixture) -> Option<PathBuf> {
     root_file(&root, "usr/bin/systemctl", double, 0o755);
     root_file(&root, "usr/sbin/sysctl", double, 0o755);
     use_stdlib(f, MODULES);
+    use_stdlib(f, PULLED);
     Some(root)
 }
 
@@ -457,8 +461,13 @@ fn standard_modules_refuse_bad_parameters_with_one_clear_line() {
         ),
         (
             "services/hello/enabled",
-            "yes\n",
-            "error: services: parameter services/hello/enabled: 'yes' is not true or false",
+            "maybe\n",
+            "error: services: parameter services/hello/enabled: 'maybe' is not a boolean (true, yes, 1 or an empty file; false, no, 0)",
+        ),
+        (
+            "hosts/ipv6",
+            "on\n",
+            "error: hosts: parameter hosts/ipv6: 'on' is not a boolean (true, yes, 1 or an empty file; false, no, 0)",
         ),
         (
             "services/nosuch/running",
@@ -483,7 +492,7 @@ fn standard_modules_refuse_bad_parameters_with_one_clear_line() {
         (
             "motd/facts",
             "maybe\n",
-            "error: motd: parameter motd/facts: 'maybe' is not true or false",
+            "error: motd: parameter motd/facts: 'maybe' is not a boolean (true, yes, 1 or an empty file; false, no, 0)",
         ),
     ];
     for (key, value, want) in cases {
@@ -501,4 +510,128 @@ fn standard_modules_refuse_bad_parameters_with_one_clear_line() {
         param(&f, &top, None);
     }
     assert_eq!(noop_view(&root), before, "a refused dance changes nothing");
+}
+
+#[test]
+fn restart_on_counts_symlinks_and_their_targets_and_an_empty_boolean_is_true() {
+    let f = Fixture::new();
+    let Some(root) = setup(&f) else {
+        return;
+    };
+    f.node("n", &["services"]);
+    // A directory of links, as /etc/nginx/sites-enabled.
+    root_file(&root, "etc/hello/sites-available/a", "a=1\n", 0o644);
+    root_file(&root, "etc/hello/sites-available/b", "b=1\n", 0o644);
+    fs::create_dir_all(root.join("etc/hello/sites-enabled")).unwrap();
+    std::os::unix::fs::symlink(
+        "../sites-available/a",
+        root.join("etc/hello/sites-enabled/a"),
+    )
+    .unwrap();
+    // An empty file is true, as in every standard module.
+    param(&f, "services/hello/enabled", Some(""));
+    param(&f, "services/hello/running", Some("yes\n"));
+    param(
+        &f,
+        "services/hello/restart_on",
+        Some("/etc/hello/sites-enabled\n"),
+    );
+    let restart = ["systemctl daemon-reload", "systemctl restart hello.service"];
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        deferred(&err, "info: deferred until after the merge: "),
+        restart,
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_link(root.join("etc/systemd/system/multi-user.target.wants/hello.service"))
+            .unwrap(),
+        Path::new("/etc/systemd/system/hello.service"),
+        "enabled (an empty file)"
+    );
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 0, "converged: {err}");
+
+    // The linked file's content changes: noop says the restart, live defers it.
+    fs::write(root.join("etc/hello/sites-available/a"), "a=2\n").unwrap();
+    let (code, _, err) = dance(&f, &root, true, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        deferred(&err, "warning: would execute: "),
+        ["systemctl restart hello.service"],
+        "{err}"
+    );
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        changes(&err),
+        set(&["/var/lib/disco-services/hello.service : Modified"]),
+        "{err}"
+    );
+    assert_eq!(
+        deferred(&err, "info: deferred until after the merge: "),
+        ["systemctl restart hello.service"],
+        "{err}"
+    );
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 0, "converged: {err}");
+
+    // A site enabled: a new link, no new file.
+    std::os::unix::fs::symlink(
+        "../sites-available/b",
+        root.join("etc/hello/sites-enabled/b"),
+    )
+    .unwrap();
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        deferred(&err, "info: deferred until after the merge: "),
+        ["systemctl restart hello.service"],
+        "{err}"
+    );
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 0, "converged: {err}");
+}
+
+#[test]
+fn cron_runs_after_users_and_never_replaces_a_foreign_drop_in() {
+    let f = Fixture::new();
+    let Some(root) = setup(&f) else {
+        return;
+    };
+    // cron alone pulls users (and groups) in, before it: a job may run as
+    // a user made in the same dance.
+    f.node("n", &["cron"]);
+    param(&f, "users/reporter/shell", Some("/bin/sh\n"));
+    param(&f, "cron/report/schedule", Some("@daily\n"));
+    param(&f, "cron/report/user", Some("reporter\n"));
+    param(&f, "cron/report/command", Some("true\n"));
+    let (code, out, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("info: Discovered dependency: cron -> users"),
+        "{err}"
+    );
+    assert!(out.contains("users: created user reporter"), "{out}");
+    let job = fs::read_to_string(root.join("etc/cron.d/report")).unwrap();
+    assert!(job.ends_with("\n@daily reporter true\n"), "{job}");
+    let (code, _, err) = dance(&f, &root, false, &[]);
+    assert_eq!(code, 0, "converged: {err}");
+
+    // A package's drop-in of the same name is refused, never replaced.
+    let foreign = root.join("etc/cron.d/e2scrub_all");
+    let before = fs::read_to_string(&foreign).unwrap();
+    param(&f, "cron/e2scrub_all/schedule", Some("@hourly\n"));
+    param(&f, "cron/e2scrub_all/command", Some("true\n"));
+    for noop in [true, false] {
+        let (code, _, err) = dance(&f, &root, noop, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.lines().any(|l| l
+                == "error: cron: parameter cron/e2scrub_all: /etc/cron.d/e2scrub_all exists and was not written by disco (a package's?); choose another name"),
+            "{err}"
+        );
+    }
+    assert_eq!(fs::read_to_string(&foreign).unwrap(), before);
 }
