@@ -265,7 +265,15 @@ fn list_names(root: &Path, sub: &str, problems: &mut BTreeSet<Problem>) -> Resul
     let mut out = Vec::new();
     for e in entries {
         let e = e.with_context(|| format!("cannot read {sub}/"))?;
-        let shown = format!("{sub}/{}", crate::fsutil::shown(Path::new(&e.file_name())));
+        // A README beside the modules (stdlib/ used as modules/) is not one.
+        let name = e.file_name();
+        if sub == "modules"
+            && name.to_string_lossy().starts_with("README")
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        let shown = format!("{sub}/{}", crate::fsutil::shown(Path::new(&name)));
         match Name::parse_os(&e.file_name(), &shown) {
             Ok(n) => out.push(n),
             Err(err) => {

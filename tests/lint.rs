@@ -302,3 +302,33 @@ fn server_defaults_to_the_configured_one() {
         (0, "lint: 2 nodes, 3 modules, no problem\n", "")
     );
 }
+
+/// The standard modules as they ship are a clean `modules/` — their own
+/// README.md beside them included.
+#[test]
+fn the_standard_modules_lint_clean_as_a_modules_dir() {
+    let f = Fixture::new();
+    fs::remove_dir_all(f.server().join("modules")).unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib"),
+        f.server().join("modules"),
+    )
+    .unwrap();
+    let stdlib = fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    let names: Vec<&str> = stdlib.iter().map(String::as_str).collect();
+    f.node("web1", &names);
+    let (code, out, err) = lint(&f, &[]);
+    assert_eq!(
+        (code, out, err),
+        (
+            0,
+            format!("lint: 1 node, {} modules, no problem\n", stdlib.len()),
+            String::new()
+        )
+    );
+}
