@@ -66,6 +66,10 @@ impl Problem {
     /// place of the tree (`modules/m/attributes:3: …`, `parameters/x: …`)
     /// that place is its FILE and LINE, else `file` is.
     fn from_message(file: &str, message: &str) -> Problem {
+        // `FILE is a symbolic link…` at FILE: the path once.
+        if let Some(rest) = message.strip_prefix(file).and_then(|r| r.strip_prefix(' ')) {
+            return Problem::new(file, None, rest);
+        }
         if let Some((place, rest)) = message.split_once(": ") {
             if (place.starts_with("modules/") || place.starts_with("parameters/"))
                 && !place.contains(' ')
@@ -622,7 +626,10 @@ fn check_node(
             return;
         }
         Err(PlanError::Tree(e)) => {
-            problems.insert(Problem::from_tree(&format!("parameters/{n}"), &e));
+            // A module's own file is said once, by that module's check.
+            if !e.to_string().starts_with("modules/") {
+                problems.insert(Problem::from_tree(&format!("parameters/{n}"), &e));
+            }
             return;
         }
         Err(e) => {

@@ -332,3 +332,23 @@ fn the_standard_modules_lint_clean_as_a_modules_dir() {
         )
     );
 }
+
+/// A module's broken file is one problem, said at that file once, however
+/// many nodes plan the module.
+#[test]
+fn a_broken_module_file_is_said_once() {
+    let f = clean();
+    let req = f.server().join("modules/web/requires");
+    let target = f.dir.path().join("elsewhere");
+    fs::write(&target, "").unwrap();
+    fs::remove_file(&req).unwrap();
+    std::os::unix::fs::symlink(&target, &req).unwrap();
+    let (code, out, _) = lint(&f, &[]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..lines.len() - 1],
+        ["error: modules/web/requires: is a symbolic link; it must be a regular file"],
+        "{out}"
+    );
+}
