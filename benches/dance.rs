@@ -15,53 +15,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use std::process::Command;
-use std::time::Instant;
-use workload::workload;
+use workload::{measure, median, workload, Measure};
 
 fn runs() -> usize {
     workload::runs(9)
-}
-
-struct Measure {
-    wall: Vec<f64>,
-    rss_kib: i64,
-}
-
-/// Runs `cmd` [`runs`] times; wall times and the peak RSS over all runs
-/// (`wait4` of disco, which covers the children it reaped).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
-fn measure(mut make: impl FnMut() -> Command) -> Measure {
-    let mut m = Measure {
-        wall: Vec::new(),
-        rss_kib: 0,
-    };
-    for _ in 0..runs() {
-        let t = Instant::now();
-        let child = make()
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut status = 0;
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-        m.wall.push(t.elapsed().as_secs_f64());
-        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-            let out = make().output().unwrap();
-            panic!(
-                "a benchmarked command failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        m.rss_kib = m.rss_kib.max(ru.ru_maxrss);
-    }
-    m
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -114,10 +71,10 @@ fn main() {
     let empty0 = dir.path().join("empty0");
     workload(&empty0, "bench", 0, true);
 
-    let example = measure(dance(&repo.join("server-layout"), "example-node"));
-    let w20 = measure(dance(&work, "bench"));
-    let e20 = measure(dance(&empty20, "bench"));
-    let e0 = measure(dance(&empty0, "bench"));
+    let example = measure(runs(), dance(&repo.join("server-layout"), "example-node"));
+    let w20 = measure(runs(), dance(&work, "bench"));
+    let e20 = measure(runs(), dance(&empty20, "bench"));
+    let e0 = measure(runs(), dance(&empty0, "bench"));
 
     // The raw floor: the same work with cp and bash into a scratch copy of /etc.
     let floor_script = dir.path().join("floor.sh");
@@ -146,7 +103,7 @@ fn main() {
     }
     fs::write(&floor_script, s).unwrap();
     let floor_out = dir.path().join("floor-out");
-    let floor = measure(|| {
+    let floor = measure(runs(), || {
         let mut c = Command::new("bash");
         c.arg(&floor_script).arg(&floor_out);
         c
@@ -213,7 +170,7 @@ fn main() {
             "{}",
             String::from_utf8_lossy(&first.stderr)
         );
-        let m = measure(live);
+        let m = measure(runs(), live);
         println!(
             "{:<58} {:>8.0}ms {:>8.2}ms",
             format!("{n} modules x (3 files, 2 templates, 1 script)"),

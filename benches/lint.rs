@@ -15,9 +15,8 @@ mod workload;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
-use workload::{runs, write};
+use workload::{measure, median, runs, write, Measure};
 
 const MODULES: usize = 200;
 const NODES: usize = 500;
@@ -112,42 +111,6 @@ fn generate(server: &Path) -> Vec<PathBuf> {
     checked
 }
 
-/// Runs `cmd` [`runs`] times: wall times in seconds and the peak RSS in
-/// KiB over all runs (`wait4` of the process, covering what it reaped).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
-fn measure(mut make: impl FnMut() -> Command) -> (Vec<f64>, i64) {
-    let (mut wall, mut rss) = (Vec::new(), 0);
-    for _ in 0..runs(9) {
-        let t = Instant::now();
-        let child = make()
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut status = 0;
-        // SAFETY: rusage is plain data.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-        wall.push(t.elapsed().as_secs_f64());
-        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-            let out = make().output().unwrap();
-            panic!(
-                "a benchmarked command failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        rss = rss.max(ru.ru_maxrss);
-    }
-    (wall, rss)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let server = dir.path().join("server");
@@ -155,7 +118,7 @@ fn main() {
     let config = dir.path().join("disco.toml");
     fs::write(&config, "").unwrap();
 
-    let lint = measure(|| {
+    let lint = measure(runs(9), || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_disco"));
         c.arg("--config")
             .arg(&config)
@@ -168,7 +131,7 @@ fn main() {
     let list = dir.path().join("files");
     let names: Vec<String> = checked.iter().map(|p| p.display().to_string()).collect();
     fs::write(&list, names.join("\n")).unwrap();
-    let per_file = measure(|| {
+    let per_file = measure(runs(9), || {
         let mut c = Command::new("bash");
         c.arg("-c")
             .arg("while IFS= read -r f; do bash -n \"$f\" || exit 1; done < \"$1\"")
@@ -187,13 +150,13 @@ fn main() {
         "max",
         "peak RSS"
     );
-    let row = |name: &str, (wall, rss): (Vec<f64>, i64)| {
-        let max = wall.iter().cloned().fold(0.0, f64::max);
+    let row = |name: &str, m: Measure| {
+        let max = m.wall.iter().cloned().fold(0.0, f64::max);
         println!(
             "{name:<58} {:>7.0}ms {:>7.0}ms {:>6.1} MiB",
-            median(&wall) * 1e3,
+            median(&m.wall) * 1e3,
             max * 1e3,
-            rss as f64 / 1024.0
+            m.rss_kib as f64 / 1024.0
         );
     };
     row("disco lint --server DIR", lint);

@@ -8,30 +8,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
-use common::root::deep_snapshot;
+use common::root::pristine_view;
 use common::{git, run, Fixture};
-
-/// The root's snapshot without disco's state, logs and caches, and
-/// without directory mtimes (adding and removing entries changes them).
-fn pristine_view(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .filter(|l| {
-            !["var/lib/disco", "var/log", "var/cache"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            if parts.get(1).is_some_and(|m| m.starts_with("40")) {
-                parts[3] = "-";
-            }
-            parts.join(" ")
-        })
-        .collect()
-}
 
 #[test]
 fn a_debian_node_goes_noop_live_converged_and_back() {

@@ -11,28 +11,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::root::deep_snapshot;
+use common::root::{deep_snapshot, pristine_view};
 use common::{run, Fixture};
-
-/// The root's snapshot without disco's state, logs and caches, and
-/// without directory mtimes (adding and removing entries changes them).
-fn pristine_view(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .filter(|l| {
-            !["var/lib/disco", "var/log", "var/cache"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            if parts.get(1).is_some_and(|m| m.starts_with("40")) {
-                parts[3] = "-";
-            }
-            parts.join(" ")
-        })
-        .collect()
-}
 
 /// A server tree whose `modules/` holds copies of the named `stdlib/`
 /// modules, and node `n` running `modules`.

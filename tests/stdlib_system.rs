@@ -16,33 +16,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::root::deep_snapshot;
+use common::root::{deep_snapshot, pristine_view};
 use common::{run, Fixture};
 
 const MODULES: &[&str] = &["services", "sysctl", "cron", "hosts", "motd"];
 /// What `cron` pulls in (`after users`, and users `after groups`): on the
 /// server with it, in every plan that has cron.
 const PULLED: &[&str] = &["users", "groups"];
-
-/// The root's snapshot without disco's state, logs and caches, and
-/// without directory mtimes (adding and removing entries changes them).
-fn pristine_view(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .filter(|l| {
-            !["var/lib/disco", "var/log", "var/cache"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            if parts.get(1).is_some_and(|m| m.starts_with("40")) {
-                parts[3] = "-";
-            }
-            parts.join(" ")
-        })
-        .collect()
-}
 
 /// Everything below the root (mtimes included) but disco's own state dir.
 fn noop_view(root: &Path) -> Vec<String> {

@@ -7,6 +7,8 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
 pub fn write(p: &Path, content: &str, mode: u32) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -99,4 +101,52 @@ pub fn runs(default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(default)
+}
+
+/// Wall times (seconds) of the runs of a command, and the peak RSS (KiB)
+/// over all of them.
+pub struct Measure {
+    pub wall: Vec<f64>,
+    pub rss_kib: i64,
+}
+
+/// Runs the command `make` builds `runs` times, each to its end; its peak
+/// RSS is `wait4`'s (the process and the children it reaped). A failed
+/// run panics with its output.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
+pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measure {
+    let mut m = Measure {
+        wall: Vec::new(),
+        rss_kib: 0,
+    };
+    for _ in 0..runs {
+        let t = Instant::now();
+        let child = make()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: rusage is plain data, filled by wait4.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        m.wall.push(t.elapsed().as_secs_f64());
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            let out = make().output().unwrap();
+            panic!(
+                "a benchmarked command failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        m.rss_kib = m.rss_kib.max(ru.ru_maxrss);
+    }
+    m
+}
+
+/// The median of `v`.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }

@@ -82,6 +82,26 @@ impl FixtureRoot {
     }
 }
 
+/// [`deep_snapshot`] without disco's state, logs and caches, and
+/// without directory mtimes (adding and removing entries changes them).
+pub fn pristine_view(root: &Path) -> Vec<String> {
+    deep_snapshot(root)
+        .into_iter()
+        .filter(|l| {
+            !["var/lib/disco", "var/log", "var/cache"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| {
+            let mut parts: Vec<&str> = l.split(' ').collect();
+            if parts.get(1).is_some_and(|m| m.starts_with("40")) {
+                parts[3] = "-";
+            }
+            parts.join(" ")
+        })
+        .collect()
+}
+
 /// Every path below `root` with type, mode, owner, mtime, xattrs and
 /// content, for "byte-identical" assertions.
 pub fn deep_snapshot(root: &Path) -> Vec<String> {
