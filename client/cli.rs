@@ -267,7 +267,9 @@ pub enum Command {
     /// confirm on a terminal; without a terminal give it with --host-key
     /// (the key itself, pinned without contacting the server, or its
     /// fingerprint, which the scanned key must match). A disco.toml with
-    /// settings in it is never overwritten without --force.
+    /// settings in it is never overwritten without --force. Run it on each
+    /// machine (at first boot for one made from an image), not in the
+    /// image: machines sharing a key would share a node.
     ///
     /// Then add the printed line to the serving user's ~/.ssh/authorized_keys
     /// on the server, and run `NOOP=true disco dance`.
@@ -293,7 +295,8 @@ pub struct InitArgs {
     pub server: String,
     #[command(flatten)]
     pub node: NodeArg,
-    /// Write into this root instead of / (for an image or a container)
+    /// Write into this root instead of / (a container's, a mounted disk's);
+    /// the node name is then --node or ROOT/etc/hostname, never this machine's
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// The server's host key: `ssh-ed25519 AAAA…` (pinned as given, the
