@@ -357,7 +357,7 @@ impl Config {
             Some(s) => Ok(vec![s.clone()]),
             None if !self.servers.value.is_empty() => Ok(self.servers.value.clone()),
             None => Err(anyhow!(
-                "no server configured: give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}"
+                "no server configured: run `disco init --server URI`, or give --server, set DISCO_SERVER, or put `server = \"…\"` in {DEFAULT_CONFIG}"
             )),
         }
     }

@@ -243,7 +243,9 @@ fn no_server_says_how_to_give_one() {
     let (code, _, err) = common::run(f.disco_without_server().args(["--node", "n", "plan"]));
     assert_eq!(code, 1);
     assert!(
-        err.starts_with("error: no server configured: give --server"),
+        err.starts_with(
+            "error: no server configured: run `disco init --server URI`, or give --server"
+        ),
         "{err}"
     );
 }
