@@ -92,30 +92,22 @@ impl Pending {
 /// `handlers/` directory (a symlinked one is refused, never listed) whose
 /// names say they run ([`crate::exec::runs`]); and the files skipped.
 pub fn handlers_of(module_dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
-    let dir = module_dir.join("handlers");
-    if !crate::fsutil::real_dir(&dir, "handlers/")? {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let mut out = Vec::new();
-    let mut skipped = Vec::new();
-    for e in fs::read_dir(&dir).context("handlers/")? {
-        let e = e.context("handlers/")?;
-        let shown = format!("handlers/{}", e.file_name().to_string_lossy());
-        if !crate::exec::runs(&e.file_name().to_string_lossy()) {
-            skipped.push(shown);
-            continue;
+    use crate::exec::Runnable;
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for r in crate::exec::runnables(module_dir, "handlers")? {
+        match r {
+            Runnable::Runs(path) => out.push(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            Runnable::Skipped(name) => skipped.push(format!("handlers/{}", name.to_string_lossy())),
+            Runnable::Refused(name, why) => {
+                anyhow::bail!("handlers/{} {why}", name.to_string_lossy())
+            }
         }
-        let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
-        if !meta.is_file() {
-            anyhow::bail!(
-                "{shown} is a {}; handlers must be regular files",
-                crate::fsutil::kind_name(&meta)
-            );
-        }
-        out.push(e.file_name().to_string_lossy().into_owned());
     }
-    out.sort();
-    skipped.sort();
     Ok((out, skipped))
 }
 

@@ -120,6 +120,77 @@ pub fn is_leftover(name: &str) -> bool {
     LEFTOVER.iter().any(|s| name.ends_with(s)) || (name.starts_with(".#"))
 }
 
+/// Why an entry of a module's `files/` or `templates/` (`sub`) named
+/// `name` is never installed — an editor's leftover, or a kind that
+/// cannot be — or `None`. The dance refuses the module for it; `disco
+/// lint` names it.
+pub fn not_installable(sub: &str, name: &std::ffi::OsStr, meta: &fs::Metadata) -> Option<String> {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return None;
+    }
+    if ft.is_file() || (ft.is_symlink() && sub == "files") {
+        return is_leftover(&name.to_string_lossy()).then(|| {
+            "is an editor's or package manager's leftover; it would be installed on every node: remove it from the module".to_string()
+        });
+    }
+    let allowed = if sub == "files" {
+        "regular files, directories and symlinks"
+    } else {
+        "regular files and directories"
+    };
+    Some(format!(
+        "is a {}; only {allowed} can be installed",
+        crate::fsutil::kind_name(meta)
+    ))
+}
+
+/// An entry of a module's `scripts/` or `handlers/`.
+#[derive(Debug)]
+pub enum Runnable {
+    /// Runs (its name says so, and it is a regular file).
+    Runs(PathBuf),
+    /// Skipped: its name says it is not one ([`runs`]).
+    Skipped(std::ffi::OsString),
+    /// Its name says it runs, but it is not a regular file: why.
+    Refused(std::ffi::OsString, String),
+}
+
+/// The entries of `module_dir/sub` (`scripts` or `handlers`), sorted by
+/// name; none when there is no such directory (a symlinked one is an
+/// error). What runs, what is skipped and what is refused is decided here
+/// for the dance, the handlers and `disco lint` alike.
+pub fn runnables(module_dir: &Path, sub: &str) -> Result<Vec<Runnable>> {
+    let dir = module_dir.join(sub);
+    if !crate::fsutil::real_dir(&dir, &format!("{sub}/"))? {
+        return Ok(Vec::new());
+    }
+    let mut entries = fs::read_dir(&dir)
+        .and_then(|e| e.collect::<io::Result<Vec<_>>>())
+        .with_context(|| format!("{sub}/"))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut out = Vec::new();
+    for e in entries {
+        let name = e.file_name();
+        if !runs(&name.to_string_lossy()) {
+            out.push(Runnable::Skipped(name));
+            continue;
+        }
+        let meta = fs::symlink_metadata(e.path())
+            .with_context(|| format!("{sub}/{}", name.to_string_lossy()))?;
+        if meta.is_file() {
+            out.push(Runnable::Runs(e.path()));
+        } else {
+            let why = format!(
+                "is a {}; {sub} must be regular files",
+                crate::fsutil::kind_name(&meta)
+            );
+            out.push(Runnable::Refused(name, why));
+        }
+    }
+    Ok(out)
+}
+
 impl Job {
     /// The environment of templates, scripts and handlers.
     pub fn env(&self) -> Vec<(&'static str, String)> {
@@ -272,8 +343,8 @@ impl Job {
             let meta = fs::symlink_metadata(e.path()).with_context(|| shown.clone())?;
             let ft = meta.file_type();
             let target = target_dir.join(e.file_name());
-            if !ft.is_dir() && is_leftover(&e.file_name().to_string_lossy()) {
-                bail!("{shown} is an editor's or package manager's leftover; it would be installed on every node: remove it from the module");
+            if let Some(why) = not_installable(sub, &e.file_name(), &meta) {
+                bail!("{shown} {why}");
             }
             if ft.is_dir() {
                 let want = self.wanted(rules, &r, 0o755);
@@ -281,19 +352,10 @@ impl Job {
                     .ensure_dir(&r, &target, want)
                     .with_context(|| shown.clone())?;
                 self.install_dir((top, sub, rules), &r, &t, depth + 1, leaf)?;
-            } else if ft.is_file() || (ft.is_symlink() && sub == "files") {
+            } else {
+                // A file, or a symlink of files/ (not_installable said so).
                 self.check_target(&target).with_context(|| shown.clone())?;
                 leaf(&e.path(), &r, &target, &meta).with_context(|| shown.clone())?;
-            } else {
-                let allowed = if sub == "files" {
-                    "regular files, directories and symlinks"
-                } else {
-                    "regular files and directories"
-                };
-                bail!(
-                    "{shown} is a {}; only {allowed} can be installed",
-                    crate::fsutil::kind_name(&meta)
-                );
             }
         }
         Ok(())
@@ -474,30 +536,18 @@ impl Job {
     /// The scripts to run, sorted, and the files of `scripts/` skipped
     /// because they are not scripts (see [`runs`]).
     fn scripts(&self) -> Result<(Vec<PathBuf>, Vec<String>)> {
-        let dir = self.module_dir.join("scripts");
         let (mut out, mut skipped) = (Vec::new(), Vec::new());
-        if !crate::fsutil::real_dir(&dir, "scripts/")? {
-            return Ok((out, skipped));
-        }
-        for e in fs::read_dir(&dir).context("scripts/")? {
-            let e = e.context("scripts/")?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !runs(&name) {
-                skipped.push(format!("scripts/{name}"));
-                continue;
+        for r in runnables(&self.module_dir, "scripts")? {
+            match r {
+                Runnable::Runs(path) => out.push(path),
+                Runnable::Skipped(name) => {
+                    skipped.push(format!("scripts/{}", name.to_string_lossy()))
+                }
+                Runnable::Refused(name, why) => {
+                    bail!("scripts/{} {why}", name.to_string_lossy())
+                }
             }
-            let meta = fs::symlink_metadata(e.path())?;
-            if !meta.is_file() {
-                bail!(
-                    "scripts/{} is a {}; scripts must be regular files",
-                    e.file_name().to_string_lossy(),
-                    crate::fsutil::kind_name(&meta)
-                );
-            }
-            out.push(e.path());
         }
-        out.sort();
-        skipped.sort();
         Ok((out, skipped))
     }
 

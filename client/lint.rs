@@ -456,30 +456,12 @@ impl ModuleCheck<'_> {
                 }
             };
             let ft = meta.file_type();
-            if !ft.is_dir() && crate::exec::is_leftover(&e.file_name().to_string_lossy()) {
-                self.problem(
-                    shown,
-                    None,
-                    "is an editor's or package manager's leftover; a dance refuses to install it: remove it from the module",
-                );
+            if let Some(why) = crate::exec::not_installable(sub, &e.file_name(), &meta) {
+                self.problem(shown, None, why);
             } else if ft.is_dir() {
                 self.walk(sub, &r, depth + 1);
-            } else if ft.is_file() {
-                if sub == "templates" {
-                    self.syntax(shown, e.path());
-                }
-            } else if !(ft.is_symlink() && sub == "files") {
-                let allowed = if sub == "files" {
-                    "regular files, directories and symlinks"
-                } else {
-                    "regular files and directories"
-                };
-                let kind = crate::fsutil::kind_name(&meta);
-                self.problem(
-                    shown,
-                    None,
-                    format!("is a {kind}; only {allowed} can be installed"),
-                );
+            } else if ft.is_file() && sub == "templates" {
+                self.syntax(shown, e.path());
             }
         }
     }
@@ -487,43 +469,30 @@ impl ModuleCheck<'_> {
     /// `scripts/` or `handlers/`: what runs goes to `bash -n`; anything
     /// else but a `README*` would be skipped, which is probably a mistake.
     fn runnables(&mut self, sub: &str) {
-        let dir = self.dir.join(sub);
+        use crate::exec::Runnable;
         let at = format!("modules/{}/{sub}", self.name);
-        match crate::fsutil::real_dir(&dir, &format!("{sub}/")) {
-            Ok(true) => {}
-            Ok(false) => return,
+        let entries = match crate::exec::runnables(self.dir, sub) {
+            Ok(e) => e,
             Err(e) => return self.problem(at, None, format!("{e:#}")),
-        }
-        let mut entries: Vec<_> = match fs::read_dir(&dir) {
-            Ok(e) => e.flatten().collect(),
-            Err(e) => return self.problem(at, None, format!("cannot read: {e}")),
         };
-        entries.sort_by_key(|e| e.file_name());
         let what = &sub[..sub.len() - 1]; // script, handler
-        for e in entries {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let shown = format!("{at}/{}", crate::fsutil::shown(Path::new(&e.file_name())));
-            if !crate::exec::runs(&name) {
-                if !name.starts_with("README") {
+        let shown =
+            |name: &std::ffi::OsStr| format!("{at}/{}", crate::fsutil::shown(Path::new(name)));
+        for r in entries {
+            match r {
+                Runnable::Runs(path) => {
+                    let name = shown(path.file_name().unwrap_or_default());
+                    self.syntax(name, path)
+                }
+                Runnable::Skipped(name) if !name.to_string_lossy().starts_with("README") => {
                     self.problem(
-                        shown,
+                        shown(&name),
                         None,
                         format!("is not a {what} name, so it never runs (a note or an editor's backup?): move it out of {sub}/, or rename it to NN-name"),
                     );
                 }
-                continue;
-            }
-            match fs::symlink_metadata(e.path()) {
-                Ok(m) if m.is_file() => self.syntax(shown, e.path()),
-                Ok(m) => {
-                    let kind = crate::fsutil::kind_name(&m);
-                    self.problem(
-                        shown,
-                        None,
-                        format!("is a {kind}; {sub} must be regular files"),
-                    );
-                }
-                Err(err) => self.problem(shown, None, format!("cannot read: {err}")),
+                Runnable::Skipped(_) => {}
+                Runnable::Refused(name, why) => self.problem(shown(&name), None, why),
             }
         }
     }
