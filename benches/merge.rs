@@ -74,11 +74,6 @@ impl Bench {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -113,9 +108,9 @@ fn main() {
     }
     row(
         "20 modules: first apply on a fresh fixture root",
-        median(first),
+        workload::median(&first),
     );
-    row("20 modules: no-change re-apply", median(again));
+    row("20 modules: no-change re-apply", workload::median(&again));
 
     // The merge alone, as the live dance reports it ("merged N change(s) … in X ms").
     let merge_cost = |name: &str, script: &str, pad: usize, mount_tmpfs: bool| {
@@ -157,7 +152,7 @@ fn main() {
                 .expect("the live dance reports its merge time");
             costs.push(ms / 1e3);
         }
-        median(costs)
+        workload::median(&costs)
     };
     let many = "mkdir -p /srv/many; cd /srv/many; for i in $(seq 10000); do echo $i > f$i; done\n";
     let big = "dd if=/dev/zero of=/srv/big bs=1M count=1024 status=none\n";

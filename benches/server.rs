@@ -18,11 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn fetch(disco: &Path, config: &Path, state: &Path, uri: &str) -> Command {
     let mut c = Command::new(disco);
     c.env_remove("NOOP")
@@ -94,7 +89,7 @@ fn main() {
                 }
                 walls.push(started.elapsed().as_secs_f64());
             }
-            let wall = median(walls);
+            let wall = workload::median(&walls);
             println!(
                 "{name:<34} {n:>6} {:>8.0}ms {:>10.1} {:>5}/{:<3}",
                 wall * 1e3,

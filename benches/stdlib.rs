@@ -11,10 +11,9 @@
 mod debian;
 
 use std::fs;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[path = "common/workload.rs"]
 mod workload;
@@ -55,25 +54,12 @@ fn own_rss(disco: &Path, state: &Path) -> u64 {
     stages.chain(diffs).max().unwrap_or(0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn param(server: &Path, key: &str, value: &str) {
     workload::write(
         &server.join("parameters/n/parameters").join(key),
         value,
         0o644,
     );
-}
-
-fn mirror_reachable() -> bool {
-    ("deb.debian.org", 80)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok())
 }
 
 fn main() {
@@ -102,7 +88,7 @@ fn main() {
     let mut modules = vec![
         "groups", "users", "sysctl", "cron", "hosts", "motd", "services",
     ];
-    let packages = mirror_reachable();
+    let packages = debian::mirror_reachable();
     if packages {
         modules.push("packages");
         param(&server, "packages/install/less", "");
@@ -194,17 +180,17 @@ fn main() {
     println!(
         "{:<58} {:>8.0}ms",
         "first dance (live)",
-        median(first) * 1e3
+        workload::median(&first) * 1e3
     );
     println!(
         "{:<58} {:>8.0}ms",
         "no-change dance (live)",
-        median(same) * 1e3
+        workload::median(&same) * 1e3
     );
     println!(
         "{:<58} {:>8.0}ms",
         "converged noop dance",
-        median(noop) * 1e3
+        workload::median(&noop) * 1e3
     );
     println!(
         "{:<58} {:>8.1}MB",

@@ -540,7 +540,8 @@ pub fn parse_noop(v: &str) -> Result<bool> {
     }
 }
 
-fn hostname_node() -> Result<Name> {
+/// This machine's hostname as a node name (the default of `node`).
+pub fn hostname_node() -> Result<Name> {
     let host = nix::unistd::gethostname().context("cannot read the hostname")?;
     Name::parse_os(&host, "the hostname (give --node NAME)").map_err(Into::into)
 }

@@ -253,17 +253,6 @@ fn candidate(root: &Path, name: &str) -> String {
     panic!("{name} is not in the apt lists of {}", lists.display());
 }
 
-/// True when the Debian mirror answers (a live install downloads).
-fn mirror_reachable() -> bool {
-    use std::net::ToSocketAddrs;
-    let Ok(addrs) = ("deb.debian.org", 80).to_socket_addrs() else {
-        return false;
-    };
-    addrs.into_iter().any(|a| {
-        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok()
-    })
-}
-
 fn dpkg_status(root: &Path, name: &str) -> Option<String> {
     let status = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
     status
@@ -350,7 +339,7 @@ fn packages_offline_noop_host_noop_live_converged_removed_and_undone() {
     );
     param(&f, "packages/install/hello", &format!("{hello}\n"));
 
-    if !mirror_reachable() {
+    if !common::debian::mirror_reachable() {
         eprintln!("skipped: deb.debian.org:80 cannot be reached; the live installs need it");
         return;
     }

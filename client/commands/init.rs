@@ -158,8 +158,7 @@ fn node_name(given: Option<&str>, root: Option<&Path>) -> Result<Name> {
             format!("{} (give --node NAME)", file.display()),
         )?);
     }
-    let host = nix::unistd::gethostname().context("cannot read the hostname")?;
-    Ok(Name::parse_os(&host, "the hostname (give --node NAME)")?)
+    crate::config::hostname_node()
 }
 
 /// Whether `config` exists with anything but comments and blank lines.

@@ -4,7 +4,6 @@
 //! drift from `--help`.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -17,7 +16,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<i32> {
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "disco", &mut out);
-    write_stdout(&out)?;
+    super::print_bytes(&out)?;
     Ok(0)
 }
 
@@ -29,20 +28,11 @@ pub fn man(dir: Option<&Path>) -> Result<i32> {
         clap_mangen::Man::new(cmd)
             .render(&mut out)
             .context("cannot render the manual page")?;
-        write_stdout(&out)?;
+        super::print_bytes(&out)?;
         return Ok(0);
     };
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(cmd, dir)
         .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
     Ok(0)
-}
-
-/// Writes `bytes` to stdout; a closed pipe is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("cannot write to stdout"),
-    }
 }

@@ -121,6 +121,15 @@ fn in_sandbox_note(error: &str) {
     }
 }
 
+/// Writes `bytes` to stdout; a closed pipe (`disco man | head`) is not an error.
+pub fn print_bytes(bytes: &[u8]) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
+}
+
 /// Writes lines to stdout; a closed pipe (`disco plan | head -1`) is not an error.
 pub fn print_lines<I: IntoIterator<Item = String>>(lines: I) -> Result<()> {
     let mut out = io::BufWriter::new(io::stdout().lock());

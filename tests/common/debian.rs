@@ -118,3 +118,14 @@ fn update_lists(base: &Path, root: &Path) -> bool {
     }
     has_lists
 }
+
+/// True when the Debian mirror answers (a live install downloads).
+pub fn mirror_reachable() -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addrs) = ("deb.debian.org", 80).to_socket_addrs() else {
+        return false;
+    };
+    addrs.into_iter().any(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok()
+    })
+}
