@@ -797,14 +797,36 @@ fn read_queue_file(path: &Path) -> Result<Vec<Vec<String>>> {
     Ok(parse_queue(&read_queue_bytes(path, "action queue")?))
 }
 
-/// The changes the work left pending (`disco pending`), one per line.
+/// The changes the work left pending (`disco pending`), one per line:
+/// at most [`MAX_PENDING`] of them, each cut at 500 characters (the list
+/// is the module's to write; it goes into every report).
 fn read_pending(path: &Path) -> Result<Vec<String>> {
     let bytes = read_queue_bytes(path, "pending-change list")?;
-    Ok(String::from_utf8_lossy(&bytes)
+    Ok(bounded_pending(&String::from_utf8_lossy(&bytes)))
+}
+
+/// Most pending changes a module reports one by one.
+const MAX_PENDING: usize = 100;
+
+/// The non-empty lines of `text`, bounded as [`read_pending`] says.
+fn bounded_pending(text: &str) -> Vec<String> {
+    let all: Vec<&str> = text
         .lines()
-        .map(|l| l.trim().to_string())
+        .map(str::trim)
         .filter(|l| !l.is_empty())
-        .collect())
+        .collect();
+    let mut out: Vec<String> = all
+        .iter()
+        .take(MAX_PENDING)
+        .map(|l| match l.char_indices().nth(500) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect();
+    if all.len() > MAX_PENDING {
+        out.push(format!("… and {} more", all.len() - MAX_PENDING));
+    }
+    out
 }
 
 /// Parses the shim queue: records of `argc\0argv0\0arg1\0…`; stops at the
@@ -1059,4 +1081,18 @@ fn leftover_processes() -> Vec<String> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pending_changes_are_bounded_in_number_and_length() {
+        let long = "x".repeat(600);
+        let text = format!("a\n\n  b  \n{long}\n") + &"c\n".repeat(150);
+        let p = super::bounded_pending(&text);
+        assert_eq!(p.len(), 101);
+        assert_eq!(&p[..2], ["a", "b"]);
+        assert_eq!(p[2], format!("{}…", "x".repeat(500)));
+        assert_eq!(p[100], "… and 53 more");
+    }
 }
