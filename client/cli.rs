@@ -246,6 +246,26 @@ pub enum Command {
     ///
     /// Keys look like `users/alice/shell`; each part matches [A-Za-z0-9._-]+.
     Param(ParamArgs),
+    /// Encrypt, show, re-encrypt and list secret parameters in a server tree
+    ///
+    /// A secret is any parameter under `secrets/` of a node or a group. It
+    /// is stored in the tree as an age-encrypted file whose recipients are
+    /// the SSH keys of the nodes that may read it (parameters/NODE/node.pub,
+    /// the line `disco init` prints) and the admins' keys in
+    /// recipients/admins (one `ssh-ed25519 …`, `ssh-rsa …` or `age1…` key a
+    /// line). The server, git and every copy of the tree hold ciphertext
+    /// only: a node decrypts its secrets with its own key when it dances,
+    /// an admin with theirs. Run these in the admins' checkout of the tree,
+    /// then commit and push.
+    ///
+    /// Examples:
+    ///   disco secret set --node db1 secrets/db_password      (asks, no echo)
+    ///   printf %s "$PW" | disco secret set --group web secrets/api_token
+    ///   disco secret show --node db1 secrets/db_password
+    ///   disco secret rekey          (after a node's key or a group changed)
+    ///   disco secret list
+    #[command(verbatim_doc_comment)]
+    Secret(SecretArgs),
     /// Print the effective configuration, one `key = value  # source` line per setting
     Config(ConfigArgs),
     /// Print this node's facts: hostname, fqdn, OS of the root, CPUs,
@@ -381,6 +401,79 @@ pub struct LintArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// The server tree: the checkout holding parameters/, modules/ and
+    /// recipients/admins
+    #[arg(long, value_name = "DIR", default_value = ".", global = true)]
+    pub tree: PathBuf,
+    #[command(subcommand)]
+    pub action: SecretAction,
+}
+
+/// Which node or group a secret belongs to.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretOwner {
+    /// The secret is this node's (parameters/NODE/parameters/secrets/…)
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// The secret is this group's: every node in the group may read it
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretAction {
+    /// Encrypt a value to KEY of a node or group; the value comes from
+    /// stdin, or from a prompt without echo on a terminal (asked twice)
+    ///
+    /// The value is stored exactly as read from stdin (`printf %s` for none
+    /// of a trailing newline); a value typed at the prompt gets one, as
+    /// `disco param set` gives. Refused when a node that may read it has no
+    /// recorded key, or when recipients/admins lists no key (nobody could
+    /// show or rekey it). Never give a value as an argument: argv is
+    /// visible to every local account.
+    Set {
+        #[command(flatten)]
+        owner: SecretOwner,
+        /// The key, under secrets/ (e.g. secrets/db_password)
+        key: String,
+    },
+    /// Decrypt KEY of a node or group with an admin's key and print it
+    Show {
+        #[command(flatten)]
+        owner: SecretOwner,
+        /// The key, under secrets/
+        key: String,
+        /// The admin's private key (an OpenSSH key or an age identity
+        /// file) [default: ~/.ssh/id_ed25519]
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Re-encrypt every secret whose recipients changed: a node enrolled
+    /// again with a new key, a node added to or removed from a group, an
+    /// admin key added or removed
+    ///
+    /// A secret's recipients are read from its header (SSH keys by their
+    /// tag; age keys only by their count: give --all after replacing one
+    /// age key by another). Prints one line per secret re-encrypted.
+    Rekey {
+        /// The admin's private key [default: ~/.ssh/id_ed25519]
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Re-encrypt every secret, changed recipients or not
+        #[arg(long)]
+        all: bool,
+    },
+    /// List every secret with who can read it, never a value; a secret
+    /// not encrypted, or not readable by a node that uses it, is marked
+    ///
+    /// Exit codes: 0 every secret is encrypted to exactly who should read
+    /// it; 1 otherwise (run `disco secret rekey`, or `disco secret set`).
+    List,
+}
+
+#[derive(Debug, Args)]
 pub struct ConfigArgs {
     #[command(flatten)]
     pub server: ServerArg,
@@ -414,11 +507,24 @@ pub enum ParamAction {
     /// List the keys directly under KEY (or at the top), one per line
     Keys { key: Option<String> },
     /// Print every layer that holds KEY — module defaults, each group in
-    /// order, the node — with its value, and which one wins
-    Explain { key: String },
+    /// order, the node — with its value, and which one wins; secrets
+    /// print as `******** (secret)`
+    Explain {
+        key: String,
+        /// Print secret values (decrypted with the node's key) instead
+        /// of the mask
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Print `key = value` for everything under KEY (or everything), sorted;
-    /// directories print as `key = {}`, newlines in values as \n
-    Dump { key: Option<String> },
+    /// directories print as `key = {}`, newlines in values as \n; secrets
+    /// print as `******** (secret)`
+    Dump {
+        key: Option<String>,
+        /// Print secret values instead of the mask
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Set KEY (needs --tree): the value is read from stdin, or given as
     /// VALUE (written with a trailing newline); `{}` makes a directory
     ///
@@ -626,7 +732,7 @@ impl Command {
                 g.node = a.node.node.clone();
                 g.root = a.root.clone();
             }
-            Command::Completions(_) | Command::Man(_) => {}
+            Command::Completions(_) | Command::Man(_) | Command::Secret(_) => {}
             Command::Config(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.server = a.server.server.clone();

@@ -373,6 +373,15 @@ impl Config {
         }
     }
 
+    /// The node's own key, which opens its secrets: `ssh_identity` (the
+    /// key it fetches with), else `/etc/disco/id_ed25519` (`disco init`'s).
+    pub fn node_key(&self) -> PathBuf {
+        self.ssh_identity
+            .value
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/disco/id_ed25519"))
+    }
+
     /// The ssh settings.
     pub fn ssh(&self) -> crate::transport::ssh::SshOptions {
         crate::transport::ssh::SshOptions {

@@ -28,5 +28,6 @@ pub mod report;
 pub mod rootpath;
 pub mod run;
 pub mod sandbox;
+pub mod secrets;
 pub mod transport;
 pub mod tree;

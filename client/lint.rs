@@ -175,17 +175,7 @@ pub fn lint(root: &Path, only: &[Name]) -> Result<Lint> {
     // The nodes: every layer of parameters/ that no layer lists as a group.
     let layers = list_names(&root, "parameters", &mut problems)?;
     let nodes: Vec<Name> = if only.is_empty() {
-        let mut groups = BTreeSet::new();
-        for l in &layers {
-            if let Ok(g) = tree.names_in(&format!("parameters/{l}/groups")) {
-                groups.extend(g.into_iter().map(|(n, _)| n));
-            }
-        }
-        layers
-            .iter()
-            .filter(|l| !groups.contains(*l))
-            .cloned()
-            .collect()
+        tree.nodes(&layers)
     } else {
         for n in only {
             if tree.layer_dir(n)?.is_none() {
@@ -235,6 +225,18 @@ pub fn lint(root: &Path, only: &[Name]) -> Result<Lint> {
         }
     }
 
+    // A module's default is every node's: it cannot be a secret.
+    for (m, ks) in &keys {
+        for k in ks.iter().filter(|k| k.starts_with("secrets/")) {
+            problems.insert(Problem::new(
+                format!("modules/{m}/parameters/{k}"),
+                None,
+                "a module's default cannot be a secret (every node running the module would need to read it): set it per node or group with `disco secret set`",
+            ));
+        }
+    }
+    check_secrets(&root, &tree, &specs, only.is_empty(), &mut problems);
+
     let syntax = std::thread::scope(|s| -> Result<Vec<Problem>> {
         let running: Vec<_> = chunks(&jobs)
             .into_iter()
@@ -260,6 +262,117 @@ pub fn lint(root: &Path, only: &[Name]) -> Result<Lint> {
         modules: modules.len(),
         problems: problems.into_iter().collect(),
     })
+}
+
+/// Secrets: every file under a layer's `secrets/` is age-encrypted to
+/// every node that uses the layer (each with a recorded, usable key) and
+/// the admins list a key. `all`: every layer's secrets, else only those of
+/// the layers of `specs`.
+fn check_secrets(
+    root: &Path,
+    tree: &ServerTree,
+    specs: &[NodeSpec],
+    all: bool,
+    problems: &mut BTreeSet<Problem>,
+) {
+    use crate::secrets::{self, Fleet, Header};
+    let admins = match secrets::read_recipients(&root.join(secrets::ADMINS), secrets::ADMINS) {
+        Ok(a) => a,
+        Err(e) => {
+            let m = format!("{e:#}");
+            let (place, rest) = m.split_once(": ").unwrap_or((secrets::ADMINS, &m));
+            let (f, line) = split_place(place);
+            problems.insert(Problem::new(f, line, rest));
+            Vec::new()
+        }
+    };
+    let fleet = Fleet::from_specs(root, tree.clone(), admins, specs);
+    // A node key that is there but unusable, secrets or not.
+    for (n, k) in &fleet.nodes {
+        if let Some(Err(e)) = &k.key {
+            problems.insert(Problem::from_message(
+                &format!("parameters/{n}/{}", secrets::NODE_KEY),
+                e,
+            ));
+        }
+    }
+    let files = match fleet.secret_files() {
+        Ok(f) => f,
+        Err(e) => {
+            problems.insert(Problem::from_error("parameters", &e));
+            return;
+        }
+    };
+    let linted: BTreeSet<&Name> = specs.iter().flat_map(|s| s.layers.iter()).collect();
+    let mut admins_said = false;
+    for f in files.iter().filter(|f| all || linted.contains(&f.layer)) {
+        let bytes = match secrets::read_secret(f) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.insert(Problem::from_error(&f.rel, &e));
+                continue;
+            }
+        };
+        if !secrets::is_encrypted(&bytes) {
+            let flag = if fleet.nodes.contains_key(&f.layer) {
+                "--node"
+            } else {
+                "--group"
+            };
+            problems.insert(Problem::new(
+                f.rel.clone(),
+                None,
+                format!(
+                    "not encrypted: disco secret set {flag} {} {}",
+                    f.layer, f.key
+                ),
+            ));
+            continue;
+        }
+        let header = match Header::read(&bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.insert(Problem::new(
+                    f.rel.clone(),
+                    None,
+                    format!("not a readable age file: {e}"),
+                ));
+                continue;
+            }
+        };
+        if fleet.admins.is_empty() && !admins_said {
+            admins_said = true;
+            problems.insert(Problem::new(
+                secrets::ADMINS,
+                None,
+                "lists no key, but the tree has secrets: add the admins' SSH public keys (one a line), then `disco secret rekey`",
+            ));
+        }
+        for n in fleet.readers(&f.layer) {
+            match fleet.nodes[n].usable(n) {
+                Err(why) => {
+                    if fleet.nodes[n].key.is_none() {
+                        problems.insert(Problem::new(
+                            format!("parameters/{n}"),
+                            None,
+                            format!("has secrets, but {why}"),
+                        ));
+                    }
+                }
+                Ok(k) if !header.includes(k) => {
+                    problems.insert(Problem::new(
+                        f.rel.clone(),
+                        None,
+                        format!(
+                            "node {n} uses it but cannot decrypt it (not encrypted to parameters/{n}/{}): disco secret rekey",
+                            secrets::NODE_KEY
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
 }
 
 /// The valid names in `root/sub`, sorted; a bad name is a problem.

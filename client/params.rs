@@ -128,6 +128,42 @@ impl ParamTree {
         out
     }
 
+    /// Calls `f(KEY, value)` for every value under the top-level
+    /// `secrets/` key, in key order, letting it replace the value; stops at
+    /// the first error.
+    pub fn for_each_secret_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        fn walk(
+            p: &mut Param,
+            at: &str,
+            f: &mut dyn FnMut(&str, &mut Vec<u8>) -> Result<()>,
+        ) -> Result<()> {
+            match p {
+                Param::Value(v) => f(at, v),
+                Param::Dir(d) => d
+                    .iter_mut()
+                    .try_for_each(|(k, p)| walk(p, &format!("{at}/{k}"), f)),
+            }
+        }
+        match self
+            .root
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == crate::secrets::SECRETS)
+        {
+            Some((_, p)) => walk(p, crate::secrets::SECRETS, f),
+            None => Ok(()),
+        }
+    }
+
+    /// True when `key` is a secret (under the top-level `secrets/`).
+    pub fn is_secret(key: &Key) -> bool {
+        key.components()
+            .first()
+            .is_some_and(|c| c.as_str() == crate::secrets::SECRETS)
+    }
+
     pub fn overlay(&mut self, upper: ParamTree) {
         merge_into(&mut self.root, upper.root);
     }
@@ -179,16 +215,19 @@ impl ParamTree {
 
     /// `path = value` lines, sorted, for everything under `key` (or all).
     /// Directories print as `path = {}`; see [`show_value`] for values.
-    pub fn dump(&self, key: Option<&Key>) -> Result<Vec<String>> {
+    /// With `mask`, values under `secrets/` print as [`SECRET_SHOWN`].
+    pub fn dump(&self, key: Option<&Key>, mask: bool) -> Result<Vec<String>> {
         let mut out = Vec::new();
         match key {
-            None => dump_dir(&self.root, "", &mut out),
+            None => dump_dir(&self.root, "", mask, &mut out),
             Some(k) => match self.get(k) {
                 None => bail!("no parameter '{k}'"),
-                Some(Param::Value(v)) => out.push(format!("{k} = {}", show_value(v))),
+                Some(Param::Value(v)) => {
+                    out.push(format!("{k} = {}", shown_value(&k.to_string(), v, mask)))
+                }
                 Some(Param::Dir(d)) => {
                     out.push(format!("{k} = {{}}"));
-                    dump_dir(d, &format!("{k}/"), &mut out);
+                    dump_dir(d, &format!("{k}/"), mask, &mut out);
                 }
             },
         }
@@ -258,15 +297,32 @@ fn merge_into(lower: &mut BTreeMap<Name, Param>, upper: BTreeMap<Name, Param>) {
     }
 }
 
-fn dump_dir(dir: &BTreeMap<Name, Param>, prefix: &str, out: &mut Vec<String>) {
+fn dump_dir(dir: &BTreeMap<Name, Param>, prefix: &str, mask: bool, out: &mut Vec<String>) {
     for (k, v) in dir {
         match v {
-            Param::Value(bytes) => out.push(format!("{prefix}{k} = {}", show_value(bytes))),
+            Param::Value(bytes) => out.push(format!(
+                "{prefix}{k} = {}",
+                shown_value(&format!("{prefix}{k}"), bytes, mask)
+            )),
             Param::Dir(d) => {
                 out.push(format!("{prefix}{k} = {{}}"));
-                dump_dir(d, &format!("{prefix}{k}/"), out);
+                dump_dir(d, &format!("{prefix}{k}/"), mask, out);
             }
         }
+    }
+}
+
+/// What `dump` and `explain` print for a secret's value.
+pub const SECRET_SHOWN: &str = "******** (secret)";
+
+/// [`show_value`], or [`SECRET_SHOWN`] for a key under `secrets/` when `mask`.
+pub fn shown_value(key: &str, bytes: &[u8], mask: bool) -> String {
+    let secret =
+        key == crate::secrets::SECRETS || key.starts_with(&format!("{}/", crate::secrets::SECRETS));
+    if mask && secret {
+        SECRET_SHOWN.to_string()
+    } else {
+        show_value(bytes)
     }
 }
 
@@ -378,20 +434,20 @@ pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTr
 
 /// `disco param explain KEY`: every layer that holds `key`, lowest first
 /// (module defaults in plan order, then each group, then the node), as
-/// (where, the value as `dump` shows it); the last one wins.
+/// (where, the value as stored, `None` for a directory); the last one wins.
 pub fn explain(
     tree: &ServerTree,
     node: &NodeSpec,
     plan: &Plan,
     key: &Key,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<(String, Option<Vec<u8>>)>> {
     let mut out = Vec::new();
     let mut look = |dir: Option<PathBuf>, label: String| -> Result<()> {
         let Some(dir) = dir else { return Ok(()) };
         let t = ParamTree::load(&dir.join("parameters"), &label)?;
         match t.get(key) {
-            Some(Param::Value(v)) => out.push((format!("{label}/{key}"), show_value(v))),
-            Some(Param::Dir(_)) => out.push((format!("{label}/{key}"), "{}".into())),
+            Some(Param::Value(v)) => out.push((format!("{label}/{key}"), Some(v.clone()))),
+            Some(Param::Dir(_)) => out.push((format!("{label}/{key}"), None)),
             None => {}
         }
         Ok(())
@@ -406,6 +462,17 @@ pub fn explain(
         )?;
     }
     Ok(out)
+}
+
+/// Which file of the tree gave the winning value of `key` (as `explain`
+/// says it), for messages; `key` itself when none can be told.
+pub fn origin(tree: &ServerTree, node: &NodeSpec, plan: &Plan, key: &str) -> String {
+    Key::parse(key)
+        .ok()
+        .and_then(|k| explain(tree, node, plan, &k).ok())
+        .and_then(|mut l| l.pop())
+        .map(|(at, _)| at)
+        .unwrap_or_else(|| key.to_string())
 }
 
 /// What `set` writes.
@@ -525,7 +592,7 @@ mod tests {
         module.overlay(group);
         module.overlay(node);
         assert_eq!(
-            module.dump(None).unwrap(),
+            module.dump(None, true).unwrap(),
             [
                 "port = 8080",
                 "tls = off",

@@ -103,7 +103,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
             join(&fetched.0.plan.order)
         ));
     }
-    let planned = plan_stage(&fetched, &config.root.value)?;
+    let planned = plan_stage(&fetched, &config.root.value, &config.node_key())?;
     let sandbox = sandbox_stage(config, &fetched, &planned, opts.keep)?;
     let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
     for (idx, module) in fetched.0.plan.order.iter().enumerate() {
@@ -197,10 +197,13 @@ struct Planned {
 /// Stage 4: the cached tree, the node's merged parameters and every
 /// planned module's `attributes`, checked before anything runs (the order
 /// itself was planned by the fetch, on the same snapshot).
-fn plan_stage((fetched, _): &(Fetched, Step), root: &Path) -> Result<Planned> {
+fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> Result<Planned> {
     let meter = report::Meter::start();
     let tree = fetch::cache_tree(&fetched.cache)?;
     let mut params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    crate::secrets::open_params(&mut params, &fetched.node.name, node_key, &|key| {
+        crate::params::origin(&tree, &fetched.node, &fetched.plan, key)
+    })?;
     // Facts, gathered here on the host: the same in noop and live.
     params.overlay(crate::facts::as_params(&crate::facts::gather(root)));
     let mut attributes = std::collections::BTreeMap::new();

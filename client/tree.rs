@@ -255,6 +255,23 @@ impl ServerTree {
         })
     }
 
+    /// The nodes among `layers` (the entries of `parameters/`): every one
+    /// that no layer lists as a group. The same rule for `disco lint` and
+    /// `disco secret`.
+    pub fn nodes(&self, layers: &[Name]) -> Vec<Name> {
+        let mut groups = BTreeSet::new();
+        for l in layers {
+            if let Ok(g) = self.names_in(&format!("parameters/{l}/groups")) {
+                groups.extend(g.into_iter().map(|(n, _)| n));
+            }
+        }
+        layers
+            .iter()
+            .filter(|l| !groups.contains(*l))
+            .cloned()
+            .collect()
+    }
+
     /// Parses `modules/M/requires` (absent file: no requirements).
     pub fn requires(&self, m: &Name) -> Result<Vec<Require>, TreeError> {
         if let Some(known) = self.required.borrow().get(m) {

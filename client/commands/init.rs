@@ -131,6 +131,11 @@ pub fn run(args: &InitArgs) -> Result<i32> {
         "command=\"disco serve --root {path} --node {node}\",restrict {}",
         public.trim()
     );
+    println!(
+        "\nRecord the node's key in the server tree as parameters/{node}/{} (its secrets are encrypted to it), then `disco secret rekey` there:\n",
+        crate::secrets::NODE_KEY
+    );
+    println!("{}", public.trim());
     println!("\nThen: NOOP=true disco dance");
     Ok(0)
 }

@@ -14,6 +14,7 @@ pub mod param;
 pub mod plan;
 pub mod publish;
 pub mod report;
+pub mod secret;
 pub mod serve;
 pub mod shell;
 pub mod undo;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Init(args) => return init::run(args),
         Command::Completions(args) => return manual::completions(args.shell),
         Command::Man(args) => return manual::man(args.dir.as_deref()),
+        Command::Secret(args) => return secret::run(args),
         _ => {}
     }
     let given = cli.command.given().over(&cli.global);
@@ -95,7 +97,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Config(_) => config::run(&config),
         Command::Facts(args) => facts::run(&config, args.json),
-        Command::Init(_) | Command::Completions(_) | Command::Man(_) => {
+        Command::Init(_) | Command::Completions(_) | Command::Man(_) | Command::Secret(_) => {
             unreachable!("run before the configuration is loaded")
         }
     }

@@ -16,8 +16,8 @@ use crate::params::{self, Key, NewValue, Param, ParamTree};
 ///
 /// Long because it is one arm per `disco param` action.
 pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
-    if let ParamAction::Explain { key } = &args.action {
-        return explain(config, key);
+    if let ParamAction::Explain { key, show_secrets } = &args.action {
+        return explain(config, key, *show_secrets);
     }
     let tree = match &args.tree {
         Some(dir) => {
@@ -47,12 +47,26 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
             let cache = crate::fetch::cache_tree(&fetched.cache)?;
             let mut tree = params::merged(&cache, &fetched.node, &fetched.plan)?;
-            // Facts when asked for (`disco facts` lists them all).
             let key = match &args.action {
                 ParamAction::Get { key } => Some(key.as_str()),
-                ParamAction::Keys { key } | ParamAction::Dump { key } => key.as_deref(),
+                ParamAction::Keys { key } | ParamAction::Dump { key, .. } => key.as_deref(),
                 _ => None,
             };
+            // Secrets are opened only when their values are asked for.
+            let wants_secrets = match &args.action {
+                ParamAction::Get { key } => key == "secrets" || key.starts_with("secrets/"),
+                ParamAction::Dump { show_secrets, .. } => *show_secrets,
+                _ => false,
+            };
+            if wants_secrets {
+                crate::secrets::open_params(
+                    &mut tree,
+                    &fetched.node.name,
+                    &config.node_key(),
+                    &|k| params::origin(&cache, &fetched.node, &fetched.plan, k),
+                )?;
+            }
+            // Facts when asked for (`disco facts` lists them all).
             if key.is_some_and(|k| k == "facts" || k.starts_with("facts/")) {
                 let facts = crate::facts::gather(&config.root.value);
                 tree.overlay(crate::facts::as_params(&facts));
@@ -80,10 +94,10 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             let key = key.as_deref().map(Key::parse).transpose()?;
             print_lines(tree.children(key.as_ref())?.keys().map(|k| k.to_string()))?;
         }
-        ParamAction::Dump { key } => {
+        ParamAction::Dump { key, show_secrets } => {
             let key = key.as_deref().map(Key::parse).transpose()?;
             print_lines(
-                tree.dump(key.as_ref())?
+                tree.dump(key.as_ref(), !show_secrets)?
                     .iter()
                     .map(|l| crate::output::printable(l)),
             )?;
@@ -91,6 +105,9 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
         ParamAction::Set { key, value } => {
             let dir = args.tree.as_ref().expect("checked above");
             let key = Key::parse(&key)?;
+            if ParamTree::is_secret(&key) {
+                bail!("{key} is a secret: secrets are stored encrypted, with `disco secret set --node NODE {key}` (or --group GROUP) in the server tree");
+            }
             let value = match value.as_deref() {
                 Some("{}") => NewValue::Dir,
                 Some(v) => NewValue::Value(format!("{v}\n").into_bytes()),
@@ -114,7 +131,9 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
 }
 
 /// `disco param explain KEY`: every layer holding KEY, and the winner.
-fn explain(config: &Config, key: &str) -> Result<i32> {
+/// A secret's values are masked, or with `show_secrets` decrypted with
+/// the node's key (a layer's value this node cannot open says so).
+fn explain(config: &Config, key: &str, show_secrets: bool) -> Result<i32> {
     let key = Key::parse(key)?;
     let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
     let cache = fetch::cache_tree(&fetched.cache)?;
@@ -122,10 +141,29 @@ fn explain(config: &Config, key: &str) -> Result<i32> {
     if layers.is_empty() {
         bail!("no parameter '{key}' in any module, group or the node");
     }
+    let secret = ParamTree::is_secret(&key);
+    let ids = if secret && show_secrets {
+        Some(crate::secrets::load_identities(&config.node_key())?)
+    } else {
+        None
+    };
     let last = layers.len() - 1;
-    print_lines(layers.iter().enumerate().map(|(i, (at, v))| {
+    let mut lines = Vec::new();
+    for (i, (at, v)) in layers.iter().enumerate() {
         let mark = if i == last { "   <- wins" } else { "" };
-        crate::output::printable(&format!("{at} = {v}{mark}"))
-    }))?;
+        let shown = match (v, &ids) {
+            (None, _) => "{}".to_string(),
+            (Some(v), _) if secret && !show_secrets => params::SECRET_SHOWN.to_string(),
+            (Some(v), Some(ids)) if crate::secrets::is_encrypted(v) => {
+                match crate::secrets::decrypt(ids, v) {
+                    Ok(plain) => params::show_value(&plain),
+                    Err(e) => format!("(encrypted; {e})"),
+                }
+            }
+            (Some(v), _) => params::show_value(v),
+        };
+        lines.push(crate::output::printable(&format!("{at} = {shown}{mark}")));
+    }
+    print_lines(lines)?;
     Ok(0)
 }
