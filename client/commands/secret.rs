@@ -239,6 +239,17 @@ fn list(fleet: &Fleet) -> Result<i32> {
                 Ok(h) => {
                     let mut who: Vec<String> =
                         h.ssh_tags.iter().map(|t| fleet.name_of(*t)).collect();
+                    // Nodes, then admins, then keys nobody has recorded.
+                    who.sort_by_key(|w| {
+                        let rank = if w.starts_with("unknown key ") {
+                            2
+                        } else if w.starts_with("admin ") {
+                            1
+                        } else {
+                            0
+                        };
+                        (rank, w.clone())
+                    });
                     if h.anonymous > 0 {
                         who.push(format!("{} age key(s)", h.anonymous));
                     }
