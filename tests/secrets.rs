@@ -230,7 +230,7 @@ fn set_refuses_what_it_cannot_keep_secret() {
         ),
         (
             &["set", "--node", "db9", "secrets/x"],
-            &format!("error: no node db9: . has no parameters/db9"),
+            "error: no node db9: . has no parameters/db9",
         ),
     ];
     for (args, expected) in cases {
