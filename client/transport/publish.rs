@@ -82,11 +82,9 @@ fn owner_to_give(root: &Path) -> Result<Option<(u32, u32)>> {
 }
 
 /// Makes `p` (never followed when a symlink) and everything below it
-/// private ([`private_mode`]) and, with `owner`, that owner's; returns
-/// whether anything was changed.
-fn make_private(p: &Path, owner: Option<(u32, u32)>) -> Result<bool> {
+/// private ([`private_mode`]) and, with `owner`, that owner's.
+fn make_private(p: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     let meta = fs::symlink_metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
-    let mut changed = false;
     if let Some((uid, gid)) = owner.filter(|&o| o != (meta.uid(), meta.gid())) {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).with_context(|| {
             format!(
@@ -94,14 +92,13 @@ fn make_private(p: &Path, owner: Option<(u32, u32)>) -> Result<bool> {
                 p.display()
             )
         })?;
-        changed = true;
     }
     if meta.file_type().is_symlink() {
-        return Ok(changed);
+        return Ok(());
     }
     if meta.is_dir() {
         for e in fs::read_dir(p).with_context(|| format!("cannot read {}", p.display()))? {
-            changed |= make_private(&e?.path(), owner)?;
+            make_private(&e?.path(), owner)?;
         }
     }
     // Last, so a directory is private only once all it holds is: a walk
@@ -110,9 +107,8 @@ fn make_private(p: &Path, owner: Option<(u32, u32)>) -> Result<bool> {
     if meta.mode() & 0o7777 != want {
         fs::set_permissions(p, fs::Permissions::from_mode(want))
             .with_context(|| format!("cannot set mode of {}", p.display()))?;
-        changed = true;
     }
-    Ok(changed)
+    Ok(())
 }
 
 /// The manifest of the snapshot at `dir`, from what is on disk there.
