@@ -344,10 +344,11 @@ fn a_snapshot_published_by_root_is_served_to_the_serving_user() {
     )
     .unwrap();
     // The served directory belongs to the serving user (a uid with no
-    // passwd entry: nothing is added to the host).
+    // passwd entry: nothing is added to the host), and to nobody else.
     let served = f.dir.path().join("served");
     fs::create_dir(&served).unwrap();
     std::os::unix::fs::chown(&served, Some(45678), Some(45678)).unwrap();
+    fs::set_permissions(&served, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     // The serving user must reach the served directory.
     fs::set_permissions(
         f.dir.path(),
@@ -361,6 +362,22 @@ fn a_snapshot_published_by_root_is_served_to_the_serving_user() {
         .arg("--root")
         .arg(&served));
     assert_eq!(code, 0, "{err}");
+    // Every entry of snapshots/ is the serving user's alone.
+    fn walk(p: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (45678, 45678), "{}", p.display());
+        if m.file_type().is_symlink() {
+            return;
+        }
+        assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode());
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path());
+            }
+        }
+    }
+    walk(&served.join("snapshots"));
     let keys = f.dir.path().join("keys");
     fs::create_dir_all(&keys).unwrap();
     let public = keygen(&keys.join("k"));

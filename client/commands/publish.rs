@@ -14,6 +14,8 @@ pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
         );
     }
     if config.noop.value {
+        // What a real publish would refuse, noop refuses too.
+        crate::transport::publish::check_served_dir(&config.root.value)?;
         let n = crate::transport::publish::differing_files(&args.src, &config.root.value)?;
         crate::output::info(&format!(
             "noop: would publish {} as a new snapshot of {}; {n} file(s) differ from current; nothing was changed",

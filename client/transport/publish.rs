@@ -4,9 +4,16 @@
 //! node never fetches a half-edited tree. Old snapshots beyond `keep` are
 //! pruned, except one a running `disco serve` still holds (it keeps a
 //! shared lock on its snapshot for the whole session).
+//!
+//! A snapshot is readable by the served directory's owner only — the user
+//! `disco serve` runs as, the one reader it has: directories 0700, files
+//! 0600 (0700 when executable, the one bit a node uses). Publishing into a
+//! served directory every local account may enter is refused, and
+//! snapshots an older disco left with looser modes are made private too.
 
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -40,31 +47,120 @@ pub fn differing_files(src: &Path, root: &Path) -> Result<usize> {
     Ok(changed + removed)
 }
 
-/// Makes everything of snapshot `tree` belong to the owner of the served
-/// directory `root` (the user `disco serve` runs as), so a snapshot
-/// published by root can be served. Nothing to do when they are the same.
-fn give_to_owner_of(root: &Path, tree: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let owner = fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
-    let (uid, gid) = (owner.uid(), owner.gid());
-    if uid == nix::unistd::geteuid().as_raw() {
-        return Ok(());
+/// Refuses a served directory that lets every local account in (any
+/// "other" permission bit): its snapshots would be theirs to copy. A
+/// directory that does not exist yet is fine (publish makes it 0700).
+pub fn check_served_dir(root: &Path) -> Result<()> {
+    match fs::metadata(root) {
+        Ok(m) if m.mode() & 0o007 != 0 => bail!(
+            "{} is open to every local account (mode {:04o}): chmod 0700 {} and publish again",
+            root.display(),
+            m.mode() & 0o7777,
+            root.display()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", root.display())),
     }
-    fn walk(p: &Path, uid: u32, gid: u32) -> Result<()> {
+}
+
+/// The private mode of a snapshot entry with mode `mode`: 0700 for a
+/// directory or an executable file, 0600 for any other file.
+fn private_mode(is_dir: bool, mode: u32) -> u32 {
+    if is_dir || mode & 0o111 != 0 {
+        0o700
+    } else {
+        0o600
+    }
+}
+
+/// Whose a snapshot must be: the owner of the served directory `root` (the
+/// user `disco serve` runs as), when that is not who publishes (root).
+fn owner_to_give(root: &Path) -> Result<Option<(u32, u32)>> {
+    let owner = fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    Ok((owner.uid() != nix::unistd::geteuid().as_raw()).then(|| (owner.uid(), owner.gid())))
+}
+
+/// Makes `p` (never followed when a symlink) and everything below it
+/// private ([`private_mode`]) and, with `owner`, that owner's.
+fn make_private(p: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let meta = fs::symlink_metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+    if let Some((uid, gid)) = owner.filter(|&o| o != (meta.uid(), meta.gid())) {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).with_context(|| {
             format!(
                 "cannot give {} to the served directory's owner",
                 p.display()
             )
         })?;
-        if fs::symlink_metadata(p)?.is_dir() {
-            for e in fs::read_dir(p)? {
-                walk(&e?.path(), uid, gid)?;
-            }
-        }
-        Ok(())
     }
-    walk(tree, uid, gid)
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        for e in fs::read_dir(p).with_context(|| format!("cannot read {}", p.display()))? {
+            make_private(&e?.path(), owner)?;
+        }
+    }
+    // Last, so a directory is private only once all it holds is: a walk
+    // cut short is done again by the next publish.
+    let want = private_mode(meta.is_dir(), meta.mode());
+    if meta.mode() & 0o7777 != want {
+        fs::set_permissions(p, fs::Permissions::from_mode(want))
+            .with_context(|| format!("cannot set mode of {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The manifest of the snapshot at `dir`, from what is on disk there.
+fn manifest_of_snapshot(dir: &Path) -> Result<Manifest> {
+    let mut m = Manifest::default();
+    let mut top = Vec::new();
+    for sub in ["parameters", "modules"] {
+        top.push(m.add_tree(&dir.join(sub), sub, sub)?);
+    }
+    m.set_dir("", "", 0o700, top);
+    Ok(m)
+}
+
+/// Makes the served directory (when it does not exist yet) and its
+/// `snapshots/`, both private and the served directory's owner's.
+fn make_snapshots_dir(root: &Path) -> Result<std::path::PathBuf> {
+    if !root.exists() {
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(root) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", root.display()))
+            }
+            _ => {}
+        }
+    }
+    let snapshots = root.join("snapshots");
+    match fs::DirBuilder::new().mode(0o700).create(&snapshots) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("cannot create {}", snapshots.display()))
+        }
+        _ => {}
+    }
+    let meta =
+        fs::metadata(&snapshots).with_context(|| format!("cannot read {}", snapshots.display()))?;
+    if let Some((uid, gid)) = owner_to_give(root)? {
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::chown(&snapshots, Some(uid), Some(gid)).with_context(|| {
+                format!(
+                    "cannot give {} to the served directory's owner",
+                    snapshots.display()
+                )
+            })?;
+        }
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        fs::set_permissions(&snapshots, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set mode of {}", snapshots.display()))?;
+    }
+    Ok(snapshots)
 }
 
 /// Publishes `src` under `root`; returns the new snapshot id.
@@ -77,22 +173,26 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
             );
         }
     }
-    let snapshots = root.join("snapshots");
-    fs::create_dir_all(&snapshots)
-        .with_context(|| format!("cannot create {}", snapshots.display()))?;
+    check_served_dir(root)?;
+    let snapshots = make_snapshots_dir(root)?;
+    let owner = owner_to_give(root)?;
     let id = crate::run::new_run_id();
     let tmp = snapshots.join(format!(".tmp-{id}"));
     let result = (|| -> Result<()> {
-        fs::create_dir(&tmp)?;
-        let mut m = Manifest::default();
-        let mut top = Vec::new();
+        fs::DirBuilder::new().mode(0o700).create(&tmp)?;
         for sub in ["parameters", "modules"] {
             super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX, None)?;
-            top.push(m.add_tree(&tmp.join(sub), sub, sub)?);
         }
-        m.set_dir("", "", 0o755, top);
-        fs::write(tmp.join(PUBLISHED_MANIFEST), serde_json::to_vec(&m)?)?;
-        give_to_owner_of(root, &tmp)?;
+        // The modes the manifest records are the private ones, as on disk:
+        // a node fetching the snapshot locally checks them.
+        make_private(&tmp, owner)?;
+        let m = manifest_of_snapshot(&tmp)?;
+        crate::fsutil::write_atomic(
+            &tmp.join(PUBLISHED_MANIFEST),
+            &serde_json::to_vec(&m)?,
+            0o600,
+        )?;
+        make_private(&tmp.join(PUBLISHED_MANIFEST), owner)?;
         let dir = fs::File::open(&tmp)?;
         nix::unistd::syncfs(dir.as_raw_fd()).context("syncfs of the new snapshot")?;
         fs::rename(&tmp, snapshots.join(&id))?;
@@ -112,7 +212,56 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     fs::rename(&link_tmp, root.join("current")).context("cannot swap current")?;
     fs::File::open(root).and_then(|d| d.sync_all())?;
     prune(&snapshots, &id, keep)?;
+    tighten_kept(&snapshots, &id, owner);
     Ok(id)
+}
+
+/// Makes the kept snapshots an older disco published with modes others
+/// could read (0755/0644) private, with a manifest to match, and says so.
+/// A snapshot whose own directory is private is done (it is made so last).
+/// A failure is a warning: the new snapshot is published all the same.
+fn tighten_kept(snapshots: &Path, newest: &str, owner: Option<(u32, u32)>) {
+    let Ok(entries) = fs::read_dir(snapshots) else {
+        return;
+    };
+    let mut tightened = Vec::new();
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        let open = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.mode() & 0o077 != 0);
+        if id.starts_with('.') || id == newest || !open {
+            continue;
+        }
+        let done = (|| -> Result<()> {
+            for sub in ["parameters", "modules"] {
+                make_private(&dir.join(sub), owner)?;
+            }
+            // The manifest records modes (a local fetch checks them): it
+            // is made again from the private tree, then the top last.
+            let manifest = dir.join(PUBLISHED_MANIFEST);
+            if manifest.exists() {
+                let m = manifest_of_snapshot(&dir)?;
+                crate::fsutil::write_atomic(&manifest, &serde_json::to_vec(&m)?, 0o600)?;
+            }
+            make_private(&dir, owner)?;
+            Ok(())
+        })();
+        match done {
+            Ok(()) => tightened.push(id),
+            Err(e) => output::warning(&format!(
+                "snapshot {id} stays readable by other accounts: {e:#}; chmod -R go= {}",
+                dir.display()
+            )),
+        }
+    }
+    if !tightened.is_empty() {
+        tightened.sort();
+        output::info(&format!(
+            "made {} older snapshot(s) readable by the served directory's owner only: {}",
+            tightened.len(),
+            tightened.join(", ")
+        ));
+    }
 }
 
 /// Removes the oldest snapshots beyond `keep`, skipping any a session holds.

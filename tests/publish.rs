@@ -1,0 +1,359 @@
+//! `disco publish` on the server: snapshots are the served directory's
+//! owner's alone, a served directory every local account may enter is
+//! refused, older snapshots are made private, and the git set-up of
+//! docs/fleet.md gives no other account a copy. "Another account" is
+//! `nobody`, through `setpriv`; everything lives in the test's own
+//! temporary directory (opened to 0755 so that only the modes under test
+//! keep `nobody` out).
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_error, run, Fixture};
+
+/// A fixture whose temporary directory `nobody` may enter, with a tree for
+/// node `n`: a secret parameter, a plain file and an executable one.
+fn fixture() -> Fixture {
+    let f = Fixture::new();
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.file("parameters/n/parameters/secrets/db_password", "Pa55-Qx7\n");
+    f.module_file("m", "files/etc/m.conf", "c\n", 0o644);
+    f.module_file("m", "files/usr/local/bin/tool", "#!/bin/sh\n", 0o755);
+    f
+}
+
+/// `disco publish SRC --root SERVED [args]`.
+fn publish(f: &Fixture, served: &Path, args: &[&str]) -> (i32, String, String) {
+    run(f
+        .disco_without_server()
+        .arg("publish")
+        .arg(f.server())
+        .arg("--root")
+        .arg(served)
+        .args(args))
+}
+
+/// Runs `argv` as `nobody` (group nogroup, no supplementary groups).
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(argv)
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}
+
+/// Whether `nobody` can read `file` (checked to work on a file it may read).
+fn nobody_reads(file: &Path) -> bool {
+    let out = as_nobody(&["cat", file.to_str().unwrap()]);
+    out.status.success() || !out.stdout.is_empty()
+}
+
+/// Every path below `dir` (not following symlinks), `dir` first.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in fs::read_dir(dir).unwrap() {
+            out.extend(walk(&e.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// Asserts every entry of `dir` is private: directories 0700, files 0600
+/// or 0700, owned by `uid`.
+fn assert_private(dir: &Path, uid: u32) {
+    for p in walk(dir) {
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let mode = m.mode() & 0o7777;
+        let ok = if m.is_dir() {
+            mode == 0o700
+        } else {
+            mode == 0o600 || mode == 0o700
+        };
+        assert!(ok, "{} is {mode:04o}", p.display());
+        assert_eq!(
+            m.uid(),
+            uid,
+            "{} belongs to the served dir's owner",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn nobody_can_read_what_the_test_opens_to_it() {
+    // The control for every "nobody cannot read" below.
+    let f = fixture();
+    let open = f.dir.path().join("open");
+    fs::write(&open, "x\n").unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(nobody_reads(&open));
+}
+
+#[test]
+fn a_snapshot_is_readable_by_the_served_directorys_owner_only() {
+    let f = fixture();
+    let served = f.dir.path().join("served");
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o750)).unwrap();
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    let current = fs::canonicalize(served.join("current")).unwrap();
+    assert_private(&served.join("snapshots"), 0);
+    assert_eq!(
+        fs::metadata(current.join("modules/m/files/usr/local/bin/tool"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o700,
+        "an executable stays executable for its owner"
+    );
+    let secret = current.join("parameters/n/parameters/secrets/db_password");
+    assert!(!nobody_reads(&secret));
+    // Even with the served directory opened up (or the snapshot copied
+    // with its modes), the snapshot itself keeps nobody out.
+    for d in [&served, &served.join("snapshots")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(!nobody_reads(&secret));
+    let copy = f.dir.path().join("copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&current)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    assert!(!nobody_reads(
+        &copy.join("parameters/n/parameters/secrets/db_password")
+    ));
+    // A node fetching the snapshot locally gets it whole (the manifest's
+    // modes are the private ones).
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out, err) = run(f
+        .disco_without_server()
+        .arg("--server")
+        .arg(&served)
+        .args(["--node", "n", "plan"]));
+    assert_eq!((code, out.as_str()), (0, "m\n"), "{err}");
+}
+
+#[test]
+fn a_served_directory_it_makes_is_private() {
+    let f = fixture();
+    let served = f.dir.path().join("new/served");
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::metadata(&served).unwrap().mode() & 0o7777, 0o700);
+    assert_private(&served.join("snapshots"), 0);
+}
+
+#[test]
+fn publish_into_a_served_directory_open_to_all_is_refused_and_writes_nothing() {
+    let f = fixture();
+    for mode in [0o755, 0o701] {
+        let served = f.dir.path().join(format!("served-{mode:o}"));
+        fs::create_dir(&served).unwrap();
+        fs::set_permissions(&served, fs::Permissions::from_mode(mode)).unwrap();
+        let expected = format!(
+            "error: {0} is open to every local account (mode {mode:04o}): chmod 0700 {0} and publish again",
+            served.display()
+        );
+        assert_error(publish(&f, &served, &[]), &expected);
+        assert_error(publish(&f, &served, &["--noop"]), &expected);
+        assert_eq!(fs::read_dir(&served).unwrap().count(), 0, "nothing written");
+        assert_eq!(fs::metadata(&served).unwrap().mode() & 0o7777, mode);
+    }
+}
+
+#[test]
+fn snapshots_an_older_disco_left_open_are_made_private() {
+    let f = fixture();
+    let served = f.dir.path().join("served");
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    let old = fs::canonicalize(served.join("current")).unwrap();
+    let old_id = old.file_name().unwrap().to_string_lossy().into_owned();
+    // What an older disco made: 0755 directories, 0644/0755 files.
+    for p in walk(&old) {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let mode = if m.is_dir() || m.mode() & 0o100 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for d in [&served, &served.join("snapshots")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(nobody_reads(
+        &old.join("parameters/n/parameters/secrets/db_password")
+    ));
+    // The upgraded disco refuses; the admin runs the chmod it names.
+    assert_eq!(publish(&f, &served, &[]).0, 1);
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // ids have seconds
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "info: made 1 older snapshot(s) readable by the served directory's owner only: {old_id}"
+        )),
+        "{err}"
+    );
+    assert_private(&served.join("snapshots"), 0);
+    // Its manifest matches it again: served as current, it fetches.
+    let link = served.join(".current.test");
+    std::os::unix::fs::symlink(Path::new("snapshots").join(&old_id), &link).unwrap();
+    fs::rename(&link, served.join("current")).unwrap();
+    let (code, out, err) = run(f
+        .disco_without_server()
+        .arg("--server")
+        .arg(&served)
+        .args(["--node", "n", "plan"]));
+    assert_eq!((code, out.as_str()), (0, "m\n"), "{err}");
+    // Nothing left to do: the next publish says nothing of it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("older snapshot"), "{err}");
+}
+
+/// The body of the first ```sh block of docs/fleet.md that contains
+/// `needle`, with `/srv/` moved into `base` and the `disco` account
+/// replaced by root (the test adds no user to the host).
+fn fleet_block(needle: &str, base: &Path) -> String {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet.md")).unwrap();
+    let block = doc
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap())
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("docs/fleet.md has no sh block with {needle}"));
+    block
+        .replace("/srv/", &format!("{}/", base.display()))
+        .replace("chown -R disco: ", "chown -R root: ")
+        .replace("chown disco: ", "chown root: ")
+}
+
+/// Runs `script` with sh, `disco` first on PATH, TMPDIR in `tmp`.
+fn sh(script: &str, cwd: &Path, tmp: &Path) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(cwd)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("TMPDIR", tmp)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fleet_md_git_setup_gives_no_other_account_a_copy() {
+    let f = fixture();
+    let base = f.dir.path().join("srv");
+    let tmp = f.dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    // adduser --system makes the home 0755; the rest of the block is run.
+    fs::create_dir_all(base.join("disco")).unwrap();
+    fs::set_permissions(base.join("disco"), fs::Permissions::from_mode(0o755)).unwrap();
+    let setup: String = fleet_block("adduser --system", &base)
+        .lines()
+        .filter(|l| !l.starts_with("apt ") && !l.starts_with("adduser "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    sh(&setup, f.dir.path(), &tmp);
+    // umask 022, as root's shell usually has: the doc's commands set their own.
+    sh(
+        &format!("umask 022\n{}", fleet_block("git init --bare", &base)),
+        f.dir.path(),
+        &tmp,
+    );
+    let repo = base.join("disco.git");
+    assert_eq!(
+        Command::new("git")
+            .args(["--git-dir", repo.to_str().unwrap()])
+            .args(["config", "core.sharedRepository"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1),
+        "core.sharedRepository is unset"
+    );
+    // An admin's push of the tree, twice (the second removes a file).
+    let work = f.dir.path().join("work");
+    let push = |msg: &str| {
+        sh(
+            &format!(
+                "umask 022\ngit -c user.name=t -c user.email=t@t add -A\n\
+                 git -c user.name=t -c user.email=t@t commit -q -m {msg}\n\
+                 git push -q origin HEAD:main 2>&1"
+            ),
+            &work,
+            &tmp,
+        )
+    };
+    sh(
+        &format!(
+            "umask 022\ngit -c init.defaultBranch=main clone -q {} {} 2>&1\ncp -a {}/. {}/",
+            repo.display(),
+            work.display(),
+            f.server().display(),
+            work.display()
+        ),
+        f.dir.path(),
+        &tmp,
+    );
+    push("one");
+    fs::remove_file(work.join("modules/m/files/etc/m.conf")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // ids have seconds
+    push("two");
+    let current = fs::canonicalize(base.join("disco/current")).unwrap();
+    let secret = current.join("parameters/n/parameters/secrets/db_password");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "Pa55-Qx7\n");
+    assert!(!current.join("modules/m/files/etc/m.conf").exists());
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the hooks' checkouts are removed"
+    );
+    // Not one file of the repository or of the snapshots, nor a clone.
+    let mut files: Vec<String> = walk(&repo)
+        .into_iter()
+        .chain(walk(&base.join("disco")))
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(files.len() > 10, "{files:?}");
+    let objects = files.iter().filter(|p| p.contains("/objects/")).count();
+    assert!(objects > 5, "{files:?}");
+    files.insert(0, "cat".into());
+    let argv: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = as_nobody(&argv);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nobody read something");
+    let out = as_nobody(&["git", "ls-remote", repo.to_str().unwrap()]);
+    assert!(!out.status.success(), "nobody cannot clone the repository");
+    assert!(!nobody_reads(&secret));
+}
