@@ -104,7 +104,11 @@ fn main() {
         .args(["--node", "bench", "plan"])
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let masked = workload::measure(runs, || disco(false));
     let shown = workload::measure(runs, || disco(true));
 

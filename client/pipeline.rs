@@ -820,7 +820,17 @@ fn report_stage(
 /// Removes the scratch of a run, unless `--keep`, a failure (kept for
 /// `disco diff`) or a merge still to finish needs it.
 fn cleanup_stage(run: &RunDir, keep: bool, keep_layers: bool) -> Result<()> {
-    if keep_layers || !run.path.exists() {
+    if !run.path.exists() {
+        return Ok(());
+    }
+    if keep_layers {
+        // The layers stay for `disco diff`; the parameters (secrets
+        // decrypted) are of no more use to anyone.
+        if !keep {
+            if let Err(e) = fs::remove_dir_all(run.params()) {
+                output::warning(&format!("cannot remove {}: {e}", run.params().display()));
+            }
+        }
         return Ok(());
     }
     if keep {

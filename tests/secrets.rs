@@ -316,6 +316,17 @@ fn a_node_opens_its_own_secrets_and_no_other_node_can() {
         format!("parameters/app/parameters/secrets/token = {TOKEN}   <- wins\n")
     );
 
+    // A failed live dance keeps its layers for `disco diff`, but nothing
+    // in the state dir holds the value (the parameters are removed).
+    t.f.module_file("app", "scripts/10-fail", "echo failing; exit 3\n", 0o755);
+    let (code, _, err) = t.dance("db1", &root.path, false);
+    assert_eq!(code, 1, "{err}");
+    let state = t.f.dir.path().join("state-db1");
+    assert!(fs::read_dir(state.join("run")).unwrap().count() > 0);
+    assert_eq!(grep_tree(&state, PW), Vec::<PathBuf>::new());
+    assert_eq!(grep_tree(&state, TOKEN), Vec::<PathBuf>::new());
+    fs::remove_file(t.f.server().join("modules/app/scripts/10-fail")).unwrap();
+
     // web1 given db1's file by hand: one line naming the secret and the
     // fix, nothing rendered, nothing merged.
     fs::create_dir(t.f.dir.path().join("w")).unwrap();
