@@ -8,7 +8,6 @@
 //! Run with `cargo bench --bench secrets`.
 
 #[path = "common/workload.rs"]
-#[allow(dead_code)]
 mod workload;
 
 use std::fs;
