@@ -339,8 +339,12 @@ pub fn read_hidden(prompt: &str) -> Result<String> {
     let mut quiet = before.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
-    tty.write_all(prompt.as_bytes())?;
-    termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).context("cannot turn echo off")?;
+    // Echo goes off before the prompt shows: nothing typed after it echoes.
+    termios::tcsetattr(&tty, SetArg::TCSANOW, &quiet).context("cannot turn echo off")?;
+    if let Err(e) = tty.write_all(prompt.as_bytes()) {
+        let _ = termios::tcsetattr(&tty, SetArg::TCSANOW, &before);
+        return Err(e).context("cannot write to the terminal");
+    }
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let read = loop {
@@ -352,7 +356,7 @@ pub fn read_hidden(prompt: &str) -> Result<String> {
             Err(e) => break Err(e),
         }
     };
-    let _ = termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &before);
+    let _ = termios::tcsetattr(&tty, SetArg::TCSANOW, &before);
     read.context("cannot read from the terminal")?;
     String::from_utf8(line).map_err(|_| anyhow!("the value is not UTF-8 text"))
 }

@@ -5,7 +5,7 @@ use common::{run, Fixture};
 use std::fs;
 
 /// Every subcommand, in the order `disco --help` lists them.
-const SUBCOMMANDS: [&str; 15] = [
+const SUBCOMMANDS: [&str; 16] = [
     "dance",
     "undo",
     "serve",
@@ -16,6 +16,7 @@ const SUBCOMMANDS: [&str; 15] = [
     "plan",
     "lint",
     "param",
+    "secret",
     "config",
     "facts",
     "init",

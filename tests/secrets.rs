@@ -523,3 +523,92 @@ fn a_plaintext_secret_still_works_with_a_warning_and_rekey_encrypts_it() {
         format!("pw={PW}\ntoken={TOKEN}\n")
     );
 }
+
+/// `disco secret set` on a terminal: asked twice, nothing echoed; two
+/// different answers write nothing.
+#[test]
+fn set_asks_twice_on_a_terminal_without_echo() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let t = Fleet::new();
+    let typed = |answers: [&str; 2]| -> (i32, String) {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+        cmd.args(["secret", "set", "--node", "db1", "secrets/typed"])
+            .current_dir(t.f.server())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+        // SAFETY: setsid and ioctl only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut master = fs::File::from(pty.master);
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        drop(pty.slave);
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut next = 0;
+        // Each answer is typed once its prompt is on the screen (echo is
+        // off by then), until the child exits and the pty ends (EIO).
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&shown).into_owned();
+            let prompts = text.matches("(not shown): ").count() + text.matches("again: ").count();
+            while next < prompts.min(2) {
+                master
+                    .write_all(format!("{}\n", answers[next]).as_bytes())
+                    .unwrap();
+                next += 1;
+            }
+        }
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        (code, String::from_utf8_lossy(&shown).into_owned())
+    };
+    let (code, shown) = typed(["typed-S3cret", "typed-S3cret"]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.starts_with("value of secrets/typed (not shown): "),
+        "{shown}"
+    );
+    assert!(!shown.contains("typed-S3cret"), "echoed: {shown}");
+    assert!(
+        shown.contains("encrypted parameters/db1/parameters/secrets/typed to db1, alice@laptop"),
+        "{shown}"
+    );
+    let admin = t.key("admin");
+    let shown = t.secret(
+        &[
+            "show",
+            "--node",
+            "db1",
+            "secrets/typed",
+            "--identity",
+            admin.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(
+        shown.1, "typed-S3cret\n",
+        "a typed value ends with a newline"
+    );
+
+    let (code, shown) = typed(["one-value", "another-one"]);
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains("error: the two values differ: nothing was written"),
+        "{shown}"
+    );
+    assert!(!shown.contains("one-value"), "{shown}");
+}
