@@ -612,3 +612,28 @@ fn set_asks_twice_on_a_terminal_without_echo() {
     );
     assert!(!shown.contains("one-value"), "{shown}");
 }
+
+/// A published snapshot holds the ciphertext and the admins' keys, so
+/// `disco lint` of what is served checks the secrets too.
+#[test]
+fn a_published_snapshot_is_linted_with_its_recipients() {
+    let t = Fleet::new();
+    t.set(&["--group", "app"], "secrets/token", TOKEN);
+    let served = t.f.dir.path().join("served");
+    let (code, _, err) = run(t
+        .f
+        .disco()
+        .arg("publish")
+        .arg(t.f.server())
+        .arg("--root")
+        .arg(&served));
+    assert_eq!(code, 0, "{err}");
+    assert!(grep_tree(&served, TOKEN).is_empty());
+    let current = served.join("current");
+    assert!(current.join("recipients/admins").is_file());
+    let (code, out, _) = run(t.f.disco().args(["lint", "--server"]).arg(&current));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "lint: 2 nodes, 1 module, no problem\n")
+    );
+}

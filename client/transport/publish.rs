@@ -183,6 +183,20 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
         for sub in ["parameters", "modules"] {
             super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX, None)?;
         }
+        // The admins' public keys: nodes never fetch them, but `disco
+        // lint` of a snapshot checks the secrets against them.
+        let recipients = crate::secrets::ADMINS
+            .split_once('/')
+            .map_or("recipients", |(d, _)| d);
+        if src.join(recipients).is_dir() {
+            super::copy_tree(
+                &src.join(recipients),
+                &tmp.join(recipients),
+                recipients,
+                1 << 20,
+                None,
+            )?;
+        }
         // The modes the manifest records are the private ones, as on disk:
         // a node fetching the snapshot locally checks them.
         make_private(&tmp, owner)?;
