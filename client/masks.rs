@@ -27,6 +27,9 @@ pub const MASK: &str = "********";
 /// Shorter lines of a secret are not masked: they would mask ordinary text.
 const MIN_LEN: usize = 4;
 
+/// A secret's lines of at least [`MIN_LEN`] bytes, by line number.
+type Lines = Vec<(usize, Vec<u8>)>;
+
 /// Secret values and the mask that replaces them wherever they would be
 /// printed or saved.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +41,7 @@ pub struct Masks {
     by_first: Vec<Vec<usize>>,
     /// (key, its value's lines of at least [`MIN_LEN`] bytes, by line
     /// number), for [`Masks::seal`] and [`Masks::unseal`].
-    keyed: Vec<(String, Vec<(usize, Vec<u8>)>)>,
+    keyed: Vec<(String, Lines)>,
 }
 
 impl Masks {
@@ -183,7 +186,7 @@ impl Masks {
                     .map(move |(n, l)| (l.as_slice(), format!("\0{k}:{n}\0")))
             })
             .collect();
-        lines.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        lines.sort_by_key(|l| std::cmp::Reverse(l.0.len()));
         let bytes = text.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
@@ -240,7 +243,7 @@ impl Masks {
 
 /// The lines of a value (a trailing `\r` dropped) of at least [`MIN_LEN`]
 /// bytes, with their line numbers.
-fn lines_of(value: &[u8]) -> Vec<(usize, Vec<u8>)> {
+fn lines_of(value: &[u8]) -> Lines {
     value
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
