@@ -67,9 +67,11 @@ impl Pending {
         run_dir.join("pending.json")
     }
 
+    /// Saves the plan in the run directory (0600, in a 0700 directory
+    /// that holds the parameters in clear anyway).
     pub fn save(&self, run_dir: &Path) -> Result<()> {
         let p = Self::path(run_dir);
-        fs::write(&p, serde_json::to_vec_pretty(self)?)
+        crate::fsutil::write_private(&p, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("cannot write {}", p.display()))
     }
 
@@ -231,16 +233,42 @@ fn failed_path(state_dir: &Path) -> PathBuf {
     state_dir.join("failed-actions.json")
 }
 
-/// The actions and handlers that failed and wait to be run again.
+/// The actions and handlers that failed and wait to be run again, their
+/// secrets put back with the values of now ([`crate::masks::Masks::unseal`]);
+/// an action whose secret the node no longer has is dropped with a warning.
 pub fn load_failed(state_dir: &Path) -> Result<Option<Pending>> {
     let p = failed_path(state_dir);
-    match fs::read(&p) {
-        Ok(b) => Ok(Some(
-            serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))?,
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    let mut failed: Pending = match fs::read(&p) {
+        Ok(b) => {
+            serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+    };
+    let masks = crate::masks::current();
+    for m in &mut failed.modules {
+        let module = m.module.clone();
+        m.actions.retain_mut(|argv| {
+            let open: Result<Vec<String>> = argv.iter().map(|a| masks.unseal(a)).collect();
+            match open {
+                Ok(open) => {
+                    *argv = open;
+                    true
+                }
+                Err(e) => {
+                    output::warning(&format!(
+                        "{module}: a failed deferred action ({}) is dropped: {e:#}",
+                        shown(argv).replace('\0', "")
+                    ));
+                    false
+                }
+            }
+        });
+        for c in &mut m.changed {
+            *c = masks.unseal(c).unwrap_or_else(|_| c.replace('\0', ""));
+        }
     }
+    Ok(Some(failed))
 }
 
 /// Keeps `failed` for the next dance (removes the file when nothing failed).
@@ -254,9 +282,18 @@ pub fn save_failed(state_dir: &Path, failed: &Pending) -> Result<()> {
             _ => Ok(()),
         };
     }
-    let tmp = p.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(failed)?)
-        .and_then(|()| fs::rename(&tmp, &p))
+    // No secret in clear: each is sealed (a reference to its key, put
+    // back by load_failed), any other rendering masked.
+    let masks = crate::masks::current();
+    let mut sealed = failed.clone();
+    for m in &mut sealed.modules {
+        for a in m.actions.iter_mut().flatten().chain(&mut m.changed) {
+            *a = masks.seal(a);
+        }
+    }
+    // The other strings are names and paths of disco's own (not masked:
+    // a mask could cut into a seal).
+    crate::fsutil::write_private(&p, &serde_json::to_vec_pretty(&sealed)?)
         .with_context(|| format!("cannot write {}", p.display()))
 }
 
@@ -408,6 +445,69 @@ fn in_root(
     }
 }
 
+/// With secrets to mask, an action's or handler's stdout and stderr come
+/// through pipes, copied to disco's own line by line through the mask,
+/// one thread each.
+struct MaskedCopies {
+    done: std::sync::mpsc::Receiver<()>,
+    threads: usize,
+}
+
+impl MaskedCopies {
+    fn start(
+        masks: &std::sync::Arc<crate::masks::Masks>,
+        stdout: Option<std::process::ChildStdout>,
+        stderr: Option<std::process::ChildStderr>,
+    ) -> MaskedCopies {
+        use std::io::{Read, Write};
+        let (tx, done) = std::sync::mpsc::channel();
+        let mut threads = 0;
+        let mut copy = |mut from: Box<dyn Read + Send>, to_stdout: bool| {
+            let (masks, tx) = (masks.clone(), tx.clone());
+            threads += 1;
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut chunk = vec![0u8; 16 << 10];
+                let put = |bytes: &[u8]| {
+                    let _ = if to_stdout {
+                        std::io::stdout().lock().write_all(bytes)
+                    } else {
+                        std::io::stderr().lock().write_all(bytes)
+                    };
+                };
+                loop {
+                    match from.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => put(&masks.lines(&mut pending, &chunk[..n], false)),
+                    }
+                }
+                put(&masks.lines(&mut pending, &[], true));
+                let _ = tx.send(());
+            });
+        };
+        if let Some(o) = stdout {
+            copy(Box::new(o), true);
+        }
+        if let Some(e) = stderr {
+            copy(Box::new(e), false);
+        }
+        MaskedCopies { done, threads }
+    }
+
+    /// Waits for the copies to reach the end of their pipes, at most 2 s
+    /// after the command ended: a daemon it started may hold them open
+    /// (its later output is copied while disco runs).
+    fn finish(self) {
+        let until = Instant::now() + std::time::Duration::from_secs(2);
+        for _ in 0..self.threads {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
 /// private mount namespace for handlers); reports exit code and output.
 fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds>) -> Step {
@@ -425,11 +525,17 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
         )
     });
     cmd.current_dir("/").stdin(Stdio::null());
+    let masks = crate::masks::current();
+    if !masks.is_empty() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     in_root(&mut cmd, root.clone(), bind_spec);
     let limit = std::time::Duration::from_secs(pending.step_timeout);
-    let result = cmd.spawn().map_err(anyhow::Error::from).and_then(|c| {
+    let result = cmd.spawn().map_err(anyhow::Error::from).and_then(|mut c| {
+        let copies = MaskedCopies::start(&masks, c.stdout.take(), c.stderr.take());
         let dog = crate::exec::Watchdog::start(c.id(), limit, "step_timeout".into(), false);
         let waited = wait4(c.id());
+        copies.finish();
         if dog.finish() {
             anyhow::bail!("was killed after {} s (step_timeout)", limit.as_secs());
         }

@@ -123,16 +123,44 @@ pub fn current_status(state_dir: &Path) -> Option<String> {
     Some(line)
 }
 
-/// Replaces `STATE/status` with `line` atomically.
+/// Replaces `STATE/status` with `line` (through the process's mask)
+/// atomically, 0600.
 pub fn set_status(state_dir: &Path, line: &str) {
     let path = state_dir.join("status");
-    let tmp = state_dir.join(".status.tmp");
+    let line = crate::masks::text(line);
     let written = fs::create_dir_all(state_dir)
-        .and_then(|_| fs::write(&tmp, format!("{line}\n")))
-        .and_then(|_| fs::rename(&tmp, &path));
+        .and_then(|_| crate::fsutil::write_private(&path, format!("{line}\n").as_bytes()));
     if let Err(e) = written {
         output::warning(&format!("cannot write {}: {e}", path.display()));
     }
+}
+
+/// Makes the state dir (0700) and tightens what earlier versions left
+/// readable by others: the dir itself (0755 before) and the files in it
+/// that can carry a value (`status`, `failed-actions.json`, reports).
+pub fn private_state_dir(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let tighten = |p: &Path, mode: u32| -> Result<()> {
+        match fs::symlink_metadata(p) {
+            Ok(m) if !m.file_type().is_symlink() && m.permissions().mode() & 0o7777 != mode => {
+                fs::set_permissions(p, fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("cannot chmod {:o} {}", mode, p.display()))
+            }
+            _ => Ok(()),
+        }
+    };
+    tighten(state_dir, 0o700)?;
+    for f in ["status", "failed-actions.json", "hashes.json"] {
+        tighten(&state_dir.join(f), 0o600)?;
+    }
+    let reports = state_dir.join("reports");
+    tighten(&reports, 0o700)?;
+    for e in fs::read_dir(&reports).into_iter().flatten().flatten() {
+        tighten(&e.path(), 0o600)?;
+    }
+    Ok(())
 }
 
 /// Sleeps a random 0..`seconds`, unless stdout is a terminal (an admin

@@ -378,6 +378,32 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
+/// Makes the tree at `dir` (if there is one) its owner's only: files
+/// 0600, directories 0700; symlinks are left alone, never followed.
+pub fn private_tree(dir: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    let mode = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", dir.display()))?;
+    if meta.is_dir() {
+        let entries =
+            fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+            private_tree(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `data` to `path` readable by its owner only (0600), atomically:
 /// a hidden temporary file beside it, then a rename.
 pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {

@@ -18,6 +18,7 @@ pub mod facts;
 pub mod fetch;
 pub mod fsutil;
 pub mod lint;
+pub mod masks;
 pub mod merge;
 pub mod names;
 pub mod output;

@@ -91,7 +91,7 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 fn say(line: &str, to_stdout: bool) {
     if to_stdout {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "info: {}", printable(line));
+        let _ = writeln!(out, "info: {}", shown(line));
     } else {
         emit(Level::Info, line);
     }
@@ -216,90 +216,13 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
     }
 }
 
-/// Secret values (parameters under `secrets/`) and the mask that replaces
-/// them wherever they would be printed or saved.
-#[derive(Debug, Clone, Default)]
-pub struct Masks {
-    secrets: Vec<Vec<u8>>,
-}
+pub use crate::masks::{Masks, MASK};
 
-/// What a secret value is replaced with.
-pub const MASK: &str = "********";
-
-impl Masks {
-    /// From the values of secret parameters: each line of each value of at
-    /// least 4 bytes is masked (shorter ones would mask ordinary text).
-    pub fn new<I: IntoIterator<Item = Vec<u8>>>(values: I) -> Masks {
-        let mut secrets: Vec<Vec<u8>> = values
-            .into_iter()
-            .flat_map(|v| {
-                v.split(|b| *b == b'\n')
-                    .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|l| l.len() >= 4)
-            .collect();
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        secrets.dedup();
-        Masks { secrets }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
-    }
-
-    /// `bytes` with every secret replaced by [`MASK`].
-    pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        if self.secrets.is_empty() {
-            return bytes.to_vec();
-        }
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        'outer: while i < bytes.len() {
-            for s in &self.secrets {
-                if bytes[i..].starts_with(s) {
-                    out.extend_from_slice(MASK.as_bytes());
-                    i += s.len();
-                    continue 'outer;
-                }
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        out
-    }
-
-    /// `text` with every secret masked.
-    pub fn text(&self, text: &str) -> String {
-        if self.secrets.is_empty() {
-            return text.to_string();
-        }
-        String::from_utf8_lossy(&self.bytes(text.as_bytes())).into_owned()
-    }
-
-    /// Streams `bytes` through `pending` (a partial line), returning the
-    /// complete lines masked (everything, at `end`). Without secrets,
-    /// bytes pass as they come.
-    pub fn lines(&self, pending: &mut Vec<u8>, bytes: &[u8], end: bool) -> Vec<u8> {
-        if self.secrets.is_empty() {
-            let mut out = std::mem::take(pending);
-            out.extend_from_slice(bytes);
-            return out;
-        }
-        pending.extend_from_slice(bytes);
-        let cut = if end {
-            pending.len()
-        } else {
-            match pending.iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
-                None if pending.len() > 1 << 16 => pending.len(),
-                None => return Vec::new(),
-            }
-        };
-        let done: Vec<u8> = pending.drain(..cut).collect();
-        self.bytes(&done)
-    }
+/// `text` through the process's mask, made [`printable`], then masked
+/// again (a secret's escaped rendering is masked too).
+fn shown(text: &str) -> String {
+    let masks = crate::masks::current();
+    masks.text(&printable(&masks.text(text)))
 }
 
 /// Longest line disco prints; the rest is cut with an ellipsis (a
@@ -338,6 +261,8 @@ fn push_printable(out: &mut String, c: char) {
 /// A diff as it is printed: every line made [`printable`] (no escape
 /// sequence in a file's content reaches the terminal), not cut.
 fn printable_diff(d: &str) -> String {
+    let masks = crate::masks::current();
+    let d = masks.text(d);
     let mut out = String::with_capacity(d.len() + 1);
     for line in d.lines() {
         for c in line.chars() {
@@ -345,11 +270,11 @@ fn printable_diff(d: &str) -> String {
         }
         out.push('\n');
     }
-    out
+    masks.text(&out)
 }
 
 fn emit(level: Level, msg: &str) {
-    let msg = printable(msg);
+    let msg = shown(msg);
     let (tag, code) = match level {
         Level::Info => ("info", "32"),
         Level::Warning => ("warning", "33"),
@@ -388,7 +313,7 @@ pub fn change(c: &crate::report::Change, to_stdout: bool) {
     let line = change_line(c);
     if to_stdout {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "info: {}", printable(&line));
+        let _ = writeln!(out, "info: {}", shown(&line));
         if let Some(d) = &c.diff {
             let _ = write!(out, "{}", printable_diff(d));
         }
@@ -553,7 +478,8 @@ pub fn history_line(r: &RunReport) -> String {
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
+    crate::masks::text(v)
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }

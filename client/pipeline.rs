@@ -159,6 +159,10 @@ pub fn finish_interrupted(config: &Config) -> Result<bool> {
         merge::Recovered::RolledBack => Ok(true),
         merge::Recovered::Finished(run, _) => {
             if let Some(pending) = Pending::load(&run.path)? {
+                // The mask of that run: its parameters are in its run dir.
+                if let Ok(p) = ParamTree::load(&pending.params_dir, "params") {
+                    crate::masks::set(crate::masks::Masks::from_params(&p));
+                }
                 let (_, ok) = actions::run(&pending)?;
                 if !ok {
                     output::warning(&format!(
@@ -206,6 +210,8 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
     })?;
     // Facts, gathered here on the host: the same in noop and live.
     params.overlay(crate::facts::as_params(&crate::facts::gather(root)));
+    // From here on, every line printed and every state file written masks them.
+    crate::masks::set(crate::masks::Masks::from_params(&params));
     let mut attributes = std::collections::BTreeMap::new();
     let mut timeouts = std::collections::BTreeMap::new();
     for m in &fetched.plan.order {
@@ -241,6 +247,7 @@ fn sandbox_stage(
         .params
         .write_to(&run.params())
         .context("cannot write the parameter tree")?;
+    crate::fsutil::private_tree(&run.params().join("secrets"))?;
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     let mut sandbox = Sandbox::prepare(
         run,
@@ -249,7 +256,6 @@ fn sandbox_stage(
         (config.noop.value, keep),
         &layers,
     )?;
-    sandbox.masks = crate::output::Masks::new(planned.params.secret_values());
     sandbox.host_network = config.noop_network.value == "host";
     Ok(sandbox)
 }
@@ -455,7 +461,7 @@ impl<'a> Run<'a> {
             pending: outcome
                 .pending
                 .iter()
-                .map(|p| self.sandbox.masks.text(p))
+                .map(|p| crate::masks::text(p))
                 .collect(),
             ..ModuleReport::default()
         };
@@ -487,7 +493,7 @@ impl<'a> Run<'a> {
         mreport.steps.push(meter.step("diff"));
         for c in &mut mreport.changes {
             if let Some(d) = &c.diff {
-                c.diff = Some(self.sandbox.masks.text(d));
+                c.diff = Some(crate::masks::text(d));
             }
         }
         self.expect(&mreport.changes, started);
@@ -808,7 +814,13 @@ fn report_stage(
         config.report_history_bytes.value,
     )?;
     if let Some(path) = &config.prometheus_textfile.value {
-        write_atomic(path, output::prometheus(report).as_bytes())
+        // node_exporter reads it as its own user; in the state dir it is root's.
+        let mode = if path.starts_with(&config.state_dir.value) {
+            0o600
+        } else {
+            0o644
+        };
+        write_atomic(path, output::prometheus(report).as_bytes(), mode)
             .with_context(|| format!("cannot write the Prometheus textfile {}", path.display()))?;
     }
     if config.report_upload.value {
@@ -851,7 +863,7 @@ fn upload(config: &Config, report: &RunReport) {
             &server,
             &config.node.value,
             &config.ssh(),
-            &serde_json::to_vec(report)?,
+            &crate::masks::json(report, false)?,
         )
     })();
     if let Err(e) = sent {
@@ -859,14 +871,13 @@ fn upload(config: &Config, report: &RunReport) {
     }
 }
 
-/// Writes a file through a temporary file and a rename.
-fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+/// Writes a file with `mode` through a temporary file and a rename.
+fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, content)?;
-    // node_exporter reads it as its own user.
     tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

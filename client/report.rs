@@ -310,7 +310,8 @@ pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot chmod {}", dir.display()))?;
     // Written once: `last.json` is a hard link of `RUN.json`.
-    let bytes = serde_json::to_vec_pretty(report)?;
+    // Every string through the process's mask (DESIGN §6).
+    let bytes = crate::masks::json(report, true)?;
     let run = dir.join(format!("{}.json", report.id));
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;

@@ -117,7 +117,7 @@ impl RunDir {
 
     pub fn save_layout(&self, layout: &Layout) -> Result<()> {
         let p = self.path.join("layout.json");
-        fs::write(&p, serde_json::to_vec_pretty(layout)?)
+        crate::fsutil::write_private(&p, &serde_json::to_vec_pretty(layout)?)
             .with_context(|| format!("cannot write {}", p.display()))
     }
 

@@ -52,6 +52,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
     config.require_servers()?;
     crate::cron::splay(opts.splay, opts.splay_always);
     let state = &config.state_dir.value;
+    crate::cron::private_state_dir(state)?;
     let _lock = crate::cron::take_lock(config, opts.no_wait)?;
     let _root_lock = crate::cron::take_root_lock(config, opts.no_wait)?;
     if opts.retry_actions {
@@ -143,9 +144,11 @@ fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
     params.overlay(crate::facts::as_params(&crate::facts::gather(
         &config.root.value,
     )));
+    crate::masks::set(crate::masks::Masks::from_params(&params));
     let scratch = tempfile::tempdir_in(state)?;
     let params_dir = scratch.path().join("params");
     params.write_to(&params_dir)?;
+    crate::fsutil::private_tree(&params_dir.join("secrets"))?;
     let dir_of = |m: &str| {
         crate::names::Name::parse(m, "module")
             .ok()

@@ -36,6 +36,8 @@ fn module_setup(config: &Config, module: &str) -> Result<ModuleSetup> {
     let tree = crate::fetch::cache_tree(&fetched.cache)?;
     let plan = crate::plan::only(&tree, &fetched.plan, std::slice::from_ref(&module))?;
     let params = crate::params::merged(&tree, &fetched.node, &plan)?;
+    // What the requirements print and the saved report: masked (crate::masks).
+    crate::masks::set(crate::masks::Masks::from_params(&params));
     let pos = plan
         .order
         .iter()
@@ -111,6 +113,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
     require_root("disco shell", "it mounts overlays and enters namespaces")?;
     crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;
+    crate::cron::private_state_dir(state)?;
     let setup = module.map(|m| module_setup(config, m)).transpose()?;
     let run = RunDir::create(state)?;
     let layers: Vec<String> = match &setup {
@@ -118,6 +121,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
             s.params
                 .write_to(&run.params())
                 .context("cannot write the parameter tree")?;
+            crate::fsutil::private_tree(&run.params().join("secrets"))?;
             s.order.iter().map(|m| m.to_string()).collect()
         }
         None => vec!["shell".to_string()],

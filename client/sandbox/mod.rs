@@ -138,8 +138,6 @@ pub struct Sandbox {
     /// The state dir relative to ROOT when it lies inside it: hidden from
     /// the sandbox, and no change may touch it.
     pub state_in_root: Option<PathBuf>,
-    /// Secret parameter values, masked in everything the sandbox prints.
-    pub masks: crate::output::Masks,
     /// `noop_network = "host"`: a noop sandbox keeps the host's network
     /// (a package install can download); files, PIDs, UTS, IPC stay its own.
     pub host_network: bool,
@@ -291,7 +289,6 @@ impl Sandbox {
             shims,
             noop,
             state_in_root,
-            masks: Default::default(),
             host_network: false,
             squashed: std::cell::Cell::new(Some(0)),
             net: std::cell::OnceCell::new(),
@@ -443,7 +440,9 @@ impl Sandbox {
                     drop((w1, w2));
                     (r1, r2)
                 });
-                let drained = drain(reader, std, output, &self.masks);
+                // The process's one mask (crate::masks): what the sandbox prints.
+                let masks = crate::masks::current();
+                let drained = drain(reader, std, output, &masks);
                 let status = waitpid(child, None).context("waitpid")?;
                 let (buf, captured) = drained.context("reading the sandbox's result")?;
                 if buf.is_empty() {
@@ -451,7 +450,7 @@ impl Sandbox {
                 }
                 let mut outcome: Outcome<T> =
                     serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
-                outcome.output = self.masks.bytes(&captured);
+                outcome.output = masks.bytes(&captured);
                 Ok(outcome)
             }
         }
