@@ -204,10 +204,7 @@ struct Planned {
 fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> Result<Planned> {
     let meter = report::Meter::start();
     let tree = fetch::cache_tree(&fetched.cache)?;
-    let mut params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
-    crate::secrets::open_params(&mut params, &fetched.node.name, node_key, &|key| {
-        crate::params::origin(&tree, &fetched.node, &fetched.plan, key)
-    })?;
+    let mut params = crate::secrets::merged(&tree, &fetched.node, &fetched.plan, node_key)?;
     // Facts, gathered here on the host: the same in noop and live.
     params.overlay(crate::facts::as_params(&crate::facts::gather(root)));
     // From here on, every line printed and every state file written masks them.

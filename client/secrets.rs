@@ -630,6 +630,22 @@ pub fn read_secret(f: &SecretFile) -> Result<Vec<u8>> {
         .ok_or_else(|| anyhow!("{} went away while it was read", f.rel))
 }
 
+/// The node's merged parameters ([`crate::params::merged`]) with its
+/// secrets opened with its key `key_path`: what a dance, `disco shell`
+/// and a retry of failed actions hand to the sandbox.
+pub fn merged(
+    tree: &ServerTree,
+    node: &crate::tree::NodeSpec,
+    plan: &crate::plan::Plan,
+    key_path: &Path,
+) -> Result<ParamTree> {
+    let mut params = crate::params::merged(tree, node, plan)?;
+    open_params(&mut params, &node.name, key_path, &|key| {
+        crate::params::origin(tree, node, plan, key)
+    })?;
+    Ok(params)
+}
+
 /// The node side: decrypts, in place, every encrypted value under
 /// `secrets/` of the merged parameters with the node's key `key_path`.
 /// `origin(KEY)` says which file of the tree gave a value (for errors).

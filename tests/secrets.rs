@@ -637,3 +637,49 @@ fn a_published_snapshot_is_linted_with_its_recipients() {
         (0, "lint: 2 nodes, 1 module, no problem\n")
     );
 }
+
+/// `disco shell --module` stands where the module's scripts run: its
+/// secrets are opened, as in a dance. The shell's own terminal is the
+/// admin's (like `disco param get`, it prints what it is asked for).
+#[test]
+fn a_module_shell_sees_the_opened_secrets() {
+    let t = Fleet::new();
+    t.set(&["--node", "db1"], "secrets/db_password", PW);
+    t.set(&["--group", "app"], "secrets/token", TOKEN);
+    let root = FixtureRoot::new(t.f.dir.path());
+    assert_eq!(t.disco("db1", &["plan"]).0, 0);
+    let state = t.f.dir.path().join("state-db1");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+    c.env("NO_COLOR", "1")
+        .arg("--config")
+        .arg(t.config_for("db1"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--node", "db1", "--root"])
+        .arg(&root.path)
+        .args(["shell", "--module", "app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"printf %s \"$(disco param get secrets/db_password)\" | md5sum\ndisco param get secrets/db_password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digest = std::process::Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            p.stdin.take().unwrap().write_all(PW.as_bytes())?;
+            p.wait_with_output()
+        })
+        .unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert!(stdout.contains(digest.trim()), "{stdout}");
+    assert!(stdout.contains(PW), "{stdout}");
+}

@@ -140,7 +140,8 @@ fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
     };
     let fetched = fetch::open_cache(state, &config.node.value)?;
     let tree = fetch::cache_tree(&fetched.cache)?;
-    let mut params = crate::params::merged(&tree, &fetched.node, &fetched.plan)?;
+    let mut params =
+        crate::secrets::merged(&tree, &fetched.node, &fetched.plan, &config.node_key())?;
     params.overlay(crate::facts::as_params(&crate::facts::gather(
         &config.root.value,
     )));

@@ -35,7 +35,7 @@ fn module_setup(config: &Config, module: &str) -> Result<ModuleSetup> {
     let fetched = crate::fetch::open_cache(&config.state_dir.value, &config.node.value)?;
     let tree = crate::fetch::cache_tree(&fetched.cache)?;
     let plan = crate::plan::only(&tree, &fetched.plan, std::slice::from_ref(&module))?;
-    let params = crate::params::merged(&tree, &fetched.node, &plan)?;
+    let params = crate::secrets::merged(&tree, &fetched.node, &plan, &config.node_key())?;
     // What the requirements print and the saved report: masked (crate::masks).
     crate::masks::set(crate::masks::Masks::from_params(&params));
     let pos = plan
