@@ -592,6 +592,16 @@ fn walk_secrets(
     if depth > crate::fsutil::MAX_DEPTH {
         bail!("{rel}: too deep");
     }
+    // `secrets` itself a file (or a symlink) is a value the node takes
+    // for a secret: said as such, not as "Not a directory (os error 20)".
+    if depth == 0 {
+        match fs::symlink_metadata(dir) {
+            Ok(m) if !m.is_dir() => bail!(
+                "{rel}: a secret is a file under {SECRETS}/, not {SECRETS} itself: move its value to {SECRETS}/NAME with `disco secret set`"
+            ),
+            _ => {}
+        }
+    }
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -733,6 +743,21 @@ mod tests {
         let e = decrypt(&load_identities(&k3).unwrap(), &ct).unwrap_err();
         assert_eq!(e.to_string(), "not encrypted to this key");
         assert!(!is_encrypted(b"hunter2\n"));
+    }
+
+    #[test]
+    fn secrets_as_a_plain_value_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let params = d.path().join("parameters/n1/parameters");
+        fs::create_dir_all(&params).unwrap();
+        fs::create_dir_all(d.path().join("modules")).unwrap();
+        fs::write(params.join(SECRETS), "hunter2\n").unwrap();
+        let e = Fleet::open(d.path())
+            .unwrap()
+            .secret_files()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "parameters/n1/parameters/secrets: a secret is a file under secrets/, not secrets itself: move its value to secrets/NAME with `disco secret set`");
     }
 
     #[test]
