@@ -327,6 +327,12 @@ pub struct InitArgs {
     /// Overwrite an existing disco.toml that has settings
     #[arg(long)]
     pub force: bool,
+    /// Replace the node's key by a new one (rotation, or after a leak;
+    /// without it an existing key is kept). The node is then locked out
+    /// until the server has the new authorized_keys line, and its secrets
+    /// until the new node.pub is recorded and `disco secret rekey` ran
+    #[arg(long)]
+    pub new_key: bool,
 }
 
 #[derive(Debug, Args)]

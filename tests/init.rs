@@ -160,6 +160,33 @@ fn init_pins_the_host_key_and_the_printed_line_lets_the_node_fetch() {
     let known = fs::read_to_string(etc.join("known_hosts")).unwrap();
     assert_eq!(known.lines().count(), 2, "{known}");
     assert!(known.starts_with("other "));
+
+    // --new-key replaces the key (rotation) and prints the new lines:
+    // authorized_keys and the node.pub its secrets are encrypted to.
+    let (code, out, err) = init(
+        &root,
+        &[
+            "--server",
+            &uri,
+            "--host-key",
+            &host_pub,
+            "--force",
+            "--new-key",
+            "--node",
+            "web1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let new = fs::read_to_string(etc.join("id_ed25519.pub")).unwrap();
+    assert_ne!(new, public);
+    assert!(out.contains(&format!("restrict {}", new.trim())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "as parameters/web1/node.pub (its secrets are encrypted to it), then `disco secret rekey` there:\n\n{}\n",
+            new.trim()
+        )),
+        "{out}"
+    );
 }
 
 #[test]
@@ -245,34 +272,14 @@ fn init_refuses_bad_input_in_one_line_and_writes_nothing() {
 /// typed decides (a pty stands for the admin's terminal).
 fn init_on_a_terminal(root: &Path, uri: &str, answer: &str) -> (i32, String) {
     use std::io::{Read, Write};
-    use std::os::unix::process::CommandExt;
-    use std::process::Stdio;
-    let pty = nix::pty::openpty(None, None).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
     cmd.env_remove("NOOP")
         .env("NO_COLOR", "1")
         .args(["init", "--node", "n", "--server", uri, "--root"])
-        .arg(root)
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut master = fs::File::from(pty.master);
+        .arg(root);
+    let (mut child, mut master) = common::spawn_on_terminal(cmd);
     // Typed ahead: the terminal keeps it until disco reads its answer.
     master.write_all(answer.as_bytes()).unwrap();
-    let mut child = cmd.spawn().unwrap();
-    // The terminal ends (EIO on the master) when no one holds its slave.
-    drop(cmd);
-    drop(pty.slave);
     let mut shown = Vec::new();
     let mut buf = [0u8; 4096];
     // Read until the child has exited and the pty has no writer (EIO).

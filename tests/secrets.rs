@@ -6,11 +6,10 @@ mod common;
 
 use common::root::FixtureRoot;
 use common::sshd::keygen;
-use common::{run, Fixture};
+use common::{run, run_with_stdin, Fixture};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 const PW: &str = "Pa$$w'rd-Qx7";
 const TOKEN: &str = "tok-Sh4red-9911";
@@ -61,23 +60,8 @@ impl Fleet {
             .args(args)
             .current_dir(self.f.server())
             .env("HOME", self.f.dir.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .env("NO_COLOR", "1");
+        run_with_stdin(c, stdin.as_bytes())
     }
 
     fn set(&self, owner: &[&str], key: &str, value: &str) {
@@ -529,31 +513,13 @@ fn a_plaintext_secret_still_works_with_a_warning_and_rekey_encrypts_it() {
 #[test]
 fn set_asks_twice_on_a_terminal_without_echo() {
     use std::io::Read;
-    use std::os::unix::process::CommandExt;
     let t = Fleet::new();
     let typed = |answers: [&str; 2]| -> (i32, String) {
-        let pty = nix::pty::openpty(None, None).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
         cmd.args(["secret", "set", "--node", "db1", "secrets/typed"])
             .current_dir(t.f.server())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-        // SAFETY: setsid and ioctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut master = fs::File::from(pty.master);
-        let mut child = cmd.spawn().unwrap();
-        drop(cmd);
-        drop(pty.slave);
+            .env("NO_COLOR", "1");
+        let (mut child, mut master) = common::spawn_on_terminal(cmd);
         let mut shown = Vec::new();
         let mut buf = [0u8; 4096];
         let mut next = 0;
@@ -657,29 +623,12 @@ fn a_module_shell_sees_the_opened_secrets() {
         .arg(&state)
         .args(["--node", "db1", "--root"])
         .arg(&root.path)
-        .args(["shell", "--module", "app"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"printf %s \"$(disco param get secrets/db_password)\" | md5sum\ndisco param get secrets/db_password\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let digest = std::process::Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut p| {
-            p.stdin.take().unwrap().write_all(PW.as_bytes())?;
-            p.wait_with_output()
-        })
-        .unwrap();
-    let digest = String::from_utf8_lossy(&digest.stdout);
+        .args(["shell", "--module", "app"]);
+    let (_, stdout, _) = run_with_stdin(
+        c,
+        b"printf %s \"$(disco param get secrets/db_password)\" | md5sum\ndisco param get secrets/db_password\n",
+    );
+    let (_, digest, _) = run_with_stdin(std::process::Command::new("md5sum"), PW.as_bytes());
     assert!(stdout.contains(digest.trim()), "{stdout}");
     assert!(stdout.contains(PW), "{stdout}");
 }

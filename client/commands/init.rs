@@ -115,6 +115,9 @@ pub fn run(args: &InitArgs) -> Result<i32> {
     };
 
     let key = etc.join("id_ed25519");
+    if args.new_key {
+        retire_key(&key)?;
+    }
     let public = node_key(&key, &node)?;
     let known = etc.join("known_hosts");
     pin(&known, &known_hosts_name(host, *port), &pinned)?;
@@ -176,6 +179,19 @@ fn has_settings(config: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", config.display())),
     }
+}
+
+/// Removes the node's key pair (`--new-key`), so a new one is made: the
+/// old key is gone for good (a leaked key must not stay usable here).
+fn retire_key(key: &Path) -> Result<()> {
+    for p in [key.with_extension("pub"), key.to_path_buf()] {
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The node's public key line, making the key pair when there is none.

@@ -254,3 +254,50 @@ pub fn git(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&st.stderr)
     );
 }
+
+/// Spawns `cmd` on a new terminal (a pty whose slave is its stdin,
+/// stdout, stderr and controlling terminal, as an admin's shell gives),
+/// returning the child and the terminal's master side. The master reads
+/// what the child shows until the child exits and no one holds the slave
+/// (then EIO).
+pub fn spawn_on_terminal(mut cmd: std::process::Command) -> (std::process::Child, std::fs::File) {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let master = fs::File::from(pty.master);
+    let child = cmd.spawn().unwrap();
+    // The terminal ends when no one but the child holds its slave.
+    drop(cmd);
+    drop(pty.slave);
+    (child, master)
+}
+
+/// Runs `cmd` with `input` on its stdin, returning (exit code, stdout, stderr).
+pub fn run_with_stdin(mut cmd: std::process::Command, input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
