@@ -302,7 +302,8 @@ impl Node {
     /// `disco init --root ROOT` against `uri`, pinning `host_key`; the
     /// authorized_keys line it prints (with this binary for `disco`) and
     /// the node.pub line.
-    fn init(&self, uri: &str, host_key: &str, force: bool) -> (String, String) {
+    /// `rotate`: again, over an enrolled node, with a new key.
+    fn init(&self, uri: &str, host_key: &str, rotate: bool) -> (String, String) {
         let mut c = disco();
         c.args([
             "init",
@@ -314,8 +315,8 @@ impl Node {
             host_key,
         ]);
         c.arg("--root").arg(&self.root);
-        if force {
-            c.arg("--force");
+        if rotate {
+            c.args(["--force", "--new-key"]);
         }
         let (code, out, err) = output(&mut c);
         assert_eq!(code, 0, "{out}{err}");
@@ -684,12 +685,9 @@ done
     fs::remove_dir_all(s.work.join("parameters/web1/parameters")).unwrap();
     s.publish("web1 without db1's password");
 
-    // Rotation: db1 enrolled again with a new key. Until the secrets are
-    // re-encrypted its dance fails naming the secret and the fix, and
-    // the rendered file keeps its value (never an empty one).
-    for f in ["id_ed25519", "id_ed25519.pub"] {
-        fs::remove_file(db1.etc().join(f)).unwrap();
-    }
+    // Rotation: db1's key replaced (`init --force --new-key`). Until the
+    // secrets are re-encrypted its dance fails naming the secret and the
+    // fix, and the rendered file keeps its value (never an empty one).
     let (line, public) = db1.init(&uri, &host_key, true);
     assert_ne!(public, node_pub["db1"], "a new key");
     authorized.insert("db1", line);
