@@ -264,14 +264,24 @@ pub fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
 /// node's, or an admin's) or an age identity file. A key protected by a
 /// passphrase asks for it on the terminal.
 pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
+    identities(&read_key(path)?, path)
+}
+
+/// A key file's bytes (bounded, never followed).
+fn read_key(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display().to_string();
-    let bytes = crate::fsutil::read_small(path, &shown, 1 << 20)
+    crate::fsutil::read_small(path, &shown, 1 << 20)
         .with_context(|| format!("cannot read the key {shown}"))?
-        .ok_or_else(|| anyhow!("no key at {shown}"))?;
+        .ok_or_else(|| anyhow!("no key at {shown}"))
+}
+
+/// The identities in a key file's bytes (`path` names it).
+fn identities(bytes: &[u8], path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
+    let shown = path.display().to_string();
     if bytes.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----")
         || bytes.starts_with(b"-----BEGIN RSA PRIVATE KEY-----")
     {
-        let id = age::ssh::Identity::from_buffer(&bytes[..], Some(shown.clone()))
+        let id = age::ssh::Identity::from_buffer(bytes, Some(shown.clone()))
             .map_err(|e| anyhow!("{shown}: not an SSH private key age can use: {e}"))?;
         return match id {
             age::ssh::Identity::Unsupported(k) => {
@@ -284,7 +294,7 @@ pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
             age::ssh::Identity::Encrypted(_) => Ok(vec![Box::new(id.with_callbacks(Terminal))]),
         };
     }
-    let file = age::IdentityFile::from_buffer(io::BufReader::new(&bytes[..]))
+    let file = age::IdentityFile::from_buffer(io::BufReader::new(bytes))
         .map_err(|e| anyhow!("{shown} is not a key age can use (an OpenSSH ed25519 or RSA private key, or an age identity file): {e}"))?
         .with_callbacks(Terminal);
     let ids: Vec<Box<dyn age::Identity>> = file
@@ -667,37 +677,92 @@ pub fn open_params(
     key_path: &Path,
     origin: &dyn Fn(&str) -> String,
 ) -> Result<usize> {
-    let mut ids: Option<Vec<Box<dyn age::Identity>>> = None;
-    let mut opened = 0;
+    // Which values to open (a plaintext one is said and kept).
+    let mut sealed: Vec<(String, Vec<u8>)> = Vec::new();
     params.for_each_secret_mut(&mut |key, value| {
-        if !is_encrypted(value) {
+        if is_encrypted(value) {
+            sealed.push((key.to_string(), std::mem::take(value)));
+        } else {
             crate::output::warning(&format!(
                 "{key} is not encrypted in the server tree ({}): any account that can read the tree can read it; encrypt it with `disco secret set`",
                 origin(key)
             ));
-            return Ok(());
         }
-        if ids.is_none() {
-            if !key_path.exists() {
-                bail!(
-                    "{key} is encrypted, but this node has no key at {}: run `disco init`, or set ssh_identity to the node's key",
-                    key_path.display()
-                );
-            }
-            ids = Some(load_identities(key_path).context("the node's key, for its secrets")?);
-        }
-        let plain = decrypt(ids.as_deref().expect("loaded above"), value).map_err(|e| {
+        Ok(())
+    })?;
+    if sealed.is_empty() {
+        return Ok(0);
+    }
+    if !key_path.exists() {
+        bail!(
+            "{} is encrypted, but this node has no key at {}: run `disco init`, or set ssh_identity to the node's key",
+            sealed[0].0,
+            key_path.display()
+        );
+    }
+    let key_bytes = read_key(key_path)?;
+    // Checked once here (and a passphrase asked for, if any), then read
+    // again by each worker: an identity cannot cross threads.
+    let first = identities(&key_bytes, key_path).context("the node's key, for its secrets")?;
+    // Each opening is two X25519 operations (~0.1–0.2 ms): many secrets
+    // are opened on every core.
+    let asks = matches!(
+        age::ssh::Identity::from_buffer(&key_bytes[..], None),
+        Ok(age::ssh::Identity::Encrypted(_))
+    );
+    let workers = if asks {
+        1 // a passphrase is asked for once, by the one identity
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(sealed.len().div_ceil(16))
+    };
+    let opened: Vec<Result<Vec<u8>>> = if workers <= 1 {
+        sealed.iter().map(|(_, ct)| decrypt(&first, ct)).collect()
+    } else {
+        let chunk = sealed.len().div_ceil(workers);
+        std::thread::scope(|s| {
+            let running: Vec<_> = sealed
+                .chunks(chunk)
+                .map(|part| {
+                    let key_bytes = &key_bytes;
+                    s.spawn(move || -> Vec<Result<Vec<u8>>> {
+                        match identities(key_bytes, key_path) {
+                            Ok(ids) => part.iter().map(|(_, ct)| decrypt(&ids, ct)).collect(),
+                            Err(e) => part.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+                        }
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(anyhow!("a decryption thread panicked"))])
+                })
+                .collect()
+        })
+    };
+    let mut plain: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for ((key, _), result) in sealed.iter().zip(opened) {
+        let value = result.map_err(|e| {
             anyhow!(
                 "{key} ({}) cannot be decrypted with this node's key {}: {e}; record this node's public key as parameters/{node}/{NODE_KEY} in the server tree and run `disco secret rekey` there",
                 origin(key),
                 key_path.display()
             )
         })?;
-        *value = plain;
-        opened += 1;
+        plain.insert(key.clone(), value);
+    }
+    let count = plain.len();
+    params.for_each_secret_mut(&mut |key, value| {
+        if let Some(v) = plain.remove(key) {
+            *value = v;
+        }
         Ok(())
     })?;
-    Ok(opened)
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -758,6 +823,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "parameters/n1/parameters/secrets: a secret is a file under secrets/, not secrets itself: move its value to secrets/NAME with `disco secret set`");
+    }
+
+    #[test]
+    fn many_secrets_open_on_every_core_and_the_first_failure_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (node_key, node_pub) = keypair(d.path(), "node");
+        let (_, other_pub) = keypair(d.path(), "other");
+        let to_node = [Recipient::parse(&node_pub, "n", "n").unwrap()];
+        let to_other = [Recipient::parse(&other_pub, "o", "o").unwrap()];
+        let node = Name::parse("n", "t").unwrap();
+        let key = |i: usize| crate::params::Key::parse(&format!("secrets/s{i:02}")).unwrap();
+        let mut params = ParamTree::default();
+        for i in 0..40 {
+            params.insert(
+                &key(i),
+                encrypt(&to_node, format!("v{i}").as_bytes()).unwrap(),
+            );
+        }
+        params.insert(
+            &crate::params::Key::parse("secrets/plain").unwrap(),
+            b"in clear".to_vec(),
+        );
+        let mut opened = params.clone();
+        assert_eq!(
+            open_params(&mut opened, &node, &node_key, &|k| k.to_string()).unwrap(),
+            40
+        );
+        for i in 0..40 {
+            assert_eq!(
+                opened.get(&key(i)),
+                Some(&crate::params::Param::Value(format!("v{i}").into_bytes()))
+            );
+        }
+        // Two that will not open: the first in key order is said.
+        params.insert(&key(17), encrypt(&to_other, b"x").unwrap());
+        params.insert(&key(33), encrypt(&to_other, b"y").unwrap());
+        let e = open_params(&mut params, &node, &node_key, &|k| format!("from {k}")).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "secrets/s17 (from secrets/s17) cannot be decrypted with this node's key"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
