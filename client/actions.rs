@@ -43,6 +43,9 @@ pub struct ModuleActions {
     /// as changed for what noop says would run.
     #[serde(default, skip)]
     pub pending: usize,
+    /// In `failed-actions.json`: each failed item's record, by its ID.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, Failure>,
 }
 
 /// Everything to run after a merge.
@@ -85,7 +88,8 @@ impl Pending {
         }
     }
 
-    fn live(&self) -> bool {
+    /// Whether actions run: the root is `/`, or `--run-actions`.
+    pub fn live(&self) -> bool {
         self.root == Path::new("/") || self.run_actions
     }
 }
@@ -132,100 +136,487 @@ pub fn describe_noop(pending: &Pending) {
     }
 }
 
-/// Runs the actions, then the handlers. Returns the steps and whether all
-/// succeeded.
-pub fn run(pending: &Pending) -> Result<(Vec<Step>, bool)> {
-    let (steps, failed) = run_keeping_failures(pending)?;
-    Ok((steps, failed.modules.is_empty()))
+/// One action or handler of a [`Pending`], in the order they run.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    /// Index into `Pending::modules`.
+    entry: usize,
+    kind: Kind,
 }
 
-/// Runs the actions, then the handlers; returns the steps and what failed
-/// (the same shape: the modules with only their failed actions and
-/// handlers), to be run again later.
-pub fn run_keeping_failures(pending: &Pending) -> Result<(Vec<Step>, Pending)> {
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Action(usize),
+    Handler(usize),
+}
+
+/// What an action or handler that failed (or was interrupted) went
+/// through, in `failed-actions.json` (masked).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// When it first failed (RFC 3339).
+    pub first: String,
+    /// When it last failed.
+    pub last: String,
+    /// How many times it failed or was interrupted (0: never ran, disco
+    /// was killed before it).
+    pub times: u32,
+    /// Its last error line.
+    pub error: String,
+}
+
+/// The error line of an action or handler whose run disco's death cut.
+pub const INTERRUPTED: &str = "interrupted: disco was killed while it ran";
+const NOT_STARTED: &str = "not run yet: disco was killed before it started";
+
+/// The stable, short ID of an item whose strings are as stored (sealed):
+/// 6 hex digits of the md5 of module, kind and argv or handler name.
+fn raw_id(module: &str, kind: &str, what: &[&str]) -> String {
+    let mut text = format!("{module}\0{kind}");
+    for w in what {
+        text.push('\0');
+        text.push_str(w);
+    }
+    let digest = <md5::Md5 as md5::Digest>::digest(text.as_bytes());
+    digest[..3].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ID of action `argv` of `module` (argv in clear: sealed first, so
+/// the ID does not change with a secret's value).
+pub fn action_id(module: &str, argv: &[String]) -> String {
+    let masks = crate::masks::current();
+    let sealed: Vec<String> = argv.iter().map(|a| masks.seal(a)).collect();
+    raw_action_id(module, &sealed)
+}
+
+/// The ID of handler `name` of `module`.
+pub fn handler_id(module: &str, name: &str) -> String {
+    raw_id(module, "handler", &[name])
+}
+
+impl Pending {
+    fn item_id(&self, item: Item) -> String {
+        let m = &self.modules[item.entry];
+        match item.kind {
+            Kind::Action(i) => action_id(&m.module, &m.actions[i]),
+            Kind::Handler(i) => handler_id(&m.module, &m.handlers[i]),
+        }
+    }
+
+    /// Every item, in the order they would run.
+    fn items(&self) -> Vec<Item> {
+        let mut out = Vec::new();
+        for (entry, m) in self.modules.iter().enumerate() {
+            out.extend((0..m.actions.len()).map(|i| Item {
+                entry,
+                kind: Kind::Action(i),
+            }));
+        }
+        for (entry, m) in self.modules.iter().enumerate() {
+            out.extend((0..m.handlers.len()).map(|i| Item {
+                entry,
+                kind: Kind::Handler(i),
+            }));
+        }
+        out
+    }
+
+    /// The same plan with only `items` (their failure records kept).
+    fn subset(&self, items: &[Item]) -> Pending {
+        let mut out = Pending {
+            modules: Vec::new(),
+            ..self.clone()
+        };
+        let mut at: Vec<Option<usize>> = vec![None; self.modules.len()];
+        for &it in items {
+            let src = &self.modules[it.entry];
+            let idx = *at[it.entry].get_or_insert_with(|| {
+                out.modules.push(ModuleActions {
+                    actions: Vec::new(),
+                    handlers: Vec::new(),
+                    failures: Default::default(),
+                    ..src.clone()
+                });
+                out.modules.len() - 1
+            });
+            let id = self.item_id(it);
+            let dst = &mut out.modules[idx];
+            match it.kind {
+                Kind::Action(i) => dst.actions.push(src.actions[i].clone()),
+                Kind::Handler(i) => dst.handlers.push(src.handlers[i].clone()),
+            }
+            if let Some(f) = src.failures.get(&id) {
+                dst.failures.insert(id, f.clone());
+            }
+        }
+        out
+    }
+
+    /// The IDs of every item.
+    pub fn ids(&self) -> Vec<String> {
+        self.items().into_iter().map(|i| self.item_id(i)).collect()
+    }
+}
+
+/// Runs the actions, then the handlers. Returns the steps and whether all
+/// succeeded (what failed is added to `failed-actions.json`).
+pub fn run(state_dir: &Path, pending: &Pending) -> Result<(Vec<Step>, bool)> {
+    let (steps, failed) = run_keeping_failures(state_dir, pending, &[])?;
+    let ok = failed.modules.is_empty();
+    if !ok {
+        add_failed(state_dir, failed)?;
+    }
+    end_journal(state_dir)?;
+    Ok((steps, ok))
+}
+
+/// Says which items will not run (of a module that changed nothing; not
+/// live) and returns those that will, in order.
+fn runnable(pending: &Pending) -> Vec<Item> {
+    let live = pending.live();
+    let not_live = |what: &str| {
+        output::info(&format!(
+            "not run (the root is {}, not /; --run-actions runs it there): {what}",
+            pending.root.display()
+        ))
+    };
+    let mut out = Vec::new();
+    for it in pending.items() {
+        let m = &pending.modules[it.entry];
+        match it.kind {
+            Kind::Action(i) => {
+                let shown = shown(&m.actions[i]);
+                if m.changed.is_empty() {
+                    output::info(&format!("skipped {shown}: {} changed nothing", m.module));
+                } else if !live {
+                    not_live(&shown);
+                } else {
+                    out.push(it);
+                }
+            }
+            Kind::Handler(i) => {
+                if m.changed.is_empty() {
+                } else if !live {
+                    not_live(&format!("handler {}/handlers/{}", m.module, m.handlers[i]));
+                } else {
+                    out.push(it);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the actions, then the handlers, under the journal of `state_dir`
+/// (written and synced before each starts and after it ends, so a killed
+/// disco leaves what it was running and what it had still to run); returns
+/// the steps and what failed (the same shape: the modules with only their
+/// failed actions and handlers, their failure records updated), to be run
+/// again later. `replaces`: the IDs of `failed-actions.json` this run
+/// takes over (run again here, or superseded). The caller saves what
+/// failed, then ends the journal ([`end_journal`]).
+pub fn run_keeping_failures(
+    state_dir: &Path,
+    pending: &Pending,
+    replaces: &[String],
+) -> Result<(Vec<Step>, Pending)> {
     let mut steps = Vec::new();
     let mut failed = Pending {
         modules: Vec::new(),
         ..pending.clone()
     };
-    let mut fail = |m: &ModuleActions, action: Option<&Vec<String>>, handler: Option<&String>| {
-        let entry = match failed.modules.iter_mut().position(|f| f.module == m.module) {
-            Some(i) => &mut failed.modules[i],
-            None => {
+    let items = runnable(pending);
+    if items.is_empty() {
+        return Ok((steps, failed));
+    }
+    let mut failed_at: Vec<Option<usize>> = vec![None; pending.modules.len()];
+    let mut journal = Journal {
+        remaining: pending.subset(&items),
+        started: false,
+        failed: failed.clone(),
+        replaces: replaces.to_vec(),
+    };
+    for (k, &it) in items.iter().enumerate() {
+        journal.remaining = pending.subset(&items[k..]);
+        journal.started = true;
+        journal.write(state_dir)?;
+        let m = &pending.modules[it.entry];
+        let step = match it.kind {
+            Kind::Action(i) => run_action(pending, &m.actions[i]),
+            Kind::Handler(i) => run_handler(pending, m, &m.handlers[i]),
+        };
+        if let Some(error) = &step.error {
+            let id = pending.item_id(it);
+            let idx = *failed_at[it.entry].get_or_insert_with(|| {
                 failed.modules.push(ModuleActions {
                     actions: Vec::new(),
                     handlers: Vec::new(),
+                    failures: Default::default(),
                     ..m.clone()
                 });
-                failed.modules.last_mut().expect("pushed")
+                failed.modules.len() - 1
+            });
+            let entry = &mut failed.modules[idx];
+            match it.kind {
+                Kind::Action(i) => entry.actions.push(m.actions[i].clone()),
+                Kind::Handler(i) => entry.handlers.push(m.handlers[i].clone()),
             }
-        };
-        entry.actions.extend(action.cloned());
-        entry.handlers.extend(handler.cloned());
-    };
-    let live = pending.live();
-    for m in &pending.modules {
-        for a in &m.actions {
-            let shown = shown(a);
-            if m.changed.is_empty() {
-                output::info(&format!("skipped {shown}: {} changed nothing", m.module));
-                continue;
-            }
-            if !live {
-                output::info(&format!(
-                    "not run (the root is {}, not /; --run-actions runs it there): {shown}",
-                    pending.root.display()
-                ));
-                continue;
-            }
-            output::info(&format!("running deferred action: {shown}"));
-            let mut cmd = Command::new(&a[0]);
-            cmd.args(&a[1..]);
-            let step = execute(cmd, &format!("action {shown}"), pending, None);
-            if step.error.is_some() {
-                fail(m, Some(a), None);
-            }
-            steps.push(step);
+            let mut record = m.failures.get(&id).cloned().unwrap_or_else(|| Failure {
+                first: now(),
+                ..Failure::default()
+            });
+            record.times += 1;
+            record.last = now();
+            record.error = crate::masks::text(error);
+            entry.failures.insert(id, record);
         }
-    }
-    for m in &pending.modules {
-        if m.changed.is_empty() {
-            continue;
-        }
-        for h in &m.handlers {
-            let name = format!("{}/handlers/{h}", m.module);
-            if !live {
-                output::info(&format!(
-                    "not run (the root is {}, not /; --run-actions runs it there): handler {name}",
-                    pending.root.display()
-                ));
-                continue;
-            }
-            output::info(&format!("running handler {name}"));
-            let mut cmd = Command::new("bash");
-            cmd.arg(format!("/run/disco/module/handlers/{h}"))
-                .env_clear()
-                .env("PATH", SANDBOX_PATH)
-                .env("HOME", "/root")
-                .env("LANG", "C.UTF-8")
-                .env("NOOP", "false")
-                .env("DISCO_NODE", &pending.node)
-                .env("DISCO_MODULE", &m.module)
-                .env("DISCO_MODULE_DIR", "/run/disco/module")
-                .env("DISCO_PARAMS", "/run/disco/params")
-                .env("DISCO_CHANGED", m.changed.join("\n"));
-            let binds = Binds {
-                module_dir: m.module_dir.clone(),
-                params_dir: pending.params_dir.clone(),
-            };
-            let step = execute(cmd, &format!("handler {name}"), pending, Some(&binds));
-            if step.error.is_some() {
-                fail(m, None, Some(h));
-            }
-            steps.push(step);
-        }
+        steps.push(step);
+        journal.remaining = pending.subset(&items[k + 1..]);
+        journal.started = false;
+        journal.failed = failed.clone();
+        journal.write(state_dir)?;
     }
     Ok((steps, failed))
+}
+
+fn run_action(pending: &Pending, argv: &[String]) -> Step {
+    let shown = shown(argv);
+    output::info(&format!("running deferred action: {shown}"));
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    execute(cmd, &format!("action {shown}"), pending, None)
+}
+
+fn run_handler(pending: &Pending, m: &ModuleActions, h: &str) -> Step {
+    let name = format!("{}/handlers/{h}", m.module);
+    output::info(&format!("running handler {name}"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(format!("/run/disco/module/handlers/{h}"))
+        .env_clear()
+        .env("PATH", SANDBOX_PATH)
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .env("NOOP", "false")
+        .env("DISCO_NODE", &pending.node)
+        .env("DISCO_MODULE", &m.module)
+        .env("DISCO_MODULE_DIR", "/run/disco/module")
+        .env("DISCO_PARAMS", "/run/disco/params")
+        .env("DISCO_CHANGED", m.changed.join("\n"));
+    let binds = Binds {
+        module_dir: m.module_dir.clone(),
+        params_dir: pending.params_dir.clone(),
+    };
+    execute(cmd, &format!("handler {name}"), pending, Some(&binds))
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The record of a run of actions and handlers in progress
+/// (`STATE/actions-journal.json`, sealed like `failed-actions.json`):
+/// what is still to run — its first item already started when `started` —
+/// and what failed so far. Rewritten (atomically, synced) before each
+/// item starts and after it ends; removed once what failed is saved.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Journal {
+    remaining: Pending,
+    started: bool,
+    failed: Pending,
+    /// IDs of `failed-actions.json` this run took over.
+    replaces: Vec<String>,
+}
+
+fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("actions-journal.json")
+}
+
+impl Journal {
+    fn write(&self, state_dir: &Path) -> Result<()> {
+        let p = journal_path(state_dir);
+        let sealed = Journal {
+            remaining: sealed(&self.remaining),
+            failed: sealed(&self.failed),
+            ..self.clone()
+        };
+        crate::fsutil::write_atomic(&p, &serde_json::to_vec(&sealed)?, 0o600)
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    fn read(state_dir: &Path) -> Result<Option<Journal>> {
+        let p = journal_path(state_dir);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{} is damaged", p.display()))?,
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+}
+
+/// Removes the journal (durably) once what failed is saved.
+pub fn end_journal(state_dir: &Path) -> Result<()> {
+    let p = journal_path(state_dir);
+    match fs::remove_file(&p) {
+        Ok(()) => crate::fsutil::fsync_dir(state_dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", p.display())),
+    }
+}
+
+/// The list of failed actions and handlers as a killed run's journal
+/// leaves it (strings as stored): the list less what that run took over,
+/// plus what failed in it and what it had still to run — the item it was
+/// running marked interrupted, those it never started as not run yet.
+/// None without a journal.
+fn folded(state_dir: &Path) -> Result<Option<Pending>> {
+    let Some(j) = Journal::read(state_dir)? else {
+        return Ok(None);
+    };
+    let mut list = read_raw(state_dir)?.unwrap_or_else(|| Pending {
+        modules: Vec::new(),
+        ..j.remaining.clone()
+    });
+    let replaced: std::collections::BTreeSet<&str> =
+        j.replaces.iter().map(String::as_str).collect();
+    retain_raw(&mut list, |id| !replaced.contains(id));
+    merge_raw(&mut list, j.failed);
+    let mut remaining = j.remaining;
+    let stamp = now();
+    let mut first = j.started;
+    for it in remaining.items() {
+        let id = raw_item_id(&remaining, it);
+        let m = &mut remaining.modules[it.entry];
+        let record = m.failures.entry(id).or_insert_with(|| Failure {
+            first: stamp.clone(),
+            last: stamp.clone(),
+            times: 0,
+            error: NOT_STARTED.into(),
+        });
+        if first {
+            record.times += 1;
+            record.last = stamp.clone();
+            record.error = INTERRUPTED.into();
+            first = false;
+        }
+    }
+    merge_raw(&mut list, remaining);
+    Ok(Some(list))
+}
+
+/// Finishes what a killed run of actions and handlers left (its journal):
+/// the item it was running and those it never started join
+/// `failed-actions.json`, to run at the next dance (the interrupted one
+/// exactly once more). Returns how many it had still to run.
+pub fn recover_journal(state_dir: &Path) -> Result<usize> {
+    let Some(j) = Journal::read(state_dir)? else {
+        return Ok(0);
+    };
+    let left = count(&j.remaining);
+    let list = folded(state_dir)?.unwrap_or_default();
+    if left > 0 {
+        output::warning(&format!(
+            "disco was killed while running deferred actions or handlers: {left} of them (the one it was running included) run again at the end of this dance"
+        ));
+    }
+    write_raw(state_dir, &list)?;
+    end_journal(state_dir)?;
+    Ok(left)
+}
+
+/// The ID of an item of a plan whose strings are as stored (sealed).
+fn raw_item_id(p: &Pending, it: Item) -> String {
+    let m = &p.modules[it.entry];
+    match it.kind {
+        Kind::Action(i) => raw_action_id(&m.module, &m.actions[i]),
+        Kind::Handler(i) => handler_id(&m.module, &m.handlers[i]),
+    }
+}
+
+/// The ID of an action whose argv is as stored (sealed).
+fn raw_action_id(module: &str, argv: &[String]) -> String {
+    raw_id(
+        module,
+        "action",
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+/// Keeps only the items (stored strings) whose ID passes `keep`.
+fn retain_raw(p: &mut Pending, keep: impl Fn(&str) -> bool) {
+    let items: Vec<Item> = p
+        .items()
+        .into_iter()
+        .filter(|&it| keep(&raw_item_id(p, it)))
+        .collect();
+    *p = subset_raw(p, &items);
+}
+
+/// [`Pending::subset`] for stored strings, one item per ID.
+fn subset_raw(p: &Pending, items: &[Item]) -> Pending {
+    let mut out = Pending {
+        modules: Vec::new(),
+        ..p.clone()
+    };
+    for &it in items {
+        let id = raw_item_id(p, it);
+        let src = &p.modules[it.entry];
+        add_raw(&mut out, src, it.kind, id);
+    }
+    out
+}
+
+/// Adds item `kind` of `src` with ID `id` to `to` (strings as stored):
+/// into the entry of its module (paths changed joined), once per ID, its
+/// failure record the newer one.
+fn add_raw(to: &mut Pending, src: &ModuleActions, kind: Kind, id: String) {
+    let idx = match to.modules.iter().position(|m| m.module == src.module) {
+        Some(i) => i,
+        None => {
+            to.modules.push(ModuleActions {
+                actions: Vec::new(),
+                handlers: Vec::new(),
+                failures: Default::default(),
+                ..src.clone()
+            });
+            to.modules.len() - 1
+        }
+    };
+    let dst = &mut to.modules[idx];
+    for c in &src.changed {
+        if !dst.changed.contains(c) {
+            dst.changed.push(c.clone());
+        }
+    }
+    match kind {
+        Kind::Action(i) => {
+            if !dst
+                .actions
+                .iter()
+                .any(|a| raw_action_id(&dst.module, a) == id)
+            {
+                dst.actions.push(src.actions[i].clone());
+            }
+        }
+        Kind::Handler(i) => {
+            if !dst.handlers.contains(&src.handlers[i]) {
+                dst.handlers.push(src.handlers[i].clone());
+            }
+        }
+    }
+    if let Some(f) = src.failures.get(&id) {
+        dst.failures.insert(id, f.clone());
+    }
+}
+
+/// Adds every item of `from` to `to` (strings as stored).
+fn merge_raw(to: &mut Pending, from: Pending) {
+    for it in from.items() {
+        let id = raw_item_id(&from, it);
+        add_raw(to, &from.modules[it.entry], it.kind, id);
+    }
 }
 
 /// Where failed actions and handlers wait to be run again.
@@ -233,17 +624,51 @@ fn failed_path(state_dir: &Path) -> PathBuf {
     state_dir.join("failed-actions.json")
 }
 
+/// `failed-actions.json` as stored (secrets sealed).
+fn read_raw(state_dir: &Path) -> Result<Option<Pending>> {
+    let p = failed_path(state_dir);
+    match fs::read(&p) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))?,
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Writes `failed-actions.json` as given (strings as stored), durably;
+/// removes it when nothing waits.
+fn write_raw(state_dir: &Path, list: &Pending) -> Result<()> {
+    let p = failed_path(state_dir);
+    if list.modules.is_empty() {
+        return match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", p.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    // One entry per module and item; no record without its item.
+    let mut clean = subset_raw(list, &list.items());
+    for m in &mut clean.modules {
+        let ids: Vec<String> = m
+            .actions
+            .iter()
+            .map(|a| raw_action_id(&m.module, a))
+            .chain(m.handlers.iter().map(|h| handler_id(&m.module, h)))
+            .collect();
+        m.failures.retain(|id, _| ids.contains(id));
+    }
+    crate::fsutil::write_atomic(&p, &serde_json::to_vec_pretty(&clean)?, 0o600)
+        .with_context(|| format!("cannot write {}", p.display()))
+}
+
 /// The actions and handlers that failed and wait to be run again, their
 /// secrets put back with the values of now ([`crate::masks::Masks::unseal`]);
 /// an action whose secret the node no longer has is dropped with a warning.
 pub fn load_failed(state_dir: &Path) -> Result<Option<Pending>> {
-    let p = failed_path(state_dir);
-    let mut failed: Pending = match fs::read(&p) {
-        Ok(b) => {
-            serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))?
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+    let Some(mut failed) = read_raw(state_dir)? else {
+        return Ok(None);
     };
     let masks = crate::masks::current();
     for m in &mut failed.modules {
@@ -271,30 +696,34 @@ pub fn load_failed(state_dir: &Path) -> Result<Option<Pending>> {
     Ok(Some(failed))
 }
 
-/// Keeps `failed` for the next dance (removes the file when nothing failed).
-pub fn save_failed(state_dir: &Path, failed: &Pending) -> Result<()> {
-    let p = failed_path(state_dir);
-    if failed.modules.is_empty() {
-        return match fs::remove_file(&p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => Ok(()),
-        };
-    }
-    // No secret in clear: each is sealed (a reference to its key, put
-    // back by load_failed), any other rendering masked.
+/// `p` with no secret in clear: each is sealed (a reference to its key,
+/// put back by [`load_failed`]), any other rendering masked. The other
+/// strings are names and paths of disco's own (not masked: a mask could
+/// cut into a seal).
+fn sealed(p: &Pending) -> Pending {
     let masks = crate::masks::current();
-    let mut sealed = failed.clone();
+    let mut sealed = p.clone();
     for m in &mut sealed.modules {
         for a in m.actions.iter_mut().flatten().chain(&mut m.changed) {
             *a = masks.seal(a);
         }
     }
-    // The other strings are names and paths of disco's own (not masked:
-    // a mask could cut into a seal).
-    crate::fsutil::write_private(&p, &serde_json::to_vec_pretty(&sealed)?)
-        .with_context(|| format!("cannot write {}", p.display()))
+    sealed
+}
+
+/// Keeps `failed` for the next dance (removes the file when nothing failed).
+pub fn save_failed(state_dir: &Path, failed: &Pending) -> Result<()> {
+    write_raw(state_dir, &sealed(failed))
+}
+
+/// Adds `failed` to what already waits in `failed-actions.json`.
+pub fn add_failed(state_dir: &Path, failed: Pending) -> Result<()> {
+    let mut list = read_raw(state_dir)?.unwrap_or_else(|| Pending {
+        modules: Vec::new(),
+        ..failed.clone()
+    });
+    merge_raw(&mut list, sealed(&failed));
+    write_raw(state_dir, &list)
 }
 
 /// How many actions and handlers wait to be run again.
@@ -305,16 +734,16 @@ pub fn count(p: &Pending) -> usize {
         .sum()
 }
 
-/// Runs again what failed before, with the module directories and the
+/// Readies again what failed before, with the module directories and the
 /// parameters of now (`dir_of` a module's current directory, `params_dir`);
-/// a module no longer planned is dropped with a warning. Returns the steps
-/// and what still fails.
-pub fn retry(
+/// a module no longer planned is dropped with a warning. Returns what is
+/// to run and what a partial dance (`--only`) keeps for a whole one.
+pub fn prepare_retry(
     mut before: Pending,
     dir_of: &dyn Fn(&str) -> Option<PathBuf>,
     params_dir: &Path,
     partial: bool,
-) -> Result<(Vec<Step>, Pending)> {
+) -> (Pending, Vec<ModuleActions>) {
     before.params_dir = params_dir.to_path_buf();
     let mut later = Vec::new();
     before.modules.retain_mut(|m| match dir_of(&m.module) {
@@ -343,9 +772,71 @@ pub fn retry(
             m.handlers.len()
         ));
     }
-    let (steps, mut still) = run_keeping_failures(&before)?;
-    still.modules.extend(later);
-    Ok((steps, still))
+    (before, later)
+}
+
+/// One pending action or handler as `disco actions` lists it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: String,
+    pub module: String,
+    /// `action systemctl restart x` or `handler handlers/10-h`, secrets masked.
+    pub what: String,
+    pub failure: Option<Failure>,
+}
+
+/// What waits to run again, as a killed run would leave it (its journal
+/// folded in, nothing written): one entry per item, in run order.
+pub fn list(state_dir: &Path) -> Result<Vec<Listed>> {
+    let list = match folded(state_dir)? {
+        Some(l) => l,
+        None => read_raw(state_dir)?.unwrap_or_default(),
+    };
+    Ok(list
+        .items()
+        .into_iter()
+        .map(|it| {
+            let m = &list.modules[it.entry];
+            let id = raw_item_id(&list, it);
+            let what = match it.kind {
+                Kind::Action(i) => format!("action {}", unsealed_shown(&m.actions[i])),
+                Kind::Handler(i) => format!("handler handlers/{}", m.handlers[i]),
+            };
+            Listed {
+                failure: m.failures.get(&id).cloned(),
+                id,
+                module: m.module.clone(),
+                what: crate::masks::text(&what),
+            }
+        })
+        .collect())
+}
+
+/// An action as stored, shown with its sealed secrets masked.
+fn unsealed_shown(argv: &[String]) -> String {
+    let opened: Vec<String> = argv
+        .iter()
+        .map(|a| {
+            a.split('\0')
+                .enumerate()
+                .map(|(i, part)| if i % 2 == 1 { crate::masks::MASK } else { part })
+                .collect()
+        })
+        .collect();
+    shown(&opened)
+}
+
+/// Drops the items with these IDs from `failed-actions.json` (a killed
+/// run's journal folded in first); returns what was dropped.
+pub fn forget(state_dir: &Path, ids: &[String]) -> Result<Vec<Listed>> {
+    recover_journal(state_dir)?;
+    let listed = list(state_dir)?;
+    let Some(mut raw) = read_raw(state_dir)? else {
+        return Ok(Vec::new());
+    };
+    retain_raw(&mut raw, |id| !ids.iter().any(|x| x == id));
+    write_raw(state_dir, &raw)?;
+    Ok(listed.into_iter().filter(|l| ids.contains(&l.id)).collect())
 }
 
 fn shown(argv: &[String]) -> String {

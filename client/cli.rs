@@ -45,7 +45,7 @@ pub struct Global {
     /// Main config file (every node-side command)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Noop (dance, undo, publish, config)
+    /// Noop (dance, undo, actions forget, publish, config)
     #[arg(long)]
     pub noop: bool,
 }
@@ -155,6 +155,35 @@ pub enum Command {
     /// STATE/backup/RUN, files it created are removed, directory modes and
     /// owners are reset. Says what it restored.
     Undo(UndoArgs),
+    /// List failed or interrupted deferred actions and handlers; `forget` drops them
+    ///
+    /// A deferred action (`systemctl restart nginx`, caught in the sandbox)
+    /// or a handler that fails after the merge is kept in
+    /// STATE/failed-actions.json and run again at the end of every dance
+    /// (or alone: `disco dance --retry-actions`) until it succeeds. One
+    /// that was running when disco was killed (systemctl stop, a unit
+    /// timeout, the OOM killer) runs again exactly once more at the next
+    /// dance, and those it had not started yet run then too: disco
+    /// journals each one before it starts and after it ends.
+    ///
+    /// Without a subcommand, lists them: per item its ID, module, what it
+    /// is (the argv, secrets masked, or the handler), then how many times
+    /// it failed, since when, and its last error. IDs are stable: the same
+    /// action of the same module keeps its ID from dance to dance.
+    ///
+    /// `forget ID…` or `forget --all` drops them for good (they never run
+    /// again unless a dance queues them anew). With --noop (or NOOP=true)
+    /// it says what it would drop and drops nothing. A forget is saved in
+    /// STATE/reports: `disco report --history` shows who dropped what, and
+    /// when.
+    ///
+    /// Examples:
+    ///   disco actions                      (what waits, with IDs)
+    ///   disco actions forget 3fa2c1        (an nginx upgrade that must not run)
+    ///   disco actions forget --all --noop  (what --all would drop)
+    ///   disco actions forget --all
+    #[command(verbatim_doc_comment)]
+    Actions(ActionsArgs),
     /// Serve a server tree on stdin/stdout to `disco` clients over SSH
     ///
     /// Meant as the forced command of a node's key in authorized_keys:
@@ -370,6 +399,36 @@ pub struct UndoArgs {
     /// Do not ask for confirmation on a terminal (it is never asked without one)
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ActionsArgs {
+    #[command(flatten)]
+    pub node_side: NodeSide,
+    #[command(subcommand)]
+    pub action: Option<ActionsAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsAction {
+    /// Drop pending actions and handlers by ID (from `disco actions`), or all
+    ///
+    /// Examples: disco actions forget 3fa2c1 9b01de; disco actions forget --all --noop
+    Forget {
+        /// IDs as `disco actions` shows them
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<String>,
+        /// Drop every one
+        #[arg(long)]
+        all: bool,
+        /// Say what would be dropped; drop nothing (same as NOOP=true)
+        #[arg(long)]
+        noop: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -596,7 +655,8 @@ pub struct DanceArgs {
     #[arg(long, value_name = "none|host", value_parser = ["none", "host"])]
     pub noop_network: Option<String>,
     /// Only run again the deferred actions and handlers that failed in
-    /// earlier dances (they also run again at the end of every dance)
+    /// earlier dances, or were cut by disco's death (they also run again at
+    /// the end of every dance; `disco actions` lists them)
     #[arg(long)]
     pub retry_actions: bool,
     /// Run only these modules (comma-separated) and what they require;
@@ -702,6 +762,12 @@ impl Command {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.root = a.root.root.clone();
                 g.noop = a.noop;
+            }
+            Command::Actions(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                if let Some(ActionsAction::Forget { noop, .. }) = &a.action {
+                    g.noop = *noop;
+                }
             }
             Command::Serve(a) => {
                 g.root = a.root.clone();

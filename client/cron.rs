@@ -152,7 +152,12 @@ pub fn private_state_dir(state_dir: &Path) -> Result<()> {
         }
     };
     tighten(state_dir, 0o700)?;
-    for f in ["status", "failed-actions.json", "hashes.json"] {
+    for f in [
+        "status",
+        "failed-actions.json",
+        "actions-journal.json",
+        "hashes.json",
+    ] {
         tighten(&state_dir.join(f), 0o600)?;
     }
     let reports = state_dir.join("reports");

@@ -466,6 +466,18 @@ pub fn report_lines(r: &RunReport) -> Vec<String> {
 
 /// One line of `disco report --history`.
 pub fn history_line(r: &RunReport) -> String {
+    if !r.forgot.is_empty() {
+        return format!(
+            "{}  {:<7}  {} action(s)/handler(s) by {}: {}  {}{}",
+            r.started,
+            r.status,
+            r.forgot.len(),
+            r.by.as_deref().unwrap_or("?"),
+            r.forgot.join("; "),
+            r.id,
+            if r.noop { "  (noop)" } else { "" }
+        );
+    }
     format!(
         "{}  {:<7}  {:>4} change(s)  {:>7.2}s  {}{}",
         r.started,

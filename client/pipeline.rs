@@ -147,6 +147,7 @@ fn recover(config: &Config) -> Result<()> {
 /// merge had pending). True when that undid a run: an interrupted undo
 /// finished, or a merge whose in-memory layers were lost rolled back.
 pub fn finish_interrupted(config: &Config) -> Result<bool> {
+    actions::recover_journal(&config.state_dir.value)?;
     if let Some(lines) = merge::finish_interrupted_undo(&config.state_dir.value)? {
         output::info(&format!(
             "finished the interrupted undo: {} more entries restored",
@@ -163,10 +164,10 @@ pub fn finish_interrupted(config: &Config) -> Result<bool> {
                 if let Ok(p) = ParamTree::load(&pending.params_dir, "params") {
                     crate::masks::set(crate::masks::Masks::from_params(&p));
                 }
-                let (_, ok) = actions::run(&pending)?;
+                let (_, ok) = actions::run(&config.state_dir.value, &pending)?;
                 if !ok {
                     output::warning(&format!(
-                        "a deferred action or handler of run {} failed; its files stay merged",
+                        "a deferred action or handler of run {} failed; its files stay merged, and it runs again at the end of this dance (`disco actions` lists it)",
                         run.id
                     ));
                 }
@@ -536,6 +537,7 @@ impl<'a> Run<'a> {
             actions: mreport.actions.clone(),
             changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
             pending: mreport.pending.len(),
+            failures: Default::default(),
         });
         self.report.modules.push(mreport);
         if let Some(f) = failed {
@@ -640,8 +642,10 @@ impl<'a> Run<'a> {
     /// Noop: what would run after a merge, and the summary.
     fn noop_summary(&mut self) -> Ending {
         actions::describe_noop(&self.pending);
-        if let Ok(Some(failed)) = actions::load_failed(&self.config.state_dir.value) {
-            self.report.pending_failed_actions = actions::count(&failed);
+        // Those a killed run left in its journal included.
+        let waiting = actions::list(&self.config.state_dir.value).map_or(0, |l| l.len());
+        if waiting > 0 {
+            self.report.pending_failed_actions = waiting;
             output::warning(&format!(
                 "{} deferred action(s) or handler(s) failed in an earlier dance and run again at the next live one",
                 self.report.pending_failed_actions
@@ -670,17 +674,33 @@ impl<'a> Run<'a> {
     /// Returns how many still fail.
     fn act(&mut self) -> Result<usize> {
         let state = &self.config.state_dir.value;
-        let (mut steps, mut still) = actions::run_keeping_failures(&self.pending)?;
-        if let Some(mut before) = actions::load_failed(state)? {
-            let ran: std::collections::BTreeSet<&str> = self
-                .pending
-                .modules
-                .iter()
-                .filter(|m| !m.changed.is_empty())
-                .map(|m| m.module.as_str())
-                .collect();
-            before.modules.retain(|m| !ran.contains(m.module.as_str()));
-            if !before.modules.is_empty() {
+        let mut work = self.pending.clone();
+        let (mut replaces, mut later) = (Vec::new(), Vec::new());
+        match actions::load_failed(state)? {
+            // Nothing runs here (a --root without --run-actions): what
+            // failed before waits as it is.
+            Some(before) if !work.live() => later = before.modules,
+            Some(mut before) => {
+                replaces = before.ids();
+                let ran: std::collections::BTreeSet<&str> = self
+                    .pending
+                    .modules
+                    .iter()
+                    .filter(|m| !m.changed.is_empty())
+                    .map(|m| m.module.as_str())
+                    .collect();
+                // A module that ran its actions and handlers anew supersedes
+                // them (the record of an item that fails again goes on).
+                for b in before
+                    .modules
+                    .iter()
+                    .filter(|b| ran.contains(b.module.as_str()))
+                {
+                    if let Some(w) = work.modules.iter_mut().find(|w| w.module == b.module) {
+                        w.failures.extend(b.failures.clone());
+                    }
+                }
+                before.modules.retain(|m| !ran.contains(m.module.as_str()));
                 let dirs: std::collections::BTreeMap<String, PathBuf> = self
                     .pending
                     .modules
@@ -689,13 +709,23 @@ impl<'a> Run<'a> {
                     .collect();
                 let dir_of = |m: &str| dirs.get(m).cloned();
                 let partial = !self.report.only.is_empty();
-                let (more, failed) =
-                    actions::retry(before, &dir_of, &self.sandbox.run.params(), partial)?;
-                steps.extend(more);
-                still.modules.extend(failed.modules);
+                let (ready, kept) =
+                    actions::prepare_retry(before, &dir_of, &self.sandbox.run.params(), partial);
+                let kept_ids = Pending {
+                    modules: kept.clone(),
+                    ..Pending::default()
+                }
+                .ids();
+                replaces.retain(|id| !kept_ids.contains(id));
+                later = kept;
+                work.modules.extend(ready.modules);
             }
+            None => {}
         }
+        let (steps, mut still) = actions::run_keeping_failures(state, &work, &replaces)?;
+        still.modules.extend(later);
         actions::save_failed(state, &still)?;
+        actions::end_journal(state)?;
         self.report.actions = steps;
         self.report.pending_failed_actions = actions::count(&still);
         Ok(self.report.pending_failed_actions)

@@ -218,6 +218,12 @@ pub struct RunReport {
     /// Deferred actions and handlers that failed and wait to run again.
     #[serde(default)]
     pub pending_failed_actions: usize,
+    /// Not a dance: `disco actions forget` dropped these (`MODULE ID
+    /// what`), run by `by`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgot: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl RunReport {
@@ -324,6 +330,19 @@ pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
         .with_context(|| format!("cannot write {}", run.display()))?;
     fs::rename(&link, dir.join("last.json"))
         .with_context(|| format!("cannot write {}", dir.join("last.json").display()))?;
+    Ok(())
+}
+
+/// Writes `report` as `reports/RUN.json` only (an entry of the history
+/// that is not a dance: `last.json` stays the last dance's), keeping the
+/// newest `keep`.
+pub fn save_entry(state_dir: &Path, report: &RunReport, keep: usize) -> Result<()> {
+    let dir = reports_dir(state_dir);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let run = dir.join(format!("{}.json", report.id));
+    crate::fsutil::write_atomic(&run, &crate::masks::json(report, true)?, 0o600)
+        .with_context(|| format!("cannot write {}", run.display()))?;
+    prune_runs(&dir, keep);
     Ok(())
 }
 

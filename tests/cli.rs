@@ -5,9 +5,10 @@ use common::{run, Fixture};
 use std::fs;
 
 /// Every subcommand, in the order `disco --help` lists them.
-const SUBCOMMANDS: [&str; 16] = [
+const SUBCOMMANDS: [&str; 17] = [
     "dance",
     "undo",
+    "actions",
     "serve",
     "publish",
     "report",

@@ -290,6 +290,17 @@ fn live_deferred_actions_their_errors_and_failed_actions_json_are_masked() {
     assert_eq!(mode(&failed), 0o600);
     let status = fs::read_to_string(f.state().join("status")).unwrap();
     assert!(status.starts_with("failed at "), "{status}");
+    // `disco actions` lists it masked, its error line too.
+    let (code, out, err) = common::run(f.disco_without_server().arg("actions"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("  m  action systemctl restart app-********\n")
+            && out.contains(": action systemctl restart app-******** exited 5\n"),
+        "{out}"
+    );
+    for leak in leaks {
+        assert!(!out.contains(leak) && !err.contains(leak), "{out}{err}");
+    }
     // Run again later, the action gets the real value back.
     fs::remove_file(r.path.join("etc/fail-actions")).unwrap();
     let (code, console) = dance(&f, &r.path, false, &["--run-actions"]);

@@ -134,10 +134,11 @@ fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
 fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
     use crate::actions;
     let state = &config.state_dir.value;
-    let Some(before) = actions::load_failed(state)? else {
+    actions::recover_journal(state)?;
+    if actions::list(state)?.is_empty() {
         output::info("nothing failed before: nothing to run again");
         return Ok(0);
-    };
+    }
     let fetched = fetch::open_cache(state, &config.node.value)?;
     let tree = fetch::cache_tree(&fetched.cache)?;
     let mut params =
@@ -146,6 +147,8 @@ fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
         &config.root.value,
     )));
     crate::masks::set(crate::masks::Masks::from_params(&params));
+    // Unsealed with the secrets of now.
+    let before = actions::load_failed(state)?.unwrap_or_default();
     let scratch = tempfile::tempdir_in(state)?;
     let params_dir = scratch.path().join("params");
     params.write_to(&params_dir)?;
@@ -155,8 +158,11 @@ fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
             .ok()
             .and_then(|n| tree.module_dir(&n).ok().flatten())
     };
-    let (_, still) = actions::retry(before, &dir_of, &params_dir, false)?;
+    let replaces = before.ids();
+    let (ready, _) = actions::prepare_retry(before, &dir_of, &params_dir, false);
+    let (_, still) = actions::run_keeping_failures(state, &ready, &replaces)?;
     actions::save_failed(state, &still)?;
+    actions::end_journal(state)?;
     let n = actions::count(&still);
     if n == 0 {
         output::info("everything that failed before succeeded");

@@ -3,6 +3,7 @@
 //! it needs, and writes its result to stdout; the work lives in the stage
 //! modules (`fetch`, `plan`, `pipeline`, `merge`, …), never here.
 
+pub mod actions;
 pub mod config;
 pub mod dance;
 pub mod diff;
@@ -83,6 +84,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             },
         ),
         Command::Undo(args) => undo::run(&config, args.yes),
+        Command::Actions(args) => actions::run(&config, &args),
         Command::Serve(_) => serve::run(&config),
         Command::Publish(args) => publish::run(&config, &args),
         Command::Diff(args) => diff::run(&config, &args),
