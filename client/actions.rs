@@ -294,9 +294,10 @@ fn runnable(pending: &Pending) -> Vec<Item> {
                     out.push(it);
                 }
             }
+            // A module that changed nothing runs no handler, silently.
+            Kind::Handler(_) if m.changed.is_empty() => {}
             Kind::Handler(i) => {
-                if m.changed.is_empty() {
-                } else if !live {
+                if !live {
                     not_live(&format!("handler {}/handlers/{}", m.module, m.handlers[i]));
                 } else {
                     out.push(it);
