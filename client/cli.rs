@@ -149,11 +149,21 @@ pub enum Command {
     /// Examples: NOOP=true disco dance --server /srv/disco;
     /// disco dance --detailed-exitcodes
     Dance(DanceArgs),
-    /// Restore the root as it was before the last merged dance
+    /// Restore the root's files as they were before the last merged dance
     ///
     /// Files the dance replaced or deleted are put back from
     /// STATE/backup/RUN, files it created are removed, directory modes and
-    /// owners are reset. Says what it restored.
+    /// owners are reset. Says what it restored. Run again, it undoes the
+    /// dance before that one (as far as keep_backups reaches).
+    ///
+    /// Only files: the deferred actions and handlers that dance ran are not
+    /// undone and none runs now (a service restarted with the new config
+    /// keeps running as it is until you restart it); a package that dance
+    /// installed loses its files and its dpkg database entries together, but
+    /// what reached the running system (a daemon its deferred actions
+    /// started) stays. The next dance applies the
+    /// change again — with --if-changed only once --max-age has passed, since
+    /// the server's tree is what the undone dance saw.
     Undo(UndoArgs),
     /// List failed or interrupted deferred actions and handlers; `forget` drops them
     ///
@@ -617,9 +627,11 @@ pub struct DanceArgs {
     pub node_side: NodeSide,
     #[command(flatten)]
     pub noop: NoopArg,
-    /// Keep the scratch directory (STATE/run/RUN), layers included, after a
-    /// successful run (a noop dance then keeps its layers there rather than
-    /// in the scratch image, which the next run empties)
+    /// Keep the run directory STATE/run/RUN after the dance, failed or not:
+    /// each module's layers in u/I-K (what it changed; a live merge takes
+    /// what it applies out of them) and the parameters it saw. Layers that
+    /// were in the scratch image are copied out of it. Without --keep the
+    /// run directory goes with the run; the saved report stays (`disco diff`)
     #[arg(long)]
     pub keep: bool,
     /// Run deferred actions and handlers even when --root is not /

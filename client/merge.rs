@@ -731,8 +731,10 @@ fn merge_temp(l: &Path) -> PathBuf {
     l.with_file_name(name)
 }
 
-/// Copies a directory tree (backups across filesystems, undo).
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+/// Copies a directory tree (backups across filesystems, undo, the layers
+/// `--keep` keeps out of the scratch image): modes, owners, xattrs
+/// (overlayfs' own included), whiteouts and other special files as they are.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let m = fs::symlink_metadata(src)?;
     if !m.is_dir() {
         return copy_entry(src, dst, true);

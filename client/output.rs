@@ -109,15 +109,12 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
         .filter(|c| !r.ignore.iter().any(|g| glob_match(g, &c.path)))
         .collect();
     let full = |c: &crate::report::Change| {
-        let c = if r.quiet {
-            crate::report::Change {
-                diff: None,
-                ..c.clone()
-            }
+        if r.quiet {
+            // The line alone, saying what its diff would have shown.
+            say(&quiet_change_line(c), r.to_stdout);
         } else {
-            c.clone()
-        };
-        change(&c, r.to_stdout);
+            change(c, r.to_stdout);
+        }
     };
     if shown.len() <= r.diff_limit {
         shown.iter().for_each(|c| full(c));
@@ -323,6 +320,17 @@ pub fn change(c: &crate::report::Change, to_stdout: bool) {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "{}", printable_diff(d));
         }
+    }
+}
+
+/// [`change_line`] for `--quiet`, which prints no diff: a modified file
+/// whose content changed says so (`content changed`), the only word a
+/// file reported without md5 (not world-readable) has for it.
+pub fn quiet_change_line(c: &crate::report::Change) -> String {
+    let line = change_line(c);
+    match (c.kind, &c.diff) {
+        (crate::report::ChangeKind::Modified, Some(_)) => format!("{line} content changed"),
+        _ => line,
     }
 }
 

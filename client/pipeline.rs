@@ -90,10 +90,64 @@ pub fn verdict(report: &RunReport) -> Verdict {
 }
 
 /// Runs the pipeline once; returns the exit code and the saved report.
+///
+/// Whatever happens after the lock, the dance ends the same way: one
+/// report (saved, in the Prometheus textfile, uploaded) whose status and
+/// exit code are the ones returned, and no run directory left behind
+/// (except with `--keep`, or for a merge the next dance must finish). An
+/// error of disco itself is the dance's error: exit 1 before the merge
+/// began, 4 after. The monitoring outputs only warn: they never change
+/// the verdict.
 pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     let started = Instant::now();
+    let mut report = RunReport {
+        id: run::new_run_id(),
+        node: config.node.value.to_string(),
+        noop: config.noop.value,
+        root: config.root.value.clone(),
+        started: now(),
+        only: opts.only.iter().map(|m| m.to_string()).collect(),
+        ..RunReport::default()
+    };
+    let mut scratch = None;
+    let merge_began = std::cell::Cell::new(false);
+    let ending = match stages(config, opts, &mut report, &mut scratch, &merge_began) {
+        Ok(ending) => ending,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            output::error(&msg);
+            report.error = Some(msg);
+            if merge_began.get() {
+                Ending::FailedAfterMerge
+            } else {
+                Ending::FailedBeforeMerge
+            }
+        }
+    };
+    let code = exit_code(ending, opts.detailed_exitcodes);
+    report_stage(config, &mut report, code, started);
+    if let Some(run) = &scratch {
+        cleanup_stage(&config.state_dir.value, run, opts.keep);
+    }
+    Ok((code, report))
+}
+
+/// Stages 3–9, filling `report` as they go; `scratch` is the run
+/// directory once it exists, `merge_began` set when the root is about to
+/// be touched.
+fn stages(
+    config: &Config,
+    opts: &Options,
+    report: &mut RunReport,
+    scratch: &mut Option<RunDir>,
+    merge_began: &std::cell::Cell<bool>,
+) -> Result<Ending> {
     recover(config)?;
     let mut fetched = fetch_stage(config)?;
+    report.server = fetched.0.origin.server.clone();
+    report.snapshot = fetched.0.origin.snapshot.clone();
+    report.root_hash = fetched.0.origin.root_hash.clone();
+    report.stages.push(fetched.1.clone());
     if !opts.only.is_empty() {
         let tree = fetch::cache_tree(&fetched.0.cache)?;
         fetched.0.plan = crate::plan::only(&tree, &fetched.0.plan, &opts.only)?;
@@ -103,23 +157,23 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
             join(&fetched.0.plan.order)
         ));
     }
+    report.plan = fetched.0.plan.order.iter().map(|m| m.to_string()).collect();
     let planned = plan_stage(&fetched, &config.root.value, &config.node_key())?;
-    let sandbox = sandbox_stage(config, &fetched, &planned, opts.keep)?;
-    let mut run = Run::new(config, opts, &fetched, &planned, &sandbox)?;
+    report.stages.push(planned.step.clone());
+    let sandbox = sandbox_stage(config, &fetched, &planned, opts.keep, &report.id)?;
+    *scratch = Some(sandbox.run.clone());
+    report.root = sandbox.root.clone();
+    let mut run = Run::new(config, opts, &planned, &sandbox, report)?;
     for (idx, module) in fetched.0.plan.order.iter().enumerate() {
         if !run.module(idx + 1, module)? {
             break;
         }
     }
-    let (ending, keep_layers) = match verdict(&run.report) {
-        Verdict::Failed => (run.failed(), true),
-        Verdict::Noop => (run.noop_summary(), false),
-        Verdict::Merge => run.merge_and_act()?,
-    };
-    let code = exit_code(ending, opts.detailed_exitcodes);
-    report_stage(config, &mut run.report, code, started)?;
-    cleanup_stage(&sandbox.run, opts.keep, keep_layers)?;
-    Ok((code, run.report))
+    Ok(match verdict(run.report) {
+        Verdict::Failed => run.failed(),
+        Verdict::Noop => run.noop_summary(),
+        Verdict::Merge => run.merge_and_act(merge_began)?,
+    })
 }
 
 fn join(names: &[Name]) -> String {
@@ -230,22 +284,28 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
     })
 }
 
-/// Stage 5: a fresh run directory with the parameters, and the sandbox
-/// over ROOT for the planned modules (`keep`: its layers outlive the run).
+/// Stage 5: a fresh run directory `id` with the parameters, and the
+/// sandbox over ROOT for the planned modules (`keep`: its layers outlive
+/// the run). On failure the run directory is removed.
 fn sandbox_stage(
     config: &Config,
     (fetched, _): &(Fetched, Step),
     planned: &Planned,
     keep: bool,
+    id: &str,
 ) -> Result<Sandbox> {
     let state = &config.state_dir.value;
     run::prune(state, KEPT_RUNS)?;
-    let run = RunDir::create(state)?;
-    planned
+    let run = RunDir::create(state, id)?;
+    let params = planned
         .params
         .write_to(&run.params())
-        .context("cannot write the parameter tree")?;
-    crate::fsutil::private_tree(&run.params().join("secrets"))?;
+        .context("cannot write the parameter tree")
+        .and_then(|()| crate::fsutil::private_tree(&run.params().join("secrets")));
+    if let Err(e) = params {
+        let _ = run.remove();
+        return Err(e);
+    }
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     let mut sandbox = Sandbox::prepare(
         run,
@@ -327,7 +387,7 @@ pub fn job(
 }
 
 /// One run in progress: its report and what is to run after the merge.
-struct Run<'a> {
+struct Run<'a, 'r> {
     config: &'a Config,
     opts: &'a Options,
     tree: &'a ServerTree,
@@ -336,7 +396,7 @@ struct Run<'a> {
     deadline: Instant,
     sandbox: &'a Sandbox,
     exe: PathBuf,
-    report: RunReport,
+    report: &'r mut RunReport,
     pending: Pending,
     /// What each path the merge will replace or delete looked like to the
     /// sandbox (or that a path it creates was absent), checked again just
@@ -374,31 +434,17 @@ impl Expected {
     }
 }
 
-impl<'a> Run<'a> {
+impl<'a, 'r> Run<'a, 'r> {
+    /// The run of the planned modules in `sandbox`, recorded in `report`.
     fn new(
         config: &'a Config,
         opts: &'a Options,
-        (fetched, fetch_step): &'a (Fetched, Step),
         planned: &'a Planned,
         sandbox: &'a Sandbox,
-    ) -> Result<Run<'a>> {
-        let node = config.node.value.to_string();
-        let report = RunReport {
-            id: sandbox.run.id.clone(),
-            node: node.clone(),
-            noop: config.noop.value,
-            root: sandbox.root.clone(),
-            started: now(),
-            server: fetched.origin.server.clone(),
-            snapshot: fetched.origin.snapshot.clone(),
-            root_hash: fetched.origin.root_hash.clone(),
-            stages: vec![fetch_step.clone(), planned.step.clone()],
-            plan: fetched.plan.order.iter().map(|m| m.to_string()).collect(),
-            only: opts.only.iter().map(|m| m.to_string()).collect(),
-            ..RunReport::default()
-        };
+        report: &'r mut RunReport,
+    ) -> Result<Run<'a, 'r>> {
         let pending = Pending {
-            node,
+            node: config.node.value.to_string(),
             root: sandbox.root.clone(),
             params_dir: sandbox.run.params(),
             run_actions: opts.run_actions,
@@ -623,19 +669,10 @@ impl<'a> Run<'a> {
         lost
     }
 
-    /// A step failed: says so and where the scratch is.
+    /// A step failed: says so. Its layers go with the run (`--keep`
+    /// keeps them); the saved report keeps what ran, for `disco diff`.
     fn failed(&self) -> Ending {
-        if run::is_mount_point(&self.sandbox.run.path.join(run::MEM)) {
-            // Layers in the scratch image are not kept: the next run
-            // empties the image (the report keeps the changes for `disco diff`).
-            let _ = self.sandbox.run.remove();
-            output::info("the dance failed; nothing was merged (`disco diff` shows what ran)");
-        } else {
-            output::info(&format!(
-                "the dance failed; nothing was merged; scratch kept in {} (`disco diff` shows what ran)",
-                self.sandbox.run.path.display()
-            ));
-        }
+        output::info("the dance failed; nothing was merged (`disco diff` shows what ran)");
         Ending::FailedBeforeMerge
     }
 
@@ -732,9 +769,10 @@ impl<'a> Run<'a> {
     }
 
     /// Stages 8–9: merge (rolled back if it fails), then the deferred
-    /// actions and handlers. Returns the ending and whether the layers
-    /// must be kept (a failed merge that could not be rolled back).
-    fn merge_and_act(&mut self) -> Result<(Ending, bool)> {
+    /// actions and handlers; `merge_began` is set before the root is
+    /// touched. A failed merge that could not be rolled back leaves the
+    /// merge marker, which keeps the run's layers for the next dance.
+    fn merge_and_act(&mut self, merge_began: &std::cell::Cell<bool>) -> Result<Ending> {
         self.sandbox.drop_squash();
         let state = &self.config.state_dir.value;
         // The last look before the first live entry is touched.
@@ -746,12 +784,9 @@ impl<'a> Run<'a> {
             );
             output::error(&msg);
             self.report.error = Some(msg);
-            output::info(&format!(
-                "scratch kept in {} (`disco diff` shows what ran)",
-                self.sandbox.run.path.display()
-            ));
-            return Ok((Ending::FailedBeforeMerge, true));
+            return Ok(Ending::FailedBeforeMerge);
         }
+        merge_began.set(true);
         self.pending.save(&self.sandbox.run.path)?;
         let layout = run::Layout {
             root: self.sandbox.root.clone(),
@@ -788,7 +823,7 @@ impl<'a> Run<'a> {
                 }
                 output::error(&msg);
                 self.report.error = Some(msg);
-                return Ok((Ending::FailedAfterMerge, merge::marker(state).exists()));
+                return Ok(Ending::FailedAfterMerge);
             }
         };
         merge::prune_backups(state, self.config.keep_backups.value)?;
@@ -806,25 +841,21 @@ impl<'a> Run<'a> {
             );
             output::error(&msg);
             self.report.error = Some(msg);
-            return Ok((Ending::FailedAfterMerge, false));
+            return Ok(Ending::FailedAfterMerge);
         }
         let changes = self.report.changes().count();
         output::info(&format!(
             "{changes} change(s) in {} module(s)",
             self.report.modules.len()
         ));
-        Ok((Ending::Succeeded { changes }, false))
+        Ok(Ending::Succeeded { changes })
     }
 }
 
 /// Stage 10: completes, saves and publishes the report (history, the
-/// Prometheus textfile, the upload to the server).
-fn report_stage(
-    config: &Config,
-    report: &mut RunReport,
-    code: i32,
-    started: Instant,
-) -> Result<()> {
+/// Prometheus textfile, the upload to the server). Each of these only
+/// warns when it fails: the dance's verdict (`code`) is what it is.
+fn report_stage(config: &Config, report: &mut RunReport, code: i32, started: Instant) {
     report.ended = now();
     report.duration = started.elapsed().as_secs_f64();
     report.exit_code = code;
@@ -834,49 +865,120 @@ fn report_stage(
         _ => "changed",
     }
     .into();
-    report::save_bounded(
-        &config.state_dir.value,
+    let state = &config.state_dir.value;
+    if let Err(e) = report::save_bounded(
+        state,
         report,
         config.report_history.value,
         config.report_history_bytes.value,
-    )?;
+    ) {
+        output::warning(&format!("the report was not saved: {e:#}"));
+    }
     if let Some(path) = &config.prometheus_textfile.value {
-        // node_exporter reads it as its own user; in the state dir it is root's.
-        let mode = if path.starts_with(&config.state_dir.value) {
-            0o600
-        } else {
-            0o644
-        };
-        write_atomic(path, output::prometheus(report).as_bytes(), mode)
-            .with_context(|| format!("cannot write the Prometheus textfile {}", path.display()))?;
+        if let Err(e) = write_textfile(path, state, output::prometheus(report).as_bytes()) {
+            output::warning(&format!(
+                "cannot write the Prometheus textfile {}: {e}",
+                path.display()
+            ));
+        }
     }
     if config.report_upload.value {
         upload(config, report);
     }
-    Ok(())
 }
 
-/// Removes the scratch of a run, unless `--keep`, a failure (kept for
-/// `disco diff`) or a merge still to finish needs it.
-fn cleanup_stage(run: &RunDir, keep: bool, keep_layers: bool) -> Result<()> {
-    if !run.path.exists() {
-        return Ok(());
-    }
-    if keep_layers {
-        // The layers stay for `disco diff`; the parameters (secrets
-        // decrypted) are of no more use to anyone.
-        if !keep {
-            if let Err(e) = fs::remove_dir_all(run.params()) {
-                output::warning(&format!("cannot remove {}: {e}", run.params().display()));
+/// Writes the Prometheus textfile `path`: 0644, which node_exporter reads
+/// as its own user, or 0600 inside the state dir (root's). Its directory
+/// is made (0755; 0700 in the state dir) when that directory's parent
+/// exists — node_exporter's textfile directory on a node where the
+/// exporter is not installed yet — never a longer missing chain.
+fn write_textfile(path: &Path, state: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let private = path.starts_with(state);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !dir.exists() && dir.parent().is_some_and(|p| p.is_dir()) {
+        match fs::DirBuilder::new()
+            .mode(if private { 0o700 } else { 0o755 })
+            .create(dir)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot make its directory: {e}"),
+                ))
             }
+            _ => {}
         }
-        return Ok(());
     }
-    if keep {
-        output::info(&format!("scratch kept in {}", run.path.display()));
-        return Ok(());
+    if !dir.is_dir() {
+        let why = if dir.exists() {
+            format!("{} is not a directory", dir.display())
+        } else {
+            format!(
+                "no directory {} (made only where its parent exists)",
+                dir.display()
+            )
+        };
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, why));
     }
-    run.remove()
+    write_atomic(path, content, if private { 0o600 } else { 0o644 }).map_err(|e| {
+        // Without the temporary file's name the error would carry.
+        match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => e,
+        }
+    })
+}
+
+/// Removes the run directory at the end of its run, unless `keep`
+/// (`--keep`: kept, its layers moved out of the scratch image first) or
+/// a merge of this run is still to finish (the next dance needs its
+/// layers). Only warns: the dance's verdict stands.
+fn cleanup_stage(state: &Path, run: &RunDir, keep: bool) {
+    if !run.path.exists() {
+        return;
+    }
+    let merging = fs::read_to_string(merge::marker(state)).is_ok_and(|id| id.trim() == run.id);
+    let result = if merging {
+        // The next dance or `disco undo` finishes it from the layers, then
+        // runs its actions and handlers with these parameters (and masks
+        // their output with its secrets): all of it stays, 0700.
+        Ok(())
+    } else if keep {
+        keep_scratch(run).map(|()| {
+            output::info(&format!("scratch kept in {}", run.path.display()));
+        })
+    } else {
+        run.remove()
+    };
+    if let Err(e) = result {
+        output::warning(&format!("{e:#}"));
+    }
+}
+
+/// `--keep`: the layers (`u/`) stay in the run directory. Those in the
+/// scratch image, which the next run empties, are copied out of it, and
+/// the image is emptied and unmounted.
+pub fn keep_scratch(run: &RunDir) -> Result<()> {
+    let mem = run.path.join(run::MEM);
+    if run::is_mount_point(&mem) {
+        let from = mem.join("u");
+        let to = run.path.join("u");
+        if from.is_dir() && !to.exists() {
+            merge::copy_tree(&from, &to)
+                .with_context(|| format!("cannot keep the layers in {}", to.display()))?;
+        }
+        run.empty_mem();
+    }
+    if mem.is_dir() {
+        let _ = fs::remove_dir(&mem);
+    }
+    Ok(())
 }
 
 /// Sends the report to the server (best effort: a failed upload warns).

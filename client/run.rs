@@ -53,9 +53,9 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `STATE/run/ID/` for a new run (0700).
-    pub fn create(state_dir: &Path) -> Result<RunDir> {
-        let id = new_run_id();
+    /// Creates `STATE/run/ID/` for a new run `id` ([`new_run_id`]), 0700.
+    pub fn create(state_dir: &Path, id: &str) -> Result<RunDir> {
+        let id = id.to_string();
         let path = state_dir.join("run").join(&id);
         fs::create_dir_all(path.parent().expect("has parent"))
             .and_then(|_| {
@@ -124,6 +124,20 @@ impl RunDir {
     /// Removes the whole run directory (emptying and unmounting its
     /// scratch filesystem, whose space goes back to the disk).
     pub fn remove(&self) -> Result<()> {
+        self.empty_mem();
+        match fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove scratch {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RunDir {
+    /// Empties the scratch filesystem mounted at `mem/` (its space goes
+    /// back to the disk) and unmounts it; nothing when it is not mounted.
+    pub fn empty_mem(&self) {
         let mem = self.path.join(MEM);
         if is_mount_point(&mem) {
             for e in fs::read_dir(&mem).into_iter().flatten().flatten() {
@@ -133,12 +147,6 @@ impl RunDir {
             }
         }
         unmount_mem(&self.path);
-        match fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove scratch {}", self.path.display()))
-            }
-            _ => Ok(()),
-        }
     }
 }
 

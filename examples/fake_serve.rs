@@ -23,8 +23,12 @@ fn main() {
     let Ok((Msg::Hello { node, .. }, _)) = wire.recv() else {
         return;
     };
-    let hang = || loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
+    // Silent, but gone when the client is: sshd closes our stdin when the
+    // connection ends (a sleep would outlive the test, sshd's session with it).
+    let hang = || -> ! {
+        let mut sink = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0)
     };
     if mode == "hang-after-hello" {
         hang();

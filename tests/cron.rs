@@ -375,3 +375,179 @@ fn uploaded_reports_land_under_the_nodes_own_dir_and_the_fleet_view_lists_them()
         .args(["report", "--fleet", "--max-age", "0s"]));
     assert_eq!(code, 1, "a failed node: exit 1");
 }
+
+/// The run directories a dance left in the state dir.
+fn run_dirs(state: &std::path::Path) -> Vec<String> {
+    fs::read_dir(state.join("run"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A live dance that changes one file, with `prometheus_textfile = textfile`
+/// and `extra` config: (exit code, stderr) of `--detailed-exitcodes`.
+fn live_with_textfile(f: &Fixture, r: &FixtureRoot, textfile: &std::path::Path) -> (i32, String) {
+    fs::write(
+        f.config(),
+        format!("prometheus_textfile = \"{}\"\n", textfile.display()),
+    )
+    .unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/x", "x\n", 0o644);
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--detailed-exitcodes"]));
+    (code, err)
+}
+
+/// What a dance that merged one change must have left, whatever became of
+/// its monitoring outputs: exit 2, status, saved report agreeing, no run dir.
+fn assert_changed_everywhere(f: &Fixture, r: &FixtureRoot, code: i32, err: &str) {
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(r.read("etc/x").as_deref(), Some("x\n"), "merged");
+    let status = fs::read_to_string(f.state().join("status")).unwrap();
+    assert!(
+        status.starts_with("done at ") && status.contains("(1 change(s))"),
+        "{status}"
+    );
+    let rep = last(f);
+    assert_eq!(
+        (rep["status"].as_str(), rep["exit_code"].as_i64()),
+        (Some("changed"), Some(2))
+    );
+    assert_eq!(
+        run_dirs(&f.state()),
+        Vec::<String>::new(),
+        "no run dir left"
+    );
+}
+
+#[test]
+fn a_textfile_under_a_missing_directory_chain_is_a_warning_not_a_failure() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let textfile = f.dir.path().join("no/such/dir/disco.prom");
+    let (code, err) = live_with_textfile(&f, &r, &textfile);
+    assert_changed_everywhere(&f, &r, code, &err);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: cannot write the Prometheus textfile {}: no directory {} (made only where its parent exists)",
+            textfile.display(),
+            textfile.parent().unwrap().display()
+        )],
+        "{err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
+    assert!(
+        !f.dir.path().join("no").exists(),
+        "no chain of directories made"
+    );
+}
+
+#[test]
+fn a_textfile_whose_directory_is_missing_gets_it_made() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    // node_exporter's textfile directory on a node without node_exporter.
+    let textfile = f.dir.path().join("node-exporter/disco.prom");
+    let (code, err) = live_with_textfile(&f, &r, &textfile);
+    assert_changed_everywhere(&f, &r, code, &err);
+    assert!(!err.contains("warning:"), "{err}");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777
+    };
+    assert_eq!(mode(textfile.parent().unwrap()), 0o755);
+    assert_eq!(mode(&textfile), 0o644);
+    assert!(fs::read_to_string(&textfile)
+        .unwrap()
+        .contains("disco_last_run_changes{node=\"n\"} 1\n"));
+}
+
+#[test]
+fn an_unwritable_textfile_keeps_the_verdict_and_the_report_is_uploaded() {
+    use common::sshd::{forced, keygen, Sshd};
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/x", "x\n", 0o644);
+    // Its directory is a regular file: nothing can be written there.
+    fs::write(f.dir.path().join("plain-file"), "").unwrap();
+    let textfile = f.dir.path().join("plain-file/disco.prom");
+    let key = f.dir.path().join("key");
+    let pubkey = keygen(&key);
+    let sshd = Sshd::start(
+        &f.dir.path().join("sshd"),
+        &[forced(&pubkey, &f.server(), Some("n"))],
+    );
+    fs::write(
+        f.config(),
+        sshd.client_config(&key)
+            + "report_upload = true\n"
+            + &format!("prometheus_textfile = \"{}\"\n", textfile.display()),
+    )
+    .unwrap();
+    let (code, _, err) = run(f
+        .disco_without_server()
+        .args(["--server", &sshd.uri(f.server().to_str().unwrap())])
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["dance", "--detailed-exitcodes"]));
+    assert_changed_everywhere(&f, &r, code, &err);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: cannot write the Prometheus textfile {}: {} is not a directory",
+            textfile.display(),
+            textfile.parent().unwrap().display()
+        )],
+        "{err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
+    let uploaded: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.server().join("reports/n/last.json")).unwrap()).unwrap();
+    assert_eq!(uploaded, last(&f), "the uploaded report is the saved one");
+}
+
+#[test]
+fn quiet_change_lines_say_the_content_changed() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/secret.conf", "pw=1\n")
+        .file("etc/open.conf", "a=1\n");
+    fs::set_permissions(
+        r.path.join("etc/secret.conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    f.node("n", &["m"]).module("m", "");
+    // Same sizes: only the content differs.
+    f.module_file("m", "files/etc/secret.conf", "pw=2\n", 0o644)
+        .module_file("m", "files/etc/open.conf", "a=2\n", 0o644)
+        .module_file("m", "attributes", "/etc/secret.conf 0600\n", 0o644);
+    let (code, _, err) = noop(&f, &r, &["--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("info: File: /etc/secret.conf : Modified : type=[regular file] mode=[0600] owner=[root:root] content changed\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("info: File: /etc/open.conf : Modified : "),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .find(|l| l.contains("/etc/open.conf"))
+            .unwrap()
+            .ends_with(" content changed"),
+        "{err}"
+    );
+    assert!(!err.contains("xattrs="), "{err}");
+    assert!(!err.contains("+a=2"), "no diff text with --quiet: {err}");
+}

@@ -234,11 +234,16 @@ fn failing_module_three_of_four_merges_nothing() {
         "{err}"
     );
     assert_eq!(deep_snapshot(&r.path), before, "nothing merged");
+    // The run dir goes with the run (the report keeps what ran, for
+    // `disco diff`); `--keep` keeps it.
     assert_eq!(
         fs::read_dir(f.state().join("run")).unwrap().count(),
-        1,
-        "scratch kept"
+        0,
+        "no run dir left"
     );
+    let (code, out, _) = run(f.disco().arg("diff"));
+    assert_eq!(code, 0);
+    assert!(out.contains("File: /etc/c : Created"), "{out}");
     assert!(!f.state().join("backup").exists());
 }
 

@@ -392,7 +392,8 @@ fn module_fifo_is_refused() {
 #[test]
 fn non_root_is_refused() {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_disco"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(common::disco_for_anyone(dir.path()));
     cmd.uid(65534).gid(65534).env("NOOP", "1").args([
         "--config",
         "/dev/null",
@@ -515,4 +516,76 @@ fn pending_changes_count_in_noop_and_fail_a_live_dance() {
         err.contains("was replaced by a fifo; it is refused"),
         "{err}"
     );
+}
+
+/// `--keep` keeps what `--help` says: the layers, in the run dir, even
+/// when they were in the scratch image (state dir inside the root, as on
+/// a node), which the next run empties.
+#[test]
+fn keep_keeps_the_layers_of_the_scratch_image_in_the_run_dir() {
+    let (f, r) = fixture_with_root();
+    let state = r.path.join("var/lib/disco");
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/kept", "k\n", 0o644)
+        .module_file("m", "scripts/10-rm", "rm /etc/hostname\n", 0o755);
+    let dance = |args: &[&str]| {
+        run(f
+            .disco_with_state(&state)
+            .env("NOOP", "true")
+            .arg("--server")
+            .arg(f.server())
+            .args(["--node", "n", "--root"])
+            .arg(&r.path)
+            .arg("dance")
+            .args(args))
+    };
+    let (code, _, err) = dance(&["--keep"]);
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<_> = fs::read_dir(state.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        err.contains(&format!("info: scratch kept in {}\n", runs[0].display())),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(runs[0].join("u/1-0/etc/kept")).unwrap(),
+        "k\n"
+    );
+    let whiteout = fs::symlink_metadata(runs[0].join("u/1-0/etc/hostname")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&whiteout.file_type()),
+        "the deletion is kept as overlayfs' whiteout"
+    );
+    assert!(!runs[0].join("mem").exists(), "out of the image");
+    // The next run (it empties the image) leaves the kept layers alone.
+    let (code, _, err) = dance(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(runs[0].join("u/1-0/etc/kept").is_file());
+}
+
+#[test]
+fn a_shell_whose_requirement_fails_leaves_no_run_dir() {
+    let (f, r) = fixture_with_root();
+    f.node("n", &["a", "b"])
+        .module("a", "")
+        .module("b", "after a\n");
+    f.module_file("a", "scripts/10-fail", "exit 3\n", 0o755);
+    // The shell works from the cache of the last fetch.
+    assert_eq!(f.noop_dance("n", &r.path, &[]).0, 1);
+    assert!(run_dirs(&f).is_empty());
+    let (code, _, err) = run(f
+        .disco()
+        .args(["--node", "n", "--root"])
+        .arg(&r.path)
+        .args(["shell", "--module", "b"])
+        .write_stdin("true\n"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: a: scripts/10-fail exited 3 (required by b; no shell)"),
+        "{err}"
+    );
+    assert!(run_dirs(&f).is_empty(), "no run dir outlives the shell");
 }

@@ -300,13 +300,13 @@ fn a_node_opens_its_own_secrets_and_no_other_node_can() {
         format!("parameters/app/parameters/secrets/token = {TOKEN}   <- wins\n")
     );
 
-    // A failed live dance keeps its layers for `disco diff`, but nothing
-    // in the state dir holds the value (the parameters are removed).
+    // A failed live dance leaves no run dir (its parameters, its layers),
+    // and nothing in the state dir holds the value.
     t.f.module_file("app", "scripts/10-fail", "echo failing; exit 3\n", 0o755);
     let (code, _, err) = t.dance("db1", &root.path, false);
     assert_eq!(code, 1, "{err}");
     let state = t.f.dir.path().join("state-db1");
-    assert!(fs::read_dir(state.join("run")).unwrap().count() > 0);
+    assert_eq!(fs::read_dir(state.join("run")).unwrap().count(), 0);
     assert_eq!(grep_tree(&state, PW), Vec::<PathBuf>::new());
     assert_eq!(grep_tree(&state, TOKEN), Vec::<PathBuf>::new());
     fs::remove_file(t.f.server().join("modules/app/scripts/10-fail")).unwrap();

@@ -106,17 +106,37 @@ fn bash_command(env: &[(String, String)]) -> Command {
 
 /// Runs the shell; the exit code is the shell's. With `module`, the shell
 /// stands where that module's scripts run: after the layers of what it
-/// requires, with its environment.
-///
-/// Long because it is the whole command: sandbox, terminal signals, the shell, the changes, the report — in the order a user sees them.
+/// requires, with its environment. Its run directory goes when it ends,
+/// whatever happened, unless `keep`.
 pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
     require_root("disco shell", "it mounts overlays and enters namespaces")?;
     crate::sandbox::own_mount_namespace()?;
     let state = &config.state_dir.value;
     crate::cron::private_state_dir(state)?;
     let setup = module.map(|m| module_setup(config, m)).transpose()?;
-    let run = RunDir::create(state)?;
-    let layers: Vec<String> = match &setup {
+    let run = RunDir::create(state, &crate::run::new_run_id())?;
+    let result = session(config, run.clone(), setup.as_ref());
+    let cleaned = if !run.path.exists() {
+        Ok(())
+    } else if keep {
+        crate::pipeline::keep_scratch(&run)
+            .map(|()| output::info(&format!("scratch kept in {}", run.path.display())))
+    } else {
+        run.remove()
+    };
+    if let Err(e) = cleaned {
+        output::warning(&format!("{e:#}"));
+    }
+    result
+}
+
+/// The shell in run directory `run`: sandbox, terminal signals, the
+/// shell, the changes, the report.
+///
+/// Long because it is the whole session, in the order a user sees it.
+fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<i32> {
+    let state = &config.state_dir.value;
+    let layers: Vec<String> = match setup {
         Some(s) => {
             s.params
                 .write_to(&run.params())
@@ -137,7 +157,7 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
     )?;
     let exe = crate::sandbox::exe()?;
     let layer = layers.len();
-    let (binds, env) = match &setup {
+    let (binds, env) = match setup {
         Some(s) => {
             run_requirements(config, &sandbox, s, &exe)?;
             let dir = s.tree.module_dir(&s.module)?.expect("planned");
@@ -217,10 +237,5 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
         "{} change(s); nothing was merged",
         report.changes().count()
     ));
-    if keep {
-        output::info(&format!("scratch kept in {}", sandbox.run.path.display()));
-    } else {
-        sandbox.run.remove()?;
-    }
     Ok(code)
 }

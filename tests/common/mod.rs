@@ -301,3 +301,18 @@ pub fn run_with_stdin(mut cmd: std::process::Command, input: &[u8]) -> (i32, Str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `disco` binary copied to `dir/bin/disco`, `dir` and `bin` made
+/// 0755: for a test that runs it as another user, who may not reach
+/// `target/` (a checkout in a 0700 directory, such as root's home).
+pub fn disco_for_anyone(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    for d in [dir, bin.as_path()] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let exe = bin.join("disco");
+    fs::copy(env!("CARGO_BIN_EXE_disco"), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
