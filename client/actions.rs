@@ -348,7 +348,8 @@ pub fn retry(
     Ok((steps, still))
 }
 
-fn shown(argv: &[String]) -> String {
+/// How an action is shown: its argv, the command by its file name.
+pub fn shown(argv: &[String]) -> String {
     let mut v = argv.to_vec();
     if let Some(first) = v.first_mut() {
         *first = Path::new(first.as_str())
