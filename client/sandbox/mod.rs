@@ -137,7 +137,7 @@ pub struct Sandbox {
     shims: Vec<bool>,
     /// The root's own tools the service shims run (name, file in ROOT),
     /// bound under [`service_cmds::REAL_DIR`] in every sandbox.
-    real_tools: Vec<(String, PathBuf)>,
+    real_tools: Vec<shims::RealTool>,
     pub noop: bool,
     /// The state dir relative to ROOT when it lies inside it: hidden from
     /// the sandbox, and no change may touch it.

@@ -211,9 +211,8 @@ fn parse_systemctl(args: &[String]) -> Systemctl {
                 }
                 break;
             }
-            match c {
-                'q' => p.quiet = true,
-                _ => {}
+            if *c == 'q' {
+                p.quiet = true;
             }
         }
     }

@@ -98,13 +98,16 @@ esac
     )
 }
 
+/// A tool of ROOT a shim runs: its name and its file on the host.
+pub type RealTool = (String, PathBuf);
+
 /// The root's own file of each of [`super::service_cmds::REAL_TOOLS`]
 /// that a shim hides (among `paths`, ROOT-relative), as (name, path on
 /// the host): bound read-only under
 /// [`super::service_cmds::REAL_DIR`] so the shim can run it. Symlinks
 /// are resolved inside ROOT; only regular files count.
-pub fn real_tools(root: &Path, paths: &[PathBuf]) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
+pub fn real_tools(root: &Path, paths: &[PathBuf]) -> Vec<RealTool> {
+    let mut out: Vec<RealTool> = Vec::new();
     for rel in paths {
         let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
@@ -195,11 +198,7 @@ pub fn shim_paths(root: &Path, list: &[String]) -> Vec<PathBuf> {
 /// a shim layer.
 /// Also returns the root's own tools the shims may run
 /// ([`real_tools`]).
-pub fn build(
-    run: &RunDir,
-    root: &Path,
-    mounts: &[Mount],
-) -> Result<(Vec<bool>, Vec<(String, PathBuf)>)> {
+pub fn build(run: &RunDir, root: &Path, mounts: &[Mount]) -> Result<(Vec<bool>, Vec<RealTool>)> {
     let mut has = vec![false; mounts.len()];
     let script = shim_script();
     let paths = shim_paths(root, &shim_list(root)?);
