@@ -840,7 +840,8 @@ pub fn forget(state_dir: &Path, ids: &[String]) -> Result<Vec<Listed>> {
     Ok(listed.into_iter().filter(|l| ids.contains(&l.id)).collect())
 }
 
-fn shown(argv: &[String]) -> String {
+/// How an action is shown: its argv, the command by its file name.
+pub fn shown(argv: &[String]) -> String {
     let mut v = argv.to_vec();
     if let Some(first) = v.first_mut() {
         *first = Path::new(first.as_str())

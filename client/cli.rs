@@ -340,6 +340,10 @@ pub enum Command {
     /// Examples: disco completions bash > /etc/bash_completion.d/disco;
     /// disco completions fish > ~/.config/fish/completions/disco.fish
     Completions(CompletionsArgs),
+    /// Inside the sandbox only: what a service-manager shim does with a call
+    /// (answer a query, run the root's own tool, or queue a deferred action)
+    #[command(hide = true)]
+    Shim(ShimArgs),
     /// Print the manual page disco(1), or write disco.1 and one page per
     /// subcommand (disco-dance.1…) into DIR
     ///
@@ -379,6 +383,13 @@ pub struct CompletionsArgs {
     /// The shell
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ShimArgs {
+    /// The shim's path as called, then its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+    pub argv: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -816,7 +827,7 @@ impl Command {
                 g.node = a.node.node.clone();
                 g.root = a.root.clone();
             }
-            Command::Completions(_) | Command::Man(_) | Command::Secret(_) => {}
+            Command::Completions(_) | Command::Man(_) | Command::Secret(_) | Command::Shim(_) => {}
             Command::Config(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.server = a.server.server.clone();

@@ -487,9 +487,10 @@ impl<'a, 'r> Run<'a, 'r> {
             self.timeouts.get(module).copied(),
             Some(self.deadline),
         );
-        let binds = self
+        let mut binds = self
             .sandbox
             .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
+        binds.push(self.earlier_pending()?);
         let output = if self.opts.quiet {
             Output::Capture
         } else {
@@ -501,7 +502,7 @@ impl<'a, 'r> Run<'a, 'r> {
             .run_layer(layer, &binds, output, || Ok(job.run()))?;
         let mut mreport = ModuleReport {
             name: module.to_string(),
-            actions: outcome.actions,
+            actions: crate::sandbox::service_cmds::dedupe_reloads(outcome.actions),
             pending: outcome
                 .pending
                 .iter()
@@ -567,6 +568,9 @@ impl<'a, 'r> Run<'a, 'r> {
             &mreport.changes,
             &self.config.roll_up(self.opts.quiet, false),
         );
+        if failed.is_none() {
+            self.say_deferred(&mreport);
+        }
         let (handlers, skipped_handlers) =
             actions::handlers_of(&module_dir).with_context(|| format!("module {module}"))?;
         skipped.extend(skipped_handlers);
@@ -599,6 +603,43 @@ impl<'a, 'r> Run<'a, 'r> {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Says what the module queued for after the merge, from its queue
+    /// (whatever its steps did with their output): in noop `would
+    /// execute: …` when the module changed something or left changes
+    /// pending (else the summary says `would skip`), live `deferred until
+    /// after the merge: …`.
+    fn say_deferred(&self, m: &ModuleReport) {
+        for a in &m.actions {
+            let shown = actions::shown(a);
+            if !self.config.noop.value {
+                output::info(&format!("deferred until after the merge: {shown}"));
+            } else if !m.changes.is_empty() || !m.pending.is_empty() {
+                output::warning(&format!("would execute: {shown}"));
+            }
+        }
+    }
+
+    /// The changes earlier modules of this dance left pending (`disco
+    /// pending`, noop only), one `MODULE: TEXT` a line, written to the run
+    /// dir and bound read-only at `/run/disco/pending-earlier`: a later
+    /// module reads there whether what it needs (a unit a pending package
+    /// installs) is itself pending.
+    fn earlier_pending(&self) -> Result<crate::sandbox::Bind> {
+        let text: String = self
+            .report
+            .modules
+            .iter()
+            .flat_map(|m| m.pending.iter().map(move |p| format!("{}: {p}\n", m.name)))
+            .collect();
+        let file = self.sandbox.run.path.join("pending-earlier");
+        crate::fsutil::write_private(&file, text.as_bytes())
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        Ok(crate::sandbox::Bind {
+            source: file,
+            inside: Path::new(DISCO_DIR).join("pending-earlier"),
+        })
     }
 
     /// Records what the live paths of `changes` are now; a path changed on

@@ -44,7 +44,7 @@ fn example_noop_prints_hello_the_shim_and_the_rendered_template() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Hello, disco\n"), "{out}");
     assert!(
-        err.contains("warning: would execute: service postgresql stop\n"),
+        err.contains("info: would skip service postgresql stop (testmodule-1.0 changed nothing)\n"),
         "{err}"
     );
     assert!(err.contains("info: Processing testmodule-1.0\n"));

@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Completions(args) => return manual::completions(args.shell),
         Command::Man(args) => return manual::man(args.dir.as_deref()),
         Command::Secret(args) => return secret::run(args),
+        Command::Shim(args) => return Ok(crate::sandbox::service_cmds::run(&args.argv)),
         _ => {}
     }
     let given = cli.command.given().over(&cli.global);
@@ -99,7 +100,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Config(_) => config::run(&config),
         Command::Facts(args) => facts::run(&config, args.json),
-        Command::Init(_) | Command::Completions(_) | Command::Man(_) | Command::Secret(_) => {
+        Command::Init(_)
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::Secret(_)
+        | Command::Shim(_) => {
             unreachable!("run before the configuration is loaded")
         }
     }

@@ -18,6 +18,7 @@
 pub mod mounts;
 pub mod scratch;
 pub mod security;
+pub mod service_cmds;
 pub mod shims;
 pub mod squash;
 
@@ -134,6 +135,9 @@ pub struct Sandbox {
     pub root: PathBuf,
     pub mounts: Vec<Mount>,
     shims: Vec<bool>,
+    /// The root's own tools the service shims run (name, file in ROOT),
+    /// bound under [`service_cmds::REAL_DIR`] in every sandbox.
+    real_tools: Vec<shims::RealTool>,
     pub noop: bool,
     /// The state dir relative to ROOT when it lies inside it: hidden from
     /// the sandbox, and no change may touch it.
@@ -272,7 +276,7 @@ impl Sandbox {
             fs::create_dir(layers_dir.join(d))
                 .with_context(|| format!("cannot create {}", layers_dir.join(d).display()))?;
         }
-        let shims = shims::build(&run, &root, &mounts, noop)?;
+        let (shims, real_tools) = shims::build(&run, &root, &mounts)?;
         let shim = run.path.join(SHIM_FILE);
         fs::write(&shim, PARAM_SHIM)
             .and_then(|()| fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)))
@@ -287,6 +291,7 @@ impl Sandbox {
             root,
             mounts,
             shims,
+            real_tools,
             noop,
             state_in_root,
             host_network: false,
@@ -583,6 +588,15 @@ impl Sandbox {
             merged: &merged,
             hidden: self.state_in_root.as_deref(),
         });
+        for (name, file) in &self.real_tools {
+            ops.push(MountOp::Bind {
+                source: file.clone(),
+                target: merged
+                    .join(service_cmds::REAL_DIR.trim_start_matches('/'))
+                    .join(name),
+                readonly: true,
+            });
+        }
         for b in binds {
             ops.push(MountOp::Bind {
                 source: b.source.clone(),

@@ -48,28 +48,84 @@ const SEARCH: &[&str] = &[
 /// The queue file, as seen inside the sandbox.
 pub const QUEUE_IN_SANDBOX: &str = "/run/disco/queue/actions";
 
-/// The script every shim is. `noop` picks what it says.
-pub fn shim_script(noop: bool) -> String {
-    let say = if noop {
-        r#"echo "warning: would execute: ${0##*/}${*:+ $*}" >&2"#
-    } else {
-        r#"echo "info: deferred until after the merge: ${0##*/}${*:+ $*}" >&2"#
-    };
+/// The script every shim is. A service manager's call
+/// ([`super::service_cmds::SERVICE_COMMANDS`]) goes to disco's own binary,
+/// which answers a query, runs the root's own tool for an enablement
+/// change or queues a state change; any other shimmed command (reboot,
+/// a site's own) is queued as it is. The shim prints nothing: disco says
+/// what was queued after the module (`would execute: …` in noop), from
+/// the queue, whatever the step did with its output.
+pub fn shim_script() -> String {
+    let names = super::service_cmds::SERVICE_COMMANDS.join("|");
     format!(
         r#"#!/bin/sh
 # disco shim: this command acts outside the machine's files, so disco records
 # it and runs it on the live system after the merge (never in noop).
-case "${{0##*/}} $1" in
-  "systemctl is-active"|"systemctl is-enabled"|"systemctl is-failed"|"systemctl status"|"systemctl show"|"systemctl cat"|"systemctl list-units"|"systemctl list-unit-files")
-    # Read-only queries cannot reach the live service manager from the
-    # sandbox: answer "unknown", so scripts take the conservative path.
-    echo unknown; exit 3 ;;
+case "${{0##*/}}" in
+  {names})
+    exec /run/disco/bin/disco.real shim "$0" "$@" ;;
 esac
 printf '%s\0' "$#" "$0" "$@" >> {QUEUE_IN_SANDBOX}
-{say}
 exit 0
 "#
     )
+}
+
+/// Where Debian's `/lib/lsb/init-functions` sources its hooks from.
+const INIT_HOOKS: &str = "lib/lsb/init-functions.d";
+/// The hook of the shim layer, sourced before every other (`40-systemd`).
+const INIT_HOOK_NAME: &str = "00-disco";
+
+/// The hook an init script (`/etc/init.d/X ACTION`) sources with
+/// `/lib/lsb/init-functions` in the sandbox: `status` answers "not
+/// running" (3), a state change is queued as the deferred action
+/// `/etc/init.d/X ACTION` and ends the script, anything else runs as the
+/// script says. (Debian's own `40-systemd` hook turns the same calls into
+/// `systemctl` calls when systemd runs; no init runs in a sandbox.)
+pub fn init_hook() -> String {
+    format!(
+        r#"# disco: an init script run in the sandbox acts on no running system.
+case "${{__init_d_script_name:-$0}}" in
+/etc/init.d/*)
+    case "${{1:-}}" in
+    status) exit 3 ;;
+    start|stop|restart|reload|force-reload|try-restart|condrestart|upgrade|force-stop|rotate)
+        printf '%s\0' "$#" "${{__init_d_script_name:-$0}}" "$@" >> {QUEUE_IN_SANDBOX}
+        exit 0 ;;
+    esac ;;
+esac
+"#
+    )
+}
+
+/// A tool of ROOT a shim runs: its name and its file on the host.
+pub type RealTool = (String, PathBuf);
+
+/// The root's own file of each of [`super::service_cmds::REAL_TOOLS`]
+/// that a shim hides (among `paths`, ROOT-relative), as (name, path on
+/// the host): bound read-only under
+/// [`super::service_cmds::REAL_DIR`] so the shim can run it. Symlinks
+/// are resolved inside ROOT; only regular files count.
+pub fn real_tools(root: &Path, paths: &[PathBuf]) -> Vec<RealTool> {
+    let mut out: Vec<RealTool> = Vec::new();
+    for rel in paths {
+        let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if !super::service_cmds::REAL_TOOLS.contains(&name.as_str())
+            || out.iter().any(|(n, _)| *n == name)
+        {
+            continue;
+        }
+        let Ok(real) = rootpath::resolve(root, rel, true) else {
+            continue;
+        };
+        let file = root.join(real);
+        if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
+            out.push((name, file));
+        }
+    }
+    out
 }
 
 /// Reads the extra shim paths from `ROOT/etc/disco/shims` (one per line,
@@ -140,10 +196,13 @@ pub fn shim_paths(root: &Path, list: &[String]) -> Vec<PathBuf> {
 
 /// Builds `s/K` for every mount that needs one; returns which mounts have
 /// a shim layer.
-pub fn build(run: &RunDir, root: &Path, mounts: &[Mount], noop: bool) -> Result<Vec<bool>> {
+/// Also returns the root's own tools the shims may run
+/// ([`real_tools`]).
+pub fn build(run: &RunDir, root: &Path, mounts: &[Mount]) -> Result<(Vec<bool>, Vec<RealTool>)> {
     let mut has = vec![false; mounts.len()];
-    let script = shim_script(noop);
+    let script = shim_script();
     let paths = shim_paths(root, &shim_list(root)?);
+    let real = real_tools(root, &paths);
     for rel in &paths {
         let k = owning_mount(mounts, rel);
         let inner = rel
@@ -156,6 +215,22 @@ pub fn build(run: &RunDir, root: &Path, mounts: &[Mount], noop: bool) -> Result<
             .with_context(|| format!("cannot write shim {}", file.display()))?;
         fs::set_permissions(&file, fs::Permissions::from_mode(0o755))?;
         has[k] = true;
+    }
+    if let Ok(hooks) = rootpath::resolve(root, Path::new(INIT_HOOKS), true) {
+        if root.join(&hooks).is_dir() {
+            let rel = hooks.join(INIT_HOOK_NAME);
+            let k = owning_mount(mounts, &rel);
+            let inner = rel
+                .strip_prefix(&mounts[k].rel)
+                .expect("owning mount is a prefix");
+            let layer = run.shim(k);
+            mirror_parents(root, &mounts[k].rel, &layer, inner)?;
+            let file = layer.join(inner);
+            fs::write(&file, init_hook())
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+            has[k] = true;
+        }
     }
     for dir in super::mounts::SANDBOX_DIRS {
         if fs::symlink_metadata(root.join(dir)).is_err() {
@@ -172,7 +247,7 @@ pub fn build(run: &RunDir, root: &Path, mounts: &[Mount], noop: bool) -> Result<
         // The layer's own root must look like ROOT's, or it would show through.
         copy_dir_attrs(root, &run.shim(0))?;
     }
-    Ok(has)
+    Ok((has, real))
 }
 
 /// The deepest mount whose path is a prefix of `rel`.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Service managers are shimmed: in noop this prints
-# "warning: would execute: service postgresql stop"; in a live dance the
-# command runs after the files have been merged.
+# Service managers are shimmed: the stop is queued, and runs after the
+# files have been merged, only when this module changed something (in
+# noop disco says "would execute: …", or "would skip …" as here).
 service postgresql stop
