@@ -142,6 +142,11 @@ pub struct Sandbox {
     /// The state dir relative to ROOT when it lies inside it: hidden from
     /// the sandbox, and no change may touch it.
     pub state_in_root: Option<PathBuf>,
+    /// ROOT is the running system (`/`) and systemd is its init: the
+    /// sandbox's `/run` gets `systemd/system`, the flag by which package
+    /// scripts (debhelper's) take their systemd path — `deb-systemd-invoke
+    /// start`, deferred — as they would outside the sandbox.
+    pub systemd_booted: bool,
     /// `noop_network = "host"`: a noop sandbox keeps the host's network
     /// (a package install can download); files, PIDs, UTS, IPC stay its own.
     pub host_network: bool,
@@ -286,7 +291,9 @@ impl Sandbox {
             layers: layers.to_vec(),
             mounts: mounts.clone(),
         })?;
+        let systemd_booted = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
         Ok(Sandbox {
+            systemd_booted,
             run,
             root,
             mounts,
@@ -626,6 +633,13 @@ impl Sandbox {
             .create(queue.parent().expect("has a parent"))
             .context("cannot create the action queue")?;
         fs::write(queue, b"").context("cannot create the action queue")?;
+        if self.systemd_booted {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create("/run/systemd/system")
+                .context("cannot create /run/systemd/system")?;
+        }
         Ok(())
     }
 }
