@@ -15,7 +15,9 @@
 //! nspawn runs with `--register=no --keep-unit`: no machined or D-Bus of
 //! the host is needed (a host without systemd as PID 1 has neither), and
 //! it is put in a cgroup of its own (in each hierarchy the test process
-//! is in), so that what it leaves can be killed and removed. Commands run
+//! is in), so that what it leaves can be killed and removed; killed
+//! outright, a test's nspawn gets SIGTERM (its parent-death signal) and
+//! halts the container, and the next boot removes the empty cgroups left. Commands run
 //! inside with `nsenter -t LEADER -a` (every namespace of the
 //! container's PID 1). Dropping a [`Container`] powers it off (SIGTERM to
 //! nspawn: systemd halts), kills what is left after 30 s, and removes its
@@ -173,6 +175,7 @@ impl Container {
             return Err("systemd-nspawn is not installed (systemd-container; scripts/install-test-deps installs it)".into());
         }
         let cgroups = cgroup_dirs(name);
+        sweep(&cgroups);
         let mut procs = Vec::new();
         for d in &cgroups {
             fs::create_dir_all(d)
@@ -214,10 +217,14 @@ impl Container {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: open/write/close only, between fork and exec: the child
-        // joins its own cgroups ("0" is the writer itself).
+        // SAFETY: prctl, open/write/close only, between fork and exec: the
+        // child joins its own cgroups ("0" is the writer itself).
         unsafe {
             cmd.pre_exec(move || {
+                // A test killed outright: nspawn is told to halt the container.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 for p in &procs {
                     let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     if fd < 0 {
@@ -360,6 +367,28 @@ fn walk_procs(dir: &Path, pids: &mut Vec<i32>) {
         for e in d.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 walk_procs(&e.path(), pids);
+            }
+        }
+    }
+}
+
+/// The empty cgroups beside `ours` that containers of test processes now
+/// gone left (`disco-WHAT-PID`, a test killed outright): removed. A cgroup
+/// with a process in it stays (rmdir refuses it).
+fn sweep(ours: &[PathBuf]) {
+    for dir in ours {
+        let Some(parent) = dir.parent() else { continue };
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("disco-")
+                .and_then(|r| r.rsplit('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                remove_cgroup(&e.path());
             }
         }
     }
