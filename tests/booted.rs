@@ -202,7 +202,7 @@ struct Node {
 
 fn enrolled(f: &Fixture, what: &str) -> Option<Node> {
     let root = common::booted::root(f.dir.path())?;
-    let deb = common::build_deb(&f.dir.path().join("out"));
+    let deb = common::deb::build(&f.dir.path().join("out"));
     fs::copy(&deb, root.join("root/disco.deb")).unwrap();
     let sshd = Sshd::start(&f.dir.path().join("sshd"), &[]);
     // Unique on the host: tests of one binary run side by side.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn build_deb(out: &Path) -> PathBuf {
-    let deb = common::build_deb(out);
+    let deb = common::deb::build(out);
     assert_eq!(
         deb.file_name().unwrap().to_string_lossy(),
         format!("disco_{}_amd64.deb", env!("CARGO_PKG_VERSION"))

@@ -183,6 +183,7 @@ pub fn snapshot(root: &Path) -> Vec<String> {
 }
 
 pub mod booted;
+pub mod deb;
 pub mod debian;
 pub mod root;
 pub mod sshd;
@@ -301,18 +302,4 @@ pub fn run_with_stdin(mut cmd: std::process::Command, input: &[u8]) -> (i32, Str
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// `scripts/build-deb` of the built binary into `out`: the .deb's path.
-pub fn build_deb(out: &Path) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new(repo.join("scripts/build-deb"))
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_disco"))
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
 }
