@@ -10,16 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn build_deb(out: &Path) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = Command::new(repo.join("scripts/build-deb"))
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_disco"))
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let deb = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let deb = common::deb::build(out);
     assert_eq!(
         deb.file_name().unwrap().to_string_lossy(),
         format!("disco_{}_amd64.deb", env!("CARGO_PKG_VERSION"))

@@ -182,6 +182,8 @@ pub fn snapshot(root: &Path) -> Vec<String> {
     out
 }
 
+pub mod booted;
+pub mod deb;
 pub mod debian;
 pub mod root;
 pub mod sshd;
