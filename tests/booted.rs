@@ -8,11 +8,8 @@
 //! answers; a second run changes and restarts nothing; a config change
 //! restarts nginx exactly once; the timer is enabled and listed.
 //!
-//! The nginx scenario is ignored until the standard modules answer service
-//! queries and enablement in the sandbox (issue 23, items 1-3); the rest
-//! (boot, .deb, init, a dance as disco.service, the timer) runs in every
-//! suite. All of it, each run's journal and wall time shown:
-//! `cargo test --test booted -- --include-ignored --nocapture`.
+//! Each run's journal and wall time are shown with
+//! `cargo test --test booted -- --nocapture`.
 //! When nspawn cannot boot here, a test says `skipped:` and why.
 mod common;
 
@@ -356,7 +353,6 @@ fn a_booted_node_takes_the_deb_enrols_and_dances_as_the_packaged_unit() {
 }
 
 #[test]
-#[ignore = "needs issue 23 items 1-3"]
 fn a_booted_node_installs_runs_and_restarts_nginx_as_the_packaged_unit() {
     let t0 = Instant::now();
     let f = Fixture::new();
