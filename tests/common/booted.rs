@@ -49,60 +49,12 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /// A fresh copy of the systemd root in `dir/booted`, or `None` (said on
 /// stderr in one `skipped:` line) when it cannot be made here.
 pub fn root(dir: &Path) -> Option<PathBuf> {
-    let template = template()?;
-    let copy = dir.join("booted");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&template)
-        .arg(&copy)
-        .status()
-        .ok()?;
-    assert!(st.success(), "cannot copy the booted root");
-    Some(copy)
-}
-
-fn template() -> Option<PathBuf> {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("..")
-        .join("debian-bookworm-systemd");
-    let done = base.join("root");
-    fs::create_dir_all(&base).unwrap();
-    // One build for all test binaries: the first takes the lock and builds.
-    let lock = fs::File::create(base.join("lock")).unwrap();
-    // SAFETY: flock on a descriptor we own; released when `lock` drops.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-    if done.join("etc/debian_version").is_file() {
-        return Some(done);
-    }
-    let tmp = base.join("building");
-    let _ = fs::remove_dir_all(&tmp);
-    let out = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,openssh-client",
-            "bookworm",
-        ])
-        .arg(&tmp)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            prepare(&tmp);
-            fs::rename(&tmp, &done).unwrap();
-            Some(done)
-        }
-        Ok(o) => {
-            let _ = fs::remove_dir_all(&tmp);
-            eprintln!(
-                "skipped: debootstrap --include=systemd,… bookworm failed (is the Debian mirror reachable?): {}",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("skipped: debootstrap is not installed ({e}); scripts/install-test-deps installs it");
-            None
-        }
-    }
+    let (template, _lock) = super::debian::cached(
+        &super::debian::cache_dir("debian-bookworm-systemd"),
+        &["--include=systemd,systemd-sysv,dbus,openssh-client"],
+        prepare,
+    )?;
+    Some(super::debian::copy(&template, &dir.join("booted")))
 }
 
 /// What the template needs beyond debootstrap: the masks and a hostname

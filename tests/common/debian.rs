@@ -13,46 +13,70 @@ use std::process::Command;
 /// A fresh copy of the Debian root in `dir/debian`, or `None` (said on
 /// stderr) when it cannot be made here.
 pub fn root(dir: &Path) -> Option<PathBuf> {
-    let template = template()?;
-    let copy = dir.join("debian");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&template)
-        .arg(&copy)
-        .status()
-        .ok()?;
-    assert!(st.success(), "cannot copy the Debian root");
-    Some(copy)
+    let base = cache_dir("debian-bookworm");
+    let (template, lock) = cached(&base, &[], |_| {})?;
+    // Under the lock: one `apt-get update` for every test binary.
+    let updated = update_lists(&base, &template);
+    drop(lock);
+    updated.then(|| copy(&template, &dir.join("debian")))
 }
 
-fn template() -> Option<PathBuf> {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+/// `target/NAME`: where a cached root and its lock live.
+pub fn cache_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("..")
-        .join("debian-bookworm");
+        .join(name)
+}
+
+/// A copy (`cp -a`) of `template` at `to`.
+pub fn copy(template: &Path, to: &Path) -> PathBuf {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(template)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cannot copy {}", template.display());
+    to.to_path_buf()
+}
+
+/// `BASE/root`: a `debootstrap --variant=minbase [EXTRA…] bookworm` root,
+/// made once for every test binary (the first to take `BASE/lock` builds
+/// it in `BASE/building`, runs `prepare` on it, renames it in place), or
+/// `None` said in one `skipped:` line. Returned with the lock, held for
+/// as long as the caller keeps it.
+pub fn cached(
+    base: &Path,
+    extra: &[&str],
+    prepare: impl FnOnce(&Path),
+) -> Option<(PathBuf, fs::File)> {
     let done = base.join("root");
-    fs::create_dir_all(&base).unwrap();
-    // One build for all test binaries: the first takes the lock and builds.
+    fs::create_dir_all(base).unwrap();
     let lock = fs::File::create(base.join("lock")).unwrap();
     // SAFETY: flock on a descriptor we own; released when `lock` drops.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     if done.join("etc/debian_version").is_file() {
-        return update_lists(&base, &done).then_some(done);
+        return Some((done, lock));
     }
     let tmp = base.join("building");
     let _ = fs::remove_dir_all(&tmp);
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
+        .arg("--variant=minbase")
+        .args(extra)
+        .arg("bookworm")
         .arg(&tmp)
         .output();
     match out {
         Ok(o) if o.status.success() => {
+            prepare(&tmp);
             fs::rename(&tmp, &done).unwrap();
-            update_lists(&base, &done).then_some(done)
+            Some((done, lock))
         }
         Ok(o) => {
             let _ = fs::remove_dir_all(&tmp);
             eprintln!(
-                "skipped: debootstrap --variant=minbase bookworm failed (is the Debian mirror reachable?): {}",
+                "skipped: debootstrap --variant=minbase {} bookworm failed (is the Debian mirror reachable?): {}",
+                extra.join(" "),
                 String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
             );
             None
