@@ -1,8 +1,8 @@
 //! Stage 5, sandbox (DESIGN §5): runs a piece of work for one layer inside
 //! a private mount namespace whose root is an overlay stack over ROOT.
 //!
-//! For layer *i* a child process unshares its namespaces (mount and PID
-//! always; UTS and IPC too in noop, and it enters the noop network
+//! For layer *i* a child process unshares its namespaces (mount, PID and
+//! IPC always; UTS too in noop, and it enters the noop network
 //! namespace — loopback only — made once per dance), mounts one overlay
 //! per real filesystem of ROOT with `lowerdir = squash:[shims]:ROOT` (the
 //! squash: the uppers of layers 1..i-1 folded into one, see [`squash`]),
@@ -479,9 +479,13 @@ impl Sandbox {
         body: F,
     ) -> i32 {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        // SysV IPC and POSIX message queues are the IPC namespace's: a
+        // live script gets its own too (it has no business with the host's
+        // daemons' segments; the services it restarts run on the host).
+        let mut flags =
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC;
         if self.noop {
-            flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            flags |= CloneFlags::CLONE_NEWUTS;
         }
         if let Some(net) = self.net.get() {
             if let Err(e) = nix::sched::setns(net, CloneFlags::CLONE_NEWNET) {
@@ -553,7 +557,7 @@ impl Sandbox {
             })
             .map_err(|e| format!("{e:#}"));
         let out = match entered {
-            Ok(()) => match detach_and_restrict(out, terminal) {
+            Ok(()) => match detach_and_restrict(out, terminal, self.noop) {
                 Ok(fd) => fd,
                 Err((fd, e)) => return send::<T>(&fd, Err(format!("{e:#}")), vec![], vec![]),
             },
@@ -647,7 +651,11 @@ impl Sandbox {
 /// The init's last steps before running anything: [`security::detach`]
 /// then [`security::restrict`]. Returns the result pipe (now fd 3), or it
 /// with the error.
-fn detach_and_restrict(out: OwnedFd, terminal: bool) -> Result<OwnedFd, (OwnedFd, anyhow::Error)> {
+fn detach_and_restrict(
+    out: OwnedFd,
+    terminal: bool,
+    noop: bool,
+) -> Result<OwnedFd, (OwnedFd, anyhow::Error)> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // detach closes every other descriptor: hand it the raw one, take
     // back the one it kept.
@@ -657,7 +665,7 @@ fn detach_and_restrict(out: OwnedFd, terminal: bool) -> Result<OwnedFd, (OwnedFd
     match security::detach(raw, terminal) {
         Ok(kept) => {
             let out = unsafe { OwnedFd::from_raw_fd(kept) };
-            match security::restrict() {
+            match security::restrict(noop) {
                 Ok(()) => Ok(out),
                 Err(e) => Err((out, e)),
             }

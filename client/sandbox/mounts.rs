@@ -248,7 +248,18 @@ const PROC_MASKED_FILES: &[&str] = &[
     "sched_debug",
     "latency_stats",
     "mtrr",
+    // The kernel's layout and build: addresses, slab caches, config.
+    "kallsyms",
+    "vmallocinfo",
+    "slabinfo",
+    "config.gz",
 ];
+
+/// Entries of `/sys` that are the machine's and tell an attacker about
+/// it (firmware tables, the crash kernel's layout, debugfs and LSM mount
+/// points): masked like `/proc`'s, when they exist.
+const SYS_MASKED_DIRS: &[&str] = &["firmware", "kernel/debug", "kernel/security"];
+const SYS_MASKED_FILES: &[&str] = &["kernel/vmcoreinfo"];
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
 /// Device nodes made in the sandbox's `/dev`: name, major, minor.
@@ -349,6 +360,17 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
         });
     }
     ops.push(MountOp::SysfsReadonly { target: at("sys") });
+    for name in SYS_MASKED_DIRS {
+        ops.push(MountOp::MaskDir {
+            target: at("sys").join(name),
+        });
+    }
+    for name in SYS_MASKED_FILES {
+        ops.push(MountOp::MaskFile {
+            target: at("sys").join(name),
+            null: at("dev/null"),
+        });
+    }
     ops.push(MountOp::Tmpfs {
         target: at("tmp"),
         options: "mode=1777".into(),
@@ -703,6 +725,20 @@ mod tests {
         }));
         assert!(ops.contains(&MountOp::MaskFile {
             target: "/s/run/R/merged/proc/sysrq-trigger".into(),
+            null: "/s/run/R/merged/dev/null".into()
+        }));
+        // /sys's masks come after /sys is mounted.
+        let sys = ops
+            .iter()
+            .position(|o| matches!(o, MountOp::SysfsReadonly { .. }));
+        let firmware = ops.iter().position(|o| {
+            o == &MountOp::MaskDir {
+                target: "/s/run/R/merged/sys/firmware".into(),
+            }
+        });
+        assert!(firmware.is_some() && sys < firmware, "{ops:?}");
+        assert!(ops.contains(&MountOp::MaskFile {
+            target: "/s/run/R/merged/sys/kernel/vmcoreinfo".into(),
             null: "/s/run/R/merged/dev/null".into()
         }));
         let dev = ops

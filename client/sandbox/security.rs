@@ -11,11 +11,17 @@
 //! init then starts inherits all of it and cannot undo it.
 //!
 //! The filter denies with `EPERM` the calls that reach outside a mount
-//! namespace or the machine's files ([`DENIED`]), `ioctl(TIOCSTI)` and
-//! `ioctl(TIOCLINUX)`, `clone`/`unshare` of a user namespace; `clone3`
-//! gets `ENOSYS` (its flags are behind a pointer a filter cannot read; libc
+//! namespace or the machine's files ([`DENIED`], io_uring among them),
+//! `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`, `clone`/`unshare` of a user
+//! namespace, and `personality` with any persona but Docker's
+//! ([`PERSONAS`]); `socket`/`socketpair` of `AF_VSOCK` — and in noop of
+//! any family but [`NOOP_FAMILIES`] — get `EAFNOSUPPORT`; `clone3` gets
+//! `ENOSYS` (its flags are behind a pointer a filter cannot read; libc
 //! falls back to `clone`); on x86_64 every x32 call gets `ENOSYS`, and a
 //! call of another architecture (i386 `int 0x80`) kills the process.
+//!
+//! Also here: no core dumps (`RLIMIT_CORE` 0, hard), and in noop the
+//! capabilities of [`NOOP_DROPPED`] go too.
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -49,8 +55,50 @@ pub const ALLOWED_CAPS: &[caps::Capability] = {
     ]
 };
 
+/// Capabilities a noop sandbox drops as well, whatever its network:
+/// `CAP_NET_RAW` (an `AF_PACKET` socket sees every frame of its network
+/// namespace, the host's with `noop_network = "host"`) and
+/// `CAP_AUDIT_WRITE` (the kernel's audit log is the host's: a forged
+/// `AUDIT_USER_LOGIN` would land there). Live keeps them (`ping` in a
+/// postinst, `login`-style tools writing audit records, as on the host).
+pub const NOOP_DROPPED: &[caps::Capability] = &[
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+/// `personality()` arguments allowed, Docker's default profile's
+/// (moby `profiles/seccomp/default.json`): `PER_LINUX` (0), `PER_LINUX32`
+/// (8), `UNAME26` (0x20000), `PER_LINUX32|UNAME26` (0x20008) and the query
+/// (0xffffffff). Any other persona (`ADDR_NO_RANDOMIZE`,
+/// `READ_IMPLIES_EXEC`, …) gets `EPERM`.
+pub const PERSONAS: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+
+/// Address families a noop sandbox may open a socket of: the ones its own
+/// network namespace isolates and a script plausibly uses (`AF_UNIX`,
+/// `AF_INET`, `AF_INET6`, `AF_NETLINK`, `AF_PACKET` — which needs the
+/// dropped `CAP_NET_RAW` anyway), and `AF_ALG` (the kernel's crypto on the
+/// caller's own data, reaching no shared state; cryptsetup and libkcapi
+/// use it). Every other family (`AF_VSOCK`, `AF_BLUETOOTH`, `AF_NFC`,
+/// `AF_RDS`, `AF_TIPC`, `AF_CAN`, `AF_KEY`, `AF_XDP`, `AF_ATM*`, …) is
+/// refused with `EAFNOSUPPORT`, what a kernel without the family says.
+pub const NOOP_FAMILIES: &[u64] = &[
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+    libc::AF_NETLINK as u64,
+    libc::AF_PACKET as u64,
+    libc::AF_ALG as u64,
+];
+
 /// System calls denied outright (`EPERM`).
 pub const DENIED: &[&str] = &[
+    // io_uring's own operations (OPENAT, CONNECT…) are not system calls:
+    // the filter would never see them. EPERM, as Docker's profile and the
+    // kernel's own `io_uring_disabled` sysctl answer; every user of it
+    // (liburing, libuv, tokio) falls back to plain calls on any error.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     // File handles reach any inode of a filesystem, outside the pivot_root.
     "open_by_handle_at",
     "name_to_handle_at",
@@ -136,24 +184,34 @@ pub fn detach(keep: RawFd, terminal: bool) -> Result<RawFd> {
     Ok(kept)
 }
 
-/// Drops every capability not in [`ALLOWED_CAPS`] from every set, sets
-/// `no_new_privs` and installs the seccomp filter.
-pub fn restrict() -> Result<()> {
-    drop_capabilities()?;
+/// Drops every capability not in [`ALLOWED_CAPS`] (in `noop`, those of
+/// [`NOOP_DROPPED`] too) from every set, forbids core dumps
+/// (`RLIMIT_CORE` 0, soft and hard: a crashing script leaves no core in
+/// its layer, and without `CAP_SYS_RESOURCE` nothing can raise it),
+/// sets `no_new_privs` and installs the seccomp filter.
+pub fn restrict(noop: bool) -> Result<()> {
+    drop_capabilities(noop)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .context("setrlimit(RLIMIT_CORE, 0)")?;
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
     }
-    for program in filters()? {
+    for program in filters(noop)? {
         seccompiler::apply_filter(&program).map_err(|e| anyhow!("cannot install seccomp: {e}"))?;
     }
     Ok(())
 }
 
-fn drop_capabilities() -> Result<()> {
+/// Whether a sandbox keeps `cap`.
+fn kept(cap: &caps::Capability, noop: bool) -> bool {
+    ALLOWED_CAPS.contains(cap) && !(noop && NOOP_DROPPED.contains(cap))
+}
+
+fn drop_capabilities(noop: bool) -> Result<()> {
     use caps::CapSet;
     let supported = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
-    for cap in supported.iter().filter(|c| !ALLOWED_CAPS.contains(c)) {
+    for cap in supported.iter().filter(|c| !kept(c, noop)) {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(|e| anyhow!("cannot drop {cap} from the bounding set: {e}"))?;
     }
@@ -165,7 +223,7 @@ fn drop_capabilities() -> Result<()> {
     for set in [CapSet::Effective, CapSet::Permitted] {
         let mut keep =
             caps::read(None, set).map_err(|e| anyhow!("cannot read capabilities: {e}"))?;
-        keep.retain(|c| ALLOWED_CAPS.contains(c));
+        keep.retain(|c| kept(c, noop));
         caps::set(None, set, &keep).map_err(|e| anyhow!("cannot drop capabilities: {e}"))?;
     }
     Ok(())
@@ -182,6 +240,9 @@ fn arch() -> Result<seccompiler::TargetArch> {
 
 fn syscall_number(name: &str) -> Result<i64> {
     let nr = match name {
+        "io_uring_setup" => libc::SYS_io_uring_setup,
+        "io_uring_enter" => libc::SYS_io_uring_enter,
+        "io_uring_register" => libc::SYS_io_uring_register,
         "open_by_handle_at" => libc::SYS_open_by_handle_at,
         "name_to_handle_at" => libc::SYS_name_to_handle_at,
         "keyctl" => libc::SYS_keyctl,
@@ -232,8 +293,35 @@ fn on_arg(index: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Res
     SeccompRule::new(vec![cond]).map_err(|e| anyhow!("seccomp: {e}"))
 }
 
+/// One rule matching when argument `index` (32 bits) is none of `values`.
+fn none_of(index: u8, values: &[u64]) -> Result<SeccompRule> {
+    let conds = values
+        .iter()
+        .map(|v| SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("seccomp: {e}"))?;
+    SeccompRule::new(conds).map_err(|e| anyhow!("seccomp: {e}"))
+}
+
+/// The rules of the socket families refused (`EAFNOSUPPORT`): `AF_VSOCK`
+/// (the hypervisor's and host's port space, which no namespace isolates)
+/// always; in noop every family but [`NOOP_FAMILIES`].
+fn family_rules(noop: bool) -> Result<Vec<SeccompRule>> {
+    use SeccompCmpArgLen::Dword;
+    if noop {
+        Ok(vec![none_of(0, NOOP_FAMILIES)?])
+    } else {
+        Ok(vec![on_arg(
+            0,
+            Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_VSOCK as u64,
+        )?])
+    }
+}
+
 /// The BPF programs, in the order they are installed.
-pub fn filters() -> Result<Vec<BpfProgram>> {
+pub fn filters(noop: bool) -> Result<Vec<BpfProgram>> {
     let target = arch()?;
     let mut eperm: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for name in DENIED {
@@ -265,6 +353,8 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         libc::SYS_clone,
         vec![on_arg(0, Qword, newuser, CLONE_NEWUSER)?],
     );
+    // personality takes an unsigned int: the low 32 bits only.
+    eperm.insert(libc::SYS_personality, vec![none_of(0, PERSONAS)?]);
     let deny = SeccompFilter::new(
         eperm,
         SeccompAction::Allow,
@@ -281,8 +371,18 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         target,
     )
     .map_err(|e| anyhow!("seccomp: {e}"))?;
+    let mut families: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    families.insert(libc::SYS_socket, family_rules(noop)?);
+    families.insert(libc::SYS_socketpair, family_rules(noop)?);
+    let no_family = SeccompFilter::new(
+        families,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        target,
+    )
+    .map_err(|e| anyhow!("seccomp: {e}"))?;
     let mut programs = Vec::new();
-    for f in [deny, fallback] {
+    for f in [deny, fallback, no_family] {
         let mut p: BpfProgram = f.try_into().map_err(|e| anyhow!("seccomp: {e}"))?;
         if cfg!(target_arch = "x86_64") {
             guard_x32(&mut p);
@@ -337,14 +437,32 @@ mod tests {
         for name in DENIED {
             syscall_number(name).unwrap();
         }
-        let programs = filters().unwrap();
-        assert_eq!(programs.len(), 2);
-        for p in &programs {
+        for noop in [false, true] {
+            check_programs(&filters(noop).unwrap());
+        }
+    }
+
+    fn check_programs(programs: &[BpfProgram]) {
+        assert_eq!(programs.len(), 3);
+        for p in programs {
             // Architecture check first (kill on mismatch), then the x32 guard.
             assert_eq!(p[2].k, libc::SECCOMP_RET_KILL_PROCESS);
             assert_eq!(p[4].k, X32_SYSCALL_BIT);
             assert_eq!(p[5].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
         }
+    }
+
+    #[test]
+    fn noop_also_drops_raw_sockets_and_audit_writes() {
+        use caps::Capability::*;
+        for c in [CAP_NET_RAW, CAP_AUDIT_WRITE] {
+            assert!(kept(&c, false), "{c}");
+            assert!(!kept(&c, true), "{c}");
+        }
+        assert!(kept(&CAP_CHOWN, true) && !kept(&CAP_SYS_ADMIN, false));
+        // Docker's personas, the query included; nothing else.
+        assert!(PERSONAS.contains(&0xffff_ffff) && !PERSONAS.contains(&0x0040000));
+        assert!(!NOOP_FAMILIES.contains(&(libc::AF_VSOCK as u64)));
     }
 
     #[test]
