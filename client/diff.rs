@@ -23,6 +23,18 @@ use crate::fsutil::{is_opaque, is_whiteout, md5_file, same_bytes, xattrs};
 use crate::report::{Change, ChangeKind, Meta};
 use crate::run::{Mount, RunDir};
 
+/// File `rel` of ROOT (`etc/passwd`, `etc/group`) read as untrusted
+/// ([`crate::fsutil::read_in_root`], capped at
+/// [`crate::exec::MAX_ACCOUNTS_FILE`]); empty when it cannot be, so
+/// owners show as numbers.
+fn in_root(root: &Path, rel: &str) -> String {
+    crate::fsutil::read_in_root(root, Path::new(rel), rel, crate::exec::MAX_ACCOUNTS_FILE)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// Files larger than this are compared but not shown as a text diff.
 const MAX_DIFF_BYTES: u64 = 1 << 20;
 
@@ -35,7 +47,7 @@ pub struct Owners {
 
 impl Owners {
     pub fn load(root: &Path) -> Owners {
-        Self::from_files(|f| fs::read_to_string(root.join(f)).unwrap_or_default())
+        Self::from_files(|f| in_root(root, f))
     }
 
     /// The names as the root stands after layer `layer` (1-based): each of
@@ -47,8 +59,13 @@ impl Owners {
                 .rev()
                 .map(|i| run.upper(i, 0).join(f))
                 .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-                .and_then(|p| fs::read_to_string(p).ok())
-                .unwrap_or_else(|| fs::read_to_string(root.join(f)).unwrap_or_default())
+                .and_then(|p| {
+                    crate::fsutil::read_small(&p, f, crate::exec::MAX_ACCOUNTS_FILE)
+                        .ok()
+                        .flatten()
+                })
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|| in_root(root, f))
         })
     }
 
@@ -432,7 +449,11 @@ fn text_diff(old: Option<&Path>, new: Option<&Path>, label: &str) -> Result<Opti
                 if m.len() > MAX_DIFF_BYTES {
                     return Ok(None);
                 }
-                Ok(Some(fs::read(p)?))
+                // Never followed, never blocking, capped: a layer or ROOT.
+                let shown = crate::fsutil::shown(p);
+                Ok(crate::fsutil::read_small(p, &shown, MAX_DIFF_BYTES)
+                    .ok()
+                    .flatten())
             }
         }
     };

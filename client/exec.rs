@@ -53,6 +53,14 @@ pub struct Job {
     pub dance_deadline: Option<Instant>,
 }
 
+/// The most `/etc/passwd` or `/etc/group` may hold for `attributes` to
+/// read it.
+pub const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
+
+/// The most a template may print: its output is read whole before it is
+/// written to its target.
+pub const MAX_TEMPLATE_OUTPUT: u64 = 1 << 30;
+
 /// Mode and owner a file, template or directory lands with.
 type Wanted = crate::attributes::Resolved;
 
@@ -211,11 +219,7 @@ impl Job {
     pub fn run(&self) -> ModuleRun {
         let mut run = ModuleRun::default();
         let shown = format!("modules/{}/attributes", self.module);
-        let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
-        let rules = match self
-            .attributes
-            .resolve(&shown, &read("/etc/passwd"), &read("/etc/group"))
-        {
+        let rules = match self.resolve_attributes(&shown) {
             Ok(r) => r,
             Err(e) => {
                 run.failed = Some(format!("{e:#}"));
@@ -283,6 +287,33 @@ impl Job {
             Err(e) => run.failed = Some(format!("{e:#}")),
         }
         run
+    }
+
+    /// This module's `attributes` with owner and group names resolved
+    /// against the root as it stands now. `/etc/passwd` and `/etc/group`
+    /// are untrusted (an earlier module may have made either a FIFO, a
+    /// link to `/dev/zero`, a sparse giant): read only when a line names
+    /// an owner or group, inside the sandbox's root, never blocking, a
+    /// regular file of at most [`MAX_ACCOUNTS_FILE`]; anything else fails
+    /// the module with one line naming the file.
+    fn resolve_attributes(&self, shown: &str) -> Result<ResolvedRules> {
+        let named = |n: &Option<String>| n.as_ref().is_some_and(|n| n.parse::<u32>().is_err());
+        let needs = self
+            .attributes
+            .rules
+            .iter()
+            .any(|r| named(&r.owner) || named(&r.group));
+        let read = |f: &str| -> Result<String> {
+            if !needs {
+                return Ok(String::new());
+            }
+            let bytes =
+                crate::fsutil::read_in_root(Path::new("/"), Path::new(f), f, MAX_ACCOUNTS_FILE)
+                    .with_context(|| shown.to_string())?;
+            Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+        };
+        let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+        self.attributes.resolve(shown, &passwd, &group)
     }
 
     /// Walks `module_dir/sub` (sorted), creating directories as it goes and
@@ -486,8 +517,16 @@ impl Job {
                     param_errors()?;
                     if code == 0 {
                         let target = self.target_path(rel, false)?;
-                        let out = fs::read(out_dir.join(i.to_string()))
-                            .context("reading the template's output")?;
+                        // The template could reach its output file and
+                        // make it a FIFO, a symlink, a device: read it as
+                        // untrusted (never blocking, never followed,
+                        // capped).
+                        let out = crate::fsutil::read_small(
+                            &out_dir.join(i.to_string()),
+                            "its output",
+                            MAX_TEMPLATE_OUTPUT,
+                        )?
+                        .context("its output file is gone")?;
                         write_if_changed(&target, &out, *want)?;
                     }
                     Ok((code, cpu))
@@ -757,7 +796,9 @@ const RENDER_OUT: &str = "/run/disco/render";
 /// The bash program that renders a module's templates (`bash -c DRIVER
 /// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
 /// from /dev/null, stdout to OUT/N (N its index), no arguments, `$0` its
-/// path; after it the driver says
+/// path, none of the driver's own variables (nor `BASH_EXECUTION_STRING`,
+/// this text) set — they are unset in the subshell before the template
+/// is sourced, so a template cannot find its output file by name; after it the driver says
 /// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
 /// its stdin (disco has written the target) before the next one.
 ///
@@ -794,9 +835,10 @@ __disco_i=0
 for __disco_t in "$@"; do
     (
         exec < /dev/null > "$__disco_out/$__disco_i"
-        set --
         BASH_ARGV0=$__disco_t
-        . "$__disco_t"
+        unset __disco_out __disco_i __disco_t __disco_go BASH_EXECUTION_STRING
+        set --
+        . "$0"
     )
     printf 'E %s\n' "$?"
     times
@@ -978,7 +1020,8 @@ fn write_if_changed(target: &Path, content: &[u8], want: Wanted) -> Result<()> {
             && m.uid() == want.uid
             && m.gid() == want.gid
             && m.len() == content.len() as u64
-            && fs::read(target).map(|c| c == content).unwrap_or(false)
+            && crate::fsutil::read_small(target, "the target", content.len() as u64)
+                .is_ok_and(|c| c.is_some_and(|c| c == content))
         {
             return Ok(());
         }

@@ -11,13 +11,20 @@
 //! virtualization.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
+
+use anyhow::Result;
 
 use crate::params::{Key, ParamTree};
 
+/// The most a fact source (`os-release`, a file of `/proc` or `/sys`) may
+/// hold.
+pub const MAX_FACT_SOURCE: u64 = 4 << 20;
+
 /// The facts as `key → value` (keys below `facts/`; lists one per line).
-pub fn gather(root: &Path) -> BTreeMap<String, String> {
+/// ROOT's `os-release` is untrusted: read inside ROOT, a regular file of
+/// at most [`MAX_FACT_SOURCE`]; anything else fails, naming it.
+pub fn gather(root: &Path) -> Result<BTreeMap<String, String>> {
     let mut f = BTreeMap::new();
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -34,9 +41,7 @@ pub fn gather(root: &Path) -> BTreeMap<String, String> {
         "hostname".into(),
         host.split('.').next().unwrap_or("").to_string(),
     );
-    let os = fs::read_to_string(root.join("etc/os-release"))
-        .or_else(|_| fs::read_to_string(root.join("usr/lib/os-release")))
-        .unwrap_or_default();
+    let os = os_release(root)?;
     for (key, field) in [
         ("os_id", "ID"),
         ("os_version", "VERSION_ID"),
@@ -71,8 +76,7 @@ pub fn gather(root: &Path) -> BTreeMap<String, String> {
             .unwrap_or(1)
             .to_string(),
     );
-    let mem_kib = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
+    let mem_kib = host_file("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
@@ -80,7 +84,33 @@ pub fn gather(root: &Path) -> BTreeMap<String, String> {
     f.insert("memory_mb".into(), (mem_kib / 1024).to_string());
     interfaces(&mut f);
     f.insert("virtualization".into(), virtualization());
-    f
+    Ok(f)
+}
+
+/// ROOT's `etc/os-release`, else `usr/lib/os-release` (when the first is
+/// absent), resolved inside ROOT ([`crate::fsutil::read_in_root`]);
+/// empty when neither exists.
+fn os_release(root: &Path) -> Result<String> {
+    for rel in ["etc/os-release", "usr/lib/os-release"] {
+        let shown = format!("{}/{rel}", root.display());
+        let shown = shown.replace("//", "/");
+        if let Some(b) = crate::fsutil::read_in_root(root, Path::new(rel), &shown, MAX_FACT_SOURCE)?
+        {
+            return Ok(String::from_utf8_lossy(&b).into_owned());
+        }
+    }
+    Ok(String::new())
+}
+
+/// A kernel file of the host (`/proc`, `/sys`), read as any fact source
+/// is: no symlink at the end, never blocking, at most [`MAX_FACT_SOURCE`];
+/// empty when it cannot be.
+fn host_file(path: &str) -> String {
+    crate::fsutil::read_small(Path::new(path), path, MAX_FACT_SOURCE)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// The facts as a parameter tree under `facts/`, values ending in a newline
@@ -153,12 +183,13 @@ fn interfaces(f: &mut BTreeMap<String, String>) {
         if let Some(a) = v6.get(name) {
             f.insert(format!("{base}/ipv6"), a.join("\n"));
         }
-        if let Ok(mac) = fs::read_to_string(format!("/sys/class/net/{name}/address")) {
+        let mac = host_file(&format!("/sys/class/net/{name}/address"));
+        if !mac.is_empty() {
             f.insert(format!("{base}/mac"), mac.trim().to_string());
         }
     }
     // /proc/net/route: the destination 00000000 is the default route.
-    let route = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let route = host_file("/proc/net/route");
     let default = route.lines().skip(1).find_map(|l| {
         let c: Vec<&str> = l.split_whitespace().collect();
         (c.get(1) == Some(&"00000000")).then(|| (c[0].to_string(), c.get(2).copied().unwrap_or("")))
@@ -191,7 +222,7 @@ fn virtualization() -> String {
     if Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists() {
         return "container".into();
     }
-    let dmi = |f: &str| fs::read_to_string(format!("/sys/class/dmi/id/{f}")).unwrap_or_default();
+    let dmi = |f: &str| host_file(&format!("/sys/class/dmi/id/{f}"));
     let who = format!("{} {}", dmi("sys_vendor"), dmi("product_name")).to_lowercase();
     for (needle, name) in [
         ("kvm", "kvm"),
@@ -208,7 +239,7 @@ fn virtualization() -> String {
             return name.into();
         }
     }
-    let cpu = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = host_file("/proc/cpuinfo");
     if cpu
         .lines()
         .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor"))

@@ -55,7 +55,19 @@ pub fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
     if alen != blen {
         return Ok(false);
     }
-    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    // Never through a symlink, never blocking on a FIFO: both sides may
+    // be a module's output or ROOT.
+    let open = |p: &Path| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(p)
+    };
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    if !fa.metadata()?.is_file() || !fb.metadata()?.is_file() {
+        return Ok(false);
+    }
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let n = fa.read(&mut ba)?;
@@ -217,6 +229,68 @@ pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>>
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {shown}")),
     };
+    read_capped(f, shown, cap).map(Some)
+}
+
+/// Reads file `rel` of the tree at `root` as untrusted input, the way a
+/// process chrooted there would find it: `openat2` with
+/// `RESOLVE_IN_ROOT` (an absolute symlink or `..` stays inside `root`)
+/// and `RESOLVE_NO_MAGICLINKS` (no `/proc/…/fd` jumps out), never
+/// blocking on a FIFO (`O_NONBLOCK`), only a regular file of at most
+/// `cap` bytes. `Ok(None)` when absent; otherwise one error naming
+/// `shown`. Where the kernel has no `openat2`, the path is resolved
+/// inside `root` by [`crate::rootpath::resolve`] and opened with
+/// `O_NOFOLLOW`.
+pub fn read_in_root(root: &Path, rel: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
+    let rel_bytes = rel.as_os_str().as_bytes();
+    let rel_c = CString::new(rel_bytes.strip_prefix(b"/").unwrap_or(rel_bytes))
+        .with_context(|| format!("{shown}: a NUL in the path"))?;
+    // SAFETY: open_how is plain data, zeroed then filled.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid descriptor, NUL-terminated path, and a pointer to a
+    // live open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
+            Some(libc::ENOSYS) | Some(libc::EPERM) => {
+                let real = crate::rootpath::resolve(root, rel, true)
+                    .with_context(|| format!("cannot read {shown}"))?;
+                read_small(&root.join(real), shown, cap)
+            }
+            Some(libc::ELOOP) => {
+                anyhow::bail!("cannot read {shown}: too many levels of symbolic links")
+            }
+            Some(libc::EXDEV) => {
+                anyhow::bail!("cannot read {shown}: it leads through a magic link")
+            }
+            _ => Err(e).with_context(|| format!("cannot read {shown}")),
+        };
+    }
+    // SAFETY: a descriptor openat2 just returned, owned by nobody else.
+    let f = unsafe { fs::File::from_raw_fd(fd as i32) };
+    read_capped(f, shown, cap).map(Some)
+}
+
+/// The bytes of open file `f` when it is a regular file of at most `cap`
+/// bytes; otherwise one error naming `shown` (and the cap).
+pub fn read_capped(f: fs::File, shown: &str, cap: u64) -> Result<Vec<u8>> {
     let meta = f
         .metadata()
         .with_context(|| format!("cannot read {shown}"))?;
@@ -240,7 +314,7 @@ pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>>
     if bytes.len() as u64 > cap {
         anyhow::bail!("{shown} grew past {} while it was read", human_bytes(cap));
     }
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// True when `path` is a real directory, false when it is absent; an
@@ -473,6 +547,39 @@ mod tests {
             Some("cap_net_bind_service,cap_net_raw=ep")
         );
         assert_eq!(file_caps(d.path()), None);
+    }
+
+    #[test]
+    fn a_root_file_is_read_inside_the_root_and_only_when_regular_and_small() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::create_dir_all(r.join("usr/lib")).unwrap();
+        fs::write(r.join("usr/lib/os-release"), "ID=inside\n").unwrap();
+        std::os::unix::fs::symlink("/usr/lib/os-release", r.join("etc/os-release")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", r.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/root/etc/hostname", r.join("etc/magic")).unwrap();
+        let c = std::ffi::CString::new(r.join("etc/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let read = |rel: &str, cap| read_in_root(r, Path::new(rel), rel, cap);
+        assert_eq!(
+            read("etc/os-release", 100).unwrap().unwrap(),
+            b"ID=inside\n"
+        );
+        // `..` stops at the root: ROOT/etc/hostname, which is absent.
+        assert!(read("etc/up", 100).unwrap().is_none());
+        // An absolute link through /proc is ROOT's /proc too: never the host's.
+        assert!(read("etc/magic", 100).unwrap().is_none());
+        assert_eq!(
+            read("etc/fifo", 100).unwrap_err().to_string(),
+            "etc/fifo is a fifo; it must be a regular file"
+        );
+        assert_eq!(
+            read("etc/os-release", 4).unwrap_err().to_string(),
+            "etc/os-release is 10 B, more than the 4 B it may hold"
+        );
+        assert!(read("etc/none", 4).unwrap().is_none());
     }
 
     #[test]

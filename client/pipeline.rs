@@ -261,7 +261,7 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
     let tree = fetch::cache_tree(&fetched.cache)?;
     let mut params = crate::secrets::merged(&tree, &fetched.node, &fetched.plan, node_key)?;
     // Facts, gathered here on the host: the same in noop and live.
-    params.overlay(crate::facts::as_params(&crate::facts::gather(root)));
+    params.overlay(crate::facts::as_params(&crate::facts::gather(root)?));
     // From here on, every line printed and every state file written masks them.
     crate::masks::set(crate::masks::Masks::from_params(&params));
     let mut attributes = std::collections::BTreeMap::new();

@@ -145,7 +145,7 @@ fn retry_only(config: &Config, opts: &DanceOptions) -> Result<i32> {
         crate::secrets::merged(&tree, &fetched.node, &fetched.plan, &config.node_key())?;
     params.overlay(crate::facts::as_params(&crate::facts::gather(
         &config.root.value,
-    )));
+    )?));
     crate::masks::set(crate::masks::Masks::from_params(&params));
     // Unsealed with the secrets of now.
     let before = actions::load_failed(state)?.unwrap_or_default();

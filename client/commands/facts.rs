@@ -9,7 +9,7 @@ use crate::config::Config;
 /// Prints `facts/KEY = value` lines (lists on one line, `\n`-joined), or
 /// one JSON object with `--json`.
 pub fn run(config: &Config, json: bool) -> Result<i32> {
-    let facts = crate::facts::gather(&config.root.value);
+    let facts = crate::facts::gather(&config.root.value)?;
     if json {
         print_lines([serde_json::to_string_pretty(&facts)?])?;
     } else {

@@ -68,7 +68,7 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             }
             // Facts when asked for (`disco facts` lists them all).
             if key.is_some_and(|k| k == "facts" || k.starts_with("facts/")) {
-                let facts = crate::facts::gather(&config.root.value);
+                let facts = crate::facts::gather(&config.root.value)?;
                 tree.overlay(crate::facts::as_params(&facts));
             }
             tree

@@ -596,10 +596,18 @@ pub fn unit_file_state(root: &Path, unit: &str) -> Option<&'static str> {
     if fs::read_link(etc.join(unit)).is_ok_and(|t| t == Path::new("/dev/null")) {
         return Some("masked");
     }
+    // A unit file is ROOT's, untrusted: resolved inside `root`, never
+    // blocking, capped (a FIFO or a link to /dev/zero reads as empty).
     let file = UNIT_DIRS
         .iter()
-        .map(|d| root.join(d.trim_start_matches('/')).join(unit))
-        .find(|f| f.is_file());
+        .map(|d| Path::new(d.trim_start_matches('/')).join(unit))
+        .find_map(|rel| {
+            let shown = rel.display().to_string();
+            crate::fsutil::read_in_root(root, &rel, &shown, 1 << 20)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        });
     let linked = fs::read_dir(&etc).ok().is_some_and(|dir| {
         dir.flatten().any(|e| {
             let n = e.file_name();
@@ -609,11 +617,10 @@ pub fn unit_file_state(root: &Path, unit: &str) -> Option<&'static str> {
         })
     });
     match file {
-        Some(f) => {
+        Some(text) => {
             if linked {
                 return Some("enabled");
             }
-            let text = fs::read_to_string(f).unwrap_or_default();
             let installs = text
                 .lines()
                 .map(str::trim)

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -133,24 +132,24 @@ pub fn real_tools(root: &Path, paths: &[PathBuf]) -> Vec<RealTool> {
 pub fn shim_list(root: &Path) -> Result<Vec<String>> {
     let mut list: Vec<String> = DEFAULT_SHIMS.iter().map(|s| s.to_string()).collect();
     let file = root.join("etc/disco/shims");
-    match fs::read_to_string(&file) {
-        Ok(text) => {
-            for line in text.lines() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                let bare_but_pathlike = !line.starts_with('/') && line.contains('/');
-                if line.split('/').any(|c| c == "..") || bare_but_pathlike {
-                    bail!(
-                        "{}: {line:?}: give an absolute path without '..' or a bare command name",
-                        file.display()
-                    );
-                }
-                if !line.is_empty() && !list.iter().any(|l| l == line) {
-                    list.push(line.to_string());
-                }
+    // ROOT's own file: untrusted, read inside ROOT, capped.
+    let shown = file.display().to_string();
+    let read = crate::fsutil::read_in_root(root, Path::new("etc/disco/shims"), &shown, 1 << 20)?;
+    if let Some(bytes) = read {
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let bare_but_pathlike = !line.starts_with('/') && line.contains('/');
+            if line.split('/').any(|c| c == "..") || bare_but_pathlike {
+                bail!(
+                    "{}: {line:?}: give an absolute path without '..' or a bare command name",
+                    file.display()
+                );
+            }
+            if !line.is_empty() && !list.iter().any(|l| l == line) {
+                list.push(line.to_string());
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     }
     Ok(list)
 }

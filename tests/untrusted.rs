@@ -1,0 +1,243 @@
+//! What disco reads from a module's sandbox or from ROOT is untrusted
+//! (issue 24, item 4): a template's output, `/etc/passwd` and
+//! `/etc/group` for `attributes`, ROOT's `os-release`. One test per
+//! attack, each on a fixture root, each under a time limit and a memory
+//! limit of its own (the attack would otherwise hang the test or grow
+//! without end): a regression fails the test instead.
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root::FixtureRoot;
+use common::Fixture;
+
+/// The longest any of these runs may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` in a process group of its own with at most 2 GiB of data
+/// (`RLIMIT_DATA`, inherited by the sandbox); past [`LIMIT`] the group
+/// is killed and the test fails. Returns (exit code, stdout, stderr).
+fn bounded(mut cmd: Command) -> (i32, String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_DATA, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > LIMIT {
+            // SAFETY: kills the group this test started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("disco did not end within {} s", LIMIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
+}
+
+/// Asserts that `err` says exactly one `error:` line.
+fn one_error(err: &str) {
+    let n = err.lines().filter(|l| l.starts_with("error:")).count();
+    assert_eq!(n, 1, "{err}");
+}
+
+/// `disco … dance` (noop when `noop`) for node `n` on `root`.
+fn dance(f: &Fixture, root: &Path, noop: bool) -> (i32, String, String) {
+    let mut c = f.process(&f.state(), root);
+    c.arg("dance");
+    if noop {
+        c.env("NOOP", "true");
+    }
+    bounded(c)
+}
+
+/// A fixture with module `m` on node `n` holding template `etc/x`.
+fn template(body: &str) -> (Fixture, FixtureRoot) {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "templates/etc/x", body, 0o644);
+    (f, r)
+}
+
+#[test]
+fn a_template_that_makes_its_output_a_fifo_fails_without_hanging() {
+    let (f, r) =
+        template("echo hello\nme=$BASHPID\nout=$(readlink /proc/$me/fd/1)\nrm -f \"$out\"\nmkfifo \"$out\"\n");
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("templates/etc/x: its output is a fifo; it must be a regular file"),
+        "{out}{err}"
+    );
+    assert!(!r.path.join("etc/x").exists());
+}
+
+#[test]
+fn a_template_that_links_its_output_to_dev_zero_fails_without_growing() {
+    let (f, r) = template(
+        "echo hello\nme=$BASHPID\nout=$(readlink /proc/$me/fd/1)\nln -sf /dev/zero \"$out\"\n",
+    );
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("templates/etc/x: its output is a symbolic link; it must be a regular file"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn a_template_sees_none_of_the_render_drivers_variables() {
+    let (f, r) = template("echo \"names: ${!__disco*}\"\ndeclare -p\n");
+    let (code, out, err) = dance(&f, &r.path, false);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = fs::read_to_string(r.path.join("etc/x")).unwrap();
+    assert!(text.starts_with("names: \n"), "{text}");
+    assert!(!text.contains("__disco"), "{text}");
+    assert!(!text.contains("/run/disco/render"), "{text}");
+}
+
+/// Module `a` runs `script`; module `b` (after `a`) installs
+/// `/etc/app.conf` owned by a user named in its `attributes`.
+fn accounts(script: &str) -> (Fixture, FixtureRoot) {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+        .file("etc/group", "root:x:0:\n");
+    f.node("n", &["a", "b"])
+        .module("a", "")
+        .module("b", "after a\n");
+    f.module_file("a", "scripts/10-break", script, 0o755);
+    f.module_file("b", "files/etc/app.conf", "x\n", 0o644)
+        .module_file("b", "attributes", "/etc/app.conf 0600 root:root\n", 0o644);
+    (f, r)
+}
+
+#[test]
+fn an_etc_passwd_fifo_from_an_earlier_module_fails_the_next_one_naming_it() {
+    let (f, r) = accounts("rm -f /etc/passwd\nmkfifo /etc/passwd\n");
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("/etc/passwd is a fifo; it must be a regular file"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn an_etc_group_fifo_from_an_earlier_module_fails_the_next_one_naming_it() {
+    let (f, r) = accounts("rm -f /etc/group\nmkfifo /etc/group\n");
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("/etc/group is a fifo; it must be a regular file"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn a_sparse_giant_etc_passwd_is_refused_at_the_cap() {
+    let (f, r) = accounts("true\n");
+    // 1.2 GB of holes: no disk is used.
+    let p = fs::OpenOptions::new()
+        .write(true)
+        .open(r.path.join("etc/passwd"))
+        .unwrap();
+    p.set_len(1_200_000_000).unwrap();
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("/etc/passwd is 1.1 GiB, more than the 16.0 MiB it may hold"),
+        "{out}{err}"
+    );
+}
+
+/// `disco facts` on `root`.
+fn facts(f: &Fixture, root: &Path) -> (i32, String, String) {
+    let mut c = f.process(&f.state(), root);
+    c.arg("facts");
+    bounded(c)
+}
+
+#[test]
+fn an_os_release_fifo_fails_fact_gathering_naming_it() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    let p = r.path.join("etc/os-release");
+    let _ = fs::remove_file(&p);
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let (code, out, err) = facts(&f, &r.path);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(
+        err.contains("etc/os-release is a fifo; it must be a regular file"),
+        "{out}{err}"
+    );
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "templates/etc/x", "echo x\n", 0o644);
+    let (code, out, err) = dance(&f, &r.path, true);
+    assert_ne!(code, 0, "{out}{err}");
+    one_error(&err);
+    assert!(err.contains("etc/os-release is a fifo"), "{out}{err}");
+}
+
+#[test]
+fn an_absolute_os_release_symlink_is_resolved_inside_root() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    // The same absolute path on the host and inside ROOT, with different
+    // contents: only ROOT's may ever be read.
+    let host = tempfile::tempdir().unwrap();
+    let abs = host.path().join("os-release");
+    fs::write(&abs, "ID=hostsecret\nVERSION_ID=666\n").unwrap();
+    let rel = abs.strip_prefix("/").unwrap().to_str().unwrap();
+    r.file(rel, "ID=inside\nVERSION_ID=12\n");
+    let link = r.path.join("etc/os-release");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&abs, &link).unwrap();
+    let (code, out, err) = facts(&f, &r.path);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("hostsecret"), "{out}");
+    assert!(out.contains("facts/os_id = inside\n"), "{out}");
+    assert!(out.contains("facts/os_version = 12\n"), "{out}");
+}
