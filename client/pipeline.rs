@@ -909,6 +909,7 @@ impl<'a, 'r> Run<'a, 'r> {
         merge_began.set(true);
         watchdog::merge_began();
         watchdog::doing("the merge");
+        watchdog::hang_point("merge");
         self.pending.save(&self.sandbox.run.path)?;
         let layout = run::Layout {
             root: self.sandbox.root.clone(),

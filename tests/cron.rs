@@ -754,3 +754,24 @@ fn step_timeout_covers_all_a_template_step_does() {
     let (code, err, _) = dance_within_60s(again);
     assert_eq!(code, 0, "the lock was released: {err}");
 }
+
+#[test]
+fn a_dance_stuck_once_the_merge_began_exits_4() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 2\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/from-m", "x\n", 0o644);
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.env("DISCO_FAILPOINT", "hang:merge")
+        .args(["dance", "--detailed-exitcodes"]);
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 4, "{err}");
+    let line = "the dance ran past dance_timeout (2 s): the merge";
+    assert!(err.contains(&format!("error: {line}")), "{err}");
+    assert!(took < 8.0, "{took} s");
+    // Stuck before the first entry was touched: no merge marker left.
+    assert!(!r.path.join("etc/from-m").exists());
+    assert!(!f.state().join("merging").exists());
+    ended_cleanly(&f, &r, line, || {});
+}
