@@ -1027,7 +1027,9 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
     let result = cmd.spawn().map_err(anyhow::Error::from).and_then(|mut c| {
         let copies = MaskedCopies::start(&masks, c.stdout.take(), c.stderr.take());
         let dog = crate::exec::Watchdog::start(c.id(), limit, "step_timeout".into(), false);
+        let waiting = crate::watchdog::waiting_on(crate::watchdog::Victim::Group(c.id() as i32));
         let waited = wait4(c.id());
+        drop(waiting);
         copies.finish();
         if dog.finish() {
             anyhow::bail!("was killed after {} s (step_timeout)", limit.as_secs());

@@ -123,6 +123,23 @@ pub fn current_status(state_dir: &Path) -> Option<String> {
     Some(line)
 }
 
+/// The status line of a dance that ended with `report`.
+pub fn ended(report: &crate::report::RunReport) -> String {
+    match report.status.as_str() {
+        "failed" => format!(
+            "failed at {}: {}",
+            report.ended,
+            report.error.as_deref().unwrap_or("see disco report")
+        ),
+        _ => format!(
+            "done at {} ({} change(s){})",
+            report.ended,
+            report.changes().count(),
+            if report.noop { ", noop" } else { "" }
+        ),
+    }
+}
+
 /// Replaces `STATE/status` with `line` (through the process's mask)
 /// atomically, 0600.
 pub fn set_status(state_dir: &Path, line: &str) {

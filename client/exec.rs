@@ -47,10 +47,10 @@ pub struct Job {
     /// The module's `attributes`, checked before anything ran; owner
     /// names are resolved in the sandbox when the module starts.
     pub attributes: crate::attributes::Attributes,
-    /// Longest a template or script may run, and what sets it (for messages).
+    /// Longest a template or script may run, and what sets it (for
+    /// messages). The dance's own deadline is disco's main process's
+    /// ([`crate::watchdog`]).
     pub step_timeout: (std::time::Duration, String),
-    /// When the whole dance must be over (`dance_timeout`).
-    pub dance_deadline: Option<Instant>,
 }
 
 /// The most `/etc/passwd` or `/etc/group` may hold for `attributes` to
@@ -505,32 +505,32 @@ impl Job {
         for (i, (_, rel, want)) in templates.iter().enumerate() {
             let started = if i == 0 { started } else { Instant::now() };
             let (limit, by) = self.limit();
-            let dog = Watchdog::start(child.id(), limit, by.clone(), true);
-            let ended = read_rendered(&mut status);
+            let killed = killed(limit, &by);
+            // The limit covers all the step does: its output is read and
+            // written under it too (a template can leave a FIFO there).
+            let dog = Watchdog::start(child.id(), limit, by.clone(), true)
+                .or_give_up(format!("{}: {killed}", name(rel)));
+            let result = read_rendered(&mut status).and_then(|(code, cpu)| {
+                param_errors()?;
+                if code == 0 {
+                    let target = self.target_path(rel, false)?;
+                    // The template could reach its output file and make
+                    // it a FIFO, a symlink, a device: read it as untrusted
+                    // (never blocking, never followed, capped).
+                    let out = crate::fsutil::read_small(
+                        &out_dir.join(i.to_string()),
+                        "its output",
+                        MAX_TEMPLATE_OUTPUT,
+                    )?
+                    .context("its output file is gone")?;
+                    write_if_changed(&target, &out, *want)?;
+                }
+                Ok((code, cpu))
+            });
             let result = if dog.finish() {
-                Err(anyhow::anyhow!(
-                    "was killed after {} s ({by}); its processes were ended",
-                    limit.as_secs()
-                ))
+                Err(anyhow::anyhow!(killed))
             } else {
-                ended.and_then(|(code, cpu)| {
-                    param_errors()?;
-                    if code == 0 {
-                        let target = self.target_path(rel, false)?;
-                        // The template could reach its output file and
-                        // make it a FIFO, a symlink, a device: read it as
-                        // untrusted (never blocking, never followed,
-                        // capped).
-                        let out = crate::fsutil::read_small(
-                            &out_dir.join(i.to_string()),
-                            "its output",
-                            MAX_TEMPLATE_OUTPUT,
-                        )?
-                        .context("its output file is gone")?;
-                        write_if_changed(&target, &out, *want)?;
-                    }
-                    Ok((code, cpu))
-                })
+                result
             };
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
             if let Ok((_, (user, sys))) = &result {
@@ -603,7 +603,7 @@ impl Job {
                 .command(path)
                 .spawn()
                 .with_context(|| format!("cannot run bash for {name}"))?;
-            let ((), status, ru) = self.supervise(&child, || ())?;
+            let ((), status, ru) = self.supervise(&name, &child, || ())?;
             Ok((status, ru))
         })();
         finish(name, started, result, "script")
@@ -644,11 +644,26 @@ impl Job {
     }
 }
 
+/// `was killed after N s (BY); its processes were ended`
+fn killed(limit: std::time::Duration, by: &str) -> String {
+    format!(
+        "was killed after {} s ({by}); its processes were ended",
+        limit.as_secs()
+    )
+}
+
+/// How long a sandbox's init has, once a step's processes were killed,
+/// to come back from what the step left it reading before it gives up.
+const STUCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Kills a step's process group when its time is up. The step runs in a
 /// process group of its own (see [`Job::command`]); a thread waits for
 /// the limit unless the step ends first.
 pub struct Watchdog {
     stop: Option<std::sync::mpsc::Sender<()>>,
+    /// With [`Watchdog::or_give_up`]: the error the init ends with when
+    /// it does not come back after the kill.
+    give_up: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// `after 2 s (step_timeout)`
@@ -664,6 +679,8 @@ impl Watchdog {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = fired.clone();
+        let give_up = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let error = give_up.clone();
         let thread = std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -677,14 +694,33 @@ impl Watchdog {
                         libc::kill(-1, libc::SIGKILL);
                     }
                 }
+                // Still not back (a read of a FIFO the step left): the
+                // init ends with the step's error.
+                let error = error.lock().ok().and_then(|mut e| e.take());
+                if let (Some(error), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) =
+                    (error, rx.recv_timeout(STUCK_GRACE))
+                {
+                    crate::sandbox::give_up(error);
+                }
             }
         });
         Watchdog {
             stop: Some(tx),
+            give_up,
             fired,
             thread: Some(thread),
             what,
         }
+    }
+
+    /// In a sandbox's init: when the init is not back [`STUCK_GRACE`]
+    /// after the kill, it sends `error` as the module's result and ends
+    /// (`crate::sandbox::give_up`), so the limit covers all a step does.
+    pub fn or_give_up(self, error: String) -> Watchdog {
+        if let Ok(mut e) = self.give_up.lock() {
+            *e = Some(error);
+        }
+        self
     }
 
     /// Stops watching; true when the limit was hit (the group was killed).
@@ -698,38 +734,31 @@ impl Watchdog {
 }
 
 impl Job {
-    /// The limit of the next step: the step timeout, or what is left of
-    /// the dance's, whichever is sooner; and how to name it.
+    /// The limit of the next step, and how to name it.
     fn limit(&self) -> (std::time::Duration, String) {
-        let (step, by) = &self.step_timeout;
-        match self.dance_deadline {
-            Some(end) if end.saturating_duration_since(Instant::now()) < *step => (
-                end.saturating_duration_since(Instant::now()),
-                "dance_timeout".to_string(),
-            ),
-            _ => (*step, by.clone()),
-        }
+        self.step_timeout.clone()
     }
 
     /// Runs `child` (already spawned in its own process group) to its end
     /// under the step's limit; `read` consumes its output meanwhile.
     fn supervise<T>(
         &self,
+        name: &str,
         child: &std::process::Child,
         read: impl FnOnce() -> T,
     ) -> Result<(T, i32, libc::rusage)> {
         let (limit, by) = self.limit();
-        let dog = Watchdog::start(child.id(), limit, by.clone(), true);
+        let killed = killed(limit, &by);
+        let dog = Watchdog::start(child.id(), limit, by.clone(), true)
+            .or_give_up(format!("{name}: {killed}"));
         let out = read();
         let waited = wait4(child.id());
+        let errors = param_errors();
         if dog.finish() {
-            bail!(
-                "was killed after {} s ({by}); its processes were ended",
-                limit.as_secs()
-            );
+            bail!(killed);
         }
         let (status, ru) = waited?;
-        param_errors()?;
+        errors?;
         Ok((out, status, ru))
     }
 }

@@ -32,3 +32,4 @@ pub mod sandbox;
 pub mod secrets;
 pub mod transport;
 pub mod tree;
+pub mod watchdog;

@@ -27,6 +27,7 @@ use crate::report::{self, ModuleReport, RunReport, Step};
 use crate::run::{self, RunDir};
 use crate::sandbox::{Output, Sandbox, DISCO_DIR};
 use crate::tree::ServerTree;
+use crate::watchdog;
 
 /// How many kept scratch directories (failed or `--keep` runs) survive.
 const KEPT_RUNS: usize = 5;
@@ -111,9 +112,32 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     };
     let mut scratch = None;
     let merge_began = std::cell::Cell::new(false);
-    let ending = match stages(config, opts, &mut report, &mut scratch, &merge_began) {
-        Ok(ending) => ending,
-        Err(e) => {
+    let shared_run = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let armed = watchdog::arm(
+        std::time::Duration::from_secs(config.dance_timeout.value),
+        last_resort(config, opts, &report, started, shared_run.clone()),
+    );
+    let result = stages(
+        config,
+        opts,
+        &mut report,
+        (&mut scratch, &shared_run),
+        &merge_began,
+    );
+    let ending = match (result, watchdog::passed()) {
+        // Past the deadline: that is the dance's error, whatever the
+        // stage it stopped said.
+        (_, Some(msg)) => {
+            output::error(&msg);
+            report.error = Some(msg);
+            if merge_began.get() {
+                Ending::FailedAfterMerge
+            } else {
+                Ending::FailedBeforeMerge
+            }
+        }
+        (Ok(ending), None) => ending,
+        (Err(e), None) => {
             let msg = format!("{e:#}");
             output::error(&msg);
             report.error = Some(msg);
@@ -125,11 +149,48 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         }
     };
     let code = exit_code(ending, opts.detailed_exitcodes);
+    watchdog::doing("writing the report");
     report_stage(config, &mut report, code, started);
     if let Some(run) = &scratch {
         cleanup_stage(&config.state_dir.value, run, opts.keep);
     }
+    watchdog::ended();
+    drop(armed);
     Ok((code, report))
+}
+
+/// What the deadline's watchdog does when the main thread does not come
+/// back after the kill (stuck in a read no kill interrupts): the normal
+/// ending from that thread — the error, the report (what is known at the
+/// start of the dance, with the error), the run directory removed, the
+/// status — then the exit, which releases the locks (`flock`) and the
+/// mounts (disco's own mount namespace).
+fn last_resort(
+    config: &Config,
+    opts: &Options,
+    report: &RunReport,
+    started: Instant,
+    run_dir: std::sync::Arc<std::sync::Mutex<Option<RunDir>>>,
+) -> watchdog::LastResort {
+    let (config, opts, mut report) = (config.clone(), opts.clone(), report.clone());
+    Box::new(move |msg, merge_began| {
+        output::error(msg);
+        report.error = Some(msg.to_string());
+        let ending = if merge_began {
+            Ending::FailedAfterMerge
+        } else {
+            Ending::FailedBeforeMerge
+        };
+        let code = exit_code(ending, opts.detailed_exitcodes);
+        report_stage(&config, &mut report, code, started);
+        let run = run_dir.lock().ok().and_then(|r| r.clone());
+        if let Some(run) = run {
+            cleanup_stage(&config.state_dir.value, &run, opts.keep);
+        }
+        crate::cron::set_status(&config.state_dir.value, &crate::cron::ended(&report));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(code);
+    })
 }
 
 /// Stages 3–9, filling `report` as they go; `scratch` is the run
@@ -139,11 +200,16 @@ fn stages(
     config: &Config,
     opts: &Options,
     report: &mut RunReport,
-    scratch: &mut Option<RunDir>,
+    (scratch, shared_run): (&mut Option<RunDir>, &std::sync::Mutex<Option<RunDir>>),
     merge_began: &std::cell::Cell<bool>,
 ) -> Result<Ending> {
+    watchdog::doing("finishing an interrupted merge or undo");
     recover(config)?;
+    watchdog::check()?;
+    watchdog::doing("the fetch");
     let mut fetched = fetch_stage(config)?;
+    watchdog::check()?;
+    watchdog::doing("the plan (parameters, secrets, facts of the root)");
     report.server = fetched.0.origin.server.clone();
     report.snapshot = fetched.0.origin.snapshot.clone();
     report.root_hash = fetched.0.origin.root_hash.clone();
@@ -160,8 +226,13 @@ fn stages(
     report.plan = fetched.0.plan.order.iter().map(|m| m.to_string()).collect();
     let planned = plan_stage(&fetched, &config.root.value, &config.node_key())?;
     report.stages.push(planned.step.clone());
+    watchdog::check()?;
+    watchdog::doing("preparing the sandbox");
     let sandbox = sandbox_stage(config, &fetched, &planned, opts.keep, &report.id)?;
     *scratch = Some(sandbox.run.clone());
+    if let Ok(mut r) = shared_run.lock() {
+        *r = Some(sandbox.run.clone());
+    }
     report.root = sandbox.root.clone();
     let mut run = Run::new(config, opts, &planned, &sandbox, report)?;
     for (idx, module) in fetched.0.plan.order.iter().enumerate() {
@@ -169,6 +240,7 @@ fn stages(
             break;
         }
     }
+    watchdog::check()?;
     Ok(match verdict(run.report) {
         Verdict::Failed => run.failed(),
         Verdict::Noop => run.noop_summary(),
@@ -261,6 +333,8 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
     let tree = fetch::cache_tree(&fetched.cache)?;
     let mut params = crate::secrets::merged(&tree, &fetched.node, &fetched.plan, node_key)?;
     // Facts, gathered here on the host: the same in noop and live.
+    watchdog::doing("gathering the facts of the root (plan)");
+    watchdog::hang_point("facts");
     params.overlay(crate::facts::as_params(&crate::facts::gather(root)?));
     // From here on, every line printed and every state file written masks them.
     crate::masks::set(crate::masks::Masks::from_params(&params));
@@ -357,7 +431,6 @@ pub fn job(
     module: &Name,
     attributes: crate::attributes::Attributes,
     timeout: Option<u64>,
-    dance_deadline: Option<Instant>,
 ) -> Job {
     Job {
         node: config.node.value.to_string(),
@@ -382,7 +455,6 @@ pub fn job(
                 "step_timeout".into(),
             ),
         },
-        dance_deadline,
     }
 }
 
@@ -393,7 +465,6 @@ struct Run<'a, 'r> {
     tree: &'a ServerTree,
     attributes: &'a std::collections::BTreeMap<Name, crate::attributes::Attributes>,
     timeouts: &'a std::collections::BTreeMap<Name, u64>,
-    deadline: Instant,
     sandbox: &'a Sandbox,
     exe: PathBuf,
     report: &'r mut RunReport,
@@ -457,7 +528,6 @@ impl<'a, 'r> Run<'a, 'r> {
             tree: &planned.tree,
             attributes: &planned.attributes,
             timeouts: &planned.timeouts,
-            deadline: Instant::now() + std::time::Duration::from_secs(config.dance_timeout.value),
             sandbox,
             exe: crate::sandbox::exe()?,
             report,
@@ -474,6 +544,7 @@ impl<'a, 'r> Run<'a, 'r> {
     /// Long because it is everything the user sees of one module, in the
     /// order they see it: processing, leftovers, changes, skipped files.
     fn module(&mut self, layer: usize, module: &Name) -> Result<bool> {
+        watchdog::check()?;
         output::info(&format!("Processing {module}"));
         let module_dir = self
             .tree
@@ -485,7 +556,6 @@ impl<'a, 'r> Run<'a, 'r> {
             module,
             self.attributes[module].clone(),
             self.timeouts.get(module).copied(),
-            Some(self.deadline),
         );
         let mut binds = self
             .sandbox
@@ -497,9 +567,16 @@ impl<'a, 'r> Run<'a, 'r> {
             Output::Forward
         };
         let started = SystemTime::now();
+        watchdog::doing(format!(
+            "module {module}, in its sandbox (its attributes, templates or scripts)"
+        ));
         let outcome = self
             .sandbox
-            .run_layer(layer, &binds, output, || Ok(job.run()))?;
+            .run_layer(layer, &binds, output, || Ok(job.run()));
+        // Killed by the deadline: its error, not the sandbox's.
+        watchdog::check()?;
+        let outcome = outcome?;
+        watchdog::doing(format!("module {module}: the diff of its layer"));
         let mut mreport = ModuleReport {
             name: module.to_string(),
             actions: crate::sandbox::service_cmds::dedupe_reloads(outcome.actions),
@@ -814,6 +891,7 @@ impl<'a, 'r> Run<'a, 'r> {
     /// touched. A failed merge that could not be rolled back leaves the
     /// merge marker, which keeps the run's layers for the next dance.
     fn merge_and_act(&mut self, merge_began: &std::cell::Cell<bool>) -> Result<Ending> {
+        watchdog::doing("checking the live files before the merge");
         self.sandbox.drop_squash();
         let state = &self.config.state_dir.value;
         // The last look before the first live entry is touched.
@@ -827,7 +905,11 @@ impl<'a, 'r> Run<'a, 'r> {
             self.report.error = Some(msg);
             return Ok(Ending::FailedBeforeMerge);
         }
+        watchdog::check()?;
         merge_began.set(true);
+        watchdog::merge_began();
+        watchdog::doing("the merge");
+        watchdog::hang_point("merge");
         self.pending.save(&self.sandbox.run.path)?;
         let layout = run::Layout {
             root: self.sandbox.root.clone(),
@@ -875,6 +957,8 @@ impl<'a, 'r> Run<'a, 'r> {
                 self.sandbox.root.display()
             ));
         }
+        watchdog::check()?;
+        watchdog::doing("the deferred actions and handlers");
         let still = self.act()?;
         if still > 0 {
             let msg = format!(

@@ -551,3 +551,227 @@ fn quiet_change_lines_say_the_content_changed() {
     assert!(!err.contains("xattrs="), "{err}");
     assert!(!err.contains("+a=2"), "no diff text with --quiet: {err}");
 }
+
+/// Runs `cmd` (a dance) under an outer limit of the test's own: past 60 s
+/// it is killed and the test fails. Returns (exit code, stderr, seconds).
+fn dance_within_60s(mut cmd: Command) -> (i32, String, f64) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = reader.join().unwrap();
+            return (
+                status.code().unwrap_or(-1),
+                err,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the dance still ran after 60 s (outer limit)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if line.contains(marker) {
+                found.push(format!("{}: {line}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// After a dance past its deadline: it failed in the status file and the
+/// saved report, left no run dir, and the lock is free — a `--no-wait`
+/// dance right after takes it (and succeeds, `benign` made the module so).
+fn ended_cleanly(f: &Fixture, r: &FixtureRoot, line: &str, benign: impl FnOnce()) {
+    let status = fs::read_to_string(f.state().join("status")).unwrap();
+    assert!(
+        status.starts_with("failed at ") && status.contains(line),
+        "{status}"
+    );
+    let rep = last(f);
+    assert_eq!(rep["status"], "failed", "{rep}");
+    assert!(rep["error"].as_str().unwrap().contains(line), "{rep}");
+    let runs = f.state().join("run");
+    let left: Vec<_> = fs::read_dir(&runs)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "run dirs left: {left:?}");
+    benign();
+    let mut again = f.process(&f.state(), &r.path);
+    again.env("NOOP", "true").args(["dance", "--no-wait"]);
+    let (code, err, _) = dance_within_60s(again);
+    assert_eq!(code, 0, "the lock was released: {err}");
+}
+
+#[test]
+fn a_hang_its_step_timeout_does_not_catch_ends_at_dance_timeout() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 3\nstep_timeout = 600\n").unwrap();
+    let marker = format!("disco-deadline-{}", std::process::id());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "scripts/10-hang",
+        &format!("setsid bash -c 'sleep 1000' {marker}-a &\nbash -c 'sleep 1000' {marker}-b\n"),
+        0o755,
+    );
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.env("NOOP", "true").arg("dance");
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 1, "{err}");
+    let line = "the dance ran past dance_timeout (3 s): module m, in its sandbox";
+    assert!(err.contains(&format!("error: {line}")), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one error line: {err}");
+    assert!((3.0..8.0).contains(&took), "{took} s");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
+    ended_cleanly(&f, &r, line, || {
+        fs::write(f.server().join("modules/m/scripts/10-hang"), "true\n").unwrap();
+    });
+}
+
+#[test]
+fn a_live_dance_past_its_deadline_merges_nothing() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 2\nstep_timeout = 600\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/from-m", "x\n", 0o644)
+        .module_file("m", "scripts/10-hang", "sleep 1000\n", 0o755);
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.args(["dance", "--detailed-exitcodes"]);
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: the dance ran past dance_timeout (2 s): module m, in its sandbox"),
+        "{err}"
+    );
+    assert!(took < 7.0, "{took} s");
+    assert!(!r.path.join("etc/from-m").exists(), "nothing merged");
+}
+
+#[test]
+fn a_main_thread_stuck_where_no_kill_reaches_ends_by_the_last_resort() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 2\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    let mut cmd = f.process(&f.state(), &r.path);
+    // disco's main thread stops for good in fact gathering, as a read of
+    // a FIFO in ROOT would.
+    cmd.env("NOOP", "true")
+        .env("DISCO_FAILPOINT", "hang:facts")
+        .arg("dance");
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 1, "{err}");
+    let line = "the dance ran past dance_timeout (2 s): gathering the facts of the root (plan)";
+    assert!(err.contains(&format!("error: {line}")), "{err}");
+    // The deadline, then the grace (3 s) the main thread had to come back.
+    assert!((4.5..7.0).contains(&took), "{took} s");
+    ended_cleanly(&f, &r, line, || {});
+}
+
+#[test]
+fn a_template_that_replaces_its_output_by_a_fifo_ends_within_dance_timeout() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 3\nstep_timeout = 600\n").unwrap();
+    let marker = format!("disco-fifo-{}", std::process::id());
+    f.node("n", &["m"]).module("m", "");
+    // The first template's output is /run/disco/render/0 in the sandbox.
+    f.module_file(
+        "m",
+        "templates/etc/t",
+        &format!("bash -c 'sleep 1000' {marker} >/dev/null 2>&1 &\nrm -f /run/disco/render/0\nmkfifo /run/disco/render/0\necho x\n"),
+        0o644,
+    );
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.env("NOOP", "true").arg("dance");
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(took < 8.0, "{took} s: {err}");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
+    let mut again = f.process(&f.state(), &r.path);
+    fs::write(f.server().join("modules/m/templates/etc/t"), "echo x\n").unwrap();
+    again.env("NOOP", "true").args(["dance", "--no-wait"]);
+    let (code, err, _) = dance_within_60s(again);
+    assert_eq!(code, 0, "the lock was released: {err}");
+}
+
+#[test]
+fn step_timeout_covers_all_a_template_step_does() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 600\nstep_timeout = 2\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    // The template ends at once; what hangs is disco's read of its output.
+    f.module_file(
+        "m",
+        "templates/etc/t",
+        "rm -f /run/disco/render/0\nmkfifo /run/disco/render/0\necho x\n",
+        0o644,
+    );
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.env("NOOP", "true").arg("dance");
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 1, "{err}");
+    // Killed at the step's limit (or, once such reads are non-blocking,
+    // refused at once): the step's error either way, never the dance's.
+    assert!(err.contains("error: m: templates/etc/t: "), "{err}");
+    assert!(!err.contains("dance_timeout"), "{err}");
+    assert!(took < 8.0, "{took} s: {err}");
+    let mut again = f.process(&f.state(), &r.path);
+    fs::write(f.server().join("modules/m/templates/etc/t"), "echo x\n").unwrap();
+    again.env("NOOP", "true").args(["dance", "--no-wait"]);
+    let (code, err, _) = dance_within_60s(again);
+    assert_eq!(code, 0, "the lock was released: {err}");
+}
+
+#[test]
+fn a_dance_stuck_once_the_merge_began_exits_4() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "dance_timeout = 2\n").unwrap();
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "files/etc/from-m", "x\n", 0o644);
+    let mut cmd = f.process(&f.state(), &r.path);
+    cmd.env("DISCO_FAILPOINT", "hang:merge")
+        .args(["dance", "--detailed-exitcodes"]);
+    let (code, err, took) = dance_within_60s(cmd);
+    assert_eq!(code, 4, "{err}");
+    let line = "the dance ran past dance_timeout (2 s): the merge";
+    assert!(err.contains(&format!("error: {line}")), "{err}");
+    assert!(took < 8.0, "{took} s");
+    // Stuck before the first entry was touched: no merge marker left.
+    assert!(!r.path.join("etc/from-m").exists());
+    assert!(!f.state().join("merging").exists());
+    ended_cleanly(&f, &r, line, || {});
+}

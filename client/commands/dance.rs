@@ -76,23 +76,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
         },
     );
     match &result {
-        Ok((code, report)) => {
-            let line = match report.status.as_str() {
-                "failed" => format!(
-                    "failed at {}: {}",
-                    report.ended,
-                    report.error.as_deref().unwrap_or("see disco report")
-                ),
-                _ => format!(
-                    "done at {} ({} change(s){})",
-                    report.ended,
-                    report.changes().count(),
-                    if report.noop { ", noop" } else { "" }
-                ),
-            };
-            crate::cron::set_status(state, &line);
-            let _ = code;
-        }
+        Ok((_, report)) => crate::cron::set_status(state, &crate::cron::ended(report)),
         Err(e) => crate::cron::set_status(state, &format!("failed at {}: {e:#}", now())),
     }
     result.map(|(code, _)| code)

@@ -66,7 +66,7 @@ fn run_requirements(
             .expect("planned modules are in the cache");
         let attrs = crate::pipeline::load_attributes(&dir, m)?;
         let timeout = crate::pipeline::load_timeout(&dir, m)?;
-        let job = crate::pipeline::job(config, sandbox, m, attrs, timeout, None);
+        let job = crate::pipeline::job(config, sandbox, m, attrs, timeout);
         let binds = sandbox.standard_binds(exe, Some((&dir, &sandbox.run.params())));
         let outcome = sandbox.run_layer(idx + 1, &binds, Output::Forward, || Ok(job.run()))?;
         let failed = match outcome.value {
@@ -161,8 +161,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
         Some(s) => {
             run_requirements(config, &sandbox, s, &exe)?;
             let dir = s.tree.module_dir(&s.module)?.expect("planned");
-            let job =
-                crate::pipeline::job(config, &sandbox, &s.module, Default::default(), None, None);
+            let job = crate::pipeline::job(config, &sandbox, &s.module, Default::default(), None);
             let env: Vec<(String, String)> = job
                 .env()
                 .into_iter()

@@ -433,8 +433,9 @@ impl Sandbox {
                 nix::unistd::pipe2(cloexec).context("pipe")?,
             )),
         };
-        // SAFETY: disco is single-threaded here; the child only runs Rust
-        // code of this process and ends with _exit.
+        // SAFETY: the child only runs Rust code of this process and ends
+        // with _exit. The one other thread disco may have (the deadline's,
+        // crate::watchdog) holds no lock while it waits.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(reader);
@@ -454,8 +455,13 @@ impl Sandbox {
                 });
                 // The process's one mask (crate::masks): what the sandbox prints.
                 let masks = crate::masks::current();
+                // Past dance_timeout, the deadline kills the init: every
+                // pipe read here closes, the wait ends.
+                let waiting =
+                    crate::watchdog::waiting_on(crate::watchdog::Victim::Sandbox(child.as_raw()));
                 let drained = drain(reader, std, output, &masks);
                 let status = waitpid(child, None).context("waitpid")?;
+                drop(waiting);
                 let (buf, captured) = drained.context("reading the sandbox's result")?;
                 if buf.is_empty() {
                     bail!("the sandbox ended without a result ({})", describe(status));
@@ -563,6 +569,10 @@ impl Sandbox {
             },
             Err(e) => return send::<T>(&out, Err(e), Vec::new(), Vec::new()),
         };
+        {
+            use std::os::fd::AsRawFd;
+            RESULT_FD.store(out.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+        }
         let value = body().map_err(|e| format!("{e:#}"));
         let queues = read_queue_file(Path::new(shims::QUEUE_IN_SANDBOX))
             .and_then(|a| Ok((a, read_pending(Path::new(PENDING_IN_SANDBOX))?)));
@@ -995,8 +1005,51 @@ fn send<T: Serialize>(
     send_outcome(out, outcome)
 }
 
+/// In a sandbox's init: the result pipe, and whether its one outcome
+/// went out (by [`send_outcome`] or [`give_up`], whichever came first).
+static RESULT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static RESULT_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a sandbox's init stuck past a step's limit where no kill reaches
+/// it (a read of a FIFO the step left; the step's processes are already
+/// killed): sends `error` as the module's result and ends the init, and
+/// with it the module's PID namespace. Does nothing outside an init, or
+/// once the init's own result went out.
+pub fn give_up(error: String) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let fd = RESULT_FD.load(SeqCst);
+    if fd < 0 || RESULT_SENT.swap(true, SeqCst) {
+        return;
+    }
+    let outcome = Outcome::<()> {
+        value: Err(error),
+        leftovers: Vec::new(),
+        actions: Vec::new(),
+        pending: Vec::new(),
+        output: Vec::new(),
+    };
+    let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
+    let mut done = 0;
+    while done < bytes.len() {
+        // SAFETY: a write to the init's own result pipe.
+        let n = unsafe { libc::write(fd, bytes[done..].as_ptr().cast(), bytes.len() - done) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    // SAFETY: leaving the init at once; its main thread is stuck.
+    unsafe { libc::_exit(1) }
+}
+
 /// Writes `outcome` to the result pipe; the init's exit code.
 fn send_outcome<T: Serialize>(out: &OwnedFd, outcome: Outcome<T>) -> i32 {
+    if RESULT_SENT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // give_up is sending the step's error and ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
     let ok = outcome.value.is_ok();
     let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
     let mut file = fs::File::from(out.try_clone().expect("dup of the result pipe"));
