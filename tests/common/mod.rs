@@ -314,7 +314,21 @@ pub fn disco_for_anyone(dir: &Path) -> PathBuf {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let exe = bin.join("disco");
-    fs::copy(env!("CARGO_BIN_EXE_disco"), &exe).unwrap();
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    // A hard link where it can be (no copy: nothing is open for writing);
+    // else a copy, which another test thread's fork may still hold open
+    // for writing for a moment (exec: ETXTBSY), so it is run once here,
+    // retried until that moment has passed.
+    if fs::hard_link(env!("CARGO_BIN_EXE_disco"), &exe).is_err() {
+        fs::copy(env!("CARGO_BIN_EXE_disco"), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        for _ in 0..100 {
+            match std::process::Command::new(&exe).arg("--version").output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+    }
     exe
 }
