@@ -47,6 +47,9 @@ pub struct Job {
     /// The module's `attributes`, checked before anything ran; owner
     /// names are resolved in the sandbox when the module starts.
     pub attributes: crate::attributes::Attributes,
+    /// The most a template may print (`max_file_size`): its output is
+    /// streamed to its target, never held whole.
+    pub max_file_size: u64,
     /// Longest a template or script may run, and what sets it (for
     /// messages). The dance's own deadline is disco's main process's
     /// ([`crate::watchdog`]).
@@ -56,10 +59,6 @@ pub struct Job {
 /// The most `/etc/passwd` or `/etc/group` may hold for `attributes` to
 /// read it.
 pub const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
-
-/// The most a template may print: its output is read whole before it is
-/// written to its target.
-pub const MAX_TEMPLATE_OUTPUT: u64 = 1 << 30;
 
 /// Mode and owner a file, template or directory lands with.
 type Wanted = crate::attributes::Resolved;
@@ -464,7 +463,7 @@ impl Job {
 
     /// Renders `templates` (source, module path, attributes) in order, in
     /// one bash for the module: each template runs in a subshell of its own
-    /// (`( . TEMPLATE )`, stdout to a file of the sandbox's `/run`), so it
+    /// (`( . TEMPLATE )`, stdout to a FIFO disco reads, see [`Output`]), so it
     /// keeps its own stdout, exit status, options, traps and time limit,
     /// but costs a fork instead of a bash started from scratch (see
     /// [`RENDER_DRIVER`]). Each template's output is written to its target
@@ -478,20 +477,24 @@ impl Job {
         let name = |rel: &Path| format!("templates/{}", rel.display());
         let started = Instant::now();
         let out_dir = Path::new(RENDER_OUT);
-        let spawned = (|| -> Result<std::process::Child> {
+        let spawned = (|| -> Result<()> {
             let dir = out_dir;
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok(())
+        })()
+        .and_then(|()| render_pipe(out_dir, 0))
+        .and_then(|fifo| {
             let mut c = self.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
             c.arg(out_dir);
             c.args(templates.iter().map(|(src, _, _)| src));
             c.stdin(Stdio::piped()).stdout(Stdio::piped());
-            c.spawn().context("cannot run bash")
-        })();
-        let mut child = match spawned {
+            Ok((c.spawn().context("cannot run bash")?, fifo))
+        });
+        let (mut child, mut fifo) = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let first = name(&templates[0].1);
@@ -510,20 +513,20 @@ impl Job {
             // written under it too (a template can leave a FIFO there).
             let dog = Watchdog::start(child.id(), limit, by.clone(), true)
                 .or_give_up(format!("{}: {killed}", name(rel)));
-            let result = read_rendered(&mut status).and_then(|(code, cpu)| {
+            // The output is compared with the target and written beside
+            // it as it comes; a target refused is said once the template
+            // exited 0 (as when the output was read after it).
+            let mut sink = self
+                .target_path(rel, false)
+                .and_then(|t| Output::new(t, *want, self.max_file_size));
+            let result = stream_rendered(&mut status, &fifo, |chunk| match &mut sink {
+                Ok(out) => out.feed(chunk),
+                Err(_) => Ok(()),
+            })
+            .and_then(|(code, cpu)| {
                 param_errors()?;
                 if code == 0 {
-                    let target = self.target_path(rel, false)?;
-                    // The template could reach its output file and make
-                    // it a FIFO, a symlink, a device: read it as untrusted
-                    // (never blocking, never followed, capped).
-                    let out = crate::fsutil::read_small(
-                        &out_dir.join(i.to_string()),
-                        "its output",
-                        MAX_TEMPLATE_OUTPUT,
-                    )?
-                    .context("its output file is gone")?;
-                    write_if_changed(&target, &out, *want)?;
+                    sink?.finish()?;
                 }
                 Ok((code, cpu))
             });
@@ -554,6 +557,13 @@ impl Job {
                 break;
             }
             if let Some((_, next, _)) = templates.get(i + 1) {
+                fifo = match render_pipe(out_dir, i + 1) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        steps.push(finish(name(next), Instant::now(), Err(e), "template"));
+                        break;
+                    }
+                };
                 if go.write_all(b"go\n").is_err() {
                     // The bash ended between two templates (killed from
                     // outside): the next one never ran, and that fails.
@@ -565,6 +575,9 @@ impl Job {
         }
         drop(go);
         drop(status);
+        // A template still writing gets EPIPE instead of waiting for a
+        // reader.
+        drop(fifo);
         // The driver ends at the end of its list or when its input closes;
         // a killed one is already gone.
         let _ = wait4(child.id());
@@ -817,14 +830,16 @@ fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
     Ok((code, cpu))
 }
 
-/// Where the templates' outputs go inside the sandbox (its own `/run`),
-/// one file per template (`0`, `1`, …): a background process a template
-/// left writing never lands in the next one's output.
+/// Where the templates' output pipes are inside the sandbox (its own
+/// `/run`), one FIFO per template (`0`, `1`, …): a background process a
+/// template left writing never lands in the next one's output, and no
+/// output is ever stored in the sandbox's memory.
 const RENDER_OUT: &str = "/run/disco/render";
 
 /// The bash program that renders a module's templates (`bash -c DRIVER
 /// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
-/// from /dev/null, stdout to OUT/N (N its index), no arguments, `$0` its
+/// from /dev/null, stdout to OUT/N (N its index: a FIFO disco made and
+/// reads, streaming it to the target), no arguments, `$0` its
 /// path, none of the driver's own variables (nor `BASH_EXECUTION_STRING`,
 /// this text) set — they are unset in the subshell before the template
 /// is sourced, so a template cannot find its output file by name; after it the driver says
@@ -1040,38 +1055,233 @@ fn set_attrs(dir: &Path, want: Wanted) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))
 }
 
-/// Writes `content` to `target` with `mode`, owned root:root, through a
-/// temporary file and a rename — unless the target already is exactly that.
-fn write_if_changed(target: &Path, content: &[u8], want: Wanted) -> Result<()> {
-    if let Ok(m) = fs::symlink_metadata(target) {
-        if m.is_file()
-            && m.mode() & 0o7777 == want.mode
-            && m.uid() == want.uid
-            && m.gid() == want.gid
-            && m.len() == content.len() as u64
-            && crate::fsutil::read_small(target, "the target", content.len() as u64)
-                .is_ok_and(|c| c.is_some_and(|c| c == content))
-        {
-            return Ok(());
+/// A template's output on its way to `target`: compared with the target
+/// chunk by chunk while they agree, written to a temporary file beside
+/// it from the first byte that differs (the equal prefix copied from the
+/// target), renamed over it at the end. Never more than one chunk in
+/// memory; an output that equals the target (bytes, mode, owner) leaves
+/// it untouched and writes nothing.
+struct Output {
+    target: PathBuf,
+    want: Wanted,
+    cap: u64,
+    /// Bytes of output so far.
+    len: u64,
+    /// The target, while the output so far equals its first `len` bytes.
+    same: Option<fs::File>,
+    /// The temporary file, once the output differs.
+    tmp: Option<(PathBuf, fs::File)>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    fn new(target: PathBuf, want: Wanted, cap: u64) -> Result<Output> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut same = None;
+        if let Ok(m) = fs::symlink_metadata(&target) {
+            if m.is_dir() {
+                bail!("{} is a directory", target.display());
+            }
+            if m.is_file()
+                && m.mode() & 0o7777 == want.mode
+                && m.uid() == want.uid
+                && m.gid() == want.gid
+            {
+                same = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&target)
+                    .ok()
+                    .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+            }
         }
-        if m.is_dir() {
-            bail!("{} is a directory", target.display());
+        Ok(Output {
+            target,
+            want,
+            cap,
+            len: 0,
+            same,
+            tmp: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Takes the next chunk of output; more than the cap in all fails.
+    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.len + chunk.len() as u64 > self.cap {
+            self.discard();
+            bail!(
+                "its output is more than the {} it may hold (max_file_size)",
+                crate::fsutil::human_bytes(self.cap)
+            );
+        }
+        if let Some(t) = &mut self.same {
+            self.buf.resize(chunk.len(), 0);
+            if io::Read::read_exact(t, &mut self.buf).is_ok() && self.buf == chunk {
+                self.len += chunk.len() as u64;
+                return Ok(());
+            }
+            self.diverge()?;
+        } else if self.tmp.is_none() {
+            self.diverge()?;
+        }
+        let (_, f) = self.tmp.as_mut().expect("made by diverge");
+        f.write_all(chunk).map_err(|e| self.failed(e))?;
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the temporary file with the `len` bytes the output shared
+    /// with the target.
+    fn diverge(&mut self) -> Result<()> {
+        let tmp = temp_name(&self.target);
+        let made = (|| -> io::Result<fs::File> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            if let Some(mut t) = self.same.take() {
+                io::Seek::rewind(&mut t)?;
+                let copied = io::copy(&mut io::Read::take(t, self.len), &mut f)?;
+                if copied != self.len {
+                    return Err(io::Error::other("the target shrank while it was read"));
+                }
+            }
+            Ok(f)
+        })();
+        match made {
+            Ok(f) => {
+                self.tmp = Some((tmp, f));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e).with_context(|| format!("cannot write {}", self.target.display()))
+            }
         }
     }
-    let tmp = temp_name(target);
-    let written = (|| -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        std::os::unix::fs::fchown(&f, Some(want.uid), Some(want.gid))?;
-        // chown clears set-id bits: set the mode after it.
-        f.set_permissions(fs::Permissions::from_mode(want.mode))?;
-        fs::rename(&tmp, target)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
+
+    fn failed(&mut self, e: io::Error) -> anyhow::Error {
+        self.discard();
+        anyhow::Error::new(e).context(format!("cannot write {}", self.target.display()))
     }
-    written.with_context(|| format!("cannot write {}", target.display()))
+
+    fn discard(&mut self) {
+        if let Some((tmp, _)) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+
+    /// The output ended: the target is left alone when it is the same,
+    /// replaced otherwise.
+    fn finish(mut self) -> Result<()> {
+        if let Some(t) = &mut self.same {
+            let mut one = [0u8; 1];
+            if matches!(io::Read::read(t, &mut one), Ok(0)) {
+                return Ok(()); // same bytes, same length, same attributes
+            }
+            self.diverge()?;
+        } else if self.tmp.is_none() {
+            self.diverge()?;
+        }
+        let (tmp, f) = self.tmp.take().expect("made by diverge");
+        let done = (|| -> io::Result<()> {
+            std::os::unix::fs::fchown(&f, Some(self.want.uid), Some(self.want.gid))?;
+            // chown clears set-id bits: set the mode after it.
+            f.set_permissions(fs::Permissions::from_mode(self.want.mode))?;
+            fs::rename(&tmp, &self.target)
+        })();
+        if done.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        done.with_context(|| format!("cannot write {}", self.target.display()))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Makes template `i`'s output pipe, `OUT/i` (a FIFO the driver opens
+/// as the template's stdout), and opens its reading end, never blocking.
+/// disco holds the pipe from before the template starts: whatever the
+/// template then does to the path, its output comes here.
+fn render_pipe(out_dir: &Path, i: usize) -> Result<fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let path = out_dir.join(i.to_string());
+    let _ = fs::remove_file(&path);
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .with_context(|| format!("cannot make {}", path.display()))?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !f.metadata()?.file_type().is_fifo() {
+        bail!("{} is not the pipe disco made", path.display());
+    }
+    Ok(f)
+}
+
+/// Passes what the template writes to `fifo` to `sink`, 64 KiB at a
+/// time, until the driver says the template ended; then the rest already
+/// in the pipe (a background process the template left may write on: it
+/// is not waited for). Returns what [`read_rendered`] says.
+fn stream_rendered<R: io::Read + std::os::fd::AsRawFd>(
+    status: &mut io::BufReader<R>,
+    fifo: &fs::File,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(i32, (f64, f64))> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut open = true;
+    // Some(true): a chunk passed; Some(false): nothing now; None: no
+    // writer is left.
+    let mut pass =
+        |fifo: &fs::File, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<Option<bool>> {
+            match io::Read::read(&mut &*fifo, &mut buf) {
+                Ok(0) => Ok(None),
+                Ok(n) => sink(&buf[..n]).map(|()| Some(true)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(false)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(true)),
+                Err(e) => Err(e).context("reading its output"),
+            }
+        };
+    while status.buffer().is_empty() {
+        let mut fds = [
+            libc::pollfd {
+                fd: status.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: fifo.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n = if open { 2 } else { 1 };
+        // SAFETY: poll on `n` initialised pollfds of open descriptors.
+        if unsafe { libc::poll(fds.as_mut_ptr(), n, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the renderer");
+        }
+        // Linux reports a hang-up only once a writer came and went.
+        if open && fds[1].revents != 0 {
+            open = pass(fifo, &mut sink)?.is_some();
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    while open && pass(fifo, &mut sink)? == Some(true) {}
+    read_rendered(status)
 }

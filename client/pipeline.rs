@@ -445,6 +445,7 @@ pub fn job(
         params_dir: Path::new(DISCO_DIR).join("params"),
         state_in_root: sandbox.state_in_root.clone(),
         attributes,
+        max_file_size: config.max_file_size.value,
         step_timeout: match timeout {
             Some(secs) => (
                 std::time::Duration::from_secs(secs),

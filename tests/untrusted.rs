@@ -1,5 +1,5 @@
 //! What disco reads from a module's sandbox or from ROOT is untrusted
-//! (issue 24, item 4): a template's output, `/etc/passwd` and
+//! (issue 24, item 4): a template's output (a pipe disco holds), `/etc/passwd` and
 //! `/etc/group` for `attributes`, ROOT's `os-release`. One test per
 //! attack, each on a fixture root, each under a time limit and a memory
 //! limit of its own (the attack would otherwise hang the test or grow
@@ -93,32 +93,30 @@ fn template(body: &str) -> (Fixture, FixtureRoot) {
     (f, r)
 }
 
+/// md5 of `hello\n`, what the templates below print before their attack.
+const HELLO_MD5: &str = "md5=[b1946ac92492d2347c6235b4d2611184]";
+
+// A template's output is a pipe disco opened before the template started
+// (streamed to the target): whatever the template does to the path it
+// finds on its stdout, its output is what it printed.
+
 #[test]
-fn a_template_that_makes_its_output_a_fifo_fails_without_hanging() {
+fn a_template_that_makes_its_output_a_fifo_neither_hangs_nor_changes_it() {
     let (f, r) =
         template("echo hello\nme=$BASHPID\nout=$(readlink /proc/$me/fd/1)\nrm -f \"$out\"\nmkfifo \"$out\"\n");
     let (code, out, err) = dance(&f, &r.path, true);
-    assert_ne!(code, 0, "{out}{err}");
-    one_error(&err);
-    assert!(
-        err.contains("templates/etc/x: its output is a fifo; it must be a regular file"),
-        "{out}{err}"
-    );
-    assert!(!r.path.join("etc/x").exists());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains(HELLO_MD5), "{out}{err}");
 }
 
 #[test]
-fn a_template_that_links_its_output_to_dev_zero_fails_without_growing() {
+fn a_template_that_links_its_output_to_dev_zero_neither_grows_nor_changes_it() {
     let (f, r) = template(
         "echo hello\nme=$BASHPID\nout=$(readlink /proc/$me/fd/1)\nln -sf /dev/zero \"$out\"\n",
     );
     let (code, out, err) = dance(&f, &r.path, true);
-    assert_ne!(code, 0, "{out}{err}");
-    one_error(&err);
-    assert!(
-        err.contains("templates/etc/x: its output is a symbolic link; it must be a regular file"),
-        "{out}{err}"
-    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains(HELLO_MD5), "{out}{err}");
 }
 
 #[test]

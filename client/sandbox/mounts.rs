@@ -261,6 +261,21 @@ const PROC_MASKED_FILES: &[&str] = &[
 const SYS_MASKED_DIRS: &[&str] = &["firmware", "kernel/debug", "kernel/security"];
 const SYS_MASKED_FILES: &[&str] = &["kernel/vmcoreinfo"];
 
+/// The sandbox's tmpfs are memory (the host's `Shmem`, not the
+/// scratch): each has a fixed size and inode count, so a module that
+/// fills one gets ENOSPC there instead of eating the node's RAM. The
+/// same in noop and live, so a script that ignores ENOSPC writes the
+/// same truncated file in both. `/tmp` is where package scripts, dpkg
+/// and compilers put their scratch (256 MiB: a few times Debian's
+/// largest maintainer-script needs, far under a node's RAM); `/run`
+/// holds only small state (pid files, sockets, disco's queue: 64 MiB;
+/// Debian's own `/run` is 10 % of RAM, mostly unused); `/dev/shm` is POSIX
+/// shared memory for the rare tool that makes it (64 MiB). Template
+/// output does not pass through any of them (it is streamed from a pipe).
+pub const TMP_LIMIT: &str = "size=256m,nr_inodes=65536";
+pub const RUN_LIMIT: &str = "size=64m,nr_inodes=16384";
+pub const SHM_LIMIT: &str = "size=64m,nr_inodes=16384";
+
 /// Device nodes bound from the host into the sandbox's `/dev`.
 /// Device nodes made in the sandbox's `/dev`: name, major, minor.
 pub const DEV_NODES: &[(&str, u64, u64)] = &[
@@ -329,7 +344,7 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
     });
     ops.push(MountOp::Tmpfs {
         target: at("dev/shm"),
-        options: "mode=1777".into(),
+        options: format!("mode=1777,{SHM_LIMIT}"),
     });
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -373,11 +388,11 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
     }
     ops.push(MountOp::Tmpfs {
         target: at("tmp"),
-        options: "mode=1777".into(),
+        options: format!("mode=1777,{TMP_LIMIT}"),
     });
     ops.push(MountOp::Tmpfs {
         target: at("run"),
-        options: "mode=755".into(),
+        options: format!("mode=755,{RUN_LIMIT}"),
     });
     ops
 }
@@ -748,6 +763,22 @@ mod tests {
             .iter()
             .position(|o| matches!(o, MountOp::MaskFile { .. }));
         assert!(dev < mask, "/dev/null exists before it masks /proc files");
+        // Every tmpfs a module can write has a size and an inode count.
+        let sized: Vec<_> = ops
+            .iter()
+            .filter_map(|o| match o {
+                MountOp::Tmpfs { target, options } => Some((target, options)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sized.len(), 3, "{ops:?}");
+        for (target, options) in sized {
+            assert!(
+                options.contains("size=") && options.contains("nr_inodes="),
+                "{} is mounted with {options}",
+                target.display()
+            );
+        }
         assert_eq!(
             overlay_options(&[PathBuf::from("u/1-0"), PathBuf::from("/r")], Path::new("u/2-0"), Path::new("w/2-0")),
             "lowerdir=u/1-0:/r,upperdir=u/2-0,workdir=w/2-0,metacopy=off,redirect_dir=off,index=off,xino=off,volatile"
