@@ -24,6 +24,14 @@ pub const DEFAULT_CONFIG: &str = "/etc/disco/disco.toml";
 /// The default state directory (cache, runs, reports).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/disco";
 
+/// `report_max_changes`: far more than anyone reads, far fewer than a
+/// package install's tree (which the roll-up says better anyway).
+pub const DEFAULT_REPORT_MAX_CHANGES: usize = 10_000;
+
+/// `report_max_bytes`: 16 MiB of one module's changes; with
+/// `report_history_bytes` (100 MiB) at least six such runs stay.
+pub const DEFAULT_REPORT_MAX_BYTES: u64 = 16 << 20;
+
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -99,6 +107,12 @@ pub struct Config {
     pub diff_limit: Setting<usize>,
     /// Globs of paths whose changes are merged but not printed.
     pub report_ignore: Setting<Vec<String>>,
+    /// Changes of one module a saved report keeps in full; the rest are
+    /// counted per directory.
+    pub report_max_changes: Setting<usize>,
+    /// Bytes (paths, diff text, what deleted directories held) of one
+    /// module's changes a saved report keeps in full.
+    pub report_max_bytes: Setting<u64>,
     /// Seconds a template, script or handler may run.
     pub step_timeout: Setting<u64>,
     /// Seconds a whole dance may run.
@@ -146,6 +160,8 @@ struct FileConfig {
     scratch_max: Option<u64>,
     diff_limit: Option<usize>,
     report_ignore: Option<Vec<String>>,
+    report_max_changes: Option<usize>,
+    report_max_bytes: Option<u64>,
     step_timeout: Option<u64>,
     dance_timeout: Option<u64>,
     report_history: Option<usize>,
@@ -185,6 +201,8 @@ impl Config {
                     .collect(),
                 Source::Default,
             ),
+            report_max_changes: Setting::new(DEFAULT_REPORT_MAX_CHANGES, Source::Default),
+            report_max_bytes: Setting::new(DEFAULT_REPORT_MAX_BYTES, Source::Default),
             step_timeout: Setting::new(1800, Source::Default),
             dance_timeout: Setting::new(7200, Source::Default),
             report_history: Setting::new(50, Source::Default),
@@ -329,6 +347,12 @@ impl Config {
         if let Some(v) = file.report_ignore {
             self.report_ignore.set(v, src());
         }
+        if let Some(v) = file.report_max_changes {
+            self.report_max_changes.set(v, src());
+        }
+        if let Some(v) = file.report_max_bytes {
+            self.report_max_bytes.set(v, src());
+        }
         if let Some(v) = file.step_timeout {
             self.step_timeout.set(v.max(1), src());
         }
@@ -370,6 +394,14 @@ impl Config {
             quiet,
             ignore: self.report_ignore.value.clone(),
             to_stdout,
+        }
+    }
+
+    /// How much of a module's changes a saved report keeps in full.
+    pub fn report_cap(&self) -> crate::report::Cap {
+        crate::report::Cap {
+            changes: self.report_max_changes.value,
+            bytes: self.report_max_bytes.value,
         }
     }
 
@@ -480,6 +512,16 @@ impl Config {
                 "report_ignore",
                 list(&self.report_ignore.value),
                 &self.report_ignore.source,
+            ),
+            line(
+                "report_max_changes",
+                self.report_max_changes.value.to_string(),
+                &self.report_max_changes.source,
+            ),
+            line(
+                "report_max_bytes",
+                self.report_max_bytes.value.to_string(),
+                &self.report_max_bytes.source,
             ),
             line(
                 "step_timeout",

@@ -134,7 +134,7 @@ pub fn ended(report: &crate::report::RunReport) -> String {
         _ => format!(
             "done at {} ({} change(s){})",
             report.ended,
-            report.changes().count(),
+            report.change_count(),
             if report.noop { ", noop" } else { "" }
         ),
     }

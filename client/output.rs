@@ -103,7 +103,6 @@ fn say(line: &str, to_stdout: bool) {
 /// replaced directory (`/usr/share/doc/x/** : Created 37 file(s), 2
 /// dir(s), 412 KiB`) or per parent directory of scattered changes.
 pub fn changes(list: &[crate::report::Change], r: &RollUp) {
-    use crate::report::ChangeKind;
     let shown: Vec<&crate::report::Change> = list
         .iter()
         .filter(|c| !r.ignore.iter().any(|g| glob_match(g, &c.path)))
@@ -130,24 +129,62 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
             rest.push(c);
         }
     }
-    // Roots: directories created, deleted or replaced; what is below them rolls into them.
-    let is_dir = |c: &crate::report::Change| {
-        [&c.new, &c.old]
-            .into_iter()
-            .flatten()
-            .any(|m| m.kind == "directory")
-    };
-    let mut groups: Vec<(String, bool, Vec<&crate::report::Change>)> = Vec::new();
-    for c in rest {
-        if let Some(g) = groups
-            .iter_mut()
-            .find(|(root, tree, _)| *tree && c.path.starts_with(&format!("{root}/")))
-        {
-            g.2.push(c);
+    for g in roll_up(&rest) {
+        if g.members.len() == 1 {
+            full(g.members[0]);
+            continue;
+        }
+        say(&g.summary().line(), r.to_stdout);
+    }
+}
+
+/// One directory's changes rolled up: a created, deleted or replaced
+/// directory with everything below it (`tree`), or the scattered changes
+/// of one parent directory.
+pub struct Group<'a> {
+    pub dir: String,
+    pub tree: bool,
+    pub members: Vec<&'a crate::report::Change>,
+}
+
+fn is_dir(c: &crate::report::Change) -> bool {
+    [&c.new, &c.old]
+        .into_iter()
+        .flatten()
+        .any(|m| m.kind == "directory")
+}
+
+/// Groups `list` (sorted by path) per directory as the console rolls it
+/// up: a directory created, deleted or replaced takes everything below
+/// it; any other change goes with its parent directory's. Groups keep
+/// the order of their first member.
+pub fn roll_up<'a>(list: &[&'a crate::report::Change]) -> Vec<Group<'a>> {
+    use crate::report::ChangeKind;
+    use std::collections::HashMap;
+    let mut groups: Vec<Group<'a>> = Vec::new();
+    let mut tree_of: HashMap<String, usize> = HashMap::new();
+    let mut parent_of: HashMap<String, usize> = HashMap::new();
+    for &c in list {
+        // The outermost ancestor that is a created, deleted or replaced directory.
+        let mut tree = None;
+        let mut p = c.path.as_str();
+        while let Some((up, _)) = p.rsplit_once('/') {
+            if let Some(&i) = tree_of.get(up) {
+                tree = Some(i);
+            }
+            p = up;
+        }
+        if let Some(i) = tree {
+            groups[i].members.push(c);
             continue;
         }
         if is_dir(c) && c.kind != ChangeKind::Modified {
-            groups.push((c.path.clone(), true, vec![c]));
+            tree_of.insert(c.path.clone(), groups.len());
+            groups.push(Group {
+                dir: c.path.clone(),
+                tree: true,
+                members: vec![c],
+            });
             continue;
         }
         let parent = c
@@ -156,20 +193,27 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
             .map(|(p, _)| p)
             .unwrap_or("")
             .to_string();
-        match groups
-            .iter_mut()
-            .find(|(p, tree, _)| !*tree && *p == parent)
-        {
-            Some(g) => g.2.push(c),
-            None => groups.push((parent, false, vec![c])),
+        match parent_of.get(&parent) {
+            Some(&i) => groups[i].members.push(c),
+            None => {
+                parent_of.insert(parent.clone(), groups.len());
+                groups.push(Group {
+                    dir: parent,
+                    tree: false,
+                    members: vec![c],
+                });
+            }
         }
     }
-    for (dir, tree, members) in groups {
-        if members.len() == 1 {
-            full(members[0]);
-            continue;
-        }
-        let mut kinds: Vec<&str> = members
+    groups
+}
+
+impl Group<'_> {
+    /// What the group's line says, as data.
+    pub fn summary(&self) -> crate::report::Summary {
+        use crate::report::ChangeKind;
+        let mut kinds: Vec<&str> = self
+            .members
             .iter()
             .map(|c| match c.kind {
                 ChangeKind::Created => "Created",
@@ -185,31 +229,32 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
         } else {
             "Changed"
         };
-        let dirs = members.iter().filter(|c| is_dir(c)).count();
-        let inside: u64 = members
+        let dirs = self.members.iter().filter(|c| is_dir(c)).count() as u64;
+        let inside: u64 = self
+            .members
             .iter()
             .filter_map(|c| c.inside.as_ref())
             .map(|i| i.files + i.dirs)
             .sum();
-        let files = members.len() - dirs;
-        let bytes: u64 = members
+        let bytes: u64 = self
+            .members
             .iter()
             .filter_map(|c| c.new.as_ref().or(c.old.as_ref()))
             .map(|m| m.size)
             .sum();
-        let what = if tree {
-            format!("{dir}/**")
-        } else {
-            format!("{dir}/*")
-        };
-        let mut line = format!(
-            "{what} : {kind} {files} file(s), {dirs} dir(s), {}",
-            crate::fsutil::human_bytes(bytes)
-        );
-        if inside > 0 {
-            line.push_str(&format!(" ({inside} entries inside removed)"));
+        crate::report::Summary {
+            path: if self.tree {
+                format!("{}/**", self.dir)
+            } else {
+                format!("{}/*", self.dir)
+            },
+            kind: kind.to_string(),
+            changes: self.members.len() as u64,
+            files: self.members.len() as u64 - dirs,
+            dirs,
+            bytes,
+            inside,
         }
-        say(&line, r.to_stdout);
     }
 }
 
@@ -441,7 +486,7 @@ pub fn report_lines(r: &RunReport) -> Vec<String> {
         } else {
             &r.status
         },
-        r.changes().count()
+        r.change_count()
     )];
     let stage = |out: &mut Vec<String>, name: &str| {
         for s in r.stages.iter().filter(|s| s.name == name) {
@@ -490,7 +535,7 @@ pub fn history_line(r: &RunReport) -> String {
         "{}  {:<7}  {:>4} change(s)  {:>7.2}s  {}{}",
         r.started,
         r.status,
-        r.changes().count(),
+        r.change_count(),
         r.duration,
         r.id,
         if r.noop { "  (noop)" } else { "" }
@@ -536,7 +581,7 @@ pub fn prometheus(r: &RunReport) -> String {
     gauge(
         "disco_last_run_changes",
         "Changes the last dance applied (or, in noop, found).",
-        r.changes().count().to_string(),
+        r.change_count().to_string(),
     );
     gauge(
         "disco_last_run_noop",

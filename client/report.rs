@@ -162,6 +162,135 @@ pub struct Inside {
     pub paths: Vec<String>,
 }
 
+/// Changes of one directory the saved report counts instead of keeping
+/// (past `report_max_changes` or `report_max_bytes`): what the console's
+/// roll-up line says, as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// `DIR/**` (a created, deleted or replaced directory and all below
+    /// it) or `DIR/*` (changes whose parent is DIR).
+    pub path: String,
+    /// `Created`, `Modified`, `Deleted`, `Replaced`, or `Changed` (mixed).
+    pub kind: String,
+    /// Changes counted here (`files` + `dirs`).
+    pub changes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    /// Bytes of the files (their new size, or old when deleted).
+    pub bytes: u64,
+    /// Entries inside the deleted or replaced directories counted here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inside: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Summary {
+    /// `/usr/share/doc/x/** : Created 37 file(s), 2 dir(s), 412 KiB`.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} : {} {} file(s), {} dir(s), {}",
+            self.path,
+            self.kind,
+            self.files,
+            self.dirs,
+            crate::fsutil::human_bytes(self.bytes)
+        );
+        if self.inside > 0 {
+            line.push_str(&format!(" ({} entries inside removed)", self.inside));
+        }
+        line
+    }
+}
+
+/// How much of a module's changes a saved report keeps in full.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    /// `report_max_changes`.
+    pub changes: usize,
+    /// `report_max_bytes`: of paths, diff text and what deleted
+    /// directories held.
+    pub bytes: u64,
+}
+
+/// Roughly what `c` costs in the saved report, in bytes.
+fn weight(c: &Change) -> u64 {
+    let meta = |m: &Option<Meta>| {
+        m.as_ref().map_or(0, |m| {
+            (m.owner.len()
+                + m.kind.len()
+                + m.md5.as_ref().map_or(0, String::len)
+                + m.target.as_ref().map_or(0, String::len)
+                + m.selinux.as_ref().map_or(0, String::len)
+                + m.caps.as_ref().map_or(0, String::len)
+                + 80) as u64
+        })
+    };
+    let inside = c
+        .inside
+        .as_ref()
+        .map_or(0, |i| i.paths.iter().map(|p| p.len() as u64 + 3).sum());
+    c.path.len() as u64
+        + c.diff.as_ref().map_or(0, |d| d.len() as u64)
+        + meta(&c.old)
+        + meta(&c.new)
+        + inside
+        + 60
+}
+
+impl ModuleReport {
+    /// Every change of the module: those kept in full and those counted
+    /// in [`ModuleReport::summarised`].
+    pub fn change_count(&self) -> usize {
+        self.changes.len() + self.summarised_changes
+    }
+
+    /// Keeps at most `cap` of `changes` (sorted by path) in full, `/etc`
+    /// first, the rest in path order while both bounds hold; the others
+    /// are counted per directory as the console rolls them up.
+    pub fn keep_capped(&mut self, changes: Vec<Change>, cap: Cap) {
+        let mut order: Vec<usize> = (0..changes.len()).collect();
+        order.sort_by_key(|&i| !changes[i].path.starts_with("/etc/"));
+        let mut keep = vec![false; changes.len()];
+        let (mut n, mut bytes) = (0usize, 0u64);
+        for i in order {
+            if n >= cap.changes {
+                break;
+            }
+            let w = weight(&changes[i]);
+            if bytes + w > cap.bytes {
+                continue;
+            }
+            keep[i] = true;
+            n += 1;
+            bytes += w;
+        }
+        if n == changes.len() {
+            self.changes = changes;
+            return;
+        }
+        let rest: Vec<&Change> = changes
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(c, _)| c)
+            .collect();
+        self.summarised = crate::output::roll_up(&rest)
+            .iter()
+            .map(|g| g.summary())
+            .collect();
+        self.summarised_changes = rest.len();
+        drop(rest);
+        self.changes = changes
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect();
+    }
+}
+
 /// One module's part of the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModuleReport {
@@ -176,6 +305,18 @@ pub struct ModuleReport {
     /// (`disco pending TEXT`, noop only): counted as changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<String>,
+    /// How many changes are counted in `summarised` instead of kept in
+    /// `changes` (the report's bound: `report_max_changes`,
+    /// `report_max_bytes`).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub summarised_changes: usize,
+    /// The changes not kept, per directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summarised: Vec<Summary>,
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A whole dance (or shell session).
@@ -227,8 +368,14 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The changes kept in full (not those a capped module summarised).
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
         self.modules.iter().flat_map(|m| m.changes.iter())
+    }
+
+    /// Every change of the run, kept in full or summarised.
+    pub fn change_count(&self) -> usize {
+        self.modules.iter().map(ModuleReport::change_count).sum()
     }
 }
 
@@ -367,4 +514,93 @@ pub fn load(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(path: &str, diff: usize) -> Change {
+        Change {
+            path: path.into(),
+            kind: ChangeKind::Created,
+            old: None,
+            new: Some(Meta {
+                kind: "regular file".into(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                owner: "root:root".into(),
+                md5: None,
+                target: None,
+                selinux: None,
+                caps: None,
+                size: 10,
+            }),
+            diff: Some("x".repeat(diff)),
+            inside: None,
+        }
+    }
+
+    #[test]
+    fn keep_capped_keeps_etc_first_and_counts_every_other_change() {
+        let mut changes: Vec<Change> = (0..50)
+            .map(|i| created(&format!("/opt/a/f{i:02}"), 1))
+            .collect();
+        changes.extend((0..30).map(|i| created(&format!("/usr/b/f{i:02}"), 1)));
+        changes.push(created("/etc/x", 1));
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut m = ModuleReport::default();
+        m.keep_capped(
+            changes,
+            Cap {
+                changes: 10,
+                bytes: u64::MAX,
+            },
+        );
+        assert_eq!(m.changes.len(), 10);
+        assert_eq!(m.changes[0].path, "/etc/x");
+        assert_eq!(m.change_count(), 81);
+        let counted: u64 = m.summarised.iter().map(|s| s.changes).sum();
+        assert_eq!(counted as usize, m.summarised_changes);
+        assert_eq!(m.summarised.len(), 2, "{:?}", m.summarised);
+        assert_eq!(m.summarised[0].path, "/opt/a/*");
+        assert_eq!(m.summarised[0].changes, 41);
+    }
+
+    #[test]
+    fn keep_capped_stops_at_report_max_bytes() {
+        let changes: Vec<Change> = (0..10)
+            .map(|i| created(&format!("/opt/f{i}"), 1000))
+            .collect();
+        let mut m = ModuleReport::default();
+        m.keep_capped(
+            changes,
+            Cap {
+                changes: usize::MAX,
+                bytes: 3500,
+            },
+        );
+        assert_eq!(m.changes.len(), 2);
+        assert_eq!(m.summarised_changes, 8);
+        assert_eq!(
+            m.summarised[0].line(),
+            "/opt/* : Created 8 file(s), 0 dir(s), 80 B"
+        );
+    }
+
+    #[test]
+    fn keep_capped_under_the_bound_keeps_everything() {
+        let changes: Vec<Change> = (0..5).map(|i| created(&format!("/opt/f{i}"), 1)).collect();
+        let mut m = ModuleReport::default();
+        m.keep_capped(
+            changes,
+            Cap {
+                changes: 5,
+                bytes: u64::MAX,
+            },
+        );
+        assert_eq!((m.changes.len(), m.summarised_changes), (5, 0));
+        assert!(m.summarised.is_empty());
+    }
 }

@@ -807,3 +807,51 @@ fn a_full_scratch_fails_the_module_naming_scratch_max() {
             == 64 << 20
     );
 }
+
+/// A module creating 20,000 files, `report_max_changes = 100`: the saved
+/// report keeps at most 100 changes in full and counts the rest per
+/// directory, every change accounted for; the console rolls up as before;
+/// `disco diff --full` says the report was capped.
+#[test]
+fn a_report_keeps_at_most_report_max_changes_and_counts_the_rest() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::write(f.config(), "report_max_changes = 100\n").unwrap();
+    f.node("n", &["many"]).module("many", "");
+    f.module_file(
+        "many",
+        "scripts/10-many",
+        "mkdir -p /opt/many/a /opt/many/b\nfor ((i = 0; i < 10000; i++)); do echo $i > /opt/many/a/f$i; echo $i > /opt/many/b/f$i; done\n",
+        0o755,
+    );
+    let (code, _out, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    // The console: one roll-up line for the created tree, as before.
+    assert!(err.contains("/** : Created 20000 file(s), "), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap()).unwrap();
+    let m = &report["modules"][0];
+    let kept = m["changes"].as_array().unwrap().len() as u64;
+    assert!(kept <= 100, "{kept} changes kept");
+    let counted: u64 = m["summarised"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["changes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(m["summarised_changes"].as_u64().unwrap(), counted);
+    // 20,000 files, /opt/many, a, b (and /opt when the fixture root has none).
+    let total = kept + counted;
+    assert!((20_003..=20_004).contains(&total), "{total} changes");
+    let (code, out, err) = run(f.disco().args(["diff", "--full"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("info: many: {total} change(s)")),
+        "{out}"
+    );
+    assert!(out.contains("the report was capped"), "{out}");
+    assert!(out.contains("report_max_changes"), "{out}");
+    // The history counts every change, not only those kept.
+    let (_, out, _) = run(f.disco().args(["report", "--history"]));
+    assert!(out.contains(&format!("{total} change(s)")), "{out}");
+}

@@ -53,7 +53,7 @@ pub fn run(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
                         "{node:<24} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s{stale}",
                         r.ended,
                         r.status,
-                        r.changes().count(),
+                        r.change_count(),
                         r.duration,
                         age.as_secs()
                     ));

@@ -234,7 +234,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
     report::save(state, &report)?;
     output::info(&format!(
         "{} change(s); nothing was merged",
-        report.changes().count()
+        report.change_count()
     ));
     Ok(code)
 }
