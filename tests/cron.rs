@@ -696,13 +696,14 @@ fn a_main_thread_stuck_where_no_kill_reaches_ends_by_the_last_resort() {
 }
 
 #[test]
-fn a_template_that_replaces_its_output_by_a_fifo_ends_within_dance_timeout() {
+fn a_template_that_replaces_its_output_by_a_fifo_cannot_hang_the_dance() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
     fs::write(f.config(), "dance_timeout = 3\nstep_timeout = 600\n").unwrap();
     let marker = format!("disco-fifo-{}", std::process::id());
     f.node("n", &["m"]).module("m", "");
-    // The first template's output is /run/disco/render/0 in the sandbox.
+    // The first template's output is /run/disco/render/0 in the sandbox:
+    // disco already holds that pipe, so what the template prints lands.
     f.module_file(
         "m",
         "templates/etc/t",
@@ -712,7 +713,8 @@ fn a_template_that_replaces_its_output_by_a_fifo_ends_within_dance_timeout() {
     let mut cmd = f.process(&f.state(), &r.path);
     cmd.env("NOOP", "true").arg("dance");
     let (code, err, took) = dance_within_60s(cmd);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("+x"), "{err}");
     assert!(took < 8.0, "{took} s: {err}");
     assert!(
         processes_with(&marker).is_empty(),
@@ -720,32 +722,26 @@ fn a_template_that_replaces_its_output_by_a_fifo_ends_within_dance_timeout() {
         processes_with(&marker)
     );
     let mut again = f.process(&f.state(), &r.path);
-    fs::write(f.server().join("modules/m/templates/etc/t"), "echo x\n").unwrap();
     again.env("NOOP", "true").args(["dance", "--no-wait"]);
     let (code, err, _) = dance_within_60s(again);
     assert_eq!(code, 0, "the lock was released: {err}");
 }
 
 #[test]
-fn step_timeout_covers_all_a_template_step_does() {
+fn step_timeout_ends_a_hung_template_before_dance_timeout() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
     fs::write(f.config(), "dance_timeout = 600\nstep_timeout = 2\n").unwrap();
     f.node("n", &["m"]).module("m", "");
-    // The template ends at once; what hangs is disco's read of its output.
-    f.module_file(
-        "m",
-        "templates/etc/t",
-        "rm -f /run/disco/render/0\nmkfifo /run/disco/render/0\necho x\n",
-        0o644,
-    );
+    f.module_file("m", "templates/etc/t", "echo x\nsleep 1000\n", 0o644);
     let mut cmd = f.process(&f.state(), &r.path);
     cmd.env("NOOP", "true").arg("dance");
     let (code, err, took) = dance_within_60s(cmd);
     assert_eq!(code, 1, "{err}");
-    // Killed at the step's limit (or, once such reads are non-blocking,
-    // refused at once): the step's error either way, never the dance's.
-    assert!(err.contains("error: m: templates/etc/t: "), "{err}");
+    assert!(
+        err.contains("error: m: templates/etc/t: was killed after 2 s (step_timeout)"),
+        "{err}"
+    );
     assert!(!err.contains("dance_timeout"), "{err}");
     assert!(took < 8.0, "{took} s: {err}");
     let mut again = f.process(&f.state(), &r.path);
