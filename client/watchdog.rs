@@ -108,27 +108,8 @@ pub fn arm(limit: Duration, last_resort: LastResort) -> Armed {
     }
 }
 
-fn watch(deadline: Instant, last_resort: LastResort) {
-    let mut s = state();
-    while !s.done {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        s = WAKE
-            .wait_timeout(s, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
-    if s.done {
-        return;
-    }
-    let msg = message(s.limit.unwrap_or_default(), &s.doing);
-    s.passed = Some(msg.clone());
-    if let Some(v) = s.victim {
-        kill(v);
-    }
-    let until = Instant::now() + GRACE;
+/// Waits on [`WAKE`] until the dance is done or `until` has passed.
+fn wait_done(mut s: MutexGuard<'static, State>, until: Instant) -> MutexGuard<'static, State> {
     while !s.done {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -139,6 +120,20 @@ fn watch(deadline: Instant, last_resort: LastResort) {
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
+    s
+}
+
+fn watch(deadline: Instant, last_resort: LastResort) {
+    let mut s = wait_done(state(), deadline);
+    if s.done {
+        return;
+    }
+    let msg = message(s.limit.unwrap_or_default(), &s.doing);
+    s.passed = Some(msg.clone());
+    if let Some(v) = s.victim {
+        kill(v);
+    }
+    s = wait_done(s, Instant::now() + GRACE);
     if s.done {
         return;
     }

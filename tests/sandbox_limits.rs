@@ -7,92 +7,16 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::root::FixtureRoot;
-use common::Fixture;
-
-/// The longest any of these runs may take.
-const LIMIT: Duration = Duration::from_secs(60);
+use common::{bounded, Ended, Fixture};
 
 const MIB: u64 = 1 << 20;
-
-/// What a bounded run ended with.
-struct Ended {
-    code: i32,
-    out: String,
-    err: String,
-    /// disco's peak RSS and its waited-for children's, bytes.
-    max_rss: u64,
-}
-
-/// Runs `cmd` in a process group of its own with at most 2 GiB of data
-/// (`RLIMIT_DATA`, inherited by the sandbox); past [`LIMIT`] the group
-/// is killed and the test fails. Reaped with `wait4` for its peak RSS
-/// (which clippy does not see).
-#[allow(clippy::zombie_processes)]
-fn bounded(mut cmd: Command) -> Ended {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 2 << 30,
-                rlim_max: 2 << 30,
-            };
-            libc::setrlimit(libc::RLIMIT_DATA, &lim);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let pid = child.id() as i32;
-    let (status, ru) = loop {
-        let mut status = 0;
-        // SAFETY: a zeroed rusage is valid; wait4 on our own child.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if got == pid {
-            break (status, ru);
-        }
-        if started.elapsed() > LIMIT {
-            // SAFETY: kills the group this test started.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("disco did not end within {} s", LIMIT.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ended {
-        code: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-        out: out.join().unwrap(),
-        err: err.join().unwrap(),
-        max_rss: ru.ru_maxrss as u64 * 1024,
-    }
-}
 
 /// `disco … dance` (noop when `noop`) for node `n` on `root`.
 fn dance(f: &Fixture, root: &Path, noop: bool) -> Ended {

@@ -7,65 +7,16 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::root::FixtureRoot;
 use common::Fixture;
 
-/// The longest any of these runs may take.
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// Runs `cmd` in a process group of its own with at most 2 GiB of data
-/// (`RLIMIT_DATA`, inherited by the sandbox); past [`LIMIT`] the group
-/// is killed and the test fails. Returns (exit code, stdout, stderr).
-fn bounded(mut cmd: Command) -> (i32, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 2 << 30,
-                rlim_max: 2 << 30,
-            };
-            libc::setrlimit(libc::RLIMIT_DATA, &lim);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > LIMIT {
-            // SAFETY: kills the group this test started.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("disco did not end within {} s", LIMIT.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (
-        status.code().unwrap_or(-1),
-        out.join().unwrap(),
-        err.join().unwrap(),
-    )
+/// [`common::bounded`], as (exit code, stdout, stderr).
+fn bounded(cmd: Command) -> (i32, String, String) {
+    let e = common::bounded(cmd);
+    (e.code, e.out, e.err)
 }
 
 /// Asserts that `err` says exactly one `error:` line.

@@ -332,3 +332,78 @@ pub fn disco_for_anyone(dir: &Path) -> PathBuf {
     }
     exe
 }
+
+/// The longest a [`bounded`] run may take.
+pub const BOUNDED_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a bounded run ended with.
+pub struct Ended {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+    /// disco's peak RSS and its waited-for children's, bytes.
+    pub max_rss: u64,
+}
+
+/// Runs `cmd` in a process group of its own with at most 2 GiB of data
+/// (`RLIMIT_DATA`, inherited by the sandbox); past [`BOUNDED_LIMIT`] the group
+/// is killed and the test fails. Reaped with `wait4` for its peak RSS
+/// (which clippy does not see).
+#[allow(clippy::zombie_processes)]
+pub fn bounded(mut cmd: std::process::Command) -> Ended {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_DATA, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let pid = child.id() as i32;
+    let (status, ru) = loop {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is valid; wait4 on our own child.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if got == pid {
+            break (status, ru);
+        }
+        if started.elapsed() > BOUNDED_LIMIT {
+            // SAFETY: kills the group this test started.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("disco did not end within {} s", BOUNDED_LIMIT.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Ended {
+        code: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        out: out.join().unwrap(),
+        err: err.join().unwrap(),
+        max_rss: ru.ru_maxrss as u64 * 1024,
+    }
+}
