@@ -1031,8 +1031,8 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
         let waited = wait4(c.id());
         drop(waiting);
         copies.finish();
-        if dog.finish() {
-            anyhow::bail!("was killed after {} s (step_timeout)", limit.as_secs());
+        if let Some(why) = dog.finish() {
+            anyhow::bail!(why);
         }
         waited
     });

@@ -113,6 +113,12 @@ pub struct Config {
     /// Bytes (paths, diff text, what deleted directories held) of one
     /// module's changes a saved report keeps in full.
     pub report_max_bytes: Setting<u64>,
+    /// Processes (and threads) one module's sandbox may have at once
+    /// (`pids.max` of its cgroup); 0: no limit.
+    pub max_processes: Setting<u64>,
+    /// Bytes of memory one module's sandbox may use (`memory.max` of its
+    /// cgroup, tmpfs pages included, no swap); 0: no limit.
+    pub max_memory: Setting<u64>,
     /// Seconds a template, script or handler may run.
     pub step_timeout: Setting<u64>,
     /// Seconds a whole dance may run.
@@ -162,6 +168,8 @@ struct FileConfig {
     report_ignore: Option<Vec<String>>,
     report_max_changes: Option<usize>,
     report_max_bytes: Option<u64>,
+    max_processes: Option<u64>,
+    max_memory: Option<u64>,
     step_timeout: Option<u64>,
     dance_timeout: Option<u64>,
     report_history: Option<usize>,
@@ -203,6 +211,14 @@ impl Config {
             ),
             report_max_changes: Setting::new(DEFAULT_REPORT_MAX_CHANGES, Source::Default),
             report_max_bytes: Setting::new(DEFAULT_REPORT_MAX_BYTES, Source::Default),
+            max_processes: Setting::new(
+                crate::sandbox::cgroup::DEFAULT_MAX_PROCESSES,
+                Source::Default,
+            ),
+            max_memory: Setting::new(
+                crate::sandbox::cgroup::default_max_memory(),
+                Source::Default,
+            ),
             step_timeout: Setting::new(1800, Source::Default),
             dance_timeout: Setting::new(7200, Source::Default),
             report_history: Setting::new(50, Source::Default),
@@ -353,6 +369,19 @@ impl Config {
         if let Some(v) = file.report_max_bytes {
             self.report_max_bytes.set(v, src());
         }
+        if let Some(v) = file.max_processes {
+            self.max_processes.set(v, src());
+        }
+        if let Some(v) = file.max_memory {
+            if v != 0 && v < 16 << 20 {
+                bail!(
+                    "{}: max_memory = {v}: give bytes, at least 16 MiB ({}), or 0 for no limit",
+                    path.display(),
+                    16u64 << 20
+                );
+            }
+            self.max_memory.set(v, src());
+        }
         if let Some(v) = file.step_timeout {
             self.step_timeout.set(v.max(1), src());
         }
@@ -402,6 +431,14 @@ impl Config {
         crate::report::Cap {
             changes: self.report_max_changes.value,
             bytes: self.report_max_bytes.value,
+        }
+    }
+
+    /// The cgroup limits of every sandbox (`max_processes`, `max_memory`).
+    pub fn limits(&self) -> crate::sandbox::cgroup::Limits {
+        crate::sandbox::cgroup::Limits {
+            processes: self.max_processes.value,
+            memory: self.max_memory.value,
         }
     }
 
@@ -522,6 +559,16 @@ impl Config {
                 "report_max_bytes",
                 self.report_max_bytes.value.to_string(),
                 &self.report_max_bytes.source,
+            ),
+            line(
+                "max_processes",
+                self.max_processes.value.to_string(),
+                &self.max_processes.source,
+            ),
+            line(
+                "max_memory",
+                self.max_memory.value.to_string(),
+                &self.max_memory.source,
             ),
             line(
                 "step_timeout",

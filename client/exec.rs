@@ -508,11 +508,9 @@ impl Job {
         for (i, (_, rel, want)) in templates.iter().enumerate() {
             let started = if i == 0 { started } else { Instant::now() };
             let (limit, by) = self.limit();
-            let killed = killed(limit, &by);
             // The limit covers all the step does: its output is read and
             // written under it too (a template can leave a FIFO there).
-            let dog = Watchdog::start(child.id(), limit, by.clone(), true)
-                .or_give_up(format!("{}: {killed}", name(rel)));
+            let dog = Watchdog::start(child.id(), limit, by.clone(), true).or_give_up(name(rel));
             // The output is compared with the target and written beside
             // it as it comes; a target refused is said once the template
             // exited 0 (as when the output was read after it).
@@ -530,10 +528,9 @@ impl Job {
                 }
                 Ok((code, cpu))
             });
-            let result = if dog.finish() {
-                Err(anyhow::anyhow!(killed))
-            } else {
-                result
+            let result = match dog.finish() {
+                Some(why) => Err(anyhow::anyhow!(why)),
+                None => result,
             };
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
             if let Ok((_, (user, sys))) = &result {
@@ -669,80 +666,119 @@ fn killed(limit: std::time::Duration, by: &str) -> String {
 /// to come back from what the step left it reading before it gives up.
 const STUCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Kills a step's process group when its time is up. The step runs in a
-/// process group of its own (see [`Job::command`]); a thread waits for
-/// the limit unless the step ends first.
+/// Kills a step's process group when its time is up or, in a sandbox's
+/// init, as soon as the step hits one of the sandbox's cgroup limits
+/// (`max_processes`, `max_memory`: [`crate::sandbox::cgroup`]). The step
+/// runs in a process group of its own (see [`Job::command`]); a thread
+/// waits for the limit unless the step ends first.
 pub struct Watchdog {
     stop: Option<std::sync::mpsc::Sender<()>>,
-    /// With [`Watchdog::or_give_up`]: the error the init ends with when
-    /// it does not come back after the kill.
+    /// With [`Watchdog::or_give_up`]: the step's name, which the init's
+    /// error starts with when it does not come back after the kill.
     give_up: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Why the step was killed, once it was.
+    fired: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The sandbox's cgroup counters when the step started.
+    before: Option<crate::sandbox::cgroup::Counts>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// `after 2 s (step_timeout)`
-    pub what: String,
 }
 
+/// How often a step's watchdog looks at the sandbox's cgroup counters.
+const LIMIT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Watchdog {
-    /// Watches process group `pgid` for `limit`; `what` names the limit.
+    /// Watches process group `pgid` for `limit`; `by` names the limit.
     /// With `namespace` (only ever in a sandbox's init, PID 1 of the
     /// module's PID namespace), a hit also kills every other process of
     /// the namespace.
-    pub fn start(pgid: u32, limit: std::time::Duration, what: String, namespace: bool) -> Watchdog {
+    pub fn start(pgid: u32, limit: std::time::Duration, by: String, namespace: bool) -> Watchdog {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fired = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let flag = fired.clone();
         let give_up = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-        let error = give_up.clone();
+        let name = give_up.clone();
+        let cgroup = crate::sandbox::cgroup::current().filter(|_| namespace);
+        let before = cgroup.map(|(events, _)| events.read());
         let thread = std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                // SAFETY: plain kill calls. The step's group first; then,
-                // as PID 1 of the module's PID namespace, every other
-                // process in it (kill(-1) spares the caller): whatever the
-                // step started, even in another session, ends now.
-                unsafe {
-                    libc::kill(-(pgid as i32), libc::SIGKILL);
-                    if namespace && libc::getpid() == 1 {
-                        libc::kill(-1, libc::SIGKILL);
+            let deadline = std::time::Instant::now() + limit;
+            let why = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let tick = if cgroup.is_some() {
+                    left.min(LIMIT_TICK)
+                } else {
+                    left
+                };
+                match rx.recv_timeout(tick) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if left <= tick {
+                    break killed(limit, &by);
+                }
+                if let (Some((events, limits)), Some(before)) = (cgroup, before) {
+                    if let Some(why) = crate::sandbox::cgroup::hit(limits, before, events.read()) {
+                        break why;
                     }
                 }
-                // Still not back (a read of a FIFO the step left): the
-                // init ends with the step's error.
-                let error = error.lock().ok().and_then(|mut e| e.take());
-                if let (Some(error), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) =
-                    (error, rx.recv_timeout(STUCK_GRACE))
-                {
-                    crate::sandbox::give_up(error);
+            };
+            if let Ok(mut f) = flag.lock() {
+                *f = Some(why.clone());
+            }
+            // SAFETY: plain kill calls. The step's group first; then,
+            // as PID 1 of the module's PID namespace, every other
+            // process in it (kill(-1) spares the caller; the kernel
+            // signals them all under one lock, and a fork with a SIGKILL
+            // pending fails, so nothing escapes it): whatever the step
+            // started, even in another session, ends now.
+            unsafe {
+                libc::kill(-(pgid as i32), libc::SIGKILL);
+                if namespace && libc::getpid() == 1 {
+                    libc::kill(-1, libc::SIGKILL);
                 }
+            }
+            // Still not back (a read of a FIFO the step left): the
+            // init ends with the step's error.
+            let name = name.lock().ok().and_then(|mut e| e.take());
+            if let (Some(name), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) =
+                (name, rx.recv_timeout(STUCK_GRACE))
+            {
+                crate::sandbox::give_up(format!("{name}: {why}"));
             }
         });
         Watchdog {
             stop: Some(tx),
             give_up,
             fired,
+            before,
             thread: Some(thread),
-            what,
         }
     }
 
     /// In a sandbox's init: when the init is not back [`STUCK_GRACE`]
-    /// after the kill, it sends `error` as the module's result and ends
-    /// (`crate::sandbox::give_up`), so the limit covers all a step does.
-    pub fn or_give_up(self, error: String) -> Watchdog {
+    /// after the kill, it sends the step `name`'s error as the module's
+    /// result and ends (`crate::sandbox::give_up`), so the limit covers
+    /// all a step does.
+    pub fn or_give_up(self, name: String) -> Watchdog {
         if let Ok(mut e) = self.give_up.lock() {
-            *e = Some(error);
+            *e = Some(name);
         }
         self
     }
 
-    /// Stops watching; true when the limit was hit (the group was killed).
-    pub fn finish(mut self) -> bool {
+    /// Stops watching; the error of the step when it hit a limit: its
+    /// time (its processes were then killed), or a cgroup limit of the
+    /// sandbox, even when the step ended before the watchdog saw it (a
+    /// process the OOM killer took, a fork refused and shrugged off).
+    pub fn finish(mut self) -> Option<String> {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+        let fired = self.fired.lock().ok().and_then(|mut f| f.take());
+        fired.or_else(|| {
+            let (events, limits) = crate::sandbox::cgroup::current()?;
+            crate::sandbox::cgroup::hit(limits, self.before?, events.read())
+        })
     }
 }
 
@@ -761,14 +797,12 @@ impl Job {
         read: impl FnOnce() -> T,
     ) -> Result<(T, i32, libc::rusage)> {
         let (limit, by) = self.limit();
-        let killed = killed(limit, &by);
-        let dog = Watchdog::start(child.id(), limit, by.clone(), true)
-            .or_give_up(format!("{name}: {killed}"));
+        let dog = Watchdog::start(child.id(), limit, by, true).or_give_up(name.to_string());
         let out = read();
         let waited = wait4(child.id());
         let errors = param_errors();
-        if dog.finish() {
-            bail!(killed);
+        if let Some(why) = dog.finish() {
+            bail!(why);
         }
         let (status, ru) = waited?;
         errors?;

@@ -389,6 +389,7 @@ fn sandbox_stage(
         &layers,
     )?;
     sandbox.host_network = config.noop_network.value == "host";
+    sandbox.limits = config.limits();
     Ok(sandbox)
 }
 
@@ -604,7 +605,7 @@ impl<'a, 'r> Run<'a, 'r> {
         if !outcome.leftovers.is_empty() {
             output::warning(&format!(
                 "{module}: killed {} background process(es) its steps left running: {}",
-                outcome.leftovers.len(),
+                outcome.leftover_count,
                 outcome.leftovers.join(", ")
             ));
             mreport.killed = outcome.leftovers;

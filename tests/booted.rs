@@ -217,6 +217,22 @@ fn enrolled(f: &Fixture, what: &str) -> Option<Node> {
         c.boot_time.as_secs_f64(),
         c.leader
     );
+    // On this hybrid host systemd-nspawn mounts the container's v1
+    // controllers read-only (a real node, Debian 12, has a cgroup v2 tree
+    // that its systemd delegates to disco.service): made writable here,
+    // from the host, as the container's own subtree, so disco's sandboxes
+    // get their cgroups below disco.service's as on a node.
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        for ctl in ["pids", "memory"] {
+            let o = Command::new("nsenter")
+                .args(["-t", &c.leader.to_string(), "-m", "--"])
+                .args(["mount", "-o", "remount,rw,bind"])
+                .arg(format!("/sys/fs/cgroup/{ctl}"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
     // systemd is PID 1 there, and nothing failed.
     assert_eq!(c.out(&["cat", "/proc/1/comm"]).trim(), "systemd");
     assert_eq!(
@@ -350,6 +366,39 @@ fn a_booted_node_takes_the_deb_enrols_and_dances_as_the_packaged_unit() {
         .collect();
     assert!(extra.is_empty(), "a converged run says nothing: {extra:?}");
     enable_the_timer(c);
+
+    // A fork bomb in a module ends at max_processes, as the packaged unit
+    // runs it (the cgroups below the unit's, Delegate=), and leaves none.
+    f.node("web1", &["motd", "bomb"])
+        .module("bomb", "")
+        .module_file(
+            "bomb",
+            "scripts/10-bomb",
+            "#!/bin/bash\nb() { b | b & }\nb\nwait\nsleep 600\n",
+            0o755,
+        );
+    c.out(&[
+        "sh",
+        "-c",
+        "echo 'max_processes = 300' > /etc/disco/disco.d/limits.toml",
+    ]);
+    let bombed = start_disco(c, "a fork bomb");
+    assert_eq!(bombed.status.as_str(), "1", "{}", bombed.shown);
+    assert!(
+        bombed
+            .lines
+            .iter()
+            .any(|l| l == "error: bomb: scripts/10-bomb: more than 300 processes (max_processes)"),
+        "{}",
+        bombed.shown
+    );
+    let unit = c.said(&["systemctl", "show", "-P", "ControlGroup", "disco.service"]);
+    let left = c.run(&[
+        "sh",
+        "-c",
+        &format!("find /sys/fs/cgroup -path '*{unit}*' -name 'disco-*' -type d"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout), "", "cgroups left");
 }
 
 #[test]

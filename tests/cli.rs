@@ -90,10 +90,22 @@ fn config_shows_each_setting_and_its_source() {
     assert_eq!(code, 0, "{err}");
     let main = f.config().display().to_string();
     let dropin = f.etc().join("disco.d/50-root.toml").display().to_string();
+    // max_memory's default: half the RAM, at most 4 GiB.
+    let info = fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let memory = (kib * 1024 / 2).min(4 << 30);
     assert_eq!(
         out,
         format!(
-            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\nkeep_backups = 5  # default\nservers = []  # default\n# ssh_identity is not set (ssh's default)\n# ssh_known_hosts is not set (ssh's default)\nssh_options = []  # default\nconnect_timeout = 10  # default\nio_timeout = 60  # default\nfetch_timeout = 3600  # default\nmax_file_size = 1073741824  # default\nnoop_network = \"none\"  # default\n# scratch_max is not set (the state dir's free space less 10%)\ndiff_limit = 50  # default\nreport_ignore = [\"/etc/*-\", \"/var/lib/dpkg/lock*\", \"/var/lib/dpkg/triggers/Lock\", \"/var/lib/apt/lists/lock\", \"/var/cache/apt/archives/lock\", \"/var/log/**\", \"/var/cache/**\"]  # default\nreport_max_changes = 10000  # default\nreport_max_bytes = 16777216  # default\nstep_timeout = 1800  # default\ndance_timeout = 7200  # default\nreport_history = 50  # default\nreport_history_bytes = 104857600  # default\n# prometheus_textfile is not set\nreport_upload = false  # default\n"
+            "server = \"/from/main\"  # {main}\nnode = \"envnode\"  # env DISCO_NODE\nroot = \"/from/dropin\"  # {dropin}\nstate_dir = \"/flag/state\"  # flag --state-dir\nnoop = true  # env NOOP\nkeep_backups = 5  # default\nservers = []  # default\n# ssh_identity is not set (ssh's default)\n# ssh_known_hosts is not set (ssh's default)\nssh_options = []  # default\nconnect_timeout = 10  # default\nio_timeout = 60  # default\nfetch_timeout = 3600  # default\nmax_file_size = 1073741824  # default\nnoop_network = \"none\"  # default\n# scratch_max is not set (the state dir's free space less 10%)\ndiff_limit = 50  # default\nreport_ignore = [\"/etc/*-\", \"/var/lib/dpkg/lock*\", \"/var/lib/dpkg/triggers/Lock\", \"/var/lib/apt/lists/lock\", \"/var/cache/apt/archives/lock\", \"/var/log/**\", \"/var/cache/**\"]  # default\nreport_max_changes = 10000  # default\nreport_max_bytes = 16777216  # default\nmax_processes = 4096  # default\nmax_memory = {memory}  # default\nstep_timeout = 1800  # default\ndance_timeout = 7200  # default\nreport_history = 50  # default\nreport_history_bytes = 104857600  # default\n# prometheus_textfile is not set\nreport_upload = false  # default\n"
         )
     );
 }

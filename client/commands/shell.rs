@@ -146,7 +146,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
         }
         None => vec!["shell".to_string()],
     };
-    let sandbox = Sandbox::prepare(
+    let mut sandbox = Sandbox::prepare(
         run,
         &config.root.value,
         (state, config.scratch_max.value),
@@ -155,6 +155,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
         (true, true),
         &layers,
     )?;
+    sandbox.limits = config.limits();
     let exe = crate::sandbox::exe()?;
     let layer = layers.len();
     let (binds, env) = match setup {

@@ -15,6 +15,7 @@
 //! namespace and every mount in it are gone; in noop the PID namespace
 //! takes every process the work left behind with it.
 
+pub mod cgroup;
 pub mod mounts;
 pub mod scratch;
 pub mod security;
@@ -101,6 +102,8 @@ exec /run/disco/bin/disco.real "$@"
 const MAX_QUEUE: u64 = 4 << 20;
 /// Largest result a sandbox's init may send.
 const MAX_RESULT: usize = 64 << 20;
+/// Kinds of leftover processes named in a module's warning.
+const MAX_LEFTOVERS_SHOWN: usize = 20;
 /// Script output kept for `--quiet` (the rest is counted, not kept).
 const MAX_CAPTURE: usize = 1 << 20;
 
@@ -150,6 +153,10 @@ pub struct Sandbox {
     /// `noop_network = "host"`: a noop sandbox keeps the host's network
     /// (a package install can download); files, PIDs, UTS, IPC stay its own.
     pub host_network: bool,
+    /// `max_processes` and `max_memory` of every sandbox (none until set).
+    pub limits: cgroup::Limits,
+    /// Where the sandboxes' cgroups go, found at the first sandbox.
+    cgroups: std::cell::OnceCell<Option<cgroup::Cgroups>>,
     /// The noop sandboxes' network namespace (loopback only, up), made
     /// once per dance and entered by each module's sandbox: a namespace
     /// made and torn down per module cost about a millisecond each.
@@ -164,8 +171,12 @@ pub struct Sandbox {
 pub struct Outcome<T> {
     pub value: Result<T, String>,
     /// Processes still running when the work ended, killed with the
-    /// sandbox, as `cmdline (comm)`.
+    /// sandbox, as `cmdline (comm)` (alike ones once, `×N`; at most
+    /// [`MAX_LEFTOVERS_SHOWN`] kinds).
     pub leftovers: Vec<String>,
+    /// How many processes that was.
+    #[serde(default)]
+    pub leftover_count: usize,
     /// Commands the shims caught, argv as called, in order.
     pub actions: Vec<Vec<String>>,
     /// Changes the work said it could not make (`disco pending TEXT`).
@@ -302,6 +313,11 @@ impl Sandbox {
             noop,
             state_in_root,
             host_network: false,
+            limits: cgroup::Limits {
+                processes: 0,
+                memory: 0,
+            },
+            cgroups: std::cell::OnceCell::new(),
             squashed: std::cell::Cell::new(Some(0)),
             net: std::cell::OnceCell::new(),
         })
@@ -413,6 +429,14 @@ impl Sandbox {
         if self.noop && !self.host_network && self.net.get().is_none() {
             let _ = self.net.set(loopback_namespace()?);
         }
+        if self.cgroups.get().is_none() {
+            let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
+        }
+        // Removed (what is left in it killed) when this returns.
+        let mut cgroup = match self.cgroups.get().and_then(Option::as_ref) {
+            Some(c) => Some(c.make(layer)?),
+            None => None,
+        };
         for (k, m) in self.mounts.iter().enumerate() {
             let upper = self.run.upper(layer, k);
             fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
@@ -443,7 +467,19 @@ impl Sandbox {
                     drop((r1, r2));
                     (w1, w2)
                 });
-                let code = self.child((layer, squashed), binds, writer, std, body);
+                // This copy of the cgroup only joins it; the parent removes it.
+                let limits = cgroup
+                    .as_mut()
+                    .map(|c| (std::mem::take(&mut c.events), c.limits));
+                let code = match cgroup.as_ref().map(cgroup::Cgroup::join) {
+                    Some(Err(e)) => send::<T>(
+                        &writer,
+                        Err(format!("cannot join the sandbox's cgroup: {e}")),
+                        Vec::new(),
+                        Vec::new(),
+                    ),
+                    _ => self.child((layer, squashed), binds, (writer, limits), std, body),
+                };
                 // SAFETY: leaving the forked child without running the parent's destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -464,6 +500,12 @@ impl Sandbox {
                 drop(waiting);
                 let (buf, captured) = drained.context("reading the sandbox's result")?;
                 if buf.is_empty() {
+                    // Its init killed at the memory limit says so.
+                    if let Some(cg) = &cgroup {
+                        if cg.events.read().oom_kills > 0 {
+                            bail!("the sandbox was {}", cg.limits.memory_hit());
+                        }
+                    }
                     bail!("the sandbox ended without a result ({})", describe(status));
                 }
                 let mut outcome: Outcome<T> =
@@ -480,7 +522,7 @@ impl Sandbox {
         &self,
         layer: (usize, bool),
         binds: &[Bind],
-        out: OwnedFd,
+        (out, limits): (OwnedFd, Option<(cgroup::Events, cgroup::Limits)>),
         std: Option<(OwnedFd, OwnedFd)>,
         body: F,
     ) -> i32 {
@@ -488,8 +530,12 @@ impl Sandbox {
         // SysV IPC and POSIX message queues are the IPC namespace's: a
         // live script gets its own too (it has no business with the host's
         // daemons' segments; the services it restarts run on the host).
-        let mut flags =
-            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC;
+        // A cgroup namespace too: the sandbox sees its own cgroup as the
+        // root of the tree, and cannot name (or move into) any other.
+        let mut flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP;
         if self.noop {
             flags |= CloneFlags::CLONE_NEWUTS;
         }
@@ -517,7 +563,7 @@ impl Sandbox {
         // SAFETY: single-threaded, as above.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let code = self.init(layer, binds, out, std, body);
+                let code = self.init(layer, binds, (out, limits), std, body);
                 // SAFETY: as above.
                 unsafe { libc::_exit(code) }
             }
@@ -544,7 +590,7 @@ impl Sandbox {
         &self,
         layer: (usize, bool),
         binds: &[Bind],
-        out: OwnedFd,
+        (out, limits): (OwnedFd, Option<(cgroup::Events, cgroup::Limits)>),
         std: Option<(OwnedFd, OwnedFd)>,
         body: F,
     ) -> i32 {
@@ -563,7 +609,7 @@ impl Sandbox {
             })
             .map_err(|e| format!("{e:#}"));
         let out = match entered {
-            Ok(()) => match detach_and_restrict(out, terminal, self.noop) {
+            Ok(()) => match detach_and_restrict(out, limits, terminal, self.noop) {
                 Ok(fd) => fd,
                 Err((fd, e)) => return send::<T>(&fd, Err(format!("{e:#}")), vec![], vec![]),
             },
@@ -582,9 +628,11 @@ impl Sandbox {
             (Ok(_), Err(e)) => (Err(format!("{e:#}")), Default::default()),
             (Err(e), Err(_)) => (Err(e), Default::default()),
         };
+        let (leftover_count, leftovers) = leftover_processes();
         let outcome = Outcome {
             value,
-            leftovers: leftover_processes(),
+            leftovers,
+            leftover_count,
             actions,
             pending,
             output: Vec::new(),
@@ -660,21 +708,34 @@ impl Sandbox {
 
 /// The init's last steps before running anything: [`security::detach`]
 /// then [`security::restrict`]. Returns the result pipe (now fd 3), or it
-/// with the error.
+/// with the error; the cgroup's counters, kept open across the detach,
+/// become what the steps' watchdogs read ([`cgroup::current`]).
 fn detach_and_restrict(
     out: OwnedFd,
+    limits: Option<(cgroup::Events, cgroup::Limits)>,
     terminal: bool,
     noop: bool,
 ) -> Result<OwnedFd, (OwnedFd, anyhow::Error)> {
     use std::os::fd::{FromRawFd, IntoRawFd};
-    // detach closes every other descriptor: hand it the raw one, take
-    // back the one it kept.
+    // detach closes every other descriptor: hand it the raw ones, take
+    // back the ones it kept.
     let raw = out.into_raw_fd();
-    // SAFETY: `raw` is ours, released above; on success detach returns
-    // the single descriptor that now holds the pipe.
-    match security::detach(raw, terminal) {
-        Ok(kept) => {
+    let (events, limits) = match limits {
+        Some((e, l)) => (Some(e), Some(l)),
+        None => (None, None),
+    };
+    let (extra, has_pids) = events.map(cgroup::Events::into_raw).unwrap_or_default();
+    let has_memory = extra.len() > usize::from(has_pids);
+    // SAFETY: `raw` and `extra` are ours, released above; on success
+    // detach returns the descriptors that now hold them, in order.
+    match security::detach(raw, &extra, terminal) {
+        Ok((kept, extra)) => {
             let out = unsafe { OwnedFd::from_raw_fd(kept) };
+            if let Some(limits) = limits {
+                // SAFETY: the descriptors detach kept, in into_raw's order.
+                let events = unsafe { cgroup::Events::from_raw(&extra, has_pids, has_memory) };
+                cgroup::set_current(events, limits);
+            }
             match security::restrict(noop) {
                 Ok(()) => Ok(out),
                 Err(e) => Err((out, e)),
@@ -997,6 +1058,7 @@ fn send<T: Serialize>(
 ) -> i32 {
     let outcome = Outcome {
         value,
+        leftover_count: leftovers.len(),
         leftovers,
         actions,
         pending: Vec::new(),
@@ -1024,6 +1086,7 @@ pub fn give_up(error: String) {
     let outcome = Outcome::<()> {
         value: Err(error),
         leftovers: Vec::new(),
+        leftover_count: 0,
         actions: Vec::new(),
         pending: Vec::new(),
         output: Vec::new(),
@@ -1152,12 +1215,14 @@ fn describe_process(proc_dir: &Path) -> String {
 }
 
 /// Other processes still alive in this PID namespace (we are its init).
-fn leftover_processes() -> Vec<String> {
+fn leftover_processes() -> (usize, Vec<String>) {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return (0, Vec::new());
     };
-    let mut out = Vec::new();
+    // Alike ones counted once (a fork bomb's thousands of bashes).
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut count = 0;
     for e in entries.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -1165,10 +1230,22 @@ fn leftover_processes() -> Vec<String> {
         if pid == me {
             continue;
         }
-        out.push(describe_process(&e.path()));
+        count += 1;
+        *seen.entry(describe_process(&e.path())).or_default() += 1;
     }
-    out.sort();
-    out
+    let mut out: Vec<String> = seen
+        .into_iter()
+        .map(|(what, n)| match n {
+            1 => what,
+            n => format!("{what} ×{n}"),
+        })
+        .collect();
+    if out.len() > MAX_LEFTOVERS_SHOWN {
+        let more = out.len() - MAX_LEFTOVERS_SHOWN;
+        out.truncate(MAX_LEFTOVERS_SHOWN);
+        out.push(format!("{more} other kind(s)"));
+    }
+    (count, out)
 }
 
 #[cfg(test)]

@@ -147,11 +147,12 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// Makes the calling process (the sandbox's init) a clean parent: a new
 /// session without a controlling terminal, `/dev/null` as stdin, only
-/// fds 0, 1, 2 and `keep` open, and not dumpable (so nothing inside can
+/// fds 0, 1, 2, `keep` (moved to 3) and `extra` (moved to 4…) open, and
+/// not dumpable (so nothing inside can
 /// open its `/proc/1/fd` or `/proc/1/mem`). With `terminal` (the
 /// interactive `disco shell`, where nothing from a server runs) the
 /// session and stdin stay the user's.
-pub fn detach(keep: RawFd, terminal: bool) -> Result<RawFd> {
+pub fn detach(keep: RawFd, extra: &[RawFd], terminal: bool) -> Result<(RawFd, Vec<RawFd>)> {
     if !terminal {
         nix::unistd::setsid().context("setsid")?;
         let null = nix::fcntl::open(
@@ -163,25 +164,35 @@ pub fn detach(keep: RawFd, terminal: bool) -> Result<RawFd> {
         nix::unistd::dup2(null, 0).context("dup2 /dev/null")?;
         let _ = nix::unistd::close(null);
     }
-    // The result pipe moves to fd 3 (close-on-exec), everything above goes.
-    let kept = if keep == 3 {
-        3
-    } else {
-        let fd = nix::unistd::dup3(keep, 3, nix::fcntl::OFlag::O_CLOEXEC).context("dup3")?;
-        let _ = nix::unistd::close(keep);
-        fd
-    };
+    // Out of the way first (above every number they move to), then the
+    // result pipe to fd 3 and the `extra` ones (the cgroup's counters) to
+    // 4…, all close-on-exec; everything above goes.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let high = 3 + extra.len() as RawFd + 1;
+    let mut moved = Vec::with_capacity(extra.len() + 1);
+    for fd in std::iter::once(keep).chain(extra.iter().copied()) {
+        moved.push(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(high)).context("dup")?,
+        );
+    }
+    let mut kept = Vec::with_capacity(moved.len());
+    for (i, fd) in moved.into_iter().enumerate() {
+        let to = 3 + i as RawFd;
+        kept.push(nix::unistd::dup3(fd, to, cloexec).context("dup3")?);
+    }
     // SAFETY: plain syscall on fd numbers; nothing in this process uses
     // the descriptors it closes (the init is single-threaded).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    let from = 3 + kept.len() as u32;
+    let r = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
     if r != 0 {
         // Kernels before 5.9: close them one by one.
-        for fd in 4..1024 {
+        for fd in from as RawFd..1024 {
             let _ = nix::unistd::close(fd);
         }
     }
     nix::sys::prctl::set_dumpable(false).context("prctl(PR_SET_DUMPABLE)")?;
-    Ok(kept)
+    let result = kept.remove(0);
+    Ok((result, kept))
 }
 
 /// Drops every capability not in [`ALLOWED_CAPS`] (in `noop`, those of

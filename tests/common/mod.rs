@@ -185,6 +185,7 @@ pub fn snapshot(root: &Path) -> Vec<String> {
 pub mod booted;
 pub mod deb;
 pub mod debian;
+pub mod outer;
 pub mod root;
 pub mod sshd;
 
