@@ -217,3 +217,17 @@ fn without_a_writable_cgroup_tree_the_dance_warns_once_and_runs() {
     assert_eq!(e.code, 0, "{all}");
     assert!(!all.contains("max_processes"), "{all}");
 }
+
+#[test]
+fn tmpfs_pages_count_against_max_memory() {
+    // One budget: what a module keeps in its tmpfs is memory of its
+    // sandbox. /tmp may hold 256 MiB; max_memory is 96 MiB.
+    let (f, r) = fixture("max_memory = 100663296\n");
+    f.module_file(
+        "m",
+        "scripts/10-fill",
+        "#!/bin/bash\nhead -c 200M /dev/zero > /tmp/fill\necho \"size $(stat -c %s /tmp/fill)\"\n",
+        0o755,
+    );
+    ends_with(&f, &r, "killed at the memory limit of 96 MiB (max_memory)");
+}
