@@ -138,7 +138,8 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         }
         (Ok(ending), None) => ending,
         (Err(e), None) => {
-            let msg = format!("{e:#}");
+            let msg = crate::sandbox::scratch::explain_no_space(&e, &config.state_dir.value)
+                .unwrap_or_else(|| format!("{e:#}"));
             output::error(&msg);
             report.error = Some(msg);
             if merge_began.get() {
@@ -1035,7 +1036,9 @@ fn report_stage(config: &Config, report: &mut RunReport, code: i32, started: Ins
         config.report_history.value,
         config.report_history_bytes.value,
     ) {
-        output::warning(&format!("the report was not saved: {e:#}"));
+        let why = crate::sandbox::scratch::explain_no_space(&e, state)
+            .unwrap_or_else(|| format!("{e:#}"));
+        output::warning(&format!("the report was not saved: {why}"));
     }
     if let Some(path) = &config.prometheus_textfile.value {
         if let Err(e) = write_textfile(path, state, output::prometheus(report).as_bytes()) {

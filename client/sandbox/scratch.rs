@@ -193,6 +193,64 @@ pub fn full(dir: &Path) -> Option<&'static str> {
     }
 }
 
+/// How many errors ext4 recorded in the filesystem mounted at `mem`
+/// (`/sys/fs/ext4/DEV/errors_count`); 0 when it cannot say.
+fn ext4_errors(mem: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = fs::metadata(mem).map(|m| m.dev()) else {
+        return 0;
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()))
+        .and_then(|name| {
+            fs::read_to_string(Path::new("/sys/fs/ext4").join(name).join("errors_count")).ok()
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One line for an error that ran out of disk space (ENOSPC, EDQUOT
+/// anywhere in its chain), without the bare `os error 28`: what was being
+/// done, then whether the state dir's filesystem is the full one. `None`
+/// for any other error.
+pub fn explain_no_space(e: &anyhow::Error, state_dir: &Path) -> Option<String> {
+    use std::io::ErrorKind;
+    // By kind too: a wrapped io::Error (tempfile's) has no raw code.
+    let io_code = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<std::io::Error>()
+            .map(|io| match io.kind() {
+                ErrorKind::StorageFull => libc::ENOSPC,
+                ErrorKind::QuotaExceeded => libc::EDQUOT,
+                _ => io.raw_os_error().unwrap_or(0),
+            })
+    };
+    let code = e
+        .chain()
+        .filter_map(io_code)
+        .find(|c| [libc::ENOSPC, libc::EDQUOT].contains(c))?;
+    let doing: Vec<String> = e
+        .chain()
+        .filter(|c| io_code(*c).is_none())
+        .map(|c| c.to_string())
+        .collect();
+    let what = match (full(state_dir), Space::of(state_dir)) {
+        (Some(how), Ok(space)) => format!(
+            "the filesystem of the state dir {} is {how} ({} free)",
+            state_dir.display(),
+            human_bytes(space.free)
+        ),
+        _ if code == libc::EDQUOT => "over its disk quota".to_string(),
+        _ => "no space left on its filesystem".to_string(),
+    };
+    Some(if doing.is_empty() {
+        what
+    } else {
+        format!("{}: {what}", doing.join(": "))
+    })
+}
+
 /// Gives the free blocks of the filesystem at `mem` back to the disk
 /// (`FITRIM`: the loop device punches holes in the image). Best effort:
 /// a filesystem that cannot trim keeps them, and the next run's
@@ -317,6 +375,16 @@ fn mount_once(state_dir: &Path, mem: &Path, limits: Option<Limits>, force: bool)
         );
     }
     if limits.is_some() {
+        // Errors ext4 recorded (an image a full disk once cut short reads
+        // back as `Bad message`): made anew, by the caller.
+        let errors = ext4_errors(mem);
+        if errors > 0 {
+            let _ = nix::mount::umount2(mem, nix::mount::MntFlags::MNT_DETACH);
+            bail!(
+                "the scratch filesystem {} recorded {errors} error(s)",
+                img.display()
+            );
+        }
         for e in fs::read_dir(mem)?.flatten() {
             if e.file_name() == "lost+found" {
                 continue;
@@ -425,6 +493,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.starts_with("scratch_max (not set: 10% of"), "{m}");
+    }
+
+    #[test]
+    fn no_space_is_said_without_the_os_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("cannot write /x");
+        let m = explain_no_space(&e, d.path()).unwrap();
+        assert_eq!(m, "cannot write /x: no space left on its filesystem");
+        let other = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(explain_no_space(&other, d.path()).is_none());
     }
 
     #[test]
