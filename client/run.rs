@@ -147,7 +147,9 @@ impl RunDir {
             }
             // What the run wrote goes back to the disk now, not when the
             // image is next used.
-            crate::sandbox::scratch::trim(&mem);
+            if let Some(state) = self.path.parent().and_then(Path::parent) {
+                crate::sandbox::scratch::trim(&mem, &crate::sandbox::scratch::image(state));
+            }
         }
         unmount_mem(&self.path);
     }

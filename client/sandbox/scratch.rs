@@ -252,10 +252,14 @@ pub fn explain_no_space(e: &anyhow::Error, state_dir: &Path) -> Option<String> {
 }
 
 /// Gives the free blocks of the filesystem at `mem` back to the disk
-/// (`FITRIM`: the loop device punches holes in the image). Best effort:
-/// a filesystem that cannot trim keeps them, and the next run's
-/// [`Sizing`] counts them as the image's own.
-pub fn trim(mem: &Path) {
+/// when the image `img` still holds them (`FITRIM`: the loop device
+/// punches holes in the image). `discard` gave back what was deleted
+/// already, so this is a check of two numbers, and a trim (some 25–70 ms
+/// for 2 GiB) only when more than 16 MiB are held that the filesystem
+/// does not use. Best effort: a filesystem that cannot trim keeps them,
+/// and the next run's [`Sizing`] counts them as the image's own.
+pub fn trim(mem: &Path, img: &Path) {
+    use std::os::unix::fs::MetadataExt;
     #[repr(C)]
     struct FstrimRange {
         start: u64,
@@ -264,6 +268,13 @@ pub fn trim(mem: &Path) {
     }
     // _IOWR('X', 121, struct fstrim_range)
     const FITRIM: libc::c_ulong = 0xC018_5879;
+    let held = fs::metadata(img).map(|m| m.blocks() * 512).unwrap_or(0);
+    let used = nix::sys::statvfs::statvfs(mem)
+        .map(|st| (st.blocks() - st.blocks_free()) * st.fragment_size())
+        .unwrap_or(0);
+    if held <= used + (16 << 20) {
+        return;
+    }
     let Ok(dir) = fs::File::open(mem) else {
         return;
     };
@@ -397,7 +408,7 @@ fn mount_once(state_dir: &Path, mem: &Path, limits: Option<Limits>, force: bool)
             };
             gone.with_context(|| format!("cannot clear the scratch's old {}", p.display()))?;
         }
-        trim(mem);
+        trim(mem, &img);
     }
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(mem, fs::Permissions::from_mode(0o700))?;
