@@ -13,10 +13,11 @@
 //! (default 2 GiB or 10% of the state dir's filesystem, whichever is
 //! less), cut to the free space of that filesystem (the image's own
 //! blocks counted as free) less `scratch_reserve` (default 10% of it);
-//! the image is made anew when that size is not its own. Blocks are used
-//! only as written and given back on delete (`discard`) and, after a run
-//! empties the image, all at once (`FITRIM`): between runs the image
-//! holds only its ext4 metadata. A module that fills it (even one whose
+//! the image is made anew when that size is not its own (or ext4
+//! recorded errors in it). Blocks are used only as written and given back
+//! on delete (`discard`) when a run empties the image, and by `FITRIM`
+//! should it still hold more: between runs the image holds only its ext4
+//! metadata (~1 MiB). A module that fills it (even one whose
 //! script ignored ENOSPC) fails naming `scratch_max` ([`full`]): noop and
 //! live then never differ by a file the scratch cut short. A run killed
 //! in its merge leaves its layers in the image: the next run mounts it
