@@ -164,6 +164,14 @@ fn filling_the_scratch_fails_the_module_and_keeps_the_reserve() {
         fs::read_to_string(r.path.join("opt/small")).unwrap(),
         "ok\n"
     );
+    // A new scratch_max: the image is made anew at that size.
+    let img = state.join("scratch.img");
+    let cut = fs::metadata(&img).unwrap().len();
+    assert!((64 * MIB..=total - reserve).contains(&cut), "{cut}");
+    fs::write(f.config(), "scratch_max = 67108864\n").unwrap();
+    let (e, _) = watched_dance(&f, &state, &r.path, true);
+    assert_eq!(e.code, 0, "{}{}", e.out, e.err);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 64 * MIB);
 }
 
 /// The state dir outside ROOT: a live dance keeps its layers in the state
