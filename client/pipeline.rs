@@ -138,8 +138,13 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         }
         (Ok(ending), None) => ending,
         (Err(e), None) => {
-            let msg = crate::sandbox::scratch::explain_no_space(&e, &config.state_dir.value)
-                .unwrap_or_else(|| format!("{e:#}"));
+            let mem = scratch.as_ref().map(|r| r.path.join(run::MEM));
+            let msg = crate::sandbox::scratch::explain_no_space(
+                &e,
+                &config.state_dir.value,
+                mem.as_deref().map(|m| (m, config.scratch_limits())),
+            )
+            .unwrap_or_else(|| format!("{e:#}"));
             output::error(&msg);
             report.error = Some(msg);
             if merge_began.get() {
@@ -1036,7 +1041,7 @@ fn report_stage(config: &Config, report: &mut RunReport, code: i32, started: Ins
         config.report_history.value,
         config.report_history_bytes.value,
     ) {
-        let why = crate::sandbox::scratch::explain_no_space(&e, state)
+        let why = crate::sandbox::scratch::explain_no_space(&e, state, None)
             .unwrap_or_else(|| format!("{e:#}"));
         output::warning(&format!("the report was not saved: {why}"));
     }

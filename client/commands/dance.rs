@@ -53,10 +53,11 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
     crate::cron::splay(opts.splay, opts.splay_always);
     let state = &config.state_dir.value;
     // Out of disk space before the run's own report: one line saying so.
-    let no_space = |e: anyhow::Error| match crate::sandbox::scratch::explain_no_space(&e, state) {
-        Some(line) => anyhow::anyhow!(line),
-        None => e,
-    };
+    let no_space =
+        |e: anyhow::Error| match crate::sandbox::scratch::explain_no_space(&e, state, None) {
+            Some(line) => anyhow::anyhow!(line),
+            None => e,
+        };
     crate::cron::private_state_dir(state).map_err(no_space)?;
     let _lock = crate::cron::take_lock(config, opts.no_wait).map_err(no_space)?;
     let _root_lock = crate::cron::take_root_lock(config, opts.no_wait)?;

@@ -214,9 +214,14 @@ fn ext4_errors(mem: &Path) -> u64 {
 
 /// One line for an error that ran out of disk space (ENOSPC, EDQUOT
 /// anywhere in its chain), without the bare `os error 28`: what was being
-/// done, then whether the state dir's filesystem is the full one. `None`
-/// for any other error.
-pub fn explain_no_space(e: &anyhow::Error, state_dir: &Path) -> Option<String> {
+/// done, then which filesystem is full — the run's scratch (`scratch`:
+/// where it is mounted and its settings) or the state dir's. `None` for
+/// any other error.
+pub fn explain_no_space(
+    e: &anyhow::Error,
+    state_dir: &Path,
+    scratch: Option<(&Path, Limits)>,
+) -> Option<String> {
     use std::io::ErrorKind;
     // By kind too: a wrapped io::Error (tempfile's) has no raw code.
     let io_code = |c: &(dyn std::error::Error + 'static)| {
@@ -236,8 +241,15 @@ pub fn explain_no_space(e: &anyhow::Error, state_dir: &Path) -> Option<String> {
         .filter(|c| io_code(*c).is_none())
         .map(|c| c.to_string())
         .collect();
-    let what = match (full(state_dir), Space::of(state_dir)) {
-        (Some(how), Ok(space)) => format!(
+    let scratch_full = scratch.and_then(|(mem, limits)| {
+        crate::run::is_mount_point(mem)
+            .then(|| full(mem))
+            .flatten()
+            .map(|how| format!("the scratch is {how} ({})", describe(state_dir, limits)))
+    });
+    let what = match (scratch_full, full(state_dir), Space::of(state_dir)) {
+        (Some(line), _, _) => line,
+        (None, Some(how), Ok(space)) => format!(
             "the filesystem of the state dir {} is {how} ({} free)",
             state_dir.display(),
             human_bytes(space.free)
@@ -512,10 +524,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
             .context("cannot write /x");
-        let m = explain_no_space(&e, d.path()).unwrap();
+        let m = explain_no_space(&e, d.path(), None).unwrap();
         assert_eq!(m, "cannot write /x: no space left on its filesystem");
         let other = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EACCES));
-        assert!(explain_no_space(&other, d.path()).is_none());
+        assert!(explain_no_space(&other, d.path(), None).is_none());
     }
 
     #[test]
