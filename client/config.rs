@@ -162,7 +162,7 @@ pub struct Config {
     /// dir's filesystem, whichever is less.
     pub scratch_max: Setting<Option<u64>>,
     /// What the scratch leaves free on the state dir's filesystem, checked
-    /// at every run (`sandbox::scratch::usable`).
+    /// at every run (`sandbox::scratch::Sizing`).
     pub scratch_reserve: Setting<Reserve>,
     /// `none`: a noop sandbox has only loopback; `host`: the host's
     /// network (a noop package install can download).

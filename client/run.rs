@@ -136,7 +136,8 @@ impl RunDir {
 
 impl RunDir {
     /// Empties the scratch filesystem mounted at `mem/` (its blocks go
-    /// back to the disk: `discard`, then `FITRIM`) and unmounts it; nothing when it is not mounted.
+    /// back to the disk: `discard`, and `FITRIM` if the image still holds
+    /// them) and unmounts it; nothing when it is not mounted.
     pub fn empty_mem(&self) {
         let mem = self.path.join(MEM);
         if is_mount_point(&mem) {
