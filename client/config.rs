@@ -32,6 +32,67 @@ pub const DEFAULT_REPORT_MAX_CHANGES: usize = 10_000;
 /// `report_history_bytes` (100 MiB) at least six such runs stay.
 pub const DEFAULT_REPORT_MAX_BYTES: u64 = 16 << 20;
 
+/// `scratch_max` when not set: at most 2 GiB (and at most
+/// [`DEFAULT_SCRATCH_SHARE`] of the state dir's filesystem).
+pub const DEFAULT_SCRATCH_MAX: u64 = 2 << 30;
+
+/// `scratch_max` when not set is at most this percentage of the state
+/// dir's filesystem.
+pub const DEFAULT_SCRATCH_SHARE: u64 = 10;
+
+/// `scratch_reserve` when not set: 10% of the state dir's filesystem.
+pub const DEFAULT_SCRATCH_RESERVE: Reserve = Reserve::Percent(10);
+
+/// A size given as bytes or as a share of a filesystem (`scratch_reserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Bytes(u64),
+    /// Percent (0–100) of the filesystem's size.
+    Percent(u64),
+}
+
+impl Reserve {
+    /// Parses `"10%"` (a share) or `"1073741824"` (bytes).
+    pub fn parse(text: &str) -> Option<Reserve> {
+        let t = text.trim();
+        match t.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(Reserve::Percent),
+            None => t.parse::<u64>().ok().map(Reserve::Bytes),
+        }
+    }
+
+    /// Bytes of a filesystem of `total` bytes.
+    pub fn of(self, total: u64) -> u64 {
+        match self {
+            Reserve::Bytes(b) => b,
+            Reserve::Percent(p) => (total as u128 * p as u128 / 100) as u64,
+        }
+    }
+}
+
+impl fmt::Display for Reserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reserve::Bytes(b) => write!(f, "{}", crate::fsutil::human_bytes(*b)),
+            Reserve::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How a size-or-share setting is written: an integer (bytes) or a
+/// string (`"10%"`, or bytes).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ReserveValue {
+    Bytes(u64),
+    Text(String),
+}
+
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -96,9 +157,13 @@ pub struct Config {
     pub fetch_timeout: Setting<u64>,
     /// Largest file a node accepts from the server, in bytes.
     pub max_file_size: Setting<u64>,
-    /// Size of the scratch filesystem (bytes) when the state dir is inside
-    /// ROOT; `None`: the free space of the state dir's filesystem less 10%.
+    /// Largest size of the scratch filesystem (bytes); `None`:
+    /// [`DEFAULT_SCRATCH_MAX`] or [`DEFAULT_SCRATCH_SHARE`]% of the state
+    /// dir's filesystem, whichever is less.
     pub scratch_max: Setting<Option<u64>>,
+    /// What the scratch leaves free on the state dir's filesystem, checked
+    /// at every run (`sandbox::scratch::Sizing`).
+    pub scratch_reserve: Setting<Reserve>,
     /// `none`: a noop sandbox has only loopback; `host`: the host's
     /// network (a noop package install can download).
     pub noop_network: Setting<String>,
@@ -164,6 +229,7 @@ struct FileConfig {
     max_file_size: Option<u64>,
     noop_network: Option<String>,
     scratch_max: Option<u64>,
+    scratch_reserve: Option<ReserveValue>,
     diff_limit: Option<usize>,
     report_ignore: Option<Vec<String>>,
     report_max_changes: Option<usize>,
@@ -201,6 +267,7 @@ impl Config {
             max_file_size: Setting::new(1 << 30, Source::Default),
             noop_network: Setting::new("none".into(), Source::Default),
             scratch_max: Setting::new(None, Source::Default),
+            scratch_reserve: Setting::new(DEFAULT_SCRATCH_RESERVE, Source::Default),
             diff_limit: Setting::new(50, Source::Default),
             report_ignore: Setting::new(
                 crate::output::DEFAULT_IGNORE
@@ -357,6 +424,23 @@ impl Config {
         if let Some(v) = file.scratch_max {
             self.scratch_max.set(Some(v), src());
         }
+        if let Some(v) = file.scratch_reserve {
+            let parsed = match &v {
+                ReserveValue::Bytes(b) => Some(Reserve::Bytes(*b)),
+                ReserveValue::Text(t) => Reserve::parse(t),
+            };
+            let Some(r) = parsed else {
+                let shown = match &v {
+                    ReserveValue::Bytes(b) => b.to_string(),
+                    ReserveValue::Text(t) => format!("{t:?}"),
+                };
+                bail!(
+                    "{}: scratch_reserve = {shown}: expected bytes (1073741824) or a share of the filesystem (\"10%\")",
+                    path.display()
+                );
+            };
+            self.scratch_reserve.set(r, src());
+        }
         if let Some(v) = file.diff_limit {
             self.diff_limit.set(v, src());
         }
@@ -439,6 +523,14 @@ impl Config {
         crate::sandbox::cgroup::Limits {
             processes: self.max_processes.value,
             memory: self.max_memory.value,
+        }
+    }
+
+    /// The scratch's settings (`scratch_max`, `scratch_reserve`).
+    pub fn scratch_limits(&self) -> crate::sandbox::scratch::Limits {
+        crate::sandbox::scratch::Limits {
+            max: self.scratch_max.value,
+            reserve: self.scratch_reserve.value,
         }
     }
 
@@ -538,8 +630,16 @@ impl Config {
             ),
             match self.scratch_max.value {
                 Some(v) => line("scratch_max", v.to_string(), &self.scratch_max.source),
-                None => "# scratch_max is not set (the state dir's free space less 10%)".into(),
+                None => "# scratch_max is not set (2 GiB or 10% of the state dir's filesystem, whichever is less)".into(),
             },
+            line(
+                "scratch_reserve",
+                match self.scratch_reserve.value {
+                    Reserve::Bytes(b) => b.to_string(),
+                    Reserve::Percent(p) => s(&format!("{p}%")),
+                },
+                &self.scratch_reserve.source,
+            ),
             line(
                 "diff_limit",
                 self.diff_limit.value.to_string(),
@@ -740,6 +840,42 @@ mod tests {
         assert_eq!(
             c.state_dir.value,
             std::env::current_dir().unwrap().join("rel/state")
+        );
+    }
+
+    #[test]
+    fn scratch_reserve_is_bytes_or_a_share() {
+        assert_eq!(Reserve::parse("10%"), Some(Reserve::Percent(10)));
+        assert_eq!(Reserve::parse(" 0 % "), Some(Reserve::Percent(0)));
+        assert_eq!(Reserve::parse("1048576"), Some(Reserve::Bytes(1 << 20)));
+        for bad in ["101%", "-1%", "ten%", "1G", ""] {
+            assert_eq!(Reserve::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Reserve::Percent(10).of(1000), 100);
+        assert_eq!(Reserve::Bytes(7).of(1000), 7);
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("disco.toml");
+        fs::write(&main, "").unwrap();
+        let flags = Flags {
+            config: Some(main.clone()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, &env(&[])).unwrap();
+        assert_eq!(c.scratch_reserve.value, Reserve::Percent(10));
+        for (text, want) in [
+            ("scratch_reserve = \"25%\"\n", Reserve::Percent(25)),
+            ("scratch_reserve = 4096\n", Reserve::Bytes(4096)),
+            ("scratch_reserve = \"4096\"\n", Reserve::Bytes(4096)),
+        ] {
+            fs::write(&main, text).unwrap();
+            let c = Config::load(&flags, &env(&[])).unwrap();
+            assert_eq!(c.scratch_reserve.value, want, "{text}");
+        }
+        fs::write(&main, "scratch_reserve = \"lots\"\n").unwrap();
+        let err = Config::load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("scratch_reserve = \"lots\": expected bytes"),
+            "{err}"
         );
     }
 

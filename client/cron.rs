@@ -147,8 +147,11 @@ pub fn set_status(state_dir: &Path, line: &str) {
     let line = crate::masks::text(line);
     let written = fs::create_dir_all(state_dir)
         .and_then(|_| crate::fsutil::write_private(&path, format!("{line}\n").as_bytes()));
-    if let Err(e) = written {
-        output::warning(&format!("cannot write {}: {e}", path.display()));
+    match written {
+        // A full disk: the dance's own error says so, in one line.
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {}
+        Err(e) => output::warning(&format!("cannot write {}: {e}", path.display())),
+        Ok(()) => {}
     }
 }
 

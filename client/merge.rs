@@ -859,7 +859,7 @@ pub fn recover(state_dir: &Path) -> Result<Recovered> {
     // Layers kept in the scratch image: mount it again to finish the merge.
     let mem = run.path.join(crate::run::MEM);
     if run.layers_lost() && crate::sandbox::scratch::image(state_dir).is_file() {
-        if let Err(e) = crate::sandbox::scratch::mount(state_dir, &mem, None, true) {
+        if let Err(e) = crate::sandbox::scratch::mount(state_dir, &mem, None) {
             output::warning(&format!("{e:#}"));
         }
     }

@@ -138,7 +138,13 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         }
         (Ok(ending), None) => ending,
         (Err(e), None) => {
-            let msg = format!("{e:#}");
+            let mem = scratch.as_ref().map(|r| r.path.join(run::MEM));
+            let msg = crate::sandbox::scratch::explain_no_space(
+                &e,
+                &config.state_dir.value,
+                mem.as_deref().map(|m| (m, config.scratch_limits())),
+            )
+            .unwrap_or_else(|| format!("{e:#}"));
             output::error(&msg);
             report.error = Some(msg);
             if merge_began.get() {
@@ -384,7 +390,7 @@ fn sandbox_stage(
     let mut sandbox = Sandbox::prepare(
         run,
         &config.root.value,
-        (state, config.scratch_max.value),
+        (state, config.scratch_limits()),
         (config.noop.value, keep),
         &layers,
     )?;
@@ -602,6 +608,14 @@ impl<'a, 'r> Run<'a, 'r> {
             }
             Err(e) => Some(e),
         };
+        // Out of scratch: failed, whatever its steps said (one that
+        // ignored ENOSPC left a file cut short, which live would not).
+        if let Some(full) = self.scratch_full() {
+            let why = failed.unwrap_or_else(|| {
+                "a step wrote until it had no space left (what it wrote was cut short)".into()
+            });
+            failed = Some(format!("{full}: {why}"));
+        }
         if !outcome.leftovers.is_empty() {
             output::warning(&format!(
                 "{module}: killed {} background process(es) its steps left running: {}",
@@ -680,18 +694,36 @@ impl<'a, 'r> Run<'a, 'r> {
         mreport.keep_capped(all, self.config.report_cap());
         self.report.modules.push(mreport);
         if let Some(f) = failed {
-            let mem = self.sandbox.run.path.join(run::MEM);
-            let full = run::is_mount_point(&mem) && crate::sandbox::scratch::is_full(&mem);
-            let msg = if full {
-                format!("{module}: {f} (the scratch filesystem is full: raise scratch_max)")
-            } else {
-                format!("{module}: {f}")
-            };
+            let msg = format!("{module}: {f}");
             output::error(&msg);
             self.report.error = Some(msg);
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Why the module's layer may be cut short, if it may: the scratch
+    /// (the image) is full, naming `scratch_max`; or the filesystem of
+    /// the state dir is, which holds the image or, without one, the
+    /// layers themselves.
+    fn scratch_full(&self) -> Option<String> {
+        use crate::sandbox::scratch;
+        let state = &self.config.state_dir.value;
+        let mem = self.sandbox.run.path.join(run::MEM);
+        if run::is_mount_point(&mem) {
+            if let Some(why) = scratch::full(&mem) {
+                return Some(format!(
+                    "the scratch is {why} ({})",
+                    scratch::describe(state, self.config.scratch_limits())
+                ));
+            }
+        }
+        scratch::full(state).map(|why| {
+            format!(
+                "the filesystem of the state dir {} is {why}",
+                state.display()
+            )
+        })
     }
 
     /// Says what the module queued for after the merge, from its queue
@@ -1010,7 +1042,9 @@ fn report_stage(config: &Config, report: &mut RunReport, code: i32, started: Ins
         config.report_history.value,
         config.report_history_bytes.value,
     ) {
-        output::warning(&format!("the report was not saved: {e:#}"));
+        let why = crate::sandbox::scratch::explain_no_space(&e, state, None)
+            .unwrap_or_else(|| format!("{e:#}"));
+        output::warning(&format!("the report was not saved: {why}"));
     }
     if let Some(path) = &config.prometheus_textfile.value {
         if let Err(e) = write_textfile(path, state, output::prometheus(report).as_bytes()) {

@@ -135,8 +135,9 @@ impl RunDir {
 }
 
 impl RunDir {
-    /// Empties the scratch filesystem mounted at `mem/` (its space goes
-    /// back to the disk) and unmounts it; nothing when it is not mounted.
+    /// Empties the scratch filesystem mounted at `mem/` (its blocks go
+    /// back to the disk: `discard`, and `FITRIM` if the image still holds
+    /// them) and unmounts it; nothing when it is not mounted.
     pub fn empty_mem(&self) {
         let mem = self.path.join(MEM);
         if is_mount_point(&mem) {
@@ -144,6 +145,11 @@ impl RunDir {
                 if e.file_name() != "lost+found" {
                     let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
                 }
+            }
+            // What the run wrote goes back to the disk now, not when the
+            // image is next used.
+            if let Some(state) = self.path.parent().and_then(Path::parent) {
+                crate::sandbox::scratch::trim(&mem, &crate::sandbox::scratch::image(state));
             }
         }
         unmount_mem(&self.path);

@@ -797,7 +797,7 @@ fn a_full_scratch_fails_the_module_naming_scratch_max() {
     let (code, _, err) = run(c.args(["--node", "n", "--root"]).arg(&r.path).arg("dance"));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("(the scratch filesystem is full: raise scratch_max)"),
+        err.contains("error: m: the scratch is full (scratch_max = 64.0 MiB): "),
         "{err}"
     );
     assert!(

@@ -52,8 +52,14 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
     config.require_servers()?;
     crate::cron::splay(opts.splay, opts.splay_always);
     let state = &config.state_dir.value;
-    crate::cron::private_state_dir(state)?;
-    let _lock = crate::cron::take_lock(config, opts.no_wait)?;
+    // Out of disk space before the run's own report: one line saying so.
+    let no_space =
+        |e: anyhow::Error| match crate::sandbox::scratch::explain_no_space(&e, state, None) {
+            Some(line) => anyhow::anyhow!(line),
+            None => e,
+        };
+    crate::cron::private_state_dir(state).map_err(no_space)?;
+    let _lock = crate::cron::take_lock(config, opts.no_wait).map_err(no_space)?;
     let _root_lock = crate::cron::take_root_lock(config, opts.no_wait)?;
     if opts.retry_actions {
         return retry_only(config, opts);
@@ -75,6 +81,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
             only: opts.only.clone(),
         },
     );
+    let result = result.map_err(no_space);
     match &result {
         Ok((_, report)) => crate::cron::set_status(state, &crate::cron::ended(report)),
         Err(e) => crate::cron::set_status(state, &format!("failed at {}: {e:#}", now())),

@@ -149,7 +149,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
     let mut sandbox = Sandbox::prepare(
         run,
         &config.root.value,
-        (state, config.scratch_max.value),
+        (state, config.scratch_limits()),
         // As if kept: the shell takes no dance lock, so it uses the shared
         // scratch image only where it must (state dir inside ROOT).
         (true, true),

@@ -196,12 +196,12 @@ impl Sandbox {
     pub fn prepare(
         run: RunDir,
         root: &Path,
-        (state_dir, scratch_max): (&Path, Option<u64>),
+        (state_dir, limits): (&Path, scratch::Limits),
         (noop, keep): (bool, bool),
         layers: &[String],
     ) -> Result<Sandbox> {
         let path = run.path.clone();
-        let prepared = Self::prepare_in(run, root, (state_dir, scratch_max), (noop, keep), layers);
+        let prepared = Self::prepare_in(run, root, (state_dir, limits), (noop, keep), layers);
         if prepared.is_err() {
             crate::run::unmount_mem(&path);
             let _ = fs::remove_dir_all(&path);
@@ -216,7 +216,7 @@ impl Sandbox {
     fn prepare_in(
         run: RunDir,
         root: &Path,
-        (state_dir, scratch_max): (&Path, Option<u64>),
+        (state_dir, limits): (&Path, scratch::Limits),
         (noop, keep): (bool, bool),
         layers: &[String],
     ) -> Result<Sandbox> {
@@ -285,7 +285,7 @@ impl Sandbox {
             // killed — its content stays on disk.
             let mem = run.path.join(crate::run::MEM);
             fs::DirBuilder::new().mode(0o700).create(&mem)?;
-            scratch::mount(&state, &mem, scratch_max, false)?;
+            scratch::mount(&state, &mem, Some(limits))?;
         }
         let layers_dir = run.layers();
         for d in ["u", "w", "s", "q"] {

@@ -2,74 +2,354 @@
 //! the sandbox overlays (the usual node: ROOT `/`, state `/var/lib/disco`),
 //! overlayfs refuses upper layers below a lower layer's root, so the
 //! layers live in their own filesystem: a sparse ext4 image,
-//! `STATE/scratch.img`, made once (`mkfs.ext4`) and loop-mounted for each
-//! run at `STATE/run/RUN/mem` in disco's own mount namespace.
+//! `STATE/scratch.img`, loop-mounted for each run at `STATE/run/RUN/mem`
+//! in disco's own mount namespace. A noop dance uses it wherever the
+//! state dir is.
 //!
-//! On disk, not in RAM: a package install writing gigabytes leaves
-//! `Shmem` flat. Its size is `scratch_max` (default: the free space of the
-//! state dir's filesystem when the image is made, less 10%); blocks are
-//! used only as written and given back on delete (`discard`). A run
-//! killed in its merge leaves its layers in the image: the next run
-//! mounts it again and finishes the merge.
+//! Owns the image's size, its blocks and what "the scratch is full"
+//! means. On disk, not in RAM: a package install writing gigabytes leaves
+//! `Shmem` flat. It can never take the host's last free space: its size
+//! is worked out again at every run ([`Sizing`]) as `scratch_max`
+//! (default 2 GiB or 10% of the state dir's filesystem, whichever is
+//! less), cut to the free space of that filesystem (the image's own
+//! blocks counted as free) less `scratch_reserve` (default 10% of it);
+//! the image is made anew when that size is not its own (or ext4
+//! recorded errors in it). Blocks are used only as written and given back
+//! on delete (`discard`) when a run empties the image, and by `FITRIM`
+//! should it still hold more: between runs the image holds only its ext4
+//! metadata (~1 MiB). A module that fills it (even one whose
+//! script ignored ENOSPC) fails naming `scratch_max` ([`full`]): noop and
+//! live then never differ by a file the scratch cut short. A run killed
+//! in its merge leaves its layers in the image: the next run mounts it
+//! again (as it is) and finishes the merge.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use crate::config::{Reserve, DEFAULT_SCRATCH_MAX, DEFAULT_SCRATCH_SHARE};
+use crate::fsutil::human_bytes;
+
+/// The smallest scratch a run can use.
+pub const MIN_SIZE: u64 = 64 << 20;
+
+/// Less free space than this left in a filesystem is "full": a write
+/// there has met ENOSPC (or would with its next block).
+const FULL_MARGIN: u64 = 1 << 20;
 
 /// The image in a state dir.
 pub fn image(state_dir: &Path) -> PathBuf {
     state_dir.join("scratch.img")
 }
 
-/// `scratch_max` when not set: the free space of `state_dir`'s
-/// filesystem, less 10%.
-pub fn default_size(state_dir: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(state_dir)
-        .with_context(|| format!("cannot read the free space of {}", state_dir.display()))?;
-    let free = st.blocks_available() * st.fragment_size();
-    Ok(free / 10 * 9)
+/// The scratch settings: `scratch_max` (`None`: the default) and
+/// `scratch_reserve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max: Option<u64>,
+    pub reserve: Reserve,
 }
 
-/// Makes the image when it is missing (or, with an explicit `size`, of
-/// another size), mounts it at `mem` and, unless `keep` (a merge to
-/// finish), empties it of what an earlier run left.
-pub fn mount(state_dir: &Path, mem: &Path, size: Option<u64>, keep: bool) -> Result<()> {
-    match mount_once(state_dir, mem, size, keep, false) {
+/// The space of the state dir's filesystem, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Its size.
+    pub total: u64,
+    /// Free for anyone (`df`'s Avail: root's reserved blocks not counted).
+    pub free: u64,
+    /// The blocks the image holds now (it may take them again).
+    pub image: u64,
+}
+
+impl Space {
+    /// The space of `state_dir`'s filesystem now.
+    pub fn of(state_dir: &Path) -> Result<Space> {
+        use std::os::unix::fs::MetadataExt;
+        let st = nix::sys::statvfs::statvfs(state_dir).with_context(|| {
+            format!(
+                "cannot read the free space of the state dir {}",
+                state_dir.display()
+            )
+        })?;
+        let image = fs::metadata(image(state_dir))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0);
+        Ok(Space {
+            total: st.blocks() * st.fragment_size(),
+            free: st.blocks_available() * st.fragment_size(),
+            image,
+        })
+    }
+}
+
+/// The scratch's size for one run, from the settings and the space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// `scratch_max`, the default worked out.
+    pub max: u64,
+    /// `scratch_reserve` in bytes.
+    pub reserve: u64,
+    /// What the filesystem can give: free (with the image's own blocks)
+    /// less the reserve.
+    pub room: u64,
+    /// The size to use: the lesser of `max` and `room`, whole MiB.
+    pub usable: u64,
+}
+
+impl Sizing {
+    /// Pure: the size for `limits` on a filesystem with `space`.
+    pub fn new(limits: Limits, space: Space) -> Sizing {
+        let max = limits.max.unwrap_or_else(|| {
+            DEFAULT_SCRATCH_MAX.min(Reserve::Percent(DEFAULT_SCRATCH_SHARE).of(space.total))
+        });
+        let reserve = limits.reserve.of(space.total);
+        let room = (space.free + space.image).saturating_sub(reserve);
+        let usable = max.min(room) & !((1 << 20) - 1);
+        Sizing {
+            max,
+            reserve,
+            room,
+            usable,
+        }
+    }
+
+    /// The usable size, or one line saying why the scratch cannot be
+    /// made (naming both settings and the free space).
+    pub fn check(&self, limits: Limits, space: Space, state_dir: &Path) -> Result<u64> {
+        if self.max < MIN_SIZE {
+            let what = match limits.max {
+                Some(_) => format!("scratch_max: {}", human_bytes(self.max)),
+                None => format!(
+                    "scratch_max (not set: {}% of the state dir's filesystem {}) = {}",
+                    DEFAULT_SCRATCH_SHARE,
+                    state_dir.display(),
+                    human_bytes(self.max)
+                ),
+            };
+            return Err(NoRoom(format!(
+                "{what} is too small for the scratch filesystem ({} at least)",
+                human_bytes(MIN_SIZE)
+            ))
+            .into());
+        }
+        if self.usable < MIN_SIZE {
+            return Err(NoRoom(format!(
+                "no room for the scratch: the state dir's filesystem ({}) has {} free and scratch_reserve = {} keeps {} of it, which leaves less than the {} a run needs (scratch_max = {}): free some space there or lower scratch_reserve",
+                state_dir.display(),
+                human_bytes(space.free + space.image),
+                limits.reserve,
+                human_bytes(self.reserve),
+                human_bytes(MIN_SIZE),
+                human_bytes(self.max)
+            ))
+            .into());
+        }
+        Ok(self.usable)
+    }
+
+    /// True when an image of `have` bytes will do: not over the usable
+    /// size, and not much under it (a free space that moves a little
+    /// between runs does not remake it each time).
+    pub fn fits(&self, have: u64) -> bool {
+        have <= self.max.min(self.room) && have >= self.usable - self.usable / 16
+    }
+}
+
+/// What the settings are, for a message: `scratch_max = 2.0 GiB`, and
+/// what the free space cut it to when it did.
+pub fn describe(state_dir: &Path, limits: Limits) -> String {
+    let have = fs::metadata(image(state_dir)).map(|m| m.len()).ok();
+    let Ok(space) = Space::of(state_dir) else {
+        return match limits.max {
+            Some(m) => format!("scratch_max = {}", human_bytes(m)),
+            None => "scratch_max".into(),
+        };
+    };
+    let sizing = Sizing::new(limits, space);
+    match have {
+        Some(h) if h + (1 << 20) < sizing.max => format!(
+            "scratch_max = {}, cut to {} by the free space of {} less scratch_reserve = {}",
+            human_bytes(sizing.max),
+            human_bytes(h),
+            state_dir.display(),
+            limits.reserve
+        ),
+        _ => format!("scratch_max = {}", human_bytes(sizing.max)),
+    }
+}
+
+/// How the filesystem holding `dir` is full, if it is: `full` (less
+/// than a MiB free) or `out of inodes`.
+pub fn full(dir: &Path) -> Option<&'static str> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    if st.blocks_available() * st.fragment_size() < FULL_MARGIN {
+        Some("full")
+    } else if st.files() > 0 && st.files_available() == 0 {
+        Some("out of inodes")
+    } else {
+        None
+    }
+}
+
+/// How many errors ext4 recorded in the filesystem mounted at `mem`
+/// (`/sys/fs/ext4/DEV/errors_count`); 0 when it cannot say.
+fn ext4_errors(mem: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = fs::metadata(mem).map(|m| m.dev()) else {
+        return 0;
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()))
+        .and_then(|name| {
+            fs::read_to_string(Path::new("/sys/fs/ext4").join(name).join("errors_count")).ok()
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One line for an error that ran out of disk space (ENOSPC, EDQUOT
+/// anywhere in its chain), without the bare `os error 28`: what was being
+/// done, then which filesystem is full — the run's scratch (`scratch`:
+/// where it is mounted and its settings) or the state dir's. `None` for
+/// any other error.
+pub fn explain_no_space(
+    e: &anyhow::Error,
+    state_dir: &Path,
+    scratch: Option<(&Path, Limits)>,
+) -> Option<String> {
+    use std::io::ErrorKind;
+    // By kind too: a wrapped io::Error (tempfile's) has no raw code.
+    let io_code = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<std::io::Error>()
+            .map(|io| match io.kind() {
+                ErrorKind::StorageFull => libc::ENOSPC,
+                ErrorKind::QuotaExceeded => libc::EDQUOT,
+                _ => io.raw_os_error().unwrap_or(0),
+            })
+    };
+    let code = e
+        .chain()
+        .filter_map(io_code)
+        .find(|c| [libc::ENOSPC, libc::EDQUOT].contains(c))?;
+    let doing: Vec<String> = e
+        .chain()
+        .filter(|c| io_code(*c).is_none())
+        .map(|c| c.to_string())
+        .collect();
+    let scratch_full = scratch.and_then(|(mem, limits)| {
+        crate::run::is_mount_point(mem)
+            .then(|| full(mem))
+            .flatten()
+            .map(|how| format!("the scratch is {how} ({})", describe(state_dir, limits)))
+    });
+    let what = match (scratch_full, full(state_dir), Space::of(state_dir)) {
+        (Some(line), _, _) => line,
+        (None, Some(how), Ok(space)) => format!(
+            "the filesystem of the state dir {} is {how} ({} free)",
+            state_dir.display(),
+            human_bytes(space.free)
+        ),
+        _ if code == libc::EDQUOT => "over its disk quota".to_string(),
+        _ => "no space left on its filesystem".to_string(),
+    };
+    Some(if doing.is_empty() {
+        what
+    } else {
+        format!("{}: {what}", doing.join(": "))
+    })
+}
+
+/// Gives the free blocks of the filesystem at `mem` back to the disk
+/// when the image `img` still holds them (`FITRIM`: the loop device
+/// punches holes in the image). `discard` gave back what was deleted
+/// already, so this is a check of two numbers, and a trim (some 25–70 ms
+/// for 2 GiB) only when more than 16 MiB are held that the filesystem
+/// does not use. Best effort: a filesystem that cannot trim keeps them,
+/// and the next run's [`Sizing`] counts them as the image's own.
+pub fn trim(mem: &Path, img: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    #[repr(C)]
+    struct FstrimRange {
+        start: u64,
+        len: u64,
+        minlen: u64,
+    }
+    // _IOWR('X', 121, struct fstrim_range)
+    const FITRIM: libc::c_ulong = 0xC018_5879;
+    let held = fs::metadata(img).map(|m| m.blocks() * 512).unwrap_or(0);
+    let used = nix::sys::statvfs::statvfs(mem)
+        .map(|st| (st.blocks() - st.blocks_free()) * st.fragment_size())
+        .unwrap_or(0);
+    if held <= used + (16 << 20) {
+        return;
+    }
+    let Ok(dir) = fs::File::open(mem) else {
+        return;
+    };
+    let mut range = FstrimRange {
+        start: 0,
+        len: u64::MAX,
+        minlen: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: FITRIM reads and writes one fstrim_range we own.
+    unsafe {
+        libc::ioctl(dir.as_raw_fd(), FITRIM as _, &mut range);
+    }
+}
+
+/// Mounts the image at `mem`. With `limits` (a new run): sized for this
+/// run ([`Sizing`], made anew when its size will not do, or refused in one
+/// line when there is no room) and emptied of what an earlier run left.
+/// Without (`None`: a merge to finish), mounted as it is.
+pub fn mount(state_dir: &Path, mem: &Path, limits: Option<Limits>) -> Result<()> {
+    match mount_once(state_dir, mem, limits, false) {
         // A damaged image (a crash without a journal): made anew, unless
         // it holds a merge to finish.
-        Err(_) if !keep => mount_once(state_dir, mem, size, keep, true),
+        Err(e) if limits.is_some() && !is_no_room(&e) => mount_once(state_dir, mem, limits, true),
         r => r,
     }
 }
 
-fn mount_once(
-    state_dir: &Path,
-    mem: &Path,
-    size: Option<u64>,
-    keep: bool,
-    force: bool,
-) -> Result<()> {
+/// The error of [`Sizing::check`], which making the image anew cannot mend.
+fn is_no_room(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NoRoom>().is_some()
+}
+
+/// The scratch cannot be made with these settings on this filesystem.
+#[derive(Debug)]
+pub struct NoRoom(String);
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
+fn mount_once(state_dir: &Path, mem: &Path, limits: Option<Limits>, force: bool) -> Result<()> {
     let img = image(state_dir);
     let current = fs::metadata(&img).ok().map(|m| m.len());
-    let remake = force
-        || match (current, size) {
-            (None, _) => true,
-            (Some(have), Some(want)) => have != want && !keep,
-            (Some(_), None) => false,
-        };
-    if remake {
-        let want = match size {
-            Some(s) => s,
-            None => default_size(state_dir)?,
-        };
-        if want < 64 << 20 {
-            bail!(
-                "scratch_max: {} is too small for the scratch filesystem (64 MiB at least)",
-                crate::fsutil::human_bytes(want)
-            );
+    let want = match limits {
+        Some(limits) => {
+            let space = Space::of(state_dir)?;
+            let sizing = Sizing::new(limits, space);
+            let usable = sizing.check(limits, space, state_dir)?;
+            Some(usable).filter(|_| force || !current.is_some_and(|have| sizing.fits(have)))
         }
+        None if current.is_none() => bail!(
+            "the scratch image {} is missing: its layers are gone",
+            img.display()
+        ),
+        None => None,
+    };
+    if let Some(want) = want {
         let _ = fs::remove_file(&img);
         let f = fs::OpenOptions::new()
             .write(true)
@@ -118,7 +398,17 @@ fn mount_once(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if !keep {
+    if limits.is_some() {
+        // Errors ext4 recorded (an image a full disk once cut short reads
+        // back as `Bad message`): made anew, by the caller.
+        let errors = ext4_errors(mem);
+        if errors > 0 {
+            let _ = nix::mount::umount2(mem, nix::mount::MntFlags::MNT_DETACH);
+            bail!(
+                "the scratch filesystem {} recorded {errors} error(s)",
+                img.display()
+            );
+        }
         for e in fs::read_dir(mem)?.flatten() {
             if e.file_name() == "lost+found" {
                 continue;
@@ -131,18 +421,126 @@ fn mount_once(
             };
             gone.with_context(|| format!("cannot clear the scratch's old {}", p.display()))?;
         }
+        trim(mem, &img);
     }
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(mem, fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
-/// True when the scratch filesystem at `mem` is (nearly) full: the error
-/// of a step that ran out of it names `scratch_max`.
-pub fn is_full(mem: &Path) -> bool {
-    nix::sys::statvfs::statvfs(mem)
-        .map(|st| st.blocks_available() * st.fragment_size() < 1 << 20)
-        .unwrap_or(false)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-use std::os::unix::fs::OpenOptionsExt;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn limits(max: Option<u64>, reserve: Reserve) -> Limits {
+        Limits { max, reserve }
+    }
+
+    #[test]
+    fn the_default_is_2_gib_or_a_tenth_of_the_filesystem() {
+        let big = Space {
+            total: 100 * GIB,
+            free: 50 * GIB,
+            image: 0,
+        };
+        let s = Sizing::new(limits(None, Reserve::Percent(10)), big);
+        assert_eq!((s.max, s.reserve, s.usable), (2 * GIB, 10 * GIB, 2 * GIB));
+        let small = Space {
+            total: 10 * GIB,
+            free: 9 * GIB,
+            image: 0,
+        };
+        let s = Sizing::new(limits(None, Reserve::Percent(10)), small);
+        assert_eq!(s.max, GIB);
+        assert_eq!(s.usable, GIB);
+    }
+
+    #[test]
+    fn the_free_space_less_the_reserve_bounds_it() {
+        // 1 GiB filesystem, 300 MiB free, the image holding 20 MiB of it:
+        // 320 MiB less a reserve of 102.4 MiB, in whole MiB.
+        let space = Space {
+            total: GIB,
+            free: 300 * MIB,
+            image: 20 * MIB,
+        };
+        let l = limits(Some(8 * GIB), Reserve::Percent(10));
+        let s = Sizing::new(l, space);
+        assert_eq!(s.room, 320 * MIB - GIB / 10);
+        assert_eq!(s.usable, 217 * MIB);
+        assert_eq!(s.check(l, space, Path::new("/s")).unwrap(), 217 * MIB);
+        // Bytes as the reserve.
+        let s = Sizing::new(limits(Some(8 * GIB), Reserve::Bytes(100 * MIB)), space);
+        assert_eq!(s.usable, 220 * MIB);
+        // scratch_max under the room: scratch_max.
+        let s = Sizing::new(limits(Some(128 * MIB), Reserve::Percent(10)), space);
+        assert_eq!(s.usable, 128 * MIB);
+        // A reserve larger than the free space: no room at all.
+        let s = Sizing::new(limits(None, Reserve::Percent(50)), space);
+        assert_eq!((s.room, s.usable), (0, 0));
+    }
+
+    #[test]
+    fn too_little_room_is_one_line_naming_both_settings() {
+        let space = Space {
+            total: GIB,
+            free: 150 * MIB,
+            image: 0,
+        };
+        let l = limits(Some(GIB), Reserve::Percent(10));
+        let s = Sizing::new(l, space);
+        let e = s.check(l, space, Path::new("/var/lib/disco")).unwrap_err();
+        let m = e.to_string();
+        assert!(e.downcast_ref::<NoRoom>().is_some());
+        assert!(!m.contains('\n'), "{m}");
+        for part in [
+            "/var/lib/disco",
+            "150.0 MiB free",
+            "scratch_reserve = 10%",
+            "keeps 102.4 MiB",
+            "scratch_max = 1.0 GiB",
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+        // The default on a small filesystem: a tenth is under 64 MiB.
+        let tiny = Space {
+            total: 256 * MIB,
+            free: 200 * MIB,
+            image: 0,
+        };
+        let l = limits(None, Reserve::Percent(10));
+        let m = Sizing::new(l, tiny)
+            .check(l, tiny, Path::new("/s"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.starts_with("scratch_max (not set: 10% of"), "{m}");
+    }
+
+    #[test]
+    fn no_space_is_said_without_the_os_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("cannot write /x");
+        let m = explain_no_space(&e, d.path(), None).unwrap();
+        assert_eq!(m, "cannot write /x: no space left on its filesystem");
+        let other = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(explain_no_space(&other, d.path(), None).is_none());
+    }
+
+    #[test]
+    fn an_image_near_the_size_is_kept_one_over_it_is_not() {
+        let space = Space {
+            total: 10 * GIB,
+            free: 5 * GIB,
+            image: 0,
+        };
+        let s = Sizing::new(limits(None, Reserve::Percent(10)), space);
+        assert!(s.fits(GIB));
+        assert!(!s.fits(GIB + 1));
+        assert!(!s.fits(GIB / 2));
+        assert!(s.fits(GIB - GIB / 32));
+    }
+}
