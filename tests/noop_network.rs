@@ -193,3 +193,38 @@ fn a_killed_disco_leaves_no_pasta_behind() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn without_pasta_noop_host_is_one_line_naming_the_package_and_the_setting() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-x", "echo ran\n", 0o755);
+    fs::write(f.config(), "noop_network = \"host\"\n").unwrap();
+    // pasta hidden in a mount namespace of this command's own (gone with it).
+    let disco = f.process(&f.state(), &r.path);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("for p in /usr/bin/pasta /usr/sbin/pasta; do [ -e $p ] && mount --bind /dev/null $p; done; exec \"$@\"")
+        .arg("sh")
+        .arg(disco.get_program())
+        .args(disco.get_args())
+        .arg("dance")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NOOP", "true")
+        .env("NO_COLOR", "1");
+    let out = cmd.output().unwrap();
+    let (code, stdout, err) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(!stdout.contains("ran"), "{stdout}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(
+        errors,
+        ["error: noop_network = \"host\" needs pasta, which is not installed: install the Debian package passt (or set noop_network = \"none\")"],
+        "{err}"
+    );
+}
