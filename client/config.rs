@@ -99,8 +99,10 @@ pub struct Config {
     /// Size of the scratch filesystem (bytes) when the state dir is inside
     /// ROOT; `None`: the free space of the state dir's filesystem less 10%.
     pub scratch_max: Setting<Option<u64>>,
-    /// `none`: a noop sandbox has only loopback; `host`: the host's
-    /// network (a noop package install can download).
+    /// `none`: a noop sandbox has only loopback; `host`: a network
+    /// namespace of its own routed outward by pasta (a noop package
+    /// install can download; the host's loopback, abstract sockets and
+    /// traffic stay out of reach: `sandbox::net`).
     pub noop_network: Setting<String>,
     /// A module's changes are printed in full up to this many paths, then
     /// rolled up per directory.
