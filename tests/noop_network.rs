@@ -228,3 +228,42 @@ fn without_pasta_noop_host_is_one_line_naming_the_package_and_the_setting() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pasta_that_fails_is_one_line_with_what_it_said() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-x", "echo ran\n", 0o755);
+    fs::write(f.config(), "noop_network = \"host\"\n").unwrap();
+    let bin = f.dir.path().join("fakebin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(
+        bin.join("pasta"),
+        "#!/bin/sh\necho 'Failed to open tun socket in namespace' >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("pasta"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = f.process(&f.state(), &r.path);
+    let out = cmd
+        .arg("dance")
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+        )
+        .env("NOOP", "true")
+        .output()
+        .unwrap();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{err}");
+    assert!(!stdout.contains("ran"), "{stdout}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(
+        errors,
+        ["error: noop_network = \"host\": pasta ended before the noop network was up: pasta said: Failed to open tun socket in namespace"],
+        "{err}"
+    );
+}

@@ -16,7 +16,9 @@
 //! pasta and the relay run in a PID namespace of their own whose init is
 //! the relay, a child of a helper that dies with disco (`PR_SET_PDEATHSIG`
 //! on both): when disco ends, however it ends, the init dies and the
-//! kernel kills pasta with it. [`NoopNet`]'s drop kills the helper.
+//! kernel kills pasta with it. [`NoopNet`]'s drop kills the helper; a
+//! pasta that ends on its own ends the relay and the helper, which disco,
+//! waiting for the network to come up, says in one line with pasta's last.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -121,7 +123,7 @@ impl NoopNet {
             ForkResult::Parent { child } => child,
         };
         drop(sockets);
-        let net = NoopNet {
+        let mut net = NoopNet {
             ns,
             helper: Some(helper),
         };
@@ -130,7 +132,7 @@ impl NoopNet {
     }
 
     /// Until pasta has put a default route in the namespace.
-    fn wait_ready(&self, log: &Path) -> Result<()> {
+    fn wait_ready(&mut self, log: &Path) -> Result<()> {
         let start = Instant::now();
         loop {
             let routed = in_namespace(&self.ns, || {
@@ -156,6 +158,8 @@ impl NoopNet {
                     waitpid(pid, Some(WaitPidFlag::WNOHANG)),
                     Ok(WaitStatus::StillAlive)
                 ) {
+                    // Reaped: its PID is no longer ours to kill.
+                    self.helper = None;
                     bail!(
                         "noop_network = \"host\": pasta ended before the noop network was up{}",
                         said()
@@ -281,11 +285,11 @@ fn helper((pasta, dns_forward): (&Path, bool), ns: &OwnedFd, log: fs::File, sock
                     Ok(())
                 });
             }
-            if cmd.spawn().is_err() {
+            let Ok(mut pasta) = cmd.spawn() else {
                 return 1;
-            }
-            relay(sockets);
-            0
+            };
+            relay(sockets, &mut pasta);
+            1
         }
         Ok(ForkResult::Parent { child }) => {
             drop(sockets);
@@ -309,19 +313,20 @@ struct Relay {
 /// Passes each UDP query that reaches a loopback resolver in the
 /// namespace on to the host's resolver (its ID renumbered, so that
 /// answers find their way back), and each answer back to who asked.
-/// Never returns.
-fn relay(Relay { down, up, upstream }: Relay) {
+/// Returns when pasta has ended.
+fn relay(Relay { down, up, upstream }: Relay, pasta: &mut std::process::Child) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut asked: Vec<Option<(u16, usize, SocketAddr)>> = vec![None; 1 << 16];
     let mut next: u16 = 0;
     let mut buf = vec![0u8; 65536];
-    loop {
+    while matches!(pasta.try_wait(), Ok(None)) {
         let mut fds: Vec<PollFd> = down
             .iter()
             .chain(std::iter::once(&up))
             .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
             .collect();
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        // Woken now and then to see whether pasta is still there.
+        if poll(&mut fds, PollTimeout::from(200u8)).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
