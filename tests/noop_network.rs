@@ -4,7 +4,8 @@
 //! socket, a loopback TCP service, its traffic — is reachable from a noop
 //! script, which still has a route out; on the real Debian root an
 //! `apt-get update` in noop still reaches the mirror, its resolv.conf
-//! naming a loopback resolver (127.0.0.53), which the namespace answers. A test fails if the attack works.
+//! naming a loopback resolver (127.0.0.53), or none (127.0.0.1), which
+//! the namespace answers. A test fails if the attack works.
 mod common;
 
 use std::fs;
@@ -99,13 +100,25 @@ fn apt_get_update_in_noop_reaches_the_mirror() {
     fs::write(f.config(), "noop_network = \"host\"\n").unwrap();
     // A loopback resolver, as systemd-resolved's stub: the namespace's
     // own loopback answers it (the host's is not in the namespace).
-    let _ = fs::remove_file(root.join("etc/resolv.conf"));
-    fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
-    let (code, out, err) = f.noop_dance("n", &root, &[]);
-    assert!(code == 0 || code == 2, "{out}{err}");
-    assert!(out.contains("apt-get update: 0"), "{out}{err}");
-    assert!(!out.contains("Err:") && !out.contains("W: "), "{out}");
-    assert!(out.contains("Hit:") || out.contains("Get:"), "{out}");
+    // Then none (the C library asks 127.0.0.1, also what a link into
+    // the sandbox's empty /run gives).
+    for resolv in [Some("nameserver 127.0.0.53\n"), None] {
+        let _ = fs::remove_file(root.join("etc/resolv.conf"));
+        if let Some(text) = resolv {
+            fs::write(root.join("etc/resolv.conf"), text).unwrap();
+        }
+        let (code, out, err) = f.noop_dance("n", &root, &[]);
+        assert!(code == 0 || code == 2, "{resolv:?}: {out}{err}");
+        assert!(out.contains("apt-get update: 0"), "{resolv:?}: {out}{err}");
+        assert!(
+            !out.contains("Err:") && !out.contains("W: "),
+            "{resolv:?}: {out}"
+        );
+        assert!(
+            out.contains("Hit:") || out.contains("Get:"),
+            "{resolv:?}: {out}"
+        );
+    }
 }
 
 /// The parent of process `pid`, from /proc (None once it is gone).

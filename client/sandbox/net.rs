@@ -9,9 +9,10 @@
 //! the host reaches through its non-loopback routes, and nothing of the
 //! host's own — its loopback, its abstract Unix sockets, its traffic —
 //! is in it. DNS: pasta forwards queries sent to [`DNS_FORWARD`] to the
-//! host's resolver; the loopback resolvers the root's `resolv.conf`
-//! names (127.0.0.1 when it names none) are answered by a relay living
-//! in the namespace that passes each UDP query on to [`DNS_FORWARD`].
+//! host's resolver; 127.0.0.1 (the C library's default) and the
+//! loopback resolvers the root's `resolv.conf` names are answered by a
+//! relay living in the namespace that passes each UDP query on to the
+//! host's resolver.
 //!
 //! pasta and the relay run in a PID namespace of their own whose init is
 //! the relay, a child of a helper that dies with disco (`PR_SET_PDEATHSIG`
@@ -196,8 +197,10 @@ fn find_pasta() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The loopback resolvers the root's `resolv.conf` names (127.0.0.1, the
-/// C library's default, when it names none or cannot be read).
+/// 127.0.0.1, the C library's resolver when `resolv.conf` names none or
+/// is not there (systemd-resolved's link points into `/run`, which is the
+/// sandbox's own, empty), and the other loopback resolvers the root's
+/// `resolv.conf` names.
 fn loopback_resolvers(root: &Path) -> Vec<IpAddr> {
     let text = crate::rootpath::resolve(root, Path::new("etc/resolv.conf"), true)
         .ok()
@@ -208,12 +211,12 @@ fn loopback_resolvers(root: &Path) -> Vec<IpAddr> {
         })
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let named = nameservers(&text);
-    if named.is_empty() {
-        return vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let mut out = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    for a in nameservers(&text) {
+        if a.is_loopback() && !out.contains(&a) {
+            out.push(a);
+        }
     }
-    let mut out: Vec<IpAddr> = named.into_iter().filter(|a| a.is_loopback()).collect();
-    out.dedup();
     out
 }
 
@@ -419,7 +422,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_resolvers_are_the_named_loopback_ones_or_the_default() {
+    fn loopback_resolvers_are_127_0_0_1_and_the_named_loopback_ones() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         assert_eq!(loopback_resolvers(root), [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
@@ -429,14 +432,12 @@ mod tests {
             "# x\nnameserver 127.0.0.53\nnameserver 10.0.0.1\nnameserver ::1\n",
         )
         .unwrap();
-        assert_eq!(
-            loopback_resolvers(root),
-            [
-                "127.0.0.53".parse::<IpAddr>().unwrap(),
-                "::1".parse().unwrap()
-            ]
-        );
+        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.53", "::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(loopback_resolvers(root), want);
         fs::write(root.join("etc/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
-        assert!(loopback_resolvers(root).is_empty());
+        assert_eq!(loopback_resolvers(root), [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     }
 }
