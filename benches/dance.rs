@@ -3,7 +3,8 @@
 //! templates reading two parameters, 1 script that appends a line to a
 //! state file only when missing). Prints median wall time and peak RSS,
 //! the sandbox setup + teardown cost per module (20 empty modules against
-//! none), and the raw floor: the same copies, renders and scripts done with
+//! none), the cost of `noop_network = "host"` (pasta, once per dance),
+//! and the raw floor: the same copies, renders and scripts done with
 //! plain cp and bash, no sandbox.
 //!
 //! Run as root: `cargo bench --bench dance`.
@@ -39,12 +40,15 @@ fn main() {
     let config = dir.path().join("disco.toml");
     fs::write(&config, "").unwrap();
 
-    let dance = |server: &Path, node: &str| {
+    // noop_network = "host": the noop network routed outward by pasta.
+    let config_host = dir.path().join("disco-host.toml");
+    fs::write(&config_host, "noop_network = \"host\"\n").unwrap();
+    let dance_with = |server: &Path, node: &str, config: &Path| {
         let (server, node, root, config, state, disco) = (
             server.to_path_buf(),
             node.to_string(),
             root.clone(),
-            config.clone(),
+            config.to_path_buf(),
             dir.path().join("state"),
             disco.clone(),
         );
@@ -63,6 +67,7 @@ fn main() {
             c
         }
     };
+    let dance = |server: &Path, node: &str| dance_with(server, node, &config);
 
     let work = dir.path().join("work");
     workload(&work, "bench", 20, false);
@@ -75,6 +80,7 @@ fn main() {
     let w20 = measure(runs(), dance(&work, "bench"));
     let e20 = measure(runs(), dance(&empty20, "bench"));
     let e0 = measure(runs(), dance(&empty0, "bench"));
+    let host = measure(runs(), dance_with(&empty20, "bench", &config_host));
 
     // The raw floor: the same work with cp and bash into a scratch copy of /etc.
     let floor_script = dir.path().join("floor.sh");
@@ -124,6 +130,7 @@ fn main() {
     row("20 modules x (3 files, 2 templates, 1 script)", &w20);
     row("20 empty modules", &e20);
     row("0 modules (fetch, plan, report only)", &e0);
+    row("20 empty modules, noop_network = \"host\" (pasta)", &host);
     row(
         "raw floor: same work with plain cp + bash, no sandbox",
         &floor,
@@ -132,6 +139,11 @@ fn main() {
         "{:<58} {:>8.2}ms",
         "sandbox setup + teardown per module ((20 empty - 0) / 20)",
         (median(&e20.wall) - median(&e0.wall)) / 20.0 * 1e3
+    );
+    println!(
+        "{:<58} {:>8.2}ms",
+        "noop_network = \"host\", once per dance (pasta, DNS relay)",
+        (median(&host.wall) - median(&e20.wall)) * 1e3
     );
 
     // Scale: a live no-change dance of 20, 100 and 400 workload modules on

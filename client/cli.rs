@@ -673,8 +673,10 @@ pub struct DanceArgs {
     #[arg(long)]
     pub if_changed: bool,
     /// In noop: `none` (loopback only; name lookups and connects fail at
-    /// once) or `host` (the host's network, so a package install in noop
-    /// is exact). Scripts see it as DISCO_NOOP_NETWORK [config: noop_network]
+    /// once) or `host` (a network of its own routed outward by pasta, from
+    /// the package passt, so a package install in noop is exact; never the
+    /// host's loopback, abstract sockets or traffic). Scripts see it as
+    /// DISCO_NOOP_NETWORK [config: noop_network]
     #[arg(long, value_name = "none|host", value_parser = ["none", "host"])]
     pub noop_network: Option<String>,
     /// Only run again the deferred actions and handlers that failed in

@@ -164,8 +164,10 @@ pub struct Config {
     /// What the scratch leaves free on the state dir's filesystem, checked
     /// at every run (`sandbox::scratch::Sizing`).
     pub scratch_reserve: Setting<Reserve>,
-    /// `none`: a noop sandbox has only loopback; `host`: the host's
-    /// network (a noop package install can download).
+    /// `none`: a noop sandbox has only loopback; `host`: a network
+    /// namespace of its own routed outward by pasta (a noop package
+    /// install can download; the host's loopback, abstract sockets and
+    /// traffic stay out of reach: `sandbox::net`).
     pub noop_network: Setting<String>,
     /// A module's changes are printed in full up to this many paths, then
     /// rolled up per directory.

@@ -3,7 +3,7 @@
 //!
 //! For layer *i* a child process unshares its namespaces (mount, PID and
 //! IPC always; UTS too in noop, and it enters the noop network
-//! namespace — loopback only — made once per dance), mounts one overlay
+//! namespace made once per dance, see [`net`]), mounts one overlay
 //! per real filesystem of ROOT with `lowerdir = squash:[shims]:ROOT` (the
 //! squash: the uppers of layers 1..i-1 folded into one, see [`squash`]),
 //! adds fresh `/proc` (`/proc/sys` read-only), read-only `/sys`, a minimal
@@ -17,6 +17,7 @@
 
 pub mod cgroup;
 pub mod mounts;
+pub mod net;
 pub mod scratch;
 pub mod security;
 pub mod service_cmds;
@@ -150,17 +151,20 @@ pub struct Sandbox {
     /// scripts (debhelper's) take their systemd path — `deb-systemd-invoke
     /// start`, deferred — as they would outside the sandbox.
     pub systemd_booted: bool,
-    /// `noop_network = "host"`: a noop sandbox keeps the host's network
-    /// (a package install can download); files, PIDs, UTS, IPC stay its own.
+    /// `noop_network = "host"`: a noop sandbox's network namespace is
+    /// routed outward through pasta (a package install can download);
+    /// see [`net`].
     pub host_network: bool,
     /// `max_processes` and `max_memory` of every sandbox (none until set).
     pub limits: cgroup::Limits,
     /// Where the sandboxes' cgroups go, found at the first sandbox.
     cgroups: std::cell::OnceCell<Option<cgroup::Cgroups>>,
-    /// The noop sandboxes' network namespace (loopback only, up), made
-    /// once per dance and entered by each module's sandbox: a namespace
-    /// made and torn down per module cost about a millisecond each.
-    net: std::cell::OnceCell<OwnedFd>,
+    /// The noop sandboxes' network namespace (loopback, and with
+    /// [`Sandbox::host_network`] a route outward), made once per dance
+    /// and entered by each module's sandbox: a namespace made and torn
+    /// down per module cost about a millisecond each. Dropped (its helper
+    /// killed) with the sandbox.
+    net: std::cell::OnceCell<net::NoopNet>,
     /// How many layers (1..=n) are folded into the squash ([`squash`]);
     /// `None` once a fold failed or a layer ran below it: stack them.
     squashed: std::cell::Cell<Option<usize>>,
@@ -426,8 +430,13 @@ impl Sandbox {
         F: FnOnce() -> Result<T>,
     {
         let squashed = self.squash_below(layer);
-        if self.noop && !self.host_network && self.net.get().is_none() {
-            let _ = self.net.set(loopback_namespace()?);
+        if self.noop && self.net.get().is_none() {
+            let made = if self.host_network {
+                net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
+            } else {
+                net::NoopNet::loopback()?
+            };
+            let _ = self.net.set(made);
         }
         if self.cgroups.get().is_none() {
             let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
@@ -540,7 +549,7 @@ impl Sandbox {
             flags |= CloneFlags::CLONE_NEWUTS;
         }
         if let Some(net) = self.net.get() {
-            if let Err(e) = nix::sched::setns(net, CloneFlags::CLONE_NEWNET) {
+            if let Err(e) = nix::sched::setns(net.ns(), CloneFlags::CLONE_NEWNET) {
                 return send::<T>(
                     &out,
                     Err(format!(
@@ -1154,53 +1163,6 @@ fn check_overlayfs() -> Result<()> {
     } else {
         bail!("this kernel has no overlayfs (not in /proc/filesystems, and `modprobe overlay` did not add it); disco's sandbox needs it")
     }
-}
-
-/// Brings `lo` up in the new network namespace (nothing else exists there).
-/// A new network namespace with nothing but loopback, up: made by this
-/// thread (`unshare`), which then goes back to the one it was in.
-fn loopback_namespace() -> Result<OwnedFd> {
-    let open = |p: &str| -> Result<OwnedFd> {
-        Ok(fs::File::open(p)
-            .with_context(|| format!("cannot open {p}"))?
-            .into())
-    };
-    let host = open("/proc/thread-self/ns/net")?;
-    unshare(CloneFlags::CLONE_NEWNET).context("cannot make the noop network namespace")?;
-    let made = loopback_up().and_then(|()| open("/proc/thread-self/ns/net"));
-    nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
-        .context("cannot go back to the host's network namespace")?;
-    made
-}
-
-fn loopback_up() -> Result<()> {
-    // SAFETY: plain socket/ioctl calls on a zeroed, correctly sized ifreq.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
-        if r == 0 {
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            let r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
-            libc::close(fd);
-            if r != 0 {
-                bail!("cannot bring up lo: {}", std::io::Error::last_os_error());
-            }
-        } else {
-            libc::close(fd);
-            bail!(
-                "cannot read lo's flags: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
 }
 
 fn describe_process(proc_dir: &Path) -> String {
