@@ -1232,7 +1232,7 @@ fn upload(config: &Config, report: &RunReport) {
             &server,
             &config.node.value,
             &config.ssh(),
-            &crate::masks::json(report, false)?,
+            &crate::masks::report_json(report, false)?,
         )
     })();
     if let Err(e) = sent {

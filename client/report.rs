@@ -423,6 +423,48 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report without its modules' changes (every other field as it
+    /// is): what [`crate::masks::report_json`] makes a tree of values.
+    pub fn without_changes(&self) -> RunReport {
+        let modules = self
+            .modules
+            .iter()
+            .map(|m| ModuleReport {
+                name: m.name.clone(),
+                steps: m.steps.clone(),
+                changes: Vec::new(),
+                killed: m.killed.clone(),
+                actions: m.actions.clone(),
+                pending: m.pending.clone(),
+                summarised_changes: m.summarised_changes,
+                summarised: m.summarised.clone(),
+            })
+            .collect();
+        RunReport {
+            id: self.id.clone(),
+            node: self.node.clone(),
+            noop: self.noop,
+            root: self.root.clone(),
+            started: self.started.clone(),
+            ended: self.ended.clone(),
+            duration: self.duration,
+            server: self.server.clone(),
+            snapshot: self.snapshot.clone(),
+            root_hash: self.root_hash.clone(),
+            plan: self.plan.clone(),
+            only: self.only.clone(),
+            stages: self.stages.clone(),
+            status: self.status.clone(),
+            exit_code: self.exit_code,
+            modules,
+            actions: self.actions.clone(),
+            error: self.error.clone(),
+            pending_failed_actions: self.pending_failed_actions,
+            forgot: self.forgot.clone(),
+            by: self.by.clone(),
+        }
+    }
+
     /// The changes kept in full (not those a capped module summarised).
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
         self.modules.iter().flat_map(|m| m.changes.iter())
@@ -519,7 +561,7 @@ pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))?;
     // Written once: `last.json` is a hard link of `RUN.json`.
     // Every string through the process's mask (DESIGN §6).
-    let bytes = crate::masks::json(report, true)?;
+    let bytes = crate::masks::report_json(report, true)?;
     let run = dir.join(format!("{}.json", report.id));
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
@@ -542,7 +584,7 @@ pub fn save_entry(state_dir: &Path, report: &RunReport, keep: usize) -> Result<(
     let dir = reports_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let run = dir.join(format!("{}.json", report.id));
-    crate::fsutil::write_atomic(&run, &crate::masks::json(report, true)?, 0o600)
+    crate::fsutil::write_atomic(&run, &crate::masks::report_json(report, true)?, 0o600)
         .with_context(|| format!("cannot write {}", run.display()))?;
     prune_runs(&dir, keep);
     Ok(())
