@@ -1,11 +1,15 @@
-//! Benchmark: a noop dance whose module creates 200,000 files (fixture
-//! root), run with the report uncapped (`report_max_changes` and
-//! `report_max_bytes` huge: what disco did before the bound) and with the
-//! defaults. Prints disco's peak RSS (`VmHWM` of its main process, and
+//! Benchmark: a dance whose module creates 200,000 files (fixture root):
+//! noop with the report uncapped (`report_max_changes` and
+//! `report_max_bytes` huge: what disco did before the bound), noop with
+//! the defaults, and live with the defaults (merged onto a fixture root of
+//! its own). Prints disco's peak RSS (`VmHWM` of its main process, and
 //! `wait4`'s `ru_maxrss`, which also covers children it reaped), the
 //! saved report's size and the wall time, as a table. No assertion.
 //!
-//! Run as root: `cargo bench --bench reportcap`.
+//! Run as root: `cargo bench --bench reportcap`. Knobs:
+//! `DISCO_BENCH_FILES` (200000), `DISCO_BENCH_ROWS` (a comma list of
+//! `uncapped`, `capped`, `live`; all by default), `DISCO_BENCH_BIN` (a
+//! disco binary to measure instead of this build's, for a before/after).
 
 #[path = "common/workload.rs"]
 mod workload;
@@ -41,31 +45,51 @@ fn main() {
         ),
         0o755,
     );
+    let bin = std::env::var("DISCO_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_disco").into());
+    let rows = std::env::var("DISCO_BENCH_ROWS").unwrap_or("uncapped,capped,live".into());
+    let fixture = |root: &Path| {
+        let st =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fixture-root"))
+                .arg(root)
+                .arg(env!("CARGO_BIN_EXE_disco"))
+                .output()
+                .unwrap();
+        assert!(st.status.success(), "make-fixture-root");
+    };
     let root = d.join("root");
-    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fixture-root"))
-        .arg(&root)
-        .arg(env!("CARGO_BIN_EXE_disco"))
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "make-fixture-root");
+    fixture(&root);
     println!(
-        "noop dance, a module creating {files} files          peak RSS (VmHWM)  ru_maxrss   report     wall"
+        "a module creating {files} files                      peak RSS (VmHWM)  ru_maxrss   report     wall"
     );
-    for (what, config) in [
+    for (row, what, config) in [
         (
-            "report uncapped (as before the bound)",
+            "uncapped",
+            "noop, report uncapped (as before the bound)",
             "report_max_changes = 1000000000\nreport_max_bytes = 1000000000000\n",
         ),
-        ("report capped (defaults)", ""),
+        ("capped", "noop, report capped (defaults)", ""),
+        ("live", "live, report capped (defaults), merged", ""),
     ] {
+        if !rows.split(',').any(|r| r == row) {
+            continue;
+        }
         let conf = d.join("disco.toml");
         fs::write(&conf, config).unwrap();
-        let state = d.join(format!("state-{}", config.len()));
+        let state = d.join(format!("state-{row}"));
+        let noop = row != "live";
+        let root = if noop {
+            root.clone()
+        } else {
+            // Its own root: the merge lands there.
+            let live = d.join("live-root");
+            fixture(&live);
+            live
+        };
         let started = Instant::now();
         // Reaped by wait4 below, which also gives its rusage.
         #[allow(clippy::zombie_processes)]
-        let child = Command::new(env!("CARGO_BIN_EXE_disco"))
-            .env("NOOP", "1")
+        let child = Command::new(&bin)
+            .env("NOOP", if noop { "1" } else { "0" })
             .env_remove("DISCO_SERVER")
             .arg("--config")
             .arg(&conf)

@@ -35,7 +35,9 @@ pub struct ModuleActions {
     pub module_dir: PathBuf,
     /// Commands caught by shims, argv as called.
     pub actions: Vec<Vec<String>>,
-    /// Paths the module changed (absolute on the target).
+    /// Paths the module changed (absolute on the target): all of them
+    /// when it has handlers (`DISCO_CHANGED`), else only the first (what
+    /// counts then is whether it changed anything).
     pub changed: Vec<String>,
     /// Handler file names, sorted.
     pub handlers: Vec<String>,

@@ -8,11 +8,12 @@
 //! layer below (a copy-up that changed nothing is not a change). "Below"
 //! is the same path in the earlier modules' layers, then in ROOT; the shim
 //! layer is never a baseline. Produces [`Change`] records with md5, labels
-//! and a unified diff (similar) for text.
+//! and a unified diff (similar) for text, streamed one at a time in path
+//! order ([`Differ::each`], DESIGN §6): a walk holds one directory's names
+//! per level, never the layer's changes.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -122,17 +123,57 @@ impl Differ<'_> {
     /// The changes made by layer `layer` (1-based), sorted by path.
     pub fn layer(&self, layer: usize) -> Result<Vec<Change>> {
         let mut out = Vec::new();
-        for (k, _) in self.mounts.iter().enumerate() {
-            let upper = self.run.upper(layer, k);
-            if upper.is_dir() {
-                self.walk(layer, k, &upper, Path::new(""), false, &mut out)?;
-            }
-        }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        for c in &mut out {
-            scrub_secret(c);
-        }
+        self.each(layer, None, &mut |c| {
+            out.push(c);
+            Ok(())
+        })?;
         Ok(out)
+    }
+
+    /// Streams the changes made by layer `layer` (1-based) into `sink`,
+    /// in the order [`Differ::layer`] sorts them (by shown path), holding
+    /// none of them: the walk keeps one directory's names per level.
+    /// `under`: only the changes whose path starts with it (`/etc/`);
+    /// the rest of the layer is not walked.
+    pub fn each(
+        &self,
+        layer: usize,
+        under: Option<&str>,
+        sink: &mut dyn FnMut(Change) -> Result<()>,
+    ) -> Result<()> {
+        let mut walks: Vec<Walk<'_, '_>> = (0..self.mounts.len())
+            .map(|k| (k, self.run.upper(layer, k)))
+            .filter(|(_, upper)| upper.is_dir())
+            .map(|(k, upper)| Walk {
+                differ: self,
+                layer,
+                k,
+                upper,
+                under,
+                start: true,
+                stack: Vec::new(),
+            })
+            .collect();
+        // The mounts' walks, each in path order, merged (ties: the lower
+        // mount index first, as a stable sort of their concatenation).
+        let mut heads: Vec<Option<Change>> = Vec::with_capacity(walks.len());
+        for w in &mut walks {
+            heads.push(w.next().transpose()?);
+        }
+        loop {
+            let mut best: Option<usize> = None;
+            for (i, h) in heads.iter().enumerate() {
+                let Some(c) = h else { continue };
+                if best.is_none_or(|b| c.path < heads[b].as_ref().expect("a head").path) {
+                    best = Some(i);
+                }
+            }
+            let Some(i) = best else { return Ok(()) };
+            let next = walks[i].next().transpose()?;
+            let mut c = std::mem::replace(&mut heads[i], next).expect("a head");
+            scrub_secret(&mut c);
+            sink(c)?;
+        }
     }
 
     fn abs(&self, k: usize, rel: &Path) -> String {
@@ -145,17 +186,18 @@ impl Differ<'_> {
         }
     }
 
-    /// Classifies `upper/rel` and recurses into directories. `no_lower`:
-    /// an ancestor replaced what was below, so nothing below counts.
-    fn walk(
+    /// Classifies `upper/rel`: its change, if any, and — for a directory,
+    /// whose entries are walked next — whether what is below no longer
+    /// counts for them. `no_lower`: an ancestor replaced what was below,
+    /// so nothing below counts.
+    fn classify(
         &self,
         layer: usize,
         k: usize,
         upper: &Path,
         rel: &Path,
         no_lower: bool,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
+    ) -> Result<(Option<Change>, Option<bool>)> {
         let path = upper.join(rel);
         let meta = fs::symlink_metadata(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -167,63 +209,52 @@ impl Differ<'_> {
         let abs = self.abs(k, rel);
 
         if is_whiteout(&meta) {
-            if let Some(l) = lower {
-                let old = self.meta(&l)?;
-                let lm = fs::symlink_metadata(&l)?;
-                let diff = if lm.is_file() {
-                    text_diff(Some(&l), None, &abs)?
-                } else {
-                    None
-                };
-                out.push(Change {
-                    path: abs.clone(),
-                    kind: ChangeKind::Deleted,
-                    old: Some(old),
-                    new: None,
-                    diff,
-                    inside: inside(&l, &abs)?,
-                });
-            }
-            return Ok(());
+            let Some(l) = lower else {
+                return Ok((None, None));
+            };
+            let old = self.meta(&l)?;
+            let lm = fs::symlink_metadata(&l)?;
+            let diff = if lm.is_file() {
+                text_diff(Some(&l), None, &abs)?
+            } else {
+                None
+            };
+            let change = Change {
+                path: abs.clone(),
+                kind: ChangeKind::Deleted,
+                old: Some(old),
+                new: None,
+                diff,
+                inside: inside(&l, &abs)?,
+            };
+            return Ok((Some(change), None));
         }
         let new = self.meta(&path)?;
         let mut children_without_lower = no_lower;
-        match &lower {
+        let change = match &lower {
             None => {
                 let diff = if meta.is_file() {
                     text_diff(None, Some(&path), &abs)?
                 } else {
                     None
                 };
-                out.push(Change {
+                children_without_lower = true;
+                Some(Change {
                     path: abs,
                     kind: ChangeKind::Created,
                     old: None,
                     new: Some(new),
                     diff,
                     inside: None,
-                });
-                children_without_lower = true;
+                })
             }
             Some(l) => {
                 let (change, replaced) = self.against_lower(&path, &meta, l, abs, new)?;
-                out.extend(change);
                 children_without_lower |= replaced;
+                change
             }
-        }
-        if meta.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(&path)
-                .and_then(|e| {
-                    e.map(|e| e.map(|e| e.file_name()))
-                        .collect::<io::Result<Vec<_>>>()
-                })
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            names.sort();
-            for n in names {
-                self.walk(layer, k, upper, &rel.join(n), children_without_lower, out)?;
-            }
-        }
-        Ok(())
+        };
+        Ok((change, meta.is_dir().then_some(children_without_lower)))
     }
 
     /// Classifies upper entry `path` (`meta`, shown as `abs`, `new` its
@@ -341,6 +372,177 @@ impl Differ<'_> {
             caps: crate::fsutil::file_caps(path),
             size: if m.is_file() { m.len() } else { 0 },
         })
+    }
+}
+
+/// One mount's part of a layer, walked in the order of its changes'
+/// shown paths. A directory's entries are sorted by their shown name,
+/// and the entries below a directory `d` come where `d/` sorts among its
+/// siblings (after `d.conf`, whose `.` sorts before `/`), so the changes
+/// come out as a sort of the whole list would put them.
+struct Walk<'a, 'd> {
+    differ: &'a Differ<'d>,
+    layer: usize,
+    k: usize,
+    upper: PathBuf,
+    /// Only paths starting with this (see [`Differ::each`]).
+    under: Option<&'a str>,
+    /// The layer's own top (`rel` empty) is still to classify.
+    start: bool,
+    /// The directories being walked, outermost first.
+    stack: Vec<Frame>,
+}
+
+/// A directory being walked: its entries and their subtrees, in order.
+struct Frame {
+    rel: PathBuf,
+    /// Its path as shown (`/etc`; empty for `/`).
+    shown: String,
+    /// What its entries are classified with (see [`Differ::classify`]).
+    no_lower: bool,
+    events: Vec<Event>,
+    next: usize,
+}
+
+struct Event {
+    /// The shown name, with `/` after it for the entries below it (a
+    /// name has no `/`, so no other key starts with that).
+    key: String,
+    name: std::ffi::OsString,
+    /// The entries below a directory; `Some(no_lower)` once the
+    /// directory itself was classified (and is one).
+    below: Option<Option<bool>>,
+}
+
+impl Walk<'_, '_> {
+    /// Whether a path (`…/` for what is below a directory) can hold a
+    /// wanted change.
+    fn wanted(&self, path: &str, below: bool) -> bool {
+        match self.under {
+            None => true,
+            Some(u) => path.starts_with(u) || (below && u.starts_with(path)),
+        }
+    }
+
+    /// Reads directory `rel` (shown as `shown`) into a frame; its entries
+    /// are classified with `no_lower`.
+    fn frame(&self, rel: PathBuf, shown: String, no_lower: bool) -> Result<Frame> {
+        let path = self.upper.join(&rel);
+        let mut events = Vec::new();
+        let entries =
+            fs::read_dir(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", path.display()))?;
+            let name = e.file_name();
+            let key = crate::fsutil::shown(Path::new(&name));
+            let is_dir = e
+                .file_type()
+                .with_context(|| format!("cannot read {}", e.path().display()))?
+                .is_dir();
+            if is_dir {
+                events.push(Event {
+                    key: format!("{key}/"),
+                    name: name.clone(),
+                    below: Some(None),
+                });
+            }
+            events.push(Event {
+                key,
+                name,
+                below: None,
+            });
+        }
+        events.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Frame {
+            rel,
+            shown,
+            no_lower,
+            events,
+            next: 0,
+        })
+    }
+
+    /// The next change, or `None` at the end of the walk.
+    fn step(&mut self) -> Result<Option<Change>> {
+        if self.start {
+            self.start = false;
+            let (change, below) =
+                self.differ
+                    .classify(self.layer, self.k, &self.upper, Path::new(""), false)?;
+            let top = self.differ.abs(self.k, Path::new(""));
+            let top = top.trim_end_matches('/').to_string();
+            if let Some(no_lower) = below {
+                if self.wanted(&format!("{top}/"), true) {
+                    let f = self.frame(PathBuf::new(), top, no_lower)?;
+                    self.stack.push(f);
+                }
+            }
+            if let Some(c) = change.filter(|c| self.wanted(&c.path, false)) {
+                return Ok(Some(c));
+            }
+        }
+        loop {
+            let Some(f) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            if f.next == f.events.len() {
+                self.stack.pop();
+                continue;
+            }
+            let ev = &f.events[f.next];
+            f.next += 1;
+            let path = format!("{}/{}", f.shown, ev.key);
+            let rel = f.rel.join(&ev.name);
+            let below_key = format!("{}/", ev.key);
+            let (no_lower, below) = (f.no_lower, ev.below);
+            match below {
+                // A directory's entries (`path` ends with `/`).
+                Some(below) => {
+                    let Some(no_lower) = below else { continue };
+                    if self.wanted(&path, true) {
+                        let shown = path.trim_end_matches('/').to_string();
+                        let f = self.frame(rel, shown, no_lower)?;
+                        self.stack.push(f);
+                    }
+                }
+                None => {
+                    let below_at = (self.stack.last().expect("a frame").events)
+                        .binary_search_by(|e| e.key.as_str().cmp(&below_key))
+                        .ok()
+                        .filter(|_| self.wanted(&format!("{path}/"), true));
+                    let wanted = self.wanted(&path, false);
+                    if !wanted && below_at.is_none() {
+                        continue;
+                    }
+                    let (change, below) =
+                        self.differ
+                            .classify(self.layer, self.k, &self.upper, &rel, no_lower)?;
+                    if let (Some(j), Some(flag)) = (below_at, below) {
+                        let f = self.stack.last_mut().expect("a frame");
+                        f.events[j].below = Some(Some(flag));
+                    }
+                    if let Some(c) = change.filter(|_| wanted) {
+                        return Ok(Some(c));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Walk<'_, '_> {
+    type Item = Result<Change>;
+
+    fn next(&mut self) -> Option<Result<Change>> {
+        match self.step() {
+            Ok(c) => c.map(Ok),
+            Err(e) => {
+                // One error ends the walk.
+                self.stack.clear();
+                self.start = false;
+                Some(Err(e))
+            }
+        }
     }
 }
 

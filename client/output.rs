@@ -103,48 +103,101 @@ fn say(line: &str, to_stdout: bool) {
 /// replaced directory (`/usr/share/doc/x/** : Created 37 file(s), 2
 /// dir(s), 412 KiB`) or per parent directory of scattered changes.
 pub fn changes(list: &[crate::report::Change], r: &RollUp) {
-    let shown: Vec<&crate::report::Change> = list
-        .iter()
-        .filter(|c| !r.ignore.iter().any(|g| glob_match(g, &c.path)))
-        .collect();
-    let full = |c: &crate::report::Change| {
-        if r.quiet {
+    let mut console = Console::new(r);
+    list.iter().for_each(|c| console.push(c));
+    console.finish();
+}
+
+/// [`changes`] fed one change at a time (sorted by path), holding at
+/// most `diff_limit` of them: what is printed in full is printed as it
+/// comes, the rest is counted per directory ([`Rolling`]) and its lines
+/// printed by [`Console::finish`].
+pub struct Console<'r> {
+    r: &'r RollUp,
+    /// The first `diff_limit` changes shown, until there are more.
+    first: Vec<crate::report::Change>,
+    /// Past `diff_limit`: the roll-up, and the `/etc` paths printed.
+    rolling: Option<(Rolling, usize)>,
+}
+
+impl<'r> Console<'r> {
+    pub fn new(r: &'r RollUp) -> Console<'r> {
+        Console {
+            r,
+            first: Vec::new(),
+            rolling: None,
+        }
+    }
+
+    fn full(&self, c: &crate::report::Change) {
+        if self.r.quiet {
             // The line alone, saying what its diff would have shown.
-            say(&quiet_change_line(c), r.to_stdout);
+            say(&quiet_change_line(c), self.r.to_stdout);
         } else {
-            change(c, r.to_stdout);
-        }
-    };
-    if shown.len() <= r.diff_limit {
-        shown.iter().for_each(|c| full(c));
-        return;
-    }
-    let mut etc = 0;
-    let mut rest = Vec::new();
-    for c in shown {
-        if c.path.starts_with("/etc/") && etc < r.etc_limit {
-            etc += 1;
-            full(c);
-        } else {
-            rest.push(c);
+            change(c, self.r.to_stdout);
         }
     }
-    for g in roll_up(&rest) {
-        if g.members.len() == 1 {
-            full(g.members[0]);
-            continue;
+
+    fn rolled(&mut self, c: &crate::report::Change) {
+        let (rolling, etc) = self.rolling.as_mut().expect("rolling");
+        if c.path.starts_with("/etc/") && *etc < self.r.etc_limit {
+            *etc += 1;
+            self.full(c);
+        } else {
+            rolling.add(c);
         }
-        say(&g.summary().line(), r.to_stdout);
+    }
+
+    /// The next change (in path order).
+    pub fn push(&mut self, c: &crate::report::Change) {
+        if self.r.ignore.iter().any(|g| glob_match(g, &c.path)) {
+            return;
+        }
+        if self.rolling.is_none() {
+            if self.first.len() < self.r.diff_limit {
+                self.first.push(c.clone());
+                return;
+            }
+            self.rolling = Some((Rolling::new(true), 0));
+            for f in std::mem::take(&mut self.first) {
+                self.rolled(&f);
+            }
+        }
+        self.rolled(c);
+    }
+
+    /// Prints what is left: every change when there were few, else the
+    /// roll-up's lines.
+    pub fn finish(self) {
+        match &self.rolling {
+            None => self.first.iter().for_each(|c| self.full(c)),
+            Some((rolling, _)) => {
+                for g in &rolling.groups {
+                    match &g.single {
+                        Some(c) if g.changes == 1 => self.full(c),
+                        _ => say(&g.summary().line(), self.r.to_stdout),
+                    }
+                }
+            }
+        }
     }
 }
 
 /// One directory's changes rolled up: a created, deleted or replaced
 /// directory with everything below it (`tree`), or the scattered changes
-/// of one parent directory.
-pub struct Group<'a> {
+/// of one parent directory; counted, not held.
+pub struct Group {
     pub dir: String,
     pub tree: bool,
-    pub members: Vec<&'a crate::report::Change>,
+    /// The kinds seen (bit per [`crate::report::ChangeKind`]).
+    kinds: u8,
+    pub changes: u64,
+    dirs: u64,
+    bytes: u64,
+    inside: u64,
+    /// Its one change, while it has only one (when [`Rolling`] keeps
+    /// them: the console prints a group of one in full).
+    pub single: Option<crate::report::Change>,
 }
 
 fn is_dir(c: &crate::report::Change) -> bool {
@@ -154,94 +207,104 @@ fn is_dir(c: &crate::report::Change) -> bool {
         .any(|m| m.kind == "directory")
 }
 
-/// Groups `list` (sorted by path) per directory as the console rolls it
-/// up: a directory created, deleted or replaced takes everything below
-/// it; any other change goes with its parent directory's. Groups keep
-/// the order of their first member.
-pub fn roll_up<'a>(list: &[&'a crate::report::Change]) -> Vec<Group<'a>> {
-    use crate::report::ChangeKind;
-    use std::collections::HashMap;
-    let mut groups: Vec<Group<'a>> = Vec::new();
-    let mut tree_of: HashMap<String, usize> = HashMap::new();
-    let mut parent_of: HashMap<String, usize> = HashMap::new();
-    for &c in list {
+/// Groups changes (fed sorted by path) per directory as the console
+/// rolls them up: a directory created, deleted or replaced takes
+/// everything below it; any other change goes with its parent
+/// directory's. Groups keep the order of their first member. Holds one
+/// counter per group, never the changes.
+pub struct Rolling {
+    pub groups: Vec<Group>,
+    tree_of: std::collections::HashMap<String, usize>,
+    parent_of: std::collections::HashMap<String, usize>,
+    keep_single: bool,
+}
+
+impl Rolling {
+    /// `keep_single`: keep a group's change while it is its only one.
+    pub fn new(keep_single: bool) -> Rolling {
+        Rolling {
+            groups: Vec::new(),
+            tree_of: Default::default(),
+            parent_of: Default::default(),
+            keep_single,
+        }
+    }
+
+    fn new_group(&mut self, dir: String, tree: bool, c: &crate::report::Change) -> usize {
+        self.groups.push(Group {
+            dir,
+            tree,
+            kinds: 0,
+            changes: 0,
+            dirs: 0,
+            bytes: 0,
+            inside: 0,
+            single: self.keep_single.then(|| c.clone()),
+        });
+        self.groups.len() - 1
+    }
+
+    /// Counts `c` in its group.
+    pub fn add(&mut self, c: &crate::report::Change) {
+        use crate::report::ChangeKind;
         // The outermost ancestor that is a created, deleted or replaced directory.
         let mut tree = None;
         let mut p = c.path.as_str();
         while let Some((up, _)) = p.rsplit_once('/') {
-            if let Some(&i) = tree_of.get(up) {
+            if let Some(&i) = self.tree_of.get(up) {
                 tree = Some(i);
             }
             p = up;
         }
-        if let Some(i) = tree {
-            groups[i].members.push(c);
-            continue;
-        }
-        if is_dir(c) && c.kind != ChangeKind::Modified {
-            tree_of.insert(c.path.clone(), groups.len());
-            groups.push(Group {
-                dir: c.path.clone(),
-                tree: true,
-                members: vec![c],
-            });
-            continue;
-        }
-        let parent = c
-            .path
-            .rsplit_once('/')
-            .map(|(p, _)| p)
-            .unwrap_or("")
-            .to_string();
-        match parent_of.get(&parent) {
-            Some(&i) => groups[i].members.push(c),
-            None => {
-                parent_of.insert(parent.clone(), groups.len());
-                groups.push(Group {
-                    dir: parent,
-                    tree: false,
-                    members: vec![c],
-                });
+        let i = match tree {
+            Some(i) => i,
+            None if is_dir(c) && c.kind != ChangeKind::Modified => {
+                let i = self.new_group(c.path.clone(), true, c);
+                self.tree_of.insert(c.path.clone(), i);
+                i
             }
+            None => {
+                let parent = c.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+                match self.parent_of.get(parent) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.new_group(parent.to_string(), false, c);
+                        self.parent_of.insert(parent.to_string(), i);
+                        i
+                    }
+                }
+            }
+        };
+        let g = &mut self.groups[i];
+        g.changes += 1;
+        if g.changes > 1 {
+            g.single = None;
         }
+        g.kinds |= 1
+            << match c.kind {
+                ChangeKind::Created => 0,
+                ChangeKind::Deleted => 1,
+                ChangeKind::Modified => 2,
+                ChangeKind::Replaced => 3,
+            };
+        if is_dir(c) {
+            g.dirs += 1;
+        }
+        g.inside += c.inside.as_ref().map_or(0, |i| i.files + i.dirs);
+        g.bytes += c.new.as_ref().or(c.old.as_ref()).map_or(0, |m| m.size);
     }
-    groups
 }
 
-impl Group<'_> {
+impl Group {
     /// What the group's line says, as data.
     pub fn summary(&self) -> crate::report::Summary {
-        use crate::report::ChangeKind;
-        let mut kinds: Vec<&str> = self
-            .members
-            .iter()
-            .map(|c| match c.kind {
-                ChangeKind::Created => "Created",
-                ChangeKind::Modified => "Modified",
-                ChangeKind::Deleted => "Deleted",
-                ChangeKind::Replaced => "Replaced",
-            })
-            .collect();
-        kinds.sort();
-        kinds.dedup();
-        let kind = if kinds.len() == 1 {
-            kinds[0]
+        // Bits in the names' sorted order.
+        let names = ["Created", "Deleted", "Modified", "Replaced"];
+        let kind = if self.kinds.count_ones() == 1 {
+            names[self.kinds.trailing_zeros() as usize]
         } else {
             "Changed"
         };
-        let dirs = self.members.iter().filter(|c| is_dir(c)).count() as u64;
-        let inside: u64 = self
-            .members
-            .iter()
-            .filter_map(|c| c.inside.as_ref())
-            .map(|i| i.files + i.dirs)
-            .sum();
-        let bytes: u64 = self
-            .members
-            .iter()
-            .filter_map(|c| c.new.as_ref().or(c.old.as_ref()))
-            .map(|m| m.size)
-            .sum();
         crate::report::Summary {
             path: if self.tree {
                 format!("{}/**", self.dir)
@@ -249,11 +312,11 @@ impl Group<'_> {
                 format!("{}/*", self.dir)
             },
             kind: kind.to_string(),
-            changes: self.members.len() as u64,
-            files: self.members.len() as u64 - dirs,
-            dirs,
-            bytes,
-            inside,
+            changes: self.changes,
+            files: self.changes - self.dirs,
+            dirs: self.dirs,
+            bytes: self.bytes,
+            inside: self.inside,
         }
     }
 }

@@ -479,22 +479,73 @@ struct Run<'a, 'r> {
     pending: Pending,
     /// What each path the merge will replace or delete looked like to the
     /// sandbox (or that a path it creates was absent), checked again just
-    /// before the merge: a live change meanwhile would be lost.
-    expected: Vec<Expected>,
-    /// The `shown` paths of `expected` (a module's 200,000 changes must
-    /// not cost a scan of `expected` each).
-    expected_paths: std::collections::HashSet<String>,
+    /// before the merge: a live change meanwhile would be lost. One
+    /// [`Expected`] a line in the run dir's `expected` (a module's 200,000
+    /// changes are not held in memory), opened at the first.
+    expected: Option<std::io::BufWriter<fs::File>>,
+    /// A 128-bit hash of each path of `expected`: a path an earlier
+    /// module recorded is not recorded again.
+    expected_paths: std::collections::HashSet<u128>,
     /// Paths already seen changed on the live system while a module ran.
     conflicts: Vec<String>,
 }
 
-/// The live state of one path the merge will touch, as the sandbox saw it.
+/// The live state of one path the merge will touch, as the sandbox saw
+/// it; stored as a line of the run dir's `expected`
+/// (`INODE SIZE MTIME CTIME\tPATH`, or `-\tPATH`: it must not exist).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Expected {
+    /// The path as shown: never escaped (those are not checked), so the
+    /// live path is ROOT joined with it, and never a newline.
     shown: String,
-    live: PathBuf,
     /// (inode, size, mtime ns, ctime ns), or `None`: it must not exist.
     stat: Option<(u64, u64, i128, i128)>,
+}
+
+/// The run dir's file of [`Expected`] lines.
+const EXPECTED: &str = "expected";
+
+impl Expected {
+    fn line(&self) -> String {
+        match self.stat {
+            Some((ino, size, mtime, ctime)) => {
+                format!("{ino} {size} {mtime} {ctime}\t{}\n", self.shown)
+            }
+            None => format!("-\t{}\n", self.shown),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Expected> {
+        let (stat, shown) = line.split_once('\t')?;
+        let stat = match stat {
+            "-" => None,
+            s => {
+                let mut it = s.split(' ');
+                Some((
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                ))
+            }
+        };
+        Some(Expected {
+            shown: shown.to_string(),
+            stat,
+        })
+    }
+}
+
+/// A 128-bit hash of `path` (two SipHashes of it, differently prefixed).
+fn path_hash(path: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        path.hash(&mut h);
+        h.finish() as u128
+    };
+    half(1) << 64 | half(2)
 }
 
 fn stat_of(p: &Path) -> Option<(u64, u64, i128, i128)> {
@@ -510,9 +561,10 @@ fn stat_of(p: &Path) -> Option<(u64, u64, i128, i128)> {
 }
 
 impl Expected {
-    /// True when the live path is no longer what the sandbox saw.
-    fn changed(&self) -> bool {
-        stat_of(&self.live) != self.stat
+    /// True when the live path (under `root`) is no longer what the
+    /// sandbox saw.
+    fn changed(&self, root: &Path) -> bool {
+        stat_of(&root.join(self.shown.trim_start_matches('/'))) != self.stat
     }
 }
 
@@ -543,7 +595,7 @@ impl<'a, 'r> Run<'a, 'r> {
             exe: crate::sandbox::exe()?,
             report,
             pending,
-            expected: Vec::new(),
+            expected: None,
             expected_paths: Default::default(),
             conflicts: Vec::new(),
         })
@@ -624,24 +676,6 @@ impl<'a, 'r> Run<'a, 'r> {
             ));
             mreport.killed = outcome.leftovers;
         }
-        let meter = report::Meter::start();
-        // Owners by name as the root stands after this module.
-        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer);
-        mreport.changes = self
-            .sandbox
-            .differ(&owners)
-            .layer(layer)
-            .with_context(|| format!("{module}: cannot compute its changes"))?;
-        mreport.steps.push(meter.step("diff"));
-        for c in &mut mreport.changes {
-            if let Some(d) = &c.diff {
-                c.diff = Some(crate::masks::text(d));
-            }
-        }
-        if !self.config.noop.value {
-            // Only a merge checks them: a noop never merges.
-            self.expect(&mreport.changes, started);
-        }
         if !mreport.pending.is_empty() {
             if self.config.noop.value {
                 output::info(&format!(
@@ -657,22 +691,77 @@ impl<'a, 'r> Run<'a, 'r> {
                 ));
             }
         }
-        if let (Some(rel), None) = (&self.sandbox.state_in_root, &failed) {
-            failed = touches_state_dir(&mreport.changes, &Path::new("/").join(rel));
+        let handlers = actions::handlers_of(&module_dir);
+        // Only a handler reads which paths changed (`DISCO_CHANGED`);
+        // without one, whether any did is all that counts.
+        let all_paths = !handlers.as_ref().is_ok_and(|(h, _)| h.is_empty());
+        let mut changed = Vec::new();
+        let meter = report::Meter::start();
+        // Owners by name as the root stands after this module.
+        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer);
+        let sandbox = self.sandbox;
+        let differ = sandbox.differ(&owners);
+        let masked = |mut c: crate::report::Change| {
+            if let Some(d) = &c.diff {
+                c.diff = Some(crate::masks::text(d));
+            }
+            c
+        };
+        // The changes are streamed, never held (DESIGN §6): a first walk
+        // of `/etc/` says which of those the report keeps, the second
+        // gives every change, in path order, to whatever needs it.
+        let mut capper = report::Capper::new(self.config.report_cap());
+        differ
+            .each(layer, Some("/etc/"), &mut |c| {
+                capper.etc(&masked(c));
+                Ok(())
+            })
+            .with_context(|| format!("{module}: cannot compute its changes"))?;
+        let roll = self.config.roll_up(self.opts.quiet, false);
+        let mut console = output::Console::new(&roll);
+        let state_dir = (self.sandbox.state_in_root.as_ref()).map(|rel| Path::new("/").join(rel));
+        let mut touches = None;
+        let mut output_shown = false;
+        let since = since_epoch(started);
+        let live = !self.config.noop.value;
+        let quiet = self.opts.quiet;
+        differ
+            .each(layer, None, &mut |c| {
+                let c = masked(c);
+                if live {
+                    // Only a merge checks them: a noop never merges.
+                    self.expect(&c, since)?;
+                }
+                if let (Some(state), None, None) = (&state_dir, &failed, &touches) {
+                    touches = touches_state_dir(std::slice::from_ref(&c), state);
+                }
+                if quiet && !output_shown {
+                    // --quiet: a module's output is shown only when it failed or changed.
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
+                    output_shown = true;
+                }
+                console.push(&c);
+                if all_paths || changed.is_empty() {
+                    changed.push(c.path.clone());
+                }
+                capper.push(c);
+                Ok(())
+            })
+            .with_context(|| format!("{module}: cannot compute its changes"))?;
+        mreport.steps.push(meter.step("diff"));
+        if touches.is_some() {
+            failed = touches;
         }
-        if self.opts.quiet && (failed.is_some() || !mreport.changes.is_empty()) {
-            // --quiet: a module's output is shown only when it failed or changed.
+        if quiet && failed.is_some() && !output_shown {
             let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
         }
-        output::changes(
-            &mreport.changes,
-            &self.config.roll_up(self.opts.quiet, false),
-        );
+        console.finish();
+        // The saved report's bound: the rest counted per directory.
+        capper.finish(&mut mreport);
         if failed.is_none() {
             self.say_deferred(&mreport);
         }
-        let (handlers, skipped_handlers) =
-            actions::handlers_of(&module_dir).with_context(|| format!("module {module}"))?;
+        let (handlers, skipped_handlers) = handlers.with_context(|| format!("module {module}"))?;
         skipped.extend(skipped_handlers);
         if !skipped.is_empty() {
             output::warning(&format!(
@@ -685,13 +774,10 @@ impl<'a, 'r> Run<'a, 'r> {
             handlers,
             module_dir,
             actions: mreport.actions.clone(),
-            changed: mreport.changes.iter().map(|c| c.path.clone()).collect(),
+            changed,
             pending: mreport.pending.len(),
             failures: Default::default(),
         });
-        // The saved report's bound: the rest counted per directory.
-        let all = std::mem::take(&mut mreport.changes);
-        mreport.keep_capped(all, self.config.report_cap());
         self.report.modules.push(mreport);
         if let Some(f) = failed {
             let msg = format!("{module}: {f}");
@@ -736,7 +822,7 @@ impl<'a, 'r> Run<'a, 'r> {
             let shown = actions::shown(a);
             if !self.config.noop.value {
                 output::info(&format!("deferred until after the merge: {shown}"));
-            } else if !m.changes.is_empty() || !m.pending.is_empty() {
+            } else if m.change_count() > 0 || !m.pending.is_empty() {
                 output::warning(&format!("would execute: {shown}"));
             }
         }
@@ -763,73 +849,90 @@ impl<'a, 'r> Run<'a, 'r> {
         })
     }
 
-    /// Records what the live paths of `changes` are now; a path changed on
-    /// the live system since the module `started` is a conflict already
-    /// (its ctime is newer).
-    fn expect(&mut self, changes: &[crate::report::Change], started: SystemTime) {
+    /// Records what the live path of change `c` is now; a path changed on
+    /// the live system since the module started (`since`, ns since the
+    /// epoch) is a conflict already (its ctime is newer).
+    fn expect(&mut self, c: &crate::report::Change, since: i128) -> Result<()> {
         use crate::report::ChangeKind;
-        // Strictly after the start: the filesystem's clock may lag a few ms,
-        // so a write in that instant can be missed, never a false alarm.
-        let since = started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        for c in changes {
-            // Names shown escaped (not UTF-8) are not checked; a path an
-            // earlier module touched was recorded when it did.
-            if c.path.contains('\\') || self.expected_paths.contains(&c.path) {
-                continue;
-            }
-            let is_dir =
-                |m: &Option<crate::report::Meta>| m.as_ref().is_some_and(|m| m.kind == "directory");
-            let live = self.sandbox.root.join(c.path.trim_start_matches('/'));
-            let now = stat_of(&live);
-            let stat = match c.kind {
-                // Created: it must still not exist (a directory may: merging into it loses nothing).
-                ChangeKind::Created if is_dir(&c.new) => continue,
-                ChangeKind::Created => {
-                    if now.is_some() {
-                        self.conflicts.push(c.path.clone());
-                    }
-                    None
-                }
-                // A directory's attributes: nothing in it is replaced.
-                ChangeKind::Modified if is_dir(&c.old) => continue,
-                _ => match now {
-                    None => {
-                        self.conflicts.push(c.path.clone());
-                        continue;
-                    }
-                    Some(st) => {
-                        if st.3 > since {
-                            self.conflicts.push(c.path.clone());
-                        }
-                        Some(st)
-                    }
-                },
-            };
-            self.expected_paths.insert(c.path.clone());
-            self.expected.push(Expected {
-                shown: c.path.clone(),
-                live,
-                stat,
-            });
+        // Names shown escaped (not UTF-8) are not checked; a path an
+        // earlier module touched was recorded when it did.
+        if c.path.contains('\\') || self.expected_paths.contains(&path_hash(&c.path)) {
+            return Ok(());
         }
+        let is_dir =
+            |m: &Option<crate::report::Meta>| m.as_ref().is_some_and(|m| m.kind == "directory");
+        let live = self.sandbox.root.join(c.path.trim_start_matches('/'));
+        let now = stat_of(&live);
+        let stat = match c.kind {
+            // Created: it must still not exist (a directory may: merging into it loses nothing).
+            ChangeKind::Created if is_dir(&c.new) => return Ok(()),
+            ChangeKind::Created => {
+                if now.is_some() {
+                    self.conflicts.push(c.path.clone());
+                }
+                None
+            }
+            // A directory's attributes: nothing in it is replaced.
+            ChangeKind::Modified if is_dir(&c.old) => return Ok(()),
+            _ => match now {
+                None => {
+                    self.conflicts.push(c.path.clone());
+                    return Ok(());
+                }
+                Some(st) => {
+                    if st.3 > since {
+                        self.conflicts.push(c.path.clone());
+                    }
+                    Some(st)
+                }
+            },
+        };
+        self.expected_paths.insert(path_hash(&c.path));
+        let file = self.sandbox.run.path.join(EXPECTED);
+        let line = Expected {
+            shown: c.path.clone(),
+            stat,
+        }
+        .line();
+        let cannot = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", file.display());
+        if self.expected.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(cannot)?;
+            self.expected = Some(std::io::BufWriter::new(f));
+        }
+        let w = self.expected.as_mut().expect("opened");
+        std::io::Write::write_all(w, line.as_bytes()).map_err(cannot)?;
+        Ok(())
     }
 
-    /// The paths changed on the live system during the dance, sorted.
-    fn lost_updates(&self) -> Vec<String> {
-        let mut lost: Vec<String> = self
-            .expected
-            .iter()
-            .filter(|e| e.changed())
-            .map(|e| e.shown.clone())
-            .chain(self.conflicts.iter().cloned())
-            .collect();
+    /// The paths changed on the live system during the dance, sorted
+    /// (read back from the run dir's `expected`, a line at a time).
+    fn lost_updates(&mut self) -> Result<Vec<String>> {
+        let mut lost = self.conflicts.clone();
+        if let Some(w) = self.expected.take() {
+            let file = self.sandbox.run.path.join(EXPECTED);
+            w.into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            let f =
+                fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            for line in std::io::BufRead::lines(std::io::BufReader::new(f)) {
+                let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+                let e = Expected::parse(&line)
+                    .with_context(|| format!("{} is damaged: {line:?}", file.display()))?;
+                if e.changed(&self.sandbox.root) {
+                    lost.push(e.shown);
+                }
+            }
+        }
         lost.sort();
         lost.dedup();
-        lost
+        Ok(lost)
     }
 
     /// A step failed: says so. Its layers go with the run (`--keep`
@@ -940,7 +1043,7 @@ impl<'a, 'r> Run<'a, 'r> {
         self.sandbox.drop_squash();
         let state = &self.config.state_dir.value;
         // The last look before the first live entry is touched.
-        let lost = self.lost_updates();
+        let lost = self.lost_updates()?;
         if !lost.is_empty() {
             let msg = format!(
                 "changed on the live system during the dance: {} (merge nothing; the next dance starts over)",
@@ -1164,7 +1267,7 @@ fn upload(config: &Config, report: &RunReport) {
             &server,
             &config.node.value,
             &config.ssh(),
-            &crate::masks::json(report, false)?,
+            &crate::masks::report_json(report, false)?,
         )
     })();
     if let Err(e) = sent {
@@ -1181,6 +1284,16 @@ fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// `t` in nanoseconds since the epoch: strictly after it is a change
+/// made since (the filesystem's clock may lag a few ms, so a write in
+/// that instant can be missed, never a false alarm).
+fn since_epoch(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 /// The change of a module that would touch disco's own state dir

@@ -249,45 +249,100 @@ impl ModuleReport {
 
     /// Keeps at most `cap` of `changes` (sorted by path) in full, `/etc`
     /// first, the rest in path order while both bounds hold; the others
-    /// are counted per directory as the console rolls them up.
+    /// are counted per directory as the console rolls them up. (A dance
+    /// streams its changes through a [`Capper`] instead.)
     pub fn keep_capped(&mut self, changes: Vec<Change>, cap: Cap) {
-        let mut order: Vec<usize> = (0..changes.len()).collect();
-        order.sort_by_key(|&i| !changes[i].path.starts_with("/etc/"));
-        let mut keep = vec![false; changes.len()];
-        let (mut n, mut bytes) = (0usize, 0u64);
-        for i in order {
-            if n >= cap.changes {
-                break;
-            }
-            let w = weight(&changes[i]);
-            if bytes + w > cap.bytes {
-                continue;
-            }
-            keep[i] = true;
-            n += 1;
-            bytes += w;
-        }
-        if n == changes.len() {
-            self.changes = changes;
-            return;
-        }
-        let rest: Vec<&Change> = changes
+        let mut capper = Capper::new(cap);
+        changes
             .iter()
-            .zip(&keep)
-            .filter(|(_, k)| !**k)
-            .map(|(c, _)| c)
-            .collect();
-        self.summarised = crate::output::roll_up(&rest)
-            .iter()
-            .map(|g| g.summary())
-            .collect();
-        self.summarised_changes = rest.len();
-        drop(rest);
-        self.changes = changes
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(c, k)| k.then_some(c))
-            .collect();
+            .filter(|c| c.path.starts_with("/etc/"))
+            .for_each(|c| capper.etc(c));
+        changes.into_iter().for_each(|c| capper.push(c));
+        capper.finish(self);
+    }
+}
+
+/// [`ModuleReport::keep_capped`] fed one change at a time, holding only
+/// what the report keeps plus one counter per directory for the rest.
+/// First every `/etc/` change, in path order ([`Capper::etc`]: which of
+/// them are kept), then every change in path order ([`Capper::push`]).
+pub struct Capper {
+    cap: Cap,
+    /// Kept so far, and their weight.
+    n: usize,
+    bytes: u64,
+    /// The `/etc/` paths [`Capper::etc`] kept (how many times each).
+    etc_kept: std::collections::HashMap<String, u32>,
+    kept: Vec<Change>,
+    rest: crate::output::Rolling,
+    rest_count: usize,
+}
+
+impl Capper {
+    pub fn new(cap: Cap) -> Capper {
+        Capper {
+            cap,
+            n: 0,
+            bytes: 0,
+            etc_kept: Default::default(),
+            kept: Vec::new(),
+            rest: crate::output::Rolling::new(false),
+            rest_count: 0,
+        }
+    }
+
+    /// Whether the next change in the order of the bound fits.
+    fn fits(&mut self, c: &Change) -> bool {
+        if self.n >= self.cap.changes {
+            return false;
+        }
+        let w = weight(c);
+        if self.bytes + w > self.cap.bytes {
+            return false;
+        }
+        self.n += 1;
+        self.bytes += w;
+        true
+    }
+
+    /// The next `/etc/` change (first pass, path order).
+    pub fn etc(&mut self, c: &Change) {
+        if self.fits(c) {
+            *self.etc_kept.entry(c.path.clone()).or_default() += 1;
+        }
+    }
+
+    /// The next change (second pass, path order, `/etc/` included).
+    pub fn push(&mut self, c: Change) {
+        let keep = if c.path.starts_with("/etc/") {
+            match self.etc_kept.get_mut(&c.path) {
+                Some(k) if *k > 0 => {
+                    *k -= 1;
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            self.fits(&c)
+        };
+        if keep {
+            self.kept.push(c);
+        } else {
+            self.rest.add(&c);
+            self.rest_count += 1;
+        }
+    }
+
+    /// How many changes were pushed.
+    pub fn count(&self) -> usize {
+        self.kept.len() + self.rest_count
+    }
+
+    /// The kept changes into `m.changes`, the rest into `m.summarised`.
+    pub fn finish(self, m: &mut ModuleReport) {
+        m.changes = self.kept;
+        m.summarised_changes = self.rest_count;
+        m.summarised = self.rest.groups.iter().map(|g| g.summary()).collect();
     }
 }
 
@@ -368,6 +423,48 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report without its modules' changes (every other field as it
+    /// is): what [`crate::masks::report_json`] makes a tree of values.
+    pub fn without_changes(&self) -> RunReport {
+        let modules = self
+            .modules
+            .iter()
+            .map(|m| ModuleReport {
+                name: m.name.clone(),
+                steps: m.steps.clone(),
+                changes: Vec::new(),
+                killed: m.killed.clone(),
+                actions: m.actions.clone(),
+                pending: m.pending.clone(),
+                summarised_changes: m.summarised_changes,
+                summarised: m.summarised.clone(),
+            })
+            .collect();
+        RunReport {
+            id: self.id.clone(),
+            node: self.node.clone(),
+            noop: self.noop,
+            root: self.root.clone(),
+            started: self.started.clone(),
+            ended: self.ended.clone(),
+            duration: self.duration,
+            server: self.server.clone(),
+            snapshot: self.snapshot.clone(),
+            root_hash: self.root_hash.clone(),
+            plan: self.plan.clone(),
+            only: self.only.clone(),
+            stages: self.stages.clone(),
+            status: self.status.clone(),
+            exit_code: self.exit_code,
+            modules,
+            actions: self.actions.clone(),
+            error: self.error.clone(),
+            pending_failed_actions: self.pending_failed_actions,
+            forgot: self.forgot.clone(),
+            by: self.by.clone(),
+        }
+    }
+
     /// The changes kept in full (not those a capped module summarised).
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
         self.modules.iter().flat_map(|m| m.changes.iter())
@@ -464,7 +561,7 @@ pub fn save(state_dir: &Path, report: &RunReport) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))?;
     // Written once: `last.json` is a hard link of `RUN.json`.
     // Every string through the process's mask (DESIGN §6).
-    let bytes = crate::masks::json(report, true)?;
+    let bytes = crate::masks::report_json(report, true)?;
     let run = dir.join(format!("{}.json", report.id));
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
@@ -487,7 +584,7 @@ pub fn save_entry(state_dir: &Path, report: &RunReport, keep: usize) -> Result<(
     let dir = reports_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let run = dir.join(format!("{}.json", report.id));
-    crate::fsutil::write_atomic(&run, &crate::masks::json(report, true)?, 0o600)
+    crate::fsutil::write_atomic(&run, &crate::masks::report_json(report, true)?, 0o600)
         .with_context(|| format!("cannot write {}", run.display()))?;
     prune_runs(&dir, keep);
     Ok(())

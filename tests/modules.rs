@@ -856,3 +856,63 @@ fn a_report_keeps_at_most_report_max_changes_and_counts_the_rest() {
     let (_, out, _) = run(f.disco().args(["report", "--history"]));
     assert!(out.contains(&format!("{total} change(s)")), "{out}");
 }
+
+/// The diff streams a module's changes (DESIGN §6): in the order a sort
+/// of their paths gives (`d.conf` and `d-x` before what is inside `d/`),
+/// and, capped, the report keeps `/etc/` first and then the first paths
+/// in that order, as when every change was held and sorted.
+#[test]
+fn streamed_changes_come_in_path_order_and_the_cap_keeps_etc_first() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["order"]).module("order", "");
+    f.module_file(
+        "order",
+        "scripts/10-order",
+        "mkdir -p /opt/o/d /opt/o/d.x /etc/disco-t\nfor p in /opt/o/d/x /opt/o/d.conf /opt/o/d-x /opt/o/d.x/y /opt/o/e /etc/disco-t/a; do echo x > $p; done\n",
+        0o755,
+    );
+    let paths = |f: &Fixture| -> (Vec<String>, u64) {
+        let report: serde_json::Value =
+            serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap())
+                .unwrap();
+        let m = &report["modules"][0];
+        let kept = m["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["path"].as_str().unwrap().to_string())
+            .collect();
+        (kept, m["summarised_changes"].as_u64().unwrap_or(0))
+    };
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (all, summarised) = paths(&f);
+    assert_eq!(summarised, 0);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    for p in [
+        "/opt/o/d-x",
+        "/opt/o/d.conf",
+        "/opt/o/d.x/y",
+        "/opt/o/d/x",
+        "/etc/disco-t/a",
+    ] {
+        assert!(all.iter().any(|a| a == p), "{p} in {all:?}");
+    }
+    fs::write(f.config(), "report_max_changes = 4\n").unwrap();
+    let (code, _, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (kept, summarised) = paths(&f);
+    let mut want: Vec<String> = all
+        .iter()
+        .filter(|p| p.starts_with("/etc/"))
+        .cloned()
+        .collect();
+    want.extend(all.iter().filter(|p| !p.starts_with("/etc/")).cloned());
+    want.truncate(4);
+    want.sort();
+    assert_eq!(kept, want);
+    assert_eq!(summarised as usize, all.len() - 4);
+}
