@@ -5,7 +5,12 @@
 //! host), pushed to as that account. A push to `main` is linted, published
 //! and then served to a node through the real `disco serve` behind a
 //! private sshd; a push that does not lint is refused with a non-zero
-//! `git push` and an `error:` line, and publishes nothing.
+//! `git push` and an `error:` line, and publishes nothing. The pushes are
+//! local (`git push PATH` run as nobody, which starts `git-receive-pack`
+//! and the hook as nobody, as sshd would for an SSH push as the `disco`
+//! account): nobody's shell is nologin, through which sshd would run it.
+//! A repository made without `--initial-branch` (HEAD `master`) publishes
+//! `master`, the branch its HEAD names.
 mod common;
 
 use std::fs;
@@ -262,4 +267,61 @@ fn fleet_md_hooks_lint_publish_and_refuse_a_bad_push_visibly() {
         fs::read_to_string(second.join("modules/m/files/etc/m.conf")).unwrap(),
         "two\n"
     );
+}
+
+#[test]
+fn the_hook_publishes_the_branch_head_names_in_a_repository_made_without_initial_branch() {
+    // `git init --bare` as an older set-up ran it: HEAD is master.
+    let f = Fixture::new();
+    let d = f.dir.path();
+    let (repo, served) = (d.join("disco.git"), d.join("served"));
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("server-layout/hooks/pre-receive");
+    sh_as_root(
+        &format!(
+            "git -c init.defaultBranch=master init -q --bare {repo}\n\
+             git --git-dir={repo} config disco.root {served}\n\
+             install -m 0755 {hook} {repo}/hooks/pre-receive\n",
+            repo = repo.display(),
+            served = served.display(),
+            hook = hook.display()
+        ),
+        d,
+    );
+    let work = d.join("work");
+    fs::create_dir_all(work.join("parameters/n/modules")).unwrap();
+    fs::create_dir_all(work.join("modules/m/files/etc")).unwrap();
+    fs::write(work.join("parameters/n/modules/m"), "").unwrap();
+    fs::write(work.join("modules/m/files/etc/m.conf"), "one\n").unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
+    let push = |refspec: &str| {
+        let out = Command::new("git")
+            .args(["push", repo.to_str().unwrap(), refspec])
+            .current_dir(&work)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("TMPDIR", d)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out) = push("main:main");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(current(&served), None, "main is not what HEAD names");
+    let (code, out) = push("main:master");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("remote: info: published "), "{out}");
+    let snapshot = current(&served).expect("master published");
+    assert!(snapshot.join("parameters/n/modules/m").exists());
 }
