@@ -206,7 +206,8 @@ pub enum Command {
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)
     ///
-    /// Example (a git post-receive hook): disco publish /srv/disco-src --root /srv/disco
+    /// Example (what the shipped git pre-receive hook runs): disco publish
+    /// /srv/disco-src --root /srv/disco
     Publish(PublishArgs),
     /// Timings, memory and I/O of every step of the last dance
     ///
@@ -754,13 +755,16 @@ pub struct ReportArgs {
     /// One line per saved run: time, status, changes, duration
     #[arg(long)]
     pub history: bool,
-    /// The run's report as JSON
+    /// The run's report as JSON; with --fleet, the fleet as one JSON
+    /// document (nodes, last run, status, changes, duration, age, pending
+    /// failed actions)
     #[arg(long)]
     pub json: bool,
     /// The run in node_exporter textfile format
     #[arg(long)]
     pub prometheus: bool,
-    /// On the server: one line per node from DIR/reports (give --server DIR)
+    /// On the server: one line per node from DIR/reports (give --server
+    /// DIR), every field escaped; changes of a failed dance are 0 merged
     #[arg(long)]
     pub fleet: bool,
     /// With --fleet: flag nodes whose last report is older than this. The

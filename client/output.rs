@@ -644,7 +644,7 @@ pub fn prometheus(r: &RunReport) -> String {
     gauge(
         "disco_last_run_changes",
         "Changes the last dance applied (or, in noop, found).",
-        r.change_count().to_string(),
+        r.merged_changes().to_string(),
     );
     gauge(
         "disco_last_run_noop",

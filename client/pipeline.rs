@@ -1097,6 +1097,7 @@ impl<'a, 'r> Run<'a, 'r> {
                 return Ok(Ending::FailedAfterMerge);
             }
         };
+        self.report.merged = true;
         merge::prune_backups(state, self.config.keep_backups.value)?;
         if merged.applied > 0 {
             output::info(&format!(

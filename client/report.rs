@@ -420,6 +420,10 @@ pub struct RunReport {
     pub forgot: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The merge onto the root succeeded (a live dance got past it; a
+    /// rolled-back merge, a noop or a dance that stopped before is false).
+    #[serde(default)]
+    pub merged: bool,
 }
 
 impl RunReport {
@@ -462,7 +466,50 @@ impl RunReport {
             pending_failed_actions: self.pending_failed_actions,
             forgot: self.forgot.clone(),
             by: self.by.clone(),
+            merged: self.merged,
         }
+    }
+
+    /// The changes the run applied to the root, or in noop found: those
+    /// of a failed dance that merged nothing are 0 (it applied none).
+    pub fn merged_changes(&self) -> usize {
+        if self.status == "failed" && !self.merged {
+            0
+        } else {
+            self.change_count()
+        }
+    }
+
+    /// The first text field a fleet view or log prints (`(name, value)`)
+    /// that holds a control character — an escape sequence or a carriage
+    /// return that would forge other lines on the admin's terminal. The
+    /// server refuses to store such an uploaded report.
+    pub fn control_field(&self) -> Option<(&'static str, &str)> {
+        let fields: [(&'static str, &str); 8] = [
+            ("id", &self.id),
+            ("node", &self.node),
+            ("started", &self.started),
+            ("ended", &self.ended),
+            ("status", &self.status),
+            ("server", &self.server),
+            ("snapshot", &self.snapshot),
+            ("root_hash", &self.root_hash),
+        ];
+        let lists = self
+            .plan
+            .iter()
+            .map(|m| ("plan", m.as_str()))
+            .chain(self.only.iter().map(|m| ("only", m.as_str())))
+            .chain(
+                self.modules
+                    .iter()
+                    .map(|m| ("modules.name", m.name.as_str())),
+            )
+            .chain(self.by.iter().map(|b| ("by", b.as_str())));
+        fields
+            .into_iter()
+            .chain(lists)
+            .find(|(_, v)| v.chars().any(char::is_control))
     }
 
     /// The changes kept in full (not those a capped module summarised).

@@ -38,6 +38,7 @@ fn the_deb_installs_into_a_debian_root_and_runs_there() {
         "./lib/systemd/system/disco.service",
         "./lib/systemd/system/disco.timer",
         "./usr/share/disco/disco.toml",
+        "./usr/share/disco/hooks/pre-receive",
         "./usr/share/man/man1/disco.1.gz",
         "./usr/share/man/man1/disco-dance.1.gz",
         "./usr/share/man/man1/disco-init.1.gz",

@@ -228,8 +228,9 @@ fn snapshots_an_older_disco_left_open_are_made_private() {
 }
 
 /// The body of the first ```sh block of docs/fleet.md that contains
-/// `needle`, with `/srv/` moved into `base` and the `disco` account
-/// replaced by root (the test adds no user to the host).
+/// `needle`, with `/srv/` moved into `base`, the shipped hooks taken from
+/// this source tree and the `disco` account replaced by root (the test
+/// adds no user to the host).
 fn fleet_block(needle: &str, base: &Path) -> String {
     let doc =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet.md")).unwrap();
@@ -241,6 +242,10 @@ fn fleet_block(needle: &str, base: &Path) -> String {
         .unwrap_or_else(|| panic!("docs/fleet.md has no sh block with {needle}"));
     block
         .replace("/srv/", &format!("{}/", base.display()))
+        .replace(
+            "/usr/share/disco/hooks/",
+            &format!("{}/server-layout/hooks/", env!("CARGO_MANIFEST_DIR")),
+        )
         .replace("chown -R disco: ", "chown -R root: ")
         .replace("chown disco: ", "chown root: ")
 }

@@ -2,8 +2,10 @@
 //! and `db1`, each a copy of the real Debian 12 root enrolled with
 //! `disco init`, fetching over a real sshd on 127.0.0.1 whose forced
 //! commands run `disco serve` on a directory `disco publish` fills from a
-//! bare git repository's post-receive hook, with the pre-receive hook
-//! running `disco lint` (docs/fleet.md). The admins' tree is a git work
+//! bare git repository's post-receive hook, with a pre-receive hook
+//! running `disco lint` (the test's own pair, so that lint can be turned
+//! off to push what it refuses; docs/fleet.md's shipped pre-receive hook,
+//! which lints and publishes in one, is tested in tests/git_hooks.rs). The admins' tree is a git work
 //! tree; `disco secret set` encrypts a value read from stdin. Checked: the
 //! plaintext is nowhere but on db1 (git, packed objects, the bare
 //! repository, the snapshots, web1's whole root), while db1's template

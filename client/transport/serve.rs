@@ -376,6 +376,12 @@ fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
         );
     }
     Name::parse(&report.id, "the report's run id")?;
+    if let Some((field, value)) = report.control_field() {
+        bail!(
+            "the report's {field} holds a control character ({}); not stored",
+            crate::output::printable(&value.chars().take(80).collect::<String>())
+        );
+    }
     let dir = root.join("reports").join(node.as_str());
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
