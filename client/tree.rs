@@ -33,7 +33,7 @@ pub enum TreeError {
     BadDirective { file: String, line: usize },
     #[error("{path} is a symlink to {target}, outside the server tree; refusing to follow it")]
     Escapes { path: String, target: String },
-    #[error("{path} is a symlink to {target}; disco publish, serve and lint never follow a top-level link out of the tree (make it a directory, or name its target with --allow-link-to {real} on the command line)")]
+    #[error("{path} is a symlink to {target}; disco publish, serve and lint never follow a top-level link of the tree (make it a directory; an admin may name the target to publish or lint with --allow-link-to {real})")]
     TopLink {
         path: String,
         target: String,

@@ -429,7 +429,7 @@ fn a_top_level_link_out_of_the_tree_is_refused_and_copies_nothing() {
         let _ = fs::remove_dir_all(&link);
         std::os::unix::fs::symlink(&etc, &link).unwrap();
         let expected = format!(
-            "error: {0} is a symlink to {1}; disco publish, serve and lint never follow a top-level link out of the tree (make it a directory, or name its target with --allow-link-to {1} on the command line)",
+            "error: {0} is a symlink to {1}; disco publish, serve and lint never follow a top-level link of the tree (make it a directory; an admin may name the target to publish or lint with --allow-link-to {1})",
             link.display(),
             etc.display()
         );
