@@ -350,7 +350,14 @@ impl ServerTree {
     /// The validated, sorted entry names of directory `rel` (empty if absent).
     pub fn names_in(&self, rel: &str) -> Result<Vec<(Name, fs::FileType)>, TreeError> {
         // `parameters/N/modules → /etc` must not list the client's /etc.
-        match crate::fsutil::real_dir(&self.root.join(rel), rel) {
+        // A top-level link was let in by `open` (local transport) or
+        // checked by `check_top_links` (publish, serve, lint).
+        let real = if rel.contains('/') {
+            crate::fsutil::real_dir(&self.root.join(rel), rel)
+        } else {
+            Ok(fs::metadata(self.root.join(rel)).is_ok_and(|m| m.is_dir()))
+        };
+        match real {
             Ok(true) => {}
             Ok(false) => return Ok(Vec::new()),
             Err(e) => return Err(TreeError::Untrusted(format!("{e:#}"))),
