@@ -485,6 +485,11 @@ pub struct LintArgs {
     /// Main config file, read for the default server [default: /etc/disco/disco.toml]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Let a top-level parameters/, modules/ or recipients/ of the tree be
+    /// a symlink to DIR (repeat for more); any other top-level link is
+    /// refused: a pushed link never leads disco out of the tree
+    #[arg(long = "allow-link-to", value_name = "DIR")]
+    pub allow_link_to: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -740,6 +745,11 @@ pub struct PublishArgs {
     /// How many snapshots to keep (one still being served is never removed)
     #[arg(long, default_value_t = 5)]
     pub keep: usize,
+    /// Let a top-level parameters/, modules/ or recipients/ of the tree be
+    /// a symlink to DIR (repeat for more); any other top-level link is
+    /// refused: a pushed link never leads disco out of the tree
+    #[arg(long = "allow-link-to", value_name = "DIR")]
+    pub allow_link_to: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

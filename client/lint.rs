@@ -152,7 +152,11 @@ type SyntaxJob = (String, PathBuf);
 /// every module (or only those the given nodes may plan). An `Err` only
 /// when there is no tree to lint or bash cannot be run; everything wrong
 /// inside the tree is a [`Problem`].
-pub fn lint(root: &Path, only: &[Name]) -> Result<Lint> {
+///
+/// A top-level `parameters`, `modules` or `recipients` symlink is refused
+/// (one error naming the link and its target, nothing behind it read)
+/// unless it leads to one of `allowed`, named by the admin.
+pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
     let root = std::path::absolute(root)
         .with_context(|| format!("cannot make {} absolute", root.display()))?;
     let tree = match ServerTree::open(&root) {
@@ -162,6 +166,7 @@ pub fn lint(root: &Path, only: &[Name]) -> Result<Lint> {
         }
         Err(e) => bail!("no server tree at {}: {e}", root.display()),
     };
+    crate::tree::check_top_links(&root, allowed)?;
     for sub in ["parameters", "modules"] {
         if !fs::metadata(root.join(sub)).is_ok_and(|m| m.is_dir()) {
             bail!(

@@ -33,6 +33,12 @@ pub enum TreeError {
     BadDirective { file: String, line: usize },
     #[error("{path} is a symlink to {target}, outside the server tree; refusing to follow it")]
     Escapes { path: String, target: String },
+    #[error("{path} is a symlink to {target}; disco publish, serve and lint never follow a top-level link of the tree (make it a directory; an admin may name the target to publish or lint with --allow-link-to {real})")]
+    TopLink {
+        path: String,
+        target: String,
+        real: String,
+    },
     #[error("{path} should be a {expected}")]
     WrongType {
         path: String,
@@ -94,6 +100,52 @@ pub struct NodeSpec {
     /// Modules listed by the node or one of its groups, each with the
     /// `parameters/X/modules` directory that first listed it.
     pub modules: BTreeMap<Name, String>,
+}
+
+/// The top-level entries of a server tree that may hold what a node
+/// fetches or an admin signs: checked by [`check_top_links`].
+pub const TOP_DIRS: [&str; 3] = ["parameters", "modules", "recipients"];
+
+/// Refuses a top-level `parameters`, `modules` or `recipients` of the
+/// tree at `root` that is a symlink, unless it leads (resolved) to one of
+/// `allowed`, directories the admin named on the command line: git
+/// carries symlinks, so a pushed `modules -> /etc` must not make
+/// `disco publish` (as root), `serve` or `lint` read what lies there.
+/// Nothing behind a refused link is read, not even its names.
+pub fn check_top_links(root: &Path, allowed: &[PathBuf]) -> Result<(), TreeError> {
+    for sub in TOP_DIRS {
+        let p = root.join(sub);
+        let is_link = match fs::symlink_metadata(&p) {
+            Ok(m) => m.file_type().is_symlink(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(error) => {
+                return Err(TreeError::Io {
+                    path: p.display().to_string(),
+                    error,
+                })
+            }
+        };
+        if !is_link {
+            continue;
+        }
+        let target = fs::read_link(&p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let real = fs::canonicalize(&p).ok();
+        let named = real.as_ref().is_some_and(|r| {
+            allowed
+                .iter()
+                .any(|a| fs::canonicalize(a).is_ok_and(|a| &a == r))
+        });
+        if !named {
+            return Err(TreeError::TopLink {
+                path: p.display().to_string(),
+                real: real.map_or_else(|| target.clone(), |r| r.display().to_string()),
+                target,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A server tree (or a cache with the same layout) rooted at a directory.
@@ -298,7 +350,14 @@ impl ServerTree {
     /// The validated, sorted entry names of directory `rel` (empty if absent).
     pub fn names_in(&self, rel: &str) -> Result<Vec<(Name, fs::FileType)>, TreeError> {
         // `parameters/N/modules → /etc` must not list the client's /etc.
-        match crate::fsutil::real_dir(&self.root.join(rel), rel) {
+        // A top-level link was let in by `open` (local transport) or
+        // checked by `check_top_links` (publish, serve, lint).
+        let real = if rel.contains('/') {
+            crate::fsutil::real_dir(&self.root.join(rel), rel)
+        } else {
+            Ok(fs::metadata(self.root.join(rel)).is_ok_and(|m| m.is_dir()))
+        };
+        match real {
             Ok(true) => {}
             Ok(false) => return Ok(Vec::new()),
             Err(e) => return Err(TreeError::Untrusted(format!("{e:#}"))),

@@ -121,7 +121,8 @@ fn main() {
                         },
                         &[],
                     );
-                    let mut data = std::fs::read(view.file(&path).unwrap()).unwrap();
+                    let (dir, rel) = view.file(&path).unwrap();
+                    let mut data = std::fs::read(dir.join(rel)).unwrap();
                     if mode == "hang-in-data" {
                         let _ = wire.send(&Msg::Data, &data[..data.len() / 2]);
                         let _ = wire.flush();

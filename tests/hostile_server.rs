@@ -343,10 +343,12 @@ fn report_history_is_bounded_in_bytes() {
 fn a_snapshot_published_by_root_is_served_to_the_serving_user() {
     let f = Fixture::new();
     f.node("n", &["m"]).module("m", "");
+    // 0644, as git checks it out: publish copies only what the serving
+    // user could read before (a root-only file is refused, tests/publish.rs).
     f.file("modules/m/files/etc/m.conf", "c\n");
     fs::set_permissions(
         f.server().join("modules/m/files/etc/m.conf"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
     // The served directory belongs to the serving user (a uid with no

@@ -322,7 +322,14 @@ fn the_standard_modules_lint_clean_as_a_modules_dir() {
         .collect::<Vec<_>>();
     let names: Vec<&str> = stdlib.iter().map(String::as_str).collect();
     f.node("web1", &names);
-    let (code, out, err) = lint(&f, &[]);
+    // The admin names the link's target: a pushed link could not.
+    let (code, out, err) = lint(
+        &f,
+        &[
+            "--allow-link-to",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib"),
+        ],
+    );
     assert_eq!(
         (code, out, err),
         (
@@ -351,4 +358,46 @@ fn a_broken_module_file_is_said_once() {
         ["error: modules/web/requires: is a symbolic link; it must be a regular file"],
         "{out}"
     );
+}
+
+/// A pushed top-level `modules` (or `parameters`, `recipients`) link out
+/// of the tree is refused in one line naming the link and its target, and
+/// nothing behind it is read: no name of what lies there is printed.
+#[test]
+fn a_top_level_link_out_of_the_tree_is_refused_naming_nothing_behind_it() {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["modules", "parameters", "recipients"] {
+        let f = clean();
+        let outside = f.dir.path().join("outside");
+        fs::create_dir_all(outside.join("ssh-behind-link")).unwrap();
+        let secret = outside.join("ssh-behind-link/host-key-behind-link");
+        fs::write(&secret, "PRIVATE-KEY-BYTES\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(outside.join("shadow-behind-link"), "root:x\n").unwrap();
+        let link = f.server().join(sub);
+        let _ = fs::remove_dir_all(&link);
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let (code, out, err) = lint(&f, &[]);
+        assert_ne!(code, 0, "{sub}: {out}{err}");
+        let all = format!("{out}{err}");
+        assert!(
+            !all.contains("behind-link"),
+            "{sub}: a name behind the link: {all}"
+        );
+        assert_eq!(all.lines().count(), 1, "{sub}: one line: {all}");
+        assert!(
+            all.contains(&format!(
+                "{} is a symlink to {}",
+                link.display(),
+                outside.display()
+            )),
+            "{sub}: {all}"
+        );
+        // Named on the command line, the same link is followed.
+        let (_, out, err) = lint(&f, &["--allow-link-to", outside.to_str().unwrap()]);
+        assert!(
+            !format!("{out}{err}").contains("is a symlink to"),
+            "{sub}: {out}{err}"
+        );
+    }
 }

@@ -362,3 +362,175 @@ fn fleet_md_git_setup_gives_no_other_account_a_copy() {
     assert!(!out.status.success(), "nobody cannot clone the repository");
     assert!(!nobody_reads(&secret));
 }
+
+/// `nobody`'s uid and gid.
+fn nobody_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A served directory owned by `nobody`, 0700: publish (as root) gives
+/// snapshots to nobody, the serving user.
+fn served_by_nobody(f: &Fixture) -> PathBuf {
+    let served = f.dir.path().join("served");
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let (uid, gid) = nobody_ids();
+    std::os::unix::fs::chown(&served, Some(uid), Some(gid)).unwrap();
+    served
+}
+
+/// A directory outside the tree like `/etc`: a root-only (0600 root)
+/// host key under `ssh/` and a root-only `shadow`. Returns it and the
+/// bytes no snapshot may hold.
+fn root_only_dir(f: &Fixture) -> (PathBuf, &'static str) {
+    let secret = "ROOT-ONLY-HOST-KEY-4f1c9a";
+    let etc = f.dir.path().join("etc-like");
+    fs::create_dir_all(etc.join("ssh")).unwrap();
+    for p in [etc.join("ssh/ssh_host_ed25519_key"), etc.join("shadow")] {
+        fs::write(&p, format!("{secret}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // Shaped like a module, so nothing else would refuse it.
+    fs::create_dir_all(etc.join("ssh/files")).unwrap();
+    (etc, secret)
+}
+
+/// Asserts no file below `dir` holds `needle`.
+fn holds_nothing_of(dir: &Path, needle: &str) {
+    if !dir.exists() {
+        return;
+    }
+    for p in walk(dir) {
+        if fs::symlink_metadata(&p).unwrap().is_file() {
+            let bytes = fs::read(&p).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(needle),
+                "{} holds root-only bytes",
+                p.display()
+            );
+        }
+    }
+}
+
+/// Git carries symlinks: a pushed `modules -> /etc`-like link, published
+/// by root into a directory `nobody` serves, is refused in one line naming
+/// the link and its target; no snapshot holds a byte behind it. The same
+/// for `parameters` and `recipients`, and for a noop publish.
+#[test]
+fn a_top_level_link_out_of_the_tree_is_refused_and_copies_nothing() {
+    for sub in ["modules", "parameters", "recipients"] {
+        let f = fixture();
+        let served = served_by_nobody(&f);
+        let (etc, secret) = root_only_dir(&f);
+        let link = f.server().join(sub);
+        let _ = fs::remove_dir_all(&link);
+        std::os::unix::fs::symlink(&etc, &link).unwrap();
+        let expected = format!(
+            "error: {0} is a symlink to {1}; disco publish, serve and lint never follow a top-level link of the tree (make it a directory; an admin may name the target to publish or lint with --allow-link-to {1})",
+            link.display(),
+            etc.display()
+        );
+        assert_error(publish(&f, &served, &[]), &expected);
+        assert_error(publish(&f, &served, &["--noop"]), &expected);
+        holds_nothing_of(&served, secret);
+        assert!(!served.join("current").exists(), "{sub}: nothing published");
+    }
+}
+
+/// A link the admin names on the command line is followed, but what lies
+/// there is still read as the serving user: a root-only file behind it is
+/// refused, naming it.
+#[test]
+fn a_named_link_is_followed_but_root_only_files_behind_it_are_refused() {
+    let f = fixture();
+    let served = served_by_nobody(&f);
+    let (etc, secret) = root_only_dir(&f);
+    let modules = f.server().join("modules");
+    fs::rename(&modules, f.dir.path().join("modules-real")).unwrap();
+    std::os::unix::fs::symlink(f.dir.path().join("modules-real"), &modules).unwrap();
+    let real = f.dir.path().join("modules-real");
+    let (code, _, err) = publish(&f, &served, &["--allow-link-to", real.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // The root-only directory named as the target: refused by the kernel.
+    fs::remove_file(&modules).unwrap();
+    std::os::unix::fs::symlink(&etc, &modules).unwrap();
+    let (code, out, err) = publish(&f, &served, &["--allow-link-to", etc.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("publish reads the tree as nobody (uid ")
+            && err.contains("cannot read modules/shadow: Permission denied"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    holds_nothing_of(&served, secret);
+}
+
+/// Publish, as root, copies no file the served directory's owner could
+/// not read before: a root-only parameter is refused, naming it, and the
+/// half-made snapshot is removed. Readable, the tree publishes and the
+/// snapshot is nobody's.
+#[test]
+fn a_file_the_serving_user_cannot_read_is_refused() {
+    let f = fixture();
+    let served = served_by_nobody(&f);
+    let (uid, _) = nobody_ids();
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_private(&served.join("snapshots"), uid);
+    let first = fs::canonicalize(served.join("current")).unwrap();
+    f.file_mode(
+        "parameters/n/parameters/root_only",
+        "ROOT-ONLY-PARAM-77\n",
+        0o600,
+    );
+    let (code, out, err) = publish(&f, &served, &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("publish reads the tree as nobody (uid ")
+            && err.contains("cannot read parameters/n/parameters/root_only: Permission denied"),
+        "{err}"
+    );
+    holds_nothing_of(&served, "ROOT-ONLY-PARAM-77");
+    assert_eq!(fs::canonicalize(served.join("current")).unwrap(), first);
+    assert_eq!(
+        fs::read_dir(served.join("snapshots")).unwrap().count(),
+        1,
+        "no half-made snapshot left"
+    );
+}
+
+/// A file hard-linked to one outside the tree is refused, naming it,
+/// whether or not the serving user may read the other one (here a
+/// root-only file); two links inside the tree are fine.
+#[test]
+fn a_hard_link_out_of_the_tree_is_refused() {
+    let f = fixture();
+    let served = served_by_nobody(&f);
+    let (etc, secret) = root_only_dir(&f);
+    let inside = f.server().join("modules/m/files/etc/linked");
+    fs::hard_link(f.server().join("modules/m/files/etc/m.conf"), &inside).unwrap();
+    let (code, _, err) = publish(&f, &served, &[]);
+    assert_eq!(code, 0, "two links inside the tree: {err}");
+    fs::remove_file(&inside).unwrap();
+    fs::hard_link(etc.join("shadow"), &inside).unwrap();
+    let expected = format!(
+        "error: modules/m/files/etc/linked is a hard link to a file outside {} (2 links, 1 inside): publish copies no file that has a name elsewhere; replace it with a copy",
+        f.server().display()
+    );
+    assert_error(publish(&f, &served, &[]), &expected);
+    // World-readable, it is refused all the same.
+    let open = f.dir.path().join("open");
+    fs::write(&open, "o\n").unwrap();
+    fs::remove_file(&inside).unwrap();
+    fs::hard_link(&open, &inside).unwrap();
+    assert_error(publish(&f, &served, &[]), &expected);
+    holds_nothing_of(&served, secret);
+}

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::names::Name;
 use crate::transport::ServerUri;
 
-pub fn run(config: &Config, nodes: &[String]) -> Result<i32> {
+pub fn run(config: &Config, nodes: &[String], allowed: &[std::path::PathBuf]) -> Result<i32> {
     let raw = config
         .require_servers()?
         .into_iter()
@@ -28,7 +28,7 @@ pub fn run(config: &Config, nodes: &[String]) -> Result<i32> {
     // A published tree is linted as nodes fetch it: through `current`.
     let snapshot = crate::transport::serve::resolve_snapshot(&dir)
         .map_err(|e| anyhow::anyhow!("server {}: {e:#}", dir.display()))?;
-    let lint = crate::lint::lint(&snapshot.path, &only)?;
+    let lint = crate::lint::lint(&snapshot.path, &only, allowed)?;
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let counts = format!(
         "{}, {}",

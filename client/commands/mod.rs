@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             // `disco --node N lint` means `disco lint --node N`.
             let mut nodes = args.nodes;
             nodes.extend(cli.global.node.clone());
-            lint::run(&config, &nodes)
+            lint::run(&config, &nodes, &args.allow_link_to)
         }
         Command::Dance(args) => dance::run(
             &config,

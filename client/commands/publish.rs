@@ -16,7 +16,11 @@ pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
     if config.noop.value {
         // What a real publish would refuse, noop refuses too.
         crate::transport::publish::check_served_dir(&config.root.value)?;
-        let n = crate::transport::publish::differing_files(&args.src, &config.root.value)?;
+        let n = crate::transport::publish::differing_files(
+            &args.src,
+            &config.root.value,
+            &args.allow_link_to,
+        )?;
         crate::output::info(&format!(
             "noop: would publish {} as a new snapshot of {}; {n} file(s) differ from current; nothing was changed",
             args.src.display(),
@@ -24,7 +28,12 @@ pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
         ));
         return Ok(0);
     }
-    let id = crate::transport::publish::publish(&args.src, &config.root.value, args.keep)?;
+    let id = crate::transport::publish::publish(
+        &args.src,
+        &config.root.value,
+        args.keep,
+        &args.allow_link_to,
+    )?;
     crate::output::info(&format!(
         "published {} as snapshot {id}; {}/current points to it",
         args.src.display(),

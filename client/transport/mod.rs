@@ -145,9 +145,13 @@ impl View {
         let tree = ServerTree::open(root)?;
         let spec = tree.node(node)?;
         let plan = plan::plan(&tree, &spec)?;
-        let published: Option<Manifest> = fs::read(root.join(PUBLISHED_MANIFEST))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        // Never through a symlink: a manifest is only trusted as a file of
+        // the tree (publish writes it; what serve sends is opened beneath).
+        let published: Option<Manifest> =
+            crate::fsutil::read_small(&root.join(PUBLISHED_MANIFEST), PUBLISHED_MANIFEST, 1 << 30)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice(&b).ok());
         let mut m = Manifest::default();
         let mut dirs = BTreeMap::new();
         let mut top = Vec::new();
@@ -185,8 +189,10 @@ impl View {
         Ok(View { manifest: m, dirs })
     }
 
-    /// The real file behind a manifest path, if the path is a file of the view.
-    pub fn file(&self, path: &str) -> Option<PathBuf> {
+    /// The real directory and the path below it of a manifest path, if
+    /// the path is a file of the view (open it with
+    /// [`crate::fsutil::open_beneath`]: through no symlink).
+    pub fn file<'a>(&'a self, path: &'a str) -> Option<(&'a Path, &'a str)> {
         let e = self.manifest.entry(path)?;
         if e.kind != 'f' {
             return None;
@@ -194,7 +200,7 @@ impl View {
         let mut parts = path.splitn(3, '/');
         let top = format!("{}/{}", parts.next()?, parts.next()?);
         let rest = parts.next()?;
-        Some(self.dirs.get(&top)?.join(rest))
+        Some((self.dirs.get(&top)?.as_path(), rest))
     }
 }
 

@@ -10,11 +10,21 @@
 //! 0600 (0700 when executable, the one bit a node uses). Publishing into a
 //! served directory every local account may enter is refused, and
 //! snapshots an older disco left with looser modes are made private too.
+//!
+//! Publish never leaves SRC: a top-level `parameters`, `modules` or
+//! `recipients` symlink is refused unless the admin names its target
+//! (`--allow-link-to`), symlinks below are copied as symlinks, and a file
+//! with a hard link outside SRC is refused. Run as root for a served
+//! directory another user owns, publish reads SRC and writes the
+//! snapshot as that owner (effective uid, gid and groups), so the kernel
+//! refuses any file the owner could not read before — the snapshot can
+//! never hand the serving user (and its nodes) a root-only file.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -24,7 +34,8 @@ use crate::output;
 
 /// Noop: how many files of `src` differ from those `root/current` serves
 /// (added, changed or removed), without publishing anything.
-pub fn differing_files(src: &Path, root: &Path) -> Result<usize> {
+pub fn differing_files(src: &Path, root: &Path, allowed: &[PathBuf]) -> Result<usize> {
+    crate::tree::check_top_links(src, allowed)?;
     let manifest_of = |dir: &Path| -> Result<std::collections::BTreeMap<String, String>> {
         let mut m = Manifest::default();
         for sub in ["parameters", "modules"] {
@@ -163,8 +174,132 @@ fn make_snapshots_dir(root: &Path) -> Result<std::path::PathBuf> {
     Ok(snapshots)
 }
 
-/// Publishes `src` under `root`; returns the new snapshot id.
-pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
+/// Refuses a regular file of `src`'s top directories with a hard link
+/// outside them (more links than the walk finds inside): its content is
+/// some other file's, which publish must not hand out. Symlinks are never
+/// followed (the top directories were checked by
+/// [`crate::tree::check_top_links`]).
+fn check_hard_links(src: &Path) -> Result<()> {
+    fn walk(
+        p: &Path,
+        shown: &str,
+        depth: usize,
+        seen: &mut HashMap<(u64, u64), (u64, u64, String)>,
+    ) -> Result<()> {
+        if depth > crate::fsutil::MAX_DEPTH {
+            bail!(
+                "{shown}: more than {} levels of directories",
+                crate::fsutil::MAX_DEPTH
+            );
+        }
+        let mut names: Vec<_> = fs::read_dir(p)
+            .with_context(|| format!("cannot read {shown}"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("cannot read {shown}"))?;
+        names.sort();
+        for n in names {
+            let child = p.join(&n);
+            let shown = format!("{shown}/{}", crate::fsutil::shown(Path::new(&n)));
+            let m = fs::symlink_metadata(&child).with_context(|| format!("cannot read {shown}"))?;
+            if m.is_dir() {
+                walk(&child, &shown, depth + 1, seen)?;
+            } else if m.is_file() && m.nlink() > 1 {
+                seen.entry((m.dev(), m.ino()))
+                    .or_insert((m.nlink(), 0, shown))
+                    .1 += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut seen = HashMap::new();
+    for sub in crate::tree::TOP_DIRS {
+        if src.join(sub).is_dir() {
+            walk(&src.join(sub), sub, 0, &mut seen)?;
+        }
+    }
+    let mut outside: Vec<_> = seen.into_values().filter(|(n, i, _)| i < n).collect();
+    outside.sort_by(|a, b| a.2.cmp(&b.2));
+    if let Some((links, inside, shown)) = outside.first() {
+        bail!(
+            "{shown} is a hard link to a file outside {} ({links} links, {inside} inside): publish copies no file that has a name elsewhere; replace it with a copy",
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// Publish running as root, reading the source and writing the snapshot
+/// as the served directory's owner (effective ids and groups only: the
+/// saved root uid switches back in [`AsOwner::restore`]).
+struct AsOwner {
+    egid: nix::unistd::Gid,
+    groups: Vec<nix::unistd::Gid>,
+    restored: bool,
+}
+
+impl AsOwner {
+    /// Becomes `owner` when running as root for another owner; `None`
+    /// otherwise (who runs publish already is the owner, or cannot chown).
+    fn become_owner(owner: Option<(u32, u32)>) -> Result<Option<(AsOwner, String)>> {
+        use nix::unistd::{self, Gid, Uid, User};
+        let Some((uid, gid)) = owner else {
+            return Ok(None);
+        };
+        if !unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
+        let name = user.as_ref().map_or_else(
+            || format!("uid {uid}"),
+            |u| format!("{} (uid {uid})", u.name),
+        );
+        let groups = user
+            .and_then(|u| std::ffi::CString::new(u.name).ok())
+            .and_then(|n| unistd::getgrouplist(&n, Gid::from_raw(gid)).ok())
+            .unwrap_or_else(|| vec![Gid::from_raw(gid)]);
+        let saved = AsOwner {
+            egid: unistd::getegid(),
+            groups: unistd::getgroups().context("cannot read publish's own groups")?,
+            restored: false,
+        };
+        let switched = unistd::setgroups(&groups)
+            .and_then(|_| unistd::setegid(Gid::from_raw(gid)))
+            .and_then(|_| unistd::seteuid(Uid::from_raw(uid)));
+        if let Err(e) = switched {
+            drop(saved);
+            bail!("cannot read the tree as {name}, the served directory's owner: {e}");
+        }
+        Ok(Some((saved, name)))
+    }
+
+    /// Becomes root again (with its own gid and groups).
+    fn restore(&mut self) -> Result<()> {
+        use nix::unistd::{self, Uid};
+        self.restored = true;
+        unistd::seteuid(Uid::from_raw(0))
+            .and_then(|_| unistd::setegid(self.egid))
+            .and_then(|_| unistd::setgroups(&self.groups))
+            .context(
+                "cannot switch back to root after reading the tree as the served directory's owner",
+            )
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        if !self.restored && self.restore().is_err() {
+            // Half root, half the owner: nothing publish does next is safe.
+            output::warning("cannot switch back to root; stopping");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Publishes `src` under `root`; returns the new snapshot id. A top-level
+/// link of `src` may lead only to one of `allowed`.
+pub fn publish(src: &Path, root: &Path, keep: usize, allowed: &[PathBuf]) -> Result<String> {
+    crate::tree::check_top_links(src, allowed)?;
     for sub in ["parameters", "modules"] {
         if !src.join(sub).is_dir() {
             bail!(
@@ -176,27 +311,21 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     check_served_dir(root)?;
     let snapshots = make_snapshots_dir(root)?;
     let owner = owner_to_give(root)?;
+    check_hard_links(src)?;
     let id = crate::run::new_run_id();
     let tmp = snapshots.join(format!(".tmp-{id}"));
     let result = (|| -> Result<()> {
-        fs::DirBuilder::new().mode(0o700).create(&tmp)?;
-        for sub in ["parameters", "modules"] {
-            super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX, None)?;
+        let mut as_owner = AsOwner::become_owner(owner)?;
+        let copied = copy_src(src, &tmp).with_context(|| match &as_owner {
+            Some((_, name)) => format!(
+                "publish reads the tree as {name}, the served directory's owner, and copies only what it may read"
+            ),
+            None => "cannot copy the tree".into(),
+        });
+        if let Some((o, _)) = as_owner.as_mut() {
+            o.restore()?;
         }
-        // The admins' public keys: nodes never fetch them, but `disco
-        // lint` of a snapshot checks the secrets against them.
-        let recipients = crate::secrets::ADMINS
-            .split_once('/')
-            .map_or("recipients", |(d, _)| d);
-        if src.join(recipients).is_dir() {
-            super::copy_tree(
-                &src.join(recipients),
-                &tmp.join(recipients),
-                recipients,
-                1 << 20,
-                None,
-            )?;
-        }
+        copied?;
         // The modes the manifest records are the private ones, as on disk:
         // a node fetching the snapshot locally checks them.
         make_private(&tmp, owner)?;
@@ -228,6 +357,32 @@ pub fn publish(src: &Path, root: &Path, keep: usize) -> Result<String> {
     prune(&snapshots, &id, keep)?;
     tighten_kept(&snapshots, &id, owner);
     Ok(id)
+}
+
+/// Copies `src`'s parameters, modules and recipients into a new `tmp`.
+fn copy_src(src: &Path, tmp: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    for sub in ["parameters", "modules"] {
+        super::copy_tree(&src.join(sub), &tmp.join(sub), sub, u64::MAX, None)?;
+    }
+    // The admins' public keys: nodes never fetch them, but `disco
+    // lint` of a snapshot checks the secrets against them.
+    let recipients = crate::secrets::ADMINS
+        .split_once('/')
+        .map_or("recipients", |(d, _)| d);
+    if src.join(recipients).is_dir() {
+        super::copy_tree(
+            &src.join(recipients),
+            &tmp.join(recipients),
+            recipients,
+            1 << 20,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Makes the kept snapshots an older disco published with modes others

@@ -6,13 +6,13 @@
 //! a shared lock so `disco publish` never prunes it mid-session; with
 //! `--node`, only that node's view (its layers and the modules of its
 //! plan). It is read-only, never follows a symlink inside a module or
-//! parameter tree (they are listed as symlinks), and refuses — and logs to
+//! parameter tree (they are listed as symlinks) nor a top-level
+//! `parameters`/`modules`/`recipients` link, and refuses — and logs to
 //! stderr — anything outside the view.
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -88,7 +88,11 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     let mut wire = Wire::new(stdin, stdout);
     // A server that cannot read its tree says so to the client (which
     // would otherwise see a dead connection and say "cannot reach").
-    let snapshot = match resolve_snapshot(root) {
+    // Never a top-level link out of the served tree (a snapshot has none).
+    let snapshot = match resolve_snapshot(root).and_then(|s| {
+        crate::tree::check_top_links(&s.path, &[])?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             let message = format!("the server could not read {}: {e:#}", root.display());
@@ -304,12 +308,18 @@ fn answer<R: Read, W: Write>(
         Msg::Get { path } | Msg::Delta { path } => path.clone(),
         _ => unreachable!("only requests are queued"),
     };
-    let (Some(file), Some(entry)) = (view.file(&path), view.manifest.entry(&path)) else {
+    let (Some((dir, rel)), Some(entry)) = (view.file(&path), view.manifest.entry(&path)) else {
         return Ok(Err(format!("{path:?} is not a file of this node's view")));
     };
     let md5 = entry.hash.clone();
-    let mut f = open_nofollow(&file).with_context(|| format!("cannot read {path}"))?;
-    let size = f.metadata()?.len();
+    // Through no symlink, whatever the listing said.
+    let mut f =
+        crate::fsutil::open_beneath(dir, rel).with_context(|| format!("cannot read {path}"))?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(format!("{path:?} is not a regular file")));
+    }
+    let size = meta.len();
     if matches!(msg, Msg::Delta { .. }) && size <= MAX_DELTA_FILE {
         if !sane_signature(&blob) {
             return Ok(Err(format!("a bad signature for {path}")));
@@ -352,14 +362,6 @@ fn answer<R: Read, W: Write>(
         left -= want as u64;
     }
     Ok(Ok(()))
-}
-
-/// Opens a file without following a symlink in its last component.
-fn open_nofollow(p: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
 }
 
 /// How many dated reports a node keeps on the server.
