@@ -151,7 +151,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
         let frame = (wire.received - before) as usize;
         match msg {
             Msg::List { paths } => {
-                if let Err(why) = list(&mut wire, &view, &paths)? {
+                if let Err(why) = list(&mut wire, &view, &paths, MAX_JSON)? {
                     return refuse(&mut wire, node.as_str(), why);
                 }
             }
@@ -225,12 +225,13 @@ struct ListingsRef<'a> {
 /// Answers a `List`: at most [`MAX_LIST_PATHS`] paths, each once, each a
 /// directory of the view. The answer is sized before it is written: it
 /// holds the listed directories, in order, that fit in one frame (at
-/// least the first; the client asks again for the rest). `Ok(Err(why))`
-/// is a request to refuse.
+/// least the first; the client asks again for the rest) of at most
+/// `budget` bytes ([`MAX_JSON`]). `Ok(Err(why))` is a request to refuse.
 fn list<R: Read, W: Write>(
     wire: &mut Wire<R, W>,
     view: &View,
     paths: &[String],
+    budget: usize,
 ) -> Result<Result<(), String>> {
     if paths.len() > MAX_LIST_PATHS {
         return Ok(Err(format!(
@@ -255,10 +256,10 @@ fn list<R: Read, W: Write>(
         let listing = ListingRef { path: p, entries };
         let mut c = Counter::default();
         serde_json::to_writer(&mut c, &listing)?;
-        if size + c.0 + 1 > MAX_JSON {
+        if size + c.0 + 1 > budget {
             if dirs.is_empty() {
                 return Ok(Err(format!(
-                    "the listing of {p:?} is over the {MAX_JSON}-byte frame limit"
+                    "the listing of {p:?} is over the {budget}-byte frame limit"
                 )));
             }
             break;
@@ -562,4 +563,61 @@ fn sane_signature(sig: &[u8]) -> bool {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
     matches!((word(4), word(8)), (Some(block), Some(sum)) if (16..=1 << 20).contains(&block) && (1..=16).contains(&sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> View {
+        let mut manifest = super::super::manifest::Manifest::default();
+        for d in ["a", "b", "c"] {
+            let entries = (0..3)
+                .map(|i| Entry {
+                    name: format!("f{i}"),
+                    kind: 'f',
+                    mode: 0o644,
+                    size: 1,
+                    hash: "0".repeat(32),
+                })
+                .collect();
+            manifest.dirs.insert(d.to_string(), entries);
+        }
+        View {
+            manifest,
+            dirs: Default::default(),
+        }
+    }
+
+    /// The `Listings` answered to `paths` within `budget`, or why refused.
+    fn answer(paths: &[&str], budget: usize) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut wire = Wire::new(io::empty(), &mut out);
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        list(&mut wire, &view(), &paths, budget).unwrap()?;
+        let sent = wire.sent;
+        let mut r = Wire::new(&out[..], io::sink());
+        let (msg, _) = r.recv().unwrap();
+        assert_eq!(r.received, sent, "the frame's header holds its size");
+        let Msg::Listings { dirs } = msg else {
+            panic!("{msg:?}")
+        };
+        Ok(dirs.into_iter().map(|l| l.path).collect())
+    }
+
+    #[test]
+    fn listings_are_sized_before_they_are_written() {
+        assert_eq!(answer(&["a", "b", "c"], MAX_JSON).unwrap(), ["a", "b", "c"]);
+        // One listing is ~300 bytes: a 700-byte budget holds the first two.
+        assert_eq!(answer(&["a", "b", "c"], 700).unwrap(), ["a", "b"]);
+        let why = answer(&["a"], 100).unwrap_err();
+        assert!(why.contains("over the 100-byte frame limit"), "{why}");
+        let why = answer(&["a", "b", "a"], MAX_JSON).unwrap_err();
+        assert_eq!(why, r#"a List names "a" twice"#);
+        let why = answer(&["a", "zz"], MAX_JSON).unwrap_err();
+        assert!(why.contains("not a directory"), "{why}");
+        let many = vec!["a"; MAX_LIST_PATHS + 1];
+        let why = answer(&many, MAX_JSON).unwrap_err();
+        assert!(why.contains("over the 1024-path limit"), "{why}");
+    }
 }
