@@ -201,7 +201,10 @@ pub enum Command {
     /// With --node, only that node's parameters (and groups) and the modules
     /// of its plan are served; anything else is refused and logged to
     /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
-    /// published tree (DIR/current) is resolved once per session.
+    /// published tree (DIR/current) is resolved once per session. A
+    /// session's memory is bounded (docs/fleet.md); with --node, at most 4
+    /// sessions of the node at once (locks in DIR/sessions/NODE/), the
+    /// others refused: "too many sessions of node web1 (4)".
     Serve(ServeArgs),
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)

@@ -9,22 +9,45 @@
 //! parameter tree (they are listed as symlinks) nor a top-level
 //! `parameters`/`modules`/`recipients` link, and refuses — and logs to
 //! stderr — anything outside the view.
+//!
+//! Also owns the session's memory bound (docs/fleet.md states it): a
+//! client's frames are at most [`MAX_REQUEST_JSON`] + [`super::wire::MAX_BLOB`], queued
+//! requests count their whole frames up to [`MAX_QUEUED`], a `List` names
+//! at most [`MAX_LIST_PATHS`] paths once each, an answer's size is counted
+//! before it is written (a `Listings` over the frame limit is cut to the
+//! directories that fit, a delta is dropped for the whole file once it
+//! grows past the file), and a node key (`--node`) holds at most
+//! [`MAX_SESSIONS`] sessions at once (flock'd slot files under
+//! `ROOT/sessions/NODE/`, freed when a session ends however it ends).
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::wire::{Listing, Msg, Wire, VERSION};
+use serde::Serialize;
+
+use super::wire::{
+    Counter, Entry, Msg, ProtocolError, Wire, MAX_JSON, MAX_LIST_PATHS, MAX_PATH, MAX_REQUEST_JSON,
+    VERSION,
+};
 use super::View;
 use crate::names::Name;
 
 /// Largest file sent as a delta; bigger ones go whole.
 pub const MAX_DELTA_FILE: u64 = 64 << 20;
-/// Bytes of requests (mostly signatures) a client may queue before a Flush.
-const MAX_QUEUED: usize = 256 << 20;
+/// Bytes of requests (mostly signatures) a client may queue before a
+/// Flush, each counted as its whole frame as received plus
+/// [`QUEUED_OVERHEAD`]; the client flushes before it reaches half of it.
+pub const MAX_QUEUED: usize = 32 << 20;
+/// What a queued request costs besides its frame's bytes (its message
+/// and its place in the queue).
+pub const QUEUED_OVERHEAD: usize = 256;
+/// Sessions one node key (the forced command's `--node`) may hold at once.
+pub const MAX_SESSIONS: usize = 4;
 /// Data frames carry at most this much.
 const CHUNK: usize = 4 << 20;
 
@@ -86,6 +109,19 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     let stdin = io::stdin().lock();
     let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut wire = Wire::new(stdin, stdout);
+    wire.limit_json(MAX_REQUEST_JSON);
+    // Held until the process ends, however it ends.
+    let _slot = match forced {
+        Some(node) => match take_slot(root, node) {
+            Ok(Some(slot)) => Some(slot),
+            Ok(None) => {
+                let why = format!("too many sessions of node {node} ({MAX_SESSIONS})");
+                return refuse(&mut wire, node.as_str(), why);
+            }
+            Err(e) => return refuse(&mut wire, node.as_str(), format!("{e:#}")),
+        },
+        None => None,
+    };
     // A server that cannot read its tree says so to the client (which
     // would otherwise see a dead connection and say "cannot reach").
     // Never a top-level link out of the served tree (a snapshot has none).
@@ -109,34 +145,33 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     let mut queued: Vec<(Msg, Vec<u8>)> = Vec::new();
     let mut queued_bytes = 0usize;
     loop {
+        let before = wire.received;
         let (msg, blob) = match wire.recv() {
             Ok(m) => m,
-            Err(_) => return Ok(0), // the client went away
+            Err(e) => match e.downcast_ref::<ProtocolError>() {
+                Some(p) => return refuse(&mut wire, node.as_str(), p.to_string()),
+                None => return Ok(0), // the client went away
+            },
         };
+        let frame = (wire.received - before) as usize;
         match msg {
             Msg::List { paths } => {
-                let mut dirs = Vec::new();
-                for p in paths {
-                    match view.manifest.dirs.get(&p) {
-                        Some(entries) => dirs.push(Listing {
-                            path: p,
-                            entries: entries.clone(),
-                        }),
-                        None => {
-                            return refuse(
-                                &mut wire,
-                                node.as_str(),
-                                format!("{p:?} is not a directory of this node's view"),
-                            )
-                        }
-                    }
+                if let Err(why) = list(&mut wire, &view, &paths, MAX_JSON)? {
+                    return refuse(&mut wire, node.as_str(), why);
                 }
-                wire.say(&Msg::Listings { dirs }, &[])?;
             }
-            Msg::Get { .. } | Msg::Delta { .. } => {
-                queued_bytes += blob.len() + 256;
+            Msg::Get { ref path } | Msg::Delta { ref path } => {
+                if path.len() > MAX_PATH {
+                    let why = format!("a request names a path over {MAX_PATH} bytes");
+                    return refuse(&mut wire, node.as_str(), why);
+                }
+                queued_bytes += frame + QUEUED_OVERHEAD;
                 if queued_bytes > MAX_QUEUED {
-                    return refuse(&mut wire, node.as_str(), "too many queued requests".into());
+                    let why = format!(
+                        "over {} of requests queued without a Flush",
+                        crate::fsutil::human_bytes(MAX_QUEUED as u64)
+                    );
+                    return refuse(&mut wire, node.as_str(), why);
                 }
                 queued.push((msg, blob));
             }
@@ -176,6 +211,120 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             }
         }
     }
+}
+
+/// A `Listings` entry, borrowed from the view: written without a copy.
+#[derive(Serialize)]
+struct ListingRef<'a> {
+    path: &'a str,
+    entries: &'a [Entry],
+}
+
+/// The `Listings` message (`{"t":"Listings","dirs":[…]}`), borrowed.
+#[derive(Serialize)]
+struct ListingsRef<'a> {
+    t: &'static str,
+    dirs: Vec<ListingRef<'a>>,
+}
+
+/// Answers a `List`: at most [`MAX_LIST_PATHS`] paths, each once, each a
+/// directory of the view. The answer is sized before it is written: it
+/// holds the listed directories, in order, that fit in one frame (at
+/// least the first; the client asks again for the rest) of at most
+/// `budget` bytes ([`MAX_JSON`]). `Ok(Err(why))` is a request to refuse.
+fn list<R: Read, W: Write>(
+    wire: &mut Wire<R, W>,
+    view: &View,
+    paths: &[String],
+    budget: usize,
+) -> Result<Result<(), String>> {
+    if paths.len() > MAX_LIST_PATHS {
+        return Ok(Err(format!(
+            "a List of {} paths is over the {MAX_LIST_PATHS}-path limit",
+            paths.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(paths.len());
+    let mut dirs = Vec::with_capacity(paths.len());
+    // `{"t":"Listings","dirs":[]}` and a comma per listing.
+    let mut size = 30usize;
+    for p in paths {
+        if p.len() > MAX_PATH {
+            return Ok(Err(format!("a List names a path over {MAX_PATH} bytes")));
+        }
+        if !seen.insert(p.as_str()) {
+            return Ok(Err(format!("a List names {p:?} twice")));
+        }
+        let Some(entries) = view.manifest.dirs.get(p) else {
+            return Ok(Err(format!("{p:?} is not a directory of this node's view")));
+        };
+        let listing = ListingRef { path: p, entries };
+        let mut c = Counter::default();
+        serde_json::to_writer(&mut c, &listing)?;
+        if size + c.0 + 1 > budget {
+            if dirs.is_empty() {
+                return Ok(Err(format!(
+                    "the listing of {p:?} is over the {budget}-byte frame limit"
+                )));
+            }
+            break;
+        }
+        size += c.0 + 1;
+        dirs.push(listing);
+    }
+    wire.send_value(&ListingsRef {
+        t: "Listings",
+        dirs,
+    })?;
+    wire.flush()?;
+    Ok(Ok(()))
+}
+
+/// Takes one of the [`MAX_SESSIONS`] session slots of `node`: an
+/// exclusive flock on `ROOT/sessions/NODE/slot-K`, released when the
+/// process ends, however it ends (a killed serve frees its slot). None
+/// when all are held.
+fn take_slot(root: &Path, node: &Name) -> Result<Option<fs::File>> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = root.join("sessions").join(node.as_str());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| {
+            format!(
+                "cannot count the sessions of node {node}: cannot create {}",
+                dir.display()
+            )
+        })?;
+    for k in 0..MAX_SESSIONS {
+        let path = dir.join(format!("slot-{k}"));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| {
+                format!(
+                    "cannot count the sessions of node {node}: cannot open {}",
+                    path.display()
+                )
+            })?;
+        // SAFETY: flock on a descriptor we own; held until the process ends.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(f));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            bail!(
+                "cannot count the sessions of node {node}: cannot lock {}: {e}",
+                path.display()
+            );
+        }
+    }
+    Ok(None)
 }
 
 /// Says `what` about node `node` on stderr and to syslog (facility auth,
@@ -329,8 +478,12 @@ fn answer<R: Read, W: Write>(
         };
         let mut data = Vec::with_capacity(size as usize);
         (&mut f).take(MAX_DELTA_FILE).read_to_end(&mut data)?;
-        let mut delta = Vec::new();
+        // A delta is kept only while it is smaller than the file (or 64
+        // KiB): past
+        // that the file goes whole, and memory holds at most both.
+        let mut delta = Capped(Vec::new(), (size as usize).max(64 << 10));
         if fast_rsync::diff(&sig.index(), &data, &mut delta).is_ok() {
+            let delta = delta.0;
             let head = Msg::DeltaData {
                 path,
                 size: delta.len() as u64,
@@ -362,6 +515,22 @@ fn answer<R: Read, W: Write>(
         left -= want as u64;
     }
     Ok(Ok(()))
+}
+
+/// A buffer that refuses to grow past its second field.
+struct Capped(Vec<u8>, usize);
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.0.len() + buf.len() > self.1 {
+            return Err(io::Error::other("the delta is bigger than the file"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How many dated reports a node keeps on the server.
@@ -403,4 +572,61 @@ fn sane_signature(sig: &[u8]) -> bool {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
     matches!((word(4), word(8)), (Some(block), Some(sum)) if (16..=1 << 20).contains(&block) && (1..=16).contains(&sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> View {
+        let mut manifest = super::super::manifest::Manifest::default();
+        for d in ["a", "b", "c"] {
+            let entries = (0..3)
+                .map(|i| Entry {
+                    name: format!("f{i}"),
+                    kind: 'f',
+                    mode: 0o644,
+                    size: 1,
+                    hash: "0".repeat(32),
+                })
+                .collect();
+            manifest.dirs.insert(d.to_string(), entries);
+        }
+        View {
+            manifest,
+            dirs: Default::default(),
+        }
+    }
+
+    /// The `Listings` answered to `paths` within `budget`, or why refused.
+    fn answer(paths: &[&str], budget: usize) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut wire = Wire::new(io::empty(), &mut out);
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        list(&mut wire, &view(), &paths, budget).unwrap()?;
+        let sent = wire.sent;
+        let mut r = Wire::new(&out[..], io::sink());
+        let (msg, _) = r.recv().unwrap();
+        assert_eq!(r.received, sent, "the frame's header holds its size");
+        let Msg::Listings { dirs } = msg else {
+            panic!("{msg:?}")
+        };
+        Ok(dirs.into_iter().map(|l| l.path).collect())
+    }
+
+    #[test]
+    fn listings_are_sized_before_they_are_written() {
+        assert_eq!(answer(&["a", "b", "c"], MAX_JSON).unwrap(), ["a", "b", "c"]);
+        // One listing is ~300 bytes: a 700-byte budget holds the first two.
+        assert_eq!(answer(&["a", "b", "c"], 700).unwrap(), ["a", "b"]);
+        let why = answer(&["a"], 100).unwrap_err();
+        assert!(why.contains("over the 100-byte frame limit"), "{why}");
+        let why = answer(&["a", "b", "a"], MAX_JSON).unwrap_err();
+        assert_eq!(why, r#"a List names "a" twice"#);
+        let why = answer(&["a", "zz"], MAX_JSON).unwrap_err();
+        assert!(why.contains("not a directory"), "{why}");
+        let many = vec!["a"; MAX_LIST_PATHS + 1];
+        let why = answer(&many, MAX_JSON).unwrap_err();
+        assert!(why.contains("over the 1024-path limit"), "{why}");
+    }
 }

@@ -442,69 +442,98 @@ fn descend(s: &mut Session, root_hash: &str, old: &Manifest) -> Result<Manifest>
     let mut expect: BTreeMap<String, String> =
         BTreeMap::from([(String::new(), root_hash.to_string())]);
     while !level.is_empty() {
-        s.wire.say(
-            &Msg::List {
-                paths: level.clone(),
-            },
-            &[],
-        )?;
-        let (msg, _) = s.wire.recv()?;
-        let Msg::Listings { dirs } = msg else {
-            bail!(
-                "protocol error: expected a listing, got {}",
-                super::wire::describe(&msg)
-            )
-        };
-        if dirs.len() != level.len() {
-            bail!(
-                "protocol error: asked for {} listings, got {}",
-                level.len(),
-                dirs.len()
-            );
-        }
         let mut next = Vec::new();
-        for (want, l) in level.iter().zip(dirs) {
-            if &l.path != want {
-                bail!("protocol error: asked for {want:?}, got {:?}", l.path);
-            }
-            for e in &l.entries {
-                manifest::validate(&l.path, e)?;
-                if e.kind == 'f' && e.size > s.max_file_size {
-                    bail!(
-                        "{} is {}, over max_file_size ({}); refused",
-                        crate::fsutil::shown(Path::new(&join(&l.path, &e.name))),
-                        crate::fsutil::human_bytes(e.size),
-                        crate::fsutil::human_bytes(s.max_file_size)
-                    );
-                }
-            }
-            // Strictly ascending names: no entry can appear twice (say, a
-            // symlink and then a directory of the same name).
-            if l.entries.windows(2).any(|w| w[0].name >= w[1].name) {
-                bail!("the server's listing of {want:?} is not sorted or names an entry twice");
-            }
-            if dir_hash(&l.entries) != expect[want] {
-                bail!("the server's listing of {want:?} does not match its hash");
-            }
-            for e in l.entries.iter().filter(|e| e.kind == 'd') {
-                let child = join(&l.path, &e.name);
-                let same = old
-                    .entry(&child)
-                    .is_some_and(|o| o.kind == 'd' && o.hash == e.hash)
-                    && old.dirs.contains_key(&child);
-                if same {
-                    m.graft(old, &child);
-                } else {
-                    expect.insert(child.clone(), e.hash.clone());
-                    next.push(child);
-                }
-            }
-            m.dirs.insert(l.path, l.entries);
+        let mut at = 0;
+        while at < level.len() {
+            at += list_some(s, &level[at..], &mut expect, old, &mut m, &mut next)?;
         }
         level = next;
     }
 
     Ok(m)
+}
+
+/// Asks for the listings of the first of `level` that fit in one `List`
+/// (at most MAX_LIST_PATHS, under MAX_REQUEST_JSON) and takes the answer:
+/// the server may answer only the first ones (as many as fit in its
+/// frame), never none. Checks them, adds them to `m` and the directories
+/// to descend into to `next`. Returns how many were listed.
+fn list_some(
+    s: &mut Session,
+    level: &[String],
+    expect: &mut BTreeMap<String, String>,
+    old: &Manifest,
+    m: &mut Manifest,
+    next: &mut Vec<String>,
+) -> Result<usize> {
+    let mut bytes = 64;
+    let mut ask = 0;
+    for p in level.iter().take(super::wire::MAX_LIST_PATHS) {
+        let mut c = super::wire::Counter::default();
+        serde_json::to_writer(&mut c, p)?;
+        if ask > 0 && bytes + c.0 + 1 > super::wire::MAX_REQUEST_JSON {
+            break;
+        }
+        bytes += c.0 + 1;
+        ask += 1;
+    }
+    let asked = &level[..ask];
+    s.wire.say(
+        &Msg::List {
+            paths: asked.to_vec(),
+        },
+        &[],
+    )?;
+    let (msg, _) = s.wire.recv()?;
+    let Msg::Listings { dirs } = msg else {
+        bail!(
+            "protocol error: expected a listing, got {}",
+            super::wire::describe(&msg)
+        )
+    };
+    let got = dirs.len();
+    if got == 0 || got > ask {
+        bail!("protocol error: asked for {ask} listings, got {got}");
+    }
+    for (want, l) in asked.iter().zip(dirs) {
+        if &l.path != want {
+            bail!("protocol error: asked for {want:?}, got {:?}", l.path);
+        }
+        for e in &l.entries {
+            manifest::validate(&l.path, e)?;
+            if e.kind == 'f' && e.size > s.max_file_size {
+                bail!(
+                    "{} is {}, over max_file_size ({}); refused",
+                    crate::fsutil::shown(Path::new(&join(&l.path, &e.name))),
+                    crate::fsutil::human_bytes(e.size),
+                    crate::fsutil::human_bytes(s.max_file_size)
+                );
+            }
+        }
+        // Strictly ascending names: no entry can appear twice (say, a
+        // symlink and then a directory of the same name).
+        if l.entries.windows(2).any(|w| w[0].name >= w[1].name) {
+            bail!("the server's listing of {want:?} is not sorted or names an entry twice");
+        }
+        if dir_hash(&l.entries) != expect[want] {
+            bail!("the server's listing of {want:?} does not match its hash");
+        }
+        for e in l.entries.iter().filter(|e| e.kind == 'd') {
+            let child = join(&l.path, &e.name);
+            let same = old
+                .entry(&child)
+                .is_some_and(|o| o.kind == 'd' && o.hash == e.hash)
+                && old.dirs.contains_key(&child);
+            if same {
+                m.graft(old, &child);
+            } else {
+                expect.insert(child.clone(), e.hash.clone());
+                next.push(child);
+            }
+        }
+        m.dirs.insert(l.path, l.entries);
+    }
+    Ok(got)
 }
 
 /// Sends the requests, receives the files; returns the paths whose delta
@@ -516,24 +545,61 @@ fn transfer(
     requests: &[(String, Entry, bool)],
     stats: &mut Stats,
 ) -> Result<Vec<String>> {
-    if requests.is_empty() {
-        return Ok(Vec::new());
-    }
-    for (path, _, delta) in requests {
-        if *delta {
-            let base = fs::read(old_dir.join(path))?;
-            let sig = fast_rsync::Signature::calculate(&base, signature_options(base.len() as u64));
-            s.wire
-                .send(&Msg::Delta { path: path.clone() }, sig.serialized())?;
-        } else {
-            s.wire.send(&Msg::Get { path: path.clone() }, &[])?;
-        }
-    }
-    s.wire.say(&Msg::Flush, &[])?;
     let mut refetch = Vec::new();
-    for (path, e, _) in requests {
+    let mut at = 0;
+    while at < requests.len() {
+        // One batch: the requests whose frames fit in half of what the
+        // server queues (so a server never refuses a batch), then a Flush.
+        let start = at;
+        let mut queued = 0usize;
+        while at < requests.len() {
+            let (path, _, delta) = &requests[at];
+            let (msg, sig) = if *delta {
+                let base = fs::read(old_dir.join(path))?;
+                let sig =
+                    fast_rsync::Signature::calculate(&base, signature_options(base.len() as u64));
+                (Msg::Delta { path: path.clone() }, sig.serialized().to_vec())
+            } else {
+                (Msg::Get { path: path.clone() }, Vec::new())
+            };
+            let before = s.wire.sent;
+            s.wire.send(&msg, &sig)?;
+            queued += (s.wire.sent - before) as usize + super::serve::QUEUED_OVERHEAD;
+            at += 1;
+            if queued >= super::serve::MAX_QUEUED / 2 - REQUEST_ROOM {
+                break;
+            }
+        }
+        s.wire.say(&Msg::Flush, &[])?;
+        receive(
+            s,
+            old_dir,
+            dst_of,
+            &requests[start..at],
+            stats,
+            &mut refetch,
+        )?;
+    }
+    Ok(refetch)
+}
+
+/// Room kept in a batch for its largest request (a signature within
+/// MAX_BLOB, a path within MAX_PATH).
+const REQUEST_ROOM: usize = super::wire::MAX_BLOB + (64 << 10);
+
+/// Receives the answers to one batch of requests; the paths whose delta
+/// gave the wrong content go to `refetch`.
+fn receive(
+    s: &mut Session,
+    old_dir: &Path,
+    dst_of: &dyn Fn(&str) -> Option<PathBuf>,
+    requests: &[(String, Entry, bool)],
+    stats: &mut Stats,
+    refetch: &mut Vec<String>,
+) -> Result<()> {
+    for (path, e, asked_delta) in requests {
         let (head, _) = s.wire.recv()?;
-        let asked_delta = requests.iter().any(|(p, _, d)| p == path && *d);
+        let asked_delta = *asked_delta;
         let (got, size, md5, is_delta) = match head {
             Msg::File { path, size, md5 } => (path, size, md5, false),
             Msg::DeltaData { path, size, md5 } if asked_delta => (path, size, md5, true),
@@ -569,7 +635,7 @@ fn transfer(
             stats.whole += 1;
         }
     }
-    Ok(refetch)
+    Ok(())
 }
 
 /// Receives a whole file of `size` bytes into `dst`: streamed to disk as

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; a mismatch is refused by both sides in the handshake.
@@ -16,6 +16,14 @@ pub const VERSION: u32 = 1;
 pub const MAX_JSON: usize = 16 << 20;
 /// Largest blob of a frame (file data comes in several `Data` frames).
 pub const MAX_BLOB: usize = 8 << 20;
+/// Largest JSON part of a frame a client sends (`disco serve` refuses a
+/// bigger one before reading it): a `List` of [`MAX_LIST_PATHS`] paths
+/// the client sends in one frame stays under it.
+pub const MAX_REQUEST_JSON: usize = 1 << 20;
+/// Most paths one `List` may name (each once).
+pub const MAX_LIST_PATHS: usize = 1024;
+/// Longest path a request may name (Linux's PATH_MAX).
+pub const MAX_PATH: usize = super::manifest::MAX_PATH;
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,12 +126,34 @@ pub fn describe(msg: &Msg) -> &'static str {
 #[error("{0}")]
 pub struct PeerError(pub String);
 
+/// The peer broke the protocol (a frame over a limit, a message that does
+/// not parse): said to it and logged, unlike a connection that just ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub String);
+
+/// Counts the bytes written to it: a message's size before it is built.
+#[derive(Default)]
+pub struct Counter(pub usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A framed, byte-counting connection.
 pub struct Wire<R: Read, W: Write> {
     r: R,
     w: W,
     pub sent: u64,
     pub received: u64,
+    /// Largest JSON part accepted from the peer.
+    max_json: usize,
 }
 
 impl<R: Read, W: Write> Wire<R, W> {
@@ -133,7 +163,34 @@ impl<R: Read, W: Write> Wire<R, W> {
             w,
             sent: 0,
             received: 0,
+            max_json: MAX_JSON,
         }
+    }
+
+    /// Accepts JSON parts of at most `max` bytes from the peer (below
+    /// [`MAX_JSON`]); a bigger frame is refused before it is read.
+    pub fn limit_json(&mut self, max: usize) {
+        self.max_json = max.min(MAX_JSON);
+    }
+
+    /// Sends `value` (a message's JSON, serialized straight into the
+    /// writer: never built in memory) as a frame without a blob; its size
+    /// is counted first, and a message over [`MAX_JSON`] is an error
+    /// before a byte is sent.
+    pub fn send_value<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        let mut n = Counter(0);
+        serde_json::to_writer(&mut n, value).map_err(io::Error::other)?;
+        if n.0 > MAX_JSON {
+            return Err(io::Error::other(ProtocolError(format!(
+                "a {}-byte answer is over the {MAX_JSON}-byte limit",
+                n.0
+            ))));
+        }
+        self.w.write_all(&(n.0 as u32).to_be_bytes())?;
+        serde_json::to_writer(&mut self.w, value).map_err(io::Error::other)?;
+        self.w.write_all(&0u32.to_be_bytes())?;
+        self.sent += 8 + n.0 as u64;
+        Ok(())
     }
 
     /// Sends a frame (flushed by [`Wire::flush`]).
@@ -165,17 +222,27 @@ impl<R: Read, W: Write> Wire<R, W> {
     /// Receives a frame; a peer `Error` becomes an error here.
     pub fn recv(&mut self) -> Result<(Msg, Vec<u8>)> {
         let json_len = self.read_len("frame header")? as usize;
-        if json_len > MAX_JSON {
-            bail!("protocol error: a {json_len}-byte message is over the {MAX_JSON}-byte limit");
+        if json_len > self.max_json {
+            return Err(ProtocolError(format!(
+                "protocol error: a {json_len}-byte message is over the {}-byte limit",
+                self.max_json
+            ))
+            .into());
         }
         let json = self.read_exact(json_len, "message")?;
         let blob_len = self.read_len("blob header")? as usize;
         if blob_len > MAX_BLOB {
-            bail!("protocol error: a {blob_len}-byte blob is over the {MAX_BLOB}-byte limit");
+            return Err(ProtocolError(format!(
+                "protocol error: a {blob_len}-byte blob is over the {MAX_BLOB}-byte limit"
+            ))
+            .into());
         }
         let blob = self.read_exact(blob_len, "blob")?;
-        let msg: Msg =
-            serde_json::from_slice(&json).context("protocol error: a message does not parse")?;
+        let msg: Msg = serde_json::from_slice(&json).map_err(|e| {
+            anyhow::Error::from(e).context(ProtocolError(
+                "protocol error: a message does not parse".into(),
+            ))
+        })?;
         if let Msg::Error { message } = msg {
             return Err(PeerError(message).into());
         }
