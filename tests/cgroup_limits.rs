@@ -177,17 +177,21 @@ fn without_a_writable_cgroup_tree_the_dance_warns_once_and_runs() {
     } {
         remount.push_str(&format!("mount -o remount,ro,bind {dir} && "));
     }
-    let inner = f.process(&f.state(), &r.path);
-    let mut c = std::process::Command::new("unshare");
-    c.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{remount}exec \"$0\" \"$@\" dance"))
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .env("NO_COLOR", "1")
-        .env_remove("NOOP");
+    // The dance, in a mount namespace of its own where those are read-only.
+    let readonly_dance = |outer: &Outer| {
+        let inner = f.process(&f.state(), &r.path);
+        let mut c = std::process::Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!("{remount}exec \"$0\" \"$@\" dance"))
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .env("NO_COLOR", "1")
+            .env_remove("NOOP");
+        outer.wrap(&mut c);
+        bounded(c)
+    };
     let outer = Outer::new(OUTER_PIDS, OUTER_MEMORY);
-    outer.wrap(&mut c);
-    let e = bounded(c);
+    let e = readonly_dance(&outer);
     let all = format!("{}{}", e.out, e.err);
     assert_eq!(e.code, 0, "{all}");
     let warnings: Vec<&str> = all
@@ -204,15 +208,7 @@ fn without_a_writable_cgroup_tree_the_dance_warns_once_and_runs() {
     // Limits off in the config: nothing to say.
     fs::write(f.config(), "max_processes = 0\nmax_memory = 0\n").unwrap();
     fs::remove_file(r.path.join("etc/x")).unwrap();
-    let mut c = std::process::Command::new("unshare");
-    c.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{remount}exec \"$0\" \"$@\" dance"))
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .env("NO_COLOR", "1")
-        .env_remove("NOOP");
-    outer.wrap(&mut c);
-    let e = bounded(c);
+    let e = readonly_dance(&outer);
     let all = format!("{}{}", e.out, e.err);
     assert_eq!(e.code, 0, "{all}");
     assert!(!all.contains("max_processes"), "{all}");
