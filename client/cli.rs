@@ -460,6 +460,14 @@ pub struct ServeArgs {
     /// Serve only this node's view (the key's forced command names it)
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// End the session (logged) when the node sends or takes nothing for
+    /// this many seconds
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: u64,
+    /// End the session (logged) when it lasts longer than this many seconds
+    /// in all, the hashing of an unpublished tree included
+    #[arg(long, value_name = "S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fetch_timeout: u64,
 }
 
 #[derive(Debug, Args)]

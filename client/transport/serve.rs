@@ -7,16 +7,20 @@
 //! `--node`, only that node's view (its layers and the modules of its
 //! plan). It is read-only, never follows a symlink inside a module or
 //! parameter tree (they are listed as symlinks), and refuses — and logs to
-//! stderr — anything outside the view.
+//! stderr — anything outside the view. Owns the server's deadlines too:
+//! `--io-timeout` of silence and `--fetch-timeout` for a session, past
+//! which it logs one line and exits (dropping its snapshot lock), and it
+//! never reads a file over the node's `max_file_size` (sent in the hello).
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::deadline::{Deadline, Timed};
 use super::wire::{Listing, Msg, Wire, VERSION};
 use super::View;
 use crate::names::Name;
@@ -79,25 +83,101 @@ pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
     }
 }
 
-/// Serves one session on stdin/stdout. `forced`: the node this key may fetch.
+/// Who the session is for, as the logs name it: the forced node, else the
+/// hello's, else `?` (the watchdog says it too).
+static WHO: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn who() -> String {
+    WHO.lock()
+        .map(|w| if w.is_empty() { "?".into() } else { w.clone() })
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The wire on stdin/stdout, every read and write within `deadline`.
+type ServeWire = Wire<io::BufReader<Timed<fs::File>>, BufWriter<Timed<fs::File>>>;
+
+/// Serves one session on stdin/stdout. `forced`: the node this key may
+/// fetch. `deadline`: `--io-timeout` of silence (each read and write) and
+/// `--fetch-timeout` for the whole session, hashing included (a watchdog
+/// thread ends the process then). Past either, one line is logged and the
+/// process exits 1; its snapshot lock goes with it, however it ends.
+pub fn serve(root: &Path, forced: Option<&Name>, deadline: Deadline) -> Result<i32> {
+    if let (Some(f), Ok(mut w)) = (forced, WHO.lock()) {
+        *w = f.to_string();
+    }
+    watchdog(deadline);
+    let stdio = |fd: std::os::fd::BorrowedFd<'_>| -> Result<fs::File> {
+        Ok(fs::File::from(
+            fd.try_clone_to_owned()
+                .context("disco serve needs stdin and stdout")?,
+        ))
+    };
+    let input = Timed::new(stdio(io::stdin().as_fd())?, deadline, false);
+    let output = Timed::new(stdio(io::stdout().as_fd())?, deadline, true);
+    let mut wire = Wire::new(
+        io::BufReader::with_capacity(1 << 16, input),
+        BufWriter::with_capacity(1 << 20, output),
+    );
+    match session(&mut wire, root, forced) {
+        Err(e) if timed_out(&e) => {
+            log(&who(), &format!("{e:#}; session ended"));
+            Ok(1)
+        }
+        r => r,
+    }
+}
+
+/// True when `e` is a deadline of [`Timed`] (silence or the session's end).
+fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+    })
+}
+
+/// Ends the process at the session's deadline (plus a second, so a read or
+/// write waiting then says it first): a session hashing a huge tree, or
+/// stuck anywhere, cannot outlive `--fetch-timeout`.
+fn watchdog(deadline: Deadline) {
+    std::thread::spawn(move || {
+        loop {
+            let left = deadline
+                .end
+                .saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        log(
+            &who(),
+            &format!(
+                "did not finish within {} s (fetch_timeout); session ended",
+                deadline.total_secs()
+            ),
+        );
+        // SAFETY: ends the process at once; the kernel drops the lock.
+        unsafe { libc::_exit(1) }
+    });
+}
+
+/// The session after its wire is set up: snapshot, handshake, requests.
 ///
 /// Long because it is the session's loop, one arm per message kind; the handshake and the answers are `handshake` and `answer`.
-pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
-    let stdin = io::stdin().lock();
-    let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-    let mut wire = Wire::new(stdin, stdout);
+fn session(wire: &mut ServeWire, root: &Path, forced: Option<&Name>) -> Result<i32> {
     // A server that cannot read its tree says so to the client (which
     // would otherwise see a dead connection and say "cannot reach").
     let snapshot = match resolve_snapshot(root) {
         Ok(s) => s,
         Err(e) => {
             let message = format!("the server could not read {}: {e:#}", root.display());
-            log(forced.map(Name::as_str).unwrap_or("?"), &message);
+            log(&who(), &message);
             let _ = wire.say(&Msg::Error { message }, &[]);
             return Ok(1);
         }
     };
-    let (node, view) = match handshake(&mut wire, &snapshot, forced)? {
+    let (node, view) = match handshake(wire, &snapshot, forced)? {
         Ok(nv) => nv,
         Err(code) => return Ok(code),
     };
@@ -107,6 +187,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
     loop {
         let (msg, blob) = match wire.recv() {
             Ok(m) => m,
+            Err(e) if timed_out(&e) => return Err(e),
             Err(_) => return Ok(0), // the client went away
         };
         match msg {
@@ -120,7 +201,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         }),
                         None => {
                             return refuse(
-                                &mut wire,
+                                wire,
                                 node.as_str(),
                                 format!("{p:?} is not a directory of this node's view"),
                             )
@@ -132,14 +213,14 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             Msg::Get { .. } | Msg::Delta { .. } => {
                 queued_bytes += blob.len() + 256;
                 if queued_bytes > MAX_QUEUED {
-                    return refuse(&mut wire, node.as_str(), "too many queued requests".into());
+                    return refuse(wire, node.as_str(), "too many queued requests".into());
                 }
                 queued.push((msg, blob));
             }
             Msg::Flush => {
                 for (msg, blob) in queued.drain(..) {
-                    if let Err(why) = answer(&mut wire, &view, msg, blob)? {
-                        return refuse(&mut wire, node.as_str(), why);
+                    if let Err(why) = answer(wire, &view, msg, blob)? {
+                        return refuse(wire, node.as_str(), why);
                     }
                 }
                 queued_bytes = 0;
@@ -148,7 +229,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             Msg::Report => {
                 let Some(forced) = forced else {
                     return refuse(
-                        &mut wire,
+                        wire,
                         node.as_str(),
                         "report upload needs a key whose forced command names its node (--node)"
                             .into(),
@@ -156,7 +237,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 };
                 match store_report(root, forced, &blob) {
                     Ok(()) => wire.say(&Msg::Stored, &[])?,
-                    Err(e) => return refuse(&mut wire, node.as_str(), format!("{e:#}")),
+                    Err(e) => return refuse(wire, node.as_str(), format!("{e:#}")),
                 }
             }
             Msg::Bye => {
@@ -165,7 +246,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             }
             other => {
                 return refuse(
-                    &mut wire,
+                    wire,
                     node.as_str(),
                     format!("unexpected message {}", super::wire::describe(&other)),
                 )
@@ -210,7 +291,12 @@ fn handshake<R: Read, W: Write>(
     forced: Option<&Name>,
 ) -> Result<Result<(Name, View), i32>> {
     let (hello, _) = wire.recv().context("reading the client's hello")?;
-    let Msg::Hello { version, node } = hello else {
+    let Msg::Hello {
+        version,
+        node,
+        max_file_size,
+    } = hello
+    else {
         return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
     };
     if version != VERSION {
@@ -230,11 +316,20 @@ fn handshake<R: Read, W: Write>(
             Err(e) => return refuse(wire, &node, e.to_string()).map(Err),
         },
     };
+    if let Ok(mut w) = WHO.lock() {
+        *w = node.to_string();
+    }
     let cache = hash_cache_file(&snapshot.path);
     let mut hashes = cache
         .as_deref()
         .map(super::manifest::HashCache::load)
         .unwrap_or_default();
+    // A file the node would refuse is never read: it refuses it by its
+    // size at the listing.
+    hashes.refuse_over(match max_file_size {
+        0 => super::manifest::MAX_FILE,
+        n => n,
+    });
     let view = View::of_cached(&snapshot.path, &node, &mut hashes);
     if let (Some(path), Ok(_)) = (&cache, &view) {
         // Only a cache: a session that cannot save it still serves.
