@@ -201,7 +201,9 @@ pub enum Command {
     /// With --node, only that node's parameters (and groups) and the modules
     /// of its plan are served; anything else is refused and logged to
     /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
-    /// published tree (DIR/current) is resolved once per session.
+    /// published tree (DIR/current) is resolved once per session. A session
+    /// silent for --io-timeout, or longer than --fetch-timeout, is ended and
+    /// logged; a file over the node's max_file_size is never read.
     Serve(ServeArgs),
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)

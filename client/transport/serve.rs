@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::deadline::{Deadline, Timed};
+use super::deadline::{Deadline, Silent, Timed};
 use super::wire::{Listing, Msg, Wire, VERSION};
 use super::View;
 use crate::names::Name;
@@ -119,19 +119,27 @@ pub fn serve(root: &Path, forced: Option<&Name>, deadline: Deadline) -> Result<i
         BufWriter::with_capacity(1 << 20, output),
     );
     match session(&mut wire, root, forced) {
-        Err(e) if timed_out(&e) => {
-            log(&who(), &format!("{e:#}; session ended"));
-            Ok(1)
-        }
+        Err(e) => match deadline_hit(&e) {
+            Some(what) => {
+                log(&who(), &format!("{what}; session ended"));
+                Ok(1)
+            }
+            None => Err(e),
+        },
         r => r,
     }
 }
 
-/// True when `e` is a deadline of [`Timed`] (silence or the session's end).
-fn timed_out(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+/// The deadline of [`Timed`] that `e` is, said for the log: `sent nothing
+/// for 60 s (io_timeout)` or `did not finish within 3600 s (fetch_timeout)`.
+fn deadline_hit(e: &anyhow::Error) -> Option<String> {
+    let io = e.chain().find_map(|c| {
         c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+            .filter(|io| io.kind() == io::ErrorKind::TimedOut)
+    })?;
+    Some(match io.get_ref().is_some_and(|i| i.is::<Silent>()) {
+        true => format!("{io} (io_timeout)"),
+        false => io.to_string(),
     })
 }
 
@@ -187,7 +195,7 @@ fn session(wire: &mut ServeWire, root: &Path, forced: Option<&Name>) -> Result<i
     loop {
         let (msg, blob) = match wire.recv() {
             Ok(m) => m,
-            Err(e) if timed_out(&e) => return Err(e),
+            Err(e) if deadline_hit(&e).is_some() => return Err(e),
             Err(_) => return Ok(0), // the client went away
         };
         match msg {
