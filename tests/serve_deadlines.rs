@@ -290,3 +290,173 @@ fn serve_never_hashes_a_published_snapshot() {
         .collect();
     assert!(saved.is_empty(), "nothing hashed, no hash cache: {saved:?}");
 }
+
+/// `disco serve --node a --root ROOT` run directly (no ssh) on pipes.
+fn direct_serve(root: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_disco"))
+        .args(["serve", "--node", "a", "--io-timeout", "10", "--root"])
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Bytes a process has read (`rchar` of /proc/PID/io).
+fn read_bytes(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn serve_reads_nothing_of_a_file_over_the_hellos_max_file_size() {
+    use disco::transport::wire::{Msg, Wire, VERSION};
+    let f = tree();
+    let huge = f.server().join("modules/common/files/huge.img");
+    let st = Command::new("truncate")
+        .args(["-s", "15G"])
+        .arg(&huge)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut serve = direct_serve(&f.server());
+    let pid = serve.id();
+    let mut wire = Wire::new(serve.stdout.take().unwrap(), serve.stdin.take().unwrap());
+    wire.say(
+        &Msg::Hello {
+            version: VERSION,
+            node: "a".into(),
+            max_file_size: 1 << 20,
+        },
+        &[],
+    )
+    .unwrap();
+    let (welcome, _) = wire.recv().unwrap();
+    assert!(matches!(welcome, Msg::Welcome { .. }), "{welcome:?}");
+    // The view is made (every file hashed but the big one): serve read
+    // the tree's small files only.
+    let read = read_bytes(pid);
+    println!("disco serve read {read} bytes for a view holding a 15 GiB file");
+    assert!(read < 64 << 20, "serve read {read} bytes");
+    wire.say(
+        &Msg::List {
+            paths: vec!["modules/common/files".into()],
+        },
+        &[],
+    )
+    .unwrap();
+    let (Msg::Listings { dirs }, _) = wire.recv().unwrap() else {
+        panic!("no listing")
+    };
+    let e = dirs[0]
+        .entries
+        .iter()
+        .find(|e| e.name == "huge.img")
+        .unwrap();
+    assert_eq!(
+        e.size,
+        15 << 30,
+        "listed with its size, for the node to refuse"
+    );
+    wire.say(&Msg::Bye, &[]).unwrap();
+    drop(wire);
+    assert!(serve.wait().unwrap().success());
+}
+
+#[test]
+fn a_version_1_hello_is_refused_naming_both_versions() {
+    use disco::transport::wire::{Wire, VERSION};
+    let f = tree();
+    let mut serve = direct_serve(&f.server());
+    let mut input = serve.stdin.take().unwrap();
+    // What a disco of protocol version 1 sends: no max_file_size.
+    let json = br#"{"t":"Hello","version":1,"node":"a"}"#;
+    let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+    frame.extend(json);
+    frame.extend(0u32.to_be_bytes());
+    input.write_all(&frame).unwrap();
+    let mut wire = Wire::new(serve.stdout.take().unwrap(), input);
+    let err = wire.recv().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("protocol version mismatch: the client speaks 1, this server {VERSION}; install the same disco on both")
+    );
+    drop(wire);
+    assert_eq!(serve.wait().unwrap().code(), Some(1));
+}
+
+#[test]
+fn a_session_past_fetch_timeout_ends_with_one_line() {
+    let f = tree();
+    // A node that keeps the session open, sending nothing, under an
+    // io_timeout longer than the session's whole deadline.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_disco"))
+        .args(["serve", "--node", "a", "--io-timeout", "600"])
+        .args(["--fetch-timeout", "2", "--root"])
+        .arg(f.server())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _input = serve.stdin.take();
+    let mut said = String::new();
+    std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut said).unwrap();
+    let status = serve.wait().unwrap();
+    assert_eq!(
+        said,
+        "disco serve: node a: did not finish within 2 s (fetch_timeout); session ended\n"
+    );
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn hashing_an_unpublished_tree_stops_at_fetch_timeout() {
+    use disco::transport::wire::{Msg, Wire, VERSION};
+    let f = tree();
+    // 15 GiB of holes the node accepts: serve must hash it, which takes
+    // far longer than the session's 1 s.
+    let st = Command::new("truncate")
+        .args(["-s", "15G"])
+        .arg(f.server().join("modules/common/files/big.img"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_disco"))
+        .args(["serve", "--node", "a", "--fetch-timeout", "1", "--root"])
+        .arg(f.server())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut wire = Wire::new(serve.stdout.take().unwrap(), serve.stdin.take().unwrap());
+    wire.say(
+        &Msg::Hello {
+            version: VERSION,
+            node: "a".into(),
+            max_file_size: 16 << 30,
+        },
+        &[],
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = wire.recv().unwrap_err();
+    println!(
+        "the session ended {:.1} s into hashing 15 GiB (fetch_timeout 1 s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(err.to_string().contains("connection closed"), "{err}");
+    let mut said = String::new();
+    std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert_eq!(
+        said,
+        "disco serve: node a: did not finish within 1 s (fetch_timeout); session ended\n"
+    );
+    assert_eq!(serve.wait().unwrap().code(), Some(1));
+}
