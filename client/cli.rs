@@ -204,7 +204,9 @@ pub enum Command {
     /// published tree (DIR/current) is resolved once per session. A
     /// session's memory is bounded (docs/fleet.md); with --node, at most 4
     /// sessions of the node at once (locks in DIR/sessions/NODE/), the
-    /// others refused: "too many sessions of node web1 (4)".
+    /// others refused: "too many sessions of node web1 (4)". A session silent for
+    /// --io-timeout, or longer than --fetch-timeout, is ended and logged; a
+    /// file over the node's max_file_size is never read.
     Serve(ServeArgs),
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)
@@ -464,6 +466,14 @@ pub struct ServeArgs {
     /// Serve only this node's view (the key's forced command names it)
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// End the session (logged) when the node sends or takes nothing for
+    /// this many seconds
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: u64,
+    /// End the session (logged) when it lasts longer than this many seconds
+    /// in all, the hashing of an unpublished tree included
+    #[arg(long, value_name = "S", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fetch_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -171,6 +171,7 @@ pub fn fetch(
     // The node's view, hashed (file hashes kept while files are unchanged).
     let hash_file = state_dir.join("hashes.json");
     let mut hashes = crate::transport::manifest::HashCache::load(&hash_file);
+    hashes.refuse_over(max_file); // refused by `build` unread
     let view = crate::transport::View::of_cached(root, node, &mut hashes)
         .with_context(|| format!("server {}", root.display()))?;
     hashes.save(&hash_file)?;

@@ -197,7 +197,8 @@ fn raw_get(s: &Setup, path: &str) -> String {
         v.extend(0u32.to_be_bytes());
         v
     };
-    let mut input = frame(r#"{"t":"Hello","version":1,"node":"a"}"#.into());
+    let mut input =
+        frame(r#"{"t":"Hello","version":2,"node":"a","max_file_size":1073741824}"#.into());
     input.extend(frame(format!(r#"{{"t":"Get","path":{path:?}}}"#)));
     input.extend(frame(r#"{"t":"Flush"}"#.into()));
     child.stdin.take().unwrap().write_all(&input).unwrap();
@@ -383,6 +384,7 @@ fn delta_from_serve(server: &Path, path: &str, signature: &[u8]) -> Vec<u8> {
         &Msg::Hello {
             version: VERSION,
             node: "a".into(),
+            max_file_size: 1 << 30,
         },
         &[],
     )

@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         ),
         Command::Undo(args) => undo::run(&config, args.yes),
         Command::Actions(args) => actions::run(&config, &args),
-        Command::Serve(_) => serve::run(&config),
+        Command::Serve(args) => serve::run(&config, &args),
         Command::Publish(args) => publish::run(&config, &args),
         Command::Diff(args) => diff::run(&config, &args),
         Command::Report(args) => report::run(&config, &args),

@@ -2,10 +2,13 @@
 
 use anyhow::{bail, Result};
 
+use crate::cli::ServeArgs;
 use crate::config::{Config, Source};
+use crate::transport::deadline::Deadline;
 
-/// Serves `--root` on stdin/stdout (only `--node`'s view when given).
-pub fn run(config: &Config) -> Result<i32> {
+/// Serves `--root` on stdin/stdout (only `--node`'s view when given),
+/// within `--io-timeout` of silence and `--fetch-timeout` in all.
+pub fn run(config: &Config, args: &ServeArgs) -> Result<i32> {
     if !matches!(config.root.source, Source::Flag(_)) {
         bail!("disco serve needs --root DIR, the server tree to serve");
     }
@@ -13,5 +16,6 @@ pub fn run(config: &Config) -> Result<i32> {
         Source::Flag(_) => Some(&config.node.value),
         _ => None,
     };
-    crate::transport::serve::serve(&config.root.value, forced)
+    let deadline = Deadline::new(args.io_timeout, args.fetch_timeout);
+    crate::transport::serve::serve(&config.root.value, forced, deadline)
 }

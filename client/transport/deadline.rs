@@ -1,7 +1,8 @@
-//! Reads and writes to the server with deadlines: a server that stops
-//! answering (or stops reading) cannot hold a node's dance forever.
+//! Reads and writes to the peer with deadlines: a server that stops
+//! answering (or stops reading) cannot hold a node's dance forever, and a
+//! node that does cannot hold a `disco serve` (and its snapshot) forever.
 //!
-//! [`Timed`] wraps one end of a pipe to `ssh`: every read or write waits
+//! [`Timed`] wraps one end of a pipe to `ssh` (or serve's stdin/stdout): every read or write waits
 //! with `poll` at most the I/O timeout (seconds of silence) and never past
 //! the session's overall deadline; past either it fails with
 //! [`Silent`] / [`Overdue`] as an `io::ErrorKind::TimedOut` error. The
@@ -43,6 +44,11 @@ impl Deadline {
             end: Instant::now() + total,
             total,
         }
+    }
+
+    /// Seconds the whole session may take.
+    pub fn total_secs(&self) -> u64 {
+        self.total.as_secs()
     }
 
     /// Waits until `fd` is ready for `events`, or fails with the deadline hit.
@@ -117,8 +123,15 @@ impl<T: AsFd + Read> Read for Timed<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let deadline = self.deadline;
         let inner = self.get()?;
-        deadline.wait(inner, PollFlags::POLLIN)?;
-        inner.read(buf)
+        loop {
+            deadline.wait(inner, PollFlags::POLLIN)?;
+            // Non-blocking when it shares its file with a write end (a
+            // socket on both stdin and stdout): ready may still be empty.
+            match inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
     }
 }
 

@@ -65,7 +65,14 @@ pub struct HashCache {
     /// [`HashCache::RACY`] unless set (by tests).
     #[serde(skip)]
     racy: Option<i64>,
+    /// Files over this size are never read: they get [`UNREAD`].
+    #[serde(skip)]
+    limit: Option<u64>,
 }
+
+/// The hash a file over the reader's size limit gets: it is never read
+/// (the node refuses it by its size at the listing, before any hash).
+pub const UNREAD: &str = "00000000000000000000000000000000";
 
 impl HashCache {
     /// Seconds within which a just-changed file is hashed again next time.
@@ -119,9 +126,18 @@ impl HashCache {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Never reads a file over `bytes` (a node's `max_file_size`): its
+    /// hash is [`UNREAD`], and nothing is cached for it.
+    pub fn refuse_over(&mut self, bytes: u64) {
+        self.limit = Some(bytes);
+    }
+
     /// The md5 of `path` (whose metadata is `m`), from the cache when the
-    /// file is unchanged.
+    /// file is unchanged; [`UNREAD`] when it is over [`HashCache::refuse_over`].
     pub fn md5(&mut self, path: &Path, m: &fs::Metadata) -> Result<String> {
+        if self.limit.is_some_and(|l| m.len() > l) {
+            return Ok(UNREAD.to_string());
+        }
         let key = format!("{}:{}", m.dev(), m.ino());
         let stamp = (
             m.len(),
@@ -257,6 +273,21 @@ impl Manifest {
         for (k, v) in other.dirs.range(path.to_string()..) {
             if k == path || k.starts_with(&prefix) {
                 self.dirs.insert(k.clone(), v.clone());
+            } else if k.as_str() > prefix.as_str() {
+                break;
+            }
+        }
+    }
+
+    /// Copies the subtree at `from` in `other` to `to` in this manifest
+    /// (a unit that is a symlink to another unit of a published snapshot).
+    pub fn graft_as(&mut self, other: &Manifest, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        for (k, v) in other.dirs.range(from.to_string()..) {
+            if k == from {
+                self.dirs.insert(to.to_string(), v.clone());
+            } else if let Some(rest) = k.strip_prefix(&prefix) {
+                self.dirs.insert(format!("{to}/{rest}"), v.clone());
             } else if k.as_str() > prefix.as_str() {
                 break;
             }

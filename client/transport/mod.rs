@@ -152,6 +152,14 @@ impl View {
                 .ok()
                 .flatten()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+        // A unit that is a symlink to another unit of a published
+        // snapshot takes that unit's manifest: a snapshot is never hashed.
+        let canonical_root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let published_as = |real: &Path| -> Option<String> {
+            let p = published.as_ref()?;
+            let rel = real.strip_prefix(&canonical_root).ok()?.to_str()?;
+            p.dirs.contains_key(rel).then(|| rel.to_string())
+        };
         let mut m = Manifest::default();
         let mut dirs = BTreeMap::new();
         let mut top = Vec::new();
@@ -175,6 +183,15 @@ impl View {
                             .cloned()
                             .with_context(|| format!("{rel} missing in the published manifest"))?
                     }
+                    (Some(p), true) => match published_as(&real) {
+                        Some(from) => {
+                            m.graft_as(p, &from, &rel);
+                            p.entry(&from).cloned().with_context(|| {
+                                format!("{from} missing in the published manifest")
+                            })?
+                        }
+                        None => m.add_tree_cached(&real, &rel, n.as_str(), hashes)?,
+                    },
                     _ => m.add_tree_cached(&real, &rel, n.as_str(), hashes)?,
                 };
                 entries.push(Entry {

@@ -19,10 +19,15 @@
 //! grows past the file), and a node key (`--node`) holds at most
 //! [`MAX_SESSIONS`] sessions at once (flock'd slot files under
 //! `ROOT/sessions/NODE/`, freed when a session ends however it ends).
+//!
+//! And the server's deadlines: `--io-timeout` of silence and
+//! `--fetch-timeout` for a session, past which it logs one line and exits
+//! (dropping its snapshot lock and its session slot); it never reads a
+//! file over the node's `max_file_size` (sent in the hello).
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +35,7 @@ use anyhow::{bail, Context, Result};
 
 use serde::Serialize;
 
+use super::deadline::{Deadline, Silent, Timed};
 use super::wire::{
     Counter, Entry, Msg, ProtocolError, Wire, MAX_JSON, MAX_LIST_PATHS, MAX_PATH, MAX_REQUEST_JSON,
     VERSION,
@@ -102,23 +108,107 @@ pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
     }
 }
 
-/// Serves one session on stdin/stdout. `forced`: the node this key may fetch.
+/// Who the session is for, as the logs name it: the forced node, else the
+/// hello's, else `?` (the watchdog says it too).
+static WHO: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn who() -> String {
+    WHO.lock()
+        .map(|w| if w.is_empty() { "?".into() } else { w.clone() })
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The wire on stdin/stdout, every read and write within `deadline`.
+type ServeWire = Wire<io::BufReader<Timed<fs::File>>, BufWriter<Timed<fs::File>>>;
+
+/// Serves one session on stdin/stdout. `forced`: the node this key may
+/// fetch. `deadline`: `--io-timeout` of silence (each read and write) and
+/// `--fetch-timeout` for the whole session, hashing included (a watchdog
+/// thread ends the process then). Past either, one line is logged and the
+/// process exits 1; its snapshot lock goes with it, however it ends.
+pub fn serve(root: &Path, forced: Option<&Name>, deadline: Deadline) -> Result<i32> {
+    if let (Some(f), Ok(mut w)) = (forced, WHO.lock()) {
+        *w = f.to_string();
+    }
+    watchdog(deadline);
+    let stdio = |fd: std::os::fd::BorrowedFd<'_>| -> Result<fs::File> {
+        Ok(fs::File::from(
+            fd.try_clone_to_owned()
+                .context("disco serve needs stdin and stdout")?,
+        ))
+    };
+    let input = Timed::new(stdio(io::stdin().as_fd())?, deadline, false);
+    let output = Timed::new(stdio(io::stdout().as_fd())?, deadline, true);
+    let mut wire = Wire::new(
+        io::BufReader::with_capacity(1 << 16, input),
+        BufWriter::with_capacity(1 << 20, output),
+    );
+    wire.limit_json(MAX_REQUEST_JSON);
+    match session(&mut wire, root, forced) {
+        Err(e) => match deadline_hit(&e) {
+            Some(what) => {
+                log(&who(), &format!("{what}; session ended"));
+                Ok(1)
+            }
+            None => Err(e),
+        },
+        r => r,
+    }
+}
+
+/// The deadline of [`Timed`] that `e` is, said for the log: `sent nothing
+/// for 60 s (io_timeout)` or `did not finish within 3600 s (fetch_timeout)`.
+fn deadline_hit(e: &anyhow::Error) -> Option<String> {
+    let io = e.chain().find_map(|c| {
+        c.downcast_ref::<io::Error>()
+            .filter(|io| io.kind() == io::ErrorKind::TimedOut)
+    })?;
+    Some(match io.get_ref().is_some_and(|i| i.is::<Silent>()) {
+        true => format!("{io} (io_timeout)"),
+        false => io.to_string(),
+    })
+}
+
+/// Ends the process at the session's deadline (plus a second, so a read or
+/// write waiting then says it first): a session hashing a huge tree, or
+/// stuck anywhere, cannot outlive `--fetch-timeout`.
+fn watchdog(deadline: Deadline) {
+    std::thread::spawn(move || {
+        loop {
+            let left = deadline
+                .end
+                .saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        log(
+            &who(),
+            &format!(
+                "did not finish within {} s (fetch_timeout); session ended",
+                deadline.total_secs()
+            ),
+        );
+        // SAFETY: ends the process at once; the kernel drops the lock.
+        unsafe { libc::_exit(1) }
+    });
+}
+
+/// The session after its wire is set up: snapshot, handshake, requests.
 ///
 /// Long because it is the session's loop, one arm per message kind; the handshake and the answers are `handshake` and `answer`.
-pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
-    let stdin = io::stdin().lock();
-    let stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-    let mut wire = Wire::new(stdin, stdout);
-    wire.limit_json(MAX_REQUEST_JSON);
+fn session(wire: &mut ServeWire, root: &Path, forced: Option<&Name>) -> Result<i32> {
     // Held until the process ends, however it ends.
     let _slot = match forced {
         Some(node) => match take_slot(root, node) {
             Ok(Some(slot)) => Some(slot),
             Ok(None) => {
                 let why = format!("too many sessions of node {node} ({MAX_SESSIONS})");
-                return refuse(&mut wire, node.as_str(), why);
+                return refuse(wire, node.as_str(), why);
             }
-            Err(e) => return refuse(&mut wire, node.as_str(), format!("{e:#}")),
+            Err(e) => return refuse(wire, node.as_str(), format!("{e:#}")),
         },
         None => None,
     };
@@ -132,12 +222,12 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
         Ok(s) => s,
         Err(e) => {
             let message = format!("the server could not read {}: {e:#}", root.display());
-            log(forced.map(Name::as_str).unwrap_or("?"), &message);
+            log(&who(), &message);
             let _ = wire.say(&Msg::Error { message }, &[]);
             return Ok(1);
         }
     };
-    let (node, view) = match handshake(&mut wire, &snapshot, forced)? {
+    let (node, view) = match handshake(wire, &snapshot, forced)? {
         Ok(nv) => nv,
         Err(code) => return Ok(code),
     };
@@ -148,22 +238,23 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
         let before = wire.received;
         let (msg, blob) = match wire.recv() {
             Ok(m) => m,
+            Err(e) if deadline_hit(&e).is_some() => return Err(e),
             Err(e) => match e.downcast_ref::<ProtocolError>() {
-                Some(p) => return refuse(&mut wire, node.as_str(), p.to_string()),
+                Some(p) => return refuse(wire, node.as_str(), p.to_string()),
                 None => return Ok(0), // the client went away
             },
         };
         let frame = (wire.received - before) as usize;
         match msg {
             Msg::List { paths } => {
-                if let Err(why) = list(&mut wire, &view, &paths, MAX_JSON)? {
-                    return refuse(&mut wire, node.as_str(), why);
+                if let Err(why) = list(wire, &view, &paths, MAX_JSON)? {
+                    return refuse(wire, node.as_str(), why);
                 }
             }
             Msg::Get { ref path } | Msg::Delta { ref path } => {
                 if path.len() > MAX_PATH {
                     let why = format!("a request names a path over {MAX_PATH} bytes");
-                    return refuse(&mut wire, node.as_str(), why);
+                    return refuse(wire, node.as_str(), why);
                 }
                 queued_bytes += frame + QUEUED_OVERHEAD;
                 if queued_bytes > MAX_QUEUED {
@@ -171,14 +262,14 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                         "over {} of requests queued without a Flush",
                         crate::fsutil::human_bytes(MAX_QUEUED as u64)
                     );
-                    return refuse(&mut wire, node.as_str(), why);
+                    return refuse(wire, node.as_str(), why);
                 }
                 queued.push((msg, blob));
             }
             Msg::Flush => {
                 for (msg, blob) in queued.drain(..) {
-                    if let Err(why) = answer(&mut wire, &view, msg, blob)? {
-                        return refuse(&mut wire, node.as_str(), why);
+                    if let Err(why) = answer(wire, &view, msg, blob)? {
+                        return refuse(wire, node.as_str(), why);
                     }
                 }
                 queued_bytes = 0;
@@ -187,7 +278,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             Msg::Report => {
                 let Some(forced) = forced else {
                     return refuse(
-                        &mut wire,
+                        wire,
                         node.as_str(),
                         "report upload needs a key whose forced command names its node (--node)"
                             .into(),
@@ -195,7 +286,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
                 };
                 match store_report(root, forced, &blob) {
                     Ok(()) => wire.say(&Msg::Stored, &[])?,
-                    Err(e) => return refuse(&mut wire, node.as_str(), format!("{e:#}")),
+                    Err(e) => return refuse(wire, node.as_str(), format!("{e:#}")),
                 }
             }
             Msg::Bye => {
@@ -204,7 +295,7 @@ pub fn serve(root: &Path, forced: Option<&Name>) -> Result<i32> {
             }
             other => {
                 return refuse(
-                    &mut wire,
+                    wire,
                     node.as_str(),
                     format!("unexpected message {}", super::wire::describe(&other)),
                 )
@@ -363,7 +454,12 @@ fn handshake<R: Read, W: Write>(
     forced: Option<&Name>,
 ) -> Result<Result<(Name, View), i32>> {
     let (hello, _) = wire.recv().context("reading the client's hello")?;
-    let Msg::Hello { version, node } = hello else {
+    let Msg::Hello {
+        version,
+        node,
+        max_file_size,
+    } = hello
+    else {
         return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
     };
     if version != VERSION {
@@ -383,11 +479,20 @@ fn handshake<R: Read, W: Write>(
             Err(e) => return refuse(wire, &node, e.to_string()).map(Err),
         },
     };
+    if let Ok(mut w) = WHO.lock() {
+        *w = node.to_string();
+    }
     let cache = hash_cache_file(&snapshot.path);
     let mut hashes = cache
         .as_deref()
         .map(super::manifest::HashCache::load)
         .unwrap_or_default();
+    // A file the node would refuse is never read: it refuses it by its
+    // size at the listing.
+    hashes.refuse_over(match max_file_size {
+        0 => super::manifest::MAX_FILE,
+        n => n,
+    });
     let view = View::of_cached(&snapshot.path, &node, &mut hashes);
     if let (Some(path), Ok(_)) = (&cache, &view) {
         // Only a cache: a session that cannot save it still serves.

@@ -194,6 +194,7 @@ impl Session {
             &Msg::Hello {
                 version: VERSION,
                 node: node.to_string(),
+                max_file_size: s.max_file_size,
             },
             &[],
         );

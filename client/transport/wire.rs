@@ -11,7 +11,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; a mismatch is refused by both sides in the handshake.
-pub const VERSION: u32 = 1;
+/// 2: the hello carries the node's `max_file_size`.
+pub const VERSION: u32 = 2;
 /// Largest JSON part of a frame.
 pub const MAX_JSON: usize = 16 << 20;
 /// Largest blob of a frame (file data comes in several `Data` frames).
@@ -48,10 +49,14 @@ pub struct Listing {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t")]
 pub enum Msg {
-    /// Client → server: first frame.
+    /// Client → server: first frame. `max_file_size`: the largest file
+    /// the node accepts; the server never reads a bigger one (absent in a
+    /// version-1 hello, which is refused for its version).
     Hello {
         version: u32,
         node: String,
+        #[serde(default)]
+        max_file_size: u64,
     },
     /// Server → client: the snapshot this session serves and its root hash.
     Welcome {
