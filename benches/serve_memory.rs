@@ -63,7 +63,9 @@ fn peak(child: &mut Child) -> f64 {
 }
 
 fn hello() -> Vec<u8> {
-    msg(serde_json::json!({"t": "Hello", "version": 1, "node": "bench"}))
+    msg(
+        serde_json::json!({"t": "Hello", "version": 2, "node": "bench", "max_file_size": 1u64 << 30}),
+    )
 }
 
 /// One session: hello, then `n` frames of `make`, then Bye; peak RSS and

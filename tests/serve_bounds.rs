@@ -119,7 +119,7 @@ fn attack(
     let mut stdin = child.stdin.take().unwrap();
     stdin
         .write_all(&msg(
-            serde_json::json!({"t": "Hello", "version": 1, "node": "n"}),
+            serde_json::json!({"t": "Hello", "version": 2, "node": "n", "max_file_size": 1u64 << 30}),
         ))
         .unwrap();
     let welcome = read_frame(&mut out).expect("a welcome");
