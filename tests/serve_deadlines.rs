@@ -118,18 +118,29 @@ fn silent_sessions_end_at_io_timeout_and_free_their_snapshot() {
     assert_eq!(first.len(), 1);
     let keys = f.dir.path().join("keys");
     fs::create_dir_all(&keys).unwrap();
-    let key = keys.join("a");
-    let pubkey = keygen(&key);
-    let sshd = Sshd::start(
-        &f.dir.path().join("sshd"),
-        &[forced_with(&pubkey, &served, "--io-timeout 5")],
-    );
+    // Six node keys: a key holds at most 4 sessions at once (serve's
+    // session slots), so 21 silent sessions need six nodes' keys.
+    const NODES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    let lines: Vec<String> = NODES
+        .iter()
+        .map(|n| {
+            let pubkey = keygen(&keys.join(n));
+            forced_with(&pubkey, &served, "--io-timeout 5")
+                .replace("--node a ", &format!("--node {n} "))
+        })
+        .collect();
+    let sshd = Sshd::start(&f.dir.path().join("sshd"), &lines);
+    let node_of = |i: usize| NODES[i % NODES.len()];
     // The next publish gets another snapshot id (ids are by the second).
     std::thread::sleep(Duration::from_millis(1100));
     f.file("parameters/a/parameters/secret", "changed\n");
     // 20 sessions that send nothing, one that sends half a frame header.
     let started = Instant::now();
-    let mut clients = Clients((0..21).map(|_| raw_ssh(&sshd, &key)).collect());
+    let mut clients = Clients(
+        (0..21)
+            .map(|i| raw_ssh(&sshd, &keys.join(node_of(i))))
+            .collect(),
+    );
     clients.0[20]
         .stdin
         .as_mut()
@@ -171,7 +182,11 @@ fn silent_sessions_end_at_io_timeout_and_free_their_snapshot() {
         std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut said).unwrap();
         let _ = c.wait();
         assert_eq!(
-            said, "disco serve: node a: sent nothing for 5 s (io_timeout); session ended\n",
+            said,
+            format!(
+                "disco serve: node {}: sent nothing for 5 s (io_timeout); session ended\n",
+                node_of(i)
+            ),
             "session {i}"
         );
     }
@@ -183,7 +198,7 @@ fn silent_sessions_end_at_io_timeout_and_free_their_snapshot() {
     assert_eq!(now.len(), 1, "{now:?}: {err}");
     assert!(!now.contains(&first[0]), "{now:?}");
     // A node fetches the new snapshot.
-    client(&f, &sshd, &key, "");
+    client(&f, &sshd, &keys.join("a"), "");
     let (code, out, err) = plan_over(&f, &sshd.uri(served.to_str().unwrap()));
     assert_eq!((code, out.as_str()), (0, "common\nonly-a\n"), "{err}");
     assert!(err.contains(&format!("snapshot {}", now[0])), "{err}");
