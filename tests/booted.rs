@@ -398,7 +398,12 @@ fn a_booted_node_takes_the_deb_enrols_and_dances_as_the_packaged_unit() {
         "-c",
         &format!("find /sys/fs/cgroup -path '*{unit}*' -name 'disco-*' -type d"),
     ]);
-    assert_eq!(String::from_utf8_lossy(&left.stdout), "", "cgroups left");
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout),
+        "",
+        "cgroups left:\n{}",
+        bombed.shown
+    );
 }
 
 #[test]

@@ -513,11 +513,21 @@ impl Drop for Cgroup {
             }
         }
         for dir in &self.dirs {
-            for _ in 0..100 {
+            // The PID namespace has taken every process by now; a loaded
+            // machine may still be tearing them down: up to 5 s.
+            let mut last = None;
+            for attempt in 0..250 {
                 match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(_) => {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        last = Some(e);
                         if !self.v2 || !dir.join("cgroup.kill").exists() {
                             let procs = fs::read_to_string(dir.join("cgroup.procs"));
                             for pid in procs.unwrap_or_default().lines() {
@@ -527,9 +537,19 @@ impl Drop for Cgroup {
                                 }
                             }
                         }
-                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        let ms = if attempt < 50 { 2 } else { 20 };
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
                     }
                 }
+            }
+            if let Some(e) = last {
+                let left = fs::read_to_string(dir.join("cgroup.procs"))
+                    .map(|p| p.lines().count())
+                    .unwrap_or(0);
+                crate::output::warning(&format!(
+                    "cannot remove the sandbox's cgroup {} ({e}; {left} process(es) in it): the next dance removes it",
+                    dir.display()
+                ));
             }
         }
     }
