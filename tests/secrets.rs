@@ -289,7 +289,10 @@ fn a_node_opens_its_own_secrets_and_no_other_node_can() {
         )
     );
     let (code, _, err) = t.disco("db1", &["param", "get", "secrets/nope"]);
-    assert_eq!((code, err.as_str()), (1, "error: no parameter 'secrets/nope'\n"));
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "error: no parameter 'secrets/nope'\n")
+    );
     let (_, dump, _) = t.disco("db1", &["param", "dump", "secrets"]);
     assert_eq!(
         dump,
