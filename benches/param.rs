@@ -142,7 +142,8 @@ fn main() {
         let m = measure(n, || {
             let mut c = disco(&["param", "get", key]);
             if what.ends_with("(error)") {
-                // measure() wants success: the error's cost is the same.
+                // measure() wants success: through `sh -c '…; true'`,
+                // which adds one sh (about /bin/true's row) to these two.
                 c = Command::new("sh");
                 c.arg("-c").arg(format!(
                     "{} --config {} --server {} --state-dir {} --node bench param get {key}; true",

@@ -4,8 +4,9 @@
 //! Owns: parameter keys (`a/b/c`, each component a [`Name`]), loading a tree
 //! from disk, layering (module defaults < groups < node, later layer wins;
 //! a directory in a higher layer merges with a lower directory, anything
-//! else replaces), the `dump` line format, and the atomic `set`/`delete` of
-//! a plain tree. Where the layers come from is [`crate::tree`]'s business.
+//! else replaces), reading one key across the layers without loading them
+//! whole ([`merged_at`]), the `dump` line format, and the atomic
+//! `set`/`delete` of a plain tree. Where the layers come from is [`crate::tree`]'s business.
 
 use std::collections::BTreeMap;
 use std::fmt;
