@@ -252,3 +252,18 @@ fn get_reads_one_path_and_agrees_with_the_whole_tree() {
     );
     assert!(!get("facts/hostname").is_empty());
 }
+
+/// `get` reads the files on its key's path, not the whole tree: a bad
+/// name elsewhere in the fetched cache (which the fetch would have
+/// refused) fails `dump`, not `get` of another key.
+#[test]
+fn get_does_not_read_what_is_off_its_path() {
+    let f = fixture();
+    let layer = fs::canonicalize(f.cache().join("parameters/web1")).unwrap();
+    fs::write(layer.join("parameters/bad name"), "x\n").unwrap();
+    assert_eq!(param(&f, &["get", "port"]).1, "8080\n");
+    assert_eq!(param(&f, &["get", "tls/key"]).1, "/etc/ssl/web.key\n");
+    let (code, _, err) = param(&f, &["dump"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad name"), "{err}");
+}
