@@ -884,6 +884,10 @@ const RENDER_OUT: &str = "/run/disco/render";
 /// builtins: no process at all, or one fork inside `$(…)` — where the
 /// sandbox's `disco` shim starts `/bin/sh` and `cat`. Same keys, same
 /// errors, same record of a failed lookup as [`crate::sandbox::PARAM_SHIM`].
+/// `hostname` and `hostname -s` are too (the kernel's name, read from
+/// `/proc/sys/kernel/hostname`; `-s` cut at the first dot, as Debian's
+/// `hostname -s`), when a `hostname` command is on `PATH` at all; any
+/// other use runs the real one.
 pub const RENDER_DRIVER: &str = r#"__disco_out=$1; shift
 disco() {
     if [ "${1-}" = param ] && [ "${2-}" = get ] && [ "$#" -eq 3 ]; then
@@ -908,6 +912,17 @@ disco() {
         return 1
     fi
     command disco "$@"
+}
+hostname() {
+    local h=
+    if { [ "$#" -eq 0 ] || { [ "$#" -eq 1 ] && [ "$1" = -s ]; }; } \
+        && type -P hostname > /dev/null \
+        && IFS= read -r h < /proc/sys/kernel/hostname 2> /dev/null; then
+        [ "$#" -eq 0 ] || h=${h%%.*}
+        printf '%s\n' "$h"
+        return 0
+    fi
+    command hostname "$@"
 }
 __disco_i=0
 for __disco_t in "$@"; do

@@ -4,8 +4,9 @@
 //! Owns: parameter keys (`a/b/c`, each component a [`Name`]), loading a tree
 //! from disk, layering (module defaults < groups < node, later layer wins;
 //! a directory in a higher layer merges with a lower directory, anything
-//! else replaces), the `dump` line format, and the atomic `set`/`delete` of
-//! a plain tree. Where the layers come from is [`crate::tree`]'s business.
+//! else replaces), reading one key across the layers without loading them
+//! whole ([`merged_at`]), the `dump` line format, and the atomic
+//! `set`/`delete` of a plain tree. Where the layers come from is [`crate::tree`]'s business.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -241,14 +242,21 @@ impl ParamTree {
     }
 }
 
-/// Loads one directory; `top` is the tree's root, the bound for symlinks.
-fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>> {
+/// Refuses a directory nested deeper than [`crate::fsutil::MAX_DEPTH`]
+/// (counted on its label, as a whole load counts it).
+fn check_depth(label: &str) -> Result<()> {
     if label.matches('/').count() > crate::fsutil::MAX_DEPTH {
         bail!(
             "{label}: more than {} levels of directories",
             crate::fsutil::MAX_DEPTH
         );
     }
+    Ok(())
+}
+
+/// Loads one directory; `top` is the tree's root, the bound for symlinks.
+fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>> {
+    check_depth(label)?;
     let mut out = BTreeMap::new();
     let entries = fs::read_dir(dir).with_context(|| label.to_string())?;
     for entry in entries {
@@ -256,34 +264,104 @@ fn load_dir(dir: &Path, label: &str, top: &Path) -> Result<BTreeMap<Name, Param>
         let raw = entry.file_name();
         let shown = format!("{label}/{}", raw.to_string_lossy());
         let name = Name::parse_os(&raw, &shown)?;
-        let mut path = entry.path();
-        let mut meta = fs::symlink_metadata(&path).with_context(|| shown.clone())?;
-        if meta.file_type().is_symlink() {
-            let target = fs::canonicalize(&path)
-                .with_context(|| format!("{shown}: cannot follow symlink"))?;
-            let bound = fs::canonicalize(top).with_context(|| label.to_string())?;
-            if !target.starts_with(&bound) {
-                bail!(
-                    "{shown} is a symlink to {}, outside the parameter tree",
-                    target.display()
-                );
-            }
-            meta = fs::metadata(&target).with_context(|| shown.clone())?;
-            path = target;
-        }
-        let param = if meta.is_dir() {
-            Param::Dir(load_dir(&path, &shown, top)?)
-        } else if meta.is_file() {
-            // A parameter is a value, not a payload: 16 MiB at most.
-            let value = crate::fsutil::read_small(&path, &shown, 16 << 20)?
-                .with_context(|| format!("{shown} went away while it was read"))?;
-            Param::Value(value)
-        } else {
-            bail!("{shown} is neither a file nor a directory");
-        };
+        let meta = fs::symlink_metadata(entry.path()).with_context(|| shown.clone())?;
+        let param = load_entry(entry.path(), meta, &shown, top, &mut |path, shown| {
+            load_dir(path, shown, top)
+        })?;
         out.insert(name, param);
     }
     Ok(out)
+}
+
+/// Loads a directory of a tree at (its path, its label).
+type DirLoader<'a> = dyn FnMut(&Path, &str) -> Result<BTreeMap<Name, Param>> + 'a;
+
+/// One entry of a tree at `path` (`meta` its `lstat`): a symlink followed
+/// only while it stays inside `top`, a file read as a value, a directory
+/// loaded by `dir`.
+fn load_entry(
+    mut path: PathBuf,
+    mut meta: fs::Metadata,
+    shown: &str,
+    top: &Path,
+    dir: &mut DirLoader<'_>,
+) -> Result<Param> {
+    if meta.file_type().is_symlink() {
+        let target =
+            fs::canonicalize(&path).with_context(|| format!("{shown}: cannot follow symlink"))?;
+        let bound = fs::canonicalize(top).with_context(|| shown.to_string())?;
+        if !target.starts_with(&bound) {
+            bail!(
+                "{shown} is a symlink to {}, outside the parameter tree",
+                target.display()
+            );
+        }
+        meta = fs::metadata(&target).with_context(|| shown.to_string())?;
+        path = target;
+    }
+    if meta.is_dir() {
+        Ok(Param::Dir(dir(&path, shown)?))
+    } else if meta.is_file() {
+        // A parameter is a value, not a payload: 16 MiB at most.
+        let value = crate::fsutil::read_small(&path, shown, 16 << 20)?
+            .with_context(|| format!("{shown} went away while it was read"))?;
+        Ok(Param::Value(value))
+    } else {
+        bail!("{shown} is neither a file nor a directory");
+    }
+}
+
+/// The part of the tree at `dir` that lies on the way to `key`: each
+/// component of `key` that exists (a value stops the walk), and whatever
+/// is at `key` itself, a value or a directory (whole only for a secret,
+/// whose values are all opened; else empty: `get` of a directory is an
+/// error whatever it holds). Merging these
+/// parts layer by layer gives, at `key`, exactly what merging the whole
+/// layers gives: a merge decides at each name on the path from that
+/// name's entries alone. A missing `dir` is an empty tree.
+fn load_along(dir: &Path, label: &str, key: &Key) -> Result<ParamTree> {
+    fn along(
+        dir: &Path,
+        label: &str,
+        top: &Path,
+        path: &[Name],
+        whole: bool,
+    ) -> Result<BTreeMap<Name, Param>> {
+        check_depth(label)?;
+        let mut out = BTreeMap::new();
+        let Some((first, rest)) = path.split_first() else {
+            return Ok(out);
+        };
+        let shown = format!("{label}/{first}");
+        let at = dir.join(first.as_str());
+        let meta = match fs::symlink_metadata(&at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| shown.clone()),
+            Ok(m) => m,
+        };
+        let param = load_entry(at, meta, &shown, top, &mut |p, shown| {
+            if rest.is_empty() {
+                if whole {
+                    load_dir(p, shown, top)
+                } else {
+                    Ok(BTreeMap::new())
+                }
+            } else {
+                along(p, shown, top, rest, whole)
+            }
+        })?;
+        out.insert(first.clone(), param);
+        Ok(out)
+    }
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ParamTree::default()),
+        Err(e) => return Err(e).with_context(|| label.to_string()),
+        Ok(m) if !m.is_dir() => bail!("{label} should be a directory of parameters"),
+        Ok(_) => {}
+    }
+    Ok(ParamTree {
+        root: along(dir, label, dir, key.components(), ParamTree::is_secret(key))?,
+    })
 }
 
 fn merge_into(lower: &mut BTreeMap<Name, Param>, upper: BTreeMap<Name, Param>) {
@@ -408,6 +486,34 @@ pub fn claim(
 /// The merged parameters of `node`: the defaults of each planned module in
 /// plan order, then each of the node's layers (groups, then the node).
 pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTree> {
+    merge_layers(tree, node, plan, true, &|dir, label| {
+        ParamTree::load(dir, label)
+    })
+}
+
+/// What [`merged`] holds at `key` and on the way to it, reading only the
+/// files on that path in each layer (not the whole tree): `disco param
+/// get KEY` with thousands of keys. Same layers, same precedence, same
+/// value or error for `key` as [`merged`]; what lies off that path (a bad
+/// name elsewhere, two modules defaulting one key) is not looked at: the
+/// fetch checked the whole tree with [`merged`], and every dance does.
+pub fn merged_at(tree: &ServerTree, node: &NodeSpec, plan: &Plan, key: &Key) -> Result<ParamTree> {
+    merge_layers(tree, node, plan, false, &|dir, label| {
+        load_along(dir, label, key)
+    })
+}
+
+/// Lays each layer, as `load(DIR, LABEL)` reads it, over the last: the
+/// module defaults in plan order, then the node's layers. With
+/// `check_claims`, refuses two modules defaulting one key ([`claim`];
+/// only whole layers can tell).
+fn merge_layers(
+    tree: &ServerTree,
+    node: &NodeSpec,
+    plan: &Plan,
+    check_claims: bool,
+    load: &dyn Fn(&Path, &str) -> Result<ParamTree>,
+) -> Result<ParamTree> {
     let mut params = ParamTree::default();
     // Which module gave each default: two modules may not give the same
     // key (nor a key and a directory above it), or which one wins would
@@ -415,15 +521,16 @@ pub fn merged(tree: &ServerTree, node: &NodeSpec, plan: &Plan) -> Result<ParamTr
     let mut owner: BTreeMap<String, Name> = BTreeMap::new();
     for m in &plan.order {
         if let Some(dir) = tree.module_dir(m)? {
-            let defaults =
-                ParamTree::load(&dir.join("parameters"), &format!("modules/{m}/parameters"))?;
-            claim(&mut owner, m, defaults.value_keys())?;
+            let defaults = load(&dir.join("parameters"), &format!("modules/{m}/parameters"))?;
+            if check_claims {
+                claim(&mut owner, m, defaults.value_keys())?;
+            }
             params.overlay(defaults);
         }
     }
     for layer in &node.layers {
         if let Some(dir) = tree.layer_dir(layer)? {
-            params.overlay(ParamTree::load(
+            params.overlay(load(
                 &dir.join("parameters"),
                 &format!("parameters/{layer}/parameters"),
             )?);

@@ -193,6 +193,61 @@ fn a_step_over_its_time_limit_fails_the_dance_and_nothing_is_merged() {
     );
 }
 
+/// `hostname` and `hostname -s` in a template are answered by the render
+/// driver without a process: the same names the real command prints in
+/// the same sandbox; anything else, or no `hostname` on PATH, is the real
+/// command's business.
+#[test]
+fn templates_get_the_hostname_from_the_driver_as_the_command_says_it() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.module_file(
+        "m",
+        "templates/etc/h",
+        "echo \"type=$(type -t hostname)\"\n\
+         echo \"h=$(hostname) s=$(hostname -s)\"\n\
+         echo \"h=$(command hostname) s=$(command hostname -s)\"\n\
+         (PATH=/nowhere; hostname) 2>/dev/null; echo \"no-path=$?\"\n\
+         hostname -z >/dev/null 2>&1; echo \"bad-option=$? $(command hostname -z >/dev/null 2>&1; echo $?)\"\n\
+",
+        0o644,
+    );
+    let (code, out, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{out}{err}");
+    let got = fs::read_to_string(r.path.join("etc/h")).unwrap();
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "type=function", "{got}");
+    assert_eq!(lines[1], lines[2], "{got}");
+    assert!(!lines[1].starts_with("h= "), "{got}");
+    assert_eq!(lines[3], "no-path=127", "{got}");
+    let bad: Vec<&str> = lines[4]
+        .trim_start_matches("bad-option=")
+        .split(' ')
+        .collect();
+    assert!(bad[0] != "0" && bad[0] == bad[1], "{got}");
+    // A dotted name (in a UTS namespace of its own, which ends with this
+    // bash): `-s` cuts it where the command does.
+    let functions = disco::exec::RENDER_DRIVER
+        .split_once("\n__disco_i=0")
+        .unwrap()
+        .0;
+    let out = std::process::Command::new("unshare")
+        .args(["-u", "bash", "-c"])
+        .arg(format!(
+            "command hostname a.b.c || exit\n{functions}\n\
+             echo \"$(hostname) $(hostname -s) = $(command hostname) $(command hostname -s)\""
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a.b.c a = a.b.c a\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn each_template_keeps_its_own_shell_status_and_time_limit() {
     let f = Fixture::new();

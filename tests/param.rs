@@ -142,3 +142,128 @@ fn set_without_tree_is_refused() {
         "{err}"
     );
 }
+
+/// `get KEY` reads only the files on the way to KEY in each layer: for a
+/// key at every precedence level, a value or directory in a higher layer
+/// replacing the other in a lower one, a symlink inside the tree, a
+/// directory, a missing key, a plaintext secret and a fact, it says what
+/// `dump KEY` (which merges the whole tree) says.
+#[test]
+fn get_reads_one_path_and_agrees_with_the_whole_tree() {
+    let f = fixture();
+    f.node("web1", &["nginx", "app"]);
+    f.module("app", "");
+    f.file("modules/app/parameters/app/port", "9000\n")
+        // A directory at every level: the node's value replaces it.
+        .file("modules/app/parameters/shadow/deep/x", "module\n")
+        .file("parameters/web/parameters/shadow/deep", "group\n")
+        // A value in a module, a directory over it in the group, a key
+        // beside it in the node.
+        .file("modules/app/parameters/flip", "module\n")
+        .file("parameters/web/parameters/flip/a", "group a\n")
+        .file("parameters/web1/parameters/flip/b", "node b\n")
+        // The group's directory, replaced by the node's value.
+        .file("parameters/web/parameters/gone/k", "group\n")
+        .file("parameters/web1/parameters/gone", "node\n")
+        .file("parameters/web/parameters/secrets/plain", "not sealed\n");
+    std::os::unix::fs::symlink("motd", f.server().join("parameters/web1/parameters/alias"))
+        .unwrap();
+    assert_eq!(f.plan("web1").0, 0);
+    let keys = [
+        "port",
+        "workers",
+        "tls/cert",
+        "tls/key",
+        "tls",
+        "motd",
+        "alias",
+        "app/port",
+        "app",
+        "shadow/deep",
+        "shadow/deep/x",
+        "shadow",
+        "flip",
+        "flip/a",
+        "flip/b",
+        "gone",
+        "gone/k",
+        "nope",
+        "tls/nope",
+        "port/deeper",
+        "secrets/plain",
+        "secrets",
+        "facts/hostname",
+        "facts/os_id",
+        "facts",
+    ];
+    for key in keys {
+        let (code, got, err) = param(&f, &["get", key]);
+        let (dcode, dumped, derr) = param(&f, &["dump", "--show-secrets", key]);
+        let first = dumped.lines().next().unwrap_or("");
+        // dump --show-secrets warns of every plaintext secret; compare errors.
+        let error = |e: &str| {
+            e.lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        if dcode != 0 {
+            assert_eq!((code, error(&err)), (dcode, error(&derr)), "{key}");
+        } else if first == format!("{key} = {{}}") {
+            assert_eq!(
+                (code, got.as_str(), error(&err)),
+                (
+                    1,
+                    "",
+                    format!(
+                        "error: parameter '{key}' is a directory: use `disco param keys {key}`"
+                    )
+                ),
+                "{key}"
+            );
+        } else {
+            assert_eq!(code, 0, "{key}: {err}");
+            let shown = got.strip_suffix('\n').unwrap_or(&got).replace('\n', "\\n");
+            assert_eq!(format!("{key} = {shown}"), first, "{key}");
+        }
+    }
+    // What the layers say, spelled out.
+    let get = |k: &str| param(&f, &["get", k]).1;
+    assert_eq!(get("shadow/deep"), "group\n");
+    assert_eq!(get("flip/a"), "group a\n");
+    assert_eq!(get("flip/b"), "node b\n");
+    assert_eq!(get("gone"), "node\n");
+    assert_eq!(get("alias"), "line one\nline two\n");
+    assert_eq!(get("app/port"), "9000\n");
+    common::assert_error(
+        param(&f, &["get", "gone/k"]),
+        "error: no parameter 'gone/k'",
+    );
+    common::assert_error(
+        param(&f, &["get", "flip"]),
+        "error: parameter 'flip' is a directory: use `disco param keys flip`",
+    );
+    // A plaintext secret: its value, and the warning naming its file.
+    let (code, got, err) = param(&f, &["get", "secrets/plain"]);
+    assert_eq!((code, got.as_str()), (0, "not sealed\n"), "{err}");
+    assert!(
+        err.contains("secrets/plain is not encrypted in the server tree (parameters/web/parameters/secrets/plain)"),
+        "{err}"
+    );
+    assert!(!get("facts/hostname").is_empty());
+}
+
+/// `get` reads the files on its key's path, not the whole tree: a bad
+/// name elsewhere in the fetched cache (which the fetch would have
+/// refused) fails `dump`, not `get` of another key.
+#[test]
+fn get_does_not_read_what_is_off_its_path() {
+    let f = fixture();
+    let layer = fs::canonicalize(f.cache().join("parameters/web1")).unwrap();
+    fs::write(layer.join("parameters/bad name"), "x\n").unwrap();
+    assert_eq!(param(&f, &["get", "port"]).1, "8080\n");
+    assert_eq!(param(&f, &["get", "tls/key"]).1, "/etc/ssl/web.key\n");
+    let (code, _, err) = param(&f, &["dump"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad name"), "{err}");
+}

@@ -276,6 +276,23 @@ fn a_node_opens_its_own_secrets_and_no_other_node_can() {
     // The node's own commands: get prints it, dump and explain mask it.
     let (code, got, _) = t.disco("db1", &["param", "get", "secrets/db_password"]);
     assert_eq!((code, got.as_str()), (0, PW));
+    // `get` reads one key's path: the group's secret, opened the same way;
+    // the directory and a missing secret, the same errors as the whole tree.
+    let (code, got, _) = t.disco("db1", &["param", "get", "secrets/token"]);
+    assert_eq!((code, got.as_str()), (0, TOKEN));
+    let (code, _, err) = t.disco("db1", &["param", "get", "secrets"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: parameter 'secrets' is a directory: use `disco param keys secrets`\n"
+        )
+    );
+    let (code, _, err) = t.disco("db1", &["param", "get", "secrets/nope"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "error: no parameter 'secrets/nope'\n")
+    );
     let (_, dump, _) = t.disco("db1", &["param", "dump", "secrets"]);
     assert_eq!(
         dump,

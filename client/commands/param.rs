@@ -46,7 +46,14 @@ pub fn run(config: &Config, args: ParamArgs) -> Result<i32> {
             }
             let fetched = fetch::open_cache(&config.state_dir.value, &config.node.value)?;
             let cache = crate::fetch::cache_tree(&fetched.cache)?;
-            let mut tree = params::merged(&cache, &fetched.node, &fetched.plan)?;
+            // `get` reads only the files on the way to its key in each
+            // layer; the rest reads the whole tree.
+            let mut tree = match &args.action {
+                ParamAction::Get { key } => {
+                    params::merged_at(&cache, &fetched.node, &fetched.plan, &Key::parse(key)?)?
+                }
+                _ => params::merged(&cache, &fetched.node, &fetched.plan)?,
+            };
             let key = match &args.action {
                 ParamAction::Get { key } => Some(key.as_str()),
                 ParamAction::Keys { key } | ParamAction::Dump { key, .. } => key.as_deref(),
