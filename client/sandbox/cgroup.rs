@@ -23,11 +23,12 @@
 //!   cgroup of the `pids` and of the `memory` hierarchy, so an outer limit
 //!   on disco still holds over its sandboxes.
 //!
-//! One cgroup per sandbox, `disco-PID.LAYER`, made before the sandbox's
-//! first process forks and removed when its init has been reaped (the
-//! PID namespace has then taken every process with it). A dance killed
-//! outright leaves an empty directory at worst; the next dance removes
-//! such directories of processes that are gone.
+//! One cgroup per sandbox, `disco-PID-NONCE.LAYER` (a random nonce: the
+//! PID namespaces of containers sharing one cgroup tree reuse PIDs), made
+//! before the sandbox's first process forks and removed when its init has
+//! been reaped (the PID namespace has then taken every process with it).
+//! A dance killed outright leaves an empty directory at worst; a later
+//! dance removes those of processes that are gone, once an hour old.
 
 use std::fs;
 use std::io::{self, Write};
@@ -114,6 +115,9 @@ enum Tree {
 pub struct Cgroups {
     tree: Tree,
     pub limits: Limits,
+    /// `PID-NONCE`, this run's part of its cgroups' names: a PID alone is
+    /// not unique where containers' PID namespaces share one cgroup tree.
+    run: String,
 }
 
 /// The cgroup path of this process in the hierarchy named by `key` (`""`
@@ -183,25 +187,48 @@ fn writable(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot make cgroups in {}", dir.display()))
 }
 
-/// Removes the `disco-PID.*` cgroups in `parent` of processes that are
-/// gone (a dance killed outright); a cgroup still holding processes stays.
+/// Removes the `disco-PID-NONCE.*` cgroups in `parent` left by a dance
+/// killed outright: those of a process that is gone, untouched for an
+/// hour (where containers share this tree, a PID seen gone here may be
+/// another container's live dance, whose cgroup is never that old and
+/// empty); a cgroup still holding processes stays anyway (rmdir refuses).
 fn remove_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("disco-"))
-            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.split(['-', '.']).next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < hour_ago);
+        if old && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir(e.path());
         }
+    }
+}
+
+/// 32 random bits (the kernel's), for [`Cgroups::run`]'s name.
+fn nonce() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom into a buffer of its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     }
 }
 
@@ -216,7 +243,11 @@ impl Cgroups {
             return None;
         }
         match Self::locate(limits) {
-            Ok(tree) => Some(Cgroups { tree, limits }),
+            Ok(tree) => Some(Cgroups {
+                tree,
+                limits,
+                run: format!("{}-{:08x}", std::process::id(), nonce()),
+            }),
             Err(e) => {
                 crate::output::warning(&format!(
                     "the sandboxes run without max_processes and max_memory: {e:#} (set both to 0 to run without them and silence this)"
@@ -292,7 +323,7 @@ impl Cgroups {
 
     /// Makes the cgroup of one sandbox, limits set, ready to join.
     pub fn make(&self, layer: usize) -> Result<Cgroup> {
-        let name = format!("disco-{}.{layer}", std::process::id());
+        let name = format!("disco-{}.{layer}", self.run);
         let mut cg = Cgroup {
             dirs: Vec::new(),
             procs: Vec::new(),
