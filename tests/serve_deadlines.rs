@@ -181,13 +181,23 @@ fn silent_sessions_end_at_io_timeout_and_free_their_snapshot() {
         let mut said = String::new();
         std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut said).unwrap();
         let _ = c.wait();
+        // The account's shell startup may print its own lines first (a
+        // root profile's noise); serve's is the one line that ends it.
+        let want = format!(
+            "disco serve: node {}: sent nothing for 5 s (io_timeout); session ended",
+            node_of(i)
+        );
         assert_eq!(
-            said,
-            format!(
-                "disco serve: node {}: sent nothing for 5 s (io_timeout); session ended\n",
-                node_of(i)
-            ),
-            "session {i}"
+            said.lines().last(),
+            Some(want.as_str()),
+            "session {i}: {said}"
+        );
+        assert_eq!(
+            said.lines()
+                .filter(|l| l.starts_with("disco serve:"))
+                .count(),
+            1,
+            "session {i}: {said}"
         );
     }
     // Nothing holds the first snapshot any more: --keep 1 prunes it.
