@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_error, run, Fixture};
+use common::{assert_error, nobody_ids, run, Fixture};
 
 /// A fixture whose temporary directory `nobody` may enter, with a tree for
 /// node `n`: a private parameter (not under secrets/, which lint wants encrypted), a plain file and an executable one.
@@ -361,19 +361,6 @@ fn fleet_md_git_setup_gives_no_other_account_a_copy() {
     let out = as_nobody(&["git", "ls-remote", repo.to_str().unwrap()]);
     assert!(!out.status.success(), "nobody cannot clone the repository");
     assert!(!nobody_reads(&secret));
-}
-
-/// `nobody`'s uid and gid.
-fn nobody_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    (id("-u"), id("-g"))
 }
 
 /// A served directory owned by `nobody`, 0700: publish (as root) gives

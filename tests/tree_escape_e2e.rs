@@ -7,11 +7,10 @@
 mod common;
 
 use common::sshd::{forced, keygen, Sshd};
-use common::{run, Fixture};
+use common::{nobody_ids, run, Fixture};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SECRET: &str = "ROOT-ONLY-HOST-KEY-e2e-8d3b";
 
@@ -29,18 +28,6 @@ fn holding_secret(dir: &Path) -> Vec<PathBuf> {
         out.push(dir.to_path_buf());
     }
     out
-}
-
-fn nobody_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    (id("-u"), id("-g"))
 }
 
 fn plan_over(f: &Fixture, uri: &str) -> (i32, String, String) {

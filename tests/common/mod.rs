@@ -408,3 +408,19 @@ pub fn bounded(mut cmd: std::process::Command) -> Ended {
         max_rss: ru.ru_maxrss as u64 * 1024,
     }
 }
+
+/// `nobody`'s uid and gid (the unprivileged serving user of the tests).
+pub fn nobody_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = std::process::Command::new("id")
+            .args([flag, "nobody"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
