@@ -698,6 +698,13 @@ pub struct DanceArgs {
     /// DISCO_NOOP_NETWORK [config: noop_network]
     #[arg(long, value_name = "none|host", value_parser = ["none", "host"])]
     pub noop_network: Option<String>,
+    /// Run up to N modules at once: modules that do not require each other
+    /// (no `after`/`before` line between them, directly or not) run side by
+    /// side; 1 runs them one at a time in the plan's order. The report,
+    /// the merged root and the exit code are the same for any N
+    /// [config: jobs; default: the number of CPUs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
     /// Only run again the deferred actions and handlers that failed in
     /// earlier dances, or were cut by disco's death (they also run again at
     /// the end of every dance; `disco actions` lists them)

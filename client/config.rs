@@ -186,6 +186,13 @@ pub struct Config {
     /// Bytes of memory one module's sandbox may use (`memory.max` of its
     /// cgroup, tmpfs pages included, no swap); 0: no limit.
     pub max_memory: Setting<u64>,
+    /// How many modules run at once (modules that do not require each
+    /// other); 1: one at a time, in the plan's order.
+    pub jobs: Setting<usize>,
+    /// What a live dance with a failed module merges: `nothing`, or
+    /// `independent` (the layers of every module whose whole requires
+    /// closure succeeded).
+    pub on_failure: Setting<String>,
     /// Seconds a template, script or handler may run.
     pub step_timeout: Setting<u64>,
     /// Seconds a whole dance may run.
@@ -238,12 +245,19 @@ struct FileConfig {
     report_max_bytes: Option<u64>,
     max_processes: Option<u64>,
     max_memory: Option<u64>,
+    jobs: Option<usize>,
+    on_failure: Option<String>,
     step_timeout: Option<u64>,
     dance_timeout: Option<u64>,
     report_history: Option<usize>,
     report_history_bytes: Option<u64>,
     prometheus_textfile: Option<PathBuf>,
     report_upload: Option<bool>,
+}
+
+/// The default of `jobs`: the CPUs this process may run on.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Config {
@@ -288,6 +302,8 @@ impl Config {
                 crate::sandbox::cgroup::default_max_memory(),
                 Source::Default,
             ),
+            jobs: Setting::new(default_jobs(), Source::Default),
+            on_failure: Setting::new("nothing".into(), Source::Default),
             step_timeout: Setting::new(1800, Source::Default),
             dance_timeout: Setting::new(7200, Source::Default),
             report_history: Setting::new(50, Source::Default),
@@ -467,6 +483,24 @@ impl Config {
                 );
             }
             self.max_memory.set(v, src());
+        }
+        if let Some(v) = file.jobs {
+            if v == 0 {
+                bail!(
+                    "{}: jobs = 0: give how many modules may run at once, at least 1",
+                    path.display()
+                );
+            }
+            self.jobs.set(v, src());
+        }
+        if let Some(v) = file.on_failure {
+            if v != "nothing" && v != "independent" {
+                bail!(
+                    "{}: on_failure = {v:?}: expected \"nothing\" or \"independent\"",
+                    path.display()
+                );
+            }
+            self.on_failure.set(v, src());
         }
         if let Some(v) = file.step_timeout {
             self.step_timeout.set(v.max(1), src());
@@ -671,6 +705,12 @@ impl Config {
                 "max_memory",
                 self.max_memory.value.to_string(),
                 &self.max_memory.source,
+            ),
+            line("jobs", self.jobs.value.to_string(), &self.jobs.source),
+            line(
+                "on_failure",
+                s(&self.on_failure.value),
+                &self.on_failure.source,
             ),
             line(
                 "step_timeout",

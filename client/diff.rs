@@ -54,10 +54,11 @@ impl Owners {
     /// The names as the root stands after layer `layer` (1-based): each of
     /// `etc/passwd` and `etc/group` from the topmost layer that changed
     /// it, else from ROOT — so a user a module created shows by name.
-    pub fn at_layer(run: &RunDir, root: &Path, layer: usize) -> Owners {
+    /// `lowers`: the layers below it (its requires closure, ascending).
+    pub fn at_layer(run: &RunDir, root: &Path, layer: usize, lowers: &[usize]) -> Owners {
         Self::from_files(|f| {
-            (1..=layer)
-                .rev()
+            std::iter::once(layer)
+                .chain(lowers.iter().rev().copied())
                 .map(|i| run.upper(i, 0).join(f))
                 .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
                 .and_then(|p| {
@@ -109,6 +110,14 @@ pub struct Differ<'a> {
     pub root: &'a Path,
     pub mounts: &'a [Mount],
     pub owners: &'a Owners,
+    /// The layers below the one diffed (its requires closure, ascending).
+    pub lowers: &'a [usize],
+    /// Remove from the upper what it holds without a change (a file
+    /// copied up and left as it was, a whiteout over nothing), as the
+    /// walk meets it: the merge then applies exactly the changes shown.
+    /// A module beside this one, which did not see this layer, may have
+    /// changed the same file's attributes or content below it.
+    pub prune: bool,
 }
 
 /// What a layer holds at a path.
@@ -210,6 +219,7 @@ impl Differ<'_> {
 
         if is_whiteout(&meta) {
             let Some(l) = lower else {
+                self.pruned(&path)?;
                 return Ok((None, None));
             };
             let old = self.meta(&l)?;
@@ -251,6 +261,9 @@ impl Differ<'_> {
             Some(l) => {
                 let (change, replaced) = self.against_lower(&path, &meta, l, abs, new)?;
                 children_without_lower |= replaced;
+                if change.is_none() && !meta.is_dir() {
+                    self.pruned(&path)?;
+                }
                 change
             }
         };
@@ -322,10 +335,18 @@ impl Differ<'_> {
         Ok((Some(change), false))
     }
 
+    /// With [`Differ::prune`]: removes `path`, an upper entry that is no change.
+    fn pruned(&self, path: &Path) -> Result<()> {
+        if self.prune {
+            fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The entry below layer `layer` at `rel` of mount `k`: the nearest
-    /// earlier module layer that has or hides it, else ROOT.
-    fn lower(&self, layer: usize, k: usize, rel: &Path) -> Option<PathBuf> {
-        for j in (1..layer).rev() {
+    /// layer of its closure that has or hides it, else ROOT.
+    fn lower(&self, _layer: usize, k: usize, rel: &Path) -> Option<PathBuf> {
+        for &j in self.lowers.iter().rev() {
             match layer_lookup(&self.run.upper(j, k), rel) {
                 Found::At(p) => return Some(p),
                 Found::Gone => return None,

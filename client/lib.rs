@@ -17,6 +17,7 @@ pub mod exec;
 pub mod facts;
 pub mod fetch;
 pub mod fsutil;
+pub mod graph;
 pub mod lint;
 pub mod masks;
 pub mod merge;

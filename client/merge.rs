@@ -255,8 +255,10 @@ pub fn merge(
         merged: Merged::default(),
         linked: Default::default(),
         copied: Default::default(),
+        dirs: None,
     };
     for (idx, name) in layout.layers.iter().enumerate() {
+        m.dirs = changed_dirs(run, idx + 1)?;
         for (k, mount) in layout.mounts.iter().enumerate() {
             let upper = run.upper(idx + 1, k);
             if !upper.is_dir() {
@@ -286,6 +288,30 @@ struct Merger<'a> {
     /// Copy path: upper files already copied beside their live name
     /// (and synced) by [`Merger::precopy`], waiting for their rename.
     copied: std::collections::HashMap<PathBuf, PathBuf>,
+    /// The directories whose attributes the layer being merged changed
+    /// ([`changed_dirs`]); `None`: all of its directories.
+    dirs: Option<std::collections::HashSet<String>>,
+}
+
+/// The run dir's record of the directories each layer made or changed
+/// the attributes of (`dirs/LAYER`, one path a line, as the diff shows
+/// it), written by the diff of the layer.
+pub fn dirs_record(run: &RunDir, layer: usize) -> PathBuf {
+    run.path.join("dirs").join(layer.to_string())
+}
+
+/// The directories layer `layer` changed, from [`dirs_record`]; `None`
+/// when it has no record (a run of an older disco: every directory it
+/// holds is applied, as then). A directory a layer holds only because a
+/// file in it changed keeps the live attributes: a module beside this
+/// one, which this one never saw, may have changed them.
+fn changed_dirs(run: &RunDir, layer: usize) -> Result<Option<std::collections::HashSet<String>>> {
+    let file = dirs_record(run, layer);
+    match fs::read_to_string(&file) {
+        Ok(text) => Ok(Some(text.lines().map(str::to_string).collect())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
 }
 
 impl Merger<'_> {
@@ -456,6 +482,13 @@ impl Merger<'_> {
     /// Fixes a directory's mode, owner and xattrs to the upper's, recording
     /// the old ones, when they differ.
     fn dir_attrs(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<()> {
+        if let Some(dirs) = &self.dirs {
+            let s = crate::fsutil::shown(shown);
+            let s = if s.len() > 1 { s.trim_end_matches('/') } else { &s };
+            if !dirs.contains(s) {
+                return Ok(());
+            }
+        }
         let (um, lm) = (fs::symlink_metadata(u)?, fs::symlink_metadata(l)?);
         let (ux, lx) = (xattrs(u), xattrs(l));
         if um.mode() & 0o7777 == lm.mode() & 0o7777

@@ -12,6 +12,86 @@ use crate::report::{Figures, RunReport, Step};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
+/// While a [`Diversion`] lives: what would be printed, kept in order.
+static DIVERTED: std::sync::Mutex<Option<Section>> = std::sync::Mutex::new(None);
+
+/// Output kept for later, stdout and stderr chunks in the order written:
+/// a module's lines while other modules run beside it, printed when its
+/// turn in the plan's order comes (so the console reads the same for any
+/// `jobs`).
+#[derive(Debug, Default)]
+pub struct Section(Vec<(bool, Vec<u8>)>);
+
+impl Section {
+    /// Adds what `other` kept after what this one did.
+    pub fn append(&mut self, other: Section) {
+        self.0.extend(other.0);
+    }
+
+    /// Prints (or, inside a diversion, keeps) what was kept.
+    pub fn print(self) {
+        for (to_stdout, bytes) in self.0 {
+            put(to_stdout, &bytes);
+        }
+    }
+}
+
+/// From now until the guard ends (or [`Diversion::take`]), everything
+/// this module prints is kept instead.
+pub struct Diversion(Option<Section>);
+
+/// Starts keeping what is printed; what an outer diversion kept so far
+/// stays kept, and continues when this one ends.
+pub fn divert() -> Diversion {
+    let outer = DIVERTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(Section::default());
+    Diversion(outer)
+}
+
+impl Diversion {
+    /// What was kept; printing is direct again (or back to the outer one).
+    pub fn take(mut self) -> Section {
+        self.restore()
+    }
+    fn restore(&mut self) -> Section {
+        let mut slot = DIVERTED.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = std::mem::replace(&mut *slot, self.0.take());
+        kept.unwrap_or_default()
+    }
+}
+
+impl Drop for Diversion {
+    fn drop(&mut self) {
+        let kept = self.restore();
+        kept.print();
+    }
+}
+
+/// Writes `bytes` to stdout or stderr, or keeps them while diverted.
+pub fn put(to_stdout: bool, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    {
+        let mut slot = DIVERTED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(section) = slot.as_mut() {
+            match section.0.last_mut() {
+                Some((s, b)) if *s == to_stdout => b.extend_from_slice(bytes),
+                _ => section.0.push((to_stdout, bytes.to_vec())),
+            }
+            return;
+        }
+    }
+    if to_stdout {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(bytes).and_then(|()| o.flush());
+    } else {
+        let _ = std::io::stderr().lock().write_all(bytes);
+    }
+}
+
 /// `--quiet`: from now on only changes, warnings and errors are printed.
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
@@ -90,8 +170,7 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 
 fn say(line: &str, to_stdout: bool) {
     if to_stdout {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "info: {}", shown(line));
+        put(true, format!("info: {}\n", shown(line)).as_bytes());
     } else {
         emit(Level::Info, line);
     }
@@ -385,12 +464,12 @@ fn emit(level: Level, msg: &str) {
         Level::Warning => ("warning", "33"),
         Level::Error => ("error", "31"),
     };
-    let mut err = std::io::stderr().lock();
-    let _ = if colour() {
-        writeln!(err, "\x1b[{code}m{tag}:\x1b[0m {msg}")
+    let line = if colour() {
+        format!("\x1b[{code}m{tag}:\x1b[0m {msg}\n")
     } else {
-        writeln!(err, "{tag}: {msg}")
+        format!("{tag}: {msg}\n")
     };
+    put(false, line.as_bytes());
 }
 
 /// `info: …` on stderr (not with `--quiet`).
@@ -417,17 +496,12 @@ pub fn error(msg: &str) {
 pub fn change(c: &crate::report::Change, to_stdout: bool) {
     let line = change_line(c);
     if to_stdout {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "info: {}", shown(&line));
-        if let Some(d) = &c.diff {
-            let _ = write!(out, "{}", printable_diff(d));
-        }
+        put(true, format!("info: {}\n", shown(&line)).as_bytes());
     } else {
         emit(Level::Info, &line);
-        if let Some(d) = &c.diff {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "{}", printable_diff(d));
-        }
+    }
+    if let Some(d) = &c.diff {
+        put(to_stdout, printable_diff(d).as_bytes());
     }
 }
 

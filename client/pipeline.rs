@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 
 use crate::actions::{self, ModuleActions, Pending};
 use crate::config::Config;
-use crate::diff::Owners;
 use crate::exec::Job;
 use crate::fetch::{self, Fetched};
 use crate::merge::{self, Failpoint};
@@ -25,9 +24,11 @@ use crate::output;
 use crate::params::ParamTree;
 use crate::report::{self, ModuleReport, RunReport, Step};
 use crate::run::{self, RunDir};
-use crate::sandbox::{Output, Sandbox, DISCO_DIR};
+use crate::sandbox::{Sandbox, DISCO_DIR};
 use crate::tree::ServerTree;
 use crate::watchdog;
+
+mod executor;
 
 /// How many kept scratch directories (failed or `--keep` runs) survive.
 const KEPT_RUNS: usize = 5;
@@ -57,6 +58,9 @@ pub enum Ending {
     Succeeded {
         changes: usize,
     },
+    /// Modules failed; the layers of those whose requires closure
+    /// succeeded were merged (`on_failure = "independent"`).
+    PartlyMerged,
 }
 
 /// The exit-code table of `disco dance` (README "Exit codes").
@@ -65,6 +69,7 @@ pub fn exit_code(ending: Ending, detailed: bool) -> i32 {
         (Ending::FailedBeforeMerge, _) => 1,
         (Ending::FailedAfterMerge, true) => 4,
         (Ending::FailedAfterMerge, false) => 1,
+        (Ending::PartlyMerged, _) => 1,
         (Ending::Succeeded { changes }, true) if changes > 0 => 2,
         (Ending::Succeeded { .. }, _) => 0,
     }
@@ -73,17 +78,26 @@ pub fn exit_code(ending: Ending, detailed: bool) -> i32 {
 /// What happens after the modules ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// A step failed: nothing is merged.
+    /// A step failed, or two modules conflict: nothing is merged.
     Failed,
     /// Every step succeeded in noop: the report is the result.
     Noop,
     /// Every step succeeded, live: merge.
     Merge,
+    /// Live, modules failed and `on_failure = "independent"`: merge the
+    /// layers of every module whose whole requires closure succeeded.
+    MergeIndependent,
 }
 
-/// The one place that decides whether a run merges.
-pub fn verdict(report: &RunReport) -> Verdict {
+/// The one place that decides whether a run merges: `on_failure` is the
+/// setting, `conflict` whether two unordered modules changed one path
+/// (which no setting merges).
+pub fn verdict(report: &RunReport, on_failure: &str, conflict: bool) -> Verdict {
+    let independent = on_failure == "independent" && !conflict;
     match (report.error.is_some(), report.noop) {
+        (true, false) if independent && report.modules.iter().any(|m| m.error.is_some()) => {
+            Verdict::MergeIndependent
+        }
         (true, _) => Verdict::Failed,
         (false, true) => Verdict::Noop,
         (false, false) => Verdict::Merge,
@@ -241,16 +255,14 @@ fn stages(
     }
     report.root = sandbox.root.clone();
     let mut run = Run::new(config, opts, &planned, &sandbox, report)?;
-    for (idx, module) in fetched.0.plan.order.iter().enumerate() {
-        if !run.module(idx + 1, module)? {
-            break;
-        }
-    }
+    run.run_modules(&fetched.0.plan.order)?;
     watchdog::check()?;
-    Ok(match verdict(run.report) {
+    let conflict = run.ended(&fetched.0.plan.order);
+    Ok(match verdict(run.report, &config.on_failure.value, conflict) {
         Verdict::Failed => run.failed(),
         Verdict::Noop => run.noop_summary(),
         Verdict::Merge => run.merge_and_act(merge_began)?,
+        Verdict::MergeIndependent => run.merge_independent(merge_began)?,
     })
 }
 
@@ -328,6 +340,8 @@ struct Planned {
     attributes: std::collections::BTreeMap<Name, crate::attributes::Attributes>,
     /// Modules with their own step limit (`modules/M/timeout`, seconds).
     timeouts: std::collections::BTreeMap<Name, u64>,
+    /// What each planned module requires.
+    graph: crate::graph::Graph,
     step: Step,
 }
 
@@ -355,11 +369,13 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
         }
         attributes.insert(m.clone(), load_attributes(&dir, m)?);
     }
+    let graph = crate::graph::Graph::of(&tree, &fetched.plan.order)?;
     Ok(Planned {
         tree,
         params,
         attributes,
         timeouts,
+        graph,
         step: meter.step("plan"),
     })
 }
@@ -487,7 +503,16 @@ struct Run<'a, 'r> {
     /// module recorded is not recorded again.
     expected_paths: std::collections::HashSet<u128>,
     /// Paths already seen changed on the live system while a module ran.
-    conflicts: Vec<String>,
+    lost: Vec<String>,
+    /// The plan's requirements.
+    graph: &'a crate::graph::Graph,
+    /// Where each planned module is (by position in the plan).
+    status: Vec<executor::Status>,
+    /// Each module's report and actions once it ended, in the plan's order.
+    slots: Vec<Option<ModuleReport>>,
+    action_slots: Vec<Option<ModuleActions>>,
+    /// The conflict rule, fed by every module's diff.
+    conflicts: crate::graph::Conflicts,
 }
 
 /// The live state of one path the merge will touch, as the sandbox saw
@@ -577,6 +602,7 @@ impl<'a, 'r> Run<'a, 'r> {
         sandbox: &'a Sandbox,
         report: &'r mut RunReport,
     ) -> Result<Run<'a, 'r>> {
+        let n = planned.graph.len();
         let pending = Pending {
             node: config.node.value.to_string(),
             root: sandbox.root.clone(),
@@ -597,195 +623,96 @@ impl<'a, 'r> Run<'a, 'r> {
             pending,
             expected: None,
             expected_paths: Default::default(),
-            conflicts: Vec::new(),
+            lost: Vec::new(),
+            graph: &planned.graph,
+            status: vec![executor::Status::Waiting; n],
+            slots: vec![None; n],
+            action_slots: vec![None; n],
+            conflicts: Default::default(),
         })
     }
 
-    /// Stages 6–7 for one module: runs its job in layer `layer`, then
-    /// diffs the layer; records its report, actions and changes. False
-    /// when it failed (the run stops there).
-    ///
-    /// Long because it is everything the user sees of one module, in the
-    /// order they see it: processing, leftovers, changes, skipped files.
-    fn module(&mut self, layer: usize, module: &Name) -> Result<bool> {
-        watchdog::check()?;
-        output::info(&format!("Processing {module}"));
-        let module_dir = self
-            .tree
-            .module_dir(module)?
-            .expect("planned modules are in the cache");
-        let job = job(
-            self.config,
-            self.sandbox,
-            module,
-            self.attributes[module].clone(),
-            self.timeouts.get(module).copied(),
-        );
-        let mut binds = self
-            .sandbox
-            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
-        binds.push(self.earlier_pending()?);
-        let output = if self.opts.quiet {
-            Output::Capture
-        } else {
-            Output::Forward
-        };
-        let started = SystemTime::now();
-        watchdog::doing(format!(
-            "module {module}, in its sandbox (its attributes, templates or scripts)"
+    /// Every module ended: their reports and actions in the plan's
+    /// order; the dance's error (the first failed module's, else the
+    /// first conflict). True when modules conflict.
+    fn ended(&mut self, order: &[Name]) -> bool {
+        self.report.modules = self.slots.iter_mut().filter_map(Option::take).collect();
+        self.pending.modules = self
+            .action_slots
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        let failed: Vec<&ModuleReport> = self
+            .report
+            .modules
+            .iter()
+            .filter(|m| m.error.is_some())
+            .collect();
+        if let Some(first) = failed.first() {
+            let more = match failed.len() {
+                1 => String::new(),
+                n => format!(" (and {} more failed module(s))", n - 1),
+            };
+            self.report.error = Some(format!(
+                "{}: {}{more}",
+                first.name,
+                first.error.as_deref().unwrap_or_default()
+            ));
+        }
+        let conflicts = std::mem::take(&mut self.conflicts).found();
+        const SHOWN: usize = 20;
+        for c in conflicts.iter().take(SHOWN) {
+            output::error(&c.message(order));
+        }
+        if conflicts.len() > SHOWN {
+            output::error(&format!("… and {} more conflicts", conflicts.len() - SHOWN));
+        }
+        if let (Some(c), None) = (conflicts.first(), &self.report.error) {
+            self.report.error = Some(c.message(order));
+        }
+        !conflicts.is_empty()
+    }
+
+    /// `on_failure = "independent"`: merges the layers of every module
+    /// that succeeded with its whole requires closure, and runs their
+    /// actions; the rest of the layers are dropped unmerged. The dance
+    /// still failed.
+    fn merge_independent(&mut self, merge_began: &std::cell::Cell<bool>) -> Result<Ending> {
+        let failed: Vec<usize> = (0..self.report.modules.len())
+            .filter(|&i| self.report.modules[i].error.is_some() || self.report.modules[i].not_run.is_some())
+            .collect();
+        let merged: Vec<usize> = (0..self.report.modules.len())
+            .filter(|&i| !failed.contains(&i) && !failed.iter().any(|&f| self.graph.requires(i, f)))
+            .collect();
+        for i in (0..self.report.modules.len()).filter(|i| !merged.contains(i)) {
+            for k in 0..self.sandbox.mounts.len() {
+                let upper = self.sandbox.run.upper(i + 1, k);
+                if upper.exists() {
+                    fs::remove_dir_all(&upper)
+                        .with_context(|| format!("cannot drop {}", upper.display()))?;
+                }
+            }
+        }
+        let names: Vec<&str> = merged
+            .iter()
+            .map(|&i| self.report.modules[i].name.as_str())
+            .collect();
+        self.pending
+            .modules
+            .retain(|m| names.contains(&m.module.as_str()));
+        output::info(&format!(
+            "on_failure = \"independent\": merging the modules whose requirements all succeeded: {}",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
         ));
-        let outcome = self
-            .sandbox
-            .run_layer(layer, &binds, output, || Ok(job.run()));
-        // Killed by the deadline: its error, not the sandbox's.
-        watchdog::check()?;
-        let outcome = outcome?;
-        watchdog::doing(format!("module {module}: the diff of its layer"));
-        let mut mreport = ModuleReport {
-            name: module.to_string(),
-            actions: crate::sandbox::service_cmds::dedupe_reloads(outcome.actions),
-            pending: outcome
-                .pending
-                .iter()
-                .map(|p| crate::masks::text(p))
-                .collect(),
-            ..ModuleReport::default()
-        };
-        let mut skipped = Vec::new();
-        let mut failed = match outcome.value {
-            Ok(r) => {
-                mreport.steps = r.steps;
-                skipped = r.skipped;
-                r.failed
-            }
-            Err(e) => Some(e),
-        };
-        // Out of scratch: failed, whatever its steps said (one that
-        // ignored ENOSPC left a file cut short, which live would not).
-        if let Some(full) = self.scratch_full() {
-            let why = failed.unwrap_or_else(|| {
-                "a step wrote until it had no space left (what it wrote was cut short)".into()
-            });
-            failed = Some(format!("{full}: {why}"));
+        let error = self.report.error.clone();
+        let ending = self.merge_and_act(merge_began)?;
+        if self.report.error.is_none() {
+            self.report.error = error;
         }
-        if !outcome.leftovers.is_empty() {
-            output::warning(&format!(
-                "{module}: killed {} background process(es) its steps left running: {}",
-                outcome.leftover_count,
-                outcome.leftovers.join(", ")
-            ));
-            mreport.killed = outcome.leftovers;
-        }
-        if !mreport.pending.is_empty() {
-            if self.config.noop.value {
-                output::info(&format!(
-                    "{module}: pending, not made in this noop: {}",
-                    mreport.pending.join("; ")
-                ));
-            } else if failed.is_none() {
-                // A live dance makes its changes: a step that could not
-                // has failed, whatever its exit status said.
-                failed = Some(format!(
-                    "a step left changes pending in a live dance ({}): `disco pending` is for noop runs",
-                    mreport.pending.join("; ")
-                ));
-            }
-        }
-        let handlers = actions::handlers_of(&module_dir);
-        // Only a handler reads which paths changed (`DISCO_CHANGED`);
-        // without one, whether any did is all that counts.
-        let all_paths = !handlers.as_ref().is_ok_and(|(h, _)| h.is_empty());
-        let mut changed = Vec::new();
-        let meter = report::Meter::start();
-        // Owners by name as the root stands after this module.
-        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer);
-        let sandbox = self.sandbox;
-        let differ = sandbox.differ(&owners);
-        let masked = |mut c: crate::report::Change| {
-            if let Some(d) = &c.diff {
-                c.diff = Some(crate::masks::text(d));
-            }
-            c
-        };
-        // The changes are streamed, never held (DESIGN §6): a first walk
-        // of `/etc/` says which of those the report keeps, the second
-        // gives every change, in path order, to whatever needs it.
-        let mut capper = report::Capper::new(self.config.report_cap());
-        differ
-            .each(layer, Some("/etc/"), &mut |c| {
-                capper.etc(&masked(c));
-                Ok(())
-            })
-            .with_context(|| format!("{module}: cannot compute its changes"))?;
-        let roll = self.config.roll_up(self.opts.quiet, false);
-        let mut console = output::Console::new(&roll);
-        let state_dir = (self.sandbox.state_in_root.as_ref()).map(|rel| Path::new("/").join(rel));
-        let mut touches = None;
-        let mut output_shown = false;
-        let since = since_epoch(started);
-        let live = !self.config.noop.value;
-        let quiet = self.opts.quiet;
-        differ
-            .each(layer, None, &mut |c| {
-                let c = masked(c);
-                if live {
-                    // Only a merge checks them: a noop never merges.
-                    self.expect(&c, since)?;
-                }
-                if let (Some(state), None, None) = (&state_dir, &failed, &touches) {
-                    touches = touches_state_dir(std::slice::from_ref(&c), state);
-                }
-                if quiet && !output_shown {
-                    // --quiet: a module's output is shown only when it failed or changed.
-                    let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
-                    output_shown = true;
-                }
-                console.push(&c);
-                if all_paths || changed.is_empty() {
-                    changed.push(c.path.clone());
-                }
-                capper.push(c);
-                Ok(())
-            })
-            .with_context(|| format!("{module}: cannot compute its changes"))?;
-        mreport.steps.push(meter.step("diff"));
-        if touches.is_some() {
-            failed = touches;
-        }
-        if quiet && failed.is_some() && !output_shown {
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), &outcome.output);
-        }
-        console.finish();
-        // The saved report's bound: the rest counted per directory.
-        capper.finish(&mut mreport);
-        if failed.is_none() {
-            self.say_deferred(&mreport);
-        }
-        let (handlers, skipped_handlers) = handlers.with_context(|| format!("module {module}"))?;
-        skipped.extend(skipped_handlers);
-        if !skipped.is_empty() {
-            output::warning(&format!(
-                "{module}: not run (not a script by its name): {}",
-                skipped.join(", ")
-            ));
-        }
-        self.pending.modules.push(ModuleActions {
-            module: module.to_string(),
-            handlers,
-            module_dir,
-            actions: mreport.actions.clone(),
-            changed,
-            pending: mreport.pending.len(),
-            failures: Default::default(),
-        });
-        self.report.modules.push(mreport);
-        if let Some(f) = failed {
-            let msg = format!("{module}: {f}");
-            output::error(&msg);
-            self.report.error = Some(msg);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(match ending {
+            Ending::Succeeded { .. } => Ending::PartlyMerged,
+            other => other,
+        })
     }
 
     /// Why the module's layer may be cut short, if it may: the scratch
@@ -828,27 +755,6 @@ impl<'a, 'r> Run<'a, 'r> {
         }
     }
 
-    /// The changes earlier modules of this dance left pending (`disco
-    /// pending`, noop only), one `MODULE: TEXT` a line, written to the run
-    /// dir and bound read-only at `/run/disco/pending-earlier`: a later
-    /// module reads there whether what it needs (a unit a pending package
-    /// installs) is itself pending.
-    fn earlier_pending(&self) -> Result<crate::sandbox::Bind> {
-        let text: String = self
-            .report
-            .modules
-            .iter()
-            .flat_map(|m| m.pending.iter().map(move |p| format!("{}: {p}\n", m.name)))
-            .collect();
-        let file = self.sandbox.run.path.join("pending-earlier");
-        crate::fsutil::write_private(&file, text.as_bytes())
-            .with_context(|| format!("cannot write {}", file.display()))?;
-        Ok(crate::sandbox::Bind {
-            source: file,
-            inside: Path::new(DISCO_DIR).join("pending-earlier"),
-        })
-    }
-
     /// Records what the live path of change `c` is now; a path changed on
     /// the live system since the module started (`since`, ns since the
     /// epoch) is a conflict already (its ctime is newer).
@@ -868,7 +774,7 @@ impl<'a, 'r> Run<'a, 'r> {
             ChangeKind::Created if is_dir(&c.new) => return Ok(()),
             ChangeKind::Created => {
                 if now.is_some() {
-                    self.conflicts.push(c.path.clone());
+                    self.lost.push(c.path.clone());
                 }
                 None
             }
@@ -876,12 +782,12 @@ impl<'a, 'r> Run<'a, 'r> {
             ChangeKind::Modified if is_dir(&c.old) => return Ok(()),
             _ => match now {
                 None => {
-                    self.conflicts.push(c.path.clone());
+                    self.lost.push(c.path.clone());
                     return Ok(());
                 }
                 Some(st) => {
                     if st.3 > since {
-                        self.conflicts.push(c.path.clone());
+                        self.lost.push(c.path.clone());
                     }
                     Some(st)
                 }
@@ -913,7 +819,7 @@ impl<'a, 'r> Run<'a, 'r> {
     /// The paths changed on the live system during the dance, sorted
     /// (read back from the run dir's `expected`, a line at a time).
     fn lost_updates(&mut self) -> Result<Vec<String>> {
-        let mut lost = self.conflicts.clone();
+        let mut lost = self.lost.clone();
         if let Some(w) = self.expected.take() {
             let file = self.sandbox.run.path.join(EXPECTED);
             w.into_inner()

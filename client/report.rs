@@ -368,6 +368,12 @@ pub struct ModuleReport {
     /// The changes not kept, per directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub summarised: Vec<Summary>,
+    /// Why it failed (its own error line, without the module's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it did not run (`requires M, which failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
 }
 
 fn is_zero_usize(n: &usize) -> bool {
@@ -442,6 +448,8 @@ impl RunReport {
                 pending: m.pending.clone(),
                 summarised_changes: m.summarised_changes,
                 summarised: m.summarised.clone(),
+                error: m.error.clone(),
+                not_run: m.not_run.clone(),
             })
             .collect();
         RunReport {

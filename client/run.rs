@@ -76,9 +76,9 @@ impl RunDir {
     pub fn shim_rel(k: usize) -> PathBuf {
         PathBuf::from(format!("s/{k}"))
     }
-    /// The squashed lower layer of mount `k` (see `sandbox::squash`).
-    pub fn squash_rel(k: usize) -> PathBuf {
-        PathBuf::from(format!("q/{k}"))
+    /// Squash `j` of mount `k` (see `sandbox::squash`).
+    pub fn squash_rel(j: usize, k: usize) -> PathBuf {
+        PathBuf::from(format!("q/{j}-{k}"))
     }
     /// Where `u/`, `w/` and `s/` live: the run dir itself, or `mem/`, a
     /// tmpfs, when the run dir is inside a filesystem the sandbox overlays

@@ -49,7 +49,9 @@ struct State {
     /// The limit in seconds, when armed.
     limit: Option<u64>,
     doing: String,
-    victim: Option<Victim>,
+    /// Every sandbox (or action) waited on now: several while modules
+    /// run side by side.
+    victims: Vec<Victim>,
     merge_began: bool,
     /// The message, once the deadline passed.
     passed: Option<String>,
@@ -61,7 +63,7 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     limit: None,
     doing: String::new(),
-    victim: None,
+    victims: Vec::new(),
     merge_began: false,
     passed: None,
     done: false,
@@ -130,7 +132,7 @@ fn watch(deadline: Instant, last_resort: LastResort) {
     }
     let msg = message(s.limit.unwrap_or_default(), &s.doing);
     s.passed = Some(msg.clone());
-    if let Some(v) = s.victim {
+    for v in s.victims.clone() {
         kill(v);
     }
     s = wait_done(s, Instant::now() + GRACE);
@@ -146,6 +148,12 @@ fn watch(deadline: Instant, last_resort: LastResort) {
 /// `the dance ran past dance_timeout (N s): WHAT`
 pub fn message(limit: u64, doing: &str) -> String {
     format!("the dance ran past dance_timeout ({limit} s): {doing}")
+}
+
+/// Kills sandbox `pid` (the child disco forked) and its init: a sandbox
+/// given up before it ended.
+pub fn kill_sandbox(pid: i32) {
+    kill(Victim::Sandbox(pid));
 }
 
 /// Kills `v`: a sandbox's init first (the kernel then kills every other
@@ -184,22 +192,22 @@ pub fn doing(what: impl Into<String>) {
 pub fn waiting_on(v: Victim) -> Waiting {
     let mut s = state();
     if s.limit.is_none() {
-        return Waiting(false);
+        return Waiting(None);
     }
-    s.victim = Some(v);
+    s.victims.push(v);
     if s.passed.is_some() {
         kill(v);
     }
-    Waiting(true)
+    Waiting(Some(v))
 }
 
 /// See [`waiting_on`].
-pub struct Waiting(bool);
+pub struct Waiting(Option<Victim>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if self.0 {
-            state().victim = None;
+        if let Some(v) = self.0 {
+            state().victims.retain(|w| *w != v);
         }
     }
 }

@@ -55,6 +55,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             config.noop_network.value = n.clone();
             config.noop_network.source = crate::config::Source::Flag("--noop-network");
         }
+        if let Some(n) = args.jobs {
+            config.jobs.value = n as usize;
+            config.jobs.source = crate::config::Source::Flag("--jobs");
+        }
     }
     match cli.command {
         Command::Plan(_) => plan::run(&config),

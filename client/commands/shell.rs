@@ -27,6 +27,8 @@ struct ModuleSetup {
     params: ParamTree,
     /// The modules up to and including M, in plan order.
     order: Vec<Name>,
+    /// Their requirements (M is the last).
+    graph: crate::graph::Graph,
     module: Name,
 }
 
@@ -43,10 +45,13 @@ fn module_setup(config: &Config, module: &str) -> Result<ModuleSetup> {
         .iter()
         .position(|m| *m == module)
         .expect("only keeps it");
+    let order = plan.order[..=pos].to_vec();
+    let graph = crate::graph::Graph::of(&tree, &order)?;
     Ok(ModuleSetup {
         tree,
         params,
-        order: plan.order[..=pos].to_vec(),
+        order,
+        graph,
         module,
     })
 }
@@ -58,7 +63,11 @@ fn run_requirements(
     setup: &ModuleSetup,
     exe: &std::path::Path,
 ) -> Result<()> {
-    for (idx, m) in setup.order[..setup.order.len() - 1].iter().enumerate() {
+    let last = setup.order.len() - 1;
+    for (idx, m) in setup.order[..last].iter().enumerate() {
+        if !setup.graph.requires(last, idx) {
+            continue;
+        }
         output::info(&format!("Processing {m} (required by {})", setup.module));
         let dir = setup
             .tree
@@ -68,7 +77,9 @@ fn run_requirements(
         let timeout = crate::pipeline::load_timeout(&dir, m)?;
         let job = crate::pipeline::job(config, sandbox, m, attrs, timeout);
         let binds = sandbox.standard_binds(exe, Some((&dir, &sandbox.run.params())));
-        let outcome = sandbox.run_layer(idx + 1, &binds, Output::Forward, || Ok(job.run()))?;
+        let lowers = setup.graph.lowers(idx);
+        let outcome =
+            sandbox.run_layer((idx + 1, &lowers), &binds, Output::Forward, || Ok(job.run()))?;
         let failed = match outcome.value {
             Ok(r) => r.failed,
             Err(e) => Some(e),
@@ -158,6 +169,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
     sandbox.limits = config.limits();
     let exe = crate::sandbox::exe()?;
     let layer = layers.len();
+    let lowers = setup.map_or_else(Vec::new, |s| s.graph.lowers(layer - 1));
     let (binds, env) = match setup {
         Some(s) => {
             run_requirements(config, &sandbox, s, &exe)?;
@@ -189,7 +201,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
             libc::signal(libc::SIGQUIT, libc::SIG_IGN),
         )
     };
-    let outcome = sandbox.run_layer(layer, &binds, Output::Terminal, || {
+    let outcome = sandbox.run_layer((layer, &lowers), &binds, Output::Terminal, || {
         let mut cmd = bash_command(&env);
         let child = cmd.spawn().context("cannot start bash in the sandbox")?;
         Ok(wait4(child.id())?.0)
@@ -201,7 +213,7 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
     }
     let outcome = outcome?;
     let owners = Owners::load(&sandbox.root);
-    let differ = sandbox.differ(&owners);
+    let differ = sandbox.differ(&owners, &lowers, false);
     let changes = differ.layer(layer)?;
     for c in &changes {
         output::change(c, false);

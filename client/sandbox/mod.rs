@@ -107,6 +107,12 @@ const MAX_RESULT: usize = 64 << 20;
 const MAX_LEFTOVERS_SHOWN: usize = 20;
 /// Script output kept for `--quiet` (the rest is counted, not kept).
 const MAX_CAPTURE: usize = 1 << 20;
+/// Lower layers a module's overlay stacks as they are; a deeper requires
+/// closure is squashed ([`Sandbox::stack`]).
+const MAX_STACKED: usize = 32;
+/// The most layers one overlay mount takes here: the kernel's limit is
+/// 500 lower layers, and the mount's options must fit one page.
+const MAX_OVERLAY_STACK: usize = 450;
 
 /// A file or directory of the host bound read-only into the sandbox.
 #[derive(Debug, Clone)]
@@ -165,9 +171,11 @@ pub struct Sandbox {
     /// down per module cost about a millisecond each. Dropped (its helper
     /// killed) with the sandbox.
     net: std::cell::OnceCell<net::NoopNet>,
-    /// How many layers (1..=n) are folded into the squash ([`squash`]);
-    /// `None` once a fold failed or a layer ran below it: stack them.
-    squashed: std::cell::Cell<Option<usize>>,
+    /// The squashes made (`q/J-K`, J the index here): the layers each
+    /// holds folded, ascending ([`squash`], [`Sandbox::stack`]).
+    squashes: std::cell::RefCell<Vec<Vec<usize>>>,
+    /// Set once a fold failed, or the squashes were dropped: stack.
+    squash_off: std::cell::Cell<bool>,
 }
 
 /// The result of work done in a sandbox, and what it left behind.
@@ -231,12 +239,6 @@ impl Sandbox {
         }
         for p in [&root, &run.path] {
             mounts::check_option_safe(p).map_err(|e| anyhow!(e))?;
-        }
-        if layers.len() > 450 {
-            bail!(
-                "{} modules are more than one overlay stack can hold (450)",
-                layers.len()
-            );
         }
         let state = fs::canonicalize(state_dir)
             .with_context(|| format!("state dir {}", state_dir.display()))?;
@@ -322,7 +324,8 @@ impl Sandbox {
                 memory: 0,
             },
             cgroups: std::cell::OnceCell::new(),
-            squashed: std::cell::Cell::new(Some(0)),
+            squashes: Default::default(),
+            squash_off: Default::default(),
             net: std::cell::OnceCell::new(),
         })
     }
@@ -356,71 +359,119 @@ impl Sandbox {
         binds
     }
 
-    /// The differ of this sandbox's layers, with ROOT's owner names.
-    pub fn differ<'a>(&'a self, owners: &'a crate::diff::Owners) -> crate::diff::Differ<'a> {
+    /// The differ of a layer over `lowers` (its requires closure,
+    /// ascending), with ROOT's owner names; `prune`: see
+    /// [`crate::diff::Differ::prune`].
+    pub fn differ<'a>(
+        &'a self,
+        owners: &'a crate::diff::Owners,
+        lowers: &'a [usize],
+        prune: bool,
+    ) -> crate::diff::Differ<'a> {
         crate::diff::Differ {
             run: &self.run,
             root: &self.root,
             mounts: &self.mounts,
             owners,
+            lowers,
+            prune,
         }
     }
 
-    /// Folds the uppers of layers below `layer` not folded yet into the
-    /// squash; true when the squash then holds exactly layers
-    /// 1..`layer`-1 (a layer run again below what is folded, or a failed
-    /// fold, turns squashing off for the run: the layers are stacked).
-    fn squash_below(&self, layer: usize) -> bool {
-        let Some(done) = self.squashed.get() else {
-            return false;
-        };
-        let want = layer.saturating_sub(1);
-        if done > want {
-            self.squashed.set(None);
-            return false;
+    /// How module `layer`'s lower layers (`lowers`, its requires closure,
+    /// ascending) are mounted: the id of a squash holding the first of
+    /// them folded, if any, and the layers stacked above it. A closure of
+    /// at most [`MAX_STACKED`] layers is stacked as it is; a deeper one
+    /// uses the squash of its first layers rounded down to a multiple of
+    /// [`MAX_STACKED`] — made once, from the longest squash already made
+    /// that it extends, and shared by every module whose closure starts
+    /// with the same layers (the modules down a chain). A squash is never
+    /// changed once made: a module running beside others may have it
+    /// mounted. A failed fold turns squashing off for the run (stacked,
+    /// up to the overlay's limit).
+    fn stack(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
+        let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
+        if cut == 0 || self.squash_off.get() {
+            return self.stacked(lowers);
         }
-        if want == 0 {
-            return false;
+        let (folded, stacked) = lowers.split_at(cut);
+        let mut squashes = self.squashes.borrow_mut();
+        if let Some(j) = squashes.iter().position(|f| f == folded) {
+            return Ok((Some(j), stacked.to_vec()));
         }
-        let layers = self.run.layers();
-        for i in done + 1..=want {
-            for k in 0..self.mounts.len() {
-                let upper = self.run.upper(i, k);
-                // What shows through below the squash: the shims, ROOT.
-                let mut below = Vec::new();
-                if self.shims.get(k).copied().unwrap_or(false) {
-                    below.push(layers.join(RunDir::shim_rel(k)));
-                }
-                below.push(self.root.join(&self.mounts[k].rel));
-                if let Err(e) = squash::fold(&upper, &layers.join(RunDir::squash_rel(k)), &below) {
-                    crate::output::warning(&format!(
-                        "cannot squash layer {i} ({e:#}); stacking every layer instead"
-                    ));
-                    self.squashed.set(None);
-                    return false;
-                }
+        // The longest squash made that this one extends, if any.
+        let base = squashes
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| folded.starts_with(f))
+            .max_by_key(|(_, f)| f.len())
+            .map(|(j, f)| (j, f.len()));
+        let j = squashes.len();
+        match self.make_squash(j, base, folded) {
+            Ok(()) => {
+                squashes.push(folded.to_vec());
+                Ok((Some(j), stacked.to_vec()))
+            }
+            Err(e) => {
+                crate::output::warning(&format!(
+                    "cannot squash the lower layers ({e:#}); stacking them instead"
+                ));
+                self.squash_off.set(true);
+                drop(squashes);
+                self.stacked(lowers)
             }
         }
-        self.squashed.set(Some(want));
-        true
+    }
+
+    /// `lowers` stacked as they are, within the overlay's limit.
+    fn stacked(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
+        if lowers.len() > MAX_OVERLAY_STACK {
+            bail!(
+                "{} required modules are more than one overlay stack can hold ({MAX_OVERLAY_STACK}) and they could not be squashed",
+                lowers.len()
+            );
+        }
+        Ok((None, lowers.to_vec()))
+    }
+
+    /// Makes squash `j` (`q/J-K`): squash `base` (its id and how many
+    /// layers it holds) folded in, then the rest of `layers`.
+    fn make_squash(&self, j: usize, base: Option<(usize, usize)>, layers: &[usize]) -> Result<()> {
+        let dir = self.run.layers();
+        let from = base.map_or(0, |(_, n)| n);
+        for k in 0..self.mounts.len() {
+            // What shows through below the squash: the shims, ROOT.
+            let mut below = Vec::new();
+            if self.shims.get(k).copied().unwrap_or(false) {
+                below.push(dir.join(RunDir::shim_rel(k)));
+            }
+            below.push(self.root.join(&self.mounts[k].rel));
+            let to = dir.join(RunDir::squash_rel(j, k));
+            if let Some((b, _)) = base {
+                squash::fold(&dir.join(RunDir::squash_rel(b, k)), &to, &below)?;
+            }
+            for &i in &layers[from..] {
+                squash::fold(&self.run.upper(i, k), &to, &below)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes the squash (its names for the uppers' inodes would count
     /// as hard links in the merge). The layers run after this are stacked.
     pub fn drop_squash(&self) {
-        self.squashed.set(None);
+        self.squash_off.set(true);
+        self.squashes.borrow_mut().clear();
         let q = self.run.layers().join("q");
         let _ = fs::remove_dir_all(&q);
     }
 
-    /// Runs `body` inside the sandbox of `layer` (1-based), in a child
-    /// process that is the init of its own PID namespace: when it ends,
-    /// every process the body started ends with it. Errors of the sandbox
-    /// itself come back as `Err`; the body's own result is in the
-    /// [`Outcome`].
+    /// Runs `body` inside the sandbox of `layer` (1-based) over the
+    /// layers `lowers` (its requires closure, ascending), and waits for
+    /// it: [`Sandbox::start_layer`] then [`Sandbox::wait_any`].
     pub fn run_layer<T, F>(
         &self,
-        layer: usize,
+        (layer, lowers): (usize, &[usize]),
         binds: &[Bind],
         output: Output,
         body: F,
@@ -429,7 +480,35 @@ impl Sandbox {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
     {
-        let squashed = self.squash_below(layer);
+        let mut one = vec![self.start_layer((layer, lowers), binds, output, body)?];
+        Self::wait_any(&mut one)?.1
+    }
+
+    /// Starts `body` inside the sandbox of `layer` (1-based) over the
+    /// layers `lowers` (its requires closure, ascending: each must have
+    /// ended), in a child process that is the init of its own PID
+    /// namespace: when it ends, every process the body started ends with
+    /// it. Several may run at once (modules that do not require each
+    /// other); [`Sandbox::wait_any`] collects them. Errors of the sandbox
+    /// itself come back as `Err`; the body's own result is in the
+    /// [`Outcome`].
+    pub fn start_layer<T, F>(
+        &self,
+        (layer, lowers): (usize, &[usize]),
+        binds: &[Bind],
+        output: Output,
+        body: F,
+    ) -> Result<Running<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Result<T>,
+    {
+        let (squash, stacked) = self.stack(lowers)?;
+        let mounting = Mounting {
+            layer,
+            squash,
+            stacked,
+        };
         if self.noop && self.net.get().is_none() {
             let made = if self.host_network {
                 net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
@@ -441,7 +520,7 @@ impl Sandbox {
         if self.cgroups.get().is_none() {
             let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
         }
-        // Removed (what is left in it killed) when this returns.
+        // Removed (what is left in it killed) when the run is dropped.
         let mut cgroup = match self.cgroups.get().and_then(Option::as_ref) {
             Some(c) => Some(c.make(layer)?),
             None => None,
@@ -467,8 +546,9 @@ impl Sandbox {
             )),
         };
         // SAFETY: the child only runs Rust code of this process and ends
-        // with _exit. The one other thread disco may have (the deadline's,
-        // crate::watchdog) holds no lock while it waits.
+        // with _exit. disco's one other thread (the deadline's,
+        // crate::watchdog) holds no lock while it waits; the sandboxes
+        // running beside this one are processes, not threads.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(reader);
@@ -487,7 +567,7 @@ impl Sandbox {
                         Vec::new(),
                         Vec::new(),
                     ),
-                    _ => self.child((layer, squashed), binds, (writer, limits), std, body),
+                    _ => self.child(&mounting, binds, (writer, limits), std, body),
                 };
                 // SAFETY: leaving the forked child without running the parent's destructors.
                 unsafe { libc::_exit(code) }
@@ -498,29 +578,73 @@ impl Sandbox {
                     drop((w1, w2));
                     (r1, r2)
                 });
-                // The process's one mask (crate::masks): what the sandbox prints.
-                let masks = crate::masks::current();
                 // Past dance_timeout, the deadline kills the init: every
                 // pipe read here closes, the wait ends.
                 let waiting =
                     crate::watchdog::waiting_on(crate::watchdog::Victim::Sandbox(child.as_raw()));
-                let drained = drain(reader, std, output, &masks);
-                let status = waitpid(child, None).context("waitpid")?;
-                drop(waiting);
-                let (buf, captured) = drained.context("reading the sandbox's result")?;
-                if buf.is_empty() {
-                    // Its init killed at the memory limit says so.
-                    if let Some(cg) = &cgroup {
-                        if cg.events.read().oom_kills > 0 {
-                            bail!("the sandbox was {}", cg.limits.memory_hit());
-                        }
-                    }
-                    bail!("the sandbox ended without a result ({})", describe(status));
+                Ok(Running {
+                    child: Some(child),
+                    // The process's one mask (crate::masks): what the sandbox prints.
+                    drain: Drain::new(reader, std, output, crate::masks::current()),
+                    cgroup,
+                    _waiting: waiting,
+                    _value: std::marker::PhantomData,
+                })
+            }
+        }
+    }
+
+    /// Waits until one of `running` ends; returns its index and its
+    /// outcome, or the error of its sandbox (it stays in the list, ended).
+    /// The output of all of them is read meanwhile, copied or kept as
+    /// each one's [`Output`] says.
+    #[allow(clippy::type_complexity)]
+    pub fn wait_any<T: DeserializeOwned>(
+        running: &mut [Running<T>],
+    ) -> Result<(usize, Result<Outcome<T>>)> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            if let Some(i) = running
+                .iter()
+                .position(|r| r.child.is_some() && r.drain.open.is_empty())
+            {
+                return Ok((i, running[i].finish()));
+            }
+            // (run, descriptor) of each pipe still open.
+            let which: Vec<(usize, usize)> = running
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.child.is_some())
+                .flat_map(|(i, r)| (0..r.drain.open.len()).map(move |d| (i, d)))
+                .collect();
+            if which.is_empty() {
+                bail!("no sandbox is running");
+            }
+            let ready: Vec<bool> = {
+                let mut fds: Vec<PollFd> = which
+                    .iter()
+                    .map(|&(i, d)| {
+                        PollFd::new(running[i].drain.open[d].0.as_fd(), PollFlags::POLLIN)
+                    })
+                    .collect();
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e).context("poll"),
                 }
-                let mut outcome: Outcome<T> =
-                    serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
-                outcome.output = masks.bytes(&captured);
-                Ok(outcome)
+                fds.iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect()
+            };
+            // Highest descriptor first, so a closed one's removal does not
+            // shift those still to read.
+            for (&(i, d), _) in which.iter().zip(&ready).rev().filter(|(_, r)| **r) {
+                running[i]
+                    .drain
+                    .read(d, &mut chunk)
+                    .context("reading the sandbox's result")?;
             }
         }
     }
@@ -529,7 +653,7 @@ impl Sandbox {
     /// which builds the root and runs the body.
     fn child<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
-        layer: (usize, bool),
+        layer: &Mounting,
         binds: &[Bind],
         (out, limits): (OwnedFd, Option<(cgroup::Events, cgroup::Limits)>),
         std: Option<(OwnedFd, OwnedFd)>,
@@ -597,7 +721,7 @@ impl Sandbox {
     /// the body, reads back the queue the shims wrote, reports.
     fn init<T: Serialize, F: FnOnce() -> Result<T>>(
         &self,
-        layer: (usize, bool),
+        layer: &Mounting,
         binds: &[Bind],
         (out, limits): (OwnedFd, Option<(cgroup::Events, cgroup::Limits)>),
         std: Option<(OwnedFd, OwnedFd)>,
@@ -650,7 +774,7 @@ impl Sandbox {
     }
 
     /// Mounts the root of `layer` and pivots into it.
-    fn enter(&self, (layer, squashed): (usize, bool), binds: &[Bind]) -> Result<()> {
+    fn enter(&self, layer: &Mounting, binds: &[Bind]) -> Result<()> {
         nix::unistd::chdir(&self.run.layers()).context("chdir to the run's layers")?;
         propagation(
             MsFlags::MS_PRIVATE,
@@ -660,8 +784,9 @@ impl Sandbox {
         let mut ops = mounts::root_ops(&RootPlan {
             root: &self.root,
             mounts: &self.mounts,
-            layer,
-            squashed,
+            layer: layer.layer,
+            squash: layer.squash,
+            stacked: &layer.stacked,
             shims: &self.shims,
             merged: &merged,
             hidden: self.state_in_root.as_deref(),
@@ -754,103 +879,165 @@ fn detach_and_restrict(
     }
 }
 
-/// Reads the sandbox's result pipe to its end while copying or capturing
-/// the sandbox's stdout and stderr pipes, without threads (disco forks
-/// again for the next module).
-fn drain(
-    result: OwnedFd,
-    std: Option<(OwnedFd, OwnedFd)>,
+/// How one module's sandbox is mounted: its layer, and its lower layers
+/// ([`Sandbox::stack`]).
+#[derive(Debug)]
+struct Mounting {
+    layer: usize,
+    squash: Option<usize>,
+    stacked: Vec<usize>,
+}
+
+/// A sandbox started by [`Sandbox::start_layer`], until
+/// [`Sandbox::wait_any`] returns its outcome. Dropped before that (the
+/// dance failed elsewhere, or passed its deadline), it is killed and
+/// reaped, and its cgroup removed.
+pub struct Running<T> {
+    /// The forked child, until reaped.
+    child: Option<nix::unistd::Pid>,
+    drain: Drain,
+    cgroup: Option<cgroup::Cgroup>,
+    _waiting: crate::watchdog::Waiting,
+    _value: std::marker::PhantomData<T>,
+}
+
+impl<T: DeserializeOwned> Running<T> {
+    /// Its pipes are closed: reaps the child, reads the result.
+    fn finish(&mut self) -> Result<Outcome<T>> {
+        let child = self.child.take().expect("finished once");
+        let status = waitpid(child, None).context("waitpid")?;
+        let drain = std::mem::replace(&mut self.drain, Drain::ended());
+        let (buf, captured, masks) = drain.into_result();
+        if buf.is_empty() {
+            // Its init killed at the memory limit says so.
+            if let Some(cg) = &self.cgroup {
+                if cg.events.read().oom_kills > 0 {
+                    bail!("the sandbox was {}", cg.limits.memory_hit());
+                }
+            }
+            bail!("the sandbox ended without a result ({})", describe(status));
+        }
+        let mut outcome: Outcome<T> =
+            serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
+        outcome.output = masks.bytes(&captured);
+        // Removed now, what is left in it killed: before the next module
+        // (one that requires this one) starts.
+        self.cgroup = None;
+        Ok(outcome)
+    }
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            crate::watchdog::kill_sandbox(child.as_raw());
+            let _ = waitpid(child, None);
+        }
+    }
+}
+
+/// Reads a sandbox's result pipe to its end while copying or capturing
+/// its stdout and stderr pipes, without threads: one poll over every
+/// running sandbox's pipes ([`Sandbox::wait_any`]).
+struct Drain {
+    /// The pipes still open: 0 the result, 1 stdout, 2 stderr.
+    open: Vec<(OwnedFd, u8)>,
     output: Output,
-    masks: &crate::output::Masks,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    // With secrets to mask, output goes out line by line (a secret is
-    // replaced within a line); a partial line waits for its end.
-    let mut pending: [Vec<u8>; 3] = Default::default();
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut open: Vec<(OwnedFd, u8)> = vec![(result, 0)];
-    if let Some((o, e)) = std {
-        open.push((o, 1));
-        open.push((e, 2));
+    masks: std::sync::Arc<crate::masks::Masks>,
+    /// With secrets to mask, output goes out line by line (a secret is
+    /// replaced within a line); a partial line waits for its end.
+    pending: [Vec<u8>; 3],
+    result: Vec<u8>,
+    captured: Vec<u8>,
+    dropped: usize,
+}
+
+impl Drain {
+    fn new(
+        result: OwnedFd,
+        std: Option<(OwnedFd, OwnedFd)>,
+        output: Output,
+        masks: std::sync::Arc<crate::masks::Masks>,
+    ) -> Drain {
+        let mut open: Vec<(OwnedFd, u8)> = vec![(result, 0)];
+        if let Some((o, e)) = std {
+            open.push((o, 1));
+            open.push((e, 2));
+        }
+        Drain {
+            open,
+            output,
+            masks,
+            pending: Default::default(),
+            result: Vec::new(),
+            captured: Vec::new(),
+            dropped: 0,
+        }
     }
-    let (mut buf, mut captured, mut dropped) = (Vec::new(), Vec::new(), 0usize);
-    let mut chunk = vec![0u8; 64 << 10];
-    while !open.is_empty() {
-        let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd> = open
-                .iter()
-                .map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
-                .collect();
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e).context("poll"),
-            }
-            fds.iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect()
+
+    fn ended() -> Drain {
+        Drain {
+            open: Vec::new(),
+            output: Output::Capture,
+            masks: Default::default(),
+            pending: Default::default(),
+            result: Vec::new(),
+            captured: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Reads what is ready on open pipe `d`, closing it at its end.
+    fn read(&mut self, d: usize, chunk: &mut [u8]) -> Result<()> {
+        let which = self.open[d].1;
+        let n = match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.open[d].0), chunk) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return Ok(()),
+            Err(e) => return Err(e).context("read"),
         };
-        let mut closed = Vec::new();
-        for (i, (fd, which)) in open.iter().enumerate() {
-            if !ready[i] {
-                continue;
+        if n == 0 {
+            if which != 0 {
+                let rest = self.masks.lines(&mut self.pending[which as usize], &[], true);
+                emit(which, &rest);
             }
-            let n = match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut chunk) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
-                Err(e) => return Err(e).context("read"),
-            };
-            if n == 0 {
-                closed.push(i);
-                continue;
+            self.open.remove(d);
+            return Ok(());
+        }
+        let bytes = &chunk[..n];
+        match (which, self.output) {
+            (0, _) => {
+                if self.result.len() + n > MAX_RESULT {
+                    bail!("the sandbox's result is larger than {MAX_RESULT} bytes");
+                }
+                self.result.extend_from_slice(bytes);
             }
-            let bytes = &chunk[..n];
-            match (*which, output) {
-                (0, _) => {
-                    if buf.len() + n > MAX_RESULT {
-                        bail!("the sandbox's result is larger than {MAX_RESULT} bytes");
-                    }
-                    buf.extend_from_slice(bytes);
-                }
-                (_, Output::Capture) => {
-                    let room = MAX_CAPTURE.saturating_sub(captured.len()).min(n);
-                    captured.extend_from_slice(&bytes[..room]);
-                    dropped += n - room;
-                }
-                (w, _) => {
-                    let out = masks.lines(&mut pending[w as usize], bytes, false);
-                    emit(w, &out);
-                }
+            (_, Output::Capture) => {
+                let room = MAX_CAPTURE.saturating_sub(self.captured.len()).min(n);
+                self.captured.extend_from_slice(&bytes[..room]);
+                self.dropped += n - room;
+            }
+            (w, _) => {
+                let out = self.masks.lines(&mut self.pending[w as usize], bytes, false);
+                emit(w, &out);
             }
         }
-        for i in closed.into_iter().rev() {
-            let w = open[i].1;
-            if w != 0 {
-                let rest = masks.lines(&mut pending[w as usize], &[], true);
-                emit(w, &rest);
-            }
-            open.remove(i);
+        Ok(())
+    }
+
+    /// The result's bytes, the captured output, and the mask for it.
+    fn into_result(mut self) -> (Vec<u8>, Vec<u8>, std::sync::Arc<crate::masks::Masks>) {
+        if self.dropped > 0 {
+            self.captured.extend_from_slice(
+                format!("\n[… {} more bytes of output not kept]\n", self.dropped).as_bytes(),
+            );
         }
+        (self.result, self.captured, self.masks)
     }
-    if dropped > 0 {
-        captured.extend_from_slice(
-            format!("\n[… {dropped} more bytes of output not kept]\n").as_bytes(),
-        );
-    }
-    Ok((buf, captured))
 }
 
 /// Writes forwarded output to disco's stdout (1) or stderr (2).
 fn emit(which: u8, bytes: &[u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    if which == 1 {
-        let mut o = std::io::stdout().lock();
-        let _ = o.write_all(bytes).and_then(|()| o.flush());
-    } else {
-        let _ = std::io::stderr().write_all(bytes);
-    }
+    crate::output::put(which == 1, bytes);
 }
 
 /// Reads the shims' queue from inside the sandbox, as untrusted data: not

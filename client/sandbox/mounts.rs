@@ -222,11 +222,15 @@ pub enum MountOp {
 pub struct RootPlan<'a> {
     pub root: &'a Path,
     pub mounts: &'a [Mount],
-    /// Layer being run (1-based); layers 1..layer-1 are its lower stack.
+    /// Layer being run (1-based).
     pub layer: usize,
-    /// Layers 1..layer-1 are folded into the squash (`q/K`), which is then
-    /// the one lower layer above the shims instead of all of them.
-    pub squashed: bool,
+    /// The squash (`q/J-K`) holding the first layers of its requires
+    /// closure folded, if any: the lowest of its lower layers above the
+    /// shims.
+    pub squash: Option<usize>,
+    /// The rest of its closure's layers, ascending, stacked above that
+    /// (the last one topmost).
+    pub stacked: &'a [usize],
     /// Mount indexes that have a shim layer.
     pub shims: &'a [bool],
     pub merged: &'a Path,
@@ -295,14 +299,15 @@ pub const DEV_NODES: &[(&str, u64, u64)] = &[
 pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
     let mut ops = Vec::new();
     for (k, m) in plan.mounts.iter().enumerate() {
-        let mut lowers: Vec<PathBuf> = if plan.squashed {
-            vec![RunDir::squash_rel(k)]
-        } else {
-            (1..plan.layer)
-                .rev()
-                .map(|i| RunDir::upper_rel(i, k))
-                .collect()
-        };
+        let mut lowers: Vec<PathBuf> = plan
+            .stacked
+            .iter()
+            .rev()
+            .map(|&i| RunDir::upper_rel(i, k))
+            .collect();
+        if let Some(j) = plan.squash {
+            lowers.push(RunDir::squash_rel(j, k));
+        }
         if plan.shims.get(k).copied().unwrap_or(false) {
             lowers.push(RunDir::shim_rel(k));
         }
@@ -680,7 +685,8 @@ mod tests {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squashed: false,
+            squash: None,
+            stacked: &[1, 2],
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
             hidden: Some(Path::new("var/lib/disco")),
@@ -697,12 +703,13 @@ mod tests {
         assert_eq!(target, Path::new("/s/run/R/merged/"));
         let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(lowers, ["u/2-0", "u/1-0", "s/0", "/srv/root/"]);
-        // Squashed: the earlier uppers are one lower.
+        // Squashed: the first layers are one lower, the rest stacked on it.
         let squashed = root_ops(&RootPlan {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squashed: true,
+            squash: Some(4),
+            stacked: &[2],
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
             hidden: None,
@@ -711,7 +718,7 @@ mod tests {
             panic!()
         };
         let q: Vec<String> = q.iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(q, ["q/0", "s/0", "/srv/root/"]);
+        assert_eq!(q, ["u/2-0", "q/4-0", "s/0", "/srv/root/"]);
         assert_eq!(
             (upper.to_str(), work.to_str()),
             (Some("u/3-0"), Some("w/3-0"))
@@ -795,7 +802,8 @@ mod tests {
             root: Path::new("/r"),
             mounts: &mounts,
             layer: 1,
-            squashed: false,
+            squash: None,
+            stacked: &[],
             shims: &[false],
             merged: Path::new("/m"),
             hidden: None,
