@@ -555,7 +555,12 @@ fn two_unordered_modules_making_one_directory_alike_is_no_conflict() {
         "mkdir -p /srv/made; echo 1 > /srv/made/one\n",
         0o755,
     )
-    .module_file("mk2", "files/srv/made/two", "2\n", 0o644);
+    .module_file(
+        "mk2",
+        "scripts/10-mk",
+        "mkdir -p /srv/made; echo 2 > /srv/made/two\n",
+        0o755,
+    );
     let r = FixtureRoot::new(f.dir.path());
     for noop in [true, false] {
         let (code, out, err) = dance(&f, &f.state(), &r.path, noop, &[]);
@@ -719,15 +724,24 @@ fn a_failure_stops_only_what_requires_it_noop_and_live() {
     let r = FixtureRoot::new(f.dir.path());
     r.file("etc/g/README", "g\n");
     let before = tree(&r.path);
+    let mut noops = Vec::new();
     for (what, noop, args) in [
         ("noop", true, &[][..]),
         ("noop, jobs 1", true, &["--jobs", "1"][..]),
         ("live", false, &[][..]),
     ] {
         let result = dance(&f, &f.state(), &r.path, noop, args);
-        assert_failed_as_planned(what, &result, &last_report(&f.state()));
+        let report = last_report(&f.state());
+        assert_failed_as_planned(what, &result, &report);
         assert_eq!(tree(&r.path), before, "{what}: nothing merged");
+        if noop {
+            noops.push(normalized(&report, &r.path, &f.state()));
+        }
     }
+    assert_eq!(
+        noops[0], noops[1],
+        "the failed noop's report, jobs 1 against the default"
+    );
     fs::write(f.config(), "on_failure = \"nothing\"\n").unwrap();
     let result = dance(&f, &f.state(), &r.path, false, &[]);
     assert_failed_as_planned(
