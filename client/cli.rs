@@ -703,8 +703,8 @@ pub struct DanceArgs {
     /// side; 1 runs them one at a time in the plan's order. The report,
     /// the merged root and the exit code are the same for any N
     /// [config: jobs; default: the number of CPUs]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub jobs: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Only run again the deferred actions and handlers that failed in
     /// earlier dances, or were cut by disco's death (they also run again at
     /// the end of every dance; `disco actions` lists them)

@@ -384,7 +384,16 @@ impl Config {
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1);
-            anyhow!("{}:{line}: {}", path.display(), e.message().trim())
+            // The setting named: a type error of toml says only what it expected.
+            let key = e
+                .span()
+                .and_then(|_| text.lines().nth(line - 1))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !e.message().contains(k))
+                .map(|k| format!("{k}: "))
+                .unwrap_or_default();
+            anyhow!("{}:{line}: {key}{}", path.display(), e.message().trim())
         })?;
         let src = || Source::File(path.to_path_buf());
         if let Some(v) = file.server {

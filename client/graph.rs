@@ -329,8 +329,7 @@ mod tests {
         c.record(&g, 0, "/etc/x", Touch::Other);
         c.record(&g, 3, "/etc/x", Touch::Other);
         c.record(&g, 4, "/etc/x", Touch::Other);
-        let pairs: Vec<(usize, usize)> =
-            c.found().iter().map(|c| (c.first, c.second)).collect();
+        let pairs: Vec<(usize, usize)> = c.found().iter().map(|c| (c.first, c.second)).collect();
         assert_eq!(pairs, vec![(0, 4), (3, 4)]);
     }
 }

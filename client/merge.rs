@@ -484,7 +484,11 @@ impl Merger<'_> {
     fn dir_attrs(&mut self, u: &Path, l: &Path, shown: &Path) -> Result<()> {
         if let Some(dirs) = &self.dirs {
             let s = crate::fsutil::shown(shown);
-            let s = if s.len() > 1 { s.trim_end_matches('/') } else { &s };
+            let s = if s.len() > 1 {
+                s.trim_end_matches('/')
+            } else {
+                &s
+            };
             if !dirs.contains(s) {
                 return Ok(());
             }

@@ -23,6 +23,24 @@ static DIVERTED: std::sync::Mutex<Option<Section>> = std::sync::Mutex::new(None)
 pub struct Section(Vec<(bool, Vec<u8>)>);
 
 impl Section {
+    /// Keeps `bytes` for stdout (`to_stdout`) or stderr.
+    pub fn push(&mut self, to_stdout: bool, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((s, b)) if *s == to_stdout => b.extend_from_slice(bytes),
+            _ => self.0.push((to_stdout, bytes.to_vec())),
+        }
+    }
+
+    /// Prints (or keeps) a copy of what was kept.
+    pub fn show(&self) {
+        for (to_stdout, bytes) in &self.0 {
+            put(*to_stdout, bytes);
+        }
+    }
+
     /// Adds what `other` kept after what this one did.
     pub fn append(&mut self, other: Section) {
         self.0.extend(other.0);
@@ -77,10 +95,7 @@ pub fn put(to_stdout: bool, bytes: &[u8]) {
     {
         let mut slot = DIVERTED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(section) = slot.as_mut() {
-            match section.0.last_mut() {
-                Some((s, b)) if *s == to_stdout => b.extend_from_slice(bytes),
-                _ => section.0.push((to_stdout, bytes.to_vec())),
-            }
+            section.push(to_stdout, bytes);
             return;
         }
     }

@@ -258,12 +258,14 @@ fn stages(
     run.run_modules(&fetched.0.plan.order)?;
     watchdog::check()?;
     let conflict = run.ended(&fetched.0.plan.order);
-    Ok(match verdict(run.report, &config.on_failure.value, conflict) {
-        Verdict::Failed => run.failed(),
-        Verdict::Noop => run.noop_summary(),
-        Verdict::Merge => run.merge_and_act(merge_began)?,
-        Verdict::MergeIndependent => run.merge_independent(merge_began)?,
-    })
+    Ok(
+        match verdict(run.report, &config.on_failure.value, conflict) {
+            Verdict::Failed => run.failed(),
+            Verdict::Noop => run.noop_summary(),
+            Verdict::Merge => run.merge_and_act(merge_began)?,
+            Verdict::MergeIndependent => run.merge_independent(merge_began)?,
+        },
+    )
 }
 
 fn join(names: &[Name]) -> String {
@@ -679,7 +681,9 @@ impl<'a, 'r> Run<'a, 'r> {
     /// still failed.
     fn merge_independent(&mut self, merge_began: &std::cell::Cell<bool>) -> Result<Ending> {
         let failed: Vec<usize> = (0..self.report.modules.len())
-            .filter(|&i| self.report.modules[i].error.is_some() || self.report.modules[i].not_run.is_some())
+            .filter(|&i| {
+                self.report.modules[i].error.is_some() || self.report.modules[i].not_run.is_some()
+            })
             .collect();
         let merged: Vec<usize> = (0..self.report.modules.len())
             .filter(|&i| !failed.contains(&i) && !failed.iter().any(|&f| self.graph.requires(i, f)))

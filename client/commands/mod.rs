@@ -56,7 +56,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             config.noop_network.source = crate::config::Source::Flag("--noop-network");
         }
         if let Some(n) = args.jobs {
-            config.jobs.value = n as usize;
+            if n == 0 {
+                anyhow::bail!("--jobs 0: give how many modules may run at once, at least 1");
+            }
+            config.jobs.value = n;
             config.jobs.source = crate::config::Source::Flag("--jobs");
         }
     }

@@ -79,7 +79,12 @@ fn run_requirements(
         let binds = sandbox.standard_binds(exe, Some((&dir, &sandbox.run.params())));
         let lowers = setup.graph.lowers(idx);
         let outcome =
-            sandbox.run_layer((idx + 1, &lowers), &binds, Output::Forward, || Ok(job.run()))?;
+            sandbox.run_layer(
+                (idx + 1, &lowers),
+                &binds,
+                Output::Forward,
+                || Ok(job.run()),
+            )?;
         let failed = match outcome.value {
             Ok(r) => r.failed,
             Err(e) => Some(e),

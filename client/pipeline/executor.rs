@@ -181,7 +181,9 @@ impl Run<'_, '_> {
                 .expect("a requirement that did not succeed has a failure in its closure");
             self.status[i] = Status::NotRun(failed);
             let why = format!("requires {}, which failed", order[failed]);
-            printer.to(i, || output::warning(&format!("{}: not run: {why}", order[i])));
+            printer.to(i, || {
+                output::warning(&format!("{}: not run: {why}", order[i]))
+            });
             self.slots[i] = Some(ModuleReport {
                 name: order[i].to_string(),
                 not_run: Some(why),
@@ -193,7 +195,12 @@ impl Run<'_, '_> {
 
     /// Starts module `i` (`module`) in its sandbox, over the layers of
     /// its requires closure.
-    fn start(&mut self, i: usize, module: &Name, jobs: usize) -> Result<(Running<ModuleRun>, Started)> {
+    fn start(
+        &mut self,
+        i: usize,
+        module: &Name,
+        jobs: usize,
+    ) -> Result<(Running<ModuleRun>, Started)> {
         output::info(&format!("Processing {module}"));
         self.status[i] = Status::Running;
         let module_dir = self
@@ -219,9 +226,9 @@ impl Run<'_, '_> {
             Output::Forward
         };
         let started = SystemTime::now();
-        let running =
-            self.sandbox
-                .start_layer((i + 1, &lowers), &binds, output, move || Ok(job.run()))?;
+        let running = self
+            .sandbox
+            .start_layer((i + 1, &lowers), &binds, output, move || Ok(job.run()))?;
         Ok((
             running,
             Started {
@@ -244,7 +251,11 @@ impl Run<'_, '_> {
             .filter_map(|&l| self.slots[l - 1].as_ref())
             .flat_map(|m| m.pending.iter().map(move |p| format!("{}: {p}\n", m.name)))
             .collect();
-        let file = self.sandbox.run.path.join(format!("pending-earlier-{}", i + 1));
+        let file = self
+            .sandbox
+            .run
+            .path
+            .join(format!("pending-earlier-{}", i + 1));
         crate::fsutil::write_private(&file, text.as_bytes())
             .with_context(|| format!("cannot write {}", file.display()))?;
         Ok(crate::sandbox::Bind {
@@ -267,10 +278,10 @@ impl Run<'_, '_> {
         // with the module's other lines: at once, or with --quiet at its
         // first change or its failure. Forwarded output was shown as it came.
         let kept = self.opts.quiet || self.config.jobs.value > 1;
-        let mut to_show = kept.then_some(&outcome.output[..]);
+        let mut to_show = kept.then_some(&outcome.output);
         if !self.opts.quiet {
             if let Some(o) = to_show.take() {
-                output::put(false, o);
+                o.show();
             }
         }
         let diffed = self.diff_layer(
@@ -284,7 +295,7 @@ impl Run<'_, '_> {
             failed = Some(why);
         }
         if let (Some(_), Some(o)) = (&failed, to_show) {
-            output::put(false, o);
+            o.show();
         }
         if failed.is_none() {
             self.say_deferred(&mreport);
@@ -387,7 +398,7 @@ impl Run<'_, '_> {
         module: &Name,
         job: &Started,
         (failed, all_paths): (bool, bool),
-        to_show: &mut Option<&[u8]>,
+        to_show: &mut Option<&output::Section>,
         mreport: &mut ModuleReport,
     ) -> Result<Diffed> {
         let layer = job.idx + 1;
@@ -429,13 +440,14 @@ impl Run<'_, '_> {
                     // Only a merge checks them: a noop never merges.
                     self.expect(&c, since)?;
                 }
-                self.conflicts.record(self.graph, job.idx, &c.path, touch(&c));
+                self.conflicts
+                    .record(self.graph, job.idx, &c.path, touch(&c));
                 dirs.push(&c)?;
                 if let (Some(state), false, None) = (&state_dir, failed, &out.touches) {
                     out.touches = touches_state_dir(std::slice::from_ref(&c), state);
                 }
                 if let Some(o) = to_show.take() {
-                    output::put(false, o);
+                    o.show();
                 }
                 console.push(&c);
                 if all_paths || out.changed.is_empty() {

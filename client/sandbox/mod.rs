@@ -130,8 +130,8 @@ pub struct Bind {
 pub enum Output {
     /// Copied to disco's stdout and stderr as it comes.
     Forward,
-    /// Kept (up to 1 MiB, stdout and stderr interleaved) in
-    /// [`Outcome::output`], for `--quiet`.
+    /// Kept (up to 1 MiB, stdout and stderr apart) in
+    /// [`Outcome::output`], for `--quiet` and modules run side by side.
     Capture,
     /// disco's own stdin/stdout/stderr, for the interactive `disco shell`.
     Terminal,
@@ -194,9 +194,10 @@ pub struct Outcome<T> {
     /// Changes the work said it could not make (`disco pending TEXT`).
     #[serde(default)]
     pub pending: Vec<String>,
-    /// With [`Output::Capture`]: what the work printed.
+    /// With [`Output::Capture`]: what the work printed, stdout and
+    /// stderr apart, in the order written (masked).
     #[serde(skip)]
-    pub output: Vec<u8>,
+    pub output: crate::output::Section,
 }
 
 impl Sandbox {
@@ -768,7 +769,7 @@ impl Sandbox {
             leftover_count,
             actions,
             pending,
-            output: Vec::new(),
+            output: Default::default(),
         };
         send_outcome(&out, outcome)
     }
@@ -907,7 +908,7 @@ impl<T: DeserializeOwned> Running<T> {
         let child = self.child.take().expect("finished once");
         let status = waitpid(child, None).context("waitpid")?;
         let drain = std::mem::replace(&mut self.drain, Drain::ended());
-        let (buf, captured, masks) = drain.into_result();
+        let (buf, captured) = drain.into_result();
         if buf.is_empty() {
             // Its init killed at the memory limit says so.
             if let Some(cg) = &self.cgroup {
@@ -919,7 +920,7 @@ impl<T: DeserializeOwned> Running<T> {
         }
         let mut outcome: Outcome<T> =
             serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
-        outcome.output = masks.bytes(&captured);
+        outcome.output = captured;
         // Removed now, what is left in it killed: before the next module
         // (one that requires this one) starts.
         self.cgroup = None;
@@ -948,7 +949,9 @@ struct Drain {
     /// replaced within a line); a partial line waits for its end.
     pending: [Vec<u8>; 3],
     result: Vec<u8>,
-    captured: Vec<u8>,
+    captured: crate::output::Section,
+    /// Bytes captured, and bytes past [`MAX_CAPTURE`] not kept.
+    kept: usize,
     dropped: usize,
 }
 
@@ -970,7 +973,8 @@ impl Drain {
             masks,
             pending: Default::default(),
             result: Vec::new(),
-            captured: Vec::new(),
+            captured: Default::default(),
+            kept: 0,
             dropped: 0,
         }
     }
@@ -982,7 +986,8 @@ impl Drain {
             masks: Default::default(),
             pending: Default::default(),
             result: Vec::new(),
-            captured: Vec::new(),
+            captured: Default::default(),
+            kept: 0,
             dropped: 0,
         }
     }
@@ -997,8 +1002,13 @@ impl Drain {
         };
         if n == 0 {
             if which != 0 {
-                let rest = self.masks.lines(&mut self.pending[which as usize], &[], true);
-                emit(which, &rest);
+                let rest = self
+                    .masks
+                    .lines(&mut self.pending[which as usize], &[], true);
+                match self.output {
+                    Output::Capture => self.captured.push(which == 1, &rest),
+                    _ => emit(which, &rest),
+                }
             }
             self.open.remove(d);
             return Ok(());
@@ -1011,27 +1021,34 @@ impl Drain {
                 }
                 self.result.extend_from_slice(bytes);
             }
-            (_, Output::Capture) => {
-                let room = MAX_CAPTURE.saturating_sub(self.captured.len()).min(n);
-                self.captured.extend_from_slice(&bytes[..room]);
+            (w, Output::Capture) => {
+                let room = MAX_CAPTURE.saturating_sub(self.kept).min(n);
+                let out = self
+                    .masks
+                    .lines(&mut self.pending[w as usize], &bytes[..room], false);
+                self.captured.push(w == 1, &out);
+                self.kept += room;
                 self.dropped += n - room;
             }
             (w, _) => {
-                let out = self.masks.lines(&mut self.pending[w as usize], bytes, false);
+                let out = self
+                    .masks
+                    .lines(&mut self.pending[w as usize], bytes, false);
                 emit(w, &out);
             }
         }
         Ok(())
     }
 
-    /// The result's bytes, the captured output, and the mask for it.
-    fn into_result(mut self) -> (Vec<u8>, Vec<u8>, std::sync::Arc<crate::masks::Masks>) {
+    /// The result's bytes and the captured output (masked).
+    fn into_result(mut self) -> (Vec<u8>, crate::output::Section) {
         if self.dropped > 0 {
-            self.captured.extend_from_slice(
+            self.captured.push(
+                false,
                 format!("\n[… {} more bytes of output not kept]\n", self.dropped).as_bytes(),
             );
         }
-        (self.result, self.captured, self.masks)
+        (self.result, self.captured)
     }
 }
 
@@ -1258,7 +1275,7 @@ fn send<T: Serialize>(
         leftovers,
         actions,
         pending: Vec::new(),
-        output: Vec::new(),
+        output: Default::default(),
     };
     send_outcome(out, outcome)
 }
@@ -1285,7 +1302,7 @@ pub fn give_up(error: String) {
         leftover_count: 0,
         actions: Vec::new(),
         pending: Vec::new(),
-        output: Vec::new(),
+        output: Default::default(),
     };
     let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
     let mut done = 0;
