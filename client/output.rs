@@ -649,9 +649,15 @@ pub fn report_lines(r: &RunReport) -> Vec<String> {
     stage(&mut out, "fetch");
     stage(&mut out, "plan");
     for m in &r.modules {
+        if let Some(why) = &m.not_run {
+            out.push(format!("report: {}: not run: {why}", m.name));
+        }
         for s in &m.steps {
             out.push(format!("report: {}: {}", m.name, step_title(&s.name)));
             figure_lines(&mut out, &s.figures, s);
+        }
+        if let Some(e) = &m.error {
+            out.push(format!("report: {}: failed: {}", m.name, shown(e)));
         }
     }
     stage(&mut out, "merge");

@@ -125,15 +125,13 @@ impl Run<'_, '_> {
             if running.is_empty() {
                 break;
             }
-            watchdog::doing(format!(
-                "{} module(s) in their sandboxes: {}",
-                started.len(),
-                started
-                    .iter()
-                    .map(|s| order[s.idx].as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let names: Vec<&str> = started.iter().map(|s| order[s.idx].as_str()).collect();
+            watchdog::doing(match names[..] {
+                [one] => format!(
+                    "module {one}, in its sandbox (its attributes, templates or scripts)"
+                ),
+                _ => format!("modules {}, in their sandboxes", names.join(", ")),
+            });
             let (k, outcome) = Sandbox::wait_any(&mut running)?;
             // Killed by the deadline: its error, not the sandbox's.
             watchdog::check()?;
