@@ -127,9 +127,9 @@ impl Run<'_, '_> {
             }
             let names: Vec<&str> = started.iter().map(|s| order[s.idx].as_str()).collect();
             watchdog::doing(match names[..] {
-                [one] => format!(
-                    "module {one}, in its sandbox (its attributes, templates or scripts)"
-                ),
+                [one] => {
+                    format!("module {one}, in its sandbox (its attributes, templates or scripts)")
+                }
                 _ => format!("modules {}, in their sandboxes", names.join(", ")),
             });
             let (k, outcome) = Sandbox::wait_any(&mut running)?;
