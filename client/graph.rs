@@ -186,8 +186,11 @@ fn hash(path: &str) -> u64 {
 /// The hash of a directory's resulting attributes, for [`Touch::Dir`].
 pub fn dir_touch(meta: &crate::report::Meta) -> Touch {
     use std::hash::{Hash, Hasher};
+    // A directory's attributes only: its size (the bytes of its entries)
+    // differs with what each module put in it and is not something either
+    // module chose.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{meta:?}").hash(&mut h);
+    (&meta.kind, meta.mode, meta.uid, meta.gid, &meta.selinux, &meta.caps).hash(&mut h);
     Touch::Dir(h.finish())
 }
 
@@ -268,6 +271,24 @@ mod tests {
         assert!(g.lowers(4).is_empty());
         assert!(g.requires(3, 0) && !g.requires(0, 3));
         assert!(!g.ordered(1, 2) && g.ordered(1, 3) && !g.ordered(4, 0));
+    }
+
+    #[test]
+    fn a_directory_touch_is_its_attributes_not_its_size() {
+        let meta = |mode, size| crate::report::Meta {
+            kind: "directory".into(),
+            mode,
+            uid: 0,
+            gid: 0,
+            owner: "root:root".into(),
+            md5: None,
+            target: None,
+            selinux: None,
+            caps: None,
+            size,
+        };
+        assert_eq!(dir_touch(&meta(0o755, 4096)), dir_touch(&meta(0o755, 8192)));
+        assert_ne!(dir_touch(&meta(0o755, 4096)), dir_touch(&meta(0o700, 4096)));
     }
 
     #[test]
