@@ -215,8 +215,7 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         if let Some(c) = &mut self.disco {
-            let _ = c.kill();
-            let _ = c.wait();
+            common::kill_dance(c);
         }
         self.handler_group();
     }

@@ -205,11 +205,12 @@ fn a_killed_dance_leaves_no_lock_and_says_so_in_status() {
     let f = Fixture::new();
     let r = FixtureRoot::new(f.dir.path());
     f.node("n", &["m"]).module("m", "");
-    f.module_file("m", "scripts/10-sleep", "sleep 30\n", 0o755);
+    // A sleep of its own: other tests on this machine sleep too.
+    let sleep = format!("sleep 30.{}", std::process::id());
+    f.module_file("m", "scripts/10-sleep", &format!("{sleep}\n"), 0o755);
     let mut first = spawn_dance(&f, &r, &[]);
     wait_for_lock_holder(&f);
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    common::kill_dance(&mut first); // SIGKILL
     f.module_file("m", "scripts/10-sleep", "true\n", 0o755);
     let t = Instant::now();
     let (code, _, err) = noop(&f, &r, &["--no-wait"]);
@@ -219,7 +220,7 @@ fn a_killed_dance_leaves_no_lock_and_says_so_in_status() {
         .unwrap()
         .starts_with("done at "));
     let ps = Command::new("pgrep")
-        .args(["-f", "sleep 30"])
+        .args(["-fx", &sleep])
         .output()
         .unwrap();
     assert!(

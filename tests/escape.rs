@@ -483,8 +483,7 @@ fn a_killed_dance_leaves_no_mount_on_the_host() {
     // Give the script time to start.
     std::thread::sleep(Duration::from_millis(500));
     let host_during = host_mounts_with(run_dir.to_str().unwrap());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_dance(&mut child);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         scratch_in_disco,

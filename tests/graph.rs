@@ -842,6 +842,58 @@ fn independent_modules_run_side_by_side_up_to_jobs() {
     assert!(took < side_by_side, "jobs = 1, --jobs 2: {took:?}");
 }
 
+/// Beside other modules, the first module not yet shown prints as it
+/// goes: a long script's first line is seen while it runs (with `jobs` 2),
+/// and a module after it in the plan that ended meanwhile is shown only
+/// after it, in the plan's order.
+#[test]
+fn the_first_module_not_yet_shown_prints_as_it_goes() {
+    use std::io::BufRead;
+    let f = Fixture::new();
+    f.node("n", &["a-slow", "b-fast"])
+        .module("a-slow", "")
+        .module("b-fast", "");
+    f.module_file(
+        "a-slow",
+        "scripts/10-slow",
+        "echo slow-started\nsleep 60\n",
+        0o755,
+    );
+    f.module_file("b-fast", "scripts/10-fast", "echo fast-done\n", 0o755);
+    fs::write(f.config(), "jobs = 2\n").unwrap();
+    let r = FixtureRoot::new(f.dir.path());
+    let mut c = f.process(&f.state(), &r.path);
+    c.env("NOOP", "true")
+        .arg("dance")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|l: &String| l == "slow-started") && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    // b-fast has had time to end; its line waits for a-slow's turn.
+    std::thread::sleep(Duration::from_millis(500));
+    seen.extend(rx.try_iter());
+    common::kill_dance(&mut child);
+    assert_eq!(seen, ["slow-started"], "while a-slow runs");
+}
+
 /// Asserts a refusal: exit 1 or 2, nothing on stdout, one stderr line,
 /// an `error:` naming `setting`.
 fn assert_refused(what: &str, (code, out, err): (i32, String, String), setting: &str) {

@@ -502,8 +502,7 @@ fn a_killed_dance_reads_as_interrupted() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_dance(&mut child);
     let (_, _, err) = run(f.disco_without_server().arg("report"));
     assert!(
         err.contains("warning: interrupted: the dance since"),

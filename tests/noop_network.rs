@@ -176,8 +176,7 @@ fn a_killed_disco_leaves_no_pasta_behind() {
         .map_while(Result::ok)
         .any(|l| l.contains("waiting"));
     let helpers = descendants(disco.id());
-    disco.kill().unwrap();
-    disco.wait().unwrap();
+    common::kill_dance(&mut disco);
     assert!(ready, "the module never started");
     let pasta: Vec<u32> = helpers
         .iter()

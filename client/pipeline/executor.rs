@@ -54,12 +54,17 @@ struct Started {
 /// What each module printed, shown in the plan's order: with `jobs` 1
 /// the modules run in that order and print as they go; with more, each
 /// module's lines are kept ([`output::divert`]) and shown once every
-/// module before it in the plan has been.
+/// module before it in the plan has been — but the first module not yet
+/// shown, once running, prints as it goes ([`Printer::stream`]): its
+/// turn has come, and a long script's lines are seen as they come.
 struct Printer {
     keep: bool,
     sections: Vec<Section>,
     ended: Vec<bool>,
+    /// The first module not yet shown.
     next: usize,
+    /// The module printing as it goes.
+    live: Option<usize>,
 }
 
 impl Printer {
@@ -69,12 +74,13 @@ impl Printer {
             sections: (0..n).map(|_| Section::default()).collect(),
             ended: vec![false; n],
             next: 0,
+            live: None,
         }
     }
 
     /// Runs `f`, what it prints going to module `i`'s lines.
     fn to<R>(&mut self, i: usize, f: impl FnOnce() -> R) -> R {
-        if !self.keep {
+        if !self.keep || self.live == Some(i) {
             return f();
         }
         let kept = output::divert();
@@ -89,6 +95,21 @@ impl Printer {
         while self.next < self.ended.len() && self.ended[self.next] {
             std::mem::take(&mut self.sections[self.next]).print();
             self.next += 1;
+        }
+    }
+}
+
+impl Printer {
+    /// When the first module not yet shown is running (`started`), it
+    /// prints from now on as it goes: what it printed so far first.
+    fn stream<T>(&mut self, started: &[Started], running: &mut [Running<T>]) {
+        if !self.keep || self.live == Some(self.next) {
+            return;
+        }
+        if let Some(k) = started.iter().position(|s| s.idx == self.next) {
+            std::mem::take(&mut self.sections[self.next]).print();
+            running[k].stream();
+            self.live = Some(self.next);
         }
     }
 }
@@ -124,6 +145,11 @@ impl Run<'_, '_> {
             }
             if running.is_empty() {
                 break;
+            }
+            // With --quiet a module's output is shown at its first change
+            // only: all of it kept.
+            if !self.opts.quiet {
+                printer.stream(&started, &mut running);
             }
             let names: Vec<&str> = started.iter().map(|s| order[s.idx].as_str()).collect();
             watchdog::doing(match names[..] {

@@ -902,6 +902,18 @@ pub struct Running<T> {
     _value: std::marker::PhantomData<T>,
 }
 
+impl<T> Running<T> {
+    /// From now on forwards what the sandbox prints, as it comes, after
+    /// printing what it kept so far (a captured sandbox whose output may
+    /// now be shown live: the executor's head module).
+    pub fn stream(&mut self) {
+        if self.drain.output == Output::Capture {
+            std::mem::take(&mut self.drain.captured).print();
+            self.drain.output = Output::Forward;
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Running<T> {
     /// Its pipes are closed: reaps the child, reads the result.
     fn finish(&mut self) -> Result<Outcome<T>> {

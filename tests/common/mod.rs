@@ -424,3 +424,43 @@ pub fn nobody_ids() -> (u32, u32) {
     };
     (id("-u"), id("-g"))
 }
+
+/// SIGKILLs a running `disco` and reaps it, then removes the cgroups its
+/// sandboxes had (`disco-PID-*`, in every hierarchy): a dance killed
+/// outright cannot, and the next dance leaves another process's for an
+/// hour (client/sandbox/cgroup.rs `remove_stale`). Waits up to 5 s for the
+/// sandboxes' processes, which die with the dance, to leave them.
+pub fn kill_dance(child: &mut std::process::Child) {
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    sweep_cgroups(pid);
+}
+
+/// Removes the empty cgroups of the dance whose process was `pid`.
+pub fn sweep_cgroups(pid: u32) {
+    let prefix = format!("disco-{pid}-");
+    let mut found = Vec::new();
+    let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 6 {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for dir in found {
+        while fs::remove_dir(&dir).is_err() && dir.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
