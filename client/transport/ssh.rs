@@ -345,7 +345,8 @@ fn fill_units(
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&d)?;
+            .create(&d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
         for e in entries {
             let path = join(dir, &e.name);
             let dst = d.join(&e.name);
@@ -354,10 +355,12 @@ fn fill_units(
                     fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
-                        .create(&dst)?;
+                        .create(&dst)
+                        .with_context(|| format!("cannot create {}", dst.display()))?;
                     dirs_built.push((dst, e.mode));
                 }
-                'l' => std::os::unix::fs::symlink(&e.hash, &dst)?,
+                'l' => std::os::unix::fs::symlink(&e.hash, &dst)
+                    .with_context(|| format!("cannot create {}", dst.display()))?,
                 _ => {
                     let prev = old.entry(&path).filter(|o| o.kind == 'f');
                     let src = old_dir.join(&path);
