@@ -1005,8 +1005,24 @@ impl MaskedCopies {
 
 /// Runs `cmd` chrooted into `root` (binds under `root/run/disco` in a
 /// private mount namespace for handlers); reports exit code and output.
-fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds>) -> Step {
+fn execute(cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds>) -> Step {
     let started = Instant::now();
+    let result = run_in_root(cmd, pending, binds);
+    let wall = started.elapsed().as_secs_f64();
+    match result {
+        Ok((code, ru)) => exited_step(name, code, &ru, wall),
+        Err(e) => unstarted_step(name, &pending.root, &e, wall),
+    }
+}
+
+/// Spawns `cmd` in the pending root (with the handler binds, and masked
+/// copies of its output when secrets are known), waits for it under the
+/// step timeout; the exit code and resource usage, or why it did not run.
+fn run_in_root(
+    mut cmd: Command,
+    pending: &Pending,
+    binds: Option<&Binds>,
+) -> Result<(i32, libc::rusage)> {
     let root = pending.root.clone();
     let exe = crate::sandbox::exe().unwrap_or_default();
     let disco_dir = root.join("run/disco");
@@ -1024,7 +1040,7 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
     if !masks.is_empty() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    in_root(&mut cmd, root.clone(), bind_spec);
+    in_root(&mut cmd, root, bind_spec);
     let limit = std::time::Duration::from_secs(pending.step_timeout);
     let result = cmd.spawn().map_err(anyhow::Error::from).and_then(|mut c| {
         let copies = MaskedCopies::start(&masks, c.stdout.take(), c.stderr.take());
@@ -1041,49 +1057,50 @@ fn execute(mut cmd: Command, name: &str, pending: &Pending, binds: Option<&Binds
     if made_dir {
         let _ = fs::remove_dir(&disco_dir);
     }
-    let wall = started.elapsed().as_secs_f64();
-    match result {
-        Ok((code, ru)) => {
-            let error = (code != 0).then(|| format!("{name} exited {code}"));
-            match &error {
-                Some(e) => output::error(e),
-                None => output::info(&format!("{name}: exit 0")),
-            }
-            Step {
-                name: name.to_string(),
-                exit: Some(code),
-                error,
-                figures: Figures::from_rusage(&ru, wall),
-                sent: None,
-                received: None,
-            }
-        }
-        Err(e) => {
-            // The spawn's error is the kernel's (ENOENT of the program, of
-            // the root, of a bind source): say where it was started.
-            let why = match e
-                .downcast_ref::<io::Error>()
-                .and_then(io::Error::raw_os_error)
-            {
-                Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
-                None => format!("{e:#}"),
-            };
-            let msg = format!(
-                "{name}: cannot start it in {}: {why}",
-                pending.root.display()
-            );
-            output::error(&msg);
-            Step {
-                name: name.to_string(),
-                exit: None,
-                error: Some(msg),
-                figures: Figures {
-                    time_real: wall,
-                    ..Figures::default()
-                },
-                sent: None,
-                received: None,
-            }
-        }
+    result
+}
+
+/// The step of a command that ran: failed when it exited non-zero; says
+/// so on the terminal.
+fn exited_step(name: &str, code: i32, ru: &libc::rusage, wall: f64) -> Step {
+    let error = (code != 0).then(|| format!("{name} exited {code}"));
+    match &error {
+        Some(e) => output::error(e),
+        None => output::info(&format!("{name}: exit 0")),
+    }
+    Step {
+        name: name.to_string(),
+        exit: Some(code),
+        error,
+        figures: Figures::from_rusage(ru, wall),
+        sent: None,
+        received: None,
+    }
+}
+
+/// The step of a command that did not start (or was killed at its
+/// deadline): the error names the root it was started in.
+fn unstarted_step(name: &str, root: &Path, e: &anyhow::Error, wall: f64) -> Step {
+    // The spawn's error is the kernel's (ENOENT of the program, of the
+    // root, of a bind source): say where it was started.
+    let why = match e
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::raw_os_error)
+    {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => format!("{e:#}"),
+    };
+    let msg = format!("{name}: cannot start it in {}: {why}", root.display());
+    output::error(&msg);
+    Step {
+        name: name.to_string(),
+        exit: None,
+        error: Some(msg),
+        figures: Figures {
+            time_real: wall,
+            ..Figures::default()
+        },
+        sent: None,
+        received: None,
     }
 }

@@ -130,6 +130,12 @@ impl<T> Setting<T> {
     fn set(&mut self, value: T, source: Source) {
         *self = Setting { value, source };
     }
+    /// Sets it when a layer gave a value; else keeps what it was.
+    fn set_some(&mut self, value: Option<T>, source: &Source) {
+        if let Some(v) = value {
+            self.set(v, source.clone());
+        }
+    }
 }
 
 /// The effective configuration of one run.
@@ -255,6 +261,80 @@ struct FileConfig {
     report_upload: Option<bool>,
 }
 
+/// Reads one config file's TOML; an error says the file, the line and the
+/// setting (a type error of toml says only what it expected).
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(1);
+        let key = e
+            .span()
+            .and_then(|_| text.lines().nth(line - 1))
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !e.message().contains(k))
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default();
+        anyhow!("{}:{line}: {key}{}", path.display(), e.message().trim())
+    })
+}
+
+/// `value` of `key` when it is one of `allowed`; else an error listing them.
+fn one_of(path: &Path, key: &str, value: String, allowed: &[&str]) -> Result<String> {
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    let expected: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+    bail!(
+        "{}: {key} = {value:?}: expected {}",
+        path.display(),
+        expected.join(" or ")
+    )
+}
+
+/// `scratch_reserve` as given: bytes, or a share of the filesystem.
+fn scratch_reserve(path: &Path, v: &ReserveValue) -> Result<Reserve> {
+    let parsed = match v {
+        ReserveValue::Bytes(b) => Some(Reserve::Bytes(*b)),
+        ReserveValue::Text(t) => Reserve::parse(t),
+    };
+    parsed.ok_or_else(|| {
+        let shown = match v {
+            ReserveValue::Bytes(b) => b.to_string(),
+            ReserveValue::Text(t) => format!("{t:?}"),
+        };
+        anyhow!(
+            "{}: scratch_reserve = {shown}: expected bytes (1073741824) or a share of the filesystem (\"10%\")",
+            path.display()
+        )
+    })
+}
+
+/// `max_memory`: 0 (no limit) or at least 16 MiB.
+fn max_memory(path: &Path, v: u64) -> Result<u64> {
+    if v != 0 && v < 16 << 20 {
+        bail!(
+            "{}: max_memory = {v}: give bytes, at least 16 MiB ({}), or 0 for no limit",
+            path.display(),
+            16u64 << 20
+        );
+    }
+    Ok(v)
+}
+
+/// `jobs`: at least 1.
+fn jobs(path: &Path, v: usize) -> Result<usize> {
+    if v == 0 {
+        bail!(
+            "{}: jobs = 0: give how many modules may run at once, at least 1",
+            path.display()
+        );
+    }
+    Ok(v)
+}
+
 /// The default of `jobs`: the CPUs this process may run on.
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -378,157 +458,61 @@ impl Config {
         Ok(c)
     }
 
+    /// Layers one config file over what is set: each key it gives, checked.
     fn apply_file(&mut self, path: &Path, text: &str) -> Result<()> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            // The setting named: a type error of toml says only what it expected.
-            let key = e
-                .span()
-                .and_then(|_| text.lines().nth(line - 1))
-                .and_then(|l| l.split_once('='))
-                .map(|(k, _)| k.trim())
-                .filter(|k| !k.is_empty() && !e.message().contains(k))
-                .map(|k| format!("{k}: "))
-                .unwrap_or_default();
-            anyhow!("{}:{line}: {key}{}", path.display(), e.message().trim())
-        })?;
-        let src = || Source::File(path.to_path_buf());
-        if let Some(v) = file.server {
-            self.server.set(Some(v), src());
-        }
-        if let Some(v) = file.node {
-            let at = format!("{}: node", path.display());
-            self.node.set(Name::parse(&v, at)?, src());
-        }
-        if let Some(v) = file.root {
-            self.root.set(v, src());
-        }
-        if let Some(v) = file.state_dir {
-            self.state_dir.set(v, src());
-        }
-        if let Some(v) = file.noop {
-            self.noop.set(v, src());
-        }
-        if let Some(v) = file.keep_backups {
-            self.keep_backups.set(v, src());
-        }
-        if let Some(v) = file.servers {
-            self.servers.set(v, src());
-        }
-        if let Some(v) = file.ssh_identity {
-            self.ssh_identity.set(Some(v), src());
-        }
-        if let Some(v) = file.ssh_known_hosts {
-            self.ssh_known_hosts.set(Some(v), src());
-        }
-        if let Some(v) = file.ssh_options {
-            self.ssh_options.set(v, src());
-        }
-        if let Some(v) = file.connect_timeout {
-            self.connect_timeout.set(v, src());
-        }
-        if let Some(v) = file.io_timeout {
-            self.io_timeout.set(v.max(1), src());
-        }
-        if let Some(v) = file.fetch_timeout {
-            self.fetch_timeout.set(v.max(1), src());
-        }
-        if let Some(v) = file.max_file_size {
-            self.max_file_size.set(v, src());
-        }
-        if let Some(v) = file.noop_network {
-            if v != "none" && v != "host" {
-                bail!(
-                    "{}: noop_network = {v:?}: expected \"none\" or \"host\"",
-                    path.display()
-                );
-            }
-            self.noop_network.set(v, src());
-        }
-        if let Some(v) = file.scratch_max {
-            self.scratch_max.set(Some(v), src());
-        }
-        if let Some(v) = file.scratch_reserve {
-            let parsed = match &v {
-                ReserveValue::Bytes(b) => Some(Reserve::Bytes(*b)),
-                ReserveValue::Text(t) => Reserve::parse(t),
-            };
-            let Some(r) = parsed else {
-                let shown = match &v {
-                    ReserveValue::Bytes(b) => b.to_string(),
-                    ReserveValue::Text(t) => format!("{t:?}"),
-                };
-                bail!(
-                    "{}: scratch_reserve = {shown}: expected bytes (1073741824) or a share of the filesystem (\"10%\")",
-                    path.display()
-                );
-            };
-            self.scratch_reserve.set(r, src());
-        }
-        if let Some(v) = file.diff_limit {
-            self.diff_limit.set(v, src());
-        }
-        if let Some(v) = file.report_ignore {
-            self.report_ignore.set(v, src());
-        }
-        if let Some(v) = file.report_max_changes {
-            self.report_max_changes.set(v, src());
-        }
-        if let Some(v) = file.report_max_bytes {
-            self.report_max_bytes.set(v, src());
-        }
-        if let Some(v) = file.max_processes {
-            self.max_processes.set(v, src());
-        }
-        if let Some(v) = file.max_memory {
-            if v != 0 && v < 16 << 20 {
-                bail!(
-                    "{}: max_memory = {v}: give bytes, at least 16 MiB ({}), or 0 for no limit",
-                    path.display(),
-                    16u64 << 20
-                );
-            }
-            self.max_memory.set(v, src());
-        }
-        if let Some(v) = file.jobs {
-            if v == 0 {
-                bail!(
-                    "{}: jobs = 0: give how many modules may run at once, at least 1",
-                    path.display()
-                );
-            }
-            self.jobs.set(v, src());
-        }
-        if let Some(v) = file.on_failure {
-            if v != "nothing" && v != "independent" {
-                bail!(
-                    "{}: on_failure = {v:?}: expected \"nothing\" or \"independent\"",
-                    path.display()
-                );
-            }
-            self.on_failure.set(v, src());
-        }
-        if let Some(v) = file.step_timeout {
-            self.step_timeout.set(v.max(1), src());
-        }
-        if let Some(v) = file.dance_timeout {
-            self.dance_timeout.set(v.max(1), src());
-        }
-        if let Some(v) = file.report_history {
-            self.report_history.set(v, src());
-        }
-        if let Some(v) = file.report_history_bytes {
-            self.report_history_bytes.set(v, src());
-        }
-        if let Some(v) = file.prometheus_textfile {
-            self.prometheus_textfile.set(Some(v), src());
-        }
-        if let Some(v) = file.report_upload {
-            self.report_upload.set(v, src());
-        }
+        let file = parse_file(path, text)?;
+        let src = &Source::File(path.to_path_buf());
+        let node = file
+            .node
+            .map(|v| Name::parse(&v, format!("{}: node", path.display())));
+        self.server.set_some(file.server.map(Some), src);
+        self.node.set_some(node.transpose()?, src);
+        self.root.set_some(file.root, src);
+        self.state_dir.set_some(file.state_dir, src);
+        self.noop.set_some(file.noop, src);
+        self.keep_backups.set_some(file.keep_backups, src);
+        self.servers.set_some(file.servers, src);
+        self.ssh_identity.set_some(file.ssh_identity.map(Some), src);
+        self.ssh_known_hosts
+            .set_some(file.ssh_known_hosts.map(Some), src);
+        self.ssh_options.set_some(file.ssh_options, src);
+        self.connect_timeout.set_some(file.connect_timeout, src);
+        self.io_timeout
+            .set_some(file.io_timeout.map(|v| v.max(1)), src);
+        self.fetch_timeout
+            .set_some(file.fetch_timeout.map(|v| v.max(1)), src);
+        self.max_file_size.set_some(file.max_file_size, src);
+        let network = file
+            .noop_network
+            .map(|v| one_of(path, "noop_network", v, &["none", "host"]));
+        self.noop_network.set_some(network.transpose()?, src);
+        self.scratch_max.set_some(file.scratch_max.map(Some), src);
+        let reserve = file.scratch_reserve.map(|v| scratch_reserve(path, &v));
+        self.scratch_reserve.set_some(reserve.transpose()?, src);
+        self.diff_limit.set_some(file.diff_limit, src);
+        self.report_ignore.set_some(file.report_ignore, src);
+        self.report_max_changes
+            .set_some(file.report_max_changes, src);
+        self.report_max_bytes.set_some(file.report_max_bytes, src);
+        self.max_processes.set_some(file.max_processes, src);
+        let memory = file.max_memory.map(|v| max_memory(path, v));
+        self.max_memory.set_some(memory.transpose()?, src);
+        self.jobs
+            .set_some(file.jobs.map(|v| jobs(path, v)).transpose()?, src);
+        let on_failure = file
+            .on_failure
+            .map(|v| one_of(path, "on_failure", v, &["nothing", "independent"]));
+        self.on_failure.set_some(on_failure.transpose()?, src);
+        self.step_timeout
+            .set_some(file.step_timeout.map(|v| v.max(1)), src);
+        self.dance_timeout
+            .set_some(file.dance_timeout.map(|v| v.max(1)), src);
+        self.report_history.set_some(file.report_history, src);
+        self.report_history_bytes
+            .set_some(file.report_history_bytes, src);
+        self.prometheus_textfile
+            .set_some(file.prometheus_textfile.map(Some), src);
+        self.report_upload.set_some(file.report_upload, src);
         Ok(())
     }
 

@@ -159,36 +159,9 @@ type SyntaxJob = (String, PathBuf);
 pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
     let root = std::path::absolute(root)
         .with_context(|| format!("cannot make {} absolute", root.display()))?;
-    let tree = match ServerTree::open(&root) {
-        Ok(t) => t,
-        Err(TreeError::Io { error, .. }) => {
-            bail!("no server tree at {}: {error}", root.display())
-        }
-        Err(e) => bail!("no server tree at {}: {e}", root.display()),
-    };
-    crate::tree::check_top_links(&root, allowed)?;
-    for sub in ["parameters", "modules"] {
-        if !fs::metadata(root.join(sub)).is_ok_and(|m| m.is_dir()) {
-            bail!(
-                "{} is not a server tree: it has no {sub}/ directory",
-                root.display()
-            );
-        }
-    }
+    let tree = open_tree(&root, allowed)?;
     let mut problems: BTreeSet<Problem> = BTreeSet::new();
-
-    // The nodes: every layer of parameters/ that no layer lists as a group.
-    let layers = list_names(&root, "parameters", &mut problems)?;
-    let nodes: Vec<Name> = if only.is_empty() {
-        tree.nodes(&layers)
-    } else {
-        for n in only {
-            if tree.layer_dir(n)?.is_none() {
-                return Err(TreeError::NoNode(n.clone()).into());
-            }
-        }
-        only.to_vec()
-    };
+    let nodes = nodes_to_lint(&root, &tree, only, &mut problems)?;
     let mut specs: Vec<NodeSpec> = Vec::new();
     for n in &nodes {
         match tree.node(n) {
@@ -198,25 +171,83 @@ pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
             }
         }
     }
-
     // The modules: all of them, or what the given nodes may reach.
     let modules: Vec<Name> = if only.is_empty() {
         list_names(&root, "modules", &mut problems)?
     } else {
         reach(&tree, &specs)
     };
+    let (keys, jobs) = check_modules(&tree, &modules, &mut problems);
+    check_module_defaults(&keys, &mut problems);
+    check_secrets(&root, &tree, &specs, only.is_empty(), &mut problems);
+    let syntax = check_nodes_beside_syntax(&tree, &specs, &keys, &jobs, &mut problems)?;
+    problems.extend(syntax);
+    Ok(Lint {
+        nodes: nodes.len(),
+        modules: modules.len(),
+        problems: problems.into_iter().collect(),
+    })
+}
 
-    // Once per module; the files for bash -n are checked while the nodes are.
+/// The server tree at `root` (absolute), refused when it is not one or a
+/// top-level link leads outside `allowed`.
+fn open_tree(root: &Path, allowed: &[PathBuf]) -> Result<ServerTree> {
+    let tree = match ServerTree::open(root) {
+        Ok(t) => t,
+        Err(TreeError::Io { error, .. }) => {
+            bail!("no server tree at {}: {error}", root.display())
+        }
+        Err(e) => bail!("no server tree at {}: {e}", root.display()),
+    };
+    crate::tree::check_top_links(root, allowed)?;
+    for sub in ["parameters", "modules"] {
+        if !fs::metadata(root.join(sub)).is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{} is not a server tree: it has no {sub}/ directory",
+                root.display()
+            );
+        }
+    }
+    Ok(tree)
+}
+
+/// The nodes to lint: `only` (each must be a layer), else every layer of
+/// `parameters/` that no layer lists as a group.
+fn nodes_to_lint(
+    root: &Path,
+    tree: &ServerTree,
+    only: &[Name],
+    problems: &mut BTreeSet<Problem>,
+) -> Result<Vec<Name>> {
+    let layers = list_names(root, "parameters", problems)?;
+    if only.is_empty() {
+        return Ok(tree.nodes(&layers));
+    }
+    for n in only {
+        if tree.layer_dir(n)?.is_none() {
+            return Err(TreeError::NoNode(n.clone()).into());
+        }
+    }
+    Ok(only.to_vec())
+}
+
+/// Checks each module once; returns the keys each one defaults and the
+/// files for `bash -n` (checked later, while the nodes are).
+fn check_modules(
+    tree: &ServerTree,
+    modules: &[Name],
+    problems: &mut BTreeSet<Problem>,
+) -> (HashMap<Name, Vec<String>>, Vec<SyntaxJob>) {
     let mut keys: HashMap<Name, Vec<String>> = HashMap::new();
     let mut jobs: Vec<SyntaxJob> = Vec::new();
-    for m in &modules {
+    for m in modules {
         match tree.module_dir(m) {
             Ok(Some(dir)) => {
                 let mut check = ModuleCheck {
-                    tree: &tree,
+                    tree,
                     name: m,
                     dir: &dir,
-                    problems: &mut problems,
+                    problems: &mut *problems,
                     jobs: &mut jobs,
                 };
                 if let Some(k) = check.run() {
@@ -229,9 +260,12 @@ pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
             }
         }
     }
+    (keys, jobs)
+}
 
-    // A module's default is every node's: it cannot be a secret.
-    for (m, ks) in &keys {
+/// A module's default is every node's: it cannot be a secret.
+fn check_module_defaults(keys: &HashMap<Name, Vec<String>>, problems: &mut BTreeSet<Problem>) {
+    for (m, ks) in keys {
         for k in ks.iter().filter(|k| k.starts_with("secrets/")) {
             problems.insert(Problem::new(
                 format!("modules/{m}/parameters/{k}"),
@@ -240,16 +274,25 @@ pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
             ));
         }
     }
-    check_secrets(&root, &tree, &specs, only.is_empty(), &mut problems);
+}
 
-    let syntax = std::thread::scope(|s| -> Result<Vec<Problem>> {
-        let running: Vec<_> = chunks(&jobs)
+/// Checks every node (see [`check_node`]) while `bash -n` checks `jobs`
+/// on other threads; returns the syntax problems.
+fn check_nodes_beside_syntax(
+    tree: &ServerTree,
+    specs: &[NodeSpec],
+    keys: &HashMap<Name, Vec<String>>,
+    jobs: &[SyntaxJob],
+    problems: &mut BTreeSet<Problem>,
+) -> Result<Vec<Problem>> {
+    std::thread::scope(|s| -> Result<Vec<Problem>> {
+        let running: Vec<_> = chunks(jobs)
             .into_iter()
             .map(|chunk| s.spawn(move || bash_n(chunk)))
             .collect();
         let mut done_layers = HashSet::new();
-        for spec in &specs {
-            check_node(&tree, spec, &keys, &mut done_layers, &mut problems);
+        for spec in specs {
+            check_node(tree, spec, keys, &mut done_layers, problems);
         }
         let mut out = Vec::new();
         for r in running {
@@ -259,13 +302,6 @@ pub fn lint(root: &Path, only: &[Name], allowed: &[PathBuf]) -> Result<Lint> {
             );
         }
         Ok(out)
-    })?;
-    problems.extend(syntax);
-
-    Ok(Lint {
-        nodes: nodes.len(),
-        modules: modules.len(),
-        problems: problems.into_iter().collect(),
     })
 }
 
@@ -280,17 +316,8 @@ fn check_secrets(
     all: bool,
     problems: &mut BTreeSet<Problem>,
 ) {
-    use crate::secrets::{self, Fleet, Header};
-    let admins = match secrets::read_recipients(&root.join(secrets::ADMINS), secrets::ADMINS) {
-        Ok(a) => a,
-        Err(e) => {
-            let m = format!("{e:#}");
-            let (place, rest) = m.split_once(": ").unwrap_or((secrets::ADMINS, &m));
-            let (f, line) = split_place(place);
-            problems.insert(Problem::new(f, line, rest));
-            Vec::new()
-        }
-    };
+    use crate::secrets::{self, Fleet};
+    let admins = read_admins(root, problems);
     let fleet = Fleet::from_specs(root, tree.clone(), admins, specs);
     // A node key that is there but unusable, secrets or not.
     for (n, k) in &fleet.nodes {
@@ -311,39 +338,8 @@ fn check_secrets(
     let linted: BTreeSet<&Name> = specs.iter().flat_map(|s| s.layers.iter()).collect();
     let mut admins_said = false;
     for f in files.iter().filter(|f| all || linted.contains(&f.layer)) {
-        let bytes = match secrets::read_secret(f) {
-            Ok(b) => b,
-            Err(e) => {
-                problems.insert(Problem::from_error(&f.rel, &e));
-                continue;
-            }
-        };
-        if !secrets::is_encrypted(&bytes) {
-            let flag = if fleet.nodes.contains_key(&f.layer) {
-                "--node"
-            } else {
-                "--group"
-            };
-            problems.insert(Problem::new(
-                f.rel.clone(),
-                None,
-                format!(
-                    "not encrypted: disco secret set {flag} {} {}",
-                    f.layer, f.key
-                ),
-            ));
+        let Some(header) = secret_header(&fleet, f, problems) else {
             continue;
-        }
-        let header = match Header::read(&bytes) {
-            Ok(h) => h,
-            Err(e) => {
-                problems.insert(Problem::new(
-                    f.rel.clone(),
-                    None,
-                    format!("not a readable age file: {e}"),
-                ));
-                continue;
-            }
         };
         if fleet.admins.is_empty() && !admins_said {
             admins_said = true;
@@ -353,29 +349,100 @@ fn check_secrets(
                 "lists no key, but the tree has secrets: add the admins' SSH public keys (one a line), then `disco secret rekey`",
             ));
         }
-        for n in fleet.readers(&f.layer) {
-            match fleet.nodes[n].usable(n) {
-                Err(why) => {
-                    if fleet.nodes[n].key.is_none() {
-                        problems.insert(Problem::new(
-                            format!("parameters/{n}"),
-                            None,
-                            format!("has secrets, but {why}"),
-                        ));
-                    }
-                }
-                Ok(k) if !header.includes(k) => {
+        check_readers(&fleet, f, &header, problems);
+    }
+}
+
+/// The admins' keys of the tree; an unreadable list is a problem (and no
+/// key).
+fn read_admins(root: &Path, problems: &mut BTreeSet<Problem>) -> Vec<crate::secrets::Recipient> {
+    use crate::secrets;
+    match secrets::read_recipients(&root.join(secrets::ADMINS), secrets::ADMINS) {
+        Ok(a) => a,
+        Err(e) => {
+            let m = format!("{e:#}");
+            let (place, rest) = m.split_once(": ").unwrap_or((secrets::ADMINS, &m));
+            let (f, line) = split_place(place);
+            problems.insert(Problem::new(f, line, rest));
+            Vec::new()
+        }
+    }
+}
+
+/// The age header of a secret file; `None` when it cannot be read, is not
+/// encrypted or not age (each a problem).
+fn secret_header(
+    fleet: &crate::secrets::Fleet,
+    f: &crate::secrets::SecretFile,
+    problems: &mut BTreeSet<Problem>,
+) -> Option<crate::secrets::Header> {
+    use crate::secrets;
+    let bytes = match secrets::read_secret(f) {
+        Ok(b) => b,
+        Err(e) => {
+            problems.insert(Problem::from_error(&f.rel, &e));
+            return None;
+        }
+    };
+    if !secrets::is_encrypted(&bytes) {
+        let flag = if fleet.nodes.contains_key(&f.layer) {
+            "--node"
+        } else {
+            "--group"
+        };
+        problems.insert(Problem::new(
+            f.rel.clone(),
+            None,
+            format!(
+                "not encrypted: disco secret set {flag} {} {}",
+                f.layer, f.key
+            ),
+        ));
+        return None;
+    }
+    match secrets::Header::read(&bytes) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            problems.insert(Problem::new(
+                f.rel.clone(),
+                None,
+                format!("not a readable age file: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Every node that uses the secret's layer has a usable key and the
+/// secret is encrypted to it.
+fn check_readers(
+    fleet: &crate::secrets::Fleet,
+    f: &crate::secrets::SecretFile,
+    header: &crate::secrets::Header,
+    problems: &mut BTreeSet<Problem>,
+) {
+    for n in fleet.readers(&f.layer) {
+        match fleet.nodes[n].usable(n) {
+            Err(why) => {
+                if fleet.nodes[n].key.is_none() {
                     problems.insert(Problem::new(
-                        f.rel.clone(),
+                        format!("parameters/{n}"),
                         None,
-                        format!(
-                            "node {n} uses it but cannot decrypt it (not encrypted to parameters/{n}/{}): disco secret rekey",
-                            secrets::NODE_KEY
-                        ),
+                        format!("has secrets, but {why}"),
                     ));
                 }
-                Ok(_) => {}
             }
+            Ok(k) if !header.includes(k) => {
+                problems.insert(Problem::new(
+                    f.rel.clone(),
+                    None,
+                    format!(
+                        "node {n} uses it but cannot decrypt it (not encrypted to parameters/{n}/{}): disco secret rekey",
+                        crate::secrets::NODE_KEY
+                    ),
+                ));
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -663,7 +730,6 @@ fn check_node(
     done_layers: &mut HashSet<Name>,
     problems: &mut BTreeSet<Problem>,
 ) {
-    let n = &spec.name;
     for layer in &spec.layers {
         if !done_layers.insert(layer.clone()) {
             continue;
@@ -680,25 +746,32 @@ fn check_node(
             problems.insert(Problem::from_error(&label, &e));
         }
     }
-    let plan = match crate::plan::plan(tree, spec) {
-        Ok(p) => p,
-        Err(PlanError::Tree(TreeError::ModuleMissing { name, why })) => {
+    match crate::plan::plan(tree, spec) {
+        Ok(plan) => problems.extend(default_clash(&plan.order, keys)),
+        Err(e) => problems.extend(plan_problem(tree, spec, e)),
+    }
+}
+
+/// Where and how a node's plan error is said; `None` when another check
+/// says it (a module's own file, a missing module named by `requires`).
+fn plan_problem(tree: &ServerTree, spec: &NodeSpec, error: PlanError) -> Option<Problem> {
+    let n = &spec.name;
+    match error {
+        PlanError::Tree(TreeError::ModuleMissing { name, why }) => {
             // Listed by a layer: the listing file. Named by a `requires`
             // line: the module check said it, with the line.
-            if let Some(listed_in) = spec.modules.get(&name) {
-                let e = TreeError::ModuleMissing {
-                    name: name.clone(),
-                    why,
-                };
-                problems.insert(Problem::new(
-                    format!("{listed_in}/{name}"),
-                    None,
-                    e.to_string(),
-                ));
-            }
-            return;
+            let listed_in = spec.modules.get(&name)?;
+            let e = TreeError::ModuleMissing {
+                name: name.clone(),
+                why,
+            };
+            Some(Problem::new(
+                format!("{listed_in}/{name}"),
+                None,
+                e.to_string(),
+            ))
         }
-        Err(PlanError::Cycle(members)) => {
+        PlanError::Cycle(members) => {
             // At the `requires` line of the first member naming the next.
             let next = members.get(1).unwrap_or(&members[0]);
             let file = format!("modules/{}/requires", members[0]);
@@ -709,27 +782,25 @@ fn check_node(
                     .or_else(|| r.first().map(|r| r.line))
             });
             let e = PlanError::Cycle(members);
-            problems.insert(Problem::new(file, line, e.to_string()));
-            return;
+            Some(Problem::new(file, line, e.to_string()))
         }
-        Err(PlanError::Tree(e)) => {
+        PlanError::Tree(e) => {
             // A module's own file is said once, by that module's check.
-            if !e.to_string().starts_with("modules/") {
-                problems.insert(Problem::from_tree(&format!("parameters/{n}"), &e));
-            }
-            return;
+            (!e.to_string().starts_with("modules/"))
+                .then(|| Problem::from_tree(&format!("parameters/{n}"), &e))
         }
-        Err(e) => {
-            problems.insert(Problem::new(format!("parameters/{n}"), None, e.to_string()));
-            return;
-        }
-    };
+        e => Some(Problem::new(format!("parameters/{n}"), None, e.to_string())),
+    }
+}
+
+/// The first default two modules of `order` both set, at the first
+/// module's file; modules named in name order, so nodes planning the two
+/// in either order say it once.
+fn default_clash(order: &[Name], keys: &HashMap<Name, Vec<String>>) -> Option<Problem> {
     let mut owner: BTreeMap<String, Name> = BTreeMap::new();
-    for m in &plan.order {
+    for m in order {
         let Some(k) = keys.get(m) else { continue };
         if let Err(clash) = crate::params::claim(&mut owner, m, k.clone()) {
-            // At the first module's file; modules named in name order, so
-            // nodes planning the two in either order say it once.
             let (a, b) = if clash.first <= clash.second {
                 (clash.first.clone(), clash.second.clone())
             } else {
@@ -741,10 +812,10 @@ fn check_node(
                 first: a,
                 second: b,
             };
-            problems.insert(Problem::new(file, None, sorted.to_string()));
-            return;
+            return Some(Problem::new(file, None, sorted.to_string()));
         }
     }
+    None
 }
 
 /// Splits the files into one batch per bash: about 300 files each, at

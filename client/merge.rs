@@ -1165,32 +1165,17 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 /// Restores ROOT from one run's backup directory (its journal, newest
 /// record first), resumably; marks the journal undone at the end.
 ///
-/// One loop over the journal with one arm per record kind; the arms' work is in [`restore_entry`] and [`restore_attrs`], what stays is the resumable bookkeeping, kept in one place on purpose.
+/// One loop over the journal with one arm per record kind; the arms' work
+/// is in [`restore_entry`] and [`restore_attrs`], what stays is the
+/// resumable bookkeeping, kept in one place on purpose.
 fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<String>> {
     let id = last
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    if let Ok(merged_root) = fs::read(last.join("root")) {
-        let merged_root = PathBuf::from(std::ffi::OsString::from_vec(merged_root));
-        if merged_root != root {
-            bail!(
-                "the last merged dance (run {id}) changed {}, not {}: give --root {}",
-                merged_root.display(),
-                root.display(),
-                merged_root.display()
-            );
-        }
-    }
-    let text = fs::read_to_string(last.join("journal"))?;
-    // A torn last record (a crash while journaling) was never applied.
-    let records: Vec<Undo> = text
-        .split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is damaged", last.join("journal").display()))?;
+    check_merged_root(last, &root, &id)?;
+    let records = read_journal(last)?;
     let mut progress = Progress::open(last, failpoint.undo_abort_after)?;
     let mut said = Vec::new();
     for (i, rec) in records.iter().enumerate().rev() {
@@ -1201,30 +1186,11 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
             Undo::Remove { path } | Undo::Restore { path, .. } | Undo::Attrs { path, .. } => path,
         };
         let shown = crate::fsutil::shown(path);
-        // The entry's directory, as the dance left it: no symlink on the way.
-        let (dir, name) = match crate::anchor::Anchor::parent_of(&root, path) {
-            Some((Ok(dir), name)) => (dir, Some(name)),
-            Some((Err(e), _)) => {
-                output::warning(&format!(
-                    "undo: skipped {shown}: its directory is not the one the dance left ({})",
-                    crate::anchor::why(&e)
-                ));
-                progress.done(i)?;
-                continue;
-            }
-            None => match crate::anchor::Anchor::open(&root, Path::new("/")) {
-                Ok(dir) => (dir, None),
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", root.display())),
-            },
+        let Some((dir, name)) = entry_dir(&root, path, &shown)? else {
+            progress.done(i)?;
+            continue;
         };
         let live = name.map_or_else(|| dir.path(), |n| dir.join(n));
-        if let Some(n) = name {
-            // A copy the interrupted merge made beside it and never placed.
-            let tmp = merge_temp(&dir.join(n));
-            if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
-                let _ = fs::remove_file(&tmp);
-            }
-        }
         match rec {
             Undo::Remove { .. } => {
                 if fs::symlink_metadata(&live).is_ok() {
@@ -1260,6 +1226,67 @@ fn undo_backup(last: &Path, root: &Path, failpoint: Failpoint) -> Result<Vec<Str
     sync_dir(last)?;
     said.reverse();
     Ok(said)
+}
+
+/// Refuses to undo into another root than the one the run merged into.
+fn check_merged_root(last: &Path, root: &Path, id: &str) -> Result<()> {
+    if let Ok(merged_root) = fs::read(last.join("root")) {
+        let merged_root = PathBuf::from(std::ffi::OsString::from_vec(merged_root));
+        if merged_root != root {
+            bail!(
+                "the last merged dance (run {id}) changed {}, not {}: give --root {}",
+                merged_root.display(),
+                root.display(),
+                merged_root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The records of a run's journal, oldest first.
+fn read_journal(last: &Path) -> Result<Vec<Undo>> {
+    let journal = last.join("journal");
+    let text = fs::read_to_string(&journal)
+        .with_context(|| format!("cannot read {}", journal.display()))?;
+    // A torn last record (a crash while journaling) was never applied.
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is damaged", journal.display()))
+}
+
+/// The directory of a journaled entry, as the dance left it (no symlink on
+/// the way), and its name in it (`None` for the root itself); drops a copy
+/// an interrupted merge made beside it and never placed. `None` (with a
+/// warning) when that directory is no longer the one the dance left.
+fn entry_dir<'p>(
+    root: &Path,
+    path: &'p Path,
+    shown: &str,
+) -> Result<Option<(crate::anchor::Anchor, Option<&'p std::ffi::OsStr>)>> {
+    let (dir, name) = match crate::anchor::Anchor::parent_of(root, path) {
+        Some((Ok(dir), name)) => (dir, Some(name)),
+        Some((Err(e), _)) => {
+            output::warning(&format!(
+                "undo: skipped {shown}: its directory is not the one the dance left ({})",
+                crate::anchor::why(&e)
+            ));
+            return Ok(None);
+        }
+        None => match crate::anchor::Anchor::open(root, Path::new("/")) {
+            Ok(dir) => (dir, None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", root.display())),
+        },
+    };
+    if let Some(n) = name {
+        let tmp = merge_temp(&dir.join(n));
+        if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    Ok(Some((dir, name)))
 }
 
 /// Sets a directory's mode, owner and xattrs back to what they were.

@@ -677,19 +677,7 @@ pub fn open_params(
     key_path: &Path,
     origin: &dyn Fn(&str) -> String,
 ) -> Result<usize> {
-    // Which values to open (a plaintext one is said and kept).
-    let mut sealed: Vec<(String, Vec<u8>)> = Vec::new();
-    params.for_each_secret_mut(&mut |key, value| {
-        if is_encrypted(value) {
-            sealed.push((key.to_string(), std::mem::take(value)));
-        } else {
-            crate::output::warning(&format!(
-                "{key} is not encrypted in the server tree ({}): any account that can read the tree can read it; encrypt it with `disco secret set`",
-                origin(key)
-            ));
-        }
-        Ok(())
-    })?;
+    let sealed = take_sealed(params, origin)?;
     if sealed.is_empty() {
         return Ok(0);
     }
@@ -704,46 +692,7 @@ pub fn open_params(
     // Checked once here (and a passphrase asked for, if any), then read
     // again by each worker: an identity cannot cross threads.
     let first = identities(&key_bytes, key_path).context("the node's key, for its secrets")?;
-    // Each opening is two X25519 operations (~0.1–0.2 ms): many secrets
-    // are opened on every core.
-    let asks = matches!(
-        age::ssh::Identity::from_buffer(&key_bytes[..], None),
-        Ok(age::ssh::Identity::Encrypted(_))
-    );
-    let workers = if asks {
-        1 // a passphrase is asked for once, by the one identity
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8)
-            .min(sealed.len().div_ceil(16))
-    };
-    let opened: Vec<Result<Vec<u8>>> = if workers <= 1 {
-        sealed.iter().map(|(_, ct)| decrypt(&first, ct)).collect()
-    } else {
-        let chunk = sealed.len().div_ceil(workers);
-        std::thread::scope(|s| {
-            let running: Vec<_> = sealed
-                .chunks(chunk)
-                .map(|part| {
-                    let key_bytes = &key_bytes;
-                    s.spawn(move || -> Vec<Result<Vec<u8>>> {
-                        match identities(key_bytes, key_path) {
-                            Ok(ids) => part.iter().map(|(_, ct)| decrypt(&ids, ct)).collect(),
-                            Err(e) => part.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
-                        }
-                    })
-                })
-                .collect();
-            running
-                .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| vec![Err(anyhow!("a decryption thread panicked"))])
-                })
-                .collect()
-        })
-    };
+    let opened = decrypt_all(&sealed, &key_bytes, key_path, &first);
     let mut plain: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for ((key, _), result) in sealed.iter().zip(opened) {
         let value = result.map_err(|e| {
@@ -763,6 +712,77 @@ pub fn open_params(
         Ok(())
     })?;
     Ok(count)
+}
+
+/// Takes the encrypted values out of `params` (KEY and ciphertext, left
+/// empty in place); a plaintext value is said and kept.
+fn take_sealed(
+    params: &mut ParamTree,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut sealed: Vec<(String, Vec<u8>)> = Vec::new();
+    params.for_each_secret_mut(&mut |key, value| {
+        if is_encrypted(value) {
+            sealed.push((key.to_string(), std::mem::take(value)));
+        } else {
+            crate::output::warning(&format!(
+                "{key} is not encrypted in the server tree ({}): any account that can read the tree can read it; encrypt it with `disco secret set`",
+                origin(key)
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(sealed)
+}
+
+/// Opens each ciphertext of `sealed` (in its order) with the node's key:
+/// `first` (already read) on one thread, or a few threads each reading
+/// the key again from `key_bytes` (an identity cannot cross threads).
+fn decrypt_all(
+    sealed: &[(String, Vec<u8>)],
+    key_bytes: &[u8],
+    key_path: &Path,
+    first: &[Box<dyn age::Identity>],
+) -> Vec<Result<Vec<u8>>> {
+    // Each opening is two X25519 operations (~0.1–0.2 ms): many secrets
+    // are opened on every core.
+    let asks = matches!(
+        age::ssh::Identity::from_buffer(key_bytes, None),
+        Ok(age::ssh::Identity::Encrypted(_))
+    );
+    let workers = if asks {
+        1 // a passphrase is asked for once, by the one identity
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(sealed.len().div_ceil(16))
+    };
+    if workers <= 1 {
+        sealed.iter().map(|(_, ct)| decrypt(first, ct)).collect()
+    } else {
+        let chunk = sealed.len().div_ceil(workers);
+        std::thread::scope(|s| {
+            let running: Vec<_> = sealed
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || -> Vec<Result<Vec<u8>>> {
+                        match identities(key_bytes, key_path) {
+                            Ok(ids) => part.iter().map(|(_, ct)| decrypt(&ids, ct)).collect(),
+                            Err(e) => part.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+                        }
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(anyhow!("a decryption thread panicked"))])
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]

@@ -62,21 +62,7 @@ pub fn run(args: &InitArgs) -> Result<i32> {
     if !root.is_dir() {
         bail!("root {} is not a directory", root.display());
     }
-    let uri = match ServerUri::parse(&args.server)? {
-        // A path means the directory from where init runs, which cron's
-        // working directory is not: write it absolute.
-        ServerUri::Local(p) => ServerUri::Local(
-            std::path::absolute(&p).with_context(|| format!("server {}", p.display()))?,
-        ),
-        ServerUri::Ssh { path, .. }
-            if path
-                .chars()
-                .any(|c| c.is_whitespace() || "\"'\\$`".contains(c)) =>
-        {
-            bail!("server path '{path}': a path with spaces, quotes, `\\`, `$` or backquotes cannot stand in the server's forced command; use a plain path")
-        }
-        uri => uri,
-    };
+    let uri = server_uri(&args.server)?;
     let node = node_name(args.node.node.as_deref(), args.root.as_deref())?;
     let etc = root.join(ETC);
     let config = etc.join("disco.toml");
@@ -127,8 +113,36 @@ pub fn run(args: &InitArgs) -> Result<i32> {
     println!("wrote {}", config.display());
     println!("pinned {} in {}", fingerprint(&pinned)?, known.display());
     println!("node key {}", key.display());
+    print_server_steps(user.as_deref(), host, path, &node, &public);
+    println!("\nThen: NOOP=true disco dance");
+    Ok(0)
+}
+
+/// The server URI `disco.toml` gets: a local path made absolute (cron's
+/// working directory is not init's); an ssh path that cannot stand in the
+/// server's forced command refused.
+fn server_uri(server: &str) -> Result<ServerUri> {
+    Ok(match ServerUri::parse(server)? {
+        ServerUri::Local(p) => ServerUri::Local(
+            std::path::absolute(&p).with_context(|| format!("server {}", p.display()))?,
+        ),
+        ServerUri::Ssh { path, .. }
+            if path
+                .chars()
+                .any(|c| c.is_whitespace() || "\"'\\$`".contains(c)) =>
+        {
+            bail!("server path '{path}': a path with spaces, quotes, `\\`, `$` or backquotes cannot stand in the server's forced command; use a plain path")
+        }
+        uri => uri,
+    })
+}
+
+/// Prints what the admin does on the server for this node: the
+/// `authorized_keys` line (for `user`, root when none) and where its
+/// public key goes in the server tree.
+fn print_server_steps(user: Option<&str>, host: &str, path: &str, node: &Name, public: &str) {
     // Without a user in the URI, ssh logs in as the user disco runs as.
-    let account = user.as_deref().unwrap_or("root");
+    let account = user.unwrap_or("root");
     println!("\nAdd this line to ~{account}/.ssh/authorized_keys on {host}:\n");
     println!(
         "command=\"disco serve --root {path} --node {node}\",restrict {}",
@@ -139,8 +153,6 @@ pub fn run(args: &InitArgs) -> Result<i32> {
         crate::secrets::NODE_KEY
     );
     println!("{}", public.trim());
-    println!("\nThen: NOOP=true disco dance");
-    Ok(0)
 }
 
 /// `--node`, else the root's `/etc/hostname` under `--root`, else this

@@ -39,30 +39,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Shim(args) => return Ok(crate::sandbox::service_cmds::run(&args.argv)),
         _ => {}
     }
-    let given = cli.command.given().over(&cli.global);
-    let flags = Flags {
-        config: given.config,
-        server: given.server,
-        node: given.node,
-        root: given.root,
-        state_dir: given.state_dir,
-        noop: given.noop,
-    };
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut config = Config::load(&flags, &env)?;
-    if let Command::Dance(args) = &cli.command {
-        if let Some(n) = &args.noop_network {
-            config.noop_network.value = n.clone();
-            config.noop_network.source = crate::config::Source::Flag("--noop-network");
-        }
-        if let Some(n) = args.jobs {
-            if n == 0 {
-                anyhow::bail!("--jobs 0: give how many modules may run at once, at least 1");
-            }
-            config.jobs.value = n;
-            config.jobs.source = crate::config::Source::Flag("--jobs");
-        }
-    }
+    let config = load_config(&cli)?;
     match cli.command {
         Command::Plan(_) => plan::run(&config),
         Command::Lint(args) => {
@@ -71,26 +48,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             nodes.extend(cli.global.node.clone());
             lint::run(&config, &nodes, &args.allow_link_to)
         }
-        Command::Dance(args) => dance::run(
-            &config,
-            &dance::DanceOptions {
-                keep: args.keep,
-                retry_actions: args.retry_actions,
-                run_actions: args.run_actions,
-                detailed_exitcodes: args.detailed_exitcodes,
-                no_wait: args.no_wait,
-                splay: args.splay,
-                splay_always: args.splay_always,
-                quiet: args.quiet,
-                if_changed: args.if_changed,
-                max_age: args.max_age.as_secs(),
-                only: args
-                    .only
-                    .iter()
-                    .map(|m| crate::names::Name::parse(m, "--only"))
-                    .collect::<Result<_, _>>()?,
-            },
-        ),
+        Command::Dance(args) => dance::run(&config, &dance_options(&args)?),
         Command::Undo(args) => undo::run(&config, args.yes),
         Command::Actions(args) => actions::run(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
@@ -111,10 +69,59 @@ pub fn run(cli: Cli) -> Result<i32> {
         | Command::Completions(_)
         | Command::Man(_)
         | Command::Secret(_)
-        | Command::Shim(_) => {
-            unreachable!("run before the configuration is loaded")
+        | Command::Shim(_) => bail!("this command runs before the configuration is loaded"),
+    }
+}
+
+/// The effective configuration for `cli`: files, environment and global
+/// flags, then the settings only `dance` takes as flags.
+fn load_config(cli: &Cli) -> Result<Config> {
+    let given = cli.command.given().over(&cli.global);
+    let flags = Flags {
+        config: given.config,
+        server: given.server,
+        node: given.node,
+        root: given.root,
+        state_dir: given.state_dir,
+        noop: given.noop,
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(&flags, &env)?;
+    if let Command::Dance(args) = &cli.command {
+        if let Some(n) = &args.noop_network {
+            config.noop_network.value = n.clone();
+            config.noop_network.source = crate::config::Source::Flag("--noop-network");
+        }
+        if let Some(n) = args.jobs {
+            if n == 0 {
+                bail!("--jobs 0: give how many modules may run at once, at least 1");
+            }
+            config.jobs.value = n;
+            config.jobs.source = crate::config::Source::Flag("--jobs");
         }
     }
+    Ok(config)
+}
+
+/// The options of `disco dance` from its flags.
+fn dance_options(args: &crate::cli::DanceArgs) -> Result<dance::DanceOptions> {
+    Ok(dance::DanceOptions {
+        keep: args.keep,
+        retry_actions: args.retry_actions,
+        run_actions: args.run_actions,
+        detailed_exitcodes: args.detailed_exitcodes,
+        no_wait: args.no_wait,
+        splay: args.splay,
+        splay_always: args.splay_always,
+        quiet: args.quiet,
+        if_changed: args.if_changed,
+        max_age: args.max_age.as_secs(),
+        only: args
+            .only
+            .iter()
+            .map(|m| crate::names::Name::parse(m, "--only"))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 /// Refuses to go on unless running as root.

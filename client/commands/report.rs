@@ -1,6 +1,8 @@
 //! `disco report`: the figures of the last (or a given) run, the history,
 //! JSON, Prometheus text, and on the server the fleet's table.
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 
 use super::print_lines;
@@ -76,14 +78,40 @@ impl FleetNode {
 /// as a table or (`--json`) one JSON document; exit 0 all fresh and ok, 1
 /// one failed or unreadable, 2 one stale.
 fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
-    use crate::output::printable;
-    use crate::report::RunReport;
     let servers = config.require_servers()?;
     let ServerUri::Local(dir) = ServerUri::parse(&servers[0])? else {
         bail!("--fleet reads the reports on the server itself: give --server DIR (the served directory)");
     };
-    let reports = dir.join("reports");
-    let entries = std::fs::read_dir(&reports).with_context(|| {
+    let nodes = read_fleet(&dir.join("reports"), args.stale)?;
+    let failed = nodes.iter().filter(|n| n.failed()).count();
+    let stale = nodes.iter().filter(|n| n.stale).count();
+    let code = if failed > 0 {
+        1
+    } else if stale > 0 {
+        2
+    } else {
+        0
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "nodes": nodes,
+            "failed": failed,
+            "stale": stale,
+            "max_age": args.stale.as_secs(),
+            "exit_code": code,
+        });
+        print_lines([serde_json::to_string_pretty(&doc)?])?;
+        return Ok(code);
+    }
+    print_lines(fleet_table(&nodes))?;
+    Ok(code)
+}
+
+/// Every node's last report under `reports/NODE/last.json`, by node name;
+/// stale when older than `stale` (or of no readable time).
+fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNode>> {
+    use crate::report::RunReport;
+    let entries = std::fs::read_dir(reports).with_context(|| {
         format!(
             "no reports in {} (do nodes set report_upload = true?)",
             reports.display()
@@ -122,40 +150,26 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
             noop: Some(r.noop),
             duration: Some(r.duration),
             age: age.map(|a| a.as_secs()),
-            stale: age.is_none_or(|a| a > args.stale),
+            stale: age.is_none_or(|a| a > stale),
             pending_failed_actions: Some(r.pending_failed_actions),
             last_run: Some(r.ended),
             status: Some(r.status),
         });
     }
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let failed = nodes.iter().filter(|n| n.failed()).count();
-    let stale = nodes.iter().filter(|n| n.stale).count();
-    let code = if failed > 0 {
-        1
-    } else if stale > 0 {
-        2
-    } else {
-        0
-    };
-    if args.json {
-        let doc = serde_json::json!({
-            "nodes": nodes,
-            "failed": failed,
-            "stale": stale,
-            "max_age": args.stale.as_secs(),
-            "exit_code": code,
-        });
-        print_lines([serde_json::to_string_pretty(&doc)?])?;
-        return Ok(code);
-    }
+    Ok(nodes)
+}
+
+/// The fleet as a table, a line a node, under a header.
+fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
+    use crate::output::printable;
     // Tabs too: a field must not push the next column about.
     let field = |s: &str| printable(s).replace('\t', "\\x09");
     let mut lines = vec![format!(
         "{:<24} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
         "node", "last run", "status", "changes", "duration", "age", "pending"
     )];
-    for n in &nodes {
+    for n in nodes {
         let node = field(&n.node);
         if !n.readable {
             lines.push(format!("{node:<24} (no readable report)"));
@@ -173,6 +187,5 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
             if n.stale { "  STALE" } else { "" },
         ));
     }
-    print_lines(lines)?;
-    Ok(code)
+    lines
 }

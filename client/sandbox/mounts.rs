@@ -678,47 +678,48 @@ mod tests {
         );
     }
 
-    #[test]
-    fn module_three_stacks_two_uppers_over_shims_over_root() {
+    /// The mounts of layer 3 over /srv/root (two stacked uppers, one shim
+    /// layer on mount 0), squashed at `squash`, hiding `hidden`.
+    fn layer_three_ops(
+        squash: Option<usize>,
+        stacked: &[usize],
+        hidden: Option<&Path>,
+    ) -> Vec<MountOp> {
         let mounts = overlay_mounts(Path::new("/srv/root"), &parse_mountinfo(INFO));
-        let ops = root_ops(&RootPlan {
+        root_ops(&RootPlan {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squash: None,
-            stacked: &[1, 2],
+            squash,
+            stacked,
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
-            hidden: Some(Path::new("var/lib/disco")),
-        });
+            hidden,
+        })
+    }
+
+    /// The lower directories of the overlay `op`, as text.
+    fn lowers_of(op: &MountOp) -> Vec<String> {
+        let MountOp::Overlay { lowers, .. } = op else {
+            panic!("not an overlay: {op:?}")
+        };
+        lowers.iter().map(|p| p.display().to_string()).collect()
+    }
+
+    #[test]
+    fn module_three_stacks_two_uppers_over_shims_over_root() {
+        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
         let MountOp::Overlay {
             target,
-            lowers,
             upper,
             work,
+            ..
         } = &ops[0]
         else {
             panic!()
         };
         assert_eq!(target, Path::new("/s/run/R/merged/"));
-        let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(lowers, ["u/2-0", "u/1-0", "s/0", "/srv/root/"]);
-        // Squashed: the first layers are one lower, the rest stacked on it.
-        let squashed = root_ops(&RootPlan {
-            root: Path::new("/srv/root"),
-            mounts: &mounts,
-            layer: 3,
-            squash: Some(4),
-            stacked: &[2],
-            shims: &[true],
-            merged: Path::new("/s/run/R/merged"),
-            hidden: None,
-        });
-        let MountOp::Overlay { lowers: q, .. } = &squashed[0] else {
-            panic!()
-        };
-        let q: Vec<String> = q.iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(q, ["u/2-0", "q/4-0", "s/0", "/srv/root/"]);
+        assert_eq!(lowers_of(&ops[0]), ["u/2-0", "u/1-0", "s/0", "/srv/root/"]);
         assert_eq!(
             (upper.to_str(), work.to_str()),
             (Some("u/3-0"), Some("w/3-0"))
@@ -729,6 +730,20 @@ mod tests {
         assert_eq!(target, Path::new("/s/run/R/merged/var/lib"));
         assert_eq!(lowers.last().unwrap(), Path::new("/srv/root/var/lib"));
         assert_eq!(lowers.len(), 3, "no shim layer on mount 1");
+    }
+
+    #[test]
+    fn squashed_first_layers_are_one_lower_under_the_stacked_rest() {
+        let squashed = layer_three_ops(Some(4), &[2], None);
+        assert_eq!(
+            lowers_of(&squashed[0]),
+            ["u/2-0", "q/4-0", "s/0", "/srv/root/"]
+        );
+    }
+
+    #[test]
+    fn state_dir_proc_and_sys_are_masked_after_what_they_need() {
+        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
         assert!(ops.contains(&MountOp::ReadonlyInPlace {
             target: "/s/run/R/merged/proc/sys".into()
         }));
@@ -770,7 +785,11 @@ mod tests {
             .iter()
             .position(|o| matches!(o, MountOp::MaskFile { .. }));
         assert!(dev < mask, "/dev/null exists before it masks /proc files");
-        // Every tmpfs a module can write has a size and an inode count.
+    }
+
+    #[test]
+    fn every_tmpfs_a_module_can_write_has_a_size_and_an_inode_count() {
+        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
         let sized: Vec<_> = ops
             .iter()
             .filter_map(|o| match o {
@@ -786,6 +805,10 @@ mod tests {
                 target.display()
             );
         }
+    }
+
+    #[test]
+    fn overlay_options_name_each_dir_and_turn_the_extras_off() {
         assert_eq!(
             overlay_options(&[PathBuf::from("u/1-0"), PathBuf::from("/r")], Path::new("u/2-0"), Path::new("w/2-0")),
             "lowerdir=u/1-0:/r,upperdir=u/2-0,workdir=w/2-0,metacopy=off,redirect_dir=off,index=off,xino=off,volatile"

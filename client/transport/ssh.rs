@@ -294,7 +294,8 @@ impl Drop for Session {
 /// Brings `new` (a fresh directory) to the server's snapshot for `node`,
 /// reusing `old` (the current cache, if any). Returns the new manifest.
 ///
-/// The stages are [`descend`], [`lay_out_units`] and [`transfer`]; what stays is wiring them, kept together so the order of the cache's construction reads in one place.
+/// The stages are [`descend`], [`lay_out_units`], [`fill_units`],
+/// [`fetch_files`] and [`seal_units`], in the order the cache is built.
 pub fn sync(
     s: &mut Session,
     root_hash: &str,
@@ -305,7 +306,6 @@ pub fn sync(
     stats: &mut Stats,
 ) -> Result<Manifest> {
     let m = descend(s, root_hash, old)?;
-
     let building = lay_out_units(&m, new_dir, store, stats)?;
     let dst_of = |path: &str| -> Option<PathBuf> {
         let mut parts = path.splitn(3, '/');
@@ -316,6 +316,28 @@ pub fn sync(
             None => tmp.clone(),
         })
     };
+    let filled = fill_units(&m, old_dir, old, &dst_of, stats)?;
+    fetch_files(s, old_dir, &dst_of, filled.requests, stats)?;
+    seal_units(&m, &building, &filled.dirs, store)?;
+    Ok(m)
+}
+
+/// What [`fill_units`] left to do: the files to fetch (path, entry, as a
+/// delta) and the directories made, with the mode each gets at the end.
+struct Filled {
+    requests: Vec<(String, Entry, bool)>,
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+/// Makes the directories and symlinks of the units being built and
+/// hard-links each file unchanged since `old`; the rest is to fetch.
+fn fill_units(
+    m: &Manifest,
+    old_dir: &Path,
+    old: &Manifest,
+    dst_of: &dyn Fn(&str) -> Option<PathBuf>,
+    stats: &mut Stats,
+) -> Result<Filled> {
     let mut requests: Vec<(String, Entry, bool)> = Vec::new();
     let mut dirs_built: Vec<(PathBuf, u32)> = Vec::new();
     for (dir, entries) in &m.dirs {
@@ -323,7 +345,8 @@ pub fn sync(
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&d)?;
+            .create(&d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
         for e in entries {
             let path = join(dir, &e.name);
             let dst = d.join(&e.name);
@@ -332,10 +355,12 @@ pub fn sync(
                     fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
-                        .create(&dst)?;
+                        .create(&dst)
+                        .with_context(|| format!("cannot create {}", dst.display()))?;
                     dirs_built.push((dst, e.mode));
                 }
-                'l' => std::os::unix::fs::symlink(&e.hash, &dst)?,
+                'l' => std::os::unix::fs::symlink(&e.hash, &dst)
+                    .with_context(|| format!("cannot create {}", dst.display()))?,
                 _ => {
                     let prev = old.entry(&path).filter(|o| o.kind == 'f');
                     let src = old_dir.join(&path);
@@ -352,29 +377,54 @@ pub fn sync(
             }
         }
     }
+    Ok(Filled {
+        requests,
+        dirs: dirs_built,
+    })
+}
 
-    let refetch = transfer(s, old_dir, &dst_of, &requests, stats)?;
-    if !refetch.is_empty() {
-        let again: Vec<_> = requests
-            .into_iter()
-            .filter(|r| refetch.contains(&r.0))
-            .map(|(p, e, _)| (p, e, false))
-            .collect();
-        let still = transfer(s, old_dir, &dst_of, &again, stats)?;
-        if let Some(p) = still.first() {
-            bail!("{p} does not match its hash even when sent whole; the server's tree changed under it");
-        }
+/// Fetches the requested files; those whose delta did not match their
+/// hash once more, whole.
+fn fetch_files(
+    s: &mut Session,
+    old_dir: &Path,
+    dst_of: &dyn Fn(&str) -> Option<PathBuf>,
+    requests: Vec<(String, Entry, bool)>,
+    stats: &mut Stats,
+) -> Result<()> {
+    let refetch = transfer(s, old_dir, dst_of, &requests, stats)?;
+    if refetch.is_empty() {
+        return Ok(());
     }
+    let again: Vec<_> = requests
+        .into_iter()
+        .filter(|r| refetch.contains(&r.0))
+        .map(|(p, e, _)| (p, e, false))
+        .collect();
+    let still = transfer(s, old_dir, dst_of, &again, stats)?;
+    if let Some(p) = still.first() {
+        bail!(
+            "{p} does not match its hash even when sent whole; the server's tree changed under it"
+        );
+    }
+    Ok(())
+}
 
-    // Directory modes last (a read-only directory could not be filled),
-    // then each finished unit goes into the store.
-    // Each received file was fsynced; each directory made is synced here,
-    // so the new units are durable without a syncfs of the filesystem.
+/// Directory modes last (a read-only directory could not be filled),
+/// then each finished unit goes into the store. Each received file was
+/// fsynced; each directory made is synced here, so the new units are
+/// durable without a syncfs of the filesystem.
+fn seal_units(
+    m: &Manifest,
+    building: &BTreeMap<String, (PathBuf, PathBuf)>,
+    dirs_built: &[(PathBuf, u32)],
+    store: &Path,
+) -> Result<()> {
     for (d, mode) in dirs_built.iter().rev() {
         fs::set_permissions(d, fs::Permissions::from_mode(*mode))?;
         crate::fsutil::fsync_dir(d)?;
     }
-    for (unit, (tmp, done)) in &building {
+    for (unit, (tmp, done)) in building {
         let mode = m.entry(unit).map(|e| e.mode).unwrap_or(0o755);
         fs::set_permissions(tmp, fs::Permissions::from_mode(mode))?;
         crate::fsutil::fsync_dir(tmp)?;
@@ -384,7 +434,7 @@ pub fn sync(
     if !building.is_empty() {
         crate::fsutil::fsync_dir(store)?;
     }
-    Ok(m)
+    Ok(())
 }
 
 /// Lays out the new cache: `parameters/L` and `modules/M` are symlinks
