@@ -142,21 +142,29 @@ pub enum Touch {
     Other,
 }
 
-/// Two unordered modules that touched one path.
+/// Two unordered modules that touched one path (the first, sorted, of
+/// the paths they both touched, and how many more).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Conflict {
     /// The earlier of the two in the plan's order, then the later.
     pub first: usize,
     pub second: usize,
     pub path: String,
+    /// Other paths the two both touched.
+    pub more: usize,
 }
 
 impl Conflict {
-    /// The one line the dance fails with.
+    /// The one line the dance fails with, for the pair.
     pub fn message(&self, order: &[Name]) -> String {
         let (a, b) = (&order[self.first], &order[self.second]);
+        let more = match self.more {
+            0 => String::new(),
+            1 => " (and 1 more path)".to_string(),
+            n => format!(" (and {n} more paths)"),
+        };
         format!(
-            "modules {a} and {b} both change {} and neither requires the other: add \"after {a}\" to modules/{b}/requires (or the reverse)",
+            "modules {a} and {b} both change {}{more} and neither requires the other: add \"after {a}\" to modules/{b}/requires (or the reverse)",
             self.path
         )
     }
@@ -213,6 +221,7 @@ impl Conflicts {
                 first,
                 second,
                 path: at.to_string(),
+                more: 0,
             });
         };
         // The same path.
@@ -254,11 +263,19 @@ impl Conflicts {
         }
     }
 
-    /// Every conflict found, sorted (plan order, then path), once each.
+    /// Every conflicting pair found, sorted (plan order), once each,
+    /// with the first of its paths (sorted) and how many more.
     pub fn found(mut self) -> Vec<Conflict> {
         self.found.sort();
         self.found.dedup();
-        self.found
+        let mut pairs: Vec<Conflict> = Vec::new();
+        for c in self.found {
+            match pairs.last_mut() {
+                Some(p) if (p.first, p.second) == (c.first, c.second) => p.more += 1,
+                _ => pairs.push(c),
+            }
+        }
+        pairs
     }
 }
 
@@ -312,10 +329,35 @@ mod tests {
                 vec![Conflict {
                     first: 1,
                     second: 2,
-                    path: "/etc/x".into()
+                    path: "/etc/x".into(),
+                    more: 0,
                 }]
             );
         }
+    }
+
+    #[test]
+    fn a_pair_that_shares_several_paths_is_one_conflict_naming_the_first() {
+        let g = diamond();
+        let mut c = Conflicts::default();
+        for p in ["/var/lib/dpkg/status", "/var/log/dpkg.log", "/etc/ld.so.cache"] {
+            c.record(&g, 2, p, Touch::Other);
+            c.record(&g, 1, p, Touch::Other);
+        }
+        c.record(&g, 4, "/etc/y", Touch::Other);
+        c.record(&g, 1, "/etc/y", Touch::Other);
+        let found = c.found();
+        assert_eq!(found.len(), 2);
+        let order: Vec<Name> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| Name::parse(n, "test").unwrap())
+            .collect();
+        assert_eq!(
+            found[0].message(&order),
+            "modules b and c both change /etc/ld.so.cache (and 2 more paths) and neither requires the other: add \"after b\" to modules/c/requires (or the reverse)"
+        );
+        assert_eq!(found[1].path, "/etc/y");
+        assert_eq!(found[1].more, 0);
     }
 
     #[test]
