@@ -133,8 +133,9 @@ pub enum Command {
     /// namespaces and no capability that reaches outside; ROOT is left
     /// byte-identical.
     ///
-    /// Without noop, and only if every step succeeded, the layers are merged
-    /// onto ROOT (renames; the old files are kept for `disco undo`), then the
+    /// Without noop, and only if every step succeeded (or, with on_failure
+    /// = "independent" in the config, for the modules whose requirements
+    /// all succeeded), the layers are merged onto ROOT (renames; the old files are kept for `disco undo`), then the
     /// commands the shims caught are run in the order called — only those
     /// of modules that changed something — and each changed module's
     /// handlers/. A crash during the merge is finished by the next dance.
@@ -143,8 +144,9 @@ pub enum Command {
     /// Exit codes: 0 success; 1 failure (nothing merged, or an action or
     /// handler failed after the merge — the merged files stay). With
     /// --detailed-exitcodes: 0 no change, 2 changes applied (noop: pending),
-    /// 1 failure before anything was merged, 4 failure after the merge
-    /// (an action or handler failed).
+    /// 1 failure before anything was merged (or a module failed and, with
+    /// on_failure = "independent", the others were merged), 4 failure
+    /// after the merge (an action or handler failed).
     ///
     /// Examples: NOOP=true disco dance --server /srv/disco;
     /// disco dance --detailed-exitcodes

@@ -340,7 +340,11 @@ mod tests {
     fn a_pair_that_shares_several_paths_is_one_conflict_naming_the_first() {
         let g = diamond();
         let mut c = Conflicts::default();
-        for p in ["/var/lib/dpkg/status", "/var/log/dpkg.log", "/etc/ld.so.cache"] {
+        for p in [
+            "/var/lib/dpkg/status",
+            "/var/log/dpkg.log",
+            "/etc/ld.so.cache",
+        ] {
             c.record(&g, 2, p, Touch::Other);
             c.record(&g, 1, p, Touch::Other);
         }

@@ -260,7 +260,17 @@ fn stages(
     let conflict = run.ended(&fetched.0.plan.order);
     Ok(
         match verdict(run.report, &config.on_failure.value, conflict) {
-            Verdict::Failed => run.failed(),
+            Verdict::Failed => {
+                let module_failed = run.report.modules.iter().any(|m| m.error.is_some());
+                if run.report.noop
+                    && config.on_failure.value == "independent"
+                    && module_failed
+                    && !conflict
+                {
+                    run.would_merge_independent();
+                }
+                run.failed()
+            }
             Verdict::Noop => run.noop_summary(),
             Verdict::Merge => run.merge_and_act(merge_began)?,
             Verdict::MergeIndependent => run.merge_independent(merge_began)?,
@@ -680,14 +690,7 @@ impl<'a, 'r> Run<'a, 'r> {
     /// actions; the rest of the layers are dropped unmerged. The dance
     /// still failed.
     fn merge_independent(&mut self, merge_began: &std::cell::Cell<bool>) -> Result<Ending> {
-        let failed: Vec<usize> = (0..self.report.modules.len())
-            .filter(|&i| {
-                self.report.modules[i].error.is_some() || self.report.modules[i].not_run.is_some()
-            })
-            .collect();
-        let merged: Vec<usize> = (0..self.report.modules.len())
-            .filter(|&i| !failed.contains(&i) && !failed.iter().any(|&f| self.graph.requires(i, f)))
-            .collect();
+        let merged = self.independent();
         for i in (0..self.report.modules.len()).filter(|i| !merged.contains(i)) {
             for k in 0..self.sandbox.mounts.len() {
                 let upper = self.sandbox.run.upper(i + 1, k);
@@ -717,6 +720,32 @@ impl<'a, 'r> Run<'a, 'r> {
             Ending::Succeeded { .. } => Ending::PartlyMerged,
             other => other,
         })
+    }
+
+    /// The modules (positions in the plan) whose whole requires closure
+    /// succeeded: what `on_failure = "independent"` merges.
+    fn independent(&self) -> Vec<usize> {
+        let modules = &self.report.modules;
+        let failed: Vec<usize> = (0..modules.len())
+            .filter(|&i| modules[i].error.is_some() || modules[i].not_run.is_some())
+            .collect();
+        (0..modules.len())
+            .filter(|&i| !failed.contains(&i) && !failed.iter().any(|&f| self.graph.requires(i, f)))
+            .collect()
+    }
+
+    /// A failed noop, with `on_failure = "independent"`: says which
+    /// modules a live dance would merge, as the live dance says it.
+    fn would_merge_independent(&self) {
+        let names: Vec<&str> = self
+            .independent()
+            .into_iter()
+            .map(|i| self.report.modules[i].name.as_str())
+            .collect();
+        output::info(&format!(
+            "on_failure = \"independent\": a live dance would merge the modules whose requirements all succeeded: {}",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ));
     }
 
     /// Why the module's layer may be cut short, if it may: the scratch

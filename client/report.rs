@@ -479,12 +479,20 @@ impl RunReport {
     }
 
     /// The changes the run applied to the root, or in noop found: those
-    /// of a failed dance that merged nothing are 0 (it applied none).
+    /// of a failed dance that merged nothing are 0 (it applied none); of
+    /// one that merged with `on_failure = "independent"`, those of the
+    /// modules that did not fail (a module whose requirement failed was
+    /// not run and changed nothing).
     pub fn merged_changes(&self) -> usize {
-        if self.status == "failed" && !self.merged {
-            0
-        } else {
-            self.change_count()
+        match (self.status == "failed", self.merged) {
+            (false, _) => self.change_count(),
+            (true, false) => 0,
+            (true, true) => self
+                .modules
+                .iter()
+                .filter(|m| m.error.is_none())
+                .map(ModuleReport::change_count)
+                .sum(),
         }
     }
 
@@ -671,6 +679,27 @@ pub fn load(state_dir: &Path, id: Option<&str>) -> Result<RunReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_changes_count_only_what_was_merged() {
+        let module = |name: &str, changes: usize, error: Option<&str>| ModuleReport {
+            name: name.into(),
+            summarised_changes: changes,
+            error: error.map(str::to_string),
+            ..ModuleReport::default()
+        };
+        let mut r = RunReport {
+            status: "failed".into(),
+            modules: vec![module("a", 3, Some("boom")), module("b", 2, None)],
+            ..RunReport::default()
+        };
+        assert_eq!(r.merged_changes(), 0, "a failed dance that merged nothing");
+        r.merged = true;
+        assert_eq!(r.merged_changes(), 2, "on_failure = independent: b's only");
+        r.status = "changed".into();
+        r.modules[0].error = None;
+        assert_eq!(r.merged_changes(), 5);
+    }
 
     fn created(path: &str, diff: usize) -> Change {
         Change {

@@ -775,11 +775,24 @@ fn on_failure_independent_merges_exactly_what_did_not_depend_on_a_failure() {
         .file("etc/g/solo1", "solo1\n")
         .file("etc/g/solo2", "solo2\n");
     let before = tree(&r.path);
+    let merged = "the modules whose requirements all succeeded: c1, c2, side, solo1, solo2\n";
     let result = dance(&f, &f.state(), &r.path, true, &[]);
     assert_failed_as_planned("noop, independent", &result, &last_report(&f.state()));
     assert_eq!(tree(&r.path), before, "noop, independent: nothing merged");
+    assert!(
+        result
+            .2
+            .contains(&format!("a live dance would merge {merged}")),
+        "the noop says what live merges: {}",
+        result.2
+    );
     let result = dance(&f, &f.state(), &r.path, false, &[]);
     assert_failed_as_planned("live, independent", &result, &last_report(&f.state()));
+    assert!(
+        result.2.contains(&format!("merging {merged}")),
+        "{}",
+        result.2
+    );
     let diff = |a: &[String], b: &[String]| -> Vec<String> {
         a.iter()
             .filter(|l| !b.contains(l))
