@@ -291,8 +291,9 @@ fn check_nodes_beside_syntax(
             .map(|chunk| s.spawn(move || bash_n(chunk)))
             .collect();
         let mut done_layers = HashSet::new();
+        let mut targets = HashMap::new();
         for spec in specs {
-            check_node(tree, spec, keys, &mut done_layers, problems);
+            check_node(tree, spec, keys, (&mut done_layers, &mut targets), problems);
         }
         let mut out = Vec::new();
         for r in running {
@@ -721,13 +722,14 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The checks of one node: its plan, default clashes along it, and the
-/// parameters of each of its layers (each layer read once).
+/// The checks of one node: its plan, default clashes and static
+/// conflicts along it, and the parameters of each of its layers (each
+/// layer, and each module's installed paths, read once).
 fn check_node(
     tree: &ServerTree,
     spec: &NodeSpec,
     keys: &HashMap<Name, Vec<String>>,
-    done_layers: &mut HashSet<Name>,
+    (done_layers, targets): (&mut HashSet<Name>, &mut HashMap<Name, Vec<String>>),
     problems: &mut BTreeSet<Problem>,
 ) {
     for layer in &spec.layers {
@@ -747,9 +749,88 @@ fn check_node(
         }
     }
     match crate::plan::plan(tree, spec) {
-        Ok(plan) => problems.extend(default_clash(&plan.order, keys)),
+        Ok(plan) => {
+            problems.extend(default_clash(&plan.order, keys));
+            problems.extend(static_conflict(tree, &plan.order, targets));
+        }
         Err(e) => problems.extend(plan_problem(tree, spec, e)),
     }
+}
+
+/// The paths a module's `files/` and `templates/` install (not their
+/// directories, which modules share), sorted: what two unordered modules
+/// of one plan may not both write (the dance's conflict rule, seen
+/// before any dance).
+fn installed_paths(tree: &ServerTree, m: &Name) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(Some(dir)) = tree.module_dir(m) else {
+        return out;
+    };
+    for sub in ["files", "templates"] {
+        let base = dir.join(sub);
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&base) {
+                    out.push(format!("/{}", rel.display()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first two modules of `order` that do not require each other and
+/// install the same path from `files/` or `templates/`: the conflict the
+/// dance would fail with, said at lint (each module's paths read once,
+/// kept in `targets`).
+fn static_conflict(
+    tree: &ServerTree,
+    order: &[Name],
+    targets: &mut HashMap<Name, Vec<String>>,
+) -> Option<Problem> {
+    let graph = crate::graph::Graph::of(tree, order).ok()?;
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    for m in order {
+        if !targets.contains_key(m) {
+            targets.insert(m.clone(), installed_paths(tree, m));
+        }
+    }
+    let mut found: Option<crate::graph::Conflict> = None;
+    for (i, m) in order.iter().enumerate() {
+        for p in &targets[m] {
+            match owner.get(p.as_str()) {
+                Some(&j) if !graph.ordered(i, j) => {
+                    let c = crate::graph::Conflict {
+                        first: j,
+                        second: i,
+                        path: p.clone(),
+                        more: 0,
+                    };
+                    if found.as_ref().is_none_or(|f| c < *f) {
+                        found = Some(c);
+                    }
+                }
+                _ => {
+                    owner.insert(p, i);
+                }
+            }
+        }
+    }
+    found.map(|c| {
+        Problem::new(
+            format!("modules/{}", order[c.second]),
+            None,
+            c.message(order),
+        )
+    })
 }
 
 /// Where and how a node's plan error is said; `None` when another check

@@ -182,6 +182,26 @@ fn bad_attributes_line() {
     );
 }
 
+/// Two modules of one plan that do not require each other and install
+/// one path (a file, a template) are the dance's conflict, said at lint,
+/// once; ordering them ends it.
+#[test]
+fn two_unordered_modules_installing_one_path_are_a_conflict() {
+    let f = clean();
+    f.node("web1", &["web", "banner"])
+        .module("banner", "")
+        .module_file("banner", "files/etc/motd", "welcome\n", 0o644);
+    assert_problems(
+        &f,
+        &[],
+        &["modules/base: modules banner and base both change /etc/motd and neither requires the other: add \"after banner\" to modules/base/requires (or the reverse)"],
+        "lint: 2 nodes, 4 modules, 1 problem",
+    );
+    f.module("banner", "before base\n");
+    let (code, out, err) = lint(&f, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn two_modules_defaulting_one_key_is_said_once() {
     let f = clean();
