@@ -223,7 +223,9 @@ fn valid_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-        && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && key
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 /// `$(disco param get KEY)` as the driver's function answers it: the file
