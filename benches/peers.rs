@@ -25,7 +25,9 @@
 //! tree, or no trace of the workload after a dry run on an empty root).
 //! Prints, per workload, one table of medians, peak RSS and disco's ratio
 //! to CFEngine. `DISCO_BENCH_PUPPET=0` leaves Puppet out (its runs take
-//! seconds each, most of the benchmark's time).
+//! seconds each, most of the benchmark's time); `DISCO_BENCH_BASE=PATH`
+//! adds a column for another disco binary (an earlier build), measured
+//! in the same run, for a before/after under the same load.
 //!
 //! Run as root: `cargo bench --bench peers`.
 
@@ -113,7 +115,14 @@ fn bench_workload(d: &Path, style: Style) -> (Vec<&'static str>, Vec<Row>) {
     if with_puppet() {
         tools.push(puppet_tool(d, &server, style));
     }
-    tools.push(disco_tool(d));
+    if let Ok(base) = std::env::var("DISCO_BENCH_BASE") {
+        tools.push(disco_tool(d, "disco (base)", PathBuf::from(base)));
+    }
+    tools.push(disco_tool(
+        d,
+        "disco",
+        PathBuf::from(env!("CARGO_BIN_EXE_disco")),
+    ));
     let expected = expected_tree(&server, style);
     let mut rows = Vec::new();
     for tool in &tools {
@@ -123,11 +132,11 @@ fn bench_workload(d: &Path, style: Style) -> (Vec<&'static str>, Vec<Row>) {
     (tools.iter().map(|t| t.name).collect(), rows)
 }
 
-/// disco on the server tree `d/disco-server`, a fixture root of its own.
-fn disco_tool(d: &Path) -> Tool {
-    let disco = PathBuf::from(env!("CARGO_BIN_EXE_disco"));
+/// The binary `disco` on the server tree `d/disco-server`, a fixture
+/// root of its own.
+fn disco_tool(d: &Path, name: &'static str, disco: PathBuf) -> Tool {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = d.join("disco-root");
+    let root = d.join(format!("{}-root", name.replace([' ', '(', ')'], "")));
     let st = Command::new(repo.join("scripts/make-fixture-root"))
         .arg(&root)
         .arg(&disco)
@@ -137,7 +146,7 @@ fn disco_tool(d: &Path) -> Tool {
     fs::write(d.join("disco.toml"), "").unwrap();
     let d = d.to_path_buf();
     Tool {
-        name: "disco",
+        name,
         base: root.clone(),
         run: Box::new(move |dry| {
             let mut c = Command::new(&disco);
