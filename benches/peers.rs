@@ -17,8 +17,9 @@
 //! CFEngine's mustache reading `vars.bench.port` and `vars.sys.uqhost`
 //! from the agent's own state, Puppet's EPP reading `$facts`).
 //!
-//! Four scenarios, run in turn for every tool, medians of
-//! `DISCO_BENCH_RUNS` runs (default 7):
+//! Four scenarios, medians of `DISCO_BENCH_RUNS` runs (default 7), the
+//! tools taking turns run by run (a shared machine's load then weighs on
+//! them alike):
 //! first apply on an empty root, no-change re-apply, dry run on the
 //! converged root, dry run on an empty root. After every run the target
 //! tree is checked byte for byte against the expected one (the converged
@@ -124,11 +125,8 @@ fn bench_workload(d: &Path, style: Style) -> (Vec<&'static str>, Vec<Row>) {
         PathBuf::from(env!("CARGO_BIN_EXE_disco")),
     ));
     let expected = expected_tree(&server, style);
-    let mut rows = Vec::new();
-    for tool in &tools {
-        eprintln!("{style:?} workload: benchmarking {} …", tool.name);
-        rows.push(bench_tool(tool, &expected));
-    }
+    eprintln!("{style:?} workload: benchmarking the tools in turn …");
+    let rows = bench_tools(&tools, &expected);
     (tools.iter().map(|t| t.name).collect(), rows)
 }
 
@@ -281,10 +279,12 @@ fn install_peers() {
     assert!(st.success(), "apt-get install {} failed", missing.join(" "));
 }
 
-/// Runs the four scenarios for `tool`, checking its tree after each run.
-fn bench_tool(tool: &Tool, expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Row {
-    let mut row = Row::default();
-    let empty = || {
+/// Runs the four scenarios for every tool, checking its tree after each
+/// run. The tools take turns run by run (in turn forwards, then
+/// backwards), so a machine whose load moves meets them all alike.
+fn bench_tools(tools: &[Tool], expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Vec<Row> {
+    let mut rows: Vec<Row> = tools.iter().map(|_| Row::default()).collect();
+    let empty = |tool: &Tool| {
         for sub in ["etc/bench", "var/lib/bench"] {
             let _ = fs::remove_dir_all(tool.base.join(sub));
         }
@@ -292,25 +292,40 @@ fn bench_tool(tool: &Tool, expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Row {
             fs::create_dir_all(tool.base.join(sub)).unwrap();
         }
     };
-    let time = |dry: bool, reset: bool, want_converged: bool, row: &mut Row| {
-        let mut wall = Vec::new();
-        for _ in 0..runs() {
-            if reset {
-                empty();
+    // (dry run, from an empty root, converged after it)
+    for (s, (dry, reset, converged)) in [
+        (false, true, true),
+        (false, false, true),
+        (true, false, true),
+        (true, true, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        eprintln!("  {} …", SCENARIOS[s]);
+        let mut wall = vec![Vec::new(); tools.len()];
+        for r in 0..runs() {
+            let mut order: Vec<usize> = (0..tools.len()).collect();
+            if r % 2 == 1 {
+                order.reverse();
             }
-            let (secs, rss) = run_measured(&mut (tool.run)(dry), tool.name);
-            row.rss_kib = row.rss_kib.max(rss);
-            wall.push(secs);
-            check_tree(tool, expected, want_converged);
+            for t in order {
+                let tool = &tools[t];
+                if reset {
+                    empty(tool);
+                }
+                let (secs, rss) = run_measured(&mut (tool.run)(dry), tool.name);
+                rows[t].rss_kib = rows[t].rss_kib.max(rss);
+                wall[t].push(secs);
+                check_tree(tool, expected, converged);
+            }
         }
-        wall.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        row.wall.push(wall[wall.len() / 2]);
-    };
-    time(false, true, true, &mut row);
-    time(false, false, true, &mut row);
-    time(true, false, true, &mut row);
-    time(true, true, false, &mut row);
-    row
+        for (row, w) in rows.iter_mut().zip(&mut wall) {
+            w.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            row.wall.push(w[w.len() / 2]);
+        }
+    }
+    rows
 }
 
 /// Runs `cmd`, output discarded; wall seconds and peak RSS (KiB) from
