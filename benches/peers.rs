@@ -10,13 +10,25 @@
 //! `var/lib/disco`, as on a node), the peers a directory their paths are
 //! prefixed with.
 //!
-//! Four scenarios, run in turn for every tool, medians of
-//! `DISCO_BENCH_RUNS` runs (default 7):
+//! Two workloads, a table each: the project's (disco's templates `echo`
+//! lines; the peers' templates given their values), and the idiomatic one
+//! (disco's templates a `cat <<EOF` here-doc reading two parameters with
+//! `$(disco param get KEY)` and the host with `$(hostname -s)`;
+//! CFEngine's mustache reading `vars.bench.port` and `vars.sys.uqhost`
+//! from the agent's own state, Puppet's EPP reading `$facts`).
+//!
+//! Four scenarios, medians of `DISCO_BENCH_RUNS` runs (default 7), the
+//! tools taking turns run by run (a shared machine's load then weighs on
+//! them alike):
 //! first apply on an empty root, no-change re-apply, dry run on the
 //! converged root, dry run on an empty root. After every run the target
 //! tree is checked byte for byte against the expected one (the converged
 //! tree, or no trace of the workload after a dry run on an empty root).
-//! Prints one table of medians, peak RSS and disco's ratio to CFEngine.
+//! Prints, per workload, one table of medians, peak RSS and disco's ratio
+//! to CFEngine. `DISCO_BENCH_PUPPET=0` leaves Puppet out (its runs take
+//! seconds each, most of the benchmark's time); `DISCO_BENCH_BASE=PATH`
+//! adds a column for another disco binary (an earlier build), measured
+//! in the same run, for a before/after under the same load.
 //!
 //! Run as root: `cargo bench --bench peers`.
 
@@ -29,6 +41,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use workload::Style;
 
 const MODULES: usize = 20;
 const PORT: &str = "8080";
@@ -60,59 +74,104 @@ fn runs() -> usize {
     workload::runs(7)
 }
 
+/// Whether Puppet is measured (`DISCO_BENCH_PUPPET=0` leaves it out).
+fn with_puppet() -> bool {
+    std::env::var("DISCO_BENCH_PUPPET").map_or(true, |v| v != "0")
+}
+
 fn main() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the peers benchmark needs root"
     );
     install_peers();
-    let disco = PathBuf::from(env!("CARGO_BIN_EXE_disco"));
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let mut tables = Vec::new();
+    for (style, title) in [
+        (Style::Echo, "project workload (echo templates)"),
+        (
+            Style::Idiomatic,
+            "idiomatic workload (cat <<EOF, disco param get, hostname -s)",
+        ),
+    ] {
+        let d = dir.path().join(format!("{style:?}").to_lowercase());
+        fs::create_dir_all(&d).unwrap();
+        tables.push((title, bench_workload(&d, style)));
+    }
+    for (title, (names, rows)) in &tables {
+        print_table(title, names, rows);
+    }
+    println!(
+        "(every run's tree checked against the expected one; {} runs per cell)",
+        runs()
+    );
+}
 
-    // disco: the workload as a server tree, a fixture root.
+/// Sets up the three tools on workload `style` under `d` and measures
+/// them: their names and rows (CFEngine, Puppet when measured, disco).
+fn bench_workload(d: &Path, style: Style) -> (Vec<&'static str>, Vec<Row>) {
     let server = d.join("disco-server");
-    workload::workload(&server, "bench", MODULES, false);
-    let disco_root = d.join("disco-root");
+    workload::workload_styled(&server, "bench", MODULES, false, style);
+    let mut tools = vec![cfengine_tool(d, &server, style)];
+    if with_puppet() {
+        tools.push(puppet_tool(d, &server, style));
+    }
+    if let Ok(base) = std::env::var("DISCO_BENCH_BASE") {
+        tools.push(disco_tool(d, "disco (base)", PathBuf::from(base)));
+    }
+    tools.push(disco_tool(
+        d,
+        "disco",
+        PathBuf::from(env!("CARGO_BIN_EXE_disco")),
+    ));
+    let expected = expected_tree(&server, style);
+    eprintln!("{style:?} workload: benchmarking the tools in turn …");
+    let rows = bench_tools(&tools, &expected);
+    (tools.iter().map(|t| t.name).collect(), rows)
+}
+
+/// The binary `disco` on the server tree `d/disco-server`, a fixture
+/// root of its own.
+fn disco_tool(d: &Path, name: &'static str, disco: PathBuf) -> Tool {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = d.join(format!("{}-root", name.replace([' ', '(', ')'], "")));
     let st = Command::new(repo.join("scripts/make-fixture-root"))
-        .arg(&disco_root)
+        .arg(&root)
         .arg(&disco)
         .status()
         .unwrap();
     assert!(st.success(), "make-fixture-root failed");
     fs::write(d.join("disco.toml"), "").unwrap();
-    let disco_tool = {
-        let (root, d) = (disco_root.clone(), d.to_path_buf());
-        Tool {
-            name: "disco",
-            base: disco_root.clone(),
-            run: Box::new(move |dry| {
-                let mut c = Command::new(&disco);
-                c.env_remove("NOOP")
-                    .arg("--config")
-                    .arg(d.join("disco.toml"))
-                    .arg("--server")
-                    .arg(d.join("disco-server"))
-                    .args(["--node", "bench", "--root"])
-                    .arg(&root)
-                    .arg("--state-dir")
-                    // Where a node keeps it: inside the root it manages.
-                    .arg(root.join("var/lib/disco"))
-                    .args(["dance", "--quiet"]);
-                if dry {
-                    c.env("NOOP", "true");
-                }
-                c
-            }),
-        }
-    };
+    let d = d.to_path_buf();
+    Tool {
+        name,
+        base: root.clone(),
+        run: Box::new(move |dry| {
+            let mut c = Command::new(&disco);
+            c.env_remove("NOOP")
+                .arg("--config")
+                .arg(d.join("disco.toml"))
+                .arg("--server")
+                .arg(d.join("disco-server"))
+                .args(["--node", "bench", "--root"])
+                .arg(&root)
+                .arg("--state-dir")
+                // Where a node keeps it: inside the root it manages.
+                .arg(root.join("var/lib/disco"))
+                .args(["dance", "--quiet"]);
+            if dry {
+                c.env("NOOP", "true");
+            }
+            c
+        }),
+    }
+}
 
-    // CFEngine: one bundle, its own work dir.
+/// CFEngine: one bundle, its own work dir.
+fn cfengine_tool(d: &Path, server: &Path, style: Style) -> Tool {
     let cf_base = d.join("cfengine-root");
-    let cf_src = d.join("cfengine-src");
     let cf_work = d.join("cfengine-work");
-    let policy = cfengine_policy(&server, &cf_src, &cf_base);
+    let policy = cfengine_policy(server, &d.join("cfengine-src"), &cf_base, style);
     fs::create_dir_all(cf_work.join("bin")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/cf-promises", cf_work.join("bin/cf-promises")).unwrap();
     let st = Command::new("cf-key")
@@ -121,9 +180,9 @@ fn main() {
         .status()
         .unwrap();
     assert!(st.success(), "cf-key failed");
-    let cf_tool = Tool {
+    Tool {
         name: "CFEngine 3",
-        base: cf_base.clone(),
+        base: cf_base,
         run: Box::new(move |dry| {
             let mut c = Command::new("cf-agent");
             c.env("CFENGINE_TEST_OVERRIDE_WORKDIR", &cf_work)
@@ -134,16 +193,17 @@ fn main() {
             }
             c
         }),
-    };
+    }
+}
 
-    // Puppet: one manifest, its own conf/var dirs.
+/// Puppet: one manifest, its own conf/var dirs.
+fn puppet_tool(d: &Path, server: &Path, style: Style) -> Tool {
     let pp_base = d.join("puppet-root");
-    let pp_src = d.join("puppet-src");
     let pp_dirs = d.join("puppet");
-    let manifest = puppet_manifest(&server, &pp_src, &pp_base);
-    let pp_tool = Tool {
+    let manifest = puppet_manifest(server, &d.join("puppet-src"), &pp_base, style);
+    Tool {
         name: "Puppet 7",
-        base: pp_base.clone(),
+        base: pp_base,
         run: Box::new(move |dry| {
             let mut c = Command::new("puppet");
             c.arg("apply");
@@ -162,44 +222,35 @@ fn main() {
             }
             c
         }),
-    };
-
-    let expected = expected_tree(&server);
-    let mut rows = Vec::new();
-    for tool in [&cf_tool, &pp_tool, &disco_tool] {
-        eprintln!("benchmarking {} …", tool.name);
-        rows.push(bench_tool(tool, &expected));
     }
-
-    println!(
-        "{:<26} {:>12} {:>12} {:>12} {:>16}",
-        "median wall (peak RSS)", cf_tool.name, pp_tool.name, "disco", "disco / CFEngine"
-    );
-    for (i, s) in SCENARIOS.iter().enumerate() {
-        let cell = |r: &Row| format!("{:.0} ms", r.wall[i] * 1e3);
-        println!(
-            "{s:<26} {:>12} {:>12} {:>12} {:>15.2}×",
-            cell(&rows[0]),
-            cell(&rows[1]),
-            cell(&rows[2]),
-            rows[2].wall[i] / rows[0].wall[i]
-        );
-    }
-    let rss = |r: &Row| format!("{:.1} MB", r.rss_kib as f64 / 1024.0);
-    println!(
-        "{:<26} {:>12} {:>12} {:>12}",
-        "peak RSS",
-        rss(&rows[0]),
-        rss(&rows[1]),
-        rss(&rows[2])
-    );
-    println!(
-        "(every run's tree checked against the expected one; {} runs per cell)",
-        runs()
-    );
 }
 
-/// Installs CFEngine and Puppet from Debian's packages when missing.
+/// Prints one workload's table: a column per tool, disco's ratio to
+/// CFEngine (the first), peak RSS.
+fn print_table(title: &str, names: &[&str], rows: &[Row]) {
+    println!("\n{title}");
+    print!("{:<26}", "median wall (peak RSS)");
+    for n in names {
+        print!(" {n:>12}");
+    }
+    println!(" {:>16}", "disco / CFEngine");
+    let disco = rows.len() - 1;
+    for (i, s) in SCENARIOS.iter().enumerate() {
+        print!("{s:<26}");
+        for r in rows {
+            print!(" {:>12}", format!("{:.0} ms", r.wall[i] * 1e3));
+        }
+        println!(" {:>15.2}×", rows[disco].wall[i] / rows[0].wall[i]);
+    }
+    print!("{:<26}", "peak RSS");
+    for r in rows {
+        print!(" {:>12}", format!("{:.1} MB", r.rss_kib as f64 / 1024.0));
+    }
+    println!();
+}
+
+/// Installs CFEngine (and Puppet, when measured) from Debian's packages
+/// when missing.
 fn install_peers() {
     let have = |cmd: &str| {
         Command::new("sh")
@@ -208,28 +259,32 @@ fn install_peers() {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if have("cf-agent") && have("puppet") {
+    let mut missing = Vec::new();
+    if !have("cf-agent") {
+        missing.push("cfengine3");
+    }
+    if with_puppet() && !have("puppet") {
+        missing.push("puppet");
+    }
+    if missing.is_empty() {
         return;
     }
-    eprintln!("installing cfengine3 and puppet from Debian's packages …");
+    eprintln!("installing {} from Debian's packages …", missing.join(" "));
     let st = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "cfengine3",
-            "puppet",
-        ])
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .expect("apt-get");
-    assert!(st.success(), "apt-get install cfengine3 puppet failed");
+    assert!(st.success(), "apt-get install {} failed", missing.join(" "));
 }
 
-/// Runs the four scenarios for `tool`, checking its tree after each run.
-fn bench_tool(tool: &Tool, expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Row {
-    let mut row = Row::default();
-    let empty = || {
+/// Runs the four scenarios for every tool, checking its tree after each
+/// run. The tools take turns run by run (in turn forwards, then
+/// backwards), so a machine whose load moves meets them all alike.
+fn bench_tools(tools: &[Tool], expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Vec<Row> {
+    let mut rows: Vec<Row> = tools.iter().map(|_| Row::default()).collect();
+    let empty = |tool: &Tool| {
         for sub in ["etc/bench", "var/lib/bench"] {
             let _ = fs::remove_dir_all(tool.base.join(sub));
         }
@@ -237,25 +292,40 @@ fn bench_tool(tool: &Tool, expected: &BTreeMap<String, (u32, Vec<u8>)>) -> Row {
             fs::create_dir_all(tool.base.join(sub)).unwrap();
         }
     };
-    let time = |dry: bool, reset: bool, want_converged: bool, row: &mut Row| {
-        let mut wall = Vec::new();
-        for _ in 0..runs() {
-            if reset {
-                empty();
+    // (dry run, from an empty root, converged after it)
+    for (s, (dry, reset, converged)) in [
+        (false, true, true),
+        (false, false, true),
+        (true, false, true),
+        (true, true, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        eprintln!("  {} …", SCENARIOS[s]);
+        let mut wall = vec![Vec::new(); tools.len()];
+        for r in 0..runs() {
+            let mut order: Vec<usize> = (0..tools.len()).collect();
+            if r % 2 == 1 {
+                order.reverse();
             }
-            let (secs, rss) = run_measured(&mut (tool.run)(dry), tool.name);
-            row.rss_kib = row.rss_kib.max(rss);
-            wall.push(secs);
-            check_tree(tool, expected, want_converged);
+            for t in order {
+                let tool = &tools[t];
+                if reset {
+                    empty(tool);
+                }
+                let (secs, rss) = run_measured(&mut (tool.run)(dry), tool.name);
+                rows[t].rss_kib = rows[t].rss_kib.max(rss);
+                wall[t].push(secs);
+                check_tree(tool, expected, converged);
+            }
         }
-        wall.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        row.wall.push(wall[wall.len() / 2]);
-    };
-    time(false, true, true, &mut row);
-    time(false, false, true, &mut row);
-    time(true, false, true, &mut row);
-    time(true, true, false, &mut row);
-    row
+        for (row, w) in rows.iter_mut().zip(&mut wall) {
+            w.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            row.wall.push(w[w.len() / 2]);
+        }
+    }
+    rows
 }
 
 /// Runs `cmd`, output discarded; wall seconds and peak RSS (KiB) from
@@ -291,7 +361,8 @@ fn run_measured(cmd: &mut Command, name: &str) -> (f64, i64) {
 /// The converged workload: path under the root → (mode, content). The
 /// state file's mode is left out (it is whatever umask the tool runs
 /// its commands with).
-fn expected_tree(server: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+fn expected_tree(server: &Path, style: Style) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let host = workload::short_hostname();
     let mut t = BTreeMap::new();
     let mut state = String::new();
     for i in 0..MODULES {
@@ -304,10 +375,7 @@ fn expected_tree(server: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
         for n in 1..=2 {
             t.insert(
                 format!("etc/bench/{m}/t{n}.conf"),
-                (
-                    0o644,
-                    format!("# template {n}\nport={PORT}\nname={m}\n").into_bytes(),
-                ),
+                (0o644, workload::rendered(style, &m, n, &host).into_bytes()),
             );
         }
         state.push_str(&format!("{m}\n"));
@@ -383,7 +451,10 @@ fn write(p: &Path, content: &str) {
 }
 
 /// The workload as one CFEngine policy file; its sources under `src`.
-fn cfengine_policy(server: &Path, src: &Path, base: &Path) -> PathBuf {
+/// The idiomatic style's templates read the agent's own state
+/// (`datastate()`, mustache's default data): `vars.bench.*` and
+/// `vars.sys.uqhost`.
+fn cfengine_policy(server: &Path, src: &Path, base: &Path, style: Style) -> PathBuf {
     let mut p = String::from(
         r#"body common control { bundlesequence => { "bench" }; }
 body copy_from bench_cp(from) { source => "$(from)"; compare => "digest"; copy_backup => "false"; }
@@ -392,9 +463,12 @@ body edit_defaults bench_nobackup { edit_backup => "false"; }
 bundle agent bench {
   vars:
     "port" string => "8080";
-  files:
 "#,
     );
+    for i in 0..MODULES {
+        p.push_str(&format!("    \"name_m{i:02}\" string => \"m{i:02}\";\n"));
+    }
+    p.push_str("  files:\n");
     let mut commands = String::from("  commands:\n");
     for i in 0..MODULES {
         let m = format!("m{i:02}");
@@ -413,12 +487,19 @@ bundle agent bench {
         }
         for t in 1..=2 {
             let tpl = src.join(format!("{m}/t{t}.mustache"));
-            write(
-                &tpl,
-                &format!("# template {t}\nport={{{{port}}}}\nname={{{{name}}}}\n"),
-            );
+            let (text, data) = match style {
+                Style::Echo => (
+                    format!("# template {t}\nport={{{{port}}}}\nname={{{{name}}}}\n"),
+                    format!(" template_data => parsejson('{{\"port\": \"$(port)\", \"name\": \"{m}\"}}'),"),
+                ),
+                Style::Idiomatic => (
+                    format!("# template {t}\nport={{{{vars.bench.port}}}}\nname={{{{vars.bench.name_{m}}}}}\nhost={{{{vars.sys.uqhost}}}}\n"),
+                    String::new(),
+                ),
+            };
+            write(&tpl, &text);
             p.push_str(&format!(
-                "    \"{}/t{t}.conf\" create => \"true\", edit_template => \"{}\", template_method => \"mustache\", template_data => parsejson('{{\"port\": \"$(port)\", \"name\": \"{m}\"}}'), edit_defaults => bench_nobackup, perms => bench_m(\"644\");\n",
+                "    \"{}/t{t}.conf\" create => \"true\", edit_template => \"{}\", template_method => \"mustache\",{data} edit_defaults => bench_nobackup, perms => bench_m(\"644\");\n",
                 dir.display(),
                 tpl.display()
             ));
@@ -436,7 +517,8 @@ bundle agent bench {
 }
 
 /// The workload as one Puppet manifest; its sources under `src`.
-fn puppet_manifest(server: &Path, src: &Path, base: &Path) -> PathBuf {
+/// The idiomatic style's templates read the host from `$facts`.
+fn puppet_manifest(server: &Path, src: &Path, base: &Path, style: Style) -> PathBuf {
     let attrs = "owner => 'root', group => 'root'";
     let mut p = format!(
         "$port = '{PORT}'\nfile {{ '{}': ensure => directory, mode => '0755', {attrs} }}\n",
@@ -459,9 +541,13 @@ fn puppet_manifest(server: &Path, src: &Path, base: &Path) -> PathBuf {
         }
         for t in 1..=2 {
             let tpl = src.join(format!("{m}/t{t}.epp"));
+            let host = match style {
+                Style::Echo => "",
+                Style::Idiomatic => "host=<%= $facts['networking']['hostname'] %>\n",
+            };
             write(
                 &tpl,
-                &format!("# template {t}\nport=<%= $port %>\nname=<%= $name %>\n"),
+                &format!("# template {t}\nport=<%= $port %>\nname=<%= $name %>\n{host}"),
             );
             p.push_str(&format!(
                 "file {{ '{}/t{t}.conf': content => inline_epp(file('{}'), {{ 'port' => $port, 'name' => '{m}' }}), mode => '0644', {attrs} }}\n",

@@ -25,6 +25,8 @@ use crate::report::{Figures, Step};
 use crate::rootpath;
 use crate::sandbox::mounts::SANDBOX_DIRS;
 
+mod simple;
+
 /// `PATH` for templates and scripts; disco itself comes first.
 pub const SANDBOX_PATH: &str =
     "/run/disco/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -461,125 +463,129 @@ impl Job {
         copy_if_changed(src, target, meta.len(), want)
     }
 
-    /// Renders `templates` (source, module path, attributes) in order, in
-    /// one bash for the module: each template runs in a subshell of its own
-    /// (`( . TEMPLATE )`, stdout to a FIFO disco reads, see [`Output`]), so it
-    /// keeps its own stdout, exit status, options, traps and time limit,
-    /// but costs a fork instead of a bash started from scratch (see
-    /// [`RENDER_DRIVER`]). Each template's output is written to its target
-    /// before the next one starts; the first failure ends the rendering.
-    /// One step per template rendered, the failed one last.
+    /// Renders `templates` (source, module path, attributes) in order;
+    /// the first failure ends the rendering. One step per template
+    /// rendered, the failed one last. A template that is only data
+    /// ([`simple::Simple`]) is answered by disco itself; the others run
+    /// in one bash for the module, started at the first of them
+    /// ([`Driver`], [`RENDER_DRIVER`]). Each template's output is written
+    /// to its target before the next one starts.
     fn render_all(&self, templates: &[(PathBuf, PathBuf, Wanted)]) -> Vec<Step> {
         let mut steps = Vec::new();
-        if templates.is_empty() {
-            return steps;
-        }
-        let name = |rel: &Path| format!("templates/{}", rel.display());
-        let started = Instant::now();
-        let out_dir = Path::new(RENDER_OUT);
-        let spawned = (|| -> Result<()> {
-            let dir = out_dir;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            Ok(())
-        })()
-        .and_then(|()| render_pipe(out_dir, 0))
-        .and_then(|fifo| {
-            let mut c = self.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
-            c.arg(out_dir);
-            c.args(templates.iter().map(|(src, _, _)| src));
-            c.stdin(Stdio::piped()).stdout(Stdio::piped());
-            Ok((c.spawn().context("cannot run bash")?, fifo))
-        });
-        let (mut child, mut fifo) = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                let first = name(&templates[0].1);
-                steps.push(finish(first, started, Err(e), "template"));
-                return steps;
-            }
-        };
-        let mut go = child.stdin.take().expect("piped");
-        let mut status = io::BufReader::new(child.stdout.take().expect("piped"));
-        let mut cpu_before = (0.0, 0.0);
-        for (i, (_, rel, want)) in templates.iter().enumerate() {
-            let started = if i == 0 { started } else { Instant::now() };
-            let (limit, by) = self.limit();
-            // The limit covers all the step does: its output is read and
-            // written under it too (a template can leave a FIFO there).
-            let dog = Watchdog::start(child.id(), limit, by.clone(), true).or_give_up(name(rel));
-            // The output is compared with the target and written beside
-            // it as it comes; a target refused is said once the template
-            // exited 0 (as when the output was read after it).
-            let mut sink = self
-                .target_path(rel, false)
-                .and_then(|t| Output::new(t, *want, self.max_file_size));
-            let result = stream_rendered(&mut status, &fifo, |chunk| match &mut sink {
-                Ok(out) => out.feed(chunk),
-                Err(_) => Ok(()),
-            })
-            .and_then(|(code, cpu)| {
-                param_errors()?;
-                if code == 0 {
-                    sink?.finish()?;
+        let mut driver: Option<Driver> = None;
+        for (i, (src, rel, want)) in templates.iter().enumerate() {
+            let name = format!("templates/{}", rel.display());
+            let started = Instant::now();
+            let simple = simple::Simple::read(src)
+                .map(|t| t.render(&self.params_dir, SANDBOX_PATH))
+                .and_then(|r| match r {
+                    simple::Rendered::Done(out, errors) => Some((out, errors)),
+                    simple::Rendered::ToBash => None,
+                });
+            let step = match simple {
+                Some((out, errors)) => {
+                    let result = self.write_simple(rel, *want, &out, &errors);
+                    finish(name, started, result, "template")
                 }
-                Ok((code, cpu))
-            });
-            let result = match dog.finish() {
-                Some(why) => Err(anyhow::anyhow!(why)),
-                None => result,
+                None => self.render_in_bash(&mut driver, (i, src, rel, *want), name, started),
             };
-            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-            if let Ok((_, (user, sys))) = &result {
-                let micros = |s: f64| libc::timeval {
-                    tv_sec: s.trunc() as libc::time_t,
-                    tv_usec: (s.fract() * 1e6) as libc::suseconds_t,
-                };
-                ru.ru_utime = micros((user - cpu_before.0).max(0.0));
-                ru.ru_stime = micros((sys - cpu_before.1).max(0.0));
-                cpu_before = (*user, *sys);
-            }
-            let step = finish(
-                name(rel),
-                started,
-                result.map(|(code, _)| (code, ru)),
-                "template",
-            );
             let failed = step.error.is_some();
             steps.push(step);
             if failed {
                 break;
             }
-            if let Some((_, next, _)) = templates.get(i + 1) {
-                fifo = match render_pipe(out_dir, i + 1) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        steps.push(finish(name(next), Instant::now(), Err(e), "template"));
-                        break;
-                    }
-                };
-                if go.write_all(b"go\n").is_err() {
-                    // The bash ended between two templates (killed from
-                    // outside): the next one never ran, and that fails.
-                    let e = anyhow::anyhow!("bash ended before it ran (it was killed)");
-                    steps.push(finish(name(next), Instant::now(), Err(e), "template"));
-                    break;
-                }
+        }
+        if let Some(d) = driver {
+            d.end();
+        }
+        steps
+    }
+
+    /// Writes a simple template's output `out` to its target, as the
+    /// driver's template would have; its failed lookups `errors` are said
+    /// and recorded as the driver's `disco param get` does, and fail it.
+    fn write_simple(
+        &self,
+        rel: &Path,
+        want: Wanted,
+        out: &[u8],
+        errors: &[String],
+    ) -> Result<(i32, libc::rusage)> {
+        if !errors.is_empty() {
+            let mut said = String::new();
+            for e in errors {
+                eprintln!("error: {e}");
+                said.push_str(e);
+                said.push('\n');
+            }
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(crate::sandbox::PARAM_ERRORS)
+                .context("cannot record the parameter errors")?;
+            f.write_all(said.as_bytes())
+                .context("cannot record the parameter errors")?;
+        }
+        param_errors()?;
+        let mut sink = self
+            .target_path(rel, false)
+            .and_then(|t| Output::new(t, want, self.max_file_size))?;
+        sink.feed(out)?;
+        sink.finish()?;
+        // SAFETY: plain data; no process ran.
+        Ok((0, unsafe { std::mem::zeroed() }))
+    }
+
+    /// Renders template `i` in the module's bash (started when `driver`
+    /// is `None`): in a subshell of its own (`( . TEMPLATE )`, stdout to
+    /// a FIFO disco reads, see [`Output`]), so it keeps its own stdout,
+    /// exit status, options, traps and time limit, but costs a fork
+    /// instead of a bash started from scratch.
+    fn render_in_bash(
+        &self,
+        driver: &mut Option<Driver>,
+        (i, src, rel, want): (usize, &Path, &Path, Wanted),
+        name: String,
+        started: Instant,
+    ) -> Step {
+        if driver.is_none() {
+            match Driver::start(self) {
+                Ok(d) => *driver = Some(d),
+                Err(e) => return finish(name, started, Err(e), "template"),
             }
         }
-        drop(go);
-        drop(status);
-        // A template still writing gets EPIPE instead of waiting for a
-        // reader.
-        drop(fifo);
-        // The driver ends at the end of its list or when its input closes;
-        // a killed one is already gone.
-        let _ = wait4(child.id());
-        let _ = fs::remove_dir_all(out_dir);
-        steps
+        let d = driver.as_mut().expect("started above");
+        if let Err(e) = d.begin(i, src) {
+            return finish(name, started, Err(e), "template");
+        }
+        let (limit, by) = self.limit();
+        // The limit covers all the step does: its output is read and
+        // written under it too (a template can leave a FIFO there).
+        let dog = Watchdog::start(d.child.id(), limit, by, true).or_give_up(name.clone());
+        // The output is compared with the target and written beside it
+        // as it comes; a target refused is said once the template exited
+        // 0 (as when the output was read after it).
+        let mut sink = self
+            .target_path(rel, false)
+            .and_then(|t| Output::new(t, want, self.max_file_size));
+        let fifo = d.fifo.as_ref().expect("made by begin");
+        let result = stream_rendered(&mut d.status, fifo, |chunk| match &mut sink {
+            Ok(out) => out.feed(chunk),
+            Err(_) => Ok(()),
+        })
+        .and_then(|(code, cpu)| {
+            param_errors()?;
+            if code == 0 {
+                sink?.finish()?;
+            }
+            Ok((code, cpu))
+        });
+        let result = match dog.finish() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => result,
+        };
+        let result = result.map(|(code, cpu)| (code, d.cpu_since(cpu)));
+        finish(name, started, result, "template")
     }
 
     /// The scripts to run, sorted, and the files of `scripts/` skipped
@@ -870,15 +876,102 @@ fn read_rendered(status: &mut impl io::BufRead) -> Result<(i32, (f64, f64))> {
 /// output is ever stored in the sandbox's memory.
 const RENDER_OUT: &str = "/run/disco/render";
 
-/// The bash program that renders a module's templates (`bash -c DRIVER
-/// disco-render OUT TEMPLATE…`). Each template runs in a subshell, stdin
+/// The module's bash for the templates that are not [`simple`]: started
+/// at the first of them, told each one to run on its stdin, saying how
+/// each ended on its stdout ([`RENDER_DRIVER`]).
+struct Driver {
+    child: std::process::Child,
+    go: std::process::ChildStdin,
+    status: io::BufReader<std::process::ChildStdout>,
+    /// The reading end of the running template's FIFO.
+    fifo: Option<fs::File>,
+    /// The children's cpu (user, system) bash's `times` said last.
+    cpu_before: (f64, f64),
+}
+
+impl Driver {
+    /// `bash -c DRIVER disco-render OUT`, OUT made.
+    fn start(job: &Job) -> Result<Driver> {
+        let dir = Path::new(RENDER_OUT);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut c = job.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
+        c.arg(dir);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().context("cannot run bash")?;
+        let go = child.stdin.take().expect("piped");
+        let status = io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Driver {
+            child,
+            go,
+            status,
+            fifo: None,
+            cpu_before: (0.0, 0.0),
+        })
+    }
+
+    /// Makes template `i`'s FIFO and tells bash to run `src` into it.
+    fn begin(&mut self, i: usize, src: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        // The last one's reader goes: a template still writing there
+        // gets EPIPE instead of waiting for a reader.
+        self.fifo = None;
+        self.fifo = Some(render_pipe(Path::new(RENDER_OUT), i)?);
+        let mut line = format!("{i}\0").into_bytes();
+        line.extend_from_slice(src.as_os_str().as_bytes());
+        line.push(0);
+        // Failing: bash ended between two templates (killed from
+        // outside): this one never ran, and that fails.
+        self.go
+            .write_all(&line)
+            .map_err(|_| anyhow::anyhow!("bash ended before it ran (it was killed)"))
+    }
+
+    /// The rusage of the template that just ended, from the children's
+    /// cpu `times` says now (`cpu`).
+    fn cpu_since(&mut self, (user, sys): (f64, f64)) -> libc::rusage {
+        // SAFETY: plain data.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let micros = |s: f64| libc::timeval {
+            tv_sec: s.trunc() as libc::time_t,
+            tv_usec: (s.fract() * 1e6) as libc::suseconds_t,
+        };
+        ru.ru_utime = micros((user - self.cpu_before.0).max(0.0));
+        ru.ru_stime = micros((sys - self.cpu_before.1).max(0.0));
+        self.cpu_before = (user, sys);
+        ru
+    }
+
+    /// Closes bash's input (it ends at its end, or is already gone when
+    /// killed), reaps it, removes the FIFOs.
+    fn end(self) {
+        let Driver {
+            child,
+            go,
+            status,
+            fifo,
+            ..
+        } = self;
+        drop((go, status, fifo));
+        let _ = wait4(child.id());
+        let _ = fs::remove_dir_all(RENDER_OUT);
+    }
+}
+
+/// The bash program that renders a module's templates that are not
+/// [`simple`] (`bash -c DRIVER disco-render OUT`; on its stdin, for each
+/// template, `N\0PATH\0`). Each template runs in a subshell, stdin
 /// from /dev/null, stdout to OUT/N (N its index: a FIFO disco made and
 /// reads, streaming it to the target), no arguments, `$0` its
 /// path, none of the driver's own variables (nor `BASH_EXECUTION_STRING`,
 /// this text) set — they are unset in the subshell before the template
 /// is sourced, so a template cannot find its output file by name; after it the driver says
-/// `E STATUS` and bash's `times` on its stdout, then waits for `go` on
-/// its stdin (disco has written the target) before the next one.
+/// `E STATUS` and bash's `times` on its stdout, then waits for the next
+/// template on its stdin (disco has written the target by then); it
+/// ends when its stdin closes.
 ///
 /// `disco param get KEY` is a shell function here, answered with bash
 /// builtins: no process at all, or one fork inside `$(…)` — where the
@@ -925,18 +1018,16 @@ hostname() {
     command hostname "$@"
 }
 __disco_i=0
-for __disco_t in "$@"; do
+while IFS= read -r -d '' __disco_i && IFS= read -r -d '' __disco_t; do
     (
         exec < /dev/null > "$__disco_out/$__disco_i"
         BASH_ARGV0=$__disco_t
-        unset __disco_out __disco_i __disco_t __disco_go BASH_EXECUTION_STRING
+        unset __disco_out __disco_i __disco_t BASH_EXECUTION_STRING
         set --
         . "$0"
     )
     printf 'E %s\n' "$?"
     times
-    __disco_i=$((__disco_i + 1))
-    IFS= read -r __disco_go && [ "$__disco_go" = go ] || exit 0
 done
 "#;
 

@@ -970,3 +970,66 @@ fn streamed_changes_come_in_path_order_and_the_cap_keeps_etc_first() {
     assert_eq!(kept, want);
     assert_eq!(summarised as usize, all.len() - 4);
 }
+
+#[test]
+fn data_only_templates_render_as_bash_would_beside_the_others() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    f.node("n", &["m"]).module("m", "");
+    f.file("modules/m/parameters/port", "8080\n\n")
+        .file("modules/m/parameters/m/name", "web\n");
+    // Answered by disco (a here-doc, echo lines, a quoted here-doc) and
+    // by bash (a variable), in turn, in the order of their paths.
+    f.module_file(
+        "m",
+        "templates/etc/m/a.conf",
+        "# a\ncat <<EOF\nport=$(disco param get port)\nname=$(disco param get m/name)\nhost=$(hostname -s) $(hostname)\nEOF\n",
+        0o644,
+    )
+    .module_file(
+        "m",
+        "templates/etc/m/b.conf",
+        "x=1\ncat <<EOF\n$x $(disco param get port)\nEOF\n",
+        0o644,
+    )
+    .module_file(
+        "m",
+        "templates/etc/m/c.conf",
+        "echo \"# c\"\necho \"port=$(disco param get port)\"\n",
+        0o644,
+    )
+    .module_file(
+        "m",
+        "templates/etc/m/d.conf",
+        "cat <<'EOF'\n$(disco param get port) `x` \\\nEOF\n",
+        0o644,
+    )
+    .module_file(
+        "m",
+        "templates/etc/m/e.conf",
+        "cat <<EOF\nport=$(disco param get nope)\nEOF\n",
+        0o644,
+    );
+    let (code, _, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: m: templates/etc/m/e.conf: no parameter 'nope'"),
+        "{err}"
+    );
+    // The same tree without the failing one lands.
+    fs::remove_file(f.server().join("modules/m/templates/etc/m/e.conf")).unwrap();
+    let (code, _, err) = live(&f, &f.server(), &r.path);
+    assert_eq!(code, 0, "{err}");
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim_end();
+    let short = host.split('.').next().unwrap();
+    let read = |p: &str| fs::read_to_string(r.path.join(p)).unwrap();
+    assert_eq!(
+        read("etc/m/a.conf"),
+        format!("port=8080\nname=web\nhost={short} {host}\n")
+    );
+    assert_eq!(read("etc/m/b.conf"), "1 8080\n");
+    assert_eq!(read("etc/m/c.conf"), "# c\nport=8080\n");
+    assert_eq!(read("etc/m/d.conf"), "$(disco param get port) `x` \\\n");
+    assert!(!r.path.join("etc/m/e.conf").exists());
+}

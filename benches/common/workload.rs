@@ -1,7 +1,10 @@
-//! The 20-module benchmark workload shared by `benches/dance.rs` and
-//! `benches/merge.rs`: each module has 3 static files of ~1 KiB, 2 templates
-//! reading two parameters, 1 script that appends a line to a state file
-//! only when missing.
+//! The 20-module benchmark workload shared by `benches/dance.rs`,
+//! `benches/merge.rs` and `benches/peers.rs`: each module has 3 static
+//! files of ~1 KiB, 2 templates reading two parameters, 1 script that
+//! appends a line to a state file only when missing. Its templates come
+//! in two styles ([`Style`]): the project's `echo` lines, and the
+//! idiomatic one an admin writes, a `cat <<EOF` here-doc that reads the
+//! host's short name too.
 #![allow(dead_code)]
 
 use std::fs;
@@ -31,8 +34,37 @@ pub fn one_module_node(server: &Path, node: &str, module: &str) {
     fs::create_dir_all(server.join("modules").join(module)).unwrap();
 }
 
+/// How the workload's templates are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// `echo "port=$(disco param get port)"`, a line each.
+    Echo,
+    /// `cat <<EOF` with `$(disco param get KEY)` and `$(hostname -s)`.
+    Idiomatic,
+}
+
+/// The text template `t` of module `m` renders to; `host` is the node's
+/// short host name (only the idiomatic style prints it).
+pub fn rendered(style: Style, m: &str, t: usize, host: &str) -> String {
+    match style {
+        Style::Echo => format!("# template {t}\nport=8080\nname={m}\n"),
+        Style::Idiomatic => format!("# template {t}\nport=8080\nname={m}\nhost={host}\n"),
+    }
+}
+
+/// This machine's short host name, as `hostname -s` prints it.
+pub fn short_hostname() -> String {
+    let h = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    h.trim_end().split('.').next().unwrap().to_string()
+}
+
 /// The workload server tree; `empty` leaves the modules without content.
 pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
+    workload_styled(server, node, modules, empty, Style::Echo)
+}
+
+/// The workload server tree with templates of `style`.
+pub fn workload_styled(server: &Path, node: &str, modules: usize, empty: bool, style: Style) {
     fs::create_dir_all(server.join("parameters").join(node).join("modules")).unwrap();
     write(
         &server.join("parameters").join(node).join("parameters/port"),
@@ -80,7 +112,10 @@ pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
             );
         }
         for t in 1..=2 {
-            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get {m}/name)\"\n");
+            let tpl = match style {
+                Style::Echo => format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get {m}/name)\"\n"),
+                Style::Idiomatic => format!("cat <<EOF\n# template {t}\nport=$(disco param get port)\nname=$(disco param get {m}/name)\nhost=$(hostname -s)\nEOF\n"),
+            };
             write(
                 &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
                 &tpl,
