@@ -1,6 +1,6 @@
 //! Benchmark: the noop dance on a fixture root, for the bundled example and
 //! for a generated workload of 20 modules (3 static files of ~1 KiB, 2
-//! templates reading two parameters, 1 script that appends a line to a
+//! templates reading two parameters, 1 script that appends a line to its
 //! state file only when missing). Prints median wall time and peak RSS,
 //! the sandbox setup + teardown cost per module (20 empty modules against
 //! none), the cost of `noop_network = "host"` (pasta, once per dance),
@@ -148,7 +148,8 @@ fn main() {
 
     // Scale: a live no-change dance of 20, 100 and 400 workload modules on
     // a converged root; the cost per module should not grow with their
-    // number (each module's lower stack is the squash of the earlier ones).
+    // number (independent modules: each on the root alone; a long chain
+    // is `cargo bench --bench scale`'s).
     if std::env::var_os("DISCO_BENCH_SCALE").is_some_and(|v| v == "0") {
         return;
     }

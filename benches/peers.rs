@@ -1,8 +1,9 @@
 //! Benchmark: disco side by side with its peers — CFEngine 3 and Puppet 7,
 //! from Debian's packages (installed with apt-get when missing) — on the
 //! same workload: 20 modules of 3 static files of ~1 KiB, 2 templates
-//! reading two parameters, 1 state script appending a line to a state
-//! file only when it is missing. Each tool gets the workload in its own
+//! reading two parameters, 1 state script appending a line to its state
+//! file only when it is missing; no module requires another (disco runs
+//! them side by side, `jobs`). Each tool gets the workload in its own
 //! dialect (disco modules; a CFEngine bundle with `copy_from`, mustache
 //! `edit_template` and `commands`; a Puppet manifest with `source`,
 //! `inline_epp` and `exec … unless`) and its own target tree, never the
@@ -364,7 +365,6 @@ fn run_measured(cmd: &mut Command, name: &str) -> (f64, i64) {
 fn expected_tree(server: &Path, style: Style) -> BTreeMap<String, (u32, Vec<u8>)> {
     let host = workload::short_hostname();
     let mut t = BTreeMap::new();
-    let mut state = String::new();
     for i in 0..MODULES {
         let m = format!("m{i:02}");
         for f in 1..=3 {
@@ -378,9 +378,11 @@ fn expected_tree(server: &Path, style: Style) -> BTreeMap<String, (u32, Vec<u8>)
                 (0o644, workload::rendered(style, &m, n, &host).into_bytes()),
             );
         }
-        state.push_str(&format!("{m}\n"));
+        t.insert(
+            format!("var/lib/bench/{m}.state"),
+            (0, format!("{m}\n").into_bytes()),
+        );
     }
-    t.insert("var/lib/bench/state".into(), (0, state.into_bytes()));
     t
 }
 
@@ -440,7 +442,7 @@ fn state_script(m: &str, base: &Path) -> String {
     let dir = base.join("var/lib/bench");
     format!(
         "grep -qx {m} {s} 2>/dev/null || {{ mkdir -p {d}; echo {m} >> {s}; }}\n",
-        s = dir.join("state").display(),
+        s = dir.join(format!("{m}.state")).display(),
         d = dir.display()
     )
 }
@@ -560,7 +562,7 @@ fn puppet_manifest(server: &Path, src: &Path, base: &Path, style: Style) -> Path
         p.push_str(&format!(
             "exec {{ '{m}-state': command => '/bin/sh {}', unless => '/bin/grep -qx {m} {}' }}\n",
             script.display(),
-            base.join("var/lib/bench/state").display()
+            base.join(format!("var/lib/bench/{m}.state")).display()
         ));
     }
     let file = src.join("site.pp");

@@ -1,7 +1,8 @@
 //! The 20-module benchmark workload shared by `benches/dance.rs`,
 //! `benches/merge.rs` and `benches/peers.rs`: each module has 3 static
 //! files of ~1 KiB, 2 templates reading two parameters, 1 script that
-//! appends a line to a state file only when missing. Its templates come
+//! appends a line to its state file only when missing; no module requires
+//! another. Its templates come
 //! in two styles ([`Style`]): the project's `echo` lines, and the
 //! idiomatic one an admin writes, a `cat <<EOF` here-doc that reads the
 //! host's short name too.
@@ -84,12 +85,10 @@ pub fn workload_styled(server: &Path, node: &str, modules: usize, empty: bool, s
             "",
             0o644,
         );
-        let requires = if i > 0 {
-            format!("after m{:02}\n", i - 1)
-        } else {
-            String::new()
-        };
-        write(&dir.join("requires"), &requires, 0o644);
+        // Independent modules, as a fleet's mostly are (and as the
+        // peers' dialects of the workload have them): each its own files
+        // and its own state file.
+        write(&dir.join("requires"), "", 0o644);
         if empty {
             continue;
         }
@@ -123,7 +122,7 @@ pub fn workload_styled(server: &Path, node: &str, modules: usize, empty: bool, s
             );
         }
         let script = format!(
-            "grep -qx {m} /var/lib/bench/state 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} >> /var/lib/bench/state; }}\n"
+            "grep -qx {m} /var/lib/bench/{m}.state 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} >> /var/lib/bench/{m}.state; }}\n"
         );
         write(&dir.join("scripts/10-state"), &script, 0o755);
     }
