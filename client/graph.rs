@@ -190,7 +190,15 @@ pub fn dir_touch(meta: &crate::report::Meta) -> Touch {
     // differs with what each module put in it and is not something either
     // module chose.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&meta.kind, meta.mode, meta.uid, meta.gid, &meta.selinux, &meta.caps).hash(&mut h);
+    (
+        &meta.kind,
+        meta.mode,
+        meta.uid,
+        meta.gid,
+        &meta.selinux,
+        &meta.caps,
+    )
+        .hash(&mut h);
     Touch::Dir(h.finish())
 }
 

@@ -401,10 +401,13 @@ impl Run<'_, '_> {
     ) -> Result<Diffed> {
         let layer = job.idx + 1;
         let meter = report::Meter::start();
+        // Looked up as the module's overlay stacked them: a squash and at
+        // most MAX_STACKED layers, not every layer of a long chain.
+        let lowers = self.sandbox.mounted(&job.lowers);
         // Owners by name as the root stands after this module.
-        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &job.lowers);
+        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &lowers);
         let sandbox = self.sandbox;
-        let differ = sandbox.differ(&owners, &job.lowers, true);
+        let differ = sandbox.differ(&owners, &lowers, true);
         let masked = |mut c: Change| {
             if let Some(d) = &c.diff {
                 c.diff = Some(crate::masks::text(d));

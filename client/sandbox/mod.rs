@@ -38,6 +38,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::diff::Lowers;
 use crate::run::{Layout, Mount, RunDir};
 use mounts::{MountOp, RootPlan, SandboxError};
 
@@ -109,7 +110,7 @@ const MAX_LEFTOVERS_SHOWN: usize = 20;
 const MAX_CAPTURE: usize = 1 << 20;
 /// Lower layers a module's overlay stacks as they are; a deeper requires
 /// closure is squashed ([`Sandbox::stack`]).
-const MAX_STACKED: usize = 32;
+pub const MAX_STACKED: usize = 32;
 /// The most layers one overlay mount takes here: the kernel's limit is
 /// 500 lower layers, and the mount's options must fit one page.
 const MAX_OVERLAY_STACK: usize = 450;
@@ -360,13 +361,13 @@ impl Sandbox {
         binds
     }
 
-    /// The differ of a layer over `lowers` (its requires closure,
-    /// ascending), with ROOT's owner names; `prune`: see
+    /// The differ of a layer over `lowers` (as [`Sandbox::mounted`]
+    /// says), with ROOT's owner names; `prune`: see
     /// [`crate::diff::Differ::prune`].
     pub fn differ<'a>(
         &'a self,
         owners: &'a crate::diff::Owners,
-        lowers: &'a [usize],
+        lowers: &'a Lowers,
         prune: bool,
     ) -> crate::diff::Differ<'a> {
         crate::diff::Differ {
@@ -390,7 +391,7 @@ impl Sandbox {
     /// changed once made: a module running beside others may have it
     /// mounted. A failed fold turns squashing off for the run (stacked,
     /// up to the overlay's limit).
-    fn stack(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
+    fn stack(&self, lowers: &[usize]) -> Result<Lowers> {
         let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
         if cut == 0 || self.squash_off.get() {
             return self.stacked(lowers);
@@ -398,7 +399,10 @@ impl Sandbox {
         let (folded, stacked) = lowers.split_at(cut);
         let mut squashes = self.squashes.borrow_mut();
         if let Some(j) = squashes.iter().position(|f| f == folded) {
-            return Ok((Some(j), stacked.to_vec()));
+            return Ok(Lowers {
+                squash: Some(j),
+                stacked: stacked.to_vec(),
+            });
         }
         // The longest squash made that this one extends, if any.
         let base = squashes
@@ -411,7 +415,10 @@ impl Sandbox {
         match self.make_squash(j, base, folded) {
             Ok(()) => {
                 squashes.push(folded.to_vec());
-                Ok((Some(j), stacked.to_vec()))
+                Ok(Lowers {
+                    squash: Some(j),
+                    stacked: stacked.to_vec(),
+                })
             }
             Err(e) => {
                 crate::output::warning(&format!(
@@ -424,15 +431,41 @@ impl Sandbox {
         }
     }
 
+    /// How a module over `lowers` (its requires closure, ascending) whose
+    /// sandbox was started had them mounted: the squash [`Sandbox::stack`]
+    /// made for it, while the squashes are there, else the layers as
+    /// they are. For the diff of its layer, which looks a path up in
+    /// these rather than in every layer of a long closure.
+    pub fn mounted(&self, lowers: &[usize]) -> Lowers {
+        let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
+        let (folded, stacked) = lowers.split_at(cut);
+        let squash = (cut > 0 && !self.squash_off.get())
+            .then(|| self.squashes.borrow().iter().position(|f| f == folded))
+            .flatten();
+        match squash {
+            Some(j) => Lowers {
+                squash: Some(j),
+                stacked: stacked.to_vec(),
+            },
+            None => Lowers {
+                squash: None,
+                stacked: lowers.to_vec(),
+            },
+        }
+    }
+
     /// `lowers` stacked as they are, within the overlay's limit.
-    fn stacked(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
+    fn stacked(&self, lowers: &[usize]) -> Result<Lowers> {
         if lowers.len() > MAX_OVERLAY_STACK {
             bail!(
                 "{} required modules are more than one overlay stack can hold ({MAX_OVERLAY_STACK}) and they could not be squashed",
                 lowers.len()
             );
         }
-        Ok((None, lowers.to_vec()))
+        Ok(Lowers {
+            squash: None,
+            stacked: lowers.to_vec(),
+        })
     }
 
     /// Makes squash `j` (`q/J-K`): squash `base` (its id and how many
@@ -504,7 +537,7 @@ impl Sandbox {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
     {
-        let (squash, stacked) = self.stack(lowers)?;
+        let Lowers { squash, stacked } = self.stack(lowers)?;
         let mounting = Mounting {
             layer,
             squash,
