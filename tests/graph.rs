@@ -902,3 +902,51 @@ fn jobs_and_on_failure_have_defaults_and_bad_values_are_refused_in_one_line() {
     }
     assert_eq!(tree(&r.path), before);
 }
+
+/// A chain deeper than one overlay stack holds as it is (70 modules, so
+/// their lowers are squashed twice: at 32 and 64 layers) among 500
+/// modules, noop then live: each module of the chain sees what every one
+/// before it wrote and deleted, and the merge lands it all.
+#[test]
+fn a_long_chain_is_squashed_and_500_modules_dance() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/chain-gone", "root\n");
+    let chain: Vec<String> = (0..70).map(|i| format!("c{i:03}")).collect();
+    let alone: Vec<String> = (0..430).map(|i| format!("i{i:03}")).collect();
+    let names: Vec<&str> = chain.iter().chain(&alone).map(String::as_str).collect();
+    f.node("n", &names);
+    for (i, m) in chain.iter().enumerate() {
+        let requires = match i {
+            0 => String::new(),
+            _ => format!("after {}\n", chain[i - 1]),
+        };
+        f.module(m, &requires);
+        // Each checks it sees the i lines before its own.
+        let script = match i {
+            10 => format!("rm /etc/chain-gone; echo {m} >> /etc/chain"),
+            _ => format!(
+                "n=$(cat /etc/chain 2>/dev/null | wc -l); test $n = {i} || {{ echo \"{m} saw $n lines\"; exit 1; }}; test ! -e /etc/chain-gone || [ {i} -le 10 ] || exit 3; echo {m} >> /etc/chain"
+            ),
+        };
+        f.module_file(m, "scripts/10-x", &script, 0o755);
+    }
+    for m in &alone {
+        f.module(m, "");
+    }
+    let (code, out, err) = dance(&f, &f.state(), &r.path, true, &[]);
+    assert_eq!(code, 0, "noop: {out}{err}");
+    let (code, out, err) = dance(&f, &f.state(), &r.path, false, &[]);
+    assert_eq!(code, 0, "live: {out}{err}");
+    let lines: Vec<String> = fs::read_to_string(r.path.join("etc/chain"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, chain);
+    assert!(!r.path.join("etc/chain-gone").exists());
+    assert_eq!(
+        last_report(&f.state())["modules"].as_array().unwrap().len(),
+        500
+    );
+}

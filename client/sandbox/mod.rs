@@ -543,31 +543,8 @@ impl Sandbox {
             squash,
             stacked,
         };
-        if self.noop && self.net.get().is_none() {
-            let made = if self.host_network {
-                net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
-            } else {
-                net::NoopNet::loopback()?
-            };
-            let _ = self.net.set(made);
-        }
-        if self.cgroups.get().is_none() {
-            let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
-        }
-        // Removed (what is left in it killed) when the run is dropped.
-        let mut cgroup = match self.cgroups.get().and_then(Option::as_ref) {
-            Some(c) => Some(c.make(layer)?),
-            None => None,
-        };
-        for (k, m) in self.mounts.iter().enumerate() {
-            let upper = self.run.upper(layer, k);
-            fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
-            // The overlay's root directory is the upper's: give it ROOT's attributes.
-            let meta = fs::metadata(self.root.join(&m.rel))?;
-            fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))?;
-            fs::create_dir(self.run.work(layer, k))?;
-        }
+        let mut cgroup = self.cgroup_of(layer)?;
+        self.make_layer_dirs(layer)?;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -626,6 +603,47 @@ impl Sandbox {
                 })
             }
         }
+    }
+
+    /// Layer `layer`'s cgroup (none where disco may not make cgroups),
+    /// removed — what is left in it killed — when its run is dropped.
+    /// The first sandbox also makes what every sandbox of the run
+    /// shares: the noop network namespace, where the cgroups go.
+    fn cgroup_of(&self, layer: usize) -> Result<Option<cgroup::Cgroup>> {
+        if self.noop && self.net.get().is_none() {
+            let made = if self.host_network {
+                net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
+            } else {
+                net::NoopNet::loopback()?
+            };
+            let _ = self.net.set(made);
+        }
+        if self.cgroups.get().is_none() {
+            let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
+        }
+        match self.cgroups.get().and_then(Option::as_ref) {
+            Some(c) => Ok(Some(c.make(layer)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Layer `layer`'s upper and work directories on each filesystem;
+    /// the upper, the overlay's root directory, with ROOT's attributes.
+    fn make_layer_dirs(&self, layer: usize) -> Result<()> {
+        for (k, m) in self.mounts.iter().enumerate() {
+            let upper = self.run.upper(layer, k);
+            fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
+            let meta = fs::metadata(self.root.join(&m.rel))
+                .with_context(|| format!("cannot read {}", self.root.join(&m.rel).display()))?;
+            let attrs = || format!("cannot give {} ROOT's attributes", upper.display());
+            fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .with_context(attrs)?;
+            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
+                .with_context(attrs)?;
+            let work = self.run.work(layer, k);
+            fs::create_dir(&work).with_context(|| format!("cannot create {}", work.display()))?;
+        }
+        Ok(())
     }
 
     /// Waits until one of `running` ends; returns its index and its
