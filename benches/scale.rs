@@ -20,7 +20,8 @@
 //!   script inside a dance (the sandbox's `disco`; target < 5 ms).
 //!
 //! `DISCO_SCALE_MAX` (default 2000) drops the sizes above it (e.g. 400
-//! for a quick run); `DISCO_BENCH_RUNS` sets the runs per measurement
+//! for a quick run); `DISCO_SCALE_SHAPE` (`independent` or `chain`)
+//! keeps the rows of that shape only; `DISCO_BENCH_RUNS` sets the runs per measurement
 //! (default: 3 at 20 modules, 1 above; the median is shown).
 //!
 //! Run as root: `cargo bench --bench scale`.
@@ -178,7 +179,7 @@ impl Bench {
             per * 1e3,
             ratio,
             m.rss_kib as f64 / 1024.0,
-            breakdown(&state, wall)
+            breakdown(&state, *m.wall.last().expect("a run"))
         );
         let _ = fs::remove_dir_all(&state);
         let _ = fs::remove_dir_all(&server);
@@ -186,9 +187,9 @@ impl Bench {
     }
 }
 
-/// The per-module cost of the last dance in `state`, from its report: the
-/// mean of each kind of module step, and the dance outside the modules
-/// (`wall` less the report's module time… per module).
+/// The per-module cost of the last dance in `state` (`wall` its wall
+/// time), from its report: the mean of each kind of module step, and
+/// what is outside the modules (fetch, plan, disco's start and cleanup).
 fn breakdown(state: &Path, wall: f64) -> String {
     let text = fs::read(state.join("reports/last.json")).unwrap();
     let report: serde_json::Value = serde_json::from_slice(&text).unwrap();
@@ -254,7 +255,12 @@ fn main() {
         "{:<38} {:>9} {:>10} {:>7} {:>9}  per-module breakdown, ms (report steps, mean)",
         "benchmark", "wall", "per module", "ratio", "peak RSS"
     );
+    let shape = std::env::var("DISCO_SCALE_SHAPE").unwrap_or_default();
     for chain in [false, true] {
+        let name = if chain { "chain" } else { "independent" };
+        if !shape.is_empty() && shape != name {
+            continue;
+        }
         for n in SIZES.into_iter().filter(|&n| n <= max) {
             // The 20-module cost measured again just before: the load of
             // a shared machine moves between rows.

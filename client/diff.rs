@@ -106,14 +106,15 @@ impl Owners {
 }
 
 /// The layers below a module's own, as its overlay stacks them: the
-/// squash of its first requirements (if any, [`crate::sandbox::squash`])
+/// squashes of its first requirements (if any, [`crate::sandbox::squash`])
 /// and the rest of its requires closure, ascending. A path is looked up
-/// in at most [`crate::sandbox::MAX_STACKED`] layers and a squash, however
-/// long the closure.
+/// in fewer than 2 × [`crate::sandbox::MAX_STACKED`] layers and squashes
+/// below 1,024 requirements (one more squash per 1,024 above).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lowers {
-    /// Squash `q/J-K` holding the first layers of the closure folded.
-    pub squash: Option<usize>,
+    /// Squashes `q/J-K` holding the first layers of the closure folded,
+    /// topmost first.
+    pub squashes: Vec<usize>,
     /// The other layers (1-based), ascending.
     pub stacked: Vec<usize>,
 }
@@ -126,7 +127,7 @@ impl Lowers {
             .iter()
             .rev()
             .map(move |&j| RunDir::upper_rel(j, k))
-            .chain(self.squash.map(move |j| RunDir::squash_rel(j, k)))
+            .chain(self.squashes.iter().map(move |&j| RunDir::squash_rel(j, k)))
             .map(move |rel| layers.join(rel))
     }
 }

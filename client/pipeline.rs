@@ -774,8 +774,13 @@ impl<'a, 'r> Run<'a, 'r> {
         let live = self.sandbox.root.join(c.path.trim_start_matches('/'));
         let now = stat_of(&live);
         let stat = match c.kind {
-            // Created: it must still not exist (a directory may: merging into it loses nothing).
-            ChangeKind::Created if is_dir(&c.new) => return Ok(()),
+            // Created: it must still not exist (a directory may: merging
+            // into it loses nothing; a later module that replaces or
+            // deletes it changes what this one made, not the live path).
+            ChangeKind::Created if is_dir(&c.new) => {
+                self.expected_paths.insert(path_hash(&c.path));
+                return Ok(());
+            }
             ChangeKind::Created => {
                 if now.is_some() {
                     self.lost.push(c.path.clone());

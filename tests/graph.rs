@@ -922,13 +922,25 @@ fn a_long_chain_is_squashed_and_500_modules_dance() {
             _ => format!("after {}\n", chain[i - 1]),
         };
         f.module(m, &requires);
-        // Each checks it sees the i lines before its own.
+        // Each checks it sees the i lines before its own, and what the
+        // modules before it deleted and replaced, across the squashes:
+        // c010 deletes a file of ROOT, c040 one that c005 made, c045
+        // replaces by a file the directory c006 made.
         let script = match i {
-            10 => format!("rm /etc/chain-gone; echo {m} >> /etc/chain"),
-            _ => format!(
-                "n=$(cat /etc/chain 2>/dev/null | wc -l); test $n = {i} || {{ echo \"{m} saw $n lines\"; exit 1; }}; test ! -e /etc/chain-gone || [ {i} -le 10 ] || exit 3; echo {m} >> /etc/chain"
-            ),
+            5 => "echo t > /etc/chain-tmp".to_string(),
+            6 => "mkdir /etc/chain-dir && echo d > /etc/chain-dir/in".to_string(),
+            10 => "rm /etc/chain-gone".to_string(),
+            40 => "rm /etc/chain-tmp".to_string(),
+            45 => "rm -r /etc/chain-dir && echo f > /etc/chain-dir".to_string(),
+            _ => String::new(),
         };
+        let script = format!(
+            "n=$(cat /etc/chain 2>/dev/null | wc -l); test $n = {i} || {{ echo \"{m} saw $n lines\"; exit 1; }}\n\
+             test ! -e /etc/chain-gone || [ {i} -le 10 ] || exit 3\n\
+             [ \"$([ -e /etc/chain-tmp ] && echo y)\" = \"$([ {i} -gt 5 ] && [ {i} -le 40 ] && echo y)\" ] || exit 4\n\
+             if [ {i} -gt 45 ]; then test -f /etc/chain-dir || exit 5; elif [ {i} -gt 6 ]; then test -f /etc/chain-dir/in || exit 6; fi\n\
+             {script}\necho {m} >> /etc/chain\n"
+        );
         f.module_file(m, "scripts/10-x", &script, 0o755);
     }
     for m in &alone {
@@ -945,6 +957,11 @@ fn a_long_chain_is_squashed_and_500_modules_dance() {
         .collect();
     assert_eq!(lines, chain);
     assert!(!r.path.join("etc/chain-gone").exists());
+    assert!(!r.path.join("etc/chain-tmp").exists());
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/chain-dir")).unwrap(),
+        "f\n"
+    );
     assert_eq!(
         last_report(&f.state())["modules"].as_array().unwrap().len(),
         500

@@ -4,8 +4,9 @@
 //! For layer *i* a child process unshares its namespaces (mount, PID and
 //! IPC always; UTS too in noop, and it enters the noop network
 //! namespace made once per dance, see [`net`]), mounts one overlay
-//! per real filesystem of ROOT with `lowerdir = squash:[shims]:ROOT` (the
-//! squash: the uppers of layers 1..i-1 folded into one, see [`squash`]),
+//! per real filesystem of ROOT with `lowerdir = uppers:squashes:[shims]:ROOT`
+//! (the uppers of layer *i*'s requires closure; a deep one's first layers
+//! folded into squashes, see [`squash`]),
 //! adds fresh `/proc` (`/proc/sys` read-only), read-only `/sys`, a minimal
 //! `/dev`, tmpfs `/tmp` and `/run`, binds disco's own files under
 //! `/run/disco`, `pivot_root`s into the result and, in noop, drops the
@@ -111,6 +112,24 @@ const MAX_CAPTURE: usize = 1 << 20;
 /// Lower layers a module's overlay stacks as they are; a deeper requires
 /// closure is squashed ([`Sandbox::stack`]).
 pub const MAX_STACKED: usize = 32;
+/// The chunks of a deep requires closure that are squashed, largest
+/// first ([`Sandbox::stack`]).
+const SQUASH_SIZES: [usize; 2] = [MAX_STACKED * MAX_STACKED, MAX_STACKED];
+
+/// Where the squashed chunks of a closure of `len` layers end, ascending:
+/// as many chunks of each of [`SQUASH_SIZES`] as fit, in turn.
+fn chunk_ends(len: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for size in SQUASH_SIZES {
+        while len - at >= size {
+            at += size;
+            ends.push(at);
+        }
+    }
+    ends
+}
+
 /// The most layers one overlay mount takes here: the kernel's limit is
 /// 500 lower layers, and the mount's options must fit one page.
 const MAX_OVERLAY_STACK: usize = 450;
@@ -172,8 +191,9 @@ pub struct Sandbox {
     /// down per module cost about a millisecond each. Dropped (its helper
     /// killed) with the sandbox.
     net: std::cell::OnceCell<net::NoopNet>,
-    /// The squashes made (`q/J-K`, J the index here): the layers each
-    /// holds folded, ascending ([`squash`], [`Sandbox::stack`]).
+    /// The squashes made (`q/J-K`, J the index here), each named by the
+    /// prefix of a closure whose last chunk it holds folded, ascending
+    /// ([`squash`], [`Sandbox::stack`]).
     squashes: std::cell::RefCell<Vec<Vec<usize>>>,
     /// Set once a fold failed, or the squashes were dropped: stack.
     squash_off: std::cell::Cell<bool>,
@@ -381,74 +401,82 @@ impl Sandbox {
     }
 
     /// How module `layer`'s lower layers (`lowers`, its requires closure,
-    /// ascending) are mounted: the id of a squash holding the first of
-    /// them folded, if any, and the layers stacked above it. A closure of
-    /// at most [`MAX_STACKED`] layers is stacked as it is; a deeper one
-    /// uses the squash of its first layers rounded down to a multiple of
-    /// [`MAX_STACKED`] — made once, from the longest squash already made
-    /// that it extends, and shared by every module whose closure starts
-    /// with the same layers (the modules down a chain). A squash is never
-    /// changed once made: a module running beside others may have it
-    /// mounted. A failed fold turns squashing off for the run (stacked,
-    /// up to the overlay's limit).
+    /// ascending) are mounted: squashes holding its first layers folded,
+    /// and the layers stacked above them. A closure of fewer than
+    /// [`MAX_STACKED`] layers is stacked as it is; of a deeper one, each
+    /// whole chunk of [`SQUASH_SIZES`] layers (1,024, then 32: a chain of
+    /// 2,000 is one squash of 1,024, 30 of 32 and 16 layers) is a squash
+    /// of that chunk alone over the squashes below it — made once, by the
+    /// first module whose closure starts with the same layers, and shared
+    /// by the others (the modules down a chain). Each upper entry is so
+    /// folded at most twice in a run, however long the chain (a squash of
+    /// the whole prefix, made anew every 32 layers, linked O(n²/32)). A
+    /// squash is never changed once made: a module running beside others
+    /// may have it mounted. A failed fold turns squashing off for the run
+    /// (stacked, up to the overlay's limit).
     fn stack(&self, lowers: &[usize]) -> Result<Lowers> {
-        let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
-        if cut == 0 || self.squash_off.get() {
+        let ends = chunk_ends(lowers.len());
+        if ends.is_empty() || self.squash_off.get() {
             return self.stacked(lowers);
         }
-        let (folded, stacked) = lowers.split_at(cut);
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for &end in &ends {
+            match self.squash_of(&lowers[..end], start, &ids) {
+                Ok(j) => ids.push(j),
+                Err(e) => {
+                    crate::output::warning(&format!(
+                        "cannot squash the lower layers ({e:#}); stacking them instead"
+                    ));
+                    self.squash_off.set(true);
+                    return self.stacked(lowers);
+                }
+            }
+            start = end;
+        }
+        ids.reverse();
+        Ok(Lowers {
+            squashes: ids,
+            stacked: lowers[start..].to_vec(),
+        })
+    }
+
+    /// The squash of the layers `prefix[start..]` over the squashes
+    /// `below` (ascending) of `prefix[..start]`: its id, made if it is
+    /// not yet (a prefix's length says its chunk, so the prefix names it).
+    fn squash_of(&self, prefix: &[usize], start: usize, below: &[usize]) -> Result<usize> {
         let mut squashes = self.squashes.borrow_mut();
-        if let Some(j) = squashes.iter().position(|f| f == folded) {
-            return Ok(Lowers {
-                squash: Some(j),
-                stacked: stacked.to_vec(),
-            });
+        if let Some(j) = squashes.iter().position(|f| f == prefix) {
+            return Ok(j);
         }
-        // The longest squash made that this one extends, if any.
-        let base = squashes
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| folded.starts_with(f))
-            .max_by_key(|(_, f)| f.len())
-            .map(|(j, f)| (j, f.len()));
         let j = squashes.len();
-        match self.make_squash(j, base, folded) {
-            Ok(()) => {
-                squashes.push(folded.to_vec());
-                Ok(Lowers {
-                    squash: Some(j),
-                    stacked: stacked.to_vec(),
-                })
-            }
-            Err(e) => {
-                crate::output::warning(&format!(
-                    "cannot squash the lower layers ({e:#}); stacking them instead"
-                ));
-                self.squash_off.set(true);
-                drop(squashes);
-                self.stacked(lowers)
-            }
-        }
+        self.make_squash(j, &prefix[start..], below)?;
+        squashes.push(prefix.to_vec());
+        Ok(j)
     }
 
     /// How a module over `lowers` (its requires closure, ascending) whose
-    /// sandbox was started had them mounted: the squash [`Sandbox::stack`]
-    /// made for it, while the squashes are there, else the layers as
-    /// they are. For the diff of its layer, which looks a path up in
-    /// these rather than in every layer of a long closure.
+    /// sandbox was started had them mounted: the squashes
+    /// [`Sandbox::stack`] made for it, while they are there, else the
+    /// layers as they are. For the diff of its layer, which looks a path
+    /// up in these rather than in every layer of a long closure.
     pub fn mounted(&self, lowers: &[usize]) -> Lowers {
-        let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
-        let (folded, stacked) = lowers.split_at(cut);
-        let squash = (cut > 0 && !self.squash_off.get())
-            .then(|| self.squashes.borrow().iter().position(|f| f == folded))
-            .flatten();
-        match squash {
-            Some(j) => Lowers {
-                squash: Some(j),
-                stacked: stacked.to_vec(),
-            },
+        let ends = chunk_ends(lowers.len());
+        let made = self.squashes.borrow();
+        let ids: Option<Vec<usize>> = ends
+            .iter()
+            .map(|&end| made.iter().position(|f| *f == lowers[..end]))
+            .collect();
+        match ids.filter(|ids| !ids.is_empty() && !self.squash_off.get()) {
+            Some(mut ids) => {
+                ids.reverse();
+                Lowers {
+                    squashes: ids,
+                    stacked: lowers[*ends.last().expect("a chunk")..].to_vec(),
+                }
+            }
             None => Lowers {
-                squash: None,
+                squashes: Vec::new(),
                 stacked: lowers.to_vec(),
             },
         }
@@ -463,29 +491,30 @@ impl Sandbox {
             );
         }
         Ok(Lowers {
-            squash: None,
+            squashes: Vec::new(),
             stacked: lowers.to_vec(),
         })
     }
 
-    /// Makes squash `j` (`q/J-K`): squash `base` (its id and how many
-    /// layers it holds) folded in, then the rest of `layers`.
-    fn make_squash(&self, j: usize, base: Option<(usize, usize)>, layers: &[usize]) -> Result<()> {
+    /// Makes squash `j` (`q/J-K`): the upper layers `layers` folded, over
+    /// the squashes `below` (ascending), the shims and ROOT.
+    fn make_squash(&self, j: usize, layers: &[usize], below: &[usize]) -> Result<()> {
         let dir = self.run.layers();
-        let from = base.map_or(0, |(_, n)| n);
         for k in 0..self.mounts.len() {
-            // What shows through below the squash: the shims, ROOT.
-            let mut below = Vec::new();
+            // What shows through below the squash: the squashes below
+            // (topmost first), the shims, ROOT.
+            let mut under: Vec<PathBuf> = below
+                .iter()
+                .rev()
+                .map(|&b| dir.join(RunDir::squash_rel(b, k)))
+                .collect();
             if self.shims.get(k).copied().unwrap_or(false) {
-                below.push(dir.join(RunDir::shim_rel(k)));
+                under.push(dir.join(RunDir::shim_rel(k)));
             }
-            below.push(self.root.join(&self.mounts[k].rel));
+            under.push(self.root.join(&self.mounts[k].rel));
             let to = dir.join(RunDir::squash_rel(j, k));
-            if let Some((b, _)) = base {
-                squash::fold(&dir.join(RunDir::squash_rel(b, k)), &to, &below)?;
-            }
-            for &i in &layers[from..] {
-                squash::fold(&self.run.upper(i, k), &to, &below)?;
+            for &i in layers {
+                squash::fold(&dir.join(RunDir::upper_rel(i, k)), &to, &under)?;
             }
         }
         Ok(())
@@ -537,10 +566,10 @@ impl Sandbox {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
     {
-        let Lowers { squash, stacked } = self.stack(lowers)?;
+        let Lowers { squashes, stacked } = self.stack(lowers)?;
         let mounting = Mounting {
             layer,
-            squash,
+            squashes,
             stacked,
         };
         let mut cgroup = self.cgroup_of(layer)?;
@@ -837,7 +866,7 @@ impl Sandbox {
             root: &self.root,
             mounts: &self.mounts,
             layer: layer.layer,
-            squash: layer.squash,
+            squashes: &layer.squashes,
             stacked: &layer.stacked,
             shims: &self.shims,
             merged: &merged,
@@ -936,7 +965,7 @@ fn detach_and_restrict(
 #[derive(Debug)]
 struct Mounting {
     layer: usize,
-    squash: Option<usize>,
+    squashes: Vec<usize>,
     stacked: Vec<usize>,
 }
 
@@ -1467,6 +1496,16 @@ fn leftover_processes() -> (usize, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_closures_are_squashed_in_chunks_of_1024_then_32() {
+        assert!(super::chunk_ends(31).is_empty());
+        assert_eq!(super::chunk_ends(32), [32]);
+        assert_eq!(super::chunk_ends(100), [32, 64, 96]);
+        let long = super::chunk_ends(2000);
+        assert_eq!(long.len(), 31);
+        assert_eq!((long[0], long[1], long[30]), (1024, 1056, 1984));
+    }
+
     #[test]
     fn pending_changes_are_bounded_in_number_and_length() {
         let long = "x".repeat(600);

@@ -224,10 +224,10 @@ pub struct RootPlan<'a> {
     pub mounts: &'a [Mount],
     /// Layer being run (1-based).
     pub layer: usize,
-    /// The squash (`q/J-K`) holding the first layers of its requires
-    /// closure folded, if any: the lowest of its lower layers above the
-    /// shims.
-    pub squash: Option<usize>,
+    /// The squashes (`q/J-K`) holding the first layers of its requires
+    /// closure folded, topmost first: the lowest of its lower layers
+    /// above the shims.
+    pub squashes: &'a [usize],
     /// The rest of its closure's layers, ascending, stacked above that
     /// (the last one topmost).
     pub stacked: &'a [usize],
@@ -305,9 +305,7 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
             .rev()
             .map(|&i| RunDir::upper_rel(i, k))
             .collect();
-        if let Some(j) = plan.squash {
-            lowers.push(RunDir::squash_rel(j, k));
-        }
+        lowers.extend(plan.squashes.iter().map(|&j| RunDir::squash_rel(j, k)));
         if plan.shims.get(k).copied().unwrap_or(false) {
             lowers.push(RunDir::shim_rel(k));
         }
@@ -685,7 +683,7 @@ mod tests {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squash: None,
+            squashes: &[],
             stacked: &[1, 2],
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
@@ -703,12 +701,12 @@ mod tests {
         assert_eq!(target, Path::new("/s/run/R/merged/"));
         let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(lowers, ["u/2-0", "u/1-0", "s/0", "/srv/root/"]);
-        // Squashed: the first layers are one lower, the rest stacked on it.
+        // Squashed: the first layers are squashes, the rest stacked on them.
         let squashed = root_ops(&RootPlan {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squash: Some(4),
+            squashes: &[5, 4],
             stacked: &[2],
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
@@ -718,7 +716,7 @@ mod tests {
             panic!()
         };
         let q: Vec<String> = q.iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(q, ["u/2-0", "q/4-0", "s/0", "/srv/root/"]);
+        assert_eq!(q, ["u/2-0", "q/5-0", "q/4-0", "s/0", "/srv/root/"]);
         assert_eq!(
             (upper.to_str(), work.to_str()),
             (Some("u/3-0"), Some("w/3-0"))
@@ -802,7 +800,7 @@ mod tests {
             root: Path::new("/r"),
             mounts: &mounts,
             layer: 1,
-            squash: None,
+            squashes: &[],
             stacked: &[],
             shims: &[false],
             merged: Path::new("/m"),

@@ -318,7 +318,7 @@ const RENEW_INODES: u64 = 4096;
 /// (`mkfs.ext4`, about 20 ms).
 pub fn crowded(mem: &Path) -> bool {
     nix::sys::statvfs::statvfs(mem)
-        .is_ok_and(|st| (st.files() as u64).saturating_sub(st.files_free() as u64) > RENEW_INODES)
+        .is_ok_and(|st| st.files().saturating_sub(st.files_free()) > RENEW_INODES)
 }
 
 /// Mounts the image at `mem`. With `limits` (a new run): sized for this

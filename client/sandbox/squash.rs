@@ -1,9 +1,10 @@
-//! The squashed lower layer (DESIGN §5): the upper layers of the modules
-//! already run, folded into one directory in overlayfs' own format, so
-//! module *i* mounts `upper(i)` over `[squash, shims, ROOT]` instead of
-//! over all *i − 1* earlier uppers. A path lookup then costs the same at
-//! the 400th module as at the 2nd; the per-module uppers stay as they
-//! are, for the diff's attribution, `disco diff`, the merge and undo.
+//! The squashed lower layers (DESIGN §3.5): chunks of the upper layers of
+//! a module's requires closure, each folded into one directory in
+//! overlayfs' own format, so module *i* mounts `upper(i)` over a few
+//! squashes and at most 31 uppers instead of over its whole closure. A
+//! path lookup then costs about the same at the 2,000th module of a chain
+//! as at the 40th; the per-module uppers stay as they are, for the diff's
+//! attribution, `disco diff`, the merge and undo.
 //!
 //! Owns the fold: every entry of an upper replaces the same path of the
 //! squash (regular files, symlinks, whiteouts and special files as hard
