@@ -108,8 +108,9 @@ impl Owners {
 /// The layers below a module's own, as its overlay stacks them: the
 /// squashes of its first requirements (if any, [`crate::sandbox::squash`])
 /// and the rest of its requires closure, ascending. A path is looked up
-/// in fewer than 2 × [`crate::sandbox::MAX_STACKED`] layers and squashes
-/// below 1,024 requirements (one more squash per 1,024 above).
+/// in fewer than 8 squashes of each of [`crate::sandbox::SQUASH_SIZES`]
+/// and 8 layers (more squashes of the largest size only past 4,096
+/// requirements).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lowers {
     /// Squashes `q/J-K` holding the first layers of the closure folded,

@@ -407,8 +407,8 @@ impl Run<'_, '_> {
     ) -> Result<Diffed> {
         let layer = job.idx + 1;
         let meter = report::Meter::start();
-        // Looked up as the module's overlay stacked them: a squash and at
-        // most MAX_STACKED layers, not every layer of a long chain.
+        // Looked up as the module's overlay stacked them: a few squashes
+        // and layers, not every layer of a long chain.
         let lowers = self.sandbox.mounted(&job.lowers);
         // Owners by name as the root stands after this module.
         let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &lowers);

@@ -110,11 +110,11 @@ const MAX_LEFTOVERS_SHOWN: usize = 20;
 /// Script output kept for `--quiet` (the rest is counted, not kept).
 const MAX_CAPTURE: usize = 1 << 20;
 /// Lower layers a module's overlay stacks as they are; a deeper requires
-/// closure is squashed ([`Sandbox::stack`]).
-pub const MAX_STACKED: usize = 32;
-/// The chunks of a deep requires closure that are squashed, largest
-/// first ([`Sandbox::stack`]).
-const SQUASH_SIZES: [usize; 2] = [MAX_STACKED * MAX_STACKED, MAX_STACKED];
+/// closure is squashed ([`Sandbox::stack`]) in chunks of these sizes,
+/// largest first: each level folds 8 of the one below, so a stack holds
+/// under 8 of each size (a chain of 2,000 mounts 3 squashes of 512, 7 of
+/// 64, 2 of 8 and no upper: 12 lower layers).
+pub const SQUASH_SIZES: [usize; 3] = [512, 64, 8];
 
 /// Where the squashed chunks of a closure of `len` layers end, ascending:
 /// as many chunks of each of [`SQUASH_SIZES`] as fit, in turn.
@@ -402,15 +402,16 @@ impl Sandbox {
 
     /// How module `layer`'s lower layers (`lowers`, its requires closure,
     /// ascending) are mounted: squashes holding its first layers folded,
-    /// and the layers stacked above them. A closure of fewer than
-    /// [`MAX_STACKED`] layers is stacked as it is; of a deeper one, each
-    /// whole chunk of [`SQUASH_SIZES`] layers (1,024, then 32: a chain of
-    /// 2,000 is one squash of 1,024, 30 of 32 and 16 layers) is a squash
-    /// of that chunk alone over the squashes below it — made once, by the
-    /// first module whose closure starts with the same layers, and shared
-    /// by the others (the modules down a chain). Each upper entry is so
-    /// folded at most twice in a run, however long the chain (a squash of
-    /// the whole prefix, made anew every 32 layers, linked O(n²/32)). A
+    /// and the layers stacked above them. A closure of fewer than 8
+    /// layers is stacked as it is; of a deeper one, each whole chunk of
+    /// [`SQUASH_SIZES`] layers (512, then 64, then 8) is a squash of that
+    /// chunk alone over the squashes below it — made once, by the first
+    /// module whose closure starts with the same layers, and shared by
+    /// the others (the modules down a chain). Each upper entry is so
+    /// folded at most three times in a run, however long the chain (a
+    /// squash of the whole prefix, made anew every 32 layers, linked
+    /// O(n²/32)), and a path is looked up in few layers (a lookup that
+    /// misses, as most of a program's do, asks every one of them). A
     /// squash is never changed once made: a module running beside others
     /// may have it mounted. A failed fold turns squashing off for the run
     /// (stacked, up to the overlay's limit).
@@ -1497,13 +1498,14 @@ fn leftover_processes() -> (usize, Vec<String>) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn deep_closures_are_squashed_in_chunks_of_1024_then_32() {
-        assert!(super::chunk_ends(31).is_empty());
-        assert_eq!(super::chunk_ends(32), [32]);
-        assert_eq!(super::chunk_ends(100), [32, 64, 96]);
-        let long = super::chunk_ends(2000);
-        assert_eq!(long.len(), 31);
-        assert_eq!((long[0], long[1], long[30]), (1024, 1056, 1984));
+    fn deep_closures_are_squashed_in_chunks_of_512_64_and_8() {
+        assert!(super::chunk_ends(7).is_empty());
+        assert_eq!(super::chunk_ends(8), [8]);
+        assert_eq!(super::chunk_ends(100), [64, 72, 80, 88, 96]);
+        assert_eq!(
+            super::chunk_ends(2000),
+            [512, 1024, 1536, 1600, 1664, 1728, 1792, 1856, 1920, 1984, 1992, 2000]
+        );
     }
 
     #[test]
