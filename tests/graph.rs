@@ -903,10 +903,10 @@ fn jobs_and_on_failure_have_defaults_and_bad_values_are_refused_in_one_line() {
     assert_eq!(tree(&r.path), before);
 }
 
-/// A chain deeper than one overlay stack holds as it is (70 modules, so
-/// their lowers are squashed twice: at 32 and 64 layers) among 500
-/// modules, noop then live: each module of the chain sees what every one
-/// before it wrote and deleted, and the merge lands it all.
+/// A long chain (70 modules: the lowers of each past the 8th are
+/// squashed, in chunks of 8 then of 64) among 500 modules, noop then
+/// live: each module of the chain sees what every one before it wrote,
+/// deleted and replaced, and the merge lands it all.
 #[test]
 fn a_long_chain_is_squashed_and_500_modules_dance() {
     let f = Fixture::new();

@@ -351,6 +351,9 @@ impl std::fmt::Display for NoRoom {
 
 impl std::error::Error for NoRoom {}
 
+/// One try of [`mount`].
+///
+/// Long because it is one sequence, each step needing the one before: size the image, make it anew when needed, mount it, check it, empty it.
 fn mount_once(state_dir: &Path, mem: &Path, limits: Option<Limits>, force: bool) -> Result<()> {
     let img = image(state_dir);
     let current = fs::metadata(&img).ok().map(|m| m.len());
