@@ -54,12 +54,13 @@ impl Owners {
     /// The names as the root stands after layer `layer` (1-based): each of
     /// `etc/passwd` and `etc/group` from the topmost layer that changed
     /// it, else from ROOT — so a user a module created shows by name.
-    /// `lowers`: the layers below it (its requires closure, ascending).
-    pub fn at_layer(run: &RunDir, root: &Path, layer: usize, lowers: &[usize]) -> Owners {
+    /// `lowers`: the layers below it as mounted (its requires closure,
+    /// ascending, or a squash of its first ones and the rest).
+    pub fn at_layer(run: &RunDir, root: &Path, layer: usize, lowers: &Lowers) -> Owners {
         Self::from_files(|f| {
-            std::iter::once(layer)
-                .chain(lowers.iter().rev().copied())
-                .map(|i| run.upper(i, 0).join(f))
+            std::iter::once(run.upper(layer, 0))
+                .chain(lowers.dirs(run, 0))
+                .map(|d| d.join(f))
                 .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
                 .and_then(|p| {
                     crate::fsutil::read_small(&p, f, crate::exec::MAX_ACCOUNTS_FILE)
@@ -104,14 +105,42 @@ impl Owners {
     }
 }
 
+/// The layers below a module's own, as its overlay stacks them: the
+/// squashes of its first requirements (if any, [`crate::sandbox::squash`])
+/// and the rest of its requires closure, ascending. A path is looked up
+/// in fewer than 8 squashes of each of [`crate::sandbox::SQUASH_SIZES`]
+/// and 8 layers (more squashes of the largest size only past 4,096
+/// requirements).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lowers {
+    /// Squashes `q/J-K` holding the first layers of the closure folded,
+    /// topmost first.
+    pub squashes: Vec<usize>,
+    /// The other layers (1-based), ascending.
+    pub stacked: Vec<usize>,
+}
+
+impl Lowers {
+    /// The directories of mount `k`, the topmost first (ROOT not included).
+    pub fn dirs<'a>(&'a self, run: &'a RunDir, k: usize) -> impl Iterator<Item = PathBuf> + 'a {
+        let layers = run.layers();
+        self.stacked
+            .iter()
+            .rev()
+            .map(move |&j| RunDir::upper_rel(j, k))
+            .chain(self.squashes.iter().map(move |&j| RunDir::squash_rel(j, k)))
+            .map(move |rel| layers.join(rel))
+    }
+}
+
 /// Where one layer's changes are computed against.
 pub struct Differ<'a> {
     pub run: &'a RunDir,
     pub root: &'a Path,
     pub mounts: &'a [Mount],
     pub owners: &'a Owners,
-    /// The layers below the one diffed (its requires closure, ascending).
-    pub lowers: &'a [usize],
+    /// The layers below the one diffed, as its overlay stacked them.
+    pub lowers: &'a Lowers,
     /// Remove from the upper what it holds without a change (a file
     /// copied up and left as it was, a whiteout over nothing), as the
     /// walk meets it: the merge then applies exactly the changes shown.
@@ -346,8 +375,8 @@ impl Differ<'_> {
     /// The entry below layer `layer` at `rel` of mount `k`: the nearest
     /// layer of its closure that has or hides it, else ROOT.
     fn lower(&self, _layer: usize, k: usize, rel: &Path) -> Option<PathBuf> {
-        for &j in self.lowers.iter().rev() {
-            match layer_lookup(&self.run.upper(j, k), rel) {
+        for dir in self.lowers.dirs(self.run, k) {
+            match layer_lookup(&dir, rel) {
                 Found::At(p) => return Some(p),
                 Found::Gone => return None,
                 Found::Absent => continue,

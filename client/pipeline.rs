@@ -803,8 +803,13 @@ impl<'a, 'r> Run<'a, 'r> {
         let live = self.sandbox.root.join(c.path.trim_start_matches('/'));
         let now = stat_of(&live);
         let stat = match c.kind {
-            // Created: it must still not exist (a directory may: merging into it loses nothing).
-            ChangeKind::Created if is_dir(&c.new) => return Ok(()),
+            // Created: it must still not exist (a directory may: merging
+            // into it loses nothing; a later module that replaces or
+            // deletes it changes what this one made, not the live path).
+            ChangeKind::Created if is_dir(&c.new) => {
+                self.expected_paths.insert(path_hash(&c.path));
+                return Ok(());
+            }
             ChangeKind::Created => {
                 if now.is_some() {
                     self.lost.push(c.path.clone());
@@ -998,43 +1003,9 @@ impl<'a, 'r> Run<'a, 'r> {
         watchdog::doing("the merge");
         watchdog::hang_point("merge");
         self.pending.save(&self.sandbox.run.path)?;
-        let layout = run::Layout {
-            root: self.sandbox.root.clone(),
-            layers: self.report.plan.clone(),
-            mounts: self.sandbox.mounts.clone(),
-        };
-        let meter = report::Meter::start();
-        let unchanged =
-            self.report.change_count() == 0 && merge::diff_covers(&self.sandbox.run, &layout);
-        let (merged, took) = if unchanged {
-            // Nothing to merge (what the layers hold equals the root): no
-            // marker, no journal, and no syncfs of the root's filesystem,
-            // which waits for every other writer on it.
-            (Ok(merge::Merged::default()), 0.0)
-        } else {
-            let merged = merge::merge(state, &self.sandbox.run, &layout, Failpoint::from_env()?);
-            let step = meter.step("merge");
-            let took = step.figures.time_real * 1e3;
-            self.report.stages.push(step);
-            (merged, took)
-        };
-        let merged = match merged {
+        let (merged, took) = match self.merge_layers(state)? {
             Ok(m) => m,
-            Err(e) => {
-                // Disk full, a read-only root…: put back what was merged.
-                let mut msg = format!("the merge failed: {e:#}");
-                match merge::roll_back(state, &self.sandbox.run.id, &self.sandbox.root) {
-                    Ok(n) => msg.push_str(&format!(
-                        "; rolled back ({n} entries restored): the root is as it was before this run"
-                    )),
-                    Err(e) => msg.push_str(&format!(
-                        "; rolling back failed too ({e:#}): the next dance or `disco undo` finishes it"
-                    )),
-                }
-                output::error(&msg);
-                self.report.error = Some(msg);
-                return Ok(Ending::FailedAfterMerge);
-            }
+            Err(ending) => return Ok(ending),
         };
         self.report.merged = true;
         merge::prune_backups(state, self.config.keep_backups.value)?;
@@ -1062,6 +1033,51 @@ impl<'a, 'r> Run<'a, 'r> {
             self.report.modules.len()
         ));
         Ok(Ending::Succeeded { changes })
+    }
+
+    /// Stage 8 proper: the layers merged onto the root (nothing to do
+    /// when they hold no change: no marker, journal or syncfs), what it
+    /// applied and its time in ms; a merge that failed is rolled back and
+    /// its ending returned instead.
+    fn merge_layers(&mut self, state: &Path) -> Result<Result<(merge::Merged, f64), Ending>> {
+        let layout = run::Layout {
+            root: self.sandbox.root.clone(),
+            layers: self.report.plan.clone(),
+            mounts: self.sandbox.mounts.clone(),
+        };
+        let meter = report::Meter::start();
+        let unchanged =
+            self.report.change_count() == 0 && merge::diff_covers(&self.sandbox.run, &layout);
+        let (merged, took) = if unchanged {
+            // Nothing to merge (what the layers hold equals the root): no
+            // marker, no journal, and no syncfs of the root's filesystem,
+            // which waits for every other writer on it.
+            (Ok(merge::Merged::default()), 0.0)
+        } else {
+            let merged = merge::merge(state, &self.sandbox.run, &layout, Failpoint::from_env()?);
+            let step = meter.step("merge");
+            let took = step.figures.time_real * 1e3;
+            self.report.stages.push(step);
+            (merged, took)
+        };
+        match merged {
+            Ok(m) => Ok(Ok((m, took))),
+            Err(e) => {
+                // Disk full, a read-only root…: put back what was merged.
+                let mut msg = format!("the merge failed: {e:#}");
+                match merge::roll_back(state, &self.sandbox.run.id, &self.sandbox.root) {
+                    Ok(n) => msg.push_str(&format!(
+                        "; rolled back ({n} entries restored): the root is as it was before this run"
+                    )),
+                    Err(e) => msg.push_str(&format!(
+                        "; rolling back failed too ({e:#}): the next dance or `disco undo` finishes it"
+                    )),
+                }
+                output::error(&msg);
+                self.report.error = Some(msg);
+                Ok(Err(Ending::FailedAfterMerge))
+            }
+        }
     }
 }
 

@@ -91,7 +91,8 @@ impl Meter {
     }
 }
 
-/// One step: a stage (`fetch`, `plan`, `merge`), or of a module (`files`,
+/// One step: a stage (`fetch`, `plan`, `merge`), or of a module
+/// (`sandbox`: its sandbox's own cost, wall time only; `files`,
 /// `templates/PATH`, `scripts/NAME`, `diff`), or an action/handler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {

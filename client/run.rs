@@ -137,9 +137,19 @@ impl RunDir {
 impl RunDir {
     /// Empties the scratch filesystem mounted at `mem/` (its blocks go
     /// back to the disk: `discard`, and `FITRIM` if the image still holds
-    /// them) and unmounts it; nothing when it is not mounted.
+    /// them) and unmounts it; nothing when it is not mounted. A crowded
+    /// one ([`crate::sandbox::scratch::crowded`]) is unmounted and its
+    /// image removed instead: the next run makes it anew.
     pub fn empty_mem(&self) {
         let mem = self.path.join(MEM);
+        let state = self.path.parent().and_then(Path::parent);
+        if let (Some(state), true) = (state, is_mount_point(&mem)) {
+            if crate::sandbox::scratch::crowded(&mem) {
+                unmount_mem(&self.path);
+                let _ = fs::remove_file(crate::sandbox::scratch::image(state));
+                return;
+            }
+        }
         if is_mount_point(&mem) {
             for e in fs::read_dir(&mem).into_iter().flatten().flatten() {
                 if e.file_name() != "lost+found" {

@@ -967,3 +967,68 @@ fn jobs_and_on_failure_have_defaults_and_bad_values_are_refused_in_one_line() {
     }
     assert_eq!(tree(&r.path), before);
 }
+
+/// A long chain (70 modules: the lowers of each past the 8th are
+/// squashed, in chunks of 8 then of 64) among 500 modules, noop then
+/// live: each module of the chain sees what every one before it wrote,
+/// deleted and replaced, and the merge lands it all.
+#[test]
+fn a_long_chain_is_squashed_and_500_modules_dance() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    r.file("etc/chain-gone", "root\n");
+    let chain: Vec<String> = (0..70).map(|i| format!("c{i:03}")).collect();
+    let alone: Vec<String> = (0..430).map(|i| format!("i{i:03}")).collect();
+    let names: Vec<&str> = chain.iter().chain(&alone).map(String::as_str).collect();
+    f.node("n", &names);
+    for (i, m) in chain.iter().enumerate() {
+        let requires = match i {
+            0 => String::new(),
+            _ => format!("after {}\n", chain[i - 1]),
+        };
+        f.module(m, &requires);
+        // Each checks it sees the i lines before its own, and what the
+        // modules before it deleted and replaced, across the squashes:
+        // c010 deletes a file of ROOT, c040 one that c005 made, c045
+        // replaces by a file the directory c006 made.
+        let script = match i {
+            5 => "echo t > /etc/chain-tmp".to_string(),
+            6 => "mkdir /etc/chain-dir && echo d > /etc/chain-dir/in".to_string(),
+            10 => "rm /etc/chain-gone".to_string(),
+            40 => "rm /etc/chain-tmp".to_string(),
+            45 => "rm -r /etc/chain-dir && echo f > /etc/chain-dir".to_string(),
+            _ => String::new(),
+        };
+        let script = format!(
+            "n=$(cat /etc/chain 2>/dev/null | wc -l); test $n = {i} || {{ echo \"{m} saw $n lines\"; exit 1; }}\n\
+             test ! -e /etc/chain-gone || [ {i} -le 10 ] || exit 3\n\
+             [ \"$([ -e /etc/chain-tmp ] && echo y)\" = \"$([ {i} -gt 5 ] && [ {i} -le 40 ] && echo y)\" ] || exit 4\n\
+             if [ {i} -gt 45 ]; then test -f /etc/chain-dir || exit 5; elif [ {i} -gt 6 ]; then test -f /etc/chain-dir/in || exit 6; fi\n\
+             {script}\necho {m} >> /etc/chain\n"
+        );
+        f.module_file(m, "scripts/10-x", &script, 0o755);
+    }
+    for m in &alone {
+        f.module(m, "");
+    }
+    let (code, out, err) = dance(&f, &f.state(), &r.path, true, &[]);
+    assert_eq!(code, 0, "noop: {out}{err}");
+    let (code, out, err) = dance(&f, &f.state(), &r.path, false, &[]);
+    assert_eq!(code, 0, "live: {out}{err}");
+    let lines: Vec<String> = fs::read_to_string(r.path.join("etc/chain"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, chain);
+    assert!(!r.path.join("etc/chain-gone").exists());
+    assert!(!r.path.join("etc/chain-tmp").exists());
+    assert_eq!(
+        fs::read_to_string(r.path.join("etc/chain-dir")).unwrap(),
+        "f\n"
+    );
+    assert_eq!(
+        last_report(&f.state())["modules"].as_array().unwrap().len(),
+        500
+    );
+}

@@ -218,7 +218,8 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
     }
     let outcome = outcome?;
     let owners = Owners::load(&sandbox.root);
-    let differ = sandbox.differ(&owners, &lowers, false);
+    let mounted = sandbox.mounted(&lowers);
+    let differ = sandbox.differ(&owners, &mounted, false);
     let changes = differ.layer(layer)?;
     for c in &changes {
         output::change(c, false);

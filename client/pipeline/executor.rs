@@ -49,6 +49,8 @@ struct Started {
     module_dir: PathBuf,
     lowers: Vec<usize>,
     started: SystemTime,
+    /// When disco began to start its sandbox (the report's `sandbox` step).
+    clock: std::time::Instant,
 }
 
 /// What each module printed, shown in the plan's order: with `jobs` 1
@@ -249,7 +251,7 @@ impl Run<'_, '_> {
         } else {
             Output::Forward
         };
-        let started = SystemTime::now();
+        let (started, clock) = (SystemTime::now(), std::time::Instant::now());
         let running = self
             .sandbox
             .start_layer((i + 1, &lowers), &binds, output, move || Ok(job.run()))?;
@@ -260,6 +262,7 @@ impl Run<'_, '_> {
                 module_dir,
                 lowers,
                 started,
+                clock,
             },
         ))
     }
@@ -294,6 +297,9 @@ impl Run<'_, '_> {
     fn finish(&mut self, module: &Name, job: Started, outcome: Outcome<ModuleRun>) -> Result<bool> {
         watchdog::doing(format!("module {module}: the diff of its layer"));
         let (mut mreport, mut skipped, mut failed) = self.outcome(module, &outcome);
+        mreport
+            .steps
+            .insert(0, sandbox_step(job.clock, &mreport.steps));
         let handlers = actions::handlers_of(&job.module_dir);
         // Only a handler reads which paths changed (`DISCO_CHANGED`);
         // without one, whether any did is all that counts.
@@ -427,10 +433,13 @@ impl Run<'_, '_> {
     ) -> Result<Diffed> {
         let layer = job.idx + 1;
         let meter = report::Meter::start();
+        // Looked up as the module's overlay stacked them: a few squashes
+        // and layers, not every layer of a long chain.
+        let lowers = self.sandbox.mounted(&job.lowers);
         // Owners by name as the root stands after this module.
-        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &job.lowers);
+        let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &lowers);
         let sandbox = self.sandbox;
-        let differ = sandbox.differ(&owners, &job.lowers, true);
+        let differ = sandbox.differ(&owners, &lowers, true);
         let masked = |mut c: Change| {
             if let Some(d) = &c.diff {
                 c.diff = Some(crate::masks::text(d));
@@ -487,6 +496,25 @@ impl Run<'_, '_> {
         // The saved report's bound: the rest counted per directory.
         capper.finish(mreport);
         Ok(out)
+    }
+}
+
+/// The report's `sandbox` step of a module whose sandbox ended: the wall
+/// time from disco starting it (its layer's directories, a squash to
+/// make, the fork, the mounts) to its result read back, less the steps
+/// it ran — the cost of the sandbox itself.
+fn sandbox_step(clock: std::time::Instant, steps: &[crate::report::Step]) -> crate::report::Step {
+    let ran: f64 = steps.iter().map(|s| s.figures.time_real).sum();
+    crate::report::Step {
+        name: "sandbox".into(),
+        exit: None,
+        error: None,
+        figures: crate::report::Figures {
+            time_real: (clock.elapsed().as_secs_f64() - ran).max(0.0),
+            ..Default::default()
+        },
+        sent: None,
+        received: None,
     }
 }
 

@@ -4,8 +4,9 @@
 //! For layer *i* a child process unshares its namespaces (mount, PID and
 //! IPC always; UTS too in noop, and it enters the noop network
 //! namespace made once per dance, see [`net`]), mounts one overlay
-//! per real filesystem of ROOT with `lowerdir = squash:[shims]:ROOT` (the
-//! squash: the uppers of layers 1..i-1 folded into one, see [`squash`]),
+//! per real filesystem of ROOT with `lowerdir = uppers:squashes:[shims]:ROOT`
+//! (the uppers of layer *i*'s requires closure; a deep one's first layers
+//! folded into squashes, see [`squash`]),
 //! adds fresh `/proc` (`/proc/sys` read-only), read-only `/sys`, a minimal
 //! `/dev`, tmpfs `/tmp` and `/run`, binds disco's own files under
 //! `/run/disco`, `pivot_root`s into the result and, in noop, drops the
@@ -38,6 +39,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::diff::Lowers;
 use crate::run::{Layout, Mount, RunDir};
 use mounts::{MountOp, RootPlan, SandboxError};
 
@@ -108,8 +110,26 @@ const MAX_LEFTOVERS_SHOWN: usize = 20;
 /// Script output kept for `--quiet` (the rest is counted, not kept).
 const MAX_CAPTURE: usize = 1 << 20;
 /// Lower layers a module's overlay stacks as they are; a deeper requires
-/// closure is squashed ([`Sandbox::stack`]).
-const MAX_STACKED: usize = 32;
+/// closure is squashed ([`Sandbox::stack`]) in chunks of these sizes,
+/// largest first: each level folds 8 of the one below, so a stack holds
+/// under 8 of each size (a chain of 2,000 mounts 3 squashes of 512, 7 of
+/// 64, 2 of 8 and no upper: 12 lower layers).
+pub const SQUASH_SIZES: [usize; 3] = [512, 64, 8];
+
+/// Where the squashed chunks of a closure of `len` layers end, ascending:
+/// as many chunks of each of [`SQUASH_SIZES`] as fit, in turn.
+fn chunk_ends(len: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for size in SQUASH_SIZES {
+        while len - at >= size {
+            at += size;
+            ends.push(at);
+        }
+    }
+    ends
+}
+
 /// The most layers one overlay mount takes here: the kernel's limit is
 /// 500 lower layers, and the mount's options must fit one page.
 const MAX_OVERLAY_STACK: usize = 450;
@@ -171,8 +191,9 @@ pub struct Sandbox {
     /// down per module cost about a millisecond each. Dropped (its helper
     /// killed) with the sandbox.
     net: std::cell::OnceCell<net::NoopNet>,
-    /// The squashes made (`q/J-K`, J the index here): the layers each
-    /// holds folded, ascending ([`squash`], [`Sandbox::stack`]).
+    /// The squashes made (`q/J-K`, J the index here), each named by the
+    /// prefix of a closure whose last chunk it holds folded, ascending
+    /// ([`squash`], [`Sandbox::stack`]).
     squashes: std::cell::RefCell<Vec<Vec<usize>>>,
     /// Set once a fold failed, or the squashes were dropped: stack.
     squash_off: std::cell::Cell<bool>,
@@ -360,13 +381,13 @@ impl Sandbox {
         binds
     }
 
-    /// The differ of a layer over `lowers` (its requires closure,
-    /// ascending), with ROOT's owner names; `prune`: see
+    /// The differ of a layer over `lowers` (as [`Sandbox::mounted`]
+    /// says), with ROOT's owner names; `prune`: see
     /// [`crate::diff::Differ::prune`].
     pub fn differ<'a>(
         &'a self,
         owners: &'a crate::diff::Owners,
-        lowers: &'a [usize],
+        lowers: &'a Lowers,
         prune: bool,
     ) -> crate::diff::Differ<'a> {
         crate::diff::Differ {
@@ -380,79 +401,121 @@ impl Sandbox {
     }
 
     /// How module `layer`'s lower layers (`lowers`, its requires closure,
-    /// ascending) are mounted: the id of a squash holding the first of
-    /// them folded, if any, and the layers stacked above it. A closure of
-    /// at most [`MAX_STACKED`] layers is stacked as it is; a deeper one
-    /// uses the squash of its first layers rounded down to a multiple of
-    /// [`MAX_STACKED`] — made once, from the longest squash already made
-    /// that it extends, and shared by every module whose closure starts
-    /// with the same layers (the modules down a chain). A squash is never
-    /// changed once made: a module running beside others may have it
-    /// mounted. A failed fold turns squashing off for the run (stacked,
-    /// up to the overlay's limit).
-    fn stack(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
-        let cut = lowers.len() / MAX_STACKED * MAX_STACKED;
-        if cut == 0 || self.squash_off.get() {
+    /// ascending) are mounted: squashes holding its first layers folded,
+    /// and the layers stacked above them. A closure of fewer than 8
+    /// layers is stacked as it is; of a deeper one, each whole chunk of
+    /// [`SQUASH_SIZES`] layers (512, then 64, then 8) is a squash of that
+    /// chunk alone over the squashes below it — made once, by the first
+    /// module whose closure starts with the same layers, and shared by
+    /// the others (the modules down a chain). Each upper entry is so
+    /// folded at most three times in a run, however long the chain (a
+    /// squash of the whole prefix, made anew every 32 layers, linked
+    /// O(n²/32)), and a path is looked up in few layers (a lookup that
+    /// misses, as most of a program's do, asks every one of them). A
+    /// squash is never changed once made: a module running beside others
+    /// may have it mounted. A failed fold turns squashing off for the run
+    /// (stacked, up to the overlay's limit).
+    fn stack(&self, lowers: &[usize]) -> Result<Lowers> {
+        let ends = chunk_ends(lowers.len());
+        if ends.is_empty() || self.squash_off.get() {
             return self.stacked(lowers);
         }
-        let (folded, stacked) = lowers.split_at(cut);
-        let mut squashes = self.squashes.borrow_mut();
-        if let Some(j) = squashes.iter().position(|f| f == folded) {
-            return Ok((Some(j), stacked.to_vec()));
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for &end in &ends {
+            match self.squash_of(&lowers[..end], start, &ids) {
+                Ok(j) => ids.push(j),
+                Err(e) => {
+                    crate::output::warning(&format!(
+                        "cannot squash the lower layers ({e:#}); stacking them instead"
+                    ));
+                    self.squash_off.set(true);
+                    return self.stacked(lowers);
+                }
+            }
+            start = end;
         }
-        // The longest squash made that this one extends, if any.
-        let base = squashes
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| folded.starts_with(f))
-            .max_by_key(|(_, f)| f.len())
-            .map(|(j, f)| (j, f.len()));
+        ids.reverse();
+        Ok(Lowers {
+            squashes: ids,
+            stacked: lowers[start..].to_vec(),
+        })
+    }
+
+    /// The squash of the layers `prefix[start..]` over the squashes
+    /// `below` (ascending) of `prefix[..start]`: its id, made if it is
+    /// not yet (a prefix's length says its chunk, so the prefix names it).
+    fn squash_of(&self, prefix: &[usize], start: usize, below: &[usize]) -> Result<usize> {
+        let mut squashes = self.squashes.borrow_mut();
+        if let Some(j) = squashes.iter().position(|f| f == prefix) {
+            return Ok(j);
+        }
         let j = squashes.len();
-        match self.make_squash(j, base, folded) {
-            Ok(()) => {
-                squashes.push(folded.to_vec());
-                Ok((Some(j), stacked.to_vec()))
+        self.make_squash(j, &prefix[start..], below)?;
+        squashes.push(prefix.to_vec());
+        Ok(j)
+    }
+
+    /// How a module over `lowers` (its requires closure, ascending) whose
+    /// sandbox was started had them mounted: the squashes
+    /// [`Sandbox::stack`] made for it, while they are there, else the
+    /// layers as they are. For the diff of its layer, which looks a path
+    /// up in these rather than in every layer of a long closure.
+    pub fn mounted(&self, lowers: &[usize]) -> Lowers {
+        let ends = chunk_ends(lowers.len());
+        let made = self.squashes.borrow();
+        let ids: Option<Vec<usize>> = ends
+            .iter()
+            .map(|&end| made.iter().position(|f| *f == lowers[..end]))
+            .collect();
+        match ids.filter(|ids| !ids.is_empty() && !self.squash_off.get()) {
+            Some(mut ids) => {
+                ids.reverse();
+                Lowers {
+                    squashes: ids,
+                    stacked: lowers[*ends.last().expect("a chunk")..].to_vec(),
+                }
             }
-            Err(e) => {
-                crate::output::warning(&format!(
-                    "cannot squash the lower layers ({e:#}); stacking them instead"
-                ));
-                self.squash_off.set(true);
-                drop(squashes);
-                self.stacked(lowers)
-            }
+            None => Lowers {
+                squashes: Vec::new(),
+                stacked: lowers.to_vec(),
+            },
         }
     }
 
     /// `lowers` stacked as they are, within the overlay's limit.
-    fn stacked(&self, lowers: &[usize]) -> Result<(Option<usize>, Vec<usize>)> {
+    fn stacked(&self, lowers: &[usize]) -> Result<Lowers> {
         if lowers.len() > MAX_OVERLAY_STACK {
             bail!(
                 "{} required modules are more than one overlay stack can hold ({MAX_OVERLAY_STACK}) and they could not be squashed",
                 lowers.len()
             );
         }
-        Ok((None, lowers.to_vec()))
+        Ok(Lowers {
+            squashes: Vec::new(),
+            stacked: lowers.to_vec(),
+        })
     }
 
-    /// Makes squash `j` (`q/J-K`): squash `base` (its id and how many
-    /// layers it holds) folded in, then the rest of `layers`.
-    fn make_squash(&self, j: usize, base: Option<(usize, usize)>, layers: &[usize]) -> Result<()> {
+    /// Makes squash `j` (`q/J-K`): the upper layers `layers` folded, over
+    /// the squashes `below` (ascending), the shims and ROOT.
+    fn make_squash(&self, j: usize, layers: &[usize], below: &[usize]) -> Result<()> {
         let dir = self.run.layers();
-        let from = base.map_or(0, |(_, n)| n);
         for k in 0..self.mounts.len() {
-            // What shows through below the squash: the shims, ROOT.
-            let mut below = Vec::new();
+            // What shows through below the squash: the squashes below
+            // (topmost first), the shims, ROOT.
+            let mut under: Vec<PathBuf> = below
+                .iter()
+                .rev()
+                .map(|&b| dir.join(RunDir::squash_rel(b, k)))
+                .collect();
             if self.shims.get(k).copied().unwrap_or(false) {
-                below.push(dir.join(RunDir::shim_rel(k)));
+                under.push(dir.join(RunDir::shim_rel(k)));
             }
-            below.push(self.root.join(&self.mounts[k].rel));
+            under.push(self.root.join(&self.mounts[k].rel));
             let to = dir.join(RunDir::squash_rel(j, k));
-            if let Some((b, _)) = base {
-                squash::fold(&dir.join(RunDir::squash_rel(b, k)), &to, &below)?;
-            }
-            for &i in &layers[from..] {
-                squash::fold(&self.run.upper(i, k), &to, &below)?;
+            for &i in layers {
+                squash::fold(&dir.join(RunDir::upper_rel(i, k)), &to, &under)?;
             }
         }
         Ok(())
@@ -504,37 +567,14 @@ impl Sandbox {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T>,
     {
-        let (squash, stacked) = self.stack(lowers)?;
+        let Lowers { squashes, stacked } = self.stack(lowers)?;
         let mounting = Mounting {
             layer,
-            squash,
+            squashes,
             stacked,
         };
-        if self.noop && self.net.get().is_none() {
-            let made = if self.host_network {
-                net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
-            } else {
-                net::NoopNet::loopback()?
-            };
-            let _ = self.net.set(made);
-        }
-        if self.cgroups.get().is_none() {
-            let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
-        }
-        // Removed (what is left in it killed) when the run is dropped.
-        let mut cgroup = match self.cgroups.get().and_then(Option::as_ref) {
-            Some(c) => Some(c.make(layer)?),
-            None => None,
-        };
-        for (k, m) in self.mounts.iter().enumerate() {
-            let upper = self.run.upper(layer, k);
-            fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
-            // The overlay's root directory is the upper's: give it ROOT's attributes.
-            let meta = fs::metadata(self.root.join(&m.rel))?;
-            fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))?;
-            fs::create_dir(self.run.work(layer, k))?;
-        }
+        let mut cgroup = self.cgroup_of(layer)?;
+        self.make_layer_dirs(layer)?;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -593,6 +633,47 @@ impl Sandbox {
                 })
             }
         }
+    }
+
+    /// Layer `layer`'s cgroup (none where disco may not make cgroups),
+    /// removed — what is left in it killed — when its run is dropped.
+    /// The first sandbox also makes what every sandbox of the run
+    /// shares: the noop network namespace, where the cgroups go.
+    fn cgroup_of(&self, layer: usize) -> Result<Option<cgroup::Cgroup>> {
+        if self.noop && self.net.get().is_none() {
+            let made = if self.host_network {
+                net::NoopNet::routed(&self.root, &self.run.path.join("pasta.log"))?
+            } else {
+                net::NoopNet::loopback()?
+            };
+            let _ = self.net.set(made);
+        }
+        if self.cgroups.get().is_none() {
+            let _ = self.cgroups.set(cgroup::Cgroups::new(self.limits));
+        }
+        match self.cgroups.get().and_then(Option::as_ref) {
+            Some(c) => Ok(Some(c.make(layer)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Layer `layer`'s upper and work directories on each filesystem;
+    /// the upper, the overlay's root directory, with ROOT's attributes.
+    fn make_layer_dirs(&self, layer: usize) -> Result<()> {
+        for (k, m) in self.mounts.iter().enumerate() {
+            let upper = self.run.upper(layer, k);
+            fs::create_dir(&upper).with_context(|| format!("cannot create {}", upper.display()))?;
+            let meta = fs::metadata(self.root.join(&m.rel))
+                .with_context(|| format!("cannot read {}", self.root.join(&m.rel).display()))?;
+            let attrs = || format!("cannot give {} ROOT's attributes", upper.display());
+            fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .with_context(attrs)?;
+            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
+                .with_context(attrs)?;
+            let work = self.run.work(layer, k);
+            fs::create_dir(&work).with_context(|| format!("cannot create {}", work.display()))?;
+        }
+        Ok(())
     }
 
     /// Waits until one of `running` ends; returns its index and its
@@ -786,7 +867,7 @@ impl Sandbox {
             root: &self.root,
             mounts: &self.mounts,
             layer: layer.layer,
-            squash: layer.squash,
+            squashes: &layer.squashes,
             stacked: &layer.stacked,
             shims: &self.shims,
             merged: &merged,
@@ -885,7 +966,7 @@ fn detach_and_restrict(
 #[derive(Debug)]
 struct Mounting {
     layer: usize,
-    squash: Option<usize>,
+    squashes: Vec<usize>,
     stacked: Vec<usize>,
 }
 
@@ -1428,6 +1509,17 @@ fn leftover_processes() -> (usize, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_closures_are_squashed_in_chunks_of_512_64_and_8() {
+        assert!(super::chunk_ends(7).is_empty());
+        assert_eq!(super::chunk_ends(8), [8]);
+        assert_eq!(super::chunk_ends(100), [64, 72, 80, 88, 96]);
+        assert_eq!(
+            super::chunk_ends(2000),
+            [512, 1024, 1536, 1600, 1664, 1728, 1792, 1856, 1920, 1984, 1992, 2000]
+        );
+    }
+
     #[test]
     fn pending_changes_are_bounded_in_number_and_length() {
         let long = "x".repeat(600);

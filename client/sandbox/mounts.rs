@@ -224,10 +224,10 @@ pub struct RootPlan<'a> {
     pub mounts: &'a [Mount],
     /// Layer being run (1-based).
     pub layer: usize,
-    /// The squash (`q/J-K`) holding the first layers of its requires
-    /// closure folded, if any: the lowest of its lower layers above the
-    /// shims.
-    pub squash: Option<usize>,
+    /// The squashes (`q/J-K`) holding the first layers of its requires
+    /// closure folded, topmost first: the lowest of its lower layers
+    /// above the shims.
+    pub squashes: &'a [usize],
     /// The rest of its closure's layers, ascending, stacked above that
     /// (the last one topmost).
     pub stacked: &'a [usize],
@@ -305,9 +305,7 @@ pub fn root_ops(plan: &RootPlan) -> Vec<MountOp> {
             .rev()
             .map(|&i| RunDir::upper_rel(i, k))
             .collect();
-        if let Some(j) = plan.squash {
-            lowers.push(RunDir::squash_rel(j, k));
-        }
+        lowers.extend(plan.squashes.iter().map(|&j| RunDir::squash_rel(j, k)));
         if plan.shims.get(k).copied().unwrap_or(false) {
             lowers.push(RunDir::shim_rel(k));
         }
@@ -679,9 +677,9 @@ mod tests {
     }
 
     /// The mounts of layer 3 over /srv/root (two stacked uppers, one shim
-    /// layer on mount 0), squashed at `squash`, hiding `hidden`.
+    /// layer on mount 0), over the squashes `squashes`, hiding `hidden`.
     fn layer_three_ops(
-        squash: Option<usize>,
+        squashes: &[usize],
         stacked: &[usize],
         hidden: Option<&Path>,
     ) -> Vec<MountOp> {
@@ -690,7 +688,7 @@ mod tests {
             root: Path::new("/srv/root"),
             mounts: &mounts,
             layer: 3,
-            squash,
+            squashes,
             stacked,
             shims: &[true],
             merged: Path::new("/s/run/R/merged"),
@@ -708,7 +706,7 @@ mod tests {
 
     #[test]
     fn module_three_stacks_two_uppers_over_shims_over_root() {
-        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
+        let ops = layer_three_ops(&[], &[1, 2], Some(Path::new("var/lib/disco")));
         let MountOp::Overlay {
             target,
             upper,
@@ -734,16 +732,17 @@ mod tests {
 
     #[test]
     fn squashed_first_layers_are_one_lower_under_the_stacked_rest() {
-        let squashed = layer_three_ops(Some(4), &[2], None);
+        // The first layers are squashes, the rest stacked on them.
+        let squashed = layer_three_ops(&[5, 4], &[2], None);
         assert_eq!(
             lowers_of(&squashed[0]),
-            ["u/2-0", "q/4-0", "s/0", "/srv/root/"]
+            ["u/2-0", "q/5-0", "q/4-0", "s/0", "/srv/root/"]
         );
     }
 
     #[test]
     fn state_dir_proc_and_sys_are_masked_after_what_they_need() {
-        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
+        let ops = layer_three_ops(&[], &[1, 2], Some(Path::new("var/lib/disco")));
         assert!(ops.contains(&MountOp::ReadonlyInPlace {
             target: "/s/run/R/merged/proc/sys".into()
         }));
@@ -789,7 +788,7 @@ mod tests {
 
     #[test]
     fn every_tmpfs_a_module_can_write_has_a_size_and_an_inode_count() {
-        let ops = layer_three_ops(None, &[1, 2], Some(Path::new("var/lib/disco")));
+        let ops = layer_three_ops(&[], &[1, 2], Some(Path::new("var/lib/disco")));
         let sized: Vec<_> = ops
             .iter()
             .filter_map(|o| match o {
@@ -825,7 +824,7 @@ mod tests {
             root: Path::new("/r"),
             mounts: &mounts,
             layer: 1,
-            squash: None,
+            squashes: &[],
             stacked: &[],
             shims: &[false],
             merged: Path::new("/m"),

@@ -303,6 +303,24 @@ pub fn trim(mem: &Path, img: &Path) {
     }
 }
 
+/// Inodes in use past which a run's scratch image is dropped at its end
+/// rather than emptied ([`crowded`]).
+const RENEW_INODES: u64 = 4096;
+
+/// True when the scratch filesystem at `mem` holds more than
+/// [`RENEW_INODES`] inodes (a run of some hundreds of modules): emptied
+/// file by file, each freed inode would be skipped by every inode
+/// allocation of the next runs for up to five minutes (ext4 without a
+/// journal keeps a recently deleted inode unused, its inode table block
+/// dirty: 305 s), a scan that made each module's sandbox slower with the
+/// size of the last dance. Such an image is unmounted and removed
+/// instead (its blocks go back at once) and the next run makes it anew
+/// (`mkfs.ext4`, about 20 ms).
+pub fn crowded(mem: &Path) -> bool {
+    nix::sys::statvfs::statvfs(mem)
+        .is_ok_and(|st| st.files().saturating_sub(st.files_free()) > RENEW_INODES)
+}
+
 /// Mounts the image at `mem`. With `limits` (a new run): sized for this
 /// run ([`Sizing`], made anew when its size will not do, or refused in one
 /// line when there is no room) and emptied of what an earlier run left.

@@ -1,9 +1,10 @@
-//! The squashed lower layer (DESIGN §5): the upper layers of the modules
-//! already run, folded into one directory in overlayfs' own format, so
-//! module *i* mounts `upper(i)` over `[squash, shims, ROOT]` instead of
-//! over all *i − 1* earlier uppers. A path lookup then costs the same at
-//! the 400th module as at the 2nd; the per-module uppers stay as they
-//! are, for the diff's attribution, `disco diff`, the merge and undo.
+//! The squashed lower layers (DESIGN §3.5): chunks of the upper layers of
+//! a module's requires closure, each folded into one directory in
+//! overlayfs' own format, so module *i* mounts `upper(i)` over a few
+//! squashes and at most 31 uppers instead of over its whole closure. A
+//! path lookup then costs about the same at the 2,000th module of a chain
+//! as at the 40th; the per-module uppers stay as they are, for the diff's
+//! attribution, `disco diff`, the merge and undo.
 //!
 //! Owns the fold: every entry of an upper replaces the same path of the
 //! squash (regular files, symlinks, whiteouts and special files as hard
@@ -64,79 +65,111 @@ pub fn fold(upper: &Path, squash: &Path, below: &[PathBuf]) -> Result<()> {
                 .with_context(|| format!("cannot stat {}", up.display()))?;
             let sm = fs::symlink_metadata(&sp).ok();
             if um.is_dir() {
-                let opaque = is_opaque(&up);
-                let merge_into = sm.as_ref().is_some_and(|m| m.is_dir()) && !opaque;
-                if !merge_into {
-                    if let Some(m) = &sm {
-                        remove(&sp, m)?;
-                    }
-                    fs::create_dir(&sp)
-                        .with_context(|| format!("cannot create {}", sp.display()))?;
-                    if opaque || sm.is_some() {
-                        xattr::set(&sp, OPAQUE, b"y")
-                            .with_context(|| format!("cannot mark {} opaque", sp.display()))?;
-                    }
-                }
-                attributes(&up, &sp, &um)?;
+                let below = fold_dir(&up, &sp, (&um, sm.as_ref()), &below)?;
                 times.push((sp.clone(), um));
-                let below: Vec<PathBuf> = if is_opaque(&sp) {
-                    Vec::new()
-                } else {
-                    below
-                        .iter()
-                        .map(|b| b.join(e.file_name()))
-                        .filter(|b| fs::symlink_metadata(b).is_ok_and(|m| m.is_dir()))
-                        .collect()
-                };
                 work.push((up, sp, below, depth + 1));
             } else {
-                if let Some(m) = &sm {
-                    remove(&sp, m)?;
-                }
-                let hides = below
-                    .iter()
-                    .any(|b| fs::symlink_metadata(b.join(e.file_name())).is_ok());
-                if is_whiteout(&um) && !hides {
-                    continue;
-                }
-                let linked = fs::hard_link(&up, &sp);
-                if is_whiteout(&um) && linked.is_err() {
-                    // Overlayfs shares one whiteout inode per work dir: past
-                    // the filesystem's link limit, a whiteout of its own.
-                    nix::sys::stat::mknod(
-                        &sp,
-                        nix::sys::stat::SFlag::S_IFCHR,
-                        nix::sys::stat::Mode::empty(),
-                        0,
-                    )
-                    .with_context(|| format!("cannot make the whiteout {}", sp.display()))?;
-                    continue;
-                }
-                linked
-                    .with_context(|| format!("cannot link {} to {}", up.display(), sp.display()))?;
+                fold_other(&up, &sp, (&um, sm.as_ref()), &below)?;
             }
         }
     }
     for (dir, meta) in times.iter().rev() {
-        let t = |s: i64, ns: i64| libc::timespec {
-            tv_sec: s as libc::time_t,
-            tv_nsec: ns as _,
-        };
-        let ts = [
-            t(meta.atime(), meta.atime_nsec()),
-            t(meta.mtime(), meta.mtime_nsec()),
-        ];
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))?;
-        // SAFETY: a valid C string and two timespecs.
-        unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                ts.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
+        set_times(dir, meta)?;
     }
+    Ok(())
+}
+
+/// Folds directory `up` (`um`) of an upper into `sp` of the squash (`sm`
+/// what is there): merged into the squash's directory, or replacing what
+/// was there (opaque then); returns the same directory in the layers
+/// `below` that still show through it.
+fn fold_dir(
+    up: &Path,
+    sp: &Path,
+    (um, sm): (&fs::Metadata, Option<&fs::Metadata>),
+    below: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
+    let opaque = is_opaque(up);
+    let merge_into = sm.is_some_and(|m| m.is_dir()) && !opaque;
+    if !merge_into {
+        if let Some(m) = sm {
+            remove(sp, m)?;
+        }
+        fs::create_dir(sp).with_context(|| format!("cannot create {}", sp.display()))?;
+        if opaque || sm.is_some() {
+            xattr::set(sp, OPAQUE, b"y")
+                .with_context(|| format!("cannot mark {} opaque", sp.display()))?;
+        }
+    }
+    attributes(up, sp, um)?;
+    if is_opaque(sp) {
+        return Ok(Vec::new());
+    }
+    let name = up.file_name().expect("an entry has a name");
+    Ok(below
+        .iter()
+        .map(|b| b.join(name))
+        .filter(|b| fs::symlink_metadata(b).is_ok_and(|m| m.is_dir()))
+        .collect())
+}
+
+/// Folds a file, symlink, whiteout or special file `up` of an upper into
+/// the squash as a hard link at `sp`, replacing what was there (`sm`); a
+/// whiteout only where a layer `below` has something to hide.
+fn fold_other(
+    up: &Path,
+    sp: &Path,
+    (um, sm): (&fs::Metadata, Option<&fs::Metadata>),
+    below: &[PathBuf],
+) -> Result<()> {
+    if let Some(m) = sm {
+        remove(sp, m)?;
+    }
+    let name = up.file_name().expect("an entry has a name");
+    let hides = below
+        .iter()
+        .any(|b| fs::symlink_metadata(b.join(name)).is_ok());
+    if is_whiteout(um) && !hides {
+        return Ok(());
+    }
+    let linked = fs::hard_link(up, sp);
+    if is_whiteout(um) && linked.is_err() {
+        // Overlayfs shares one whiteout inode per work dir: past the
+        // filesystem's link limit, a whiteout of its own.
+        nix::sys::stat::mknod(
+            sp,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .with_context(|| format!("cannot make the whiteout {}", sp.display()))?;
+        return Ok(());
+    }
+    linked.with_context(|| format!("cannot link {} to {}", up.display(), sp.display()))
+}
+
+/// Gives directory `dir` the access and modification times of `meta`
+/// (set once everything was linked into it, which changes them).
+fn set_times(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    let t = |s: i64, ns: i64| libc::timespec {
+        tv_sec: s as libc::time_t,
+        tv_nsec: ns as _,
+    };
+    let ts = [
+        t(meta.atime(), meta.atime_nsec()),
+        t(meta.mtime(), meta.mtime_nsec()),
+    ];
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .with_context(|| format!("{}: a NUL in the path", dir.display()))?;
+    // SAFETY: a valid C string and two timespecs.
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     Ok(())
 }
 
