@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::root::{deep_snapshot, FixtureRoot};
+use common::root::{snapshot_no_mtimes, FixtureRoot};
 use common::{run, Fixture};
 use serde_json::Value;
 
@@ -68,19 +68,6 @@ fn normalized(report: &Value, root: &Path, state: &Path) -> String {
         .unwrap()
         .replace(&root.display().to_string(), "ROOT")
         .replace(&state.display().to_string(), "STATE")
-}
-
-/// Every path of `root` with its type, mode, owner, xattrs and content
-/// (`deep_snapshot` without mtimes, which say when, not what).
-fn tree(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            parts[3] = "-";
-            parts.join(" ")
-        })
-        .collect()
 }
 
 /// Console output without what differs between two runs of one dance:
@@ -360,7 +347,7 @@ fn jobs_1_2_and_8_give_identical_reports_roots_and_output() {
     let roots: Vec<FixtureRoot> = (1..=3)
         .map(|i| graph_root(&f.dir.path().join(format!("r{i}"))))
         .collect();
-    let pristine = tree(&roots[0].path);
+    let pristine = snapshot_no_mtimes(&roots[0].path);
     // The normalized report of jobs 1, noop then live.
     let mut reports: Vec<String> = Vec::new();
     for noop in [true, false] {
@@ -374,7 +361,11 @@ fn jobs_1_2_and_8_give_identical_reports_roots_and_output() {
             let (code, out, err) = dance(&f, &state, &root.path, noop, &["--jobs", jobs]);
             assert_eq!(code, 0, "jobs {jobs}, noop {noop}: {out}{err}");
             if noop {
-                assert_eq!(tree(&root.path), pristine, "noop changed the root");
+                assert_eq!(
+                    snapshot_no_mtimes(&root.path),
+                    pristine,
+                    "noop changed the root"
+                );
             }
             let ran: Vec<&str> = out.lines().filter_map(|l| l.strip_suffix(" ran")).collect();
             assert_eq!(
@@ -406,11 +397,11 @@ fn jobs_1_2_and_8_give_identical_reports_roots_and_output() {
         reports.push(runs[0].1.clone());
     }
     assert_thirty_landed(&roots[0].path);
-    let t1 = tree(&roots[0].path);
+    let t1 = snapshot_no_mtimes(&roots[0].path);
     assert_ne!(t1, pristine);
     for (i, jobs) in [(1, 2), (2, 8)] {
         assert_eq!(
-            tree(&roots[i].path),
+            snapshot_no_mtimes(&roots[i].path),
             t1,
             "the root merged with jobs {jobs} against jobs 1"
         );
@@ -456,7 +447,7 @@ fn two_unordered_modules_changing_one_path_are_refused_noop_and_live() {
     let f = Fixture::new();
     two_writers(&f);
     let r = FixtureRoot::new(f.dir.path());
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     for (noop, args) in [
         (true, &["--jobs", "1"][..]),
         (true, &["--jobs", "2"][..]),
@@ -470,7 +461,7 @@ fn two_unordered_modules_changing_one_path_are_refused_noop_and_live() {
             "noop {noop} {args:?}: the conflict, said as\n{SHARED_CONFLICT}\n, got:\n{err}"
         );
         assert_eq!(
-            tree(&r.path),
+            snapshot_no_mtimes(&r.path),
             before,
             "noop {noop} {args:?}: nothing merged"
         );
@@ -506,7 +497,7 @@ fn replacing_a_directory_another_module_changes_under_is_a_conflict() {
     );
     let r = FixtureRoot::new(f.dir.path());
     r.file("srv/tree/sub/old", "old\n");
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     for noop in [true, false] {
         let (code, out, err) = dance(&f, &f.state(), &r.path, noop, &[]);
         assert_eq!(code, 1, "noop {noop}: {out}{err}");
@@ -519,7 +510,11 @@ fn replacing_a_directory_another_module_changes_under_is_a_conflict() {
             said,
             "noop {noop}: the conflict under /srv/tree, got:\n{err}"
         );
-        assert_eq!(tree(&r.path), before, "noop {noop}: nothing merged");
+        assert_eq!(
+            snapshot_no_mtimes(&r.path),
+            before,
+            "noop {noop}: nothing merged"
+        );
     }
 }
 
@@ -531,10 +526,10 @@ fn ordering_the_two_ends_the_conflict_and_the_later_wins() {
     two_writers(&f);
     f.module("beta", "after alpha\n");
     let r = FixtureRoot::new(f.dir.path());
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     let (code, out, err) = dance(&f, &f.state(), &r.path, true, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(tree(&r.path), before);
+    assert_eq!(snapshot_no_mtimes(&r.path), before);
     let (code, out, err) = dance(&f, &f.state(), &r.path, false, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(r.read("etc/shared.conf").as_deref(), Some("from beta\n"));
@@ -699,7 +694,7 @@ fn a_failed_module_fails_the_dance_and_nothing_is_merged() {
     failing_chain(&f);
     let r = FixtureRoot::new(f.dir.path());
     r.file("etc/g/README", "g\n");
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     let (code, out, err) = dance(&f, &f.state(), &r.path, false, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -707,7 +702,7 @@ fn a_failed_module_fails_the_dance_and_nothing_is_merged() {
             .any(|l| l.starts_with("error: c3: scripts/10-fail")),
         "{err}"
     );
-    assert_eq!(tree(&r.path), before, "nothing merged");
+    assert_eq!(snapshot_no_mtimes(&r.path), before, "nothing merged");
 }
 
 /// A failing module in the middle of a chain: what requires it is not run
@@ -723,7 +718,7 @@ fn a_failure_stops_only_what_requires_it_noop_and_live() {
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), FAIL_PLAN);
     let r = FixtureRoot::new(f.dir.path());
     r.file("etc/g/README", "g\n");
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     let mut noops = Vec::new();
     for (what, noop, args) in [
         ("noop", true, &[][..]),
@@ -733,7 +728,11 @@ fn a_failure_stops_only_what_requires_it_noop_and_live() {
         let result = dance(&f, &f.state(), &r.path, noop, args);
         let report = last_report(&f.state());
         assert_failed_as_planned(what, &result, &report);
-        assert_eq!(tree(&r.path), before, "{what}: nothing merged");
+        assert_eq!(
+            snapshot_no_mtimes(&r.path),
+            before,
+            "{what}: nothing merged"
+        );
         if noop {
             noops.push(normalized(&report, &r.path, &f.state()));
         }
@@ -750,7 +749,7 @@ fn a_failure_stops_only_what_requires_it_noop_and_live() {
         &last_report(&f.state()),
     );
     assert_eq!(
-        tree(&r.path),
+        snapshot_no_mtimes(&r.path),
         before,
         "on_failure = nothing: nothing merged"
     );
@@ -774,11 +773,15 @@ fn on_failure_independent_merges_exactly_what_did_not_depend_on_a_failure() {
         .file("etc/g/side", "side\n")
         .file("etc/g/solo1", "solo1\n")
         .file("etc/g/solo2", "solo2\n");
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     let merged = "the modules whose requirements all succeeded: c1, c2, side, solo1, solo2\n";
     let result = dance(&f, &f.state(), &r.path, true, &[]);
     assert_failed_as_planned("noop, independent", &result, &last_report(&f.state()));
-    assert_eq!(tree(&r.path), before, "noop, independent: nothing merged");
+    assert_eq!(
+        snapshot_no_mtimes(&r.path),
+        before,
+        "noop, independent: nothing merged"
+    );
     assert!(
         result
             .2
@@ -804,7 +807,10 @@ fn on_failure_independent_merges_exactly_what_did_not_depend_on_a_failure() {
             )
             .collect()
     };
-    let (want, got) = (tree(&expected.path), tree(&r.path));
+    let (want, got) = (
+        snapshot_no_mtimes(&expected.path),
+        snapshot_no_mtimes(&r.path),
+    );
     assert!(
         want == got,
         "merged exactly the independent modules' changes (- expected, + merged):\n{}",
@@ -944,7 +950,7 @@ fn jobs_and_on_failure_have_defaults_and_bad_values_are_refused_in_one_line() {
         "dance --help tells of --jobs:\n{out}"
     );
     let r = FixtureRoot::new(f.dir.path());
-    let before = tree(&r.path);
+    let before = snapshot_no_mtimes(&r.path);
     assert_refused(
         "--jobs 0",
         dance(&f, &f.state(), &r.path, true, &["--jobs", "0"]),
@@ -965,7 +971,7 @@ fn jobs_and_on_failure_have_defaults_and_bad_values_are_refused_in_one_line() {
         );
         assert_refused(text.trim(), result, setting);
     }
-    assert_eq!(tree(&r.path), before);
+    assert_eq!(snapshot_no_mtimes(&r.path), before);
 }
 
 /// A long chain (70 modules: the lowers of each past the 8th are

@@ -2,7 +2,7 @@
 //! actions, handlers, idempotence, and noop telling the truth.
 mod common;
 
-use common::root::{deep_snapshot, FixtureRoot, MountGuard};
+use common::root::{deep_snapshot, snapshot_no_mtimes, FixtureRoot, MountGuard};
 use common::{run, Fixture};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -405,18 +405,6 @@ fn two_hundred(f: &Fixture, r: &FixtureRoot) {
             0o644,
         );
     }
-}
-
-/// Path, mode, owner, xattrs and content: what two separate runs must agree on.
-fn snapshot_no_mtimes(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            parts[3] = "-";
-            parts.join(" ")
-        })
-        .collect()
 }
 
 #[test]

@@ -10,20 +10,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::root::{deep_snapshot, FixtureRoot, MountGuard};
+use common::root::{snapshot_no_mtimes, FixtureRoot, MountGuard};
 use common::{helper, run, Fixture};
-
-/// Path, mode, owner, xattrs and content: what two runs must agree on.
-fn snapshot_no_mtimes(root: &Path) -> Vec<String> {
-    deep_snapshot(root)
-        .into_iter()
-        .map(|l| {
-            let mut parts: Vec<&str> = l.split(' ').collect();
-            parts[3] = "-";
-            parts.join(" ")
-        })
-        .collect()
-}
 
 /// Every path below `dir` whose name contains `needle`.
 fn names_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
