@@ -45,50 +45,6 @@ const KEYS: usize = 2000;
 /// `disco param get` calls the script in the dance times.
 const CALLS: usize = 100;
 
-/// A server tree for node `bench` with `n` modules `m0000…`; `chain`:
-/// each requires the one before.
-fn modules(server: &Path, n: usize, chain: bool) {
-    let node = server.join("parameters/bench");
-    write(&node.join("parameters/port"), "8080\n", 0o644);
-    for i in 0..n {
-        let m = format!("m{i:04}");
-        let dir = server.join("modules").join(&m);
-        write(&node.join("modules").join(&m), "", 0o644);
-        let requires = match (chain, i) {
-            (true, 1..) => format!("after m{:04}\n", i - 1),
-            _ => String::new(),
-        };
-        write(&dir.join("requires"), &requires, 0o644);
-        write(
-            &dir.join(format!("parameters/{m}/name")),
-            &format!("{m}\n"),
-            0o644,
-        );
-        for f in 1..=3 {
-            let body: String = (0..16)
-                .map(|l| format!("{m} file {f} line {l:02} ..................................\n"))
-                .collect();
-            write(
-                &dir.join(format!("files/etc/bench/{m}/f{f}.conf")),
-                &body,
-                0o644,
-            );
-        }
-        for t in 1..=2 {
-            let tpl = format!("echo \"# template {t}\"\necho \"port=$(disco param get port)\"\necho \"name=$(disco param get {m}/name)\"\n");
-            write(
-                &dir.join(format!("templates/etc/bench/{m}/t{t}.conf")),
-                &tpl,
-                0o644,
-            );
-        }
-        let script = format!(
-            "grep -qx {m} /var/lib/bench/{m} 2>/dev/null || {{ mkdir -p /var/lib/bench; echo {m} > /var/lib/bench/{m}; }}\n"
-        );
-        write(&dir.join("scripts/10-state"), &script, 0o755);
-    }
-}
-
 /// A server whose node `bench` has one module `many` with [`MANY`] small
 /// files under `/srv/many`.
 fn many(server: &Path) {
@@ -157,7 +113,7 @@ impl Bench {
     fn noop_row(&self, n: usize, chain: bool, base: Option<f64>) -> f64 {
         let shape = if chain { "chain" } else { "independent" };
         let server = self.dir.join(format!("{shape}-{n}"));
-        modules(&server, n, chain);
+        workload::workload_shaped(&server, "bench", n, workload::Style::Echo, chain);
         let state = self.dir.join(format!("state-{shape}-{n}"));
         let warm = self
             .dance(&server, &self.root, &state, true)

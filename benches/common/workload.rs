@@ -66,6 +66,16 @@ pub fn workload(server: &Path, node: &str, modules: usize, empty: bool) {
 
 /// The workload server tree with templates of `style`.
 pub fn workload_styled(server: &Path, node: &str, modules: usize, empty: bool, style: Style) {
+    generate(server, node, modules, empty, style, false)
+}
+
+/// The workload server tree; `chain`: each module requires the one
+/// before (`benches/scale.rs`'s long chain).
+pub fn workload_shaped(server: &Path, node: &str, modules: usize, style: Style, chain: bool) {
+    generate(server, node, modules, false, style, chain)
+}
+
+fn generate(server: &Path, node: &str, modules: usize, empty: bool, style: Style, chain: bool) {
     fs::create_dir_all(server.join("parameters").join(node).join("modules")).unwrap();
     write(
         &server.join("parameters").join(node).join("parameters/port"),
@@ -88,7 +98,11 @@ pub fn workload_styled(server: &Path, node: &str, modules: usize, empty: bool, s
         // Independent modules, as a fleet's mostly are (and as the
         // peers' dialects of the workload have them): each its own files
         // and its own state file.
-        write(&dir.join("requires"), "", 0o644);
+        let requires = match (chain, i) {
+            (true, 1..) => format!("after m{:02}\n", i - 1),
+            _ => String::new(),
+        };
+        write(&dir.join("requires"), &requires, 0o644);
         if empty {
             continue;
         }
