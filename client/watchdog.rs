@@ -16,6 +16,12 @@
 //! process; the locks are `flock`s and the mounts live in disco's private
 //! mount namespace, so both go with the process.
 //!
+//! A stop asked for while the dance runs (SIGTERM from `systemctl stop`
+//! or a shutdown, SIGINT from Ctrl-C, SIGHUP) ends it the same way, its
+//! message saying so (`the dance was stopped by SIGTERM: WHAT`): the
+//! handler only records the signal, the thread (which looks every
+//! [`TICK`]) does the rest; a second such signal kills disco at once.
+//!
 //! Does not own the step limits (`step_timeout`, inside the sandbox:
 //! [`crate::exec`]) nor the fetch's (`fetch_timeout`, its transport).
 //!
@@ -23,8 +29,58 @@
 //! condition variable, which releases its mutex), so the forked child,
 //! which runs Rust code of this process, never finds a lock held.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// How often the watchdog thread looks for a stop signal.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The signals that stop a dance.
+const STOPS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// The stop signal received while armed, 0 before one.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The stop signals' handler: records the first; a second ends disco
+/// as the signal would have (only async-signal-safe calls).
+extern "C" fn stop_asked(sig: libc::c_int) {
+    if SIGNAL
+        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // SAFETY: signal and raise are async-signal-safe.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Sets the stop signals' disposition: [`stop_asked`], or the default.
+fn handle_stops(handler: libc::sighandler_t) {
+    for sig in STOPS {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty
+        // mask; SA_RESTART so the main thread's blocking calls resume.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+}
+
+/// `SIGTERM`, `SIGINT`, `SIGHUP` (or the number).
+fn signal_name(sig: libc::c_int) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        n => format!("signal {n}"),
+    }
+}
 
 /// How long the main thread has to end the dance by itself once the
 /// deadline passed and what it waited on was killed.
@@ -81,6 +137,7 @@ pub struct Armed {
 
 impl Drop for Armed {
     fn drop(&mut self) {
+        handle_stops(libc::SIG_DFL);
         state().done = true;
         WAKE.notify_all();
         if let Some(t) = self.thread.take() {
@@ -101,6 +158,8 @@ pub fn arm(limit: Duration, last_resort: LastResort) -> Armed {
         s.limit = Some(limit.as_secs());
         s.doing = "starting".into();
     }
+    SIGNAL.store(0, Ordering::SeqCst);
+    handle_stops(stop_asked as extern "C" fn(libc::c_int) as libc::sighandler_t);
     let thread = std::thread::Builder::new()
         .name("dance-deadline".into())
         .spawn(move || watch(deadline, last_resort))
@@ -126,11 +185,20 @@ fn wait_done(mut s: MutexGuard<'static, State>, until: Instant) -> MutexGuard<'s
 }
 
 fn watch(deadline: Instant, last_resort: LastResort) {
-    let mut s = wait_done(state(), deadline);
-    if s.done {
-        return;
-    }
-    let msg = message(s.limit.unwrap_or_default(), &s.doing);
+    let mut s = state();
+    let msg = loop {
+        s = wait_done(s, (Instant::now() + TICK).min(deadline));
+        if s.done {
+            return;
+        }
+        match SIGNAL.load(Ordering::SeqCst) {
+            0 if Instant::now() >= deadline => {
+                break message(s.limit.unwrap_or_default(), &s.doing)
+            }
+            0 => {}
+            sig => break format!("the dance was stopped by {}: {}", signal_name(sig), s.doing),
+        }
+    };
     s.passed = Some(msg.clone());
     for v in s.victims.clone() {
         kill(v);

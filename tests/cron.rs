@@ -656,6 +656,74 @@ fn a_hang_its_step_timeout_does_not_catch_ends_at_dance_timeout() {
     });
 }
 
+/// `systemctl stop` (SIGTERM) or Ctrl-C (SIGINT) during a dance ends it
+/// as its deadline would: the sandbox killed, one error line saying so,
+/// the report and status written, nothing merged, no run dir left, the
+/// lock free for the next dance.
+#[test]
+fn a_dance_stopped_by_a_signal_ends_with_its_report() {
+    for (sig, name) in [
+        (nix::sys::signal::Signal::SIGTERM, "SIGTERM"),
+        (nix::sys::signal::Signal::SIGINT, "SIGINT"),
+    ] {
+        let f = Fixture::new();
+        let r = FixtureRoot::new(f.dir.path());
+        let sleep = format!("sleep 1000.{}", std::process::id());
+        f.node("n", &["m"]).module("m", "");
+        f.module_file("m", "files/etc/from-m", "x\n", 0o644)
+            .module_file("m", "scripts/10-wait", &format!("{sleep}\n"), 0o755);
+        let mut child = f
+            .process(&f.state(), &r.path)
+            .arg("dance")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+        // The script runs.
+        let started = Instant::now();
+        while processes_with(&sleep).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{name}: never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code().unwrap_or(-1);
+            }
+            if stopped.elapsed() > Duration::from_secs(30) {
+                common::kill_dance(&mut child);
+                panic!("{name}: the dance still ran 30 s after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = reader.join().unwrap();
+        assert_eq!(code, 1, "{name}: {err}");
+        let line = format!("the dance was stopped by {name}: module m, in its sandbox");
+        assert!(err.contains(&format!("error: {line}")), "{err}");
+        assert!(
+            processes_with(&sleep).is_empty(),
+            "{name}: the sandbox went"
+        );
+        assert!(
+            !r.path.join("etc/from-m").exists(),
+            "{name}: nothing merged"
+        );
+        ended_cleanly(&f, &r, &line, || {
+            fs::write(f.server().join("modules/m/scripts/10-wait"), "true\n").unwrap();
+        });
+    }
+}
+
 #[test]
 fn a_live_dance_past_its_deadline_merges_nothing() {
     let f = Fixture::new();
