@@ -1063,7 +1063,12 @@ fn run_in_root(
 /// The step of a command that ran: failed when it exited non-zero; says
 /// so on the terminal.
 fn exited_step(name: &str, code: i32, ru: &libc::rusage, wall: f64) -> Step {
-    let error = (code != 0).then(|| format!("{name} exited {code}"));
+    // Killed by the dance's deadline or a stop (SIGKILL): say which.
+    let error = match (code, crate::watchdog::passed()) {
+        (0, _) => None,
+        (137, Some(why)) => Some(format!("{name} was killed: {why}")),
+        _ => Some(format!("{name} exited {code}")),
+    };
     match &error {
         Some(e) => output::error(e),
         None => output::info(&format!("{name}: exit 0")),
