@@ -556,6 +556,16 @@ fn quiet_change_lines_say_the_content_changed() {
 
 /// Runs `cmd` (a dance) under an outer limit of the test's own: past 60 s
 /// it is killed and the test fails. Returns (exit code, stderr, seconds).
+/// A thread reading `child`'s piped stderr to its end.
+fn read_stderr(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    })
+}
+
 fn dance_within_60s(mut cmd: Command) -> (i32, String, f64) {
     let started = Instant::now();
     let mut child = cmd
@@ -563,12 +573,7 @@ fn dance_within_60s(mut cmd: Command) -> (i32, String, f64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+    let reader = read_stderr(&mut child);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let err = reader.join().unwrap();
@@ -679,12 +684,7 @@ fn a_dance_stopped_by_a_signal_ends_with_its_report() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-            s
-        });
+        let reader = read_stderr(&mut child);
         // The script runs.
         let started = Instant::now();
         while processes_with(&sleep).is_empty() {
