@@ -31,12 +31,7 @@ fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let st = Command::new(repo.join("scripts/make-fixture-root"))
-        .arg(&root)
-        .arg(&disco)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    workload::fixture_root(&root, &disco);
     let config = dir.path().join("disco.toml");
     fs::write(&config, "").unwrap();
 

@@ -35,14 +35,7 @@ struct Bench {
 impl Bench {
     fn fresh_root(&self, name: &str) -> PathBuf {
         let root = self.dir.join(name);
-        let _ = fs::remove_dir_all(&root);
-        assert!(Command::new("cp")
-            .arg("-a")
-            .arg(&self.template)
-            .arg(&root)
-            .status()
-            .unwrap()
-            .success());
+        workload::copy_tree(&self.template, &root);
         root
     }
 

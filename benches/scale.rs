@@ -188,16 +188,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let disco = PathBuf::from(env!("CARGO_BIN_EXE_disco"));
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let root = dir.join("root");
-    let st = Command::new(repo.join("scripts/make-fixture-root"))
-        .arg(&root)
-        .arg(&disco)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    workload::fixture_root(&root, &disco);
     let config = dir.join("disco.toml");
     fs::write(&config, "").unwrap();
     let b = Bench {
@@ -236,14 +230,7 @@ fn first_apply(b: &Bench) {
     let state = b.dir.join("state-many");
     let fresh = |name: &str| {
         let r = b.dir.join(name);
-        let _ = fs::remove_dir_all(&r);
-        assert!(Command::new("cp")
-            .arg("-a")
-            .arg(&b.root)
-            .arg(&r)
-            .status()
-            .unwrap()
-            .success());
+        workload::copy_tree(&b.root, &r);
         r
     };
     let (mut disco, mut cp) = (Vec::new(), Vec::new());

@@ -142,6 +142,26 @@ fn generate(server: &Path, node: &str, modules: usize, empty: bool, style: Style
     }
 }
 
+/// A fixture root at `root` (`scripts/make-fixture-root`), with the
+/// shared libraries `disco` needs.
+pub fn fixture_root(root: &Path, disco: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fixture-root");
+    let st = Command::new(script).arg(root).arg(disco).status().unwrap();
+    assert!(st.success(), "make-fixture-root {}", root.display());
+}
+
+/// `to` made anew as a copy of `from` (`cp -a`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// Runs per measurement: `DISCO_BENCH_RUNS`, else `default`.
 pub fn runs(default: usize) -> usize {
     std::env::var("DISCO_BENCH_RUNS")
