@@ -19,7 +19,32 @@ use crate::output;
 
 /// The held dance lock; released when dropped (or when the process dies).
 pub struct Lock {
-    _file: fs::File,
+    file: fs::File,
+    /// Removed when the lock is released (a root lock: one file per root
+    /// ever danced would otherwise pile up in `/run/disco`).
+    remove: Option<PathBuf>,
+}
+
+impl Drop for Lock {
+    /// Unlinks a removable lock file while still holding it; a waiter that
+    /// then gets the unlinked inode sees it is no longer the path's and
+    /// takes the lock again on the path (see [`lock_at`]).
+    fn drop(&mut self) {
+        if let Some(path) = &self.remove {
+            if same_inode(path, &self.file) {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Whether `path` still names the inode open as `file`.
+fn same_inode(path: &Path, file: &fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(p), Ok(f)) => p.dev() == f.dev() && p.ino() == f.ino(),
+        _ => false,
+    }
 }
 
 /// Where the lock lives: `/run/disco/dance.lock` for the default state
@@ -53,6 +78,32 @@ pub fn root_lock_path(root: &fs::Metadata) -> PathBuf {
 
 /// Takes the lock; waits (saying so once) unless `no_wait`.
 pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
+    lock_at(path, no_wait, false)
+}
+
+/// Takes the lock at `path`; with `remove`, the file is unlinked when the
+/// lock is released, and a lock taken on a file that was meanwhile
+/// unlinked (or replaced) by its previous holder is taken again on the
+/// file the path now names — so two holders never hold two inodes of one
+/// path.
+fn lock_at(path: &Path, no_wait: bool, remove: bool) -> Result<Lock> {
+    let mut said = false;
+    loop {
+        let file = lock_once(path, no_wait, &mut said)?;
+        if !remove || same_inode(path, &file) {
+            let mut lock = Lock { file, remove: None };
+            lock.file.set_len(0)?;
+            lock.file.rewind()?;
+            write!(lock.file, "{}", std::process::id())?;
+            lock.remove = remove.then(|| path.to_path_buf());
+            return Ok(lock);
+        }
+    }
+}
+
+/// One open and `flock` of `path`, waiting (saying so once, `said`)
+/// unless `no_wait`.
+fn lock_once(path: &Path, no_wait: bool, said: &mut bool) -> Result<fs::File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -80,9 +131,11 @@ pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
                 path.display()
             );
         }
-        output::warning(&format!(
-            "another dance is running ({who}); waiting for it to finish"
-        ));
+        if !std::mem::replace(said, true) {
+            output::warning(&format!(
+                "another dance is running ({who}); waiting for it to finish"
+            ));
+        }
         // SAFETY: as above; blocks until the holder ends.
         if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
             bail!(
@@ -92,10 +145,7 @@ pub fn lock(path: &Path, no_wait: bool) -> Result<Lock> {
             );
         }
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    write!(file, "{}", std::process::id())?;
-    Ok(Lock { _file: file })
+    Ok(file)
 }
 
 /// `STATE/status` as it truly is: a `running since … (pid N)` whose pid
@@ -211,7 +261,7 @@ pub fn take_lock(config: &crate::config::Config, no_wait: bool) -> Result<Lock> 
 pub fn take_root_lock(config: &crate::config::Config, no_wait: bool) -> Result<Lock> {
     let root = &config.root.value;
     let meta = fs::metadata(root).with_context(|| format!("root {}", root.display()))?;
-    lock(&root_lock_path(&meta), no_wait)
+    lock_at(&root_lock_path(&meta), no_wait, true)
 }
 
 #[cfg(test)]
@@ -231,5 +281,28 @@ mod tests {
         );
         drop(held);
         assert!(lock(&p, true).is_ok());
+    }
+
+    #[test]
+    fn a_root_lock_leaves_no_file_and_a_waiter_follows_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("root.lock");
+        let held = lock_at(&p, true, true).unwrap();
+        assert!(p.exists());
+        let err = lock_at(&p, true, true).err().unwrap().to_string();
+        assert!(err.contains("another dance is running"), "{err}");
+        // A waiter blocked on the held inode gets it once it is unlinked,
+        // and must take the lock again on the path.
+        let waiter = std::thread::spawn({
+            let p = p.clone();
+            move || lock_at(&p, false, true).map(|l| same_inode(&p, &l.file))
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+        assert!(
+            waiter.join().unwrap().unwrap(),
+            "the waiter holds the path's inode"
+        );
+        assert!(!p.exists(), "released: no file left");
     }
 }

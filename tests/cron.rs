@@ -4,6 +4,7 @@ mod common;
 use common::root::FixtureRoot;
 use common::{run, Fixture};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,10 @@ fn concurrent_dances_serialize_and_no_wait_exits_at_once() {
         t(&second_report["started"]) >= t(&first_report["ended"]),
         "the second started after the first ended"
     );
+    // The root's lock file went with the last dance that held it.
+    let m = fs::metadata(&r.path).unwrap();
+    let lock = format!("/run/disco/root-{:x}-{}.lock", m.dev(), m.ino());
+    assert!(!std::path::Path::new(&lock).exists(), "{lock} left behind");
 }
 
 #[test]
