@@ -14,8 +14,10 @@
 //! Crash safety rests on one rule: every applied entry leaves the upper
 //! directory, so what is left in the upper layers *is* the remaining work.
 //! Each journal record is fsynced before its entry is applied, all upper
-//! data is made durable (syncfs) before the first rename, and every live
-//! file is replaced by a rename, so it is always either old or new.
+//! data is made durable (syncfs of the layers) before the first rename,
+//! every live file is replaced by a rename, so it is always either old or
+//! new, and each live directory is fsynced once its entries are placed
+//! (never a syncfs of the root, which would wait for every other writer).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -120,6 +122,8 @@ struct Journal {
     root: PathBuf,
     file: Option<fs::File>,
     seq: u64,
+    /// Records appended since the last sync.
+    dirty: bool,
 }
 
 impl Journal {
@@ -148,6 +152,7 @@ impl Journal {
             root: root.to_path_buf(),
             file: None,
             seq,
+            dirty: false,
         }
     }
 
@@ -178,13 +183,16 @@ impl Journal {
         line.push(b'\n');
         file.write_all(&line)?;
         self.seq += 1;
+        self.dirty = true;
         Ok(self.seq)
     }
 
-    /// Makes every appended record durable.
+    /// Makes every appended record durable (nothing to do when none was
+    /// appended since the last sync).
     fn sync(&mut self) -> Result<()> {
-        if let Some(f) = &self.file {
+        if let (Some(f), true) = (&self.file, self.dirty) {
             f.sync_data().context("cannot sync the undo journal")?;
+            self.dirty = false;
         }
         Ok(())
     }
@@ -265,14 +273,15 @@ pub fn merge(
                 continue;
             }
             let live = layout.root.join(&mount.rel);
-            m.merge_dir(&upper, &live, &Path::new("/").join(&mount.rel), true)
+            m.merge_dir(&upper, &live, &Path::new("/").join(&mount.rel), true, false)
                 .with_context(|| format!("merge of {name} onto {}", live.display()))?;
         }
     }
+    // Every live change is durable already: each directory is synced
+    // once its entries are placed, each directory whose attributes
+    // changed is synced itself — never a syncfs of the root's
+    // filesystems, which waits for whatever else writes there.
     let merged = m.merged;
-    for mount in &layout.mounts {
-        sync_fs(&layout.root.join(&mount.rel))?;
-    }
     fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
     sync_dir(state_dir)?;
     Ok(merged)
@@ -324,6 +333,7 @@ impl Merger<'_> {
         live: &Path,
         shown: &Path,
         is_layer_root: bool,
+        made: bool,
     ) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(upper)
             .and_then(|e| {
@@ -392,7 +402,7 @@ impl Merger<'_> {
             // The root of the layer carries the attributes of the root dir.
             self.dir_attrs(upper, live, shown)?;
         }
-        if touched {
+        if touched || made {
             sync_dir(live)?;
         }
         Ok(())
@@ -474,7 +484,9 @@ impl Merger<'_> {
         } else {
             self.dir_attrs(u, l, shown)?;
         }
-        self.merge_dir(u, l, shown, false)?;
+        // A directory made here is synced whether or not anything is
+        // placed in it (its own mode, owner and xattrs).
+        self.merge_dir(u, l, shown, false, created)?;
         fs::remove_dir(u).with_context(|| format!("cannot remove merged {}", u.display()))?;
         Ok(created)
     }
@@ -510,6 +522,7 @@ impl Merger<'_> {
             xattrs: lx,
         })?;
         copy_attrs(u, l, &um)?;
+        sync_dir(l)?;
         self.applied(shown)
     }
 
