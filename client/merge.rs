@@ -12,12 +12,15 @@
 //! finishing an interrupted merge; `disco undo`.
 //!
 //! Crash safety rests on one rule: every applied entry leaves the upper
-//! directory, so what is left in the upper layers *is* the remaining work.
+//! directory once its live directory is synced, so what is left in the
+//! upper layers is the remaining work (and at most entries already in
+//! place, which a resumed merge finds unchanged).
 //! Each journal record is fsynced before its entry is applied, all upper
 //! data is made durable (syncfs of the layers) before the first rename,
 //! every live file is replaced by a rename, so it is always either old or
-//! new, and each live directory is fsynced once its entries are placed
-//! (never a syncfs of the root, which would wait for every other writer).
+//! new, and the live directories changed are fsynced in batches
+//! ([`Merger::settle`]; never a syncfs of the root, which would wait for
+//! every other writer).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -264,6 +267,8 @@ pub fn merge(
         linked: Default::default(),
         copied: Default::default(),
         dirs: None,
+        to_sync: BTreeSet::new(),
+        applied_uppers: Vec::new(),
     };
     for (idx, name) in layout.layers.iter().enumerate() {
         m.dirs = changed_dirs(run, idx + 1)?;
@@ -277,10 +282,11 @@ pub fn merge(
                 .with_context(|| format!("merge of {name} onto {}", live.display()))?;
         }
     }
-    // Every live change is durable already: each directory is synced
-    // once its entries are placed, each directory whose attributes
-    // changed is synced itself — never a syncfs of the root's
-    // filesystems, which waits for whatever else writes there.
+    // Every live change made durable before the marker goes: each
+    // directory changed is synced — never a syncfs of the root's
+    // filesystems, which waits for whatever else writes there. A crash
+    // before this leaves the marker: the merge is finished or rolled back.
+    m.settle()?;
     let merged = m.merged;
     fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
     sync_dir(state_dir)?;
@@ -300,6 +306,49 @@ struct Merger<'a> {
     /// The directories whose attributes the layer being merged changed
     /// ([`changed_dirs`]); `None`: all of its directories.
     dirs: Option<std::collections::HashSet<String>>,
+    /// Live directories changed since the last [`Merger::settle`]
+    /// (entries placed or removed, made, attributes set): fsynced once
+    /// each — one journal commit for all of them instead of one per
+    /// directory.
+    to_sync: BTreeSet<PathBuf>,
+    /// Upper entries applied across filesystems (copied, or a whiteout
+    /// applied), removed only once the live directories are synced: a
+    /// crash before leaves them in the upper, and a resumed merge applies
+    /// them again (which changes nothing where they were placed). In
+    /// order: a directory after its entries.
+    applied_uppers: Vec<PathBuf>,
+}
+
+/// Upper entries held for removal before the live directories are synced
+/// and they are removed ([`Merger::settle`]): bounds the merge's memory.
+const SETTLE_EVERY: usize = 4096;
+
+impl Merger<'_> {
+    /// Makes every live change so far durable (each changed directory
+    /// fsynced), then removes the upper entries it applied.
+    fn settle(&mut self) -> Result<()> {
+        for dir in std::mem::take(&mut self.to_sync) {
+            sync_dir(&dir)?;
+        }
+        for u in std::mem::take(&mut self.applied_uppers) {
+            let gone = match fs::symlink_metadata(&u) {
+                Ok(m) if m.is_dir() => fs::remove_dir(&u),
+                Ok(_) => fs::remove_file(&u),
+                Err(_) => Ok(()),
+            };
+            gone.with_context(|| format!("cannot remove merged {}", u.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Upper entry `u` was applied: removed at the next settle.
+    fn applied_upper(&mut self, u: &Path) -> Result<()> {
+        self.applied_uppers.push(u.to_path_buf());
+        if self.applied_uppers.len() >= SETTLE_EVERY {
+            self.settle()?;
+        }
+        Ok(())
+    }
 }
 
 /// The run dir's record of the directories each layer made or changed
@@ -403,7 +452,7 @@ impl Merger<'_> {
             self.dir_attrs(upper, live, shown)?;
         }
         if touched || made {
-            sync_dir(live)?;
+            self.to_sync.insert(live.to_path_buf());
         }
         Ok(())
     }
@@ -435,9 +484,12 @@ impl Merger<'_> {
                     Err(_) => {}
                 }
             }
-            fs::remove_file(u)?;
             if seq.is_some() {
+                self.to_sync.insert(l.parent().unwrap_or(l).to_path_buf());
+                self.applied_upper(u)?;
                 self.applied(shown)?;
+            } else {
+                fs::remove_file(u)?;
             }
             return Ok(seq.is_some());
         }
@@ -487,7 +539,8 @@ impl Merger<'_> {
         // A directory made here is synced whether or not anything is
         // placed in it (its own mode, owner and xattrs).
         self.merge_dir(u, l, shown, false, created)?;
-        fs::remove_dir(u).with_context(|| format!("cannot remove merged {}", u.display()))?;
+        // Removed once its entries are (they may still wait for a settle).
+        self.applied_upper(u)?;
         Ok(created)
     }
 
@@ -522,7 +575,7 @@ impl Merger<'_> {
             xattrs: lx,
         })?;
         copy_attrs(u, l, &um)?;
-        sync_dir(l)?;
+        self.to_sync.insert(l.to_path_buf());
         self.applied(shown)
     }
 
@@ -624,7 +677,8 @@ impl Merger<'_> {
     /// Moves upper entry `u` to live path `l`: one rename on the same
     /// filesystem (a hard link stays one, its names share the inode);
     /// else a copy beside `l` (or a link to where another name of the same
-    /// upper inode was placed), fsync, rename, then `u` is removed. A
+    /// upper inode was placed), fsync, rename; `u` is removed at the next
+    /// settle ([`Merger::settle`]), once the live directory is synced. A
     /// failed copy leaves no temporary behind.
     fn place(&mut self, u: &Path, l: &Path, um: &fs::Metadata) -> Result<()> {
         if let Ok(m) = fs::symlink_metadata(l) {
@@ -641,8 +695,7 @@ impl Merger<'_> {
                     self.copied.remove(u);
                     fs::rename(&tmp, l)
                         .with_context(|| format!("cannot move {} into place", l.display()))?;
-                    fs::remove_file(u)?;
-                    return Ok(());
+                    return self.applied_upper(u);
                 }
                 let _ = fs::remove_file(&tmp);
                 let key = (um.dev(), um.ino());
@@ -667,8 +720,7 @@ impl Merger<'_> {
                 if um.is_file() && um.nlink() > 1 && first.is_none() {
                     self.linked.insert(key, l.to_path_buf());
                 }
-                fs::remove_file(u)?;
-                Ok(())
+                self.applied_upper(u)
             }
             Err(e) => {
                 Err(e).with_context(|| format!("cannot move {} to {}", u.display(), l.display()))
