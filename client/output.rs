@@ -212,6 +212,9 @@ pub struct Console<'r> {
     first: Vec<crate::report::Change>,
     /// Past `diff_limit`: the roll-up, and the `/etc` paths printed.
     rolling: Option<(Rolling, usize)>,
+    /// `--quiet` in a dance: the module, named on each line (its
+    /// `Processing` line is not printed).
+    module: Option<String>,
 }
 
 impl<'r> Console<'r> {
@@ -220,13 +223,31 @@ impl<'r> Console<'r> {
             r,
             first: Vec::new(),
             rolling: None,
+            module: None,
+        }
+    }
+
+    /// The console of a module's changes in a dance: with `--quiet`, each
+    /// line starts with `MODULE: `, since no `Processing MODULE` line says
+    /// whose they are.
+    pub fn of_module(r: &'r RollUp, module: &str) -> Console<'r> {
+        Console {
+            module: r.quiet.then(|| module.to_string()),
+            ..Console::new(r)
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.module {
+            Some(m) => say(&format!("{m}: {line}"), self.r.to_stdout),
+            None => say(line, self.r.to_stdout),
         }
     }
 
     fn full(&self, c: &crate::report::Change) {
         if self.r.quiet {
             // The line alone, saying what its diff would have shown.
-            say(&quiet_change_line(c), self.r.to_stdout);
+            self.say(&quiet_change_line(c));
         } else {
             change(c, self.r.to_stdout);
         }
@@ -269,7 +290,7 @@ impl<'r> Console<'r> {
                 for g in &rolling.groups {
                     match &g.single {
                         Some(c) if g.changes == 1 => self.full(c),
-                        _ => say(&g.summary().line(), self.r.to_stdout),
+                        _ => self.say(&g.summary().line()),
                     }
                 }
             }

@@ -253,8 +253,8 @@ fn quiet_on_a_converged_node_prints_nothing() {
         .args(["dance", "--quiet"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("File: /etc/app.conf : Created"),
-        "changes are printed: {err}"
+        err.contains("info: m: File: /etc/app.conf : Created"),
+        "changes are printed, each naming its module: {err}"
     );
     // On the stream it wrote to, as without --quiet.
     assert!(
@@ -541,11 +541,11 @@ fn quiet_change_lines_say_the_content_changed() {
     let (code, _, err) = noop(&f, &r, &["--quiet"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("info: File: /etc/secret.conf : Modified : type=[regular file] mode=[0600] owner=[root:root] content changed\n"),
+        err.contains("info: m: File: /etc/secret.conf : Modified : type=[regular file] mode=[0600] owner=[root:root] content changed\n"),
         "{err}"
     );
     assert!(
-        err.contains("info: File: /etc/open.conf : Modified : "),
+        err.contains("info: m: File: /etc/open.conf : Modified : "),
         "{err}"
     );
     assert!(

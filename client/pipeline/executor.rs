@@ -457,7 +457,7 @@ impl Run<'_, '_> {
             })
             .with_context(|| format!("{module}: cannot compute its changes"))?;
         let roll = self.config.roll_up(self.opts.quiet, false);
-        let mut console = output::Console::new(&roll);
+        let mut console = output::Console::of_module(&roll, module.as_str());
         let state_dir = (self.sandbox.state_in_root.as_ref()).map(|rel| Path::new("/").join(rel));
         let mut out = Diffed {
             touches: None,
