@@ -147,6 +147,13 @@ pub struct Differ<'a> {
     /// A module beside this one, which did not see this layer, may have
     /// changed the same file's attributes or content below it.
     pub prune: bool,
+    /// Paths a later module overrides ([`crate::graph::Overrides`]): not
+    /// a change of this layer (and kept in it: its requirers see them).
+    pub hidden: Option<&'a std::collections::HashSet<String>>,
+    /// Paths this layer installs over a module of its closure: diffed
+    /// against ROOT, not the overridden version below, and never pruned
+    /// (the version below is not what a requirer must see).
+    pub from_root: Option<&'a std::collections::HashSet<String>>,
 }
 
 /// What a layer holds at a path.
@@ -239,12 +246,21 @@ impl Differ<'_> {
         let path = upper.join(rel);
         let meta = fs::symlink_metadata(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
+        let abs = self.abs(k, rel);
+        let listed = |set: Option<&std::collections::HashSet<String>>| {
+            !meta.is_dir() && set.is_some_and(|s| s.contains(&abs))
+        };
+        if listed(self.hidden) {
+            return Ok((None, None));
+        }
+        let from_root = listed(self.from_root);
         let lower = if no_lower {
             None
+        } else if from_root {
+            root_lookup(&self.root.join(&self.mounts[k].rel), rel)
         } else {
             self.lower(layer, k, rel)
         };
-        let abs = self.abs(k, rel);
 
         if is_whiteout(&meta) {
             let Some(l) = lower else {
@@ -290,7 +306,7 @@ impl Differ<'_> {
             Some(l) => {
                 let (change, replaced) = self.against_lower(&path, &meta, l, abs, new)?;
                 children_without_lower |= replaced;
-                if change.is_none() && !meta.is_dir() {
+                if change.is_none() && !meta.is_dir() && !from_root {
                     self.pruned(&path)?;
                 }
                 change

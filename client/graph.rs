@@ -9,7 +9,7 @@
 //! named by their position in the plan's stable order (0-based here;
 //! layer numbers are that plus one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 
@@ -279,6 +279,98 @@ impl Conflicts {
     }
 }
 
+/// The paths a module's `files/` and `templates/` install (not their
+/// directories, which modules share), sorted: what two unordered modules
+/// of one plan may not both write (the dance's conflict rule, seen
+/// before any dance), and what a later module overrides ([`Overrides`]).
+pub fn installed_paths(tree: &ServerTree, m: &Name) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(Some(dir)) = tree.module_dir(m) else {
+        return out;
+    };
+    for sub in ["files", "templates"] {
+        let base = dir.join(sub);
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&base) {
+                    out.push(format!("/{}", rel.display()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Paths one module installs (`files/`, `templates/`) over the same path
+/// installed by a module it requires: an override, which the dance
+/// resolves as the later module's alone, so that it converges. The
+/// earlier module's version is still in its layer, for what it and the
+/// modules that require it (but not the later one) see, but it is neither
+/// reported nor merged (`hidden`); the later module's version is diffed
+/// against the root, not against the earlier version below it
+/// (`from_root`). Without this, both would report a change every dance
+/// (A over B, then B over A) and the merge would write the file twice.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Per module (plan order): paths a module requiring it installs too.
+    pub hidden: Vec<HashSet<String>>,
+    /// Per module: paths it installs over a module of its closure.
+    pub from_root: Vec<HashSet<String>>,
+}
+
+impl Overrides {
+    /// The overrides among `installed` (each module's
+    /// [`installed_paths`], plan order) under `graph`.
+    pub fn of(graph: &Graph, installed: &[Vec<String>]) -> Overrides {
+        let n = installed.len();
+        let mut o = Overrides {
+            hidden: vec![HashSet::new(); n],
+            from_root: vec![HashSet::new(); n],
+        };
+        let mut by_path: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, paths) in installed.iter().enumerate() {
+            for p in paths {
+                by_path.entry(p.as_str()).or_default().push(i);
+            }
+        }
+        for (p, ms) in by_path.into_iter().filter(|(_, ms)| ms.len() > 1) {
+            for (x, &later) in ms.iter().enumerate() {
+                for &earlier in &ms[..x] {
+                    if graph.requires(later, earlier) {
+                        o.hidden[earlier].insert(p.to_string());
+                        o.from_root[later].insert(p.to_string());
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    /// The overrides of the plan `order` in `tree`.
+    pub fn of_tree(tree: &ServerTree, order: &[Name], graph: &Graph) -> Overrides {
+        let installed: Vec<Vec<String>> = order.iter().map(|m| installed_paths(tree, m)).collect();
+        Overrides::of(graph, &installed)
+    }
+
+    /// Paths module `i` installs that a later module overrides.
+    pub fn hidden(&self, i: usize) -> Option<&HashSet<String>> {
+        self.hidden.get(i).filter(|h| !h.is_empty())
+    }
+
+    /// Paths module `i` installs over a module it requires.
+    pub fn from_root(&self, i: usize) -> Option<&HashSet<String>> {
+        self.from_root.get(i).filter(|h| !h.is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +378,18 @@ mod tests {
     /// a; b after a; c after a; d after b and c; e alone.
     fn diamond() -> Graph {
         Graph::from_direct(vec![vec![], vec![0], vec![0], vec![1, 2], vec![]])
+    }
+
+    #[test]
+    fn an_override_hides_the_earlier_version_only_for_a_module_that_requires_it() {
+        // 0 <- 1 <- 2, and 3 alone: 0, 2 and 3 install /etc/x.
+        let g = Graph::from_direct(vec![vec![], vec![0], vec![1], vec![]]);
+        let x = || vec!["/etc/x".to_string()];
+        let o = Overrides::of(&g, &[x(), vec![], x(), x()]);
+        assert!(o.hidden(0).unwrap().contains("/etc/x"));
+        assert!(o.from_root(2).unwrap().contains("/etc/x"));
+        // 3 is unordered with both: a conflict, not an override.
+        assert!(o.hidden(2).is_none() && o.from_root(3).is_none() && o.hidden(1).is_none());
     }
 
     #[test]

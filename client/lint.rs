@@ -757,36 +757,6 @@ fn check_node(
     }
 }
 
-/// The paths a module's `files/` and `templates/` install (not their
-/// directories, which modules share), sorted: what two unordered modules
-/// of one plan may not both write (the dance's conflict rule, seen
-/// before any dance).
-fn installed_paths(tree: &ServerTree, m: &Name) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(Some(dir)) = tree.module_dir(m) else {
-        return out;
-    };
-    for sub in ["files", "templates"] {
-        let base = dir.join(sub);
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let path = e.path();
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(path);
-                } else if let Ok(rel) = path.strip_prefix(&base) {
-                    out.push(format!("/{}", rel.display()));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The first two modules of `order` that do not require each other and
 /// install the same path from `files/` or `templates/`: the conflict the
 /// dance would fail with, said at lint (each module's paths read once,
@@ -800,7 +770,7 @@ fn static_conflict(
     let mut owner: HashMap<&str, usize> = HashMap::new();
     for m in order {
         if !targets.contains_key(m) {
-            targets.insert(m.clone(), installed_paths(tree, m));
+            targets.insert(m.clone(), crate::graph::installed_paths(tree, m));
         }
     }
     let mut found: Option<crate::graph::Conflict> = None;

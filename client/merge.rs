@@ -246,6 +246,57 @@ pub fn diff_covers(run: &RunDir, layout: &Layout) -> bool {
     true
 }
 
+/// Before a merge: takes out of layer `layer` (1-based) of `run` what an
+/// override leaves to another layer ([`crate::graph::Overrides`]): every
+/// `hidden` path (a later module installs it; never reported here), and
+/// every `from_root` path whose version already equals the root's (no
+/// change; kept until now for the modules that stacked this layer).
+pub fn drop_overridden(
+    run: &RunDir,
+    layout: &Layout,
+    layer: usize,
+    hidden: Option<&std::collections::HashSet<String>>,
+    from_root: Option<&std::collections::HashSet<String>>,
+) -> Result<()> {
+    let upper_of = |abs: &str| -> Option<(PathBuf, PathBuf)> {
+        let rel = Path::new(abs.trim_start_matches('/'));
+        // The deepest mount holding the path.
+        let (k, m) = layout
+            .mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| rel.starts_with(&m.rel))
+            .max_by_key(|(_, m)| m.rel.components().count())?;
+        let inner = rel.strip_prefix(&m.rel).ok()?;
+        Some((
+            run.upper(layer, k).join(inner),
+            layout.root.join(&m.rel).join(inner),
+        ))
+    };
+    let remove = |u: &Path| -> Result<()> {
+        fs::remove_file(u).with_context(|| format!("cannot remove {}", u.display()))
+    };
+    for abs in hidden.into_iter().flatten() {
+        if let Some((u, _)) = upper_of(abs) {
+            if fs::symlink_metadata(&u).is_ok_and(|m| !m.is_dir()) {
+                remove(&u)?;
+            }
+        }
+    }
+    for abs in from_root.into_iter().flatten() {
+        let Some((u, l)) = upper_of(abs) else {
+            continue;
+        };
+        let (Ok(um), Ok(lm)) = (fs::symlink_metadata(&u), fs::symlink_metadata(&l)) else {
+            continue;
+        };
+        if !um.is_dir() && !is_whiteout(&um) && same_entry(&u, &um, &l, &lm)? {
+            remove(&u)?;
+        }
+    }
+    Ok(())
+}
+
 /// Merges every layer of `run` onto its root. Called for a fresh merge and
 /// to finish an interrupted one (the uppers hold exactly the remaining work).
 pub fn merge(

@@ -354,6 +354,8 @@ struct Planned {
     timeouts: std::collections::BTreeMap<Name, u64>,
     /// What each planned module requires.
     graph: crate::graph::Graph,
+    /// The paths a module installs over one it requires.
+    overrides: crate::graph::Overrides,
     step: Step,
 }
 
@@ -382,12 +384,14 @@ fn plan_stage((fetched, _): &(Fetched, Step), root: &Path, node_key: &Path) -> R
         attributes.insert(m.clone(), load_attributes(&dir, m)?);
     }
     let graph = crate::graph::Graph::of(&tree, &fetched.plan.order)?;
+    let overrides = crate::graph::Overrides::of_tree(&tree, &fetched.plan.order, &graph);
     Ok(Planned {
         tree,
         params,
         attributes,
         timeouts,
         graph,
+        overrides,
         step: meter.step("plan"),
     })
 }
@@ -518,6 +522,8 @@ struct Run<'a, 'r> {
     lost: Vec<String>,
     /// The plan's requirements.
     graph: &'a crate::graph::Graph,
+    /// The plan's overrides.
+    overrides: &'a crate::graph::Overrides,
     /// Where each planned module is (by position in the plan).
     status: Vec<executor::Status>,
     /// Each module's report and actions once it ended, in the plan's order.
@@ -637,6 +643,7 @@ impl<'a, 'r> Run<'a, 'r> {
             expected_paths: Default::default(),
             lost: Vec::new(),
             graph: &planned.graph,
+            overrides: &planned.overrides,
             status: vec![executor::Status::Waiting; n],
             slots: vec![None; n],
             action_slots: vec![None; n],
@@ -1046,6 +1053,13 @@ impl<'a, 'r> Run<'a, 'r> {
             mounts: self.sandbox.mounts.clone(),
         };
         let meter = report::Meter::start();
+        for layer in 1..=layout.layers.len() {
+            let i = layer - 1;
+            let (hidden, from_root) = (self.overrides.hidden(i), self.overrides.from_root(i));
+            if hidden.is_some() || from_root.is_some() {
+                merge::drop_overridden(&self.sandbox.run, &layout, layer, hidden, from_root)?;
+            }
+        }
         let unchanged =
             self.report.change_count() == 0 && merge::diff_covers(&self.sandbox.run, &layout);
         let (merged, took) = if unchanged {

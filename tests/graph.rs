@@ -520,20 +520,72 @@ fn replacing_a_directory_another_module_changes_under_is_a_conflict() {
 
 /// Ordering the two (`after alpha` in beta's requires) ends the conflict:
 /// the dance succeeds and the later module's content wins.
+///
+/// An override converges: the earlier module's version of the path is
+/// neither reported nor merged, the later one's is diffed against the
+/// root, so the next dance changes nothing (before, both reported a
+/// change every dance and the merge wrote the file twice). A module that
+/// requires only the earlier one still sees its version.
 #[test]
 fn ordering_the_two_ends_the_conflict_and_the_later_wins() {
     let f = Fixture::new();
     two_writers(&f);
     f.module("beta", "after alpha\n");
+    f.module("gamma", "after alpha\n");
+    f.module_file(
+        "gamma",
+        "scripts/10-g",
+        "echo g > /etc/gamma\ncat /etc/shared.conf > /etc/gamma-saw\n",
+        0o755,
+    );
     let r = FixtureRoot::new(f.dir.path());
     let before = snapshot_no_mtimes(&r.path);
     let (code, out, err) = dance(&f, &f.state(), &r.path, true, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(snapshot_no_mtimes(&r.path), before);
+    let changed = |report: &Value, m: &str| -> Vec<String> {
+        report["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == m)
+            .unwrap()["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["kind"].as_str().unwrap(),
+                    c["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let noop = last_report(&f.state());
+    assert!(changed(&noop, "alpha").is_empty(), "{noop:#}");
+    assert_eq!(changed(&noop, "beta"), ["Created /etc/shared.conf"]);
     let (code, out, err) = dance(&f, &f.state(), &r.path, false, &[]);
     assert_eq!(code, 0, "{out}{err}");
+    let live = last_report(&f.state());
+    for m in ["alpha", "beta", "gamma"] {
+        assert_eq!(
+            changed(&live, m),
+            changed(&noop, m),
+            "the noop said what {m} did live"
+        );
+    }
     assert_eq!(r.read("etc/shared.conf").as_deref(), Some("from beta\n"));
     assert_eq!(r.read("etc/gamma").as_deref(), Some("g\n"));
+    assert_eq!(r.read("etc/gamma-saw").as_deref(), Some("from alpha\n"));
+    // Converged: the next dances, noop and live, change nothing.
+    for noop in [true, false] {
+        let (code, out, err) = dance(&f, &f.state(), &r.path, noop, &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let report = last_report(&f.state());
+        assert_eq!(report["status"], "ok", "noop {noop}: {report:#}");
+    }
+    assert_eq!(r.read("etc/shared.conf").as_deref(), Some("from beta\n"));
 }
 
 /// Two unordered modules making the same directory with the same

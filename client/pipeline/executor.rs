@@ -439,7 +439,9 @@ impl Run<'_, '_> {
         // Owners by name as the root stands after this module.
         let owners = Owners::at_layer(&self.sandbox.run, &self.sandbox.root, layer, &lowers);
         let sandbox = self.sandbox;
-        let differ = sandbox.differ(&owners, &lowers, true);
+        let mut differ = sandbox.differ(&owners, &lowers, true);
+        differ.hidden = self.overrides.hidden(job.idx);
+        differ.from_root = self.overrides.from_root(job.idx);
         let masked = |mut c: Change| {
             if let Some(d) = &c.diff {
                 c.diff = Some(crate::masks::text(d));

@@ -397,6 +397,8 @@ impl Sandbox {
             owners,
             lowers,
             prune,
+            hidden: None,
+            from_root: None,
         }
     }
 
