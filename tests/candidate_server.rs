@@ -481,3 +481,26 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         ),
     );
 }
+
+#[test]
+fn promote_as_root_gives_pinned_to_the_served_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let s = server();
+    s.published(&[]);
+    s.published(&["--candidate"]);
+    let (uid, gid) = common::nobody_ids();
+    let st = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(&s.served)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, _, err) = s.disco(&["promote", "--group", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let pinned = fs::metadata(s.served.join("pinned")).unwrap();
+    assert_eq!(
+        (pinned.uid(), pinned.gid(), pinned.mode() & 0o7777),
+        (uid, gid, 0o700),
+        "disco serve runs as the owner and must read the pins"
+    );
+}

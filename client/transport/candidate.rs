@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -95,12 +95,14 @@ pub fn read_link(root: &Path, rel: &str) -> Result<Option<Linked>> {
 }
 
 /// The link a session of `node` runs as its current: `pinned/NODE` when
-/// the node is pinned, else `current`.
-pub fn node_link(root: &Path, node: &Name) -> String {
+/// the node is pinned, else `current`. A pin that cannot be looked at
+/// (`pinned/` unreadable) is an error, never a silent `current`.
+pub fn node_link(root: &Path, node: &Name) -> Result<String> {
     let pin = format!("{PINNED}/{node}");
     match fs::symlink_metadata(root.join(&pin)) {
-        Ok(_) => pin,
-        Err(_) => CURRENT.into(),
+        Ok(_) => Ok(pin),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(CURRENT.into()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", root.join(&pin).display())),
     }
 }
 
@@ -350,6 +352,8 @@ fn members(tree: &ServerTree, nodes: &[Name], groups: &[Name], id: &str) -> Resu
 }
 
 /// Pins each of `nodes` to snapshot `id` (`pinned/NODE`, one rename each).
+/// `pinned/` is 0700 and, run as root, the served directory's owner's
+/// (the user `disco serve` runs as must read it).
 fn pin(root: &Path, nodes: &[Name], id: &str) -> Result<()> {
     let dir = root.join(PINNED);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -357,6 +361,19 @@ fn pin(root: &Path, nodes: &[Name], id: &str) -> Result<()> {
             return Err(e).with_context(|| format!("cannot create {}", dir.display()))
         }
         _ => {}
+    }
+    let owner = fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let have =
+        fs::symlink_metadata(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if (have.uid(), have.gid()) != (owner.uid(), owner.gid()) {
+        std::os::unix::fs::lchown(&dir, Some(owner.uid()), Some(owner.gid())).with_context(
+            || {
+                format!(
+                    "cannot give {} to the served directory's owner",
+                    dir.display()
+                )
+            },
+        )?;
     }
     for n in nodes {
         let rel = format!("{PINNED}/{n}");

@@ -95,7 +95,7 @@ fn choose(root: &Path, node: &Name, want_candidate: bool, start: Snapshot) -> Re
     if want_candidate {
         return resolve_link(root, candidate::CANDIDATE);
     }
-    let link = candidate::node_link(root, node);
+    let link = candidate::node_link(root, node)?;
     let mut snapshot = match link == candidate::CURRENT {
         true => start,
         false => resolve_link(root, &link)?,
