@@ -203,7 +203,10 @@ pub enum Command {
     /// With --node, only that node's parameters (and groups) and the modules
     /// of its plan are served; anything else is refused and logged to
     /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
-    /// published tree (DIR/current) is resolved once per session. A
+    /// published tree (DIR/current, or the node's pin DIR/pinned/NODE
+    /// after a canary `disco promote`) is resolved once per session; the
+    /// node is told of a candidate (DIR/candidate) it does not run, and
+    /// gets it when it asks (its preview). A
     /// session's memory is bounded (docs/fleet.md); with --node, at most 4
     /// sessions of the node at once (locks in DIR/sessions/NODE/), the
     /// others refused: "too many sessions of node web1 (4)". A session silent for
@@ -213,9 +216,38 @@ pub enum Command {
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)
     ///
-    /// Example (what the shipped git pre-receive hook runs): disco publish
-    /// /srv/disco-src --root /srv/disco
+    /// With --candidate, DIR/candidate points at the new snapshot instead
+    /// and current is left alone: every node keeps running current, nodes
+    /// with preview = true also dry-run the candidate and upload what it
+    /// would do (`disco report --fleet --candidate`), and `disco promote`
+    /// makes it current for some nodes or all. Snapshots that current,
+    /// the candidate or a pin names are never pruned.
+    ///
+    /// Examples: disco publish /srv/disco-src --root /srv/disco (what the
+    /// shipped git pre-receive hook runs);
+    /// disco publish ./checkout --root /srv/disco --candidate;
+    /// disco publish --drop-candidate --root /srv/disco
     Publish(PublishArgs),
+    /// Make the candidate current: for every node, or (a canary) for the
+    /// nodes of --group G or --nodes N… only (use with --root DIR)
+    ///
+    /// Without --group or --nodes, DIR/candidate is renamed over
+    /// DIR/current (one rename: every session from then on gets it) and
+    /// every pin is removed: all nodes run the candidate at their next
+    /// dance. With --group G (repeatable: the nodes of the candidate whose
+    /// groups include G, directly or through another group) or --nodes
+    /// N…, each such node gets a pin DIR/pinned/NODE to the candidate, its
+    /// own current; the others keep the old current until a full promote
+    /// (`disco publish --drop-candidate` returns the pinned nodes to it).
+    /// Running it again changes nothing more. Prints each node and the
+    /// snapshot it now runs (`pinned` for a canary). Refused in one line:
+    /// no candidate, a group with no node, a node the candidate does not
+    /// have. On several servers, run it on each (docs/fleet.md).
+    ///
+    /// Examples: disco promote --root /srv/disco --group canary;
+    /// disco promote --root /srv/disco --nodes web1 web2;
+    /// disco promote --root /srv/disco
+    Promote(PromoteArgs),
     /// Timings, memory and I/O of every step of the last dance
     ///
     /// Prints each step as `report: MODULE: STEP` with time_real/user/sys,
@@ -763,7 +795,18 @@ pub struct PublishArgs {
     #[arg(long)]
     pub noop: bool,
     /// The server tree to publish (holds parameters/ and modules/)
-    pub src: PathBuf,
+    #[arg(required_unless_present = "drop_candidate")]
+    pub src: Option<PathBuf>,
+    /// Publish SRC as the candidate (DIR/candidate) instead of current:
+    /// nodes with preview = true dry-run it and upload what it would do;
+    /// none runs it until `disco promote`. Replaces an older candidate
+    #[arg(long)]
+    pub candidate: bool,
+    /// Remove DIR/candidate (nodes stop previewing it) and the pins of a
+    /// canary promotion to it (those nodes run current again); current is
+    /// untouched
+    #[arg(long, conflicts_with_all = ["src", "candidate"])]
+    pub drop_candidate: bool,
     /// How many snapshots to keep (one still being served is never removed)
     #[arg(long, default_value_t = 5)]
     pub keep: usize,
@@ -772,6 +815,23 @@ pub struct PublishArgs {
     /// refused: a pushed link never leads disco out of the tree
     #[arg(long = "allow-link-to", value_name = "DIR")]
     pub allow_link_to: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The served directory: holds current, candidate and snapshots/
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Promote for the nodes of this group only (a canary); repeat for
+    /// more groups
+    #[arg(long = "group", value_name = "G", conflicts_with = "nodes")]
+    pub groups: Vec<String>,
+    /// Promote for these nodes only (a canary)
+    #[arg(long, value_name = "NODE", num_args = 1..)]
+    pub nodes: Vec<String>,
+    /// Say which nodes would move to which snapshot; change nothing
+    #[arg(long)]
+    pub noop: bool,
 }
 
 #[derive(Debug, Args)]
@@ -835,6 +895,10 @@ impl Command {
                 g.node = a.node.clone();
             }
             Command::Publish(a) => {
+                g.root = a.root.clone();
+                g.noop = a.noop;
+            }
+            Command::Promote(a) => {
                 g.root = a.root.clone();
                 g.noop = a.noop;
             }

@@ -195,6 +195,7 @@ impl Session {
                 version: VERSION,
                 node: node.to_string(),
                 max_file_size: s.max_file_size,
+                candidate: false,
             },
             &[],
         );

@@ -51,19 +51,28 @@ pub struct Listing {
 pub enum Msg {
     /// Client → server: first frame. `max_file_size`: the largest file
     /// the node accepts; the server never reads a bigger one (absent in a
-    /// version-1 hello, which is refused for its version).
+    /// version-1 hello, which is refused for its version). `candidate`:
+    /// serve the candidate snapshot instead of the node's current (refused
+    /// when the server has none); absent from an older client: false.
     Hello {
         version: u32,
         node: String,
         #[serde(default)]
         max_file_size: u64,
+        #[serde(default)]
+        candidate: bool,
     },
-    /// Server → client: the snapshot this session serves and its root hash.
+    /// Server → client: the snapshot this session serves and its root
+    /// hash. `candidate`: in a session serving the node's current, the
+    /// candidate's snapshot id when there is one and it is not what the
+    /// node runs (else absent: an older client ignores it).
     Welcome {
         version: u32,
         node: String,
         snapshot: String,
         root: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        candidate: Option<String>,
     },
     /// Client → server: list these directories (relative paths, "" = root).
     List {
