@@ -12,7 +12,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1153,9 +1153,26 @@ fn temp_name(target: &Path) -> PathBuf {
 
 /// Copies module file `src` (`len` bytes) to `target` with `mode`, owned
 /// root:root, streamed and hole-aware through a temporary file and a
-/// rename — unless the target already is exactly that.
+/// rename — unless the target already is exactly that. A target not there
+/// yet is written in place (no temporary, no rename: a copy that fails
+/// fails the module, whose layer is then never merged).
 fn copy_if_changed(src: &Path, target: &Path, len: u64, want: Wanted) -> Result<()> {
-    if let Ok(m) = fs::symlink_metadata(target) {
+    let existing = fs::symlink_metadata(target);
+    if existing.is_err() {
+        let written = (|| -> io::Result<()> {
+            let from = fs::File::open(src)?;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(target)?;
+            crate::fsutil::copy_sparse(&from, &f, len)?;
+            std::os::unix::fs::fchown(&f, Some(want.uid), Some(want.gid))?;
+            f.set_permissions(fs::Permissions::from_mode(want.mode))
+        })();
+        return written.with_context(|| format!("cannot write {}", target.display()));
+    }
+    if let Ok(m) = existing {
         if m.is_file()
             && m.mode() & 0o7777 == want.mode
             && m.uid() == want.uid
