@@ -1,0 +1,632 @@
+//! The trigger spool `STATE/trigger/` (DESIGN §3, "Dancing now"): how a
+//! request to dance now is dropped (`disco trigger`), claimed by the dance
+//! that serves it, and replaced by its status.
+//!
+//! Owns the spool directory (0700, root's; a symlink or a directory of
+//! anyone else refused), every file in it and their life:
+//! `NAME.request` → `NAME.running` (claimed by a dance of the request's
+//! mode, the run id written in) → `NAME.ok` / `NAME.changed` /
+//! `NAME.failed` (the run id, the exit code, the error). Every file is
+//! opened through the directory's descriptor with `O_NOFOLLOW` (a link
+//! planted there is removed, never followed), written whole beside its
+//! name and renamed into place, so a reader never sees half of one. At
+//! most [`MAX_PENDING`] requests wait; [`KEPT_STATUSES`] ended ones are
+//! kept. Running dances, inotify and signals are not here: the dance
+//! claims and ends its requests in [`crate::pipeline`], `disco watch`
+//! (`client/commands/watch.rs`) starts dances.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags};
+use nix::sys::stat::Mode as Perm;
+use nix::unistd::UnlinkatFlags;
+
+use crate::output;
+
+/// The spool's name in the state dir.
+pub const SPOOL: &str = "trigger";
+/// How many requests may wait at once; one more is refused.
+pub const MAX_PENDING: usize = 64;
+/// How many ended requests' status files are kept (the newest).
+pub const KEPT_STATUSES: usize = 64;
+/// The most a request or status file holds (they hold a few lines).
+const MAX_FILE: u64 = 4096;
+/// The endings of a request's ended status.
+pub const ENDED: [&str; 3] = ["ok", "changed", "failed"];
+
+/// What dance a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Noop,
+}
+
+impl Mode {
+    pub fn of(noop: bool) -> Mode {
+        if noop {
+            Mode::Noop
+        } else {
+            Mode::Live
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Noop => "noop",
+        }
+    }
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "live" => Some(Mode::Live),
+            "noop" => Some(Mode::Noop),
+            _ => None,
+        }
+    }
+}
+
+/// A request waiting in the spool.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Its name without `.request` (`20261206T010203-1234`).
+    pub name: String,
+    pub mode: Mode,
+    /// Its lines as written (`mode=`, `requested=`, …).
+    fields: Vec<(String, String)>,
+}
+
+/// How the dance that claimed a request ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `ok`, `changed` or `failed`.
+    pub status: String,
+    pub exit: i32,
+    pub error: Option<String>,
+}
+
+/// The spool directory, held open: every name in it is resolved through
+/// this descriptor, never through a path that a link could redirect.
+pub struct Spool {
+    dir: fs::File,
+    /// `STATE/trigger`, for messages.
+    pub path: PathBuf,
+}
+
+impl Spool {
+    /// Opens `STATE/trigger`, made (0700) when missing — the state dir too.
+    /// Refused in one line: a symlink, not a directory, not root's.
+    pub fn open(state: &Path) -> Result<Spool> {
+        crate::cron::private_state_dir(state)?;
+        let path = state.join(SPOOL);
+        match nix::unistd::mkdir(&path, Perm::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => bail!("cannot make the trigger spool {}: {e}", path.display()),
+        }
+        Self::open_existing(&path)?
+            .with_context(|| format!("the trigger spool {} vanished", path.display()))
+    }
+
+    /// Opens `STATE/trigger` if it exists (`None` if not), with the same
+    /// refusals as [`Spool::open`].
+    pub fn open_existing(path: &Path) -> Result<Option<Spool>> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::open(path, flags, Perm::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
+                let what = match fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_symlink() => "a symlink",
+                    _ => "not a directory",
+                };
+                bail!(
+                    "the trigger spool {} is {what}: refused (remove it; disco makes it again, 0700)",
+                    path.display()
+                )
+            }
+            Err(e) => bail!("cannot open the trigger spool {}: {e}", path.display()),
+        };
+        // SAFETY: a descriptor we just opened and own.
+        let dir = unsafe { fs::File::from_raw_fd(fd) };
+        let meta = dir
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            bail!(
+                "the trigger spool {} belongs to uid {}, not root: refused (chown root: it, or remove it)",
+                path.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o7777 != 0o700 {
+            dir.set_permissions(fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot chmod 700 {}", path.display()))?;
+        }
+        Ok(Some(Spool {
+            dir,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn fd(&self) -> i32 {
+        self.dir.as_raw_fd()
+    }
+
+    /// Drops a request of `mode`; returns its name (`NAME.request`).
+    /// Refused when [`MAX_PENDING`] already wait.
+    pub fn request(&self, mode: Mode) -> Result<String> {
+        let _held = self.lock()?;
+        let waiting = self.names_ending(".request")?.len();
+        if waiting >= MAX_PENDING {
+            bail!(
+                "{waiting} requests already wait in {} (at most {MAX_PENDING}): not adding one; is a dance running them (disco.path, disco watch)?",
+                self.path.display()
+            );
+        }
+        let stamp: String = now().chars().filter(|c| *c != '-' && *c != ':').collect();
+        let stamp = stamp.trim_end_matches('Z');
+        let base = format!("{stamp}-{}", std::process::id());
+        let body = format!("mode={}\nrequested={}\n", mode.as_str(), now());
+        for n in 0..100 {
+            let name = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            match self.place(
+                &name,
+                "request",
+                body.as_bytes(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok(format!("{name}.request")),
+                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("cannot name a new request in {}", self.path.display())
+    }
+
+    /// An exclusive `flock` on the spool while a request is counted and added.
+    fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>> {
+        let dup = self.dir.try_clone()?;
+        nix::fcntl::Flock::lock(dup, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", self.path.display()))
+    }
+
+    /// Writes `body` as `NAME.ENDING`: a new hidden file (`O_EXCL`,
+    /// `O_NOFOLLOW`, 0600) renamed onto the name with `flags`.
+    fn place(&self, name: &str, ending: &str, body: &[u8], flags: RenameFlags) -> Result<()> {
+        let tmp = format!(".{name}.{ending}.tmp-{}", std::process::id());
+        let _ = nix::unistd::unlinkat(Some(self.fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let oflags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(
+            Some(self.fd()),
+            tmp.as_str(),
+            oflags,
+            Perm::from_bits_truncate(0o600),
+        )
+        .with_context(|| format!("cannot create {}/{tmp}", self.path.display()))?;
+        // SAFETY: a descriptor we just opened and own.
+        let mut f = unsafe { fs::File::from_raw_fd(fd) };
+        let target = format!("{name}.{ending}");
+        let placed = f
+            .write_all(body)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                nix::fcntl::renameat2(
+                    Some(self.fd()),
+                    tmp.as_str(),
+                    Some(self.fd()),
+                    target.as_str(),
+                    flags,
+                )
+                .map_err(anyhow::Error::from)
+            });
+        if placed.is_err() {
+            let _ =
+                nix::unistd::unlinkat(Some(self.fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        placed
+    }
+
+    /// The names in the spool ending in `ending` (without it), sorted:
+    /// oldest first, as names start with their time.
+    fn names_ending(&self, ending: &str) -> Result<Vec<OsString>> {
+        let fd = nix::fcntl::openat(
+            Some(self.fd()),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Perm::empty(),
+        )
+        .with_context(|| format!("cannot read {}", self.path.display()))?;
+        let mut dir = nix::dir::Dir::from_fd(fd)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        let mut names: Vec<OsString> = dir
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                let n = OsStr::from_bytes(e.file_name().to_bytes());
+                let b = n.as_bytes();
+                (!b.starts_with(b".") && b.ends_with(ending.as_bytes()))
+                    .then(|| OsStr::from_bytes(&b[..b.len() - ending.len()]).to_os_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Reads `NAME.ENDING` without following a link: a regular file of
+    /// ours, at most [`MAX_FILE`] bytes, as `key=value` lines.
+    fn read(&self, name: &OsStr, ending: &str) -> Result<Vec<(String, String)>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut file_name = name.to_os_string();
+        file_name.push(ending);
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(Some(self.fd()), file_name.as_os_str(), flags, Perm::empty())
+            .map_err(|e| match e {
+            Errno::ELOOP => "is a symlink (never followed)".to_string(),
+            e => format!("cannot be opened: {e}"),
+        })?;
+        // SAFETY: a descriptor we just opened and own.
+        let f = unsafe { fs::File::from_raw_fd(fd) };
+        let meta = f.metadata().map_err(|e| format!("cannot be read: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "is a {}, not a file",
+                crate::fsutil::kind_name(&meta)
+            ));
+        }
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(format!("is owned by uid {}, not root", meta.uid()));
+        }
+        let mut text = String::new();
+        f.take(MAX_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(format!("is over {MAX_FILE} bytes"));
+        }
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// The requests waiting, oldest first. One that is no request (a
+    /// link, not a regular file, not root's, no mode) is ended `.failed`
+    /// with why, and its entry removed: never followed, never run.
+    pub fn pending(&self) -> Result<Vec<Pending>> {
+        let mut out = Vec::new();
+        for name in self.names_ending(".request")? {
+            let shown = name.to_string_lossy().into_owned();
+            let read = self.read(&name, ".request").and_then(|fields| {
+                let mode = field(&fields, "mode").and_then(Mode::parse);
+                match (mode, name.to_str()) {
+                    (Some(mode), Some(n)) if !n.contains(['\n', '/']) => Ok(Pending {
+                        name: n.to_string(),
+                        mode,
+                        fields,
+                    }),
+                    (None, _) => Err("has no mode=live or mode=noop line".to_string()),
+                    _ => Err("has a name that is not UTF-8".to_string()),
+                }
+            });
+            match read {
+                Ok(p) => out.push(p),
+                Err(why) => self.reject(&name, &shown, &why),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends what is no request: its entry removed (a link itself, never
+    /// what it points to), `NAME.failed` saying why.
+    fn reject(&self, name: &OsStr, shown: &str, why: &str) {
+        let mut entry = name.to_os_string();
+        entry.push(".request");
+        if nix::unistd::unlinkat(
+            Some(self.fd()),
+            entry.as_os_str(),
+            UnlinkatFlags::NoRemoveDir,
+        )
+        .is_err()
+        {
+            // A directory: out of the way under a hidden name, never listed.
+            let mut hidden = OsString::from(".");
+            hidden.push(&entry);
+            hidden.push(".rejected");
+            let _ = nix::fcntl::renameat(
+                Some(self.fd()),
+                entry.as_os_str(),
+                Some(self.fd()),
+                hidden.as_os_str(),
+            );
+        }
+        let line = format!(
+            "{}/{shown}.request {why}: not a request, taken out of the spool",
+            self.path.display()
+        );
+        output::warning(&output::printable(&line));
+        if let Some(n) = name.to_str().filter(|n| !n.contains(['\n', '/'])) {
+            let body = format!(
+                "status=failed\nexit=1\nended={}\nerror={}\n",
+                now(),
+                one_line(&line)
+            );
+            let _ = self.place(n, "failed", body.as_bytes(), RenameFlags::empty());
+        }
+    }
+
+    /// Claims for run `run` every request of `mode`: each renamed
+    /// `NAME.request` → `NAME.running` (one rename: two claimers never
+    /// both get one), then its lines rewritten with `run=`, `pid=`,
+    /// `started=`. A `.running` whose dance is gone is ended first.
+    /// Returns the names claimed.
+    pub fn claim(&self, mode: Mode, run: &str) -> Result<Vec<String>> {
+        self.end_interrupted();
+        let mut claimed = Vec::new();
+        for p in self.pending()?.into_iter().filter(|p| p.mode == mode) {
+            let (from, to) = (format!("{}.request", p.name), format!("{}.running", p.name));
+            match nix::fcntl::renameat2(
+                Some(self.fd()),
+                from.as_str(),
+                Some(self.fd()),
+                to.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {}
+                Err(Errno::ENOENT) => continue, // another claimer took it
+                Err(e) => bail!("cannot claim {}/{from}: {e}", self.path.display()),
+            }
+            let mut body = p.body();
+            body.push_str(&format!(
+                "run={run}\npid={}\nstarted={}\n",
+                std::process::id(),
+                now()
+            ));
+            self.place(&p.name, "running", body.as_bytes(), RenameFlags::empty())?;
+            claimed.push(p.name);
+        }
+        Ok(claimed)
+    }
+
+    /// Ends every request run `run` claimed with `outcome`: `NAME.STATUS`
+    /// written whole, then `NAME.running` removed. Then prunes.
+    pub fn finish(&self, run: &str, outcome: &Outcome) -> Vec<String> {
+        let mut ended = Vec::new();
+        for name in self.names_ending(".running").unwrap_or_default() {
+            let Ok(fields) = self.read(&name, ".running") else {
+                continue;
+            };
+            if field(&fields, "run") != Some(run) {
+                continue;
+            }
+            if let Some(n) = name.to_str() {
+                self.end(n, &fields, outcome);
+                ended.push(n.to_string());
+            }
+        }
+        self.prune();
+        ended
+    }
+
+    /// `NAME.running` (with `fields`) → `NAME.STATUS`.
+    fn end(&self, name: &str, fields: &[(String, String)], outcome: &Outcome) {
+        let mut body: String = fields
+            .iter()
+            .filter(|(k, _)| k != "pid")
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        body.push_str(&format!(
+            "status={}\nexit={}\nended={}\n",
+            outcome.status,
+            outcome.exit,
+            now()
+        ));
+        if let Some(e) = &outcome.error {
+            body.push_str(&format!("error={}\n", one_line(&crate::masks::text(e))));
+        }
+        match self.place(name, &outcome.status, body.as_bytes(), RenameFlags::empty()) {
+            Ok(()) => {
+                let running = format!("{name}.running");
+                let _ = nix::unistd::unlinkat(
+                    Some(self.fd()),
+                    running.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            Err(e) => output::warning(&format!(
+                "cannot end the request {}/{name}: {e:#}",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// Ends `NAME.running` whose dance is gone (killed outright): `.failed`,
+    /// interrupted.
+    pub fn end_interrupted(&self) {
+        for name in self.names_ending(".running").unwrap_or_default() {
+            let (Ok(fields), Some(n)) = (self.read(&name, ".running"), name.to_str()) else {
+                continue;
+            };
+            let pid = field(&fields, "pid").and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                p == std::process::id() as i32
+                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+            });
+            if !alive {
+                let run = field(&fields, "run").unwrap_or("?");
+                let error =
+                    format!("interrupted: the dance (run {run}) ended without finishing (killed?)");
+                self.end(
+                    n,
+                    &fields,
+                    &Outcome {
+                        status: "failed".into(),
+                        exit: 1,
+                        error: Some(error),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends `.failed` each of `names` still waiting after a dance that
+    /// did not claim it (it failed before it could: no server, bad
+    /// config), so a request is never run again and again.
+    pub fn fail_unclaimed(&self, names: &[String], exit: i32, why: &str) {
+        for name in names {
+            let (from, to) = (format!("{name}.request"), format!("{name}.running"));
+            let taken = nix::fcntl::renameat2(
+                Some(self.fd()),
+                from.as_str(),
+                Some(self.fd()),
+                to.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            );
+            if taken.is_err() {
+                continue; // claimed meanwhile, or gone
+            }
+            let fields = self.read(OsStr::new(name), ".running").unwrap_or_default();
+            self.end(
+                name,
+                &fields,
+                &Outcome {
+                    status: "failed".into(),
+                    exit,
+                    error: Some(why.to_string()),
+                },
+            );
+        }
+        self.prune();
+    }
+
+    /// Keeps the newest [`KEPT_STATUSES`] ended requests; removes
+    /// temporary files a killed writer left (an hour old).
+    pub fn prune(&self) {
+        let mut ended: Vec<(OsString, &str)> = ENDED
+            .iter()
+            .flat_map(|e| {
+                let ending = format!(".{e}");
+                self.names_ending(&ending)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |n| (n, *e))
+            })
+            .collect();
+        ended.sort();
+        let excess = ended.len().saturating_sub(KEPT_STATUSES);
+        for (name, e) in ended.into_iter().take(excess) {
+            let mut n = name;
+            n.push(format!(".{e}"));
+            let _ =
+                nix::unistd::unlinkat(Some(self.fd()), n.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        self.remove_stale_temporaries();
+    }
+
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(format!("/proc/self/fd/{}", self.fd())) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let b = n.as_bytes();
+            if !(b.starts_with(b".") && b.windows(5).any(|w| w == b".tmp-")) {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|d| d.as_secs() > 3600);
+            if old {
+                let _ = nix::unistd::unlinkat(
+                    Some(self.fd()),
+                    n.as_os_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+            }
+        }
+    }
+
+    /// Where request `name` stands: `request`, `running`, or its ended
+    /// status with its lines; `None` when none of its files is there.
+    pub fn state_of(&self, name: &str) -> Option<(String, Vec<(String, String)>)> {
+        for ending in ENDED.iter().chain(&["running", "request"]) {
+            if let Ok(fields) = self.read(OsStr::new(name), &format!(".{ending}")) {
+                return Some((ending.to_string(), fields));
+            }
+        }
+        None
+    }
+}
+
+impl Pending {
+    /// Its lines as they were written.
+    fn body(&self) -> String {
+        self.fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+}
+
+/// The value of `key` in `fields`.
+pub fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// At a dance's start (after its locks; not for `--only`): claims the
+/// requests of its mode in `STATE/trigger`, if that spool exists. A
+/// spool that cannot be read warns: requests never stop a dance.
+pub fn claim_for_dance(state: &Path, noop: bool, run: &str) {
+    let claimed = Spool::open_existing(&state.join(SPOOL))
+        .and_then(|s| s.map(|s| s.claim(Mode::of(noop), run)).transpose());
+    match claimed {
+        Ok(Some(names)) if !names.is_empty() => output::info(&format!(
+            "this dance serves {} trigger request(s): {}",
+            names.len(),
+            names.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => output::warning(&format!("{e:#}; its requests wait")),
+    }
+}
+
+/// At a dance's end (its report written): ends the requests run `run`
+/// claimed with the dance's status and exit code.
+pub fn finish_for_dance(state: &Path, report: &crate::report::RunReport, code: i32) {
+    let outcome = Outcome {
+        status: report.status.clone(),
+        exit: code,
+        error: report.error.clone(),
+    };
+    if let Ok(Some(spool)) = Spool::open_existing(&state.join(SPOOL)) {
+        spool.finish(&report.id, &outcome);
+    }
+}
