@@ -5,7 +5,7 @@ use common::{run, Fixture};
 use std::fs;
 
 /// Every subcommand, in the order `disco --help` lists them.
-const SUBCOMMANDS: [&str; 17] = [
+const SUBCOMMANDS: [&str; 19] = [
     "dance",
     "undo",
     "actions",
@@ -19,6 +19,8 @@ const SUBCOMMANDS: [&str; 17] = [
     "param",
     "secret",
     "config",
+    "trigger",
+    "watch",
     "facts",
     "init",
     "completions",

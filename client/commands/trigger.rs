@@ -97,6 +97,10 @@ fn wait_for(
                 return Ok((state, fields))
             }
             Some((state, _)) => {
+                // A dance killed outright never ends its requests: this does.
+                if state == "running" {
+                    spool.end_interrupted();
+                }
                 if state == "request" && !noted && since.elapsed() > UNTAKEN_NOTE {
                     output::info(
                         "no dance has taken the request yet: is disco.path enabled (systemctl enable --now disco.path) or disco watch running?",
