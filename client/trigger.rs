@@ -371,10 +371,10 @@ impl Spool {
     /// Claims for run `run` every request of `mode`: each renamed
     /// `NAME.request` → `NAME.running` (one rename: two claimers never
     /// both get one), then its lines rewritten with `run=`, `pid=`,
-    /// `started=`. A `.running` whose dance is gone is ended first.
-    /// Returns the names claimed.
+    /// `started=`. Called holding the dance lock: a `.running` found then
+    /// is a dead dance's, ended first. Returns the names claimed.
     pub fn claim(&self, mode: Mode, run: &str) -> Result<Vec<String>> {
-        self.end_interrupted();
+        self.end_running();
         let mut claimed = Vec::new();
         for p in self.pending()?.into_iter().filter(|p| p.mode == mode) {
             let (from, to) = (format!("{}.request", p.name), format!("{}.running", p.name));
@@ -453,32 +453,44 @@ impl Spool {
         }
     }
 
-    /// Ends `NAME.running` whose dance is gone (killed outright): `.failed`,
-    /// interrupted.
+    /// Ends `.failed` (interrupted) every `NAME.running` when no dance
+    /// runs: a dance killed outright never ended its requests. "No dance
+    /// runs" is the state dir's dance lock being free (taken and let go
+    /// at once), never a pid: a claim is a rename, then a rewrite.
     pub fn end_interrupted(&self) {
+        let state = self.path.parent().unwrap_or(Path::new("/"));
+        let free = match fs::File::open(crate::cron::lock_path(state)) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(f) => {
+                // SAFETY: flock on a descriptor we own, dropped at once.
+                let got = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                got == 0
+            }
+        };
+        if free {
+            self.end_running();
+        }
+    }
+
+    /// Ends `.failed` (interrupted) every `NAME.running`: called when no
+    /// dance of this spool can be running but the caller's.
+    fn end_running(&self) {
         for name in self.names_ending(".running").unwrap_or_default() {
             let (Ok(fields), Some(n)) = (self.read(&name, ".running"), name.to_str()) else {
                 continue;
             };
-            let pid = field(&fields, "pid").and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| {
-                p == std::process::id() as i32
-                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-            });
-            if !alive {
-                let run = field(&fields, "run").unwrap_or("?");
-                let error =
-                    format!("interrupted: the dance (run {run}) ended without finishing (killed?)");
-                self.end(
-                    n,
-                    &fields,
-                    &Outcome {
-                        status: "failed".into(),
-                        exit: 1,
-                        error: Some(error),
-                    },
-                );
-            }
+            let run = field(&fields, "run").unwrap_or("?");
+            let error =
+                format!("interrupted: the dance (run {run}) ended without finishing (killed?)");
+            self.end(
+                n,
+                &fields,
+                &Outcome {
+                    status: "failed".into(),
+                    exit: 1,
+                    error: Some(error),
+                },
+            );
         }
     }
 

@@ -471,3 +471,69 @@ fn a_spool_that_is_a_symlink_or_not_roots_is_refused() {
         ),
     );
 }
+
+/// Waits until a process holds `marker` (a module's `sleep` runs).
+fn wait_for_process(marker: &str, what: &dyn Fn() -> String) {
+    let started = Instant::now();
+    while release_count_of(marker) == 0 {
+        assert!(started.elapsed() < GENEROUS, "never started: {}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stopped_watch_stops_its_dance_which_ends_its_request_failed() {
+    let (f, r) = fixture();
+    let marker = format!("1000.{}8", std::process::id());
+    f.module_file("m", "scripts/10-wait", &format!("sleep {marker}\n"), 0o755);
+    let watching = Watching::start(&f, &r);
+    let name = trigger(&f, &[]);
+    wait_for_process(&marker, &|| watching.log());
+    let (code, log) = watching.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("watch: stopped by SIGTERM"), "{log}");
+    // Stopped once (not killed: a second stop would have): its report
+    // and its request's status say so, nothing is left running.
+    assert_eq!(release(&marker), 0, "the module's sleep outlived the dance");
+    let status = spool(&f).join(format!("{name}.failed"));
+    let got = fields(&status);
+    assert!(
+        get(&got, "error").contains("the dance was stopped by SIGTERM"),
+        "{got:?}\n{log}"
+    );
+    assert_eq!(get(&got, "exit"), "1");
+    assert_eq!(listing(&spool(&f)), vec![format!("{name}.failed")]);
+    assert_eq!(r.read("etc/from-m"), None);
+}
+
+#[test]
+fn a_dance_killed_outright_ends_its_request_interrupted_and_watch_goes_on() {
+    let (f, r) = fixture();
+    let marker = format!("1000.{}9", std::process::id());
+    f.module_file("m", "scripts/10-wait", &format!("sleep {marker}\n"), 0o755);
+    let watching = Watching::start(&f, &r);
+    let name = trigger(&f, &["--noop"]);
+    wait_for_process(&marker, &|| watching.log());
+    let running = fields(&spool(&f).join(format!("{name}.running")));
+    let pid: i32 = get(&running, "pid").parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (status, got) = ended(&f, &name, &|| watching.log());
+    common::sweep_cgroups(pid as u32);
+    assert_eq!(status, "failed");
+    assert_eq!(get(&got, "run"), get(&running, "run"));
+    assert!(
+        get(&got, "error").starts_with("interrupted: the dance (run "),
+        "{got:?}"
+    );
+    // The same watch serves the next request.
+    f.module_file("m", "scripts/10-wait", "true\n", 0o755);
+    let next = trigger(&f, &["--noop"]);
+    let (status, _) = ended(&f, &next, &|| watching.log());
+    assert_eq!(status, "changed", "{}", watching.log());
+    let (code, log) = watching.stop();
+    assert_eq!(code, 0, "{log}");
+}

@@ -135,6 +135,20 @@ pub fn run(config: &Config, args: &WatchArgs, given: &Given) -> Result<i32> {
             "the dance (exit {code}) ended before it took this request: see what it said (the log of disco watch or disco-trigger.service)"
         );
         spool.fail_unclaimed(&names, code, &why);
+        let stuck: Vec<String> = spool
+            .pending()?
+            .into_iter()
+            .filter(|p| names.contains(&p.name))
+            .map(|p| p.name)
+            .collect();
+        if !stuck.is_empty() {
+            // Never the same dance again and again for requests that stay.
+            bail!(
+                "the requests {} in {} could be neither claimed nor ended: is it writable?",
+                stuck.join(", "),
+                spool.path.display()
+            );
+        }
     }
     if let Some(sig) = stop.signal() {
         output::info(&format!("watch: stopped by {sig}"));
