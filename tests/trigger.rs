@@ -537,3 +537,29 @@ fn a_dance_killed_outright_ends_its_request_interrupted_and_watch_goes_on() {
     let (code, log) = watching.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+#[test]
+fn only_the_newest_64_ended_requests_are_kept() {
+    let (f, r) = fixture();
+    let older: Vec<String> = (0..60).map(|_| trigger(&f, &["--noop"])).collect();
+    let (code, err) = watch_once(&f, &r);
+    assert_eq!(code, 0, "{err}");
+    // Names start with their second: the next ones sort after these.
+    std::thread::sleep(Duration::from_millis(1100));
+    let newer: Vec<String> = (0..10).map(|_| trigger(&f, &["--noop"])).collect();
+    let (code, err) = watch_once(&f, &r);
+    assert_eq!(code, 0, "{err}");
+    let kept = listing(&spool(&f));
+    assert_eq!(kept.len(), 64, "{kept:?}");
+    assert!(kept.iter().all(|n| n.ends_with(".changed")), "{kept:?}");
+    for n in &newer {
+        assert!(kept.contains(&format!("{n}.changed")), "{n} not kept");
+    }
+    let gone = older
+        .iter()
+        .filter(|n| !kept.contains(&format!("{n}.changed")))
+        .count();
+    assert_eq!(gone, 6);
+    // Two dances served the 70 requests.
+    assert_eq!(reports(&f).len(), 2);
+}
