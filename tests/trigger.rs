@@ -563,3 +563,31 @@ fn only_the_newest_64_ended_requests_are_kept() {
     // Two dances served the 70 requests.
     assert_eq!(reports(&f).len(), 2);
 }
+
+#[test]
+fn a_dance_by_hand_serves_its_modes_requests_even_when_its_last_resort_ends_it() {
+    let (f, r) = fixture();
+    fs::write(f.config(), "dance_timeout = 2\n").unwrap();
+    let noop = trigger(&f, &["--noop"]);
+    let live = trigger(&f, &[]);
+    // A noop dance by hand, stuck where no kill reaches: the deadline's
+    // last resort ends it, and its (noop) request with it.
+    let ended_by_hand = common::bounded({
+        let mut c = f.process(&f.state(), &r.path);
+        c.env("NOOP", "true")
+            .env("DISCO_FAILPOINT", "hang:facts")
+            .arg("dance");
+        c
+    });
+    assert_eq!(ended_by_hand.code, 1, "{}", ended_by_hand.err);
+    let (status, got) = ended(&f, &noop, &|| ended_by_hand.err.clone());
+    assert_eq!(status, "failed");
+    assert!(
+        get(&got, "error").starts_with("the dance ran past dance_timeout (2 s)"),
+        "{got:?}"
+    );
+    assert_eq!(get(&got, "exit"), "1");
+    // The live request was not its to serve: it still waits.
+    assert!(spool(&f).join(format!("{live}.request")).exists());
+    assert_eq!(r.read("etc/from-m"), None);
+}
