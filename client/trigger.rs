@@ -239,9 +239,9 @@ impl Spool {
         placed
     }
 
-    /// The names in the spool ending in `ending` (without it), sorted:
+    /// Every name in the spool (read through its descriptor), sorted:
     /// oldest first, as names start with their time.
-    fn names_ending(&self, ending: &str) -> Result<Vec<OsString>> {
+    fn names(&self) -> Result<Vec<OsString>> {
         let fd = nix::fcntl::openat(
             Some(self.fd()),
             ".",
@@ -254,15 +254,24 @@ impl Spool {
         let mut names: Vec<OsString> = dir
             .iter()
             .flatten()
-            .filter_map(|e| {
-                let n = OsStr::from_bytes(e.file_name().to_bytes());
+            .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The names ending in `ending` (without it), hidden ones aside, sorted.
+    fn names_ending(&self, ending: &str) -> Result<Vec<OsString>> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter_map(|n| {
                 let b = n.as_bytes();
                 (!b.starts_with(b".") && b.ends_with(ending.as_bytes()))
                     .then(|| OsStr::from_bytes(&b[..b.len() - ending.len()]).to_os_string())
             })
-            .collect();
-        names.sort();
-        Ok(names)
+            .collect())
     }
 
     /// Reads `NAME.ENDING` without following a link: a regular file of
@@ -549,21 +558,18 @@ impl Spool {
     }
 
     fn remove_stale_temporaries(&self) {
-        let Ok(entries) = fs::read_dir(format!("/proc/self/fd/{}", self.fd())) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let n = e.file_name();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for n in self.names().unwrap_or_default() {
             let b = n.as_bytes();
             if !(b.starts_with(b".") && b.windows(5).any(|w| w == b".tmp-")) {
                 continue;
             }
-            let old = e
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|d| d.as_secs() > 3600);
+            let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+            let old = nix::sys::stat::fstatat(Some(self.fd()), n.as_os_str(), flags)
+                .is_ok_and(|st| now - st.st_mtime > 3600);
             if old {
                 let _ = nix::unistd::unlinkat(
                     Some(self.fd()),
@@ -640,5 +646,71 @@ pub fn finish_for_dance(state: &Path, report: &crate::report::RunReport, code: i
     };
     if let Ok(Some(spool)) = Spool::open_existing(&state.join(SPOOL)) {
         spool.finish(&report.id, &outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(&d.path().join("state")).unwrap();
+        (d, s)
+    }
+
+    fn stem(name: &str) -> &str {
+        name.strip_suffix(".request").unwrap()
+    }
+
+    #[test]
+    fn a_claim_takes_its_mode_only_and_its_end_replaces_the_running_file() {
+        let (_d, s) = spool();
+        let live = s.request(Mode::Live).unwrap();
+        let noop = s.request(Mode::Noop).unwrap();
+        assert_eq!(s.claim(Mode::Live, "r1").unwrap(), vec![stem(&live)]);
+        let (state, fields) = s.state_of(stem(&live)).unwrap();
+        assert_eq!(
+            (state.as_str(), field(&fields, "run")),
+            ("running", Some("r1"))
+        );
+        assert_eq!(s.state_of(stem(&noop)).unwrap().0, "request");
+        let outcome = Outcome {
+            status: "changed".into(),
+            exit: 2,
+            error: None,
+        };
+        assert_eq!(s.finish("r1", &outcome), vec![stem(&live)]);
+        let (state, fields) = s.state_of(stem(&live)).unwrap();
+        assert_eq!(state, "changed");
+        assert_eq!(field(&fields, "exit"), Some("2"));
+        assert_eq!(field(&fields, "mode"), Some("live"));
+        assert!(field(&fields, "pid").is_none());
+        assert!(!s.path.join(format!("{}.running", stem(&live))).exists());
+        // The next dance finds nothing left of that mode.
+        assert!(s.claim(Mode::Live, "r2").unwrap().is_empty());
+        assert_eq!(s.state_of(stem(&noop)).unwrap().0, "request");
+    }
+
+    #[test]
+    fn temporaries_a_killed_writer_left_go_after_an_hour() {
+        let (_d, s) = spool();
+        let old = s.path.join(".x.request.tmp-1");
+        let fresh = s.path.join(".y.request.tmp-2");
+        for p in [&old, &fresh] {
+            fs::write(p, "mode=live\n").unwrap();
+        }
+        let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        s.prune();
+        assert!(!old.exists());
+        assert!(fresh.exists());
+        // Never listed as requests.
+        assert!(s.pending().unwrap().is_empty());
     }
 }
