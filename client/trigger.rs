@@ -39,6 +39,8 @@ pub const MAX_PENDING: usize = 64;
 pub const KEPT_STATUSES: usize = 64;
 /// The most a request or status file holds (they hold a few lines).
 const MAX_FILE: u64 = 4096;
+/// The most of a dance's error a status file keeps (`disco report` has it all).
+const MAX_ERROR: usize = 1024;
 /// The endings of a request's ended status.
 pub const ENDED: [&str; 3] = ["ok", "changed", "failed"];
 
@@ -444,7 +446,17 @@ impl Spool {
             now()
         ));
         if let Some(e) = &outcome.error {
-            body.push_str(&format!("error={}\n", one_line(&crate::masks::text(e))));
+            // Cut so the file stays under what a reader takes (MAX_FILE).
+            let mut e = one_line(&crate::masks::text(e));
+            if e.len() > MAX_ERROR {
+                let mut cut = MAX_ERROR;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push_str(" …");
+            }
+            body.push_str(&format!("error={e}\n"));
         }
         match self.place(name, &outcome.status, body.as_bytes(), RenameFlags::empty()) {
             Ok(()) => {
@@ -687,9 +699,19 @@ mod tests {
         assert_eq!(field(&fields, "mode"), Some("live"));
         assert!(field(&fields, "pid").is_none());
         assert!(!s.path.join(format!("{}.running", stem(&live))).exists());
+        // A long error is cut: the file stays readable.
+        s.claim(Mode::Noop, "r3").unwrap();
+        let outcome = Outcome {
+            status: "failed".into(),
+            exit: 1,
+            error: Some("é".repeat(5000)),
+        };
+        s.finish("r3", &outcome);
+        let (state, fields) = s.state_of(stem(&noop)).unwrap();
+        assert_eq!(state, "failed");
+        assert!(field(&fields, "error").unwrap().ends_with(" …"));
         // The next dance finds nothing left of that mode.
         assert!(s.claim(Mode::Live, "r2").unwrap().is_empty());
-        assert_eq!(s.state_of(stem(&noop)).unwrap().0, "request");
     }
 
     #[test]
