@@ -388,17 +388,8 @@ impl Spool {
         self.end_running();
         let mut claimed = Vec::new();
         for p in self.pending()?.into_iter().filter(|p| p.mode == mode) {
-            let (from, to) = (format!("{}.request", p.name), format!("{}.running", p.name));
-            match nix::fcntl::renameat2(
-                Some(self.fd()),
-                from.as_str(),
-                Some(self.fd()),
-                to.as_str(),
-                RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Ok(()) => {}
-                Err(Errno::ENOENT) => continue, // another claimer took it
-                Err(e) => bail!("cannot claim {}/{from}: {e}", self.path.display()),
+            if !self.take(&p.name)? {
+                continue; // another claimer took it
             }
             let mut body = p.body();
             body.push_str(&format!(
@@ -410,6 +401,41 @@ impl Spool {
             claimed.push(p.name);
         }
         Ok(claimed)
+    }
+
+    /// Renames `NAME.request` → `NAME.running` (`RENAME_NOREPLACE`: of two
+    /// takers one gets it); false when it is gone (taken). What stands at
+    /// `NAME.running` before it (planted: a request's names are its own)
+    /// is taken out of the way first, never followed.
+    fn take(&self, name: &str) -> Result<bool> {
+        let (from, to) = (format!("{name}.request"), format!("{name}.running"));
+        for _ in 0..2 {
+            match nix::fcntl::renameat2(
+                Some(self.fd()),
+                from.as_str(),
+                Some(self.fd()),
+                to.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok(true),
+                Err(Errno::ENOENT) => return Ok(false),
+                Err(Errno::EEXIST) => self.set_aside(&to),
+                Err(e) => bail!("cannot claim {}/{from}: {e}", self.path.display()),
+            }
+        }
+        bail!(
+            "cannot claim {}/{from}: {to} stands in the way",
+            self.path.display()
+        )
+    }
+
+    /// Removes the entry `name` (a link itself, never what it points to);
+    /// a directory goes under a hidden name, never listed again.
+    fn set_aside(&self, name: &str) {
+        if nix::unistd::unlinkat(Some(self.fd()), name, UnlinkatFlags::NoRemoveDir).is_err() {
+            let hidden = format!(".{name}.rejected");
+            let _ = nix::fcntl::renameat(Some(self.fd()), name, Some(self.fd()), hidden.as_str());
+        }
     }
 
     /// Ends every request run `run` claimed with `outcome`: `NAME.STATUS`
@@ -520,15 +546,7 @@ impl Spool {
     /// config), so a request is never run again and again.
     pub fn fail_unclaimed(&self, names: &[String], exit: i32, why: &str) {
         for name in names {
-            let (from, to) = (format!("{name}.request"), format!("{name}.running"));
-            let taken = nix::fcntl::renameat2(
-                Some(self.fd()),
-                from.as_str(),
-                Some(self.fd()),
-                to.as_str(),
-                RenameFlags::RENAME_NOREPLACE,
-            );
-            if taken.is_err() {
+            if !self.take(name).unwrap_or(false) {
                 continue; // claimed meanwhile, or gone
             }
             let fields = self.read(OsStr::new(name), ".running").unwrap_or_default();

@@ -411,6 +411,10 @@ fn a_symlink_planted_in_the_spool_is_never_followed() {
     r.file("etc/victim", "untouched\n");
     let victim = r.path.join("etc/victim");
     std::os::unix::fs::symlink(&victim, spool(&f).join(format!("{name}.changed"))).unwrap();
+    // …and where its claim renames it.
+    r.file("etc/victim2", "untouched too\n");
+    let victim2 = r.path.join("etc/victim2");
+    std::os::unix::fs::symlink(&victim2, spool(&f).join(format!("{name}.running"))).unwrap();
     let (code, err) = watch_once(&f, &r);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -426,6 +430,8 @@ fn a_symlink_planted_in_the_spool_is_never_followed() {
         Some("mode=live\n")
     );
     assert_eq!(r.read("etc/victim").as_deref(), Some("untouched\n"));
+    assert_eq!(r.read("etc/victim2").as_deref(), Some("untouched too\n"));
+    assert!(!spool(&f).join(format!("{name}.running")).exists());
     let status = spool(&f).join(format!("{name}.changed"));
     assert!(fs::symlink_metadata(&status).unwrap().is_file());
     assert_eq!(get(&fields(&status), "mode"), "noop");
