@@ -239,6 +239,7 @@ fn dance(
             let code = status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            output::info(&format!("watch: the dance (pid {pid}) exited {code}"));
             return Ok(code);
         }
         let mut fds = [PollFd::new(stop.read.as_fd(), PollFlags::POLLIN)];
