@@ -45,7 +45,7 @@ pub struct Global {
     /// Main config file (every node-side command)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Noop (dance, undo, actions forget, publish, config)
+    /// Noop (dance, undo, actions forget, publish, config, trigger)
     #[arg(long)]
     pub noop: bool,
 }
@@ -347,6 +347,43 @@ pub enum Command {
     Secret(SecretArgs),
     /// Print the effective configuration, one `key = value  # source` line per setting
     Config(ConfigArgs),
+    /// Ask for a dance now: drop a request in the trigger spool
+    /// STATE/trigger/, which the packaged disco.path (or `disco watch`)
+    /// turns into a dance within seconds
+    ///
+    /// Prints the request's path, STATE/trigger/NAME.request. The dance
+    /// that serves it (a noop one for a noop request, from --noop,
+    /// NOOP=true or noop = true in the config; else a live one) renames
+    /// it NAME.running, with its run id, when it starts, and replaces it
+    /// with NAME.ok, NAME.changed or NAME.failed when it ends: `run=` the
+    /// run id (`disco report --run ID`), `exit=` its exit code, `error=`
+    /// why it failed. Requests made while a dance runs are served
+    /// together by one more dance. At most 64 wait; one more is refused.
+    /// The newest 64 ended ones are kept. Needs root.
+    ///
+    /// Exit codes: 0 the request is in the spool; 1 it could not be made.
+    /// With --wait, as the dance: 0 success, 1 failure (2 for changes and
+    /// 4 for a failure after the merge with --detailed-exitcodes).
+    ///
+    /// Examples: disco trigger; disco trigger --noop --wait
+    Trigger(TriggerArgs),
+    /// Run a dance whenever a request arrives in the trigger spool (for
+    /// nodes without systemd: run it as a service)
+    ///
+    /// Watches STATE/trigger/ with inotify. When requests wait, runs one
+    /// `disco dance` (a noop one for noop requests, a live one for live
+    /// ones, the oldest first) that serves them all; requests arriving
+    /// during it are served by one more dance after it. Never two dances
+    /// at once; a failed dance is recorded in its requests' status and
+    /// watching goes on. A request a dance could not take (it failed
+    /// before it started: no server, a bad config) is ended as failed.
+    /// SIGTERM, SIGINT or SIGHUP: the running dance is stopped (it ends
+    /// with its report, as `systemctl stop` ends one) and watch exits 0.
+    /// With --once: serve what waits (and what arrives meanwhile), then
+    /// exit — what the packaged disco-trigger.service runs. Needs root.
+    ///
+    /// Example (runit): exec disco watch --quiet
+    Watch(WatchArgs),
     /// Print this node's facts: hostname, fqdn, OS of the root, CPUs,
     /// memory, interfaces, default route, primary address, virtualization
     ///
@@ -389,6 +426,44 @@ pub enum Command {
     ///
     /// Example: disco man | man -l -
     Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub node_side: NodeSide,
+    /// Ask for a noop dance: nothing merged, the report says what would change
+    #[arg(long)]
+    pub noop: bool,
+    /// Wait for the request's dance to end; print its status file's path
+    /// and exit as the dance did
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: exit 2 for changes, 4 for a failure after the merge
+    #[arg(long, requires = "wait")]
+    pub detailed_exitcodes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    #[command(flatten)]
+    pub node: NodeArg,
+    #[command(flatten)]
+    pub root: RootArg,
+    #[command(flatten)]
+    pub node_side: NodeSide,
+    /// Serve the requests waiting (and those arriving meanwhile), then exit
+    #[arg(long)]
+    pub once: bool,
+    /// Give each dance --quiet: only changes, warnings and errors
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Give each dance --run-actions (deferred actions and handlers run
+    /// even when --root is not /)
+    #[arg(long)]
+    pub run_actions: bool,
 }
 
 #[derive(Debug, Args)]
@@ -923,6 +998,16 @@ impl Command {
             Command::Param(a) => {
                 (g.state_dir, g.config) = side(&a.node_side);
                 g.node = a.node.node.clone();
+            }
+            Command::Trigger(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.noop = a.noop;
+            }
+            Command::Watch(a) => {
+                (g.state_dir, g.config) = side(&a.node_side);
+                g.server = a.server.server.clone();
+                g.node = a.node.node.clone();
+                g.root = a.root.root.clone();
             }
             Command::Facts(a) => g.root = a.root.root.clone(),
             Command::Init(a) => {

@@ -33,4 +33,5 @@ pub mod sandbox;
 pub mod secrets;
 pub mod transport;
 pub mod tree;
+pub mod trigger;
 pub mod watchdog;

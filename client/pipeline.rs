@@ -1,6 +1,7 @@
 //! The dance pipeline of DESIGN §3, one stage per function with a typed
-//! input and output: recover → fetch → plan → sandbox → per module (run in
-//! its layer, diff) → verdict → merge → actions → report. [`run`] reads as
+//! input and output: (claim the trigger requests) → recover → fetch → plan
+//! → sandbox → per module (run in its layer, diff) → verdict → merge →
+//! actions → report (→ end the trigger requests). [`run`] reads as
 //! that list; the `disco dance` subcommand (locks, splay, status,
 //! `--if-changed`) is in [`crate::commands::dance`].
 //!
@@ -124,6 +125,11 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         only: opts.only.iter().map(|m| m.to_string()).collect(),
         ..RunReport::default()
     };
+    // The trigger requests of this dance's mode are its own from here
+    // (a partial dance serves none): ended with its report, whatever ends it.
+    if opts.only.is_empty() {
+        crate::trigger::claim_for_dance(&config.state_dir.value, report.noop, &report.id);
+    }
     let mut scratch = None;
     let merge_began = std::cell::Cell::new(false);
     let shared_run = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -171,6 +177,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     let code = exit_code(ending, opts.detailed_exitcodes);
     watchdog::doing("writing the report");
     report_stage(config, &mut report, code, started);
+    crate::trigger::finish_for_dance(&config.state_dir.value, &report, code);
     if let Some(run) = &scratch {
         cleanup_stage(&config.state_dir.value, run, opts.keep);
     }
@@ -203,6 +210,7 @@ fn last_resort(
         };
         let code = exit_code(ending, opts.detailed_exitcodes);
         report_stage(&config, &mut report, code, started);
+        crate::trigger::finish_for_dance(&config.state_dir.value, &report, code);
         let run = run_dir.lock().ok().and_then(|r| r.clone());
         if let Some(run) = run {
             cleanup_stage(&config.state_dir.value, &run, opts.keep);

@@ -6,7 +6,8 @@
 //! checked: `packages` installs nginx-light, a `site` module writes its
 //! config, `services` enables and starts it; nginx then really runs and
 //! answers; a second run changes and restarts nothing; a config change
-//! restarts nginx exactly once; the timer is enabled and listed.
+//! restarts nginx exactly once; the timer is enabled and listed; the
+//! enabled disco.path turns `disco trigger` into a dance at once.
 //!
 //! Each run's journal and wall time are shown with
 //! `cargo test --test booted -- --nocapture`.
@@ -318,6 +319,53 @@ fn enable_the_timer(c: &Container) {
     );
 }
 
+/// Dancing now, as docs/fleet.md says: the package enabled and started
+/// disco.path; `disco trigger` starts disco-trigger.service, whose dance
+/// applies the server's change and ends the request `.changed`; the next
+/// one, converged, `.ok`.
+fn dance_now(c: &Container, f: &Fixture) {
+    assert_eq!(
+        c.said(&["systemctl", "is-enabled", "disco.path"]),
+        "enabled"
+    );
+    assert_eq!(c.said(&["systemctl", "is-active", "disco.path"]), "active");
+    f.module_file("motd", "files/etc/motd", "managed by disco, now\n", 0o644);
+    // (A noop dance cannot make its network namespace's loopback in this
+    // container: tests/trigger.rs runs the noop requests.)
+    for (args, code, status) in [
+        (&["--detailed-exitcodes"][..], 2, ".changed"),
+        (&["--detailed-exitcodes"][..], 0, ".ok"),
+    ] {
+        let mut all = vec!["disco", "trigger", "--wait"];
+        all.extend(args);
+        let o = c.run_with_timeout(&all, 120);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let journal = c.said(&[
+            "journalctl",
+            "-q",
+            "--no-pager",
+            "-u",
+            "disco-trigger.service",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{all:?}: {out}{}\n{journal}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let ended = out.lines().nth(1).unwrap_or_default();
+        assert!(
+            ended.starts_with("/var/lib/disco/trigger/") && ended.ends_with(status),
+            "{out}"
+        );
+        assert!(
+            c.out(&["cat", ended]).contains("\nrun="),
+            "{ended}: no run id"
+        );
+    }
+    assert_eq!(c.out(&["cat", "/etc/motd"]), "managed by disco, now\n");
+}
+
 /// What works whatever the state of the standard modules: the root boots
 /// (systemd PID 1, nothing failed), takes the .deb, `disco init` enrols it
 /// over the real sshd, disco.service runs a dance of a small module as the
@@ -366,6 +414,7 @@ fn a_booted_node_takes_the_deb_enrols_and_dances_as_the_packaged_unit() {
         .collect();
     assert!(extra.is_empty(), "a converged run says nothing: {extra:?}");
     enable_the_timer(c);
+    dance_now(c, &f);
 
     // A fork bomb in a module ends at max_processes, as the packaged unit
     // runs it (the cgroups below the unit's, Delegate=), and leaves none.

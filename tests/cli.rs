@@ -5,7 +5,7 @@ use common::{run, Fixture};
 use std::fs;
 
 /// Every subcommand, in the order `disco --help` lists them.
-const SUBCOMMANDS: [&str; 18] = [
+const SUBCOMMANDS: [&str; 20] = [
     "dance",
     "undo",
     "actions",
@@ -20,6 +20,8 @@ const SUBCOMMANDS: [&str; 18] = [
     "param",
     "secret",
     "config",
+    "trigger",
+    "watch",
     "facts",
     "init",
     "completions",

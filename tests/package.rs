@@ -1,6 +1,7 @@
 //! The Debian package as a sysadmin installs it: `scripts/build-deb` makes
 //! the .deb from the built binary; it holds the binary, the systemd service
-//! and timer (which systemd accepts), the commented config (whose defaults
+//! and timer, the trigger's path unit and its service (which systemd
+//! accepts; the path unit enabled by the package, the timer not), the commented config (whose defaults
 //! are disco's), man pages and completions; `dpkg --root` installs it into
 //! a real Debian 12 root, where `disco --version` runs.
 mod common;
@@ -37,6 +38,8 @@ fn the_deb_installs_into_a_debian_root_and_runs_there() {
         "./usr/bin/disco",
         "./lib/systemd/system/disco.service",
         "./lib/systemd/system/disco.timer",
+        "./lib/systemd/system/disco.path",
+        "./lib/systemd/system/disco-trigger.service",
         "./usr/share/disco/disco.toml",
         "./usr/share/disco/hooks/pre-receive",
         "./usr/share/man/man1/disco.1.gz",
@@ -110,10 +113,15 @@ fn the_deb_installs_into_a_debian_root_and_runs_there() {
             .args(["-W", "-f", "${Status}", "disco"]),
     );
     assert_eq!(status, "install ok installed");
-    // The timer is left for the admin to enable after `disco init`.
+    // The timer is left for the admin to enable after `disco init`; the
+    // path unit is enabled (it starts a dance only when one is asked for).
     assert!(!root
         .join("etc/systemd/system/timers.target.wants/disco.timer")
         .exists());
+    assert_eq!(
+        fs::read_link(root.join("etc/systemd/system/paths.target.wants/disco.path")).unwrap(),
+        Path::new("/lib/systemd/system/disco.path")
+    );
 
     // systemd accepts both units as installed (the service pointed at this
     // build's binary, since /usr/bin/disco is not on the host).
@@ -130,10 +138,26 @@ fn the_deb_installs_into_a_debian_root_and_runs_there() {
     let timer = fs::read_to_string(root.join("lib/systemd/system/disco.timer")).unwrap();
     assert!(timer.contains("OnCalendar=*:00/30\n") && timer.contains("RandomizedDelaySec="));
     fs::write(units.join("disco.timer"), &timer).unwrap();
+    // The trigger's path unit starts a service that serves noop and live
+    // requests alike: `disco watch --once`.
+    let path = fs::read_to_string(root.join("lib/systemd/system/disco.path")).unwrap();
+    assert!(path.contains("PathExistsGlob=/var/lib/disco/trigger/*.request\n"));
+    assert!(path.contains("Unit=disco-trigger.service\n"));
+    fs::write(units.join("disco.path"), &path).unwrap();
+    let triggered =
+        fs::read_to_string(root.join("lib/systemd/system/disco-trigger.service")).unwrap();
+    assert!(triggered.contains("ExecStart=/usr/bin/disco watch --once --quiet\n"));
+    fs::write(
+        units.join("disco-trigger.service"),
+        triggered.replace("/usr/bin/disco", env!("CARGO_BIN_EXE_disco")),
+    )
+    .unwrap();
     let o = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(units.join("disco.timer"))
         .arg(units.join("disco.service"))
+        .arg(units.join("disco.path"))
+        .arg(units.join("disco-trigger.service"))
         .output()
         .expect("systemd-analyze (systemd; scripts/install-test-deps installs it)");
     assert!(

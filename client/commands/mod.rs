@@ -19,7 +19,9 @@ pub mod report;
 pub mod secret;
 pub mod serve;
 pub mod shell;
+pub mod trigger;
 pub mod undo;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -41,6 +43,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let config = load_config(&cli)?;
+    let given = cli.command.given().over(&cli.global);
     match cli.command {
         Command::Plan(_) => plan::run(&config),
         Command::Lint(args) => {
@@ -65,6 +68,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             result
         }
+        Command::Trigger(args) => trigger::run(&config, &args),
+        Command::Watch(args) => watch::run(&config, &args, &given),
         Command::Config(_) => config::run(&config),
         Command::Facts(args) => facts::run(&config, args.json),
         Command::Init(_)
