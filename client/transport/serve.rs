@@ -458,6 +458,7 @@ fn handshake<R: Read, W: Write>(
         version,
         node,
         max_file_size,
+        ..
     } = hello
     else {
         return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
@@ -513,6 +514,7 @@ fn handshake<R: Read, W: Write>(
             node: node.to_string(),
             snapshot: snapshot.id.clone(),
             root: view.manifest.root_hash(),
+            candidate: None,
         },
         &[],
     )?;
