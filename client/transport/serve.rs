@@ -95,7 +95,7 @@ fn choose(root: &Path, node: &Name, want_candidate: bool, start: Snapshot) -> Re
     if want_candidate {
         return resolve_link(root, candidate::CANDIDATE);
     }
-    let link = candidate::node_link(root, node);
+    let link = candidate::node_link(root, node)?;
     let mut snapshot = match link == candidate::CURRENT {
         true => start,
         false => resolve_link(root, &link)?,
@@ -887,7 +887,7 @@ mod tests {
     fn a_pinned_node_runs_its_pin_and_is_offered_nothing() {
         let (_tmp, root, a, b) = served();
         let p = Name::parse("p", "test").unwrap();
-        candidate::promote(&root, &candidate::Promote::Nodes(vec![p])).unwrap();
+        candidate::promote(&root, &candidate::Promote::Nodes(vec![p]), false).unwrap();
         let w = welcome(&root, hello("p", false));
         assert_eq!(w["snapshot"], b.as_str(), "{w}");
         assert!(w.get("candidate").is_none(), "{w}");
