@@ -370,3 +370,71 @@ fn the_preview_fetches_into_its_own_cache_and_store() {
     let (_, out, _) = fleet.disco("apply", &["report", "--history"]);
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+/// `disco promote --group canary` moves only the canary (its next dance
+/// runs the candidate, the others current), `disco promote` moves all;
+/// `disco report --fleet` shows which snapshot each node ran, and once
+/// the candidate is current there is nothing left to preview.
+#[test]
+fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
+    let fleet = Fleet::new();
+    assert_eq!(fleet.publish(&[]).0, 0);
+    let current = fleet.id("current");
+    fleet
+        .f
+        .module_file("app", "files/etc/motd", "hello\n", 0o644);
+    assert_eq!(fleet.publish(&["--candidate"]).0, 0);
+    let candidate = fleet.id("candidate");
+    let runs = |fleet: &Fleet| -> Vec<(String, String)> {
+        let (_, out, _) = fleet.fleet(&[]);
+        out.lines()
+            .skip(1)
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w[0].to_string(), w[1].to_string())
+            })
+            .collect()
+    };
+    let (code, out, err) = run(fleet
+        .f
+        .disco_without_server()
+        .args(["promote", "--root"])
+        .arg(&fleet.served)
+        .args(["--group", "canary"]));
+    assert_eq!(code, 0, "{out}{err}");
+    for n in NODES {
+        fleet.dance(n);
+    }
+    assert_eq!(
+        runs(&fleet),
+        [
+            ("apply".to_string(), candidate.clone()),
+            ("broken".to_string(), current.clone()),
+            ("same".to_string(), current.clone()),
+        ]
+    );
+    assert_eq!(
+        fleet.root("apply").read("etc/motd").as_deref(),
+        Some("hello\n")
+    );
+    assert_eq!(fleet.root("same").read("etc/motd"), None);
+
+    let (code, out, err) = run(fleet
+        .f
+        .disco_without_server()
+        .args(["promote", "--root"])
+        .arg(&fleet.served));
+    assert_eq!(code, 0, "{out}{err}");
+    for n in NODES {
+        let err = fleet.dance(n);
+        assert!(!err.contains("previewed"), "no candidate left: {err}");
+    }
+    assert_eq!(
+        runs(&fleet),
+        ["apply", "broken", "same"].map(|n| (n.to_string(), candidate.clone()))
+    );
+    assert_eq!(
+        fleet.root("same").read("etc/motd").as_deref(),
+        Some("hello\n")
+    );
+}
