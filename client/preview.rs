@@ -27,8 +27,9 @@ pub struct Preview {
     /// The nodes of the candidate snapshot, sorted: its `parameters/*`
     /// entries that no layer lists as a group.
     pub nodes: Vec<String>,
-    /// The nodes that reported this candidate, grouped by identical
-    /// outcome: failing groups first, then those that change something,
+    /// The nodes that reported this candidate — by a preview, or, a
+    /// node that runs it already (a canary), by its last run of it,
+    /// whichever ended last — grouped by identical outcome: failing groups first, then those that change something,
     /// then the converged one; within each, the bigger group first.
     pub groups: Vec<Group>,
     /// Nodes of the candidate with no report of it at all.
@@ -121,25 +122,20 @@ pub fn preview(server_root: &Path) -> Result<Preview> {
     let mut by_outcome: BTreeMap<String, Group> = BTreeMap::new();
     let (mut not_reported, mut outdated) = (Vec::new(), Vec::new());
     for node in &nodes {
-        let path = reports.join(node).join(CANDIDATE_REPORT);
-        let outcome = match fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let outcome = match node_report(&reports.join(node), &candidate) {
+            Seen::Nothing => {
                 not_reported.push(node.clone());
                 continue;
             }
-            Err(e) => unreadable(&format!("cannot read it: {e}")),
-            Ok(bytes) => match serde_json::from_slice::<RunReport>(&bytes) {
-                Err(e) => unreadable(&format!("it does not parse: {e}")),
-                Ok(r) if r.candidate.as_deref() != Some(&candidate) => {
-                    outdated.push(Outdated {
-                        node: node.clone(),
-                        candidate: r.candidate.unwrap_or(r.snapshot),
-                        ended: r.ended,
-                    });
-                    continue;
-                }
-                Ok(r) => outcome_of(&r),
-            },
+            Seen::Older(o) => {
+                outdated.push(Outdated {
+                    node: node.clone(),
+                    ..o
+                });
+                continue;
+            }
+            Seen::Unreadable(why) => unreadable(&why),
+            Seen::Report(r) => outcome_of(&r),
         };
         by_outcome
             .entry(outcome_key(&outcome))
@@ -197,6 +193,54 @@ pub fn candidate_of(root: &Path) -> Result<(String, std::path::PathBuf)> {
             root.display(),
             root.display()
         ),
+    }
+}
+
+/// What a node's reports say of the candidate.
+enum Seen {
+    /// No preview of any candidate.
+    Nothing,
+    /// Its preview is of another candidate (`node` left empty).
+    Older(Outdated),
+    /// Its `candidate.json` cannot be read.
+    Unreadable(String),
+    /// Its report of the candidate: its preview, or — a node that runs
+    /// the candidate already (a canary) — its last run of it, whichever
+    /// ended last.
+    Report(Box<RunReport>),
+}
+
+/// What `reports/NODE` (`dir`) holds of `candidate`.
+fn node_report(dir: &Path, candidate: &str) -> Seen {
+    let own = fs::read(dir.join("last.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunReport>(&b).ok())
+        .filter(|r| r.snapshot == candidate);
+    let preview = match fs::read(dir.join(CANDIDATE_REPORT)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(format!("cannot read it: {e}"))),
+        Ok(bytes) => Some(
+            serde_json::from_slice::<RunReport>(&bytes)
+                .map_err(|e| format!("it does not parse: {e}")),
+        ),
+    };
+    match (preview, own) {
+        (Some(Ok(p)), Some(o))
+            if p.candidate.as_deref() == Some(candidate) && p.ended > o.ended =>
+        {
+            Seen::Report(Box::new(p))
+        }
+        (_, Some(o)) => Seen::Report(Box::new(o)),
+        (None, None) => Seen::Nothing,
+        (Some(Err(why)), None) => Seen::Unreadable(why),
+        (Some(Ok(p)), None) if p.candidate.as_deref() == Some(candidate) => {
+            Seen::Report(Box::new(p))
+        }
+        (Some(Ok(p)), None) => Seen::Older(Outdated {
+            node: String::new(),
+            candidate: p.candidate.unwrap_or(p.snapshot),
+            ended: p.ended,
+        }),
     }
 }
 
@@ -418,6 +462,27 @@ mod tests {
             (0, 2),
             "an older failure does not count"
         );
+    }
+
+    /// A canary runs the candidate: its last run of it stands for its
+    /// preview (the newer of the two).
+    #[test]
+    fn a_node_running_the_candidate_is_grouped_by_its_last_run() {
+        let d = served("c2", &["a"], &[]);
+        let mut own = report("a", "c2", "changed", vec![file("/etc/x", "m1", "+new\n")]);
+        own.candidate = None;
+        own.ended = "2026-12-06T10:00:00Z".into();
+        let dir = d.path().join("reports/a");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("last.json"), serde_json::to_vec(&own).unwrap()).unwrap();
+        let p = preview(d.path()).unwrap();
+        assert!(p.not_reported.is_empty(), "{p:?}");
+        assert_eq!(p.groups.len(), 1);
+        assert!(matches!(
+            p.groups[0].outcome,
+            Outcome::Changes { changes: 1, .. }
+        ));
+        assert_eq!(p.exit_code, 0);
     }
 
     #[test]

@@ -418,6 +418,19 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         Some("hello\n")
     );
     assert_eq!(fleet.root("same").read("etc/motd"), None);
+    // The canary no longer previews (it runs the candidate): its run of
+    // it (its first: app.conf and motd) stands for its preview; the
+    // others previewed it.
+    let (code, out, _) = fleet.fleet(&["--candidate"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("group 1: 1 change(s) on 2 node(s): broken, same\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("group 2: 2 change(s) on 1 node(s): apply\n"),
+        "{out}"
+    );
 
     let (code, out, err) = run(fleet
         .f
