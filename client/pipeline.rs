@@ -85,6 +85,9 @@ pub struct Ran {
     pub code: i32,
     pub report: RunReport,
     pub offer: Option<Offer>,
+    /// Its deadline passed or a stop signal ended it (its error says
+    /// which): what it found says nothing of the tree it ran.
+    pub stopped: bool,
 }
 
 /// How a run ended, for the exit code.
@@ -179,6 +182,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Ran> {
         (&mut scratch, &shared_run),
         (&merge_began, &offer),
     );
+    let stopped = watchdog::passed().is_some();
     let ending = match (result, watchdog::passed()) {
         // Past the deadline: that is the dance's error, whatever the
         // stage it stopped said.
@@ -221,6 +225,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Ran> {
         code,
         report,
         offer: offer.into_inner(),
+        stopped,
     })
 }
 
@@ -265,18 +270,29 @@ pub fn preview(config: &Config, opts: &Options, offer: &Offer, own_code: i32) {
     let ran = run(&config, &opts);
     drop(kept.take());
     let report = match ran {
+        Ok(ran) if ran.stopped => {
+            // Not the candidate's failure: nothing is uploaded.
+            let why = ran.report.error.unwrap_or_default();
+            output::warning(&format!(
+                "the preview of candidate {id} was stopped, not uploaded: {why}"
+            ));
+            return;
+        }
         Ok(ran) => ran.report,
         Err(e) => {
             output::warning(&format!("the preview of candidate {id} failed: {e:#}"));
             return;
         }
     };
-    let uploaded = match config.report_upload.value {
-        false => "not uploaded: report_upload is off".to_string(),
+    let (uploaded, sent) = match config.report_upload.value {
+        false => ("not uploaded: report_upload is off".to_string(), true),
         true => match upload_to(&config, &offer.server, &report) {
-            Ok(true) => "uploaded".into(),
-            Ok(false) => "not uploaded: only an ssh:// server stores reports".into(),
-            Err(e) => format!("not uploaded: {e:#}"),
+            Ok(true) => ("uploaded".into(), true),
+            Ok(false) => (
+                "not uploaded: only an ssh:// server stores reports".into(),
+                true,
+            ),
+            Err(e) => (format!("not uploaded: {e:#}"), false),
         },
     };
     match crate::preview::outcome_of(&report) {
@@ -289,10 +305,9 @@ pub fn preview(config: &Config, opts: &Options, offer: &Offer, own_code: i32) {
         crate::preview::Outcome::Changes { changes, .. } => {
             let plural = if changes == 1 { "" } else { "s" };
             let line = format!("previewed candidate {id}: {changes} change{plural}, {uploaded}");
-            if uploaded == "uploaded" || !config.report_upload.value {
-                output::info(&line);
-            } else {
-                output::warning(&line);
+            match sent {
+                true => output::info(&line),
+                false => output::warning(&line),
             }
         }
     }

@@ -478,3 +478,36 @@ fn a_skipped_dance_previews_a_new_candidate_once() {
     assert!(err.contains("skipped: the server's snapshot"), "{err}");
     assert!(!err.contains("previewed"), "previewed already: {err}");
 }
+
+/// A preview its deadline ends is not the candidate's failure: nothing
+/// is uploaded, one warning says so, and the dance keeps its own exit
+/// code and status.
+#[test]
+fn a_preview_past_its_deadline_is_not_uploaded() {
+    let fleet = Fleet::new();
+    let config = fleet.home("apply").join("disco.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("dance_timeout = 3\n");
+    fs::write(&config, text).unwrap();
+    assert_eq!(fleet.publish(&[]).0, 0);
+    fleet.f.module_file(
+        "app",
+        "scripts/10-slow",
+        "#!/bin/sh\nsleep 60 # candidate_preview deadline\n",
+        0o755,
+    );
+    assert_eq!(fleet.publish(&["--candidate"]).0, 0);
+    let candidate = fleet.id("candidate");
+    let err = fleet.dance("apply");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "warning: the preview of candidate {candidate} was stopped, not uploaded: the dance ran past dance_timeout (3 s)"
+        )),
+        "{err}"
+    );
+    assert!(!fleet.served.join("reports/apply/candidate.json").exists());
+    let status = fs::read_to_string(fleet.home("apply").join("state/status")).unwrap();
+    assert!(status.starts_with("done at "), "{status}");
+}
