@@ -6,7 +6,10 @@
 //!
 //! Owns the rule "merge only if every step succeeded and not in noop"
 //! ([`verdict`]), the exit-code table ([`exit_code`]), what the user sees
-//! between stages, and finishing an interrupted undo or merge before a run.
+//! between stages, finishing an interrupted undo or merge before a run,
+//! and the preview of a candidate ([`preview`]: the same pipeline once
+//! more, as a noop of the candidate the server offered, after the node's
+//! own run).
 
 use std::fs;
 use std::path::{Path, PathBuf};
