@@ -931,9 +931,18 @@ pub struct ReportArgs {
     #[arg(long)]
     pub prometheus: bool,
     /// On the server: one line per node from DIR/reports (give --server
-    /// DIR), every field escaped; changes of a failed dance are 0 merged
+    /// DIR): the snapshot it runs, its last run, status, changes…, every
+    /// field escaped; changes of a failed dance are 0 merged
     #[arg(long)]
     pub fleet: bool,
+    /// With --fleet: the preview of the candidate (`disco publish
+    /// --candidate`): the nodes grouped by what it would do on each (the
+    /// same changes, or the same failing module and error), the changes
+    /// once per group, then the nodes that have not reported it yet. Exit
+    /// 0 every node reported and none fails, 1 one fails, 2 not all
+    /// reported (a CI job waits on 2)
+    #[arg(long, requires = "fleet")]
+    pub candidate: bool,
     /// With --fleet: flag nodes whose last report is older than this. The
     /// exit code makes --fleet a monitoring check: 0 every node fresh and
     /// ok, 1 any failed (or unreadable), 2 any stale

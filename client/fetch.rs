@@ -72,21 +72,29 @@ pub struct Origin {
     pub root_hash: String,
     pub sent: u64,
     pub received: u64,
+    /// A fetch of the node's current: the candidate snapshot the server
+    /// offers beside it (published and not that current), for a preview.
+    pub candidate: Option<String>,
 }
 
-/// Asks the server only for its snapshot id and the root hash of the
-/// node's view (for `--if-changed`), without fetching anything.
-pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(String, String)> {
+/// Asks the server only for its snapshot id, the root hash of the
+/// node's view and the candidate it offers (for `--if-changed`), without
+/// fetching anything.
+pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<ssh::Welcomed> {
     match server {
         ServerUri::Local(root) => {
-            let snap = crate::transport::serve::resolve_snapshot(root)?;
+            let snap = crate::transport::serve::resolve_for(root, node, false)?;
             let view = crate::transport::View::of(&snap.path, node)?;
-            Ok((snap.id.clone(), view.manifest.root_hash()))
+            Ok(ssh::Welcomed {
+                snapshot: snap.id.clone(),
+                root: view.manifest.root_hash(),
+                candidate: snap.candidate.clone(),
+            })
         }
         ServerUri::Ssh { .. } => {
-            let (session, snapshot, root) = ssh::Session::open(server, node, opts)?;
+            let (session, welcome) = ssh::Session::open(server, node, opts, false)?;
             session.close()?;
-            Ok((snapshot, root))
+            Ok(welcome)
         }
     }
 }
@@ -102,6 +110,7 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
             &config.node.value,
             &config.state_dir.value,
             &config.ssh(),
+            false,
         ) {
             Ok(f) => {
                 for (by, m) in &f.plan.discovered {
@@ -121,6 +130,27 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
 }
 
+/// Fetches the candidate snapshot `server` offered (a preview) into the
+/// cache and store of `dir` — never the node's own (`STATE/cache`,
+/// `STATE/store`) — and checks it is the candidate `expected`: a newer
+/// one published meanwhile is previewed at the next dance.
+pub fn fetch_candidate(
+    config: &crate::config::Config,
+    server: &str,
+    expected: &str,
+    dir: &Path,
+) -> Result<Fetched> {
+    let uri = ServerUri::parse(server)?;
+    let f = fetch(&uri, &config.node.value, dir, &config.ssh(), true)?;
+    if f.origin.snapshot != expected {
+        bail!(
+            "server {server} served snapshot {} as the candidate, not {expected} (a new candidate was published during the dance; the next dance previews it)",
+            f.origin.snapshot
+        );
+    }
+    Ok(f)
+}
+
 /// The content-addressed store of fetched units beside the cache.
 pub fn store_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("store")
@@ -138,19 +168,23 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cache")
 }
 
-/// Fetches `node` from `server` into `state_dir/cache`.
+/// Fetches `node` from `server` into `state_dir/cache`: the node's
+/// current, or with `candidate` the candidate snapshot (a preview).
 pub fn fetch(
     server: &ServerUri,
     node: &Name,
     state_dir: &Path,
     ssh_opts: &SshOptions,
+    candidate: bool,
 ) -> Result<Fetched> {
     let served = match server {
         ServerUri::Local(root) => root,
-        ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts),
+        ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts, candidate),
     };
-    // A published tree is read through `current`, resolved once.
-    let snapshot = crate::transport::serve::resolve_snapshot(served)?;
+    // A published tree is read through the node's current (its pin or
+    // `current`) or the candidate, resolved once and held.
+    let snapshot = crate::transport::serve::resolve_for(served, node, candidate)
+        .with_context(|| format!("server {}", served.display()))?;
     let root = &snapshot.path;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
@@ -198,6 +232,7 @@ pub fn fetch(
             root_hash: view.manifest.root_hash(),
             sent: 0,
             received: 0,
+            candidate: snapshot.candidate.clone(),
         },
     })
 }
@@ -406,6 +441,7 @@ fn fetch_ssh(
     node: &Name,
     state_dir: &Path,
     opts: &SshOptions,
+    candidate: bool,
 ) -> Result<Fetched> {
     let cache = cache_dir(state_dir);
     fs::create_dir_all(state_dir)
@@ -425,11 +461,12 @@ fn fetch_ssh(
             .unwrap_or_default(),
         _ => Default::default(),
     };
-    let opened = ssh::Session::open(server, node, opts);
+    let opened = ssh::Session::open(server, node, opts, candidate);
     cleanup
         .join()
         .map_err(|_| anyhow::anyhow!("the cleanup of the previous cache panicked"))??;
-    let (mut session, snapshot, root_hash) = opened?;
+    let (mut session, welcome) = opened?;
+    let (snapshot, root_hash) = (welcome.snapshot.clone(), welcome.root.clone());
     let mut stats = ssh::Stats {
         snapshot: snapshot.clone(),
         ..Default::default()
@@ -443,7 +480,7 @@ fn fetch_ssh(
             "fetch from {server}: snapshot {snapshot} unchanged (sent {} B, received {} B)",
             stats.sent, stats.received
         ));
-        return open_cache_from(state_dir, node, server, snapshot, root_hash, &stats);
+        return open_cache_from(state_dir, node, server, &welcome, &stats);
     }
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
     let built = (|| -> Result<()> {
@@ -501,7 +538,7 @@ fn fetch_ssh(
         "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
                 stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
     ));
-    open_cache_from(state_dir, node, server, snapshot, root_hash, &stats)
+    open_cache_from(state_dir, node, server, &welcome, &stats)
 }
 
 /// The cache after an ssh fetch, with where it came from.
@@ -509,17 +546,17 @@ fn open_cache_from(
     state_dir: &Path,
     node: &Name,
     server: &ServerUri,
-    snapshot: String,
-    root_hash: String,
+    welcome: &ssh::Welcomed,
     stats: &ssh::Stats,
 ) -> Result<Fetched> {
     let mut f = open_cache(state_dir, node)?;
     f.origin = Origin {
         server: server.to_string(),
-        snapshot,
-        root_hash,
+        snapshot: welcome.snapshot.clone(),
+        root_hash: welcome.root.clone(),
         sent: stats.sent,
         received: stats.received,
+        candidate: welcome.candidate.clone(),
     };
     Ok(f)
 }
