@@ -213,8 +213,17 @@ pub enum Command {
     /// Publish a server tree atomically: copy SRC to DIR/snapshots/ID and
     /// point DIR/current at it (use with --root DIR)
     ///
-    /// Example (what the shipped git pre-receive hook runs): disco publish
-    /// /srv/disco-src --root /srv/disco
+    /// With --candidate, DIR/candidate points at the new snapshot instead
+    /// and current is left alone: every node keeps running current, nodes
+    /// with preview = true also dry-run the candidate and upload what it
+    /// would do (`disco report --fleet --candidate`), and `disco promote`
+    /// makes it current for some nodes or all. Snapshots that current,
+    /// the candidate or a pin names are never pruned.
+    ///
+    /// Examples: disco publish /srv/disco-src --root /srv/disco (what the
+    /// shipped git pre-receive hook runs);
+    /// disco publish ./checkout --root /srv/disco --candidate;
+    /// disco publish --drop-candidate --root /srv/disco
     Publish(PublishArgs),
     /// Timings, memory and I/O of every step of the last dance
     ///
@@ -763,7 +772,18 @@ pub struct PublishArgs {
     #[arg(long)]
     pub noop: bool,
     /// The server tree to publish (holds parameters/ and modules/)
-    pub src: PathBuf,
+    #[arg(required_unless_present = "drop_candidate")]
+    pub src: Option<PathBuf>,
+    /// Publish SRC as the candidate (DIR/candidate) instead of current:
+    /// nodes with preview = true dry-run it and upload what it would do;
+    /// none runs it until `disco promote`. Replaces an older candidate
+    #[arg(long)]
+    pub candidate: bool,
+    /// Remove DIR/candidate (nodes stop previewing it) and the pins of a
+    /// canary promotion to it (those nodes run current again); current is
+    /// untouched
+    #[arg(long, conflicts_with_all = ["src", "candidate"])]
+    pub drop_candidate: bool,
     /// How many snapshots to keep (one still being served is never removed)
     #[arg(long, default_value_t = 5)]
     pub keep: usize,

@@ -211,6 +211,9 @@ pub struct Config {
     pub prometheus_textfile: Setting<Option<PathBuf>>,
     /// Send each dance's report to the server (ssh:// only).
     pub report_upload: Setting<bool>,
+    /// After each dance, noop the candidate snapshot the server offers
+    /// (if any) on the same root and upload that report (a preview).
+    pub preview: Setting<bool>,
 }
 
 /// What the command line said, before layering.
@@ -259,6 +262,7 @@ struct FileConfig {
     report_history_bytes: Option<u64>,
     prometheus_textfile: Option<PathBuf>,
     report_upload: Option<bool>,
+    preview: Option<bool>,
 }
 
 /// Reads one config file's TOML; an error says the file, the line and the
@@ -390,6 +394,7 @@ impl Config {
             report_history_bytes: Setting::new(100 << 20, Source::Default),
             prometheus_textfile: Setting::new(None, Source::Default),
             report_upload: Setting::new(false, Source::Default),
+            preview: Setting::new(false, Source::Default),
         };
 
         let (main, explicit) = match &flags.config {
@@ -513,6 +518,7 @@ impl Config {
         self.prometheus_textfile
             .set_some(file.prometheus_textfile.map(Some), src);
         self.report_upload.set_some(file.report_upload, src);
+        self.preview.set_some(file.preview, src);
         Ok(())
     }
 
@@ -737,6 +743,11 @@ impl Config {
                 "report_upload",
                 self.report_upload.value.to_string(),
                 &self.report_upload.source,
+            ),
+            line(
+                "preview",
+                self.preview.value.to_string(),
+                &self.preview.source,
             ),
         ]
     }

@@ -72,6 +72,9 @@ pub struct Origin {
     pub root_hash: String,
     pub sent: u64,
     pub received: u64,
+    /// A fetch of the node's current: the candidate snapshot the server
+    /// offers beside it (published and not that current), for a preview.
+    pub candidate: Option<String>,
 }
 
 /// Asks the server only for its snapshot id and the root hash of the
@@ -84,9 +87,9 @@ pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(Stri
             Ok((snap.id.clone(), view.manifest.root_hash()))
         }
         ServerUri::Ssh { .. } => {
-            let (session, snapshot, root) = ssh::Session::open(server, node, opts)?;
+            let (session, welcome) = ssh::Session::open(server, node, opts, false)?;
             session.close()?;
-            Ok((snapshot, root))
+            Ok((welcome.snapshot, welcome.root))
         }
     }
 }
@@ -102,6 +105,7 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
             &config.node.value,
             &config.state_dir.value,
             &config.ssh(),
+            false,
         ) {
             Ok(f) => {
                 for (by, m) in &f.plan.discovered {
@@ -121,6 +125,27 @@ pub fn fetch_configured(config: &crate::config::Config) -> Result<Fetched> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
 }
 
+/// Fetches the candidate snapshot `server` offered (a preview) into the
+/// cache and store of `dir` — never the node's own (`STATE/cache`,
+/// `STATE/store`) — and checks it is the candidate `expected`: a newer
+/// one published meanwhile is previewed at the next dance.
+pub fn fetch_candidate(
+    config: &crate::config::Config,
+    server: &str,
+    expected: &str,
+    dir: &Path,
+) -> Result<Fetched> {
+    let uri = ServerUri::parse(server)?;
+    let f = fetch(&uri, &config.node.value, dir, &config.ssh(), true)?;
+    if f.origin.snapshot != expected {
+        bail!(
+            "server {server} served snapshot {} as the candidate, not {expected} (a new candidate was published during the dance; the next dance previews it)",
+            f.origin.snapshot
+        );
+    }
+    Ok(f)
+}
+
 /// The content-addressed store of fetched units beside the cache.
 pub fn store_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("store")
@@ -138,19 +163,22 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cache")
 }
 
-/// Fetches `node` from `server` into `state_dir/cache`.
+/// Fetches `node` from `server` into `state_dir/cache`: the node's
+/// current, or with `candidate` the candidate snapshot (a preview).
 pub fn fetch(
     server: &ServerUri,
     node: &Name,
     state_dir: &Path,
     ssh_opts: &SshOptions,
+    candidate: bool,
 ) -> Result<Fetched> {
     let served = match server {
         ServerUri::Local(root) => root,
-        ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts),
+        ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts, candidate),
     };
-    // A published tree is read through `current`, resolved once.
-    let snapshot = crate::transport::serve::resolve_snapshot(served)?;
+    // A published tree is read through `current` (or `candidate`),
+    // resolved once.
+    let (snapshot, offered) = local_snapshot(served, candidate)?;
     let root = &snapshot.path;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
@@ -198,8 +226,55 @@ pub fn fetch(
             root_hash: view.manifest.root_hash(),
             sent: 0,
             received: 0,
+            candidate: offered,
         },
     })
+}
+
+/// A snapshot a local fetch reads, held (a shared lock, as `disco serve`
+/// holds one) until the fetch ends.
+struct Held {
+    path: PathBuf,
+    id: String,
+    _current: Option<crate::transport::serve::Snapshot>,
+    _lock: Option<fs::File>,
+}
+
+/// The snapshot a local fetch reads: the candidate (`candidate`), else
+/// `current` and the candidate published beside it, if another.
+fn local_snapshot(served: &Path, candidate: bool) -> Result<(Held, Option<String>)> {
+    let published = crate::preview::candidate_of(served);
+    if !candidate {
+        let current = crate::transport::serve::resolve_snapshot(served)?;
+        let offered = published
+            .ok()
+            .map(|(id, _)| id)
+            .filter(|id| *id != current.id);
+        let held = Held {
+            path: current.path.clone(),
+            id: current.id.clone(),
+            _current: Some(current),
+            _lock: None,
+        };
+        return Ok((held, offered));
+    }
+    let (id, path) = published.with_context(|| format!("server {}", served.display()))?;
+    let dir = fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; held until the fetch ends.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_SH) } != 0 {
+        bail!(
+            "cannot lock the snapshot {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        );
+    }
+    let held = Held {
+        path,
+        id,
+        _current: None,
+        _lock: Some(dir),
+    };
+    Ok((held, None))
 }
 
 /// True when `cache` is exactly what [`build`] would make of `view` and
@@ -406,6 +481,7 @@ fn fetch_ssh(
     node: &Name,
     state_dir: &Path,
     opts: &SshOptions,
+    candidate: bool,
 ) -> Result<Fetched> {
     let cache = cache_dir(state_dir);
     fs::create_dir_all(state_dir)
@@ -425,11 +501,12 @@ fn fetch_ssh(
             .unwrap_or_default(),
         _ => Default::default(),
     };
-    let opened = ssh::Session::open(server, node, opts);
+    let opened = ssh::Session::open(server, node, opts, candidate);
     cleanup
         .join()
         .map_err(|_| anyhow::anyhow!("the cleanup of the previous cache panicked"))??;
-    let (mut session, snapshot, root_hash) = opened?;
+    let (mut session, welcome) = opened?;
+    let (snapshot, root_hash) = (welcome.snapshot.clone(), welcome.root.clone());
     let mut stats = ssh::Stats {
         snapshot: snapshot.clone(),
         ..Default::default()
@@ -443,7 +520,7 @@ fn fetch_ssh(
             "fetch from {server}: snapshot {snapshot} unchanged (sent {} B, received {} B)",
             stats.sent, stats.received
         ));
-        return open_cache_from(state_dir, node, server, snapshot, root_hash, &stats);
+        return open_cache_from(state_dir, node, server, &welcome, &stats);
     }
     let new = state_dir.join(format!(".cache.new-{}", std::process::id()));
     let built = (|| -> Result<()> {
@@ -501,7 +578,7 @@ fn fetch_ssh(
         "fetch from {server}: snapshot {snapshot}: {} file(s) whole, {} by delta, {} reused (sent {} B, received {} B)",
                 stats.whole, stats.deltas, stats.reused, stats.sent, stats.received
     ));
-    open_cache_from(state_dir, node, server, snapshot, root_hash, &stats)
+    open_cache_from(state_dir, node, server, &welcome, &stats)
 }
 
 /// The cache after an ssh fetch, with where it came from.
@@ -509,17 +586,17 @@ fn open_cache_from(
     state_dir: &Path,
     node: &Name,
     server: &ServerUri,
-    snapshot: String,
-    root_hash: String,
+    welcome: &ssh::Welcomed,
     stats: &ssh::Stats,
 ) -> Result<Fetched> {
     let mut f = open_cache(state_dir, node)?;
     f.origin = Origin {
         server: server.to_string(),
-        snapshot,
-        root_hash,
+        snapshot: welcome.snapshot.clone(),
+        root_hash: welcome.root.clone(),
         sent: stats.sent,
         received: stats.received,
+        candidate: welcome.candidate.clone(),
     };
     Ok(f)
 }

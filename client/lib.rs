@@ -26,6 +26,7 @@ pub mod output;
 pub mod params;
 pub mod pipeline;
 pub mod plan;
+pub mod preview;
 pub mod report;
 pub mod rootpath;
 pub mod run;

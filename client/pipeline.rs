@@ -46,6 +46,45 @@ pub struct Options {
     pub detailed_exitcodes: bool,
     /// `--only`: run these modules and what they require, nothing else.
     pub only: Vec<Name>,
+    /// This run is the preview of a candidate (a noop of it, after the
+    /// node's own run): see [`preview`].
+    pub preview: Option<PreviewOf>,
+}
+
+/// The candidate a server offered beside the node's current (the fetch's
+/// welcome said so): what a preview runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The server that offered it (its URI as the fetch names it).
+    pub server: String,
+    /// The candidate snapshot's id.
+    pub candidate: String,
+}
+
+/// A preview run: the offer it runs and the exit code of the node's own
+/// run, which stays the process's whatever the preview does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewOf {
+    pub offer: Offer,
+    pub own_code: i32,
+}
+
+/// How many of its reports a preview keeps in `STATE/preview/reports`.
+const KEPT_PREVIEWS: usize = 5;
+
+/// Where a preview keeps its own cache, store and reports: never those
+/// of the node's own runs.
+pub fn preview_dir(state: &Path) -> PathBuf {
+    state.join("preview")
+}
+
+/// What one run of the pipeline gave: its exit code and report, and the
+/// candidate the server offered beside the snapshot it ran, if any.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub code: i32,
+    pub report: RunReport,
+    pub offer: Option<Offer>,
 }
 
 /// How a run ended, for the exit code.
@@ -113,7 +152,7 @@ pub fn verdict(report: &RunReport, on_failure: &str, conflict: bool) -> Verdict 
 /// error of disco itself is the dance's error: exit 1 before the merge
 /// began, 4 after. The monitoring outputs only warn: they never change
 /// the verdict.
-pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
+pub fn run(config: &Config, opts: &Options) -> Result<Ran> {
     let started = Instant::now();
     let mut report = RunReport {
         id: run::new_run_id(),
@@ -122,8 +161,10 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         root: config.root.value.clone(),
         started: now(),
         only: opts.only.iter().map(|m| m.to_string()).collect(),
+        candidate: opts.preview.as_ref().map(|p| p.offer.candidate.clone()),
         ..RunReport::default()
     };
+    let offer = std::cell::RefCell::new(None);
     let mut scratch = None;
     let merge_began = std::cell::Cell::new(false);
     let shared_run = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -136,7 +177,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
         opts,
         &mut report,
         (&mut scratch, &shared_run),
-        &merge_began,
+        (&merge_began, &offer),
     );
     let ending = match (result, watchdog::passed()) {
         // Past the deadline: that is the dance's error, whatever the
@@ -176,7 +217,71 @@ pub fn run(config: &Config, opts: &Options) -> Result<(i32, RunReport)> {
     }
     watchdog::ended();
     drop(armed);
-    Ok((code, report))
+    Ok(Ran {
+        code,
+        report,
+        offer: offer.into_inner(),
+    })
+}
+
+/// The preview of a candidate, after the node's own run ended (its
+/// report, status and Prometheus file written): the same pipeline, as a
+/// noop of the candidate's snapshot on the same root — fetched into
+/// [`preview_dir`], never the node's own cache and store — nothing
+/// merged, no action or handler run or recorded. Everything it prints is
+/// kept and dropped; one line says what happened (`info: previewed
+/// candidate ID: 3 changes, uploaded`), a failure at most a `warning:`.
+/// Its report is tagged with the candidate, kept in `STATE/preview/` and
+/// uploaded (`report_upload`) to the server that offered it.
+pub fn preview(config: &Config, opts: &Options, offer: &Offer, own_code: i32) {
+    let mut config = config.clone();
+    config.noop.value = true;
+    let opts = Options {
+        keep: false,
+        quiet: opts.quiet,
+        run_actions: false,
+        detailed_exitcodes: opts.detailed_exitcodes,
+        only: Vec::new(),
+        preview: Some(PreviewOf {
+            offer: offer.clone(),
+            own_code,
+        }),
+    };
+    let kept = output::divert();
+    let ran = run(&config, &opts);
+    drop(kept.take());
+    let id = output::printable(&offer.candidate);
+    let report = match ran {
+        Ok(ran) => ran.report,
+        Err(e) => {
+            output::warning(&format!("the preview of candidate {id} failed: {e:#}"));
+            return;
+        }
+    };
+    let uploaded = match config.report_upload.value {
+        false => "not uploaded: report_upload is off".to_string(),
+        true => match upload_to(&config, &offer.server, &report) {
+            Ok(true) => "uploaded".into(),
+            Ok(false) => "not uploaded: only an ssh:// server stores reports".into(),
+            Err(e) => format!("not uploaded: {e:#}"),
+        },
+    };
+    match crate::preview::outcome_of(&report) {
+        crate::preview::Outcome::Fails { module, error } => {
+            let at = module.map(|m| format!("{m}: ")).unwrap_or_default();
+            output::warning(&format!(
+                "previewed candidate {id}: it fails: {at}{error}; {uploaded}"
+            ));
+        }
+        crate::preview::Outcome::Changes { changes, .. } => {
+            let line = format!("previewed candidate {id}: {changes} changes, {uploaded}");
+            if uploaded == "uploaded" || !config.report_upload.value {
+                output::info(&line);
+            } else {
+                output::warning(&line);
+            }
+        }
+    }
 }
 
 /// What the deadline's watchdog does when the main thread does not come
@@ -207,7 +312,14 @@ fn last_resort(
         if let Some(run) = run {
             cleanup_stage(&config.state_dir.value, &run, opts.keep);
         }
-        crate::cron::set_status(&config.state_dir.value, &crate::cron::ended(&report));
+        // A preview's end leaves the node's own status and exit code.
+        let code = match &opts.preview {
+            None => {
+                crate::cron::set_status(&config.state_dir.value, &crate::cron::ended(&report));
+                code
+            }
+            Some(p) => p.own_code,
+        };
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::process::exit(code);
     })
@@ -215,19 +327,25 @@ fn last_resort(
 
 /// Stages 3–9, filling `report` as they go; `scratch` is the run
 /// directory once it exists, `merge_began` set when the root is about to
-/// be touched.
+/// be touched, `offer` once the fetch said the server offers a candidate.
 fn stages(
     config: &Config,
     opts: &Options,
     report: &mut RunReport,
     (scratch, shared_run): (&mut Option<RunDir>, &std::sync::Mutex<Option<RunDir>>),
-    merge_began: &std::cell::Cell<bool>,
+    (merge_began, offer): (&std::cell::Cell<bool>, &std::cell::RefCell<Option<Offer>>),
 ) -> Result<Ending> {
     watchdog::doing("finishing an interrupted merge or undo");
     recover(config)?;
     watchdog::check()?;
     watchdog::doing("the fetch");
-    let mut fetched = fetch_stage(config)?;
+    let mut fetched = fetch_stage(config, opts)?;
+    if let Some(candidate) = &fetched.0.origin.candidate {
+        *offer.borrow_mut() = Some(Offer {
+            server: fetched.0.origin.server.clone(),
+            candidate: candidate.clone(),
+        });
+    }
     watchdog::check()?;
     watchdog::doing("the plan (parameters, secrets, facts of the root)");
     report.server = fetched.0.origin.server.clone();
@@ -334,10 +452,19 @@ pub fn finish_interrupted(config: &Config) -> Result<bool> {
     }
 }
 
-/// Stage 3: the node's view from the server into the cache.
-fn fetch_stage(config: &Config) -> Result<(Fetched, Step)> {
+/// Stage 3: the node's view from the server into the cache; in a
+/// preview, the candidate's into the preview's own cache.
+fn fetch_stage(config: &Config, opts: &Options) -> Result<(Fetched, Step)> {
     let meter = report::Meter::start();
-    let fetched = fetch::fetch_configured(config)?;
+    let fetched = match &opts.preview {
+        None => fetch::fetch_configured(config)?,
+        Some(p) => fetch::fetch_candidate(
+            config,
+            &p.offer.server,
+            &p.offer.candidate,
+            &preview_dir(&config.state_dir.value),
+        )?,
+    };
     let mut step = meter.step("fetch");
     step.sent = Some(fetched.origin.sent);
     step.received = Some(fetched.origin.received);
@@ -1095,15 +1222,20 @@ fn report_stage(config: &Config, report: &mut RunReport, code: i32, started: Ins
     }
     .into();
     let state = &config.state_dir.value;
-    if let Err(e) = report::save_bounded(
-        state,
-        report,
-        config.report_history.value,
-        config.report_history_bytes.value,
-    ) {
+    // A preview's report is kept apart (`disco report` and `disco diff`
+    // show the node's own runs) and uploaded by [`preview`].
+    let previewed = report.candidate.is_some();
+    let (dir, keep) = match previewed {
+        false => (state.clone(), config.report_history.value),
+        true => (preview_dir(state), KEPT_PREVIEWS),
+    };
+    if let Err(e) = report::save_bounded(&dir, report, keep, config.report_history_bytes.value) {
         let why = crate::sandbox::scratch::explain_no_space(&e, state, None)
             .unwrap_or_else(|| format!("{e:#}"));
         output::warning(&format!("the report was not saved: {why}"));
+    }
+    if previewed {
+        return;
     }
     if let Some(path) = &config.prometheus_textfile.value {
         if let Err(e) = write_textfile(path, state, output::prometheus(report).as_bytes()) {
@@ -1214,21 +1346,28 @@ pub fn keep_scratch(run: &RunDir) -> Result<()> {
 
 /// Sends the report to the server (best effort: a failed upload warns).
 fn upload(config: &Config, report: &RunReport) {
-    let sent = (|| -> Result<()> {
-        let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
-        if !matches!(server, fetch::ServerUri::Ssh { .. }) {
-            return Ok(());
-        }
-        crate::transport::ssh::upload(
-            &server,
-            &config.node.value,
-            &config.ssh(),
-            &crate::masks::report_json(report, false)?,
-        )
-    })();
+    let sent = config
+        .require_servers()
+        .and_then(|servers| upload_to(config, &servers[0], report));
     if let Err(e) = sent {
         output::warning(&format!("the report was not uploaded: {e:#}"));
     }
+}
+
+/// Sends `report` (masked) to `server`; true when it went (only an
+/// ssh:// server stores reports).
+fn upload_to(config: &Config, server: &str, report: &RunReport) -> Result<bool> {
+    let server = fetch::ServerUri::parse(server)?;
+    if !matches!(server, fetch::ServerUri::Ssh { .. }) {
+        return Ok(false);
+    }
+    crate::transport::ssh::upload(
+        &server,
+        &config.node.value,
+        &config.ssh(),
+        &crate::masks::report_json(report, false)?,
+    )?;
+    Ok(true)
 }
 
 /// Writes a file with `mode` through a temporary file and a rename.

@@ -431,6 +431,11 @@ pub struct RunReport {
     /// rolled-back merge, a noop or a dance that stopped before is false).
     #[serde(default)]
     pub merged: bool,
+    /// A preview (`preview = true`): the candidate snapshot's id this
+    /// noop ran (`snapshot` is that id too); `disco serve` stores such a
+    /// report as `reports/NODE/candidate.json`, never `last.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
 }
 
 impl RunReport {
@@ -476,6 +481,7 @@ impl RunReport {
             forgot: self.forgot.clone(),
             by: self.by.clone(),
             merged: self.merged,
+            candidate: self.candidate.clone(),
         }
     }
 
@@ -512,6 +518,7 @@ impl RunReport {
             ("snapshot", &self.snapshot),
             ("root_hash", &self.root_hash),
         ];
+        let candidate = self.candidate.iter().map(|c| ("candidate", c.as_str()));
         let lists = self
             .plan
             .iter()
@@ -522,7 +529,8 @@ impl RunReport {
                     .iter()
                     .map(|m| ("modules.name", m.name.as_str())),
             )
-            .chain(self.by.iter().map(|b| ("by", b.as_str())));
+            .chain(self.by.iter().map(|b| ("by", b.as_str())))
+            .chain(candidate);
         fields
             .into_iter()
             .chain(lists)
@@ -588,7 +596,7 @@ pub fn prune_runs(dir: &Path, keep: usize) {
 }
 
 /// The `RUN.json` files of a reports directory, oldest first (run ids
-/// sort by time); not `last.json`.
+/// sort by time); not `last.json`, nor a server's `candidate.json`.
 fn run_files(dir: &Path) -> Vec<PathBuf> {
     let mut runs: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(e) => e
@@ -596,7 +604,8 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
             .map(|e| e.path())
             .filter(|p| {
                 p.extension().is_some_and(|e| e == "json")
-                    && p.file_name().is_some_and(|n| n != "last.json")
+                    && p.file_name()
+                        .is_some_and(|n| n != "last.json" && n != crate::preview::CANDIDATE_REPORT)
             })
             .collect(),
         Err(_) => Vec::new(),

@@ -80,6 +80,7 @@ fn main() {
             node: node.to_string(),
             snapshot,
             root: manifest.root_hash(),
+            candidate: None,
         },
         &[],
     );

@@ -357,6 +357,7 @@ fn serve_reads_nothing_of_a_file_over_the_hellos_max_file_size() {
             version: VERSION,
             node: "a".into(),
             max_file_size: 1 << 20,
+            candidate: false,
         },
         &[],
     )
@@ -466,6 +467,7 @@ fn hashing_an_unpublished_tree_stops_at_fetch_timeout() {
             version: VERSION,
             node: "a".into(),
             max_file_size: 16 << 30,
+            candidate: false,
         },
         &[],
     )

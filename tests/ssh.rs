@@ -385,6 +385,7 @@ fn delta_from_serve(server: &Path, path: &str, signature: &[u8]) -> Vec<u8> {
             version: VERSION,
             node: "a".into(),
             max_file_size: 1 << 30,
+            candidate: false,
         },
         &[],
     )

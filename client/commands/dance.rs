@@ -71,22 +71,32 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
         state,
         &format!("running since {} (pid {})", now(), std::process::id()),
     );
-    let result = pipeline::run(
-        config,
-        &pipeline::Options {
-            keep: opts.keep,
-            quiet: opts.quiet,
-            run_actions: opts.run_actions,
-            detailed_exitcodes: opts.detailed_exitcodes,
-            only: opts.only.clone(),
-        },
-    );
-    let result = result.map_err(no_space);
+    let popts = pipeline::Options {
+        keep: opts.keep,
+        quiet: opts.quiet,
+        run_actions: opts.run_actions,
+        detailed_exitcodes: opts.detailed_exitcodes,
+        only: opts.only.clone(),
+        preview: None,
+    };
+    let result = pipeline::run(config, &popts).map_err(no_space);
     match &result {
-        Ok((_, report)) => crate::cron::set_status(state, &crate::cron::ended(report)),
+        Ok(ran) => crate::cron::set_status(state, &crate::cron::ended(&ran.report)),
         Err(e) => crate::cron::set_status(state, &format!("failed at {}: {e:#}", now())),
     }
-    result.map(|(code, _)| code)
+    // The node's own run is over and recorded; a candidate the server
+    // offered is previewed now (not for a partial dance).
+    if let Ok(pipeline::Ran {
+        code,
+        offer: Some(offer),
+        ..
+    }) = &result
+    {
+        if config.preview.value && opts.only.is_empty() {
+            pipeline::preview(config, &popts, offer, *code);
+        }
+    }
+    result.map(|ran| ran.code)
 }
 
 /// `--if-changed`: true (and says so) when the server's view of this node

@@ -391,6 +391,12 @@ fn config_text(uri: &ServerUri, node: &Name, ssh: bool) -> String {
             quote(&format!("/{ETC}/known_hosts"))
         ));
     }
+    // The packaged default: each dance also previews a candidate.
+    t.push_str(
+        "# After each dance, noop the candidate the server offers on this root\n\
+         # and upload that report (with report_upload = true).\n\
+         preview = true\n",
+    );
     t.push_str(
         "\n# Every other key with its default, explained:\n\
          # /usr/share/disco/disco.toml (the .deb installs it).\n",
@@ -433,5 +439,6 @@ mod tests {
         assert_eq!(v["server"].as_str(), Some("ssh://disco@cfg:2222/srv/disco"));
         assert_eq!(v["node"].as_str(), Some("web1"));
         assert_eq!(v["ssh_identity"].as_str(), Some("/etc/disco/id_ed25519"));
+        assert_eq!(v["preview"].as_bool(), Some(true));
     }
 }

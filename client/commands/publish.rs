@@ -1,43 +1,112 @@
 //! `disco publish`: copies a server tree into a new snapshot and points
-//! `current` at it, atomically.
+//! `current` (or, with `--candidate`, `candidate`) at it, atomically;
+//! `--drop-candidate` removes the candidate link.
+
+use std::path::Path;
 
 use anyhow::{bail, Result};
 
 use crate::cli::PublishArgs;
 use crate::config::{Config, Source};
+use crate::transport::{candidate, publish};
 
-/// Publishes `args.src` under `--root`.
+/// Publishes `args.src` under `--root` (or drops its candidate).
 pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
     if !matches!(config.root.source, Source::Flag(_)) {
         bail!(
             "disco publish needs --root DIR, the served directory (it gets snapshots/ and current)"
         );
     }
+    let root = &config.root.value;
+    let Some(src) = args.src.as_deref() else {
+        return drop_candidate(root, config.noop.value);
+    };
+    let what = match args.candidate {
+        true => "the candidate",
+        false => "a new snapshot",
+    };
     if config.noop.value {
         // What a real publish would refuse, noop refuses too.
-        crate::transport::publish::check_served_dir(&config.root.value)?;
-        let n = crate::transport::publish::differing_files(
-            &args.src,
-            &config.root.value,
-            &args.allow_link_to,
-        )?;
+        publish::check_served_dir(root)?;
+        let n = publish::differing_files(src, root, &args.allow_link_to)?;
         crate::output::info(&format!(
-            "noop: would publish {} as a new snapshot of {}; {n} file(s) differ from current; nothing was changed",
-            args.src.display(),
-            config.root.value.display()
+            "noop: would publish {} as {what} of {}; {n} file(s) differ from current; nothing was changed",
+            src.display(),
+            root.display()
         ));
         return Ok(0);
     }
-    let id = crate::transport::publish::publish(
-        &args.src,
-        &config.root.value,
-        args.keep,
-        &args.allow_link_to,
-    )?;
+    let id = publish::publish(src, root, args.keep, &args.allow_link_to, args.candidate)?;
+    if args.candidate {
+        let current = candidate::read_link(root, candidate::CURRENT)
+            .ok()
+            .flatten()
+            .map_or_else(
+                || "no snapshot yet".into(),
+                |c| format!("snapshot {}", c.id),
+            );
+        crate::output::info(&format!(
+            "published {} as snapshot {id}, the candidate; {}/current ({current}) is unchanged",
+            src.display(),
+            root.display()
+        ));
+        return Ok(0);
+    }
     crate::output::info(&format!(
         "published {} as snapshot {id}; {}/current points to it",
-        args.src.display(),
-        config.root.value.display()
+        src.display(),
+        root.display()
     ));
+    pinned_note(root);
     Ok(0)
+}
+
+/// `--drop-candidate`: removes `root/candidate`, saying which it was.
+fn drop_candidate(root: &Path, noop: bool) -> Result<i32> {
+    if noop {
+        let msg = match candidate::read_link(root, candidate::CANDIDATE)? {
+            Some(c) => format!(
+                "noop: would drop the candidate snapshot {}; nothing was changed",
+                c.id
+            ),
+            None => format!("noop: {} has no candidate; nothing to drop", root.display()),
+        };
+        crate::output::info(&msg);
+        return Ok(0);
+    }
+    let msg = match candidate::drop_candidate(root)? {
+        Some((id, unpinned)) if unpinned.is_empty() => format!(
+            "dropped the candidate snapshot {id} of {}; nodes no longer preview it",
+            root.display()
+        ),
+        Some((id, unpinned)) => format!(
+            "dropped the candidate snapshot {id} of {}; nodes no longer preview it, and {} pinned to it run current again: {}",
+            root.display(),
+            unpinned.len(),
+            unpinned.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        None => format!("{} has no candidate; nothing to drop", root.display()),
+    };
+    crate::output::info(&msg);
+    Ok(0)
+}
+
+/// After a publish of current: says which nodes a canary promotion still
+/// pins elsewhere (they do not run the new current until `disco promote`).
+fn pinned_note(root: &Path) {
+    let Ok(pins) = candidate::pins(root) else {
+        return;
+    };
+    if pins.is_empty() {
+        return;
+    }
+    let list: Vec<String> = pins
+        .iter()
+        .map(|(n, l)| format!("{n} ({})", l.id))
+        .collect();
+    crate::output::info(&format!(
+        "{} node(s) stay pinned by a canary promotion and do not run it: {}; a full `disco promote` or `disco publish --drop-candidate` ends the pins",
+        pins.len(),
+        list.join(", ")
+    ));
 }

@@ -6,8 +6,10 @@
 //! The local transport (a plain directory) stays in [`crate::fetch`];
 //! everything here is about the protocol ([`wire`]), the hash tree
 //! ([`manifest`]), the server ([`serve`]), the client ([`ssh`]) and
-//! `disco publish` ([`publish`]).
+//! `disco publish` ([`publish`]), with the candidate, pins and promotion
+//! ([`candidate`]).
 
+pub mod candidate;
 pub mod deadline;
 pub mod manifest;
 pub mod publish;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::candidate;
 use super::manifest::Manifest;
 use super::PUBLISHED_MANIFEST;
 use crate::output;
@@ -297,8 +298,16 @@ impl Drop for AsOwner {
 }
 
 /// Publishes `src` under `root`; returns the new snapshot id. A top-level
-/// link of `src` may lead only to one of `allowed`.
-pub fn publish(src: &Path, root: &Path, keep: usize, allowed: &[PathBuf]) -> Result<String> {
+/// link of `src` may lead only to one of `allowed`. `as_candidate`: the
+/// snapshot becomes the candidate (`root/candidate`, replacing an older
+/// one) and `current` is left alone.
+pub fn publish(
+    src: &Path,
+    root: &Path,
+    keep: usize,
+    allowed: &[PathBuf],
+    as_candidate: bool,
+) -> Result<String> {
     crate::tree::check_top_links(src, allowed)?;
     for sub in ["parameters", "modules"] {
         if !src.join(sub).is_dir() {
@@ -349,12 +358,16 @@ pub fn publish(src: &Path, root: &Path, keep: usize, allowed: &[PathBuf]) -> Res
             snapshots.display()
         )));
     }
-    let link_tmp = root.join(".current.tmp");
-    let _ = fs::remove_file(&link_tmp);
-    std::os::unix::fs::symlink(Path::new("snapshots").join(&id), &link_tmp)?;
-    fs::rename(&link_tmp, root.join("current")).context("cannot swap current")?;
-    fs::File::open(root).and_then(|d| d.sync_all())?;
-    prune(&snapshots, &id, keep)?;
+    // The swap and the prune under the links' lock: a promotion never
+    // renames a candidate this publish is replacing, and the prune sees
+    // every link as it is.
+    let lock = candidate::lock(root)?;
+    match as_candidate {
+        true => candidate::set_candidate(root, &id)?,
+        false => candidate::set_current(root, &id)?,
+    }
+    prune(root, &id, keep)?;
+    drop(lock);
     tighten_kept(&snapshots, &id, owner);
     Ok(id)
 }
@@ -433,16 +446,20 @@ fn tighten_kept(snapshots: &Path, newest: &str, owner: Option<(u32, u32)>) {
     }
 }
 
-/// Removes the oldest snapshots beyond `keep`, skipping any a session holds.
-fn prune(snapshots: &Path, newest: &str, keep: usize) -> Result<()> {
-    let mut ids: Vec<String> = fs::read_dir(snapshots)?
+/// Removes the oldest snapshots beyond `keep`, skipping any a link names
+/// (`current`, `candidate`, a pin: [`candidate::linked_ids`]) and any a
+/// session holds.
+fn prune(root: &Path, newest: &str, keep: usize) -> Result<()> {
+    let snapshots = root.join("snapshots");
+    let linked = candidate::linked_ids(root);
+    let mut ids: Vec<String> = fs::read_dir(&snapshots)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.') && n != newest)
         .collect();
     ids.sort();
     let excess = (ids.len() + 1).saturating_sub(keep.max(1));
-    for id in ids.iter().take(excess) {
+    for id in ids.iter().take(excess).filter(|id| !linked.contains(*id)) {
         let p = snapshots.join(id);
         let Ok(dir) = fs::File::open(&p) else {
             continue;

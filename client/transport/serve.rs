@@ -458,6 +458,7 @@ fn handshake<R: Read, W: Write>(
         version,
         node,
         max_file_size,
+        ..
     } = hello
     else {
         return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
@@ -513,6 +514,7 @@ fn handshake<R: Read, W: Write>(
             node: node.to_string(),
             snapshot: snapshot.id.clone(),
             root: view.manifest.root_hash(),
+            candidate: None,
         },
         &[],
     )?;
@@ -661,6 +663,13 @@ fn store_report(root: &Path, node: &Name, blob: &[u8]) -> Result<()> {
     let dir = root.join("reports").join(node.as_str());
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    if report.candidate.is_some() {
+        // A preview of the candidate: kept apart from the node's own
+        // runs (never `last.json`, never pruned with them).
+        let path = dir.join(crate::preview::CANDIDATE_REPORT);
+        return crate::fsutil::write_private(&path, blob)
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
     for name in [format!("{}.json", report.id), "last.json".to_string()] {
         // Readable by the serving user only.
         crate::fsutil::write_private(&dir.join(&name), blob)?;

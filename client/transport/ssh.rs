@@ -137,15 +137,29 @@ pub struct Session {
 /// How much of ssh's stderr is kept for the error message.
 const MAX_STDERR: usize = 64 << 10;
 
+/// What the server's welcome said of the session it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Welcomed {
+    /// The snapshot served (`-` for a tree served as it is).
+    pub snapshot: String,
+    /// The root hash of the node's view of it.
+    pub root: String,
+    /// In a session of the node's current: the candidate snapshot's id
+    /// when one is published and differs from it.
+    pub candidate: Option<String>,
+}
+
 impl Session {
-    /// Starts ssh and does the handshake for `node`.
+    /// Starts ssh and does the handshake for `node`: of the candidate
+    /// snapshot with `candidate` (a preview), else of the node's current.
     ///
     /// Long because the handshake's error cases (ssh itself, the protocol version, an unexpected answer) are each said here.
     pub fn open(
         uri: &ServerUri,
         node: &Name,
         opts: &SshOptions,
-    ) -> Result<(Session, String, String)> {
+        candidate: bool,
+    ) -> Result<(Session, Welcomed)> {
         let ServerUri::Ssh { path, .. } = uri else {
             bail!("not an ssh:// server: {uri}")
         };
@@ -195,6 +209,7 @@ impl Session {
                 version: VERSION,
                 node: node.to_string(),
                 max_file_size: s.max_file_size,
+                candidate,
             },
             &[],
         );
@@ -207,10 +222,28 @@ impl Session {
                     version,
                     snapshot,
                     root,
+                    candidate,
                     ..
                 },
                 _,
-            )) if version == VERSION => Ok((s, snapshot, root)),
+            )) if version == VERSION => {
+                // Its id is printed and goes into a report: a snapshot
+                // name, or the session is refused.
+                if let Some(Err(e)) = candidate
+                    .as_deref()
+                    .map(|c| Name::parse(c, "the candidate's snapshot id in the welcome"))
+                {
+                    return Err(s.failure(e.into()));
+                }
+                Ok((
+                    s,
+                    Welcomed {
+                        snapshot,
+                        root,
+                        candidate,
+                    },
+                ))
+            }
             Ok((Msg::Welcome { version, .. }, _)) => {
                 let e = anyhow!(
                     "protocol version mismatch: it speaks {version}, this client {VERSION}"
@@ -778,7 +811,7 @@ pub fn upload(uri: &ServerUri, node: &Name, opts: &SshOptions, report: &[u8]) ->
             super::wire::MAX_BLOB
         );
     }
-    let (mut s, _, _) = Session::open(uri, node, opts)?;
+    let (mut s, _) = Session::open(uri, node, opts, false)?;
     s.wire.say(&Msg::Report, report)?;
     match s.wire.recv() {
         Ok((Msg::Stored, _)) => s.close(),

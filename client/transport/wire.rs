@@ -52,18 +52,26 @@ pub enum Msg {
     /// Client → server: first frame. `max_file_size`: the largest file
     /// the node accepts; the server never reads a bigger one (absent in a
     /// version-1 hello, which is refused for its version).
+    /// `candidate`: this session serves the candidate snapshot instead
+    /// of the node's current (a preview; refused when none is published).
     Hello {
         version: u32,
         node: String,
         #[serde(default)]
         max_file_size: u64,
+        #[serde(default)]
+        candidate: bool,
     },
-    /// Server → client: the snapshot this session serves and its root hash.
+    /// Server → client: the snapshot this session serves and its root
+    /// hash; in a session serving the node's current, `candidate` is the
+    /// candidate's snapshot id when one is published and differs from it.
     Welcome {
         version: u32,
         node: String,
         snapshot: String,
         root: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        candidate: Option<String>,
     },
     /// Client → server: list these directories (relative paths, "" = root).
     List {

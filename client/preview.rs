@@ -1,0 +1,315 @@
+//! The fleet's preview of a candidate snapshot, on the server: the
+//! reports nodes uploaded after nooping the candidate on their own roots
+//! (`ROOT/reports/NODE/candidate.json`), grouped by identical predicted
+//! outcome (DESIGN §6, docs/fleet.md "Previewing a change").
+//!
+//! Owns the grouping and its data ([`Preview`], serialisable: the JSON of
+//! `disco report --fleet --candidate --json` and what the HTML fleet page
+//! renders). It prints nothing: `commands/report.rs` renders it as text.
+//! Everything in a report is the node's word (masked by the node as every
+//! report is): it is kept as data here and escaped where it is printed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::names::Name;
+use crate::report::{Change, ChangeKind, RunReport, Summary};
+
+/// The preview of the candidate published in a served directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    /// The candidate's snapshot id (`ROOT/candidate` → `snapshots/ID`).
+    pub candidate: String,
+    /// The nodes of the candidate snapshot, sorted: its `parameters/*`
+    /// entries that no layer lists as a group.
+    pub nodes: Vec<String>,
+    /// The nodes that reported this candidate, grouped by identical
+    /// outcome: failing groups first, then those that change something,
+    /// then the converged one; within each, the bigger group first.
+    pub groups: Vec<Group>,
+    /// Nodes of the candidate with no report of it at all.
+    pub not_reported: Vec<String>,
+    /// Nodes whose last preview report is of another (older) candidate.
+    pub outdated: Vec<Outdated>,
+    /// Nodes in failing groups.
+    pub failed: usize,
+    /// 0: every node reported and none fails; 1: one fails; 2: not every
+    /// node reported this candidate yet (and none that did fails).
+    pub exit_code: i32,
+}
+
+/// Nodes whose previews of the candidate predict the same outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// Sorted.
+    pub nodes: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// What the candidate would do on each node of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The dance of the candidate would fail: the first module that
+    /// failed (plan order) and its error line, or, for a dance that
+    /// failed outside any module (a conflict, the plan), no module and
+    /// the dance's error.
+    Fails {
+        module: Option<String>,
+        error: String,
+    },
+    /// The dance would succeed with these changes (none: converged).
+    /// The same paths with the same new content (md5, or kind, mode and
+    /// owner for what is not a regular file) on every node of the
+    /// group; the changes shown (diffs included) are the first node's.
+    Changes {
+        /// Every change, kept in full or summarised.
+        changes: usize,
+        modules: Vec<ModuleChanges>,
+    },
+}
+
+/// One module's predicted changes, as its report keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleChanges {
+    pub name: String,
+    /// The changes kept in full, in path order.
+    pub changes: Vec<Change>,
+    /// The changes its report counted per directory instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summarised: Vec<Summary>,
+    /// What it could not do in the sandbox and said so (`disco pending`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+}
+
+/// A node whose preview is of another candidate than the one published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outdated {
+    pub node: String,
+    /// The candidate its `candidate.json` is of.
+    pub candidate: String,
+    /// When that preview ended.
+    pub ended: String,
+}
+
+impl Outcome {
+    pub fn fails(&self) -> bool {
+        matches!(self, Outcome::Fails { .. })
+    }
+}
+
+/// Reads the candidate of `server_root` and its nodes' preview reports,
+/// and groups them. An error when no candidate is published (or its link
+/// is not `snapshots/ID`) or its tree cannot be read.
+pub fn preview(server_root: &Path) -> Result<Preview> {
+    let (candidate, snapshot) = candidate_of(server_root)?;
+    let tree = crate::tree::ServerTree::open(&snapshot)
+        .with_context(|| format!("the candidate {}", snapshot.display()))?;
+    let layers: Vec<Name> = tree
+        .names_in("parameters")
+        .with_context(|| format!("the candidate {}", snapshot.display()))?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let nodes: Vec<String> = tree.nodes(&layers).iter().map(Name::to_string).collect();
+    let reports = server_root.join("reports");
+    let mut by_outcome: BTreeMap<String, Group> = BTreeMap::new();
+    let (mut not_reported, mut outdated) = (Vec::new(), Vec::new());
+    for node in &nodes {
+        let path = reports.join(node).join(CANDIDATE_REPORT);
+        let outcome = match fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                not_reported.push(node.clone());
+                continue;
+            }
+            Err(e) => unreadable(&format!("cannot read it: {e}")),
+            Ok(bytes) => match serde_json::from_slice::<RunReport>(&bytes) {
+                Err(e) => unreadable(&format!("it does not parse: {e}")),
+                Ok(r) if r.candidate.as_deref() != Some(&candidate) => {
+                    outdated.push(Outdated {
+                        node: node.clone(),
+                        candidate: r.candidate.unwrap_or(r.snapshot),
+                        ended: r.ended,
+                    });
+                    continue;
+                }
+                Ok(r) => outcome_of(&r),
+            },
+        };
+        by_outcome
+            .entry(outcome_key(&outcome))
+            .or_insert_with(|| Group {
+                nodes: Vec::new(),
+                outcome,
+            })
+            .nodes
+            .push(node.clone());
+    }
+    let mut groups: Vec<Group> = by_outcome.into_values().collect();
+    groups.sort_by_key(|g| {
+        let rank = match &g.outcome {
+            Outcome::Fails { .. } => 0,
+            Outcome::Changes { changes, .. } if *changes > 0 => 1,
+            Outcome::Changes { .. } => 2,
+        };
+        (rank, std::cmp::Reverse(g.nodes.len()), g.nodes[0].clone())
+    });
+    let failed = groups
+        .iter()
+        .filter(|g| g.outcome.fails())
+        .map(|g| g.nodes.len())
+        .sum();
+    let exit_code = if failed > 0 {
+        1
+    } else if !not_reported.is_empty() || !outdated.is_empty() {
+        2
+    } else {
+        0
+    };
+    Ok(Preview {
+        candidate,
+        nodes,
+        groups,
+        not_reported,
+        outdated,
+        failed,
+        exit_code,
+    })
+}
+
+/// The name of a node's preview report under `reports/NODE/`.
+pub const CANDIDATE_REPORT: &str = "candidate.json";
+
+/// The candidate's id and snapshot directory: `ROOT/candidate` must be a
+/// symlink to `snapshots/ID` (as `disco publish --candidate` makes it).
+pub fn candidate_of(root: &Path) -> Result<(String, std::path::PathBuf)> {
+    let link = root.join("candidate");
+    let target = match fs::read_link(&link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no candidate is published in {} (publish one with `disco publish SRC --root {} --candidate`)",
+            root.display(),
+            root.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", link.display())),
+    };
+    let mut parts = target.components();
+    let id = match (parts.next(), parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(top)), Some(std::path::Component::Normal(id)), None)
+            if top == "snapshots" =>
+        {
+            id.to_string_lossy().into_owned()
+        }
+        _ => bail!(
+            "{} points to {}, not to snapshots/ID",
+            link.display(),
+            target.display()
+        ),
+    };
+    let dir = root.join("snapshots").join(&id);
+    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        bail!(
+            "{} points to {}, which is not a snapshot directory",
+            link.display(),
+            dir.display()
+        );
+    }
+    Ok((id, dir))
+}
+
+fn unreadable(why: &str) -> Outcome {
+    Outcome::Fails {
+        module: None,
+        error: format!("its {CANDIDATE_REPORT} is unreadable: {why}"),
+    }
+}
+
+/// What a preview report predicts: a failure (its first failed module in
+/// plan order and its error, else the dance's error), or its changes.
+/// A status other than `ok` or `changed` is a failure, as in the fleet
+/// view.
+pub fn outcome_of(r: &RunReport) -> Outcome {
+    if !matches!(r.status.as_str(), "ok" | "changed") {
+        if let Some(m) = r.modules.iter().find(|m| m.error.is_some()) {
+            return Outcome::Fails {
+                module: Some(m.name.clone()),
+                error: m.error.clone().unwrap_or_default(),
+            };
+        }
+        return Outcome::Fails {
+            module: None,
+            error: r
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("the preview ended with status {:?}", r.status)),
+        };
+    }
+    let modules: Vec<ModuleChanges> = r
+        .modules
+        .iter()
+        .filter(|m| m.change_count() > 0 || !m.pending.is_empty())
+        .map(|m| ModuleChanges {
+            name: m.name.clone(),
+            changes: m.changes.clone(),
+            summarised: m.summarised.clone(),
+            pending: m.pending.clone(),
+        })
+        .collect();
+    Outcome::Changes {
+        changes: r.change_count(),
+        modules,
+    }
+}
+
+/// The key two outcomes are the same by: a failure's module and error;
+/// a change list's modules, paths, kinds and new content (md5 of a
+/// regular file, a link's target, else kind, mode and owner; a file's
+/// mode and owner too), summaries and pending lines — never the diff
+/// text or the old content, which differ from node to node.
+fn outcome_key(o: &Outcome) -> String {
+    match o {
+        Outcome::Fails { module, error } => format!("F\0{module:?}\0{error}"),
+        Outcome::Changes { modules, .. } => {
+            let mut key = String::from("C");
+            for m in modules {
+                key.push_str(&format!("\0M{}", m.name));
+                for c in &m.changes {
+                    key.push_str(&format!("\0{}\0{}", c.path, change_key(c)));
+                }
+                for s in &m.summarised {
+                    key.push_str(&format!("\0S{}", s.line()));
+                }
+                for p in &m.pending {
+                    key.push_str(&format!("\0P{p}"));
+                }
+            }
+            key
+        }
+    }
+}
+
+/// What a change makes of its path, for [`outcome_key`].
+fn change_key(c: &Change) -> String {
+    let kind = match c.kind {
+        ChangeKind::Created => "c",
+        ChangeKind::Modified => "m",
+        ChangeKind::Deleted => "d",
+        ChangeKind::Replaced => "r",
+    };
+    match &c.new {
+        None => kind.to_string(),
+        Some(n) => format!(
+            "{kind} {} {:o} {} {} {}",
+            n.kind,
+            n.mode,
+            n.owner,
+            n.md5.as_deref().unwrap_or("-"),
+            n.target.as_deref().unwrap_or("-"),
+        ),
+    }
+}
