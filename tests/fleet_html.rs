@@ -223,11 +223,11 @@ fn store(served: &Path, r: &RunReport) {
 }
 
 /// `disco report --fleet --html SITE --server SERVED`.
-fn html(f: &Fixture, site: &Path) -> (i32, String, String) {
+fn html(f: &Fixture, served: &Path, site: &Path) -> (i32, String, String) {
     run(f
         .disco_without_server()
         .arg("--server")
-        .arg(f.server())
+        .arg(served)
         .args(["report", "--fleet", "--html"])
         .arg(site))
 }
@@ -260,9 +260,12 @@ fn href<'a>(dom: &'a str, text: &str) -> &'a str {
     &dom[start..end]
 }
 
-#[test]
-fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_as_text() {
-    let f = Fixture::new();
+/// A served directory (0700, as publish wants it) holding the reports of
+/// five nodes: web1 and db1 from real live dances on fixture roots (db1's
+/// failed), evil's three hostile ones, old's of two days ago, and a
+/// directory that is no node name and holds nothing.
+fn fleet_of_five(f: &Fixture) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     f.node("web1", &["app"]).module("app", "");
     f.module_file("app", "files/etc/app.conf", "port = 80\n", 0o644);
     f.node("db1", &["db"]).module("db", "");
@@ -273,16 +276,19 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
         "#!/bin/sh\necho 'db: bad <config>' >&2\nexit 3\n",
         0o755,
     );
-    let (code, web1) = dance(&f, "web1");
+    f.node("evil", &[]);
+    let served = f.dir.path().join("srv");
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, web1) = dance(f, "web1");
     assert_eq!(code, 0, "web1 converged");
-    upload(&f.server(), &web1);
-    let (code, db1) = dance(&f, "db1");
+    upload(&served, &web1);
+    let (code, db1) = dance(f, "db1");
     assert_eq!(code, 1, "db1 failed");
-    upload(&f.server(), &db1);
+    upload(&served, &db1);
     for i in 0..3 {
-        store(&f.server(), &hostile_report(i));
+        store(&served, &hostile_report(i));
     }
-    // A node whose last report is two days old.
     let mut old = hostile_report(0);
     (old.node, old.id, old.status) = ("old".into(), "20260101T000000Z-9".into(), "ok".into());
     old.ended = humantime::format_rfc3339_seconds(
@@ -290,13 +296,51 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
     )
     .to_string();
     old.modules.clear();
-    store(&f.server(), &old);
-    // A directory of reports/ that is no node name, and holds nothing.
-    fs::create_dir_all(f.server().join("reports/z<i>x")).unwrap();
+    store(&served, &old);
+    fs::create_dir_all(served.join("reports/z<i>x")).unwrap();
+    served
+}
+
+/// Publishes the fixture's tree as the candidate of `served` (its nodes:
+/// db1, evil, web1) and writes the previews of two of them as serve
+/// stores them: db1's fails with a hostile error, web1's changes a file;
+/// evil has not reported. Returns the candidate's id.
+fn candidate_with_previews(f: &Fixture, served: &Path) -> String {
+    let (code, _, err) = run(f
+        .disco_without_server()
+        .arg("publish")
+        .arg(f.server())
+        .arg("--root")
+        .arg(served)
+        .arg("--candidate"));
+    assert_eq!(code, 0, "{err}");
+    let link = fs::read_link(served.join("candidate")).unwrap();
+    let id = link.file_name().unwrap().to_string_lossy().into_owned();
+    let mut db1 = hostile_report(2);
+    (db1.node, db1.status) = ("db1".into(), "failed".into());
+    db1.modules[0].name = "db".into();
+    db1.modules[0].error = Some(format!("scripts/20-new exited 2: {HOSTILE}"));
+    let mut web1 = hostile_report(2);
+    web1.node = "web1".into();
+    web1.modules[0].name = "app".into();
+    web1.modules[0].changes[0].path = "/etc/app.conf".into();
+    for r in [&mut db1, &mut web1] {
+        (r.candidate, r.snapshot, r.noop) = (Some(id.clone()), id.clone(), true);
+        let dir = served.join("reports").join(&r.node);
+        fs::write(dir.join("candidate.json"), serde_json::to_vec(r).unwrap()).unwrap();
+    }
+    id
+}
+
+#[test]
+fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_as_text() {
+    let f = Fixture::new();
+    let served = fleet_of_five(&f);
+    let candidate = candidate_with_previews(&f, &served);
 
     let site = f.dir.path().join("www/fleet");
     fs::create_dir(f.dir.path().join("www")).unwrap();
-    let (code, out, err) = html(&f, &site);
+    let (code, out, err) = html(&f, &served, &site);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
@@ -377,6 +421,42 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
         "the snapshot: {index}"
     );
 
+    // The candidate's preview, by its link from the overview: the failing
+    // group first, each group's nodes linked, the nodes not reported.
+    let link = href(&index, &format!("<code>{candidate}</code>"));
+    assert_eq!(link, "candidate.html");
+    let preview = browser.dom(&site.join(link));
+    assert!(
+        preview.contains(&format!("<h1>Candidate <code>{candidate}</code></h1>")),
+        "{preview}"
+    );
+    assert!(preview.contains("3 node(s) · 2 group(s) · <b>1 fail</b> · some node fails"));
+    let fails = preview
+        .find("1 node(s)</span> fail in module db</h2>")
+        .expect(&preview);
+    let changes = preview
+        .find("1 node(s)</span> 1 change(s)</h2>")
+        .expect(&preview);
+    assert!(fails < changes, "the failing group first: {preview}");
+    assert!(
+        preview.contains(&format!("db: scripts/20-new exited 2: {shown}</p>")),
+        "the failure, escaped: {preview}"
+    );
+    assert!(
+        preview.contains("File: /etc/app.conf : Modified"),
+        "{preview}"
+    );
+    assert!(
+        preview.contains(
+            "<h2>Not reported yet: 1</h2>\n<ul><li><a href=\"nodes/evil.html\">evil</a></li></ul>"
+        ),
+        "{preview}"
+    );
+    assert_eq!(href(&preview, "db1"), "nodes/db1.html");
+    for injected in ["<script", "<img", "\x1b", "\r"] {
+        assert!(!preview.contains(injected), "{injected:?} in {preview}");
+    }
+
     // What a person sees, for the closing note.
     let png = browser.home.path().join("overview.png");
     browser.load(
@@ -418,7 +498,7 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
     let www = f.dir.path().join("www");
     let site = www.join("fleet");
     fs::create_dir(&www).unwrap();
-    let (code, _, err) = html(&f, &site);
+    let (code, _, err) = html(&f, &f.server(), &site);
     assert_eq!(code, 0, "{err}");
     assert!(site.join("nodes/evil.html").exists());
 
@@ -427,7 +507,7 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
     let mut web1 = hostile_report(1);
     web1.node = "web1".into();
     store(&f.server(), &web1);
-    let (code, _, err) = html(&f, &site);
+    let (code, _, err) = html(&f, &f.server(), &site);
     assert_eq!(code, 0, "{err}");
     assert!(
         !site.join("nodes/evil.html").exists(),
@@ -446,7 +526,7 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
     fs::create_dir(&foreign).unwrap();
     fs::write(foreign.join("index.html"), "theirs").unwrap();
     common::assert_error(
-        html(&f, &foreign),
+        html(&f, &f.server(), &foreign),
         &format!(
             "error: {} holds files that disco did not write (it has no .disco-fleet-page): give a new or empty directory; the fleet page replaces it as a whole",
             foreign.display()
@@ -459,7 +539,7 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
     // Nor written through a link.
     let link = www.join("link");
     std::os::unix::fs::symlink(&site, &link).unwrap();
-    let (code, _, err) = html(&f, &link);
+    let (code, _, err) = html(&f, &f.server(), &link);
     assert_eq!(code, 1);
     assert!(err.contains("is a symbolic link"), "{err}");
     // And --html needs --fleet.

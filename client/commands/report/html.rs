@@ -26,7 +26,8 @@ use anyhow::{bail, Context, Result};
 
 use super::FleetNode;
 use crate::output::{printable, RollUp};
-use crate::report::RunReport;
+use crate::preview::{Outcome, Preview};
+use crate::report::{Change, RunReport, Summary};
 
 /// The file that marks a directory as a site this command wrote, which a
 /// later run may replace.
@@ -100,7 +101,13 @@ pub fn write(out: &Path, served: &Path, nodes: &[FleetNode], roll: &RollUp) -> R
             });
         }
         rows.sort_by_key(|r| rank(r.node));
-        write_file(&tmp.join("index.html"), &overview(&rows, &now))
+        let candidate = candidate(served);
+        if let Some(c) = &candidate {
+            let html = candidate_page(c, &rows, roll, &now);
+            write_file(&tmp.join("candidate.html"), &html)?;
+        }
+        let html = overview(&rows, candidate.as_ref(), &now);
+        write_file(&tmp.join("index.html"), &html)
     })?;
     Ok(Written {
         nodes: nodes.len(),
@@ -187,6 +194,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.6em}h3{font-si
 .meta{color:#50575e}a{color:#135e96}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #dcdcde;vertical-align:top}
 th{background:#f6f7f7;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,td.t{white-space:nowrap}td code{word-break:break-all}
 tr.failed td{background:#fcf0f1}tr.stale td{background:#fcf9e8}
 .status{display:inline-block;padding:0 .45em;border-radius:.3em;font-weight:600}
 .status.failed{background:#d63638;color:#fff}.status.stale{background:#dba617;color:#000}
@@ -232,8 +240,34 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// The candidate's preview when one is published (`ROOT/candidate`
+/// exists), or why it cannot be read; `None` without a candidate.
+fn candidate(served: &Path) -> Option<Result<Preview, String>> {
+    fs::symlink_metadata(served.join("candidate")).ok()?;
+    Some(crate::preview::preview(served).map_err(|e| format!("{e:#}")))
+}
+
+/// The overview's line about the candidate, linking its page.
+fn candidate_line(c: &Result<Preview, String>) -> String {
+    match c {
+        Ok(p) => format!(
+            "<p class=\"candidate\">Candidate <a href=\"candidate.html\"><code>{}</code></a>: \
+             {} group(s), {} of {} node(s) reported, <b>{} fail</b>.</p>\n",
+            esc(&p.candidate),
+            p.groups.len(),
+            p.groups.iter().map(|g| g.nodes.len()).sum::<usize>(),
+            p.nodes.len(),
+            p.failed
+        ),
+        Err(e) => format!(
+            "<p class=\"error\">Candidate: <a href=\"candidate.html\">cannot be previewed</a>: {}</p>\n",
+            line(e)
+        ),
+    }
+}
+
 /// The overview: a header with the counts, then a row per node.
-fn overview(rows: &[Row], now: &str) -> String {
+fn overview(rows: &[Row], candidate: Option<&Result<Preview, String>>, now: &str) -> String {
     let failed = rows.iter().filter(|r| r.node.failed()).count();
     let stale = rows.iter().filter(|r| r.node.stale).count();
     let mut body = format!(
@@ -242,6 +276,9 @@ fn overview(rows: &[Row], now: &str) -> String {
         rows.len(),
         esc(now)
     );
+    if let Some(c) = candidate {
+        body.push_str(&candidate_line(c));
+    }
     body.push_str(
         "<table class=\"fleet\">\n<thead><tr><th>node</th><th>snapshot</th><th>last run</th>\
          <th>status</th><th>changes</th><th>duration</th><th>age</th>\
@@ -283,8 +320,8 @@ fn overview_row(r: &Row) -> String {
         ""
     };
     format!(
-        "<tr class=\"{class}\"><td>{name}</td><td><code>{}</code></td><td>{}</td>\
-         <td><span class=\"status {}\">{}</span>{stale}{}</td><td class=\"n\">{}</td>\
+        "<tr class=\"{class}\"><td>{name}</td><td><code>{}</code></td><td class=\"t\">{}</td>\
+         <td class=\"t\"><span class=\"status {}\">{}</span>{stale}{}</td><td class=\"n\">{}</td>\
          <td class=\"n\">{:.2} s</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
         esc(r.snapshot.as_deref().unwrap_or("?")),
         esc(n.last_run.as_deref().unwrap_or_default()),
@@ -354,7 +391,7 @@ fn runs_table(runs: &[RunReport]) -> String {
     for r in runs.iter().rev() {
         let _ = writeln!(
             t,
-            "<tr class=\"{}\"><td>{}</td><td><a href=\"#run-{id}\">{id}</a></td><td>{}</td>\
+            "<tr class=\"{}\"><td class=\"t\">{}</td><td class=\"t\"><a href=\"#run-{id}\">{id}</a></td><td>{}</td>\
              <td><span class=\"status {}\">{}</span></td><td class=\"n\">{}</td>\
              <td class=\"n\">{:.2} s</td><td><code>{}</code></td></tr>",
             if status_class(&r.status) == "failed" {
@@ -416,7 +453,7 @@ fn run_section(r: &RunReport, roll: &RollUp, open: bool) -> String {
             "<h3>{}: {} change(s)</h3>\n<pre class=\"changes\">{}</pre>",
             esc(&m.name),
             m.change_count(),
-            change_lines(m, roll)
+            change_lines(&m.changes, &m.summarised, roll)
         );
     }
     if shown == 0 {
@@ -441,10 +478,9 @@ fn line(text: &str) -> String {
 /// A module's changes as `disco diff` prints them (its `info:` lines
 /// bold, a diff's added and removed lines coloured), then the lines of
 /// the changes the report only counted.
-fn change_lines(m: &crate::report::ModuleReport, roll: &RollUp) -> String {
-    let text = crate::output::changes_text(&m.changes, roll);
-    let summaries = m
-        .summarised
+fn change_lines(changes: &[Change], summarised: &[Summary], roll: &RollUp) -> String {
+    let text = crate::output::changes_text(changes, roll);
+    let summaries = summarised
         .iter()
         .map(|s| format!("info: {}", printable(&s.line())));
     let mut out = String::new();
@@ -464,6 +500,128 @@ fn change_lines(m: &crate::report::ModuleReport, roll: &RollUp) -> String {
         }
     }
     out
+}
+
+/// `DIR/candidate.html`: the candidate's preview grouped as `disco report
+/// --fleet --candidate` prints it — per group its nodes (linked to their
+/// pages), then its changes once or its failure — and the nodes not
+/// reported or reported for an older candidate.
+fn candidate_page(c: &Result<Preview, String>, rows: &[Row], roll: &RollUp, now: &str) -> String {
+    let mut body = String::from("<nav><a href=\"index.html\">&larr; fleet</a></nav>\n");
+    let p = match c {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(
+                body,
+                "<h1>Candidate</h1>\n<p class=\"error\">{}</p>",
+                line(e)
+            );
+            return page("disco: candidate", &body);
+        }
+    };
+    let verdict = match p.exit_code {
+        0 => "every node reported and none fails",
+        1 => "some node fails",
+        _ => "not every node reported yet",
+    };
+    let _ = writeln!(
+        body,
+        "<h1>Candidate <code>{}</code></h1>\n<p class=\"meta\">{} node(s) · {} group(s) · \
+         <b>{} fail</b> · {verdict} · written {}</p>",
+        esc(&p.candidate),
+        p.nodes.len(),
+        p.groups.len(),
+        p.failed,
+        esc(now)
+    );
+    let link = |node: &str| node_link(node, rows);
+    for g in &p.groups {
+        body.push_str(&group_section(g, &link, roll));
+    }
+    let not_reported: Vec<String> = p.not_reported.iter().map(|n| link(n)).collect();
+    let outdated: Vec<String> = p
+        .outdated
+        .iter()
+        .map(|o| {
+            format!(
+                "{} (<code>{}</code>, ended {})",
+                link(&o.node),
+                esc(&o.candidate),
+                esc(&o.ended)
+            )
+        })
+        .collect();
+    for (title, items) in [
+        ("Not reported yet", not_reported),
+        ("Reported an older candidate", outdated),
+    ] {
+        if !items.is_empty() {
+            let _ = writeln!(
+                body,
+                "<h2>{title}: {}</h2>\n<ul><li>{}</li></ul>",
+                items.len(),
+                items.join("</li><li>")
+            );
+        }
+    }
+    page(&format!("disco: candidate {}", p.candidate), &body)
+}
+
+/// A node's name, linked to its page when it has one.
+fn node_link(node: &str, rows: &[Row]) -> String {
+    if rows.iter().any(|r| r.page && r.node.node == node) {
+        format!("<a href=\"nodes/{0}.html\">{0}</a>", esc(node))
+    } else {
+        esc(node)
+    }
+}
+
+/// One group of the preview: its nodes, then its failure or its changes.
+fn group_section(
+    g: &crate::preview::Group,
+    link: &dyn Fn(&str) -> String,
+    roll: &RollUp,
+) -> String {
+    let (class, what) = match &g.outcome {
+        Outcome::Fails {
+            module: Some(m), ..
+        } => ("failed", format!("fail in module {}", esc(m))),
+        Outcome::Fails { module: None, .. } => ("failed", "fail".to_string()),
+        Outcome::Changes { changes: 0, .. } => ("ok", "converged: no change".to_string()),
+        Outcome::Changes { changes, .. } => ("changed", format!("{changes} change(s)")),
+    };
+    let nodes: Vec<String> = g.nodes.iter().map(|n| link(n)).collect();
+    let mut s = format!(
+        "<section class=\"group\"><h2><span class=\"status {class}\">{} node(s)</span> {what}</h2>\n\
+         <p>{}</p>\n",
+        g.nodes.len(),
+        nodes.join(", ")
+    );
+    match &g.outcome {
+        Outcome::Fails { module, error } => {
+            let who = module
+                .as_deref()
+                .map_or(String::new(), |m| format!("{}: ", esc(m)));
+            let _ = writeln!(s, "<p class=\"error\">{who}{}</p>", line(error));
+        }
+        Outcome::Changes { modules, .. } => {
+            for m in modules {
+                let counted: u64 = m.summarised.iter().map(|x| x.changes).sum();
+                let _ = writeln!(
+                    s,
+                    "<h3>{}: {} change(s)</h3>\n<pre class=\"changes\">{}</pre>",
+                    esc(&m.name),
+                    m.changes.len() as u64 + counted,
+                    change_lines(&m.changes, &m.summarised, roll)
+                );
+                for p in &m.pending {
+                    let _ = writeln!(s, "<p>{}: pending: {}</p>", esc(&m.name), line(p));
+                }
+            }
+        }
+    }
+    s.push_str("</section>\n");
+    s
 }
 
 /// The kept runs' durations as an inline SVG: a point per run, oldest
