@@ -426,7 +426,11 @@ fn run_section(r: &RunReport, roll: &RollUp, open: bool) -> String {
         status_class(&r.status),
         esc(&r.status),
         r.change_count(),
-        if r.noop { " found (noop)" } else { "" },
+        match (r.noop, r.merged_changes() == r.change_count()) {
+            (true, _) => " found (noop)".to_string(),
+            (false, true) => String::new(),
+            (false, false) => format!(" found, {} merged", r.merged_changes()),
+        },
     );
     if let Some(e) = &r.error {
         let _ = writeln!(s, "<p class=\"error\">the run failed: {}</p>", line(e));
