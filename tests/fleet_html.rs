@@ -362,6 +362,10 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
     let classes: Vec<&str> = order.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(classes, ["failed", "failed", "stale", "ok", "ok"]);
     assert!(index.contains("no readable report"), "{index}");
+    assert!(
+        index.contains("5 node(s): <b>2 failed</b>, 1 stale (no run for 2h)"),
+        "{index}"
+    );
 
     // The failed node's page, by the link a person would click.
     let link = href(&index, "db1");
@@ -507,6 +511,8 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
     let mut web1 = hostile_report(1);
     web1.node = "web1".into();
     store(&f.server(), &web1);
+    // What a run killed while it built the site left beside it.
+    fs::create_dir_all(www.join(".fleet.tmp-20260101T000000Z-1/nodes")).unwrap();
     let (code, _, err) = html(&f, &f.server(), &site);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -519,7 +525,11 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(left, ["fleet"], "no temporary directory is left beside it");
+    assert_eq!(
+        left,
+        ["fleet"],
+        "no temporary directory is left beside it, nor one a killed run left"
+    );
 
     // A directory of someone else's files is never thrown away.
     let foreign = www.join("html");

@@ -97,7 +97,7 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
         0
     };
     if let Some(out) = &args.html {
-        let w = html::write(out, &dir, &nodes, &config.roll_up(false, true))?;
+        let w = html::write(out, &dir, &nodes, &config.roll_up(false, true), args.stale)?;
         print_lines([format!(
             "wrote the fleet page to {}: {} node(s), {failed} failed, {stale} stale; {} node page(s)",
             out.display(),

@@ -71,9 +71,16 @@ pub struct Written {
     pub pages: usize,
 }
 
-/// Writes the site of `nodes` (read from `served`/reports) into `out`,
-/// replacing the site there; changes shown as `roll` says.
-pub fn write(out: &Path, served: &Path, nodes: &[FleetNode], roll: &RollUp) -> Result<Written> {
+/// Writes the site of `nodes` (read from `served`/reports, stale past
+/// `max_age`) into `out`, replacing the site there; changes shown as
+/// `roll` says.
+pub fn write(
+    out: &Path,
+    served: &Path,
+    nodes: &[FleetNode],
+    roll: &RollUp,
+    max_age: std::time::Duration,
+) -> Result<Written> {
     let target = Target::check(out)?;
     let reports = served.join("reports");
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -106,7 +113,8 @@ pub fn write(out: &Path, served: &Path, nodes: &[FleetNode], roll: &RollUp) -> R
             let html = candidate_page(c, &rows, roll, &now);
             write_file(&tmp.join("candidate.html"), &html)?;
         }
-        let html = overview(&rows, candidate.as_ref(), &now);
+        let stale = humantime::format_duration(max_age).to_string();
+        let html = overview(&rows, candidate.as_ref(), &stale, &now);
         write_file(&tmp.join("index.html"), &html)
     })?;
     Ok(Written {
@@ -267,11 +275,17 @@ fn candidate_line(c: &Result<Preview, String>) -> String {
 }
 
 /// The overview: a header with the counts, then a row per node.
-fn overview(rows: &[Row], candidate: Option<&Result<Preview, String>>, now: &str) -> String {
+fn overview(
+    rows: &[Row],
+    candidate: Option<&Result<Preview, String>>,
+    max_age: &str,
+    now: &str,
+) -> String {
     let failed = rows.iter().filter(|r| r.node.failed()).count();
     let stale = rows.iter().filter(|r| r.node.stale).count();
     let mut body = format!(
         "<h1>disco fleet</h1>\n<p class=\"meta\">{} node(s): <b>{failed} failed</b>, {stale} stale \
+         (no run for {max_age}) \
          · written {} by <code>disco report --fleet --html</code></p>\n",
         rows.len(),
         esc(now)
@@ -698,6 +712,10 @@ fn duration_plot(runs: &[RunReport]) -> String {
 /// new site is built in.
 struct Target {
     dir: PathBuf,
+    /// DIR's parent, locked while a site is built (`flock`), and the
+    /// prefix of the hidden directories in it (`.NAME.tmp-`).
+    parent: PathBuf,
+    prefix: String,
     tmp: PathBuf,
 }
 
@@ -735,13 +753,12 @@ impl Target {
                 }
             }
         }
-        let tmp = parent.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            crate::run::new_run_id()
-        ));
+        let prefix = format!(".{}.tmp-", name.to_string_lossy());
+        let tmp = parent.join(format!("{prefix}{}", crate::run::new_run_id()));
         Ok(Target {
             dir: out.to_path_buf(),
+            parent,
+            prefix,
             tmp,
         })
     }
@@ -750,6 +767,8 @@ impl Target {
     /// in; on any failure the hidden directory is removed and `DIR` stays
     /// as it was.
     fn build(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let _lock = self.lock()?;
+        self.sweep();
         fs::create_dir(&self.tmp).with_context(|| {
             format!(
                 "cannot write the fleet page beside {}: cannot create {}",
@@ -769,6 +788,35 @@ impl Target {
             let _ = fs::remove_dir_all(&self.tmp);
         }
         done
+    }
+
+    /// Takes the parent's `flock` (held until the returned file closes):
+    /// one run at a time builds a site there.
+    fn lock(&self) -> Result<fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(&self.parent)
+            .with_context(|| format!("cannot open {}", self.parent.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot lock {}", self.parent.display()));
+        }
+        Ok(f)
+    }
+
+    /// Removes the hidden directories a run that was killed left beside
+    /// DIR (under the lock, none is being built).
+    fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let left = e.file_name().to_string_lossy().starts_with(&self.prefix)
+                && e.file_type().is_ok_and(|t| t.is_dir());
+            if left {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Makes the new site durable, then puts it at `DIR` in one rename
