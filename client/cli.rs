@@ -225,6 +225,26 @@ pub enum Command {
     /// disco publish ./checkout --root /srv/disco --candidate;
     /// disco publish --drop-candidate --root /srv/disco
     Publish(PublishArgs),
+    /// Make the candidate current: for every node, or (a canary) for the
+    /// nodes of --group G or --nodes N… only (use with --root DIR)
+    ///
+    /// Without --group or --nodes, DIR/candidate is renamed over
+    /// DIR/current (one rename: every session from then on gets it) and
+    /// every pin is removed: all nodes run the candidate at their next
+    /// dance. With --group G (repeatable: the nodes of the candidate whose
+    /// groups include G, directly or through another group) or --nodes
+    /// N…, each such node gets a pin DIR/pinned/NODE to the candidate, its
+    /// own current; the others keep the old current until a full promote
+    /// (`disco publish --drop-candidate` returns the pinned nodes to it).
+    /// Running it again changes nothing more. Prints each node and the
+    /// snapshot it now runs (`pinned` for a canary). Refused in one line:
+    /// no candidate, a group with no node, a node the candidate does not
+    /// have. On several servers, run it on each (docs/fleet.md).
+    ///
+    /// Examples: disco promote --root /srv/disco --group canary;
+    /// disco promote --root /srv/disco --nodes web1 web2;
+    /// disco promote --root /srv/disco
+    Promote(PromoteArgs),
     /// Timings, memory and I/O of every step of the last dance
     ///
     /// Prints each step as `report: MODULE: STEP` with time_real/user/sys,
@@ -795,6 +815,23 @@ pub struct PublishArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The served directory: holds current, candidate and snapshots/
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Promote for the nodes of this group only (a canary); repeat for
+    /// more groups
+    #[arg(long = "group", value_name = "G", conflicts_with = "nodes")]
+    pub groups: Vec<String>,
+    /// Promote for these nodes only (a canary)
+    #[arg(long, value_name = "NODE", num_args = 1..)]
+    pub nodes: Vec<String>,
+    /// Say which nodes would move to which snapshot; change nothing
+    #[arg(long)]
+    pub noop: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     /// With --fleet: the served directory on the server
     #[arg(long, value_name = "DIR")]
@@ -816,17 +853,27 @@ pub struct ReportArgs {
     #[arg(long)]
     pub prometheus: bool,
     /// On the server: one line per node from DIR/reports (give --server
-    /// DIR), every field escaped; changes of a failed dance are 0 merged
+    /// DIR): the snapshot it runs, its last run, status, changes…, every
+    /// field escaped; changes of a failed dance are 0 merged
     #[arg(long)]
     pub fleet: bool,
+    /// With --fleet: the preview of the candidate (`disco publish
+    /// --candidate`): the nodes grouped by what it would do on each (the
+    /// same changes, or the same failing module and error), the changes
+    /// once per group, then the nodes that have not reported it yet. Exit
+    /// 0 every node reported and none fails, 1 one fails, 2 not all
+    /// reported (a CI job waits on 2)
+    #[arg(long, requires = "fleet")]
+    pub candidate: bool,
     /// With --fleet: write the fleet as a static site into DIR instead of
     /// printing it — DIR/index.html (every node: failed and stale ones
     /// first), DIR/nodes/NODE.html (its kept runs, their changes as `disco
-    /// diff` shows them, a duration plot). Plain HTML, no script: it opens
-    /// from the file system or any web server. DIR is replaced as a whole,
-    /// atomically, and must be new, empty or a site this wrote. Exit 0
-    /// once it is written
-    #[arg(long, value_name = "DIR", requires = "fleet", conflicts_with = "json")]
+    /// diff` shows them, a duration plot), and while a candidate is
+    /// published DIR/candidate.html (its preview, grouped as --candidate
+    /// prints it). Plain HTML, no script: it opens from the file system or
+    /// any web server. DIR is replaced as a whole, atomically, and must be
+    /// new, empty or a site this wrote. Exit 0 once it is written
+    #[arg(long, value_name = "DIR", requires = "fleet", conflicts_with_all = ["json", "candidate"])]
     pub html: Option<PathBuf>,
     /// With --fleet: flag nodes whose last report is older than this. The
     /// exit code makes --fleet a monitoring check: 0 every node fresh and
@@ -864,6 +911,10 @@ impl Command {
                 g.node = a.node.clone();
             }
             Command::Publish(a) => {
+                g.root = a.root.clone();
+                g.noop = a.noop;
+            }
+            Command::Promote(a) => {
                 g.root = a.root.clone();
                 g.noop = a.noop;
             }

@@ -82,7 +82,7 @@ pub struct Origin {
 pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(String, String)> {
     match server {
         ServerUri::Local(root) => {
-            let snap = crate::transport::serve::resolve_snapshot(root)?;
+            let snap = crate::transport::serve::resolve_for(root, node, false)?;
             let view = crate::transport::View::of(&snap.path, node)?;
             Ok((snap.id.clone(), view.manifest.root_hash()))
         }
@@ -176,9 +176,10 @@ pub fn fetch(
         ServerUri::Local(root) => root,
         ServerUri::Ssh { .. } => return fetch_ssh(server, node, state_dir, ssh_opts, candidate),
     };
-    // A published tree is read through `current` (or `candidate`),
-    // resolved once.
-    let (snapshot, offered) = local_snapshot(served, candidate)?;
+    // A published tree is read through the node's current (its pin or
+    // `current`) or the candidate, resolved once and held.
+    let snapshot = crate::transport::serve::resolve_for(served, node, candidate)
+        .with_context(|| format!("server {}", served.display()))?;
     let root = &snapshot.path;
     let tree = ServerTree::open(root).with_context(|| format!("server {}", root.display()))?;
     let spec = tree.node(node)?;
@@ -226,55 +227,9 @@ pub fn fetch(
             root_hash: view.manifest.root_hash(),
             sent: 0,
             received: 0,
-            candidate: offered,
+            candidate: snapshot.candidate.clone(),
         },
     })
-}
-
-/// A snapshot a local fetch reads, held (a shared lock, as `disco serve`
-/// holds one) until the fetch ends.
-struct Held {
-    path: PathBuf,
-    id: String,
-    _current: Option<crate::transport::serve::Snapshot>,
-    _lock: Option<fs::File>,
-}
-
-/// The snapshot a local fetch reads: the candidate (`candidate`), else
-/// `current` and the candidate published beside it, if another.
-fn local_snapshot(served: &Path, candidate: bool) -> Result<(Held, Option<String>)> {
-    let published = crate::preview::candidate_of(served);
-    if !candidate {
-        let current = crate::transport::serve::resolve_snapshot(served)?;
-        let offered = published
-            .ok()
-            .map(|(id, _)| id)
-            .filter(|id| *id != current.id);
-        let held = Held {
-            path: current.path.clone(),
-            id: current.id.clone(),
-            _current: Some(current),
-            _lock: None,
-        };
-        return Ok((held, offered));
-    }
-    let (id, path) = published.with_context(|| format!("server {}", served.display()))?;
-    let dir = fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; held until the fetch ends.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_SH) } != 0 {
-        bail!(
-            "cannot lock the snapshot {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        );
-    }
-    let held = Held {
-        path,
-        id,
-        _current: None,
-        _lock: Some(dir),
-    };
-    Ok((held, None))
 }
 
 /// True when `cache` is exactly what [`build`] would make of `view` and

@@ -63,7 +63,12 @@ impl Section {
 
 /// From now until the guard ends (or [`Diversion::take`]), everything
 /// this module prints is kept instead.
-pub struct Diversion(Option<Section>);
+pub struct Diversion {
+    /// What an outer diversion kept so far.
+    outer: Option<Section>,
+    /// Still keeping (not yet taken): the outer one is put back once.
+    active: bool,
+}
 
 /// Starts keeping what is printed; what an outer diversion kept so far
 /// stays kept, and continues when this one ends.
@@ -72,7 +77,10 @@ pub fn divert() -> Diversion {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .replace(Section::default());
-    Diversion(outer)
+    Diversion {
+        outer,
+        active: true,
+    }
 }
 
 impl Diversion {
@@ -80,9 +88,14 @@ impl Diversion {
     pub fn take(mut self) -> Section {
         self.restore()
     }
+    /// Puts the outer diversion back (once: a taken diversion's drop must
+    /// not take the outer one's lines) and returns what this one kept.
     fn restore(&mut self) -> Section {
+        if !std::mem::replace(&mut self.active, false) {
+            return Section::default();
+        }
         let mut slot = DIVERTED.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = std::mem::replace(&mut *slot, self.0.take());
+        let kept = std::mem::replace(&mut *slot, self.outer.take());
         kept.unwrap_or_default()
     }
 }
@@ -782,4 +795,24 @@ pub fn prometheus(r: &RunReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A diversion inside another, taken, gives back only its own lines
+    /// and leaves the outer one keeping (and holding) what it kept.
+    #[test]
+    fn a_taken_inner_diversion_leaves_the_outer_one_keeping() {
+        let outer = divert();
+        put(false, b"outer 1\n");
+        let inner = divert();
+        put(false, b"inner\n");
+        let kept = inner.take();
+        put(false, b"outer 2\n");
+        let all = outer.take();
+        assert_eq!(kept.0, vec![(false, b"inner\n".to_vec())]);
+        assert_eq!(all.0, vec![(false, b"outer 1\nouter 2\n".to_vec())]);
+    }
 }

@@ -274,7 +274,8 @@ pub fn preview(config: &Config, opts: &Options, offer: &Offer, own_code: i32) {
             ));
         }
         crate::preview::Outcome::Changes { changes, .. } => {
-            let line = format!("previewed candidate {id}: {changes} changes, {uploaded}");
+            let plural = if changes == 1 { "" } else { "s" };
+            let line = format!("previewed candidate {id}: {changes} change{plural}, {uploaded}");
             if uploaded == "uploaded" || !config.report_upload.value {
                 output::info(&line);
             } else {

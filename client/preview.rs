@@ -185,41 +185,19 @@ pub fn preview(server_root: &Path) -> Result<Preview> {
 /// The name of a node's preview report under `reports/NODE/`.
 pub const CANDIDATE_REPORT: &str = "candidate.json";
 
-/// The candidate's id and snapshot directory: `ROOT/candidate` must be a
-/// symlink to `snapshots/ID` (as `disco publish --candidate` makes it).
+/// The candidate's id and snapshot directory (`ROOT/candidate`, read
+/// by [`crate::transport::candidate::read_link`]); an error naming the
+/// command that publishes one when there is none.
 pub fn candidate_of(root: &Path) -> Result<(String, std::path::PathBuf)> {
-    let link = root.join("candidate");
-    let target = match fs::read_link(&link) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+    use crate::transport::candidate;
+    match candidate::read_link(root, candidate::CANDIDATE)? {
+        Some(l) => Ok((l.id, l.path)),
+        None => bail!(
             "no candidate is published in {} (publish one with `disco publish SRC --root {} --candidate`)",
             root.display(),
             root.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", link.display())),
-    };
-    let mut parts = target.components();
-    let id = match (parts.next(), parts.next(), parts.next()) {
-        (Some(std::path::Component::Normal(top)), Some(std::path::Component::Normal(id)), None)
-            if top == "snapshots" =>
-        {
-            id.to_string_lossy().into_owned()
-        }
-        _ => bail!(
-            "{} points to {}, not to snapshots/ID",
-            link.display(),
-            target.display()
-        ),
-    };
-    let dir = root.join("snapshots").join(&id);
-    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        bail!(
-            "{} points to {}, which is not a snapshot directory",
-            link.display(),
-            dir.display()
-        );
     }
-    Ok((id, dir))
 }
 
 fn unreadable(why: &str) -> Outcome {

@@ -5,12 +5,13 @@ use common::{run, Fixture};
 use std::fs;
 
 /// Every subcommand, in the order `disco --help` lists them.
-const SUBCOMMANDS: [&str; 17] = [
+const SUBCOMMANDS: [&str; 18] = [
     "dance",
     "undo",
     "actions",
     "serve",
     "publish",
+    "promote",
     "report",
     "diff",
     "shell",

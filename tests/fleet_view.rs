@@ -19,6 +19,7 @@ fn report(node: &str, ended: &str, status: &str) -> RunReport {
         started: "2026-01-01T00:00:00Z".into(),
         ended: ended.into(),
         status: status.into(),
+        snapshot: "20260101T000000Z-9".into(),
         duration: 1.5,
         plan: vec!["m".into()],
         modules: vec![ModuleReport {
@@ -79,9 +80,14 @@ fn a_forged_ended_field_is_printed_escaped_and_json_carries_it_as_data() {
         lines[1].contains("STALE"),
         "an ended that is no time is stale: {out}"
     );
-    // b's failed dance merged nothing: 0 changes, its pending actions shown.
+    // b's failed dance merged nothing: 0 changes, its pending actions
+    // shown; the snapshot it runs in its own column.
     let b: Vec<&str> = lines[2].split_whitespace().collect();
-    assert_eq!((b[0], b[2], b[3], b[6]), ("b", "failed", "0", "2"), "{out}");
+    assert_eq!(
+        (b[0], b[1], b[3], b[4], b[7]),
+        ("b", "20260101T000000Z-9", "failed", "0", "2"),
+        "{out}"
+    );
     assert_eq!(lines[3], format!("{:<24} (no readable report)", "c"));
 
     let (code, out, err) = fleet(&f, &["--json"]);
@@ -102,6 +108,7 @@ fn a_forged_ended_field_is_printed_escaped_and_json_carries_it_as_data() {
         )
     );
     assert_eq!(b["node"], "b");
+    assert_eq!(b["snapshot"], "20260101T000000Z-9");
     assert_eq!(b["status"], "failed");
     assert_eq!(b["changes"], 0, "a failed dance merged nothing");
     assert_eq!(b["duration"], 1.5);

@@ -325,3 +325,86 @@ fn the_hook_publishes_the_branch_head_names_in_a_repository_made_without_initial
     let snapshot = current(&served).expect("master published");
     assert!(snapshot.join("parameters/n/modules/m").exists());
 }
+
+#[test]
+fn with_disco_candidate_the_hook_publishes_that_branch_as_the_candidate() {
+    let f = Fixture::new();
+    let d = f.dir.path();
+    let (repo, served) = (d.join("disco.git"), d.join("served"));
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("server-layout/hooks/pre-receive");
+    sh_as_root(
+        &format!(
+            "git init -q --bare --initial-branch=main {repo}\n\
+             git --git-dir={repo} config disco.root {served}\n\
+             git --git-dir={repo} config disco.candidate candidate\n\
+             install -m 0755 {hook} {repo}/hooks/pre-receive\n",
+            repo = repo.display(),
+            served = served.display(),
+            hook = hook.display()
+        ),
+        d,
+    );
+    let work = d.join("work");
+    fs::create_dir_all(work.join("parameters/n/modules")).unwrap();
+    fs::create_dir_all(work.join("modules/m/files/etc")).unwrap();
+    fs::write(work.join("parameters/n/modules/m"), "").unwrap();
+    fs::write(work.join("modules/m/files/etc/m.conf"), "one\n").unwrap();
+    git(&work, &["init", "-q", "--initial-branch=main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
+    let push = |refspec: &str| {
+        let out = Command::new("git")
+            .args(["push", "-q", repo.to_str().unwrap(), refspec])
+            .current_dir(&work)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("TMPDIR", d)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let candidate = || fs::canonicalize(served.join("candidate")).ok();
+    let (code, out) = push("main:main");
+    assert_eq!(code, Some(0), "{out}");
+    let first = current(&served).expect("main published");
+    assert_eq!(candidate(), None);
+    // The candidate branch: published as the candidate, current untouched.
+    fs::write(work.join("modules/m/files/etc/m.conf"), "two\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "two"]);
+    let (code, out) = push("main:candidate");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(", the candidate; "), "{out}");
+    let cand = candidate().expect("the candidate is published");
+    assert_eq!(
+        fs::read_to_string(cand.join("modules/m/files/etc/m.conf")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(current(&served), Some(first.clone()));
+    // A candidate that does not lint is refused and changes nothing.
+    fs::write(work.join("parameters/n/modules/nosuch"), "").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "bad"]);
+    let (code, out) = push("main:candidate");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("disco lint refused candidate (the candidate) ("),
+        "{out}"
+    );
+    assert_eq!(candidate(), Some(cand));
+    // Deleting the branch drops the candidate.
+    let (code, out) = push(":candidate");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("dropped the candidate snapshot"), "{out}");
+    assert_eq!(candidate(), None);
+    assert_eq!(current(&served), Some(first));
+}

@@ -13,6 +13,7 @@ pub mod lint;
 pub mod manual;
 pub mod param;
 pub mod plan;
+pub mod promote;
 pub mod publish;
 pub mod report;
 pub mod secret;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Actions(args) => actions::run(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
         Command::Publish(args) => publish::run(&config, &args),
+        Command::Promote(args) => promote::run(&config, &args),
         Command::Diff(args) => diff::run(&config, &args),
         Command::Report(args) => report::run(&config, &args),
         Command::Shell(args) => shell::run(&config, args.keep, args.module.as_deref()),

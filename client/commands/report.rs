@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use super::print_lines;
 use crate::config::Config;
+use crate::output::printable;
+use crate::preview::Outcome;
 use crate::transport::ServerUri;
 
 pub fn run(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
@@ -56,6 +58,8 @@ struct FleetNode {
     /// `false` when `last.json` is missing or does not parse; the fields
     /// below are then null.
     readable: bool,
+    /// The snapshot its last run ran (its current, or its pin).
+    snapshot: Option<String>,
     last_run: Option<String>,
     status: Option<String>,
     /// What the last dance merged (in noop: found); 0 for a failed dance
@@ -86,6 +90,9 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     let ServerUri::Local(dir) = ServerUri::parse(&servers[0])? else {
         bail!("--fleet reads the reports on the server itself: give --server DIR (the served directory)");
     };
+    if args.candidate {
+        return candidate(config, &dir, args.json);
+    }
     let nodes = read_fleet(&dir.join("reports"), args.stale)?;
     let failed = nodes.iter().filter(|n| n.failed()).count();
     let stale = nodes.iter().filter(|n| n.stale).count();
@@ -121,6 +128,95 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// `disco report --fleet --candidate --server DIR`: the preview of the
+/// candidate ([`crate::preview`]) as text or (`--json`) one JSON
+/// document; its exit code.
+fn candidate(config: &Config, dir: &Path, json: bool) -> Result<i32> {
+    let p = crate::preview::preview(dir)?;
+    if json {
+        print_lines([serde_json::to_string_pretty(&p)?])?;
+        return Ok(p.exit_code);
+    }
+    let reported: usize = p.groups.iter().map(|g| g.nodes.len()).sum();
+    print_lines([format!(
+        "candidate {}: {} node(s), {reported} reported, {} fail",
+        printable(&p.candidate),
+        p.nodes.len(),
+        p.failed
+    )])?;
+    let roll = config.roll_up(false, true);
+    for (i, g) in p.groups.iter().enumerate() {
+        let on = format!("{} node(s): {}", g.nodes.len(), g.nodes.join(", "));
+        match &g.outcome {
+            Outcome::Fails { module, error } => {
+                let at = module.as_deref().map_or("the dance".into(), printable);
+                print_lines([
+                    format!("group {}: fails on {on}", i + 1),
+                    format!("  {at}: {}", printable(error)),
+                ])?;
+            }
+            Outcome::Changes { changes: 0, .. } => {
+                print_lines([format!("group {}: no change on {on}", i + 1)])?;
+            }
+            Outcome::Changes { changes, modules } => {
+                print_lines([format!("group {}: {changes} change(s) on {on}", i + 1)])?;
+                for m in modules {
+                    group_module(m, &roll)?;
+                }
+            }
+        }
+    }
+    if !p.not_reported.is_empty() {
+        print_lines([format!(
+            "not reported yet: {} node(s): {}",
+            p.not_reported.len(),
+            p.not_reported.join(", ")
+        )])?;
+    }
+    if !p.outdated.is_empty() {
+        let olds: Vec<String> = p
+            .outdated
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} (candidate {}, {})",
+                    o.node,
+                    printable(&o.candidate),
+                    printable(&o.ended)
+                )
+            })
+            .collect();
+        print_lines([format!(
+            "reported an older candidate: {} node(s): {}",
+            olds.len(),
+            olds.join(", ")
+        )])?;
+    }
+    Ok(p.exit_code)
+}
+
+/// One module's changes in a group, as `disco diff` prints a run's: its
+/// count, the changes rolled up, the summaries, what it left pending.
+fn group_module(m: &crate::preview::ModuleChanges, roll: &crate::output::RollUp) -> Result<()> {
+    let count = m.changes.len()
+        + m.summarised
+            .iter()
+            .map(|s| s.changes as usize)
+            .sum::<usize>();
+    print_lines([format!("info: {}: {count} change(s)", printable(&m.name))])?;
+    crate::output::changes(&m.changes, roll);
+    print_lines(
+        m.summarised
+            .iter()
+            .map(|s| format!("info: {}", printable(&s.line())))
+            .chain(
+                m.pending
+                    .iter()
+                    .map(|p| format!("info: {}: pending: {}", printable(&m.name), printable(p))),
+            ),
+    )
+}
+
 /// Every node's last report under `reports/NODE/last.json`, by node name;
 /// stale when older than `stale` (or of no readable time).
 fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNode>> {
@@ -141,6 +237,7 @@ fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNod
             nodes.push(FleetNode {
                 node,
                 readable: false,
+                snapshot: None,
                 last_run: None,
                 status: None,
                 changes: None,
@@ -160,6 +257,7 @@ fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNod
         nodes.push(FleetNode {
             node,
             readable: true,
+            snapshot: Some(r.snapshot.clone()),
             changes: Some(r.merged_changes()),
             noop: Some(r.noop),
             duration: Some(r.duration),
@@ -180,8 +278,8 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
     // Tabs too: a field must not push the next column about.
     let field = |s: &str| printable(s).replace('\t', "\\x09");
     let mut lines = vec![format!(
-        "{:<24} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
-        "node", "last run", "status", "changes", "duration", "age", "pending"
+        "{:<24} {:<21} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
+        "node", "snapshot", "last run", "status", "changes", "duration", "age", "pending"
     )];
     for n in nodes {
         let node = field(&n.node);
@@ -191,7 +289,8 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
         }
         let age = n.age.map_or("?".to_string(), |a| a.to_string());
         lines.push(format!(
-            "{node:<24} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s {:>7}{}",
+            "{node:<24} {:<21} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s {:>7}{}",
+            field(n.snapshot.as_deref().unwrap_or_default()),
             field(n.last_run.as_deref().unwrap_or_default()),
             field(n.status.as_deref().unwrap_or_default()),
             n.changes.unwrap_or_default(),

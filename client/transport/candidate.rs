@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +44,8 @@ pub struct LinksLock(#[allow(dead_code)] fs::File);
 /// or promote to finish): a flock on the served directory itself, so no
 /// lock file is left for an owner to trip on.
 pub fn lock(root: &Path) -> Result<LinksLock> {
-    let f = fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
+    let f = fs::File::open(root)
+        .with_context(|| format!("cannot open the served directory {}", root.display()))?;
     // SAFETY: flock on a descriptor we own; released when it is closed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         bail!(
@@ -94,12 +95,14 @@ pub fn read_link(root: &Path, rel: &str) -> Result<Option<Linked>> {
 }
 
 /// The link a session of `node` runs as its current: `pinned/NODE` when
-/// the node is pinned, else `current`.
-pub fn node_link(root: &Path, node: &Name) -> String {
+/// the node is pinned, else `current`. A pin that cannot be looked at
+/// (`pinned/` unreadable) is an error, never a silent `current`.
+pub fn node_link(root: &Path, node: &Name) -> Result<String> {
     let pin = format!("{PINNED}/{node}");
     match fs::symlink_metadata(root.join(&pin)) {
-        Ok(_) => pin,
-        Err(_) => CURRENT.into(),
+        Ok(_) => Ok(pin),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(CURRENT.into()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", root.join(&pin).display())),
     }
 }
 
@@ -222,14 +225,17 @@ pub struct Promoted {
     /// Every node of the candidate and of current, and pinned ones: the
     /// snapshot it now runs and whether that is a pin.
     pub nodes: BTreeMap<Name, (String, bool)>,
+    /// A full promotion: the snapshot `current` named before.
+    pub replaced: Option<String>,
 }
 
 /// Promotes the candidate of `root` (DESIGN §4): for all nodes, renames
 /// `candidate` over `current` and removes every pin; for groups or
 /// nodes, pins each of them to the candidate. Idempotent: pinning a node
 /// already pinned there changes nothing. Errors: no candidate, a group
-/// with no node, a name that is no node of the candidate.
-pub fn promote(root: &Path, which: &Promote) -> Result<Promoted> {
+/// with no node, a name that is no node of the candidate. `noop`: the
+/// same answer, nothing changed.
+pub fn promote(root: &Path, which: &Promote, noop: bool) -> Result<Promoted> {
     let _lock = lock(root)?;
     let Some(candidate) = read_link(root, CANDIDATE)? else {
         bail!(
@@ -243,6 +249,32 @@ pub fn promote(root: &Path, which: &Promote) -> Result<Promoted> {
     let nodes = nodes_of(&tree, &candidate.path)
         .with_context(|| format!("the candidate snapshot {}", candidate.id))?;
     let moved = match which {
+        Promote::All => nodes.clone(),
+        Promote::Groups(groups) => members(&tree, &nodes, groups, &candidate.id)?,
+        Promote::Nodes(wanted) => {
+            known(&tree, &nodes, wanted, &candidate.id)?;
+            wanted.clone()
+        }
+    };
+    let replaced = match which {
+        Promote::All => read_link(root, CURRENT)?.map(|c| c.id),
+        _ => None,
+    };
+    let mut standing = standing(root, nodes)?;
+    if noop {
+        for (n, runs) in standing.iter_mut() {
+            if *which == Promote::All || moved.contains(n) {
+                *runs = (candidate.id.clone(), *which != Promote::All);
+            }
+        }
+        return Ok(Promoted {
+            candidate: candidate.id,
+            moved,
+            nodes: standing,
+            replaced,
+        });
+    }
+    match which {
         Promote::All => {
             fs::rename(root.join(CANDIDATE), root.join(CURRENT)).with_context(|| {
                 format!(
@@ -252,32 +284,33 @@ pub fn promote(root: &Path, which: &Promote) -> Result<Promoted> {
             })?;
             fs::File::open(root).and_then(|d| d.sync_all())?;
             remove_pins(root)?;
-            nodes.clone()
         }
-        Promote::Groups(groups) => {
-            let chosen = members(&tree, &nodes, groups, &candidate.id)?;
-            pin(root, &chosen, &candidate.id)?;
-            chosen
-        }
-        Promote::Nodes(wanted) => {
-            for n in wanted {
-                if !nodes.contains(n) {
-                    let what = match tree.layer_dir(n) {
-                        Ok(Some(_)) => format!("'{n}' is a group in the candidate snapshot {}, not a node: use --group {n}", candidate.id),
-                        _ => format!("unknown node '{n}': the candidate snapshot {} has no parameters/{n}", candidate.id),
-                    };
-                    bail!(what);
-                }
-            }
-            pin(root, wanted, &candidate.id)?;
-            wanted.clone()
-        }
-    };
+        _ => pin(root, &moved, &candidate.id)?,
+    }
+    let nodes = standing.into_keys().collect();
     Ok(Promoted {
         candidate: candidate.id,
         moved,
-        nodes: standing(root, nodes)?,
+        nodes: self::standing(root, nodes)?,
+        replaced,
     })
+}
+
+/// Refuses a name of `wanted` that is no node of the candidate (`nodes`
+/// of `tree`, snapshot `id`): a group, or nothing at all.
+fn known(tree: &ServerTree, nodes: &[Name], wanted: &[Name], id: &str) -> Result<()> {
+    for n in wanted {
+        if nodes.contains(n) {
+            continue;
+        }
+        match tree.layer_dir(n) {
+            Ok(Some(_)) => bail!(
+                "'{n}' is a group in the candidate snapshot {id}, not a node: use --group {n}"
+            ),
+            _ => bail!("unknown node '{n}': the candidate snapshot {id} has no parameters/{n}"),
+        }
+    }
+    Ok(())
 }
 
 /// The nodes of the tree at `dir`: its `parameters/*` entries that no
@@ -319,6 +352,8 @@ fn members(tree: &ServerTree, nodes: &[Name], groups: &[Name], id: &str) -> Resu
 }
 
 /// Pins each of `nodes` to snapshot `id` (`pinned/NODE`, one rename each).
+/// `pinned/` is 0700 and, run as root, the served directory's owner's
+/// (the user `disco serve` runs as must read it).
 fn pin(root: &Path, nodes: &[Name], id: &str) -> Result<()> {
     let dir = root.join(PINNED);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -326,6 +361,19 @@ fn pin(root: &Path, nodes: &[Name], id: &str) -> Result<()> {
             return Err(e).with_context(|| format!("cannot create {}", dir.display()))
         }
         _ => {}
+    }
+    let owner = fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let have =
+        fs::symlink_metadata(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if (have.uid(), have.gid()) != (owner.uid(), owner.gid()) {
+        std::os::unix::fs::lchown(&dir, Some(owner.uid()), Some(owner.gid())).with_context(
+            || {
+                format!(
+                    "cannot give {} to the served directory's owner",
+                    dir.display()
+                )
+            },
+        )?;
     }
     for n in nodes {
         let rel = format!("{PINNED}/{n}");

@@ -321,7 +321,16 @@ pub fn publish(
     let snapshots = make_snapshots_dir(root)?;
     let owner = owner_to_give(root)?;
     check_hard_links(src)?;
-    let id = crate::run::new_run_id();
+    // A run id (time and pid) is unique between processes; one process
+    // publishing twice in a second takes the next free suffix.
+    let base = crate::run::new_run_id();
+    let mut id = base.clone();
+    for k in 2.. {
+        if !snapshots.join(&id).exists() && !snapshots.join(format!(".tmp-{id}")).exists() {
+            break;
+        }
+        id = format!("{base}-{k}");
+    }
     let tmp = snapshots.join(format!(".tmp-{id}"));
     let result = (|| -> Result<()> {
         let mut as_owner = AsOwner::become_owner(owner)?;

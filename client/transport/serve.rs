@@ -1,9 +1,12 @@
 //! `disco serve`: the server side of the protocol, on stdin/stdout, meant
 //! to be the forced command of a node's key in `authorized_keys`.
 //!
-//! Owns what a session may see: one snapshot, resolved once at the start
-//! (`current` if the tree is published, else the tree itself) and held with
-//! a shared lock so `disco publish` never prunes it mid-session; with
+//! Owns what a session may see: one snapshot, resolved once (`current`
+//! if the tree is published, else the tree itself, held from the session's
+//! start; after the hello, the node's pin `pinned/NODE` instead when it
+//! has one, or the candidate when the hello asks for it; the welcome names
+//! a candidate the node does not run) and held with a shared lock so
+//! `disco publish` never prunes it mid-session; with
 //! `--node`, only that node's view (its layers and the modules of its
 //! plan). It is read-only, never follows a symlink inside a module or
 //! parameter tree (they are listed as symlinks) nor a top-level
@@ -35,6 +38,7 @@ use anyhow::{bail, Context, Result};
 
 use serde::Serialize;
 
+use super::candidate;
 use super::deadline::{Deadline, Silent, Timed};
 use super::wire::{
     Counter, Entry, Msg, ProtocolError, Wire, MAX_JSON, MAX_LIST_PATHS, MAX_PATH, MAX_REQUEST_JSON,
@@ -61,51 +65,98 @@ const CHUNK: usize = 4 << 20;
 pub struct Snapshot {
     pub path: PathBuf,
     pub id: String,
+    /// The candidate's id, when the server has a candidate and this is
+    /// the node's current (not the candidate itself): what the welcome
+    /// offers.
+    pub candidate: Option<String>,
     _lock: Option<fs::File>,
 }
 
 /// Resolves `root/current` (a symlink into `root/snapshots/`) once, and
 /// takes a shared lock on it; without `current`, serves `root` as is.
+/// Pins are not looked at: [`resolve_for`] is a node's.
 pub fn resolve_snapshot(root: &Path) -> Result<Snapshot> {
-    let current = root.join("current");
-    match fs::read_link(&current) {
-        Ok(target) => {
-            let path = fs::canonicalize(root.join(&target))
-                .with_context(|| format!("{} points nowhere", current.display()))?;
-            let snapshots =
-                fs::canonicalize(root.join("snapshots")).context("no snapshots/ beside current")?;
-            if !path.starts_with(&snapshots) {
-                bail!(
-                    "{} points outside {}",
-                    current.display(),
-                    snapshots.display()
-                );
-            }
-            let dir = fs::File::open(&path)?;
-            // SAFETY: flock on a descriptor we own; held until the session ends.
-            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH) } != 0 {
-                bail!(
-                    "cannot lock the snapshot {}: {}",
-                    path.display(),
-                    io::Error::last_os_error()
-                );
-            }
-            let id = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(Snapshot {
-                path,
-                id,
-                _lock: Some(dir),
-            })
-        }
-        Err(_) => Ok(Snapshot {
-            path: root.to_path_buf(),
-            id: "-".into(),
-            _lock: None,
-        }),
+    resolve_link(root, candidate::CURRENT)
+}
+
+/// The snapshot a session of `node` serves (DESIGN §4): with
+/// `want_candidate`, the candidate ([`NoCandidate`] when there is none);
+/// else the node's current — its pin `pinned/NODE` when it has one, else
+/// `current` (else `root` as is) — with the candidate's id when it
+/// differs. Held with a shared lock, as [`resolve_snapshot`].
+pub fn resolve_for(root: &Path, node: &Name, want_candidate: bool) -> Result<Snapshot> {
+    choose(root, node, want_candidate, resolve_snapshot(root)?)
+}
+
+/// [`resolve_for`] with `current` already resolved and held (`start`,
+/// what a session holds from its start): kept unless the node is pinned
+/// or asks for the candidate.
+fn choose(root: &Path, node: &Name, want_candidate: bool, start: Snapshot) -> Result<Snapshot> {
+    if want_candidate {
+        return resolve_link(root, candidate::CANDIDATE);
     }
+    let link = candidate::node_link(root, node)?;
+    let mut snapshot = match link == candidate::CURRENT {
+        true => start,
+        false => resolve_link(root, &link)?,
+    };
+    snapshot.candidate = candidate::read_link(root, candidate::CANDIDATE)?
+        .map(|c| c.id)
+        .filter(|id| *id != snapshot.id);
+    Ok(snapshot)
+}
+
+/// What a session asking for the candidate is told when there is none.
+#[derive(Debug, thiserror::Error)]
+#[error("no candidate is published on this server")]
+pub struct NoCandidate;
+
+/// Resolves the link `root/rel` and takes a shared lock on its snapshot;
+/// `current` absent serves `root` as is, a pin gone (a full promotion
+/// removed it) is `current`, and no candidate is [`NoCandidate`]. A
+/// snapshot pruned between the link's reading and the lock is resolved
+/// again (the link moved on).
+fn resolve_link(root: &Path, rel: &str) -> Result<Snapshot> {
+    for _ in 0..3 {
+        let Some(linked) = candidate::read_link(root, rel)? else {
+            if rel == candidate::CANDIDATE {
+                return Err(NoCandidate.into());
+            }
+            if rel != candidate::CURRENT {
+                return resolve_link(root, candidate::CURRENT);
+            }
+            return Ok(Snapshot {
+                path: root.to_path_buf(),
+                id: "-".into(),
+                candidate: None,
+                _lock: None,
+            });
+        };
+        let dir = fs::File::open(&linked.path)
+            .with_context(|| format!("cannot open the snapshot {}", linked.path.display()))?;
+        // SAFETY: flock on a descriptor we own; held until the session ends.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            bail!(
+                "cannot lock the snapshot {}: {}",
+                linked.path.display(),
+                io::Error::last_os_error()
+            );
+        }
+        // A prune removes a snapshot under its exclusive lock: one still
+        // linked after ours is taken stays until the session ends.
+        if linked.path.is_dir() {
+            return Ok(Snapshot {
+                path: linked.path,
+                id: linked.id,
+                candidate: None,
+                _lock: Some(dir),
+            });
+        }
+    }
+    bail!(
+        "{} keeps moving to pruned snapshots",
+        root.join(rel).display()
+    )
 }
 
 /// Who the session is for, as the logs name it: the forced node, else the
@@ -215,10 +266,9 @@ fn session(wire: &mut ServeWire, root: &Path, forced: Option<&Name>) -> Result<i
     // A server that cannot read its tree says so to the client (which
     // would otherwise see a dead connection and say "cannot reach").
     // Never a top-level link out of the served tree (a snapshot has none).
-    let snapshot = match resolve_snapshot(root).and_then(|s| {
-        crate::tree::check_top_links(&s.path, &[])?;
-        Ok(s)
-    }) {
+    // `current`, held from the start; the handshake moves to the node's
+    // pin or the candidate.
+    let start = match resolve_snapshot(root).and_then(checked) {
         Ok(s) => s,
         Err(e) => {
             let message = format!("the server could not read {}: {e:#}", root.display());
@@ -227,8 +277,9 @@ fn session(wire: &mut ServeWire, root: &Path, forced: Option<&Name>) -> Result<i
             return Ok(1);
         }
     };
-    let (node, view) = match handshake(wire, &snapshot, forced)? {
-        Ok(nv) => nv,
+    // Held until the session ends: the snapshot it serves.
+    let (node, view, _snapshot) = match handshake(wire, root, start, forced)? {
+        Ok(nvs) => nvs,
         Err(code) => return Ok(code),
     };
 
@@ -446,19 +497,73 @@ fn refuse<R: Read, W: Write>(wire: &mut Wire<R, W>, node: &str, what: String) ->
 }
 
 /// The hello/welcome exchange: the client's version and node (the key's
-/// forced `--node` wins), the node's view of `snapshot`. `Ok(Err(code))`
-/// when the session ends there (refused, said why).
+/// forced `--node` wins), the snapshot that node's session serves
+/// (`start`, the `current` held since the session began, unless the node
+/// is pinned or asks for the candidate: [`choose`]) and its view of it. `Ok(Err(code))` when the session ends there (refused, said why).
 fn handshake<R: Read, W: Write>(
     wire: &mut Wire<R, W>,
-    snapshot: &Snapshot,
+    root: &Path,
+    start: Snapshot,
     forced: Option<&Name>,
-) -> Result<Result<(Name, View), i32>> {
+) -> Result<Result<(Name, View, Snapshot), i32>> {
+    let (node, max_file_size, want_candidate) = match hello(wire, forced)? {
+        Ok(h) => h,
+        Err(code) => return Ok(Err(code)),
+    };
+    let snapshot = match choose(root, &node, want_candidate, start).and_then(checked) {
+        Ok(s) => s,
+        Err(e) if e.is::<NoCandidate>() => {
+            return refuse(wire, node.as_str(), e.to_string()).map(Err)
+        }
+        Err(e) => {
+            let message = format!("the server could not read {}: {e:#}", root.display());
+            log(node.as_str(), &message);
+            let _ = wire.say(&Msg::Error { message }, &[]);
+            return Ok(Err(1));
+        }
+    };
+    let view = match node_view(&snapshot, &node, max_file_size) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("disco serve: {message}");
+            let _ = wire.say(&Msg::Error { message }, &[]);
+            return Ok(Err(1));
+        }
+    };
+    wire.say(
+        &Msg::Welcome {
+            version: VERSION,
+            node: node.to_string(),
+            snapshot: snapshot.id.clone(),
+            root: view.manifest.root_hash(),
+            candidate: snapshot.candidate.clone(),
+        },
+        &[],
+    )?;
+    Ok(Ok((node, view, snapshot)))
+}
+
+/// `s`, refused when its top-level `parameters`, `modules` or
+/// `recipients` is a symlink.
+fn checked(s: Snapshot) -> Result<Snapshot> {
+    crate::tree::check_top_links(&s.path, &[])?;
+    Ok(s)
+}
+
+/// Reads the client's hello: its node (the key's forced `--node` wins),
+/// `max_file_size` and whether it asks for the candidate. `Ok(Err(code))`
+/// when refused (said why).
+fn hello<R: Read, W: Write>(
+    wire: &mut Wire<R, W>,
+    forced: Option<&Name>,
+) -> Result<Result<(Name, u64, bool), i32>> {
     let (hello, _) = wire.recv().context("reading the client's hello")?;
     let Msg::Hello {
         version,
         node,
         max_file_size,
-        ..
+        candidate,
     } = hello
     else {
         return refuse(wire, "?", "the first message must be a hello".into()).map(Err);
@@ -483,7 +588,19 @@ fn handshake<R: Read, W: Write>(
     if let Ok(mut w) = WHO.lock() {
         *w = node.to_string();
     }
-    let cache = hash_cache_file(&snapshot.path);
+    Ok(Ok((node, max_file_size, candidate)))
+}
+
+/// `node`'s view of `snapshot`, its hashes from the cache of a tree
+/// served as it is; a file over `max_file_size` (0: the default) is
+/// never read.
+fn node_view(snapshot: &Snapshot, node: &Name, max_file_size: u64) -> Result<View> {
+    // A published snapshot carries its manifest and is never hashed.
+    let published = snapshot.path.join(super::PUBLISHED_MANIFEST).is_file();
+    let cache = match published {
+        true => None,
+        false => hash_cache_file(&snapshot.path),
+    };
     let mut hashes = cache
         .as_deref()
         .map(super::manifest::HashCache::load)
@@ -494,31 +611,12 @@ fn handshake<R: Read, W: Write>(
         0 => super::manifest::MAX_FILE,
         n => n,
     });
-    let view = View::of_cached(&snapshot.path, &node, &mut hashes);
+    let view = View::of_cached(&snapshot.path, node, &mut hashes);
     if let (Some(path), Ok(_)) = (&cache, &view) {
         // Only a cache: a session that cannot save it still serves.
         let _ = hashes.save_shared(path);
     }
-    let view = match view {
-        Ok(v) => v,
-        Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("disco serve: {message}");
-            let _ = wire.say(&Msg::Error { message }, &[]);
-            return Ok(Err(1));
-        }
-    };
-    wire.say(
-        &Msg::Welcome {
-            version: VERSION,
-            node: node.to_string(),
-            snapshot: snapshot.id.clone(),
-            root: view.manifest.root_hash(),
-            candidate: None,
-        },
-        &[],
-    )?;
-    Ok(Ok((node, view)))
+    view
 }
 
 /// Where the md5s of a tree served as it is (not made by `disco publish`,
@@ -726,6 +824,94 @@ mod tests {
             panic!("{msg:?}")
         };
         Ok(dirs.into_iter().map(|l| l.path).collect())
+    }
+
+    /// A served directory: snapshot A as current, B (x changed) as the
+    /// candidate, for nodes `n` and `p` running module `m`.
+    fn served() -> (tempfile::TempDir, PathBuf, String, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        for n in ["n", "p"] {
+            fs::create_dir_all(src.join(format!("parameters/{n}/modules"))).unwrap();
+            fs::write(src.join(format!("parameters/{n}/modules/m")), "").unwrap();
+        }
+        fs::create_dir_all(src.join("modules/m/files/etc")).unwrap();
+        fs::write(src.join("modules/m/files/etc/x"), "a\n").unwrap();
+        let root = tmp.path().join("srv");
+        let a = super::super::publish::publish(&src, &root, 5, &[], false).unwrap();
+        fs::write(src.join("modules/m/files/etc/x"), "b\n").unwrap();
+        let b = super::super::publish::publish(&src, &root, 5, &[], true).unwrap();
+        (tmp, root, a, b)
+    }
+
+    /// What serve answers `hello` (a JSON message) on `root`, as JSON.
+    fn welcome(root: &Path, hello: serde_json::Value) -> serde_json::Value {
+        let mut input = Vec::new();
+        Wire::new(io::empty(), &mut input)
+            .send_value(&hello)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut wire = Wire::new(&input[..], &mut out);
+        let start = resolve_snapshot(root).unwrap();
+        let _ = handshake(&mut wire, root, start, None).unwrap();
+        let json_len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+        serde_json::from_slice(&out[4..4 + json_len]).unwrap()
+    }
+
+    fn hello(node: &str, candidate: bool) -> serde_json::Value {
+        serde_json::json!({"t": "Hello", "version": VERSION, "node": node,
+            "max_file_size": 1 << 20, "candidate": candidate})
+    }
+
+    #[test]
+    fn the_welcome_offers_the_candidate_and_the_hello_can_ask_for_it() {
+        let (_tmp, root, a, b) = served();
+        let w = welcome(&root, hello("n", false));
+        assert_eq!(
+            (w["snapshot"].as_str(), w["candidate"].as_str()),
+            (Some(a.as_str()), Some(b.as_str())),
+            "{w}"
+        );
+        let w = welcome(&root, hello("n", true));
+        assert_eq!(w["snapshot"], b.as_str(), "{w}");
+        assert!(
+            w.get("candidate").is_none(),
+            "the candidate session offers nothing more: {w}"
+        );
+        // An older client (no `candidate` in its hello) gets current.
+        let old = serde_json::json!({"t": "Hello", "version": VERSION, "node": "n", "max_file_size": 1 << 20});
+        assert_eq!(welcome(&root, old)["snapshot"], a.as_str());
+    }
+
+    #[test]
+    fn a_pinned_node_runs_its_pin_and_is_offered_nothing() {
+        let (_tmp, root, a, b) = served();
+        let p = Name::parse("p", "test").unwrap();
+        candidate::promote(&root, &candidate::Promote::Nodes(vec![p]), false).unwrap();
+        let w = welcome(&root, hello("p", false));
+        assert_eq!(w["snapshot"], b.as_str(), "{w}");
+        assert!(w.get("candidate").is_none(), "{w}");
+        let w = welcome(&root, hello("n", false));
+        assert_eq!(
+            (w["snapshot"].as_str(), w["candidate"].as_str()),
+            (Some(a.as_str()), Some(b.as_str())),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn without_a_candidate_none_is_offered_and_asking_is_refused() {
+        let (_tmp, root, a, _) = served();
+        candidate::drop_candidate(&root).unwrap();
+        let w = welcome(&root, hello("n", false));
+        assert_eq!(w["snapshot"], a.as_str(), "{w}");
+        assert!(w.get("candidate").is_none(), "{w}");
+        let w = welcome(&root, hello("n", true));
+        assert_eq!(w["t"], "Error", "{w}");
+        assert_eq!(
+            w["message"],
+            "server refused: no candidate is published on this server"
+        );
     }
 
     #[test]

@@ -51,9 +51,9 @@ pub struct Listing {
 pub enum Msg {
     /// Client → server: first frame. `max_file_size`: the largest file
     /// the node accepts; the server never reads a bigger one (absent in a
-    /// version-1 hello, which is refused for its version).
-    /// `candidate`: this session serves the candidate snapshot instead
-    /// of the node's current (a preview; refused when none is published).
+    /// version-1 hello, which is refused for its version). `candidate`:
+    /// serve the candidate snapshot instead of the node's current (refused
+    /// when the server has none); absent from an older client: false.
     Hello {
         version: u32,
         node: String,
@@ -63,8 +63,9 @@ pub enum Msg {
         candidate: bool,
     },
     /// Server → client: the snapshot this session serves and its root
-    /// hash; in a session serving the node's current, `candidate` is the
-    /// candidate's snapshot id when one is published and differs from it.
+    /// hash. `candidate`: in a session serving the node's current, the
+    /// candidate's snapshot id when there is one and it is not what the
+    /// node runs (else absent: an older client ignores it).
     Welcome {
         version: u32,
         node: String,

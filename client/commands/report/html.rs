@@ -101,11 +101,7 @@ pub fn write(
                 write_file(&dir.join(format!("{}.html", n.node)), &html)?;
                 pages += 1;
             }
-            rows.push(Row {
-                node: n,
-                page,
-                snapshot: runs.last_snapshot(n),
-            });
+            rows.push(Row { node: n, page });
         }
         rows.sort_by_key(|r| rank(r.node));
         let candidate = candidate(served);
@@ -140,7 +136,6 @@ struct Row<'a> {
     node: &'a FleetNode,
     /// Whether `nodes/NODE.html` was written.
     page: bool,
-    snapshot: Option<String>,
 }
 
 /// A node's kept reports, `reports/NODE/RUN.json`, oldest first.
@@ -149,20 +144,6 @@ struct Runs {
     runs: Vec<RunReport>,
     /// Files that could not be read or do not parse, by name.
     unreadable: Vec<String>,
-}
-
-impl Runs {
-    /// The snapshot of the run `last.json` is (the newest kept run that
-    /// ended when it did).
-    fn last_snapshot(&self, n: &FleetNode) -> Option<String> {
-        let ended = n.last_run.as_deref()?;
-        self.runs
-            .iter()
-            .rev()
-            .find(|r| r.ended == ended)
-            .map(|r| r.snapshot.clone())
-            .filter(|s| !s.is_empty())
-    }
 }
 
 /// Every dated report in `dir` (not `last.json`, a copy of the newest,
@@ -337,7 +318,7 @@ fn overview_row(r: &Row) -> String {
         "<tr class=\"{class}\"><td>{name}</td><td><code>{}</code></td><td class=\"t\">{}</td>\
          <td class=\"t\"><span class=\"status {}\">{}</span>{stale}{}</td><td class=\"n\">{}</td>\
          <td class=\"n\">{:.2} s</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
-        esc(r.snapshot.as_deref().unwrap_or("?")),
+        esc(n.snapshot.as_deref().unwrap_or("?")),
         esc(n.last_run.as_deref().unwrap_or_default()),
         status_class(status),
         esc(status),
@@ -553,8 +534,8 @@ fn candidate_page(c: &Result<Preview, String>, rows: &[Row], roll: &RollUp, now:
         esc(now)
     );
     let link = |node: &str| node_link(node, rows);
-    for g in &p.groups {
-        body.push_str(&group_section(g, &link, roll));
+    for (i, g) in p.groups.iter().enumerate() {
+        body.push_str(&group_section(i + 1, g, &link, roll));
     }
     let not_reported: Vec<String> = p.not_reported.iter().map(|n| link(n)).collect();
     let outdated: Vec<String> = p
@@ -596,6 +577,7 @@ fn node_link(node: &str, rows: &[Row]) -> String {
 
 /// One group of the preview: its nodes, then its failure or its changes.
 fn group_section(
+    number: usize,
     g: &crate::preview::Group,
     link: &dyn Fn(&str) -> String,
     roll: &RollUp,
@@ -610,7 +592,7 @@ fn group_section(
     };
     let nodes: Vec<String> = g.nodes.iter().map(|n| link(n)).collect();
     let mut s = format!(
-        "<section class=\"group\"><h2><span class=\"status {class}\">{} node(s)</span> {what}</h2>\n\
+        "<section class=\"group\"><h2>Group {number}: <span class=\"status {class}\">{} node(s)</span> {what}</h2>\n\
          <p>{}</p>\n",
         g.nodes.len(),
         nodes.join(", ")
