@@ -251,6 +251,28 @@ fn rows(dom: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The text of the page's first `<pre>` as a person reads it: no tags,
+/// entities decoded.
+fn text_of_pre(dom: &str) -> String {
+    let start = dom.find("<pre").expect("a <pre>");
+    let pre = &dom[start..];
+    let pre = &pre[pre.find('>').unwrap() + 1..pre.find("</pre>").unwrap()];
+    let mut text = String::new();
+    let mut rest = pre;
+    while let Some(i) = rest.find('<') {
+        text.push_str(&rest[..i]);
+        rest = &rest[i + rest[i..].find('>').unwrap() + 1..];
+    }
+    text.push_str(rest);
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+        .trim_end()
+        .to_string()
+}
+
 /// The `href` of the link whose text is `text`.
 fn href<'a>(dom: &'a str, text: &str) -> &'a str {
     let end = dom
@@ -263,8 +285,9 @@ fn href<'a>(dom: &'a str, text: &str) -> &'a str {
 /// A served directory (0700, as publish wants it) holding the reports of
 /// five nodes: web1 and db1 from real live dances on fixture roots (db1's
 /// failed), evil's three hostile ones, old's of two days ago, and a
-/// directory that is no node name and holds nothing.
-fn fleet_of_five(f: &Fixture) -> PathBuf {
+/// directory that is no node name and holds nothing. Returns it and
+/// db1's state dir.
+fn fleet_of_five(f: &Fixture) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     f.node("web1", &["app"]).module("app", "");
     f.module_file("app", "files/etc/app.conf", "port = 80\n", 0o644);
@@ -298,7 +321,7 @@ fn fleet_of_five(f: &Fixture) -> PathBuf {
     old.modules.clear();
     store(&served, &old);
     fs::create_dir_all(served.join("reports/z<i>x")).unwrap();
-    served
+    (served, db1)
 }
 
 /// Publishes the fixture's tree as the candidate of `served` (its nodes:
@@ -335,7 +358,7 @@ fn candidate_with_previews(f: &Fixture, served: &Path) -> String {
 #[test]
 fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_as_text() {
     let f = Fixture::new();
-    let served = fleet_of_five(&f);
+    let (served, db1_state) = fleet_of_five(&f);
     let candidate = candidate_with_previews(&f, &served);
 
     let site = f.dir.path().join("www/fleet");
@@ -381,6 +404,17 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
         "the change the failed dance found: {db1_page}"
     );
     assert_eq!(db1_page.matches("<circle").count(), 1, "one run plotted");
+    // Its changes are exactly what `disco diff` prints on the node.
+    let (code, diff, err) = run(f.disco_with_state(&db1_state).arg("diff"));
+    assert_eq!(code, 0, "{err}");
+    let on_node: Vec<&str> = diff
+        .lines()
+        .skip(2) // the run's line, the module's count
+        .map(|l| l.strip_prefix("info: ").unwrap_or(l))
+        .take_while(|l| !l.starts_with("that run failed: "))
+        .collect();
+    assert!(on_node.len() >= 2, "a change and its diff: {diff}");
+    assert_eq!(text_of_pre(&db1_page), on_node.join("\n"));
     let back = href(&db1_page, "← fleet");
     assert_eq!(
         site.join("nodes").join(back),
