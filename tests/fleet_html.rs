@@ -166,6 +166,9 @@ fn dance(f: &Fixture, node: &str) -> (i32, PathBuf) {
     (code, state)
 }
 
+/// web1's secret parameter.
+const SECRET: &str = "t0ken-Qx7-secret";
+
 /// What a hostile node can put in its report: markup, quotes, `&`, an
 /// escape sequence and a carriage return.
 const HOSTILE: &str = "<script>alert(\"x\")</script>'\"><img src=x onerror=alert(1)>&amp;\x1b[2K\r";
@@ -291,6 +294,17 @@ fn fleet_of_five(f: &Fixture) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     f.node("web1", &["app"]).module("app", "");
     f.module_file("app", "files/etc/app.conf", "port = 80\n", 0o644);
+    // A secret in a path: the node masks it before it stores the report.
+    f.file(
+        "parameters/web1/parameters/secrets/token",
+        &format!("{SECRET}\n"),
+    );
+    f.module_file(
+        "app",
+        "scripts/10-token",
+        "echo x > \"/etc/app-$(disco param get secrets/token)\"\n",
+        0o755,
+    );
     f.node("db1", &["db"]).module("db", "");
     f.module_file("db", "files/etc/db.conf", "x\n", 0o644);
     f.module_file(
@@ -373,6 +387,17 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
         )
     );
 
+    let mut pages = vec![site.join("index.html"), site.join("candidate.html")];
+    pages.extend(
+        fs::read_dir(site.join("nodes"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for p in &pages {
+        let html = fs::read_to_string(p).unwrap();
+        assert!(!html.contains("Qx7"), "web1's secret in {p:?}");
+    }
+
     let mut browser = Browser::new();
     let index = browser.dom(&site.join("index.html"));
     let order = rows(&index);
@@ -427,6 +452,10 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
         "{web1_page}"
     );
     assert!(web1_page.contains("port = 80"), "its diff: {web1_page}");
+    assert!(
+        web1_page.contains("File: /etc/app-******** : Created") && !web1_page.contains("Qx7"),
+        "the secret masked as on the node: {web1_page}"
+    );
 
     // The hostile node's strings are text: no element of theirs, every
     // control character shown as \xNN.
