@@ -776,8 +776,13 @@ impl Target {
     /// one run at a time builds a site there.
     fn lock(&self) -> Result<fs::File> {
         use std::os::fd::AsRawFd;
-        let f = fs::File::open(&self.parent)
-            .with_context(|| format!("cannot open {}", self.parent.display()))?;
+        let f = fs::File::open(&self.parent).with_context(|| {
+            format!(
+                "cannot write the fleet page into {}: cannot open its parent {}",
+                self.dir.display(),
+                self.parent.display()
+            )
+        })?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error())
