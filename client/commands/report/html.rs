@@ -91,12 +91,8 @@ pub fn write(
         let mut rows = Vec::with_capacity(nodes.len());
         for n in nodes {
             let page = crate::names::is_valid(n.node.as_bytes());
-            let runs = if page {
-                read_runs(&reports.join(&n.node))
-            } else {
-                Runs::default()
-            };
             if page {
+                let runs = read_runs(&reports.join(&n.node));
                 let html = node_page(n, &runs, roll, &now);
                 write_file(&dir.join(format!("{}.html", n.node)), &html)?;
                 pages += 1;
