@@ -77,19 +77,24 @@ pub struct Origin {
     pub candidate: Option<String>,
 }
 
-/// Asks the server only for its snapshot id and the root hash of the
-/// node's view (for `--if-changed`), without fetching anything.
-pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<(String, String)> {
+/// Asks the server only for its snapshot id, the root hash of the
+/// node's view and the candidate it offers (for `--if-changed`), without
+/// fetching anything.
+pub fn probe(server: &ServerUri, node: &Name, opts: &SshOptions) -> Result<ssh::Welcomed> {
     match server {
         ServerUri::Local(root) => {
             let snap = crate::transport::serve::resolve_for(root, node, false)?;
             let view = crate::transport::View::of(&snap.path, node)?;
-            Ok((snap.id.clone(), view.manifest.root_hash()))
+            Ok(ssh::Welcomed {
+                snapshot: snap.id.clone(),
+                root: view.manifest.root_hash(),
+                candidate: snap.candidate.clone(),
+            })
         }
         ServerUri::Ssh { .. } => {
             let (session, welcome) = ssh::Session::open(server, node, opts, false)?;
             session.close()?;
-            Ok((welcome.snapshot, welcome.root))
+            Ok(welcome)
         }
     }
 }

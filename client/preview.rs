@@ -291,3 +291,140 @@ fn change_key(c: &Change) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Meta, ModuleReport};
+
+    fn file(path: &str, md5: &str, diff: &str) -> Change {
+        Change {
+            path: path.into(),
+            kind: ChangeKind::Modified,
+            old: None,
+            new: Some(Meta {
+                kind: "regular file".into(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                owner: "root:root".into(),
+                md5: Some(md5.into()),
+                target: None,
+                selinux: None,
+                caps: None,
+                size: 1,
+            }),
+            diff: Some(diff.into()),
+            inside: None,
+        }
+    }
+
+    fn report(node: &str, candidate: &str, status: &str, changes: Vec<Change>) -> RunReport {
+        RunReport {
+            node: node.into(),
+            status: status.into(),
+            snapshot: candidate.into(),
+            candidate: Some(candidate.into()),
+            modules: vec![ModuleReport {
+                name: "app".into(),
+                changes,
+                error: (status == "failed").then(|| "scripts/10-check exited 3".into()),
+                ..ModuleReport::default()
+            }],
+            ..RunReport::default()
+        }
+    }
+
+    /// A served directory with snapshot `id` of `nodes` (and group g) as
+    /// the candidate, and these preview reports.
+    fn served(id: &str, nodes: &[&str], reports: &[RunReport]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let snap = d.path().join("snapshots").join(id);
+        for n in nodes {
+            fs::create_dir_all(snap.join("parameters").join(n).join("groups")).unwrap();
+            fs::write(snap.join("parameters").join(n).join("groups/g"), "").unwrap();
+        }
+        fs::create_dir_all(snap.join("parameters/g")).unwrap();
+        fs::create_dir_all(snap.join("modules")).unwrap();
+        std::os::unix::fs::symlink(format!("snapshots/{id}"), d.path().join("candidate")).unwrap();
+        for r in reports {
+            let dir = d.path().join("reports").join(&r.node);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(CANDIDATE_REPORT), serde_json::to_vec(r).unwrap()).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn the_same_new_content_groups_whatever_the_diff_and_another_does_not() {
+        let d = served(
+            "c2",
+            &["a", "b", "c", "d"],
+            &[
+                report(
+                    "a",
+                    "c2",
+                    "changed",
+                    vec![file("/etc/x", "m1", "-old a\n+new\n")],
+                ),
+                report(
+                    "b",
+                    "c2",
+                    "changed",
+                    vec![file("/etc/x", "m1", "-old b\n+new\n")],
+                ),
+                report("c", "c2", "changed", vec![file("/etc/x", "m2", "+other\n")]),
+                report("d", "c2", "failed", vec![]),
+            ],
+        );
+        let p = preview(d.path()).unwrap();
+        assert_eq!(p.candidate, "c2");
+        assert_eq!(p.nodes, ["a", "b", "c", "d"], "g is a group, not a node");
+        let groups: Vec<Vec<String>> = p.groups.iter().map(|g| g.nodes.clone()).collect();
+        assert_eq!(groups, [vec!["d"], vec!["a", "b"], vec!["c"]]);
+        assert_eq!(
+            p.groups[0].outcome,
+            Outcome::Fails {
+                module: Some("app".into()),
+                error: "scripts/10-check exited 3".into()
+            }
+        );
+        assert_eq!((p.failed, p.exit_code), (1, 1));
+    }
+
+    #[test]
+    fn a_missing_or_older_report_is_not_reported_and_exits_2() {
+        let d = served(
+            "c2",
+            &["a", "b", "c"],
+            &[
+                report("a", "c2", "ok", vec![]),
+                report("b", "c1", "failed", vec![]),
+            ],
+        );
+        let p = preview(d.path()).unwrap();
+        assert_eq!(p.not_reported, ["c"]);
+        assert_eq!(p.outdated.len(), 1);
+        assert_eq!(
+            (
+                p.outdated[0].node.as_str(),
+                p.outdated[0].candidate.as_str()
+            ),
+            ("b", "c1")
+        );
+        assert_eq!(p.groups.len(), 1);
+        assert_eq!(
+            (p.failed, p.exit_code),
+            (0, 2),
+            "an older failure does not count"
+        );
+    }
+
+    #[test]
+    fn no_candidate_is_one_error_naming_the_command() {
+        let d = tempfile::tempdir().unwrap();
+        let e = preview(d.path()).unwrap_err().to_string();
+        assert!(e.starts_with("no candidate is published in "), "{e}");
+        assert!(e.contains("--candidate"), "{e}");
+    }
+}

@@ -438,3 +438,30 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         Some("hello\n")
     );
 }
+
+/// `dance --if-changed` that finds its snapshot unchanged still previews
+/// a candidate it has not previewed yet, once.
+#[test]
+fn a_skipped_dance_previews_a_new_candidate_once() {
+    let fleet = Fleet::new();
+    assert_eq!(fleet.publish(&[]).0, 0);
+    fleet.dance("apply");
+    fleet
+        .f
+        .module_file("app", "files/etc/motd", "hello\n", 0o644);
+    assert_eq!(fleet.publish(&["--candidate"]).0, 0);
+    let candidate = fleet.id("candidate");
+    let (code, _, err) = fleet.disco("apply", &["dance", "--if-changed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped: the server's snapshot"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "info: previewed candidate {candidate}: 1 change, uploaded"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = fleet.disco("apply", &["dance", "--if-changed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped: the server's snapshot"), "{err}");
+    assert!(!err.contains("previewed"), "previewed already: {err}");
+}

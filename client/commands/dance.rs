@@ -1,6 +1,7 @@
 //! `disco dance`: root check, its own mount namespace, splay, the locks
 //! (state dir and root), `--if-changed`, the status file around one run
-//! of [`crate::pipeline`].
+//! of [`crate::pipeline`], then the preview of a candidate the server
+//! offered ([`crate::pipeline::preview`], `preview = true`).
 
 use std::time::SystemTime;
 
@@ -71,14 +72,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
         state,
         &format!("running since {} (pid {})", now(), std::process::id()),
     );
-    let popts = pipeline::Options {
-        keep: opts.keep,
-        quiet: opts.quiet,
-        run_actions: opts.run_actions,
-        detailed_exitcodes: opts.detailed_exitcodes,
-        only: opts.only.clone(),
-        preview: None,
-    };
+    let popts = options(opts);
     let result = pipeline::run(config, &popts).map_err(no_space);
     match &result {
         Ok(ran) => crate::cron::set_status(state, &crate::cron::ended(&ran.report)),
@@ -119,15 +113,54 @@ fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
         return Ok(false);
     }
     let server = fetch::ServerUri::parse(&config.require_servers()?[0])?;
-    let (snapshot, root) = fetch::probe(&server, &config.node.value, &config.ssh())?;
-    if root == last.root_hash {
+    let welcome = fetch::probe(&server, &config.node.value, &config.ssh())?;
+    if welcome.root == last.root_hash {
         output::info(&format!(
-            "skipped: the server's snapshot {snapshot} is what run {} applied {age} s ago (--if-changed)",
-            last.id
+            "skipped: the server's snapshot {} is what run {} applied {age} s ago (--if-changed)",
+            welcome.snapshot, last.id
         ));
+        if let Some(candidate) = welcome.candidate {
+            let offer = pipeline::Offer {
+                server: server.to_string(),
+                candidate,
+            };
+            preview_unless_done(config, opts, &offer);
+        }
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A skipped dance (`--if-changed`) still previews a candidate the
+/// server offers, unless its last preview was of that candidate and is
+/// younger than `--max-age`.
+fn preview_unless_done(config: &Config, opts: &DanceOptions, offer: &pipeline::Offer) {
+    if !config.preview.value || !opts.only.is_empty() {
+        return;
+    }
+    let dir = pipeline::preview_dir(&config.state_dir.value);
+    let done = report::load(&dir, None).ok().is_some_and(|r| {
+        r.candidate.as_ref() == Some(&offer.candidate)
+            && humantime::parse_rfc3339(&r.ended)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age.as_secs() < opts.max_age)
+    });
+    if !done {
+        pipeline::preview(config, &options(opts), offer, 0);
+    }
+}
+
+/// The pipeline's options from the dance's.
+fn options(opts: &DanceOptions) -> pipeline::Options {
+    pipeline::Options {
+        keep: opts.keep,
+        quiet: opts.quiet,
+        run_actions: opts.run_actions,
+        detailed_exitcodes: opts.detailed_exitcodes,
+        only: opts.only.clone(),
+        preview: None,
+    }
 }
 
 /// `--retry-actions`: runs again only what failed before, with the
