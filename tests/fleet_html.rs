@@ -594,6 +594,22 @@ fn a_second_run_replaces_the_site_and_a_foreign_directory_is_refused() {
         "no temporary directory is left beside it, nor one a killed run left"
     );
 
+    // A damaged candidate link is its page's error; the rest is written.
+    std::os::unix::fs::symlink("elsewhere", f.server().join("candidate")).unwrap();
+    let (code, _, err) = html(&f, &f.server(), &site);
+    assert_eq!(code, 0, "{err}");
+    let page = fs::read_to_string(site.join("candidate.html")).unwrap();
+    assert!(
+        page.contains(&format!(
+            "<p class=\"error\">{}/candidate points nowhere",
+            f.server().display()
+        )),
+        "{page}"
+    );
+    let index = fs::read_to_string(site.join("index.html")).unwrap();
+    assert!(index.contains("cannot be previewed"), "{index}");
+    assert!(index.contains("nodes/web1.html"), "{index}");
+
     // A directory of someone else's files is never thrown away.
     let foreign = www.join("html");
     fs::create_dir(&foreign).unwrap();
