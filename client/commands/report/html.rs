@@ -2,9 +2,10 @@
 //! on the server from the reports the nodes uploaded.
 //!
 //! Owns the pages — `index.html` (the overview: failed nodes first, then
-//! stale ones, then the rest, each by name) and `nodes/NODE.html` (a
-//! node's kept runs, newest first, with their changes and a duration plot
-//! in inline SVG) — the one HTML escape every string from a report goes
+//! stale ones, then the rest, each by name), `nodes/NODE.html` (a node's
+//! kept runs, newest first, with their changes and a duration plot in
+//! inline SVG) and, while a candidate is published, `candidate.html` (its
+//! preview's groups) — the one HTML escape every string from a report goes
 //! through ([`esc`]), and replacing the site atomically: it is built in a
 //! hidden directory beside `DIR` and swapped in with one
 //! `renameat2(RENAME_EXCHANGE)`. The pages hold no script and load
@@ -12,8 +13,9 @@
 //! their Content-Security-Policy forbids scripts even if a string got
 //! through unescaped.
 //!
-//! It does not read the fleet (the parent's `read_fleet` does), nor
-//! decide how changes are shown or masked: a run's changes are the lines
+//! It does not read the fleet (the parent's `read_fleet` does) nor group
+//! the preview ([`crate::preview`]), nor decide how changes are shown or
+//! masked: a run's changes are the lines
 //! `disco diff` prints ([`crate::output::changes_text`]), from a report
 //! the node masked before it uploaded it.
 
