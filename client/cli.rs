@@ -203,7 +203,10 @@ pub enum Command {
     /// With --node, only that node's parameters (and groups) and the modules
     /// of its plan are served; anything else is refused and logged to
     /// stderr. Read-only; symlinks are sent as symlinks, never followed. A
-    /// published tree (DIR/current) is resolved once per session. A
+    /// published tree (DIR/current, or the node's pin DIR/pinned/NODE
+    /// after a canary `disco promote`) is resolved once per session; the
+    /// node is told of a candidate (DIR/candidate) it does not run, and
+    /// gets it when it asks (its preview). A
     /// session's memory is bounded (docs/fleet.md); with --node, at most 4
     /// sessions of the node at once (locks in DIR/sessions/NODE/), the
     /// others refused: "too many sessions of node web1 (4)". A session silent for

@@ -247,10 +247,23 @@ pub fn preview(config: &Config, opts: &Options, offer: &Offer, own_code: i32) {
             own_code,
         }),
     };
+    let id = output::printable(&offer.candidate);
+    // Private like the state dir it is in (its cache holds the
+    // candidate's parameters, its reports what the preview found).
+    let dir = preview_dir(&config.state_dir.value);
+    let made = fs::create_dir_all(&dir).and_then(|()| {
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+    });
+    if let Err(e) = made {
+        output::warning(&format!(
+            "the preview of candidate {id} did not run: cannot make {}: {e}",
+            dir.display()
+        ));
+        return;
+    }
     let kept = output::divert();
     let ran = run(&config, &opts);
     drop(kept.take());
-    let id = output::printable(&offer.candidate);
     let report = match ran {
         Ok(ran) => ran.report,
         Err(e) => {

@@ -304,7 +304,7 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
     );
     assert!(
         out.starts_with(&format!(
-            "candidate {candidate}: 3 node(s), 3 reported, 1 fail\n"
+            "candidate {candidate}: 3 node(s), 3 reported, 1 failing\n"
         )),
         "{out}"
     );

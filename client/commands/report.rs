@@ -139,7 +139,7 @@ fn candidate(config: &Config, dir: &Path, json: bool) -> Result<i32> {
     }
     let reported: usize = p.groups.iter().map(|g| g.nodes.len()).sum();
     print_lines([format!(
-        "candidate {}: {} node(s), {reported} reported, {} fail",
+        "candidate {}: {} node(s), {reported} reported, {} failing",
         printable(&p.candidate),
         p.nodes.len(),
         p.failed

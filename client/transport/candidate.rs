@@ -428,3 +428,39 @@ fn standing(root: &Path, mut nodes: Vec<Name>) -> Result<BTreeMap<Name, (String,
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_trusted_only_into_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("snapshots/A")).unwrap();
+        fs::create_dir_all(root.join("elsewhere/B")).unwrap();
+        set_current(root, "A").unwrap();
+        assert_eq!(read_link(root, CURRENT).unwrap().unwrap().id, "A");
+        assert_eq!(read_link(root, CANDIDATE).unwrap(), None);
+        std::os::unix::fs::symlink("elsewhere/B", root.join(CANDIDATE)).unwrap();
+        let e = read_link(root, CANDIDATE).unwrap_err().to_string();
+        assert!(e.contains("points outside"), "{e}");
+        fs::remove_file(root.join(CANDIDATE)).unwrap();
+        std::os::unix::fs::symlink("snapshots/A/..", root.join(CANDIDATE)).unwrap();
+        let e = read_link(root, CANDIDATE).unwrap_err().to_string();
+        assert!(e.contains("points outside"), "{e}");
+        fs::remove_file(root.join(CANDIDATE)).unwrap();
+        fs::write(root.join(CANDIDATE), "").unwrap();
+        let e = read_link(root, CANDIDATE).unwrap_err().to_string();
+        assert!(e.contains("is not a symlink to a snapshot"), "{e}");
+        fs::create_dir(root.join(PINNED)).unwrap();
+        set_link(root, &format!("{PINNED}/n"), "A").unwrap();
+        assert_eq!(
+            fs::read_link(root.join("pinned/n")).unwrap(),
+            Path::new("../snapshots/A")
+        );
+        let pins = pins(root).unwrap();
+        assert_eq!(pins.len(), 1);
+        assert_eq!(pins.values().next().unwrap().id, "A");
+    }
+}
