@@ -943,6 +943,16 @@ pub struct ReportArgs {
     /// reported (a CI job waits on 2)
     #[arg(long, requires = "fleet")]
     pub candidate: bool,
+    /// With --fleet: write the fleet as a static site into DIR instead of
+    /// printing it — DIR/index.html (every node: failed and stale ones
+    /// first), DIR/nodes/NODE.html (its kept runs, their changes as `disco
+    /// diff` shows them, a duration plot), and while a candidate is
+    /// published DIR/candidate.html (its preview, grouped as --candidate
+    /// prints it). Plain HTML, no script: it opens from the file system or
+    /// any web server. DIR is replaced as a whole, atomically, and must be
+    /// new, empty or a site this wrote. Exit 0 once it is written
+    #[arg(long, value_name = "DIR", requires = "fleet", conflicts_with_all = ["json", "candidate"])]
+    pub html: Option<PathBuf>,
     /// With --fleet: flag nodes whose last report is older than this. The
     /// exit code makes --fleet a monitoring check: 0 every node fresh and
     /// ok, 1 any failed (or unreadable), 2 any stale

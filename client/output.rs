@@ -41,6 +41,13 @@ impl Section {
         }
     }
 
+    /// What was kept, stdout's and stderr's chunks in the order written,
+    /// as text (invalid UTF-8 replaced).
+    pub fn into_text(self) -> String {
+        let bytes: Vec<u8> = self.0.into_iter().flat_map(|(_, b)| b).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Adds what `other` kept after what this one did.
     pub fn append(&mut self, other: Section) {
         self.0.extend(other.0);
@@ -213,6 +220,20 @@ pub fn changes(list: &[crate::report::Change], r: &RollUp) {
     let mut console = Console::new(r);
     list.iter().for_each(|c| console.push(c));
     console.finish();
+}
+
+/// What [`changes`] prints for `list` (as `disco diff` does, to stdout):
+/// the `info: File: …` lines, diffs and roll-up lines, masked and made
+/// printable, as text — for a page that shows them elsewhere (the fleet
+/// page of `disco report --fleet --html`).
+pub fn changes_text(list: &[crate::report::Change], r: &RollUp) -> String {
+    let r = RollUp {
+        to_stdout: true,
+        ..r.clone()
+    };
+    let kept = divert();
+    changes(list, &r);
+    kept.take().into_text()
 }
 
 /// [`changes`] fed one change at a time (sorted by path), holding at

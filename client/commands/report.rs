@@ -1,5 +1,8 @@
 //! `disco report`: the figures of the last (or a given) run, the history,
-//! JSON, Prometheus text, and on the server the fleet's table.
+//! JSON, Prometheus text, and on the server the fleet's table (and, in
+//! [`html`], its static site).
+
+mod html;
 
 use std::path::Path;
 
@@ -80,7 +83,8 @@ impl FleetNode {
 
 /// `disco report --fleet --server DIR`: every node's last uploaded report,
 /// as a table or (`--json`) one JSON document; exit 0 all fresh and ok, 1
-/// one failed or unreadable, 2 one stale.
+/// one failed or unreadable, 2 one stale. With `--html DIR`, the site
+/// instead, and exit 0 once it is written.
 fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     let servers = config.require_servers()?;
     let ServerUri::Local(dir) = ServerUri::parse(&servers[0])? else {
@@ -99,6 +103,16 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     } else {
         0
     };
+    if let Some(out) = &args.html {
+        let w = html::write(out, &dir, &nodes, &config.roll_up(false, true), args.stale)?;
+        print_lines([format!(
+            "wrote the fleet page to {}: {} node(s), {failed} failed, {stale} stale; {} node page(s)",
+            out.display(),
+            w.nodes,
+            w.pages
+        )])?;
+        return Ok(0);
+    }
     if args.json {
         let doc = serde_json::json!({
             "nodes": nodes,
