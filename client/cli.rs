@@ -962,6 +962,8 @@ pub struct ReportArgs {
 
 impl Command {
     /// The shared flags this subcommand was given after its name.
+    ///
+    /// Long because it is one arm per subcommand.
     pub fn given(&self) -> Given {
         let side = |n: &NodeSide| (n.state_dir.clone(), n.config.clone());
         let mut g = Given::default();
