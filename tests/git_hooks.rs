@@ -297,25 +297,7 @@ fn the_hook_publishes_the_branch_head_names_in_a_repository_made_without_initial
     git(&work, &["init", "-q"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "one"]);
-    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
-    let push = |refspec: &str| {
-        let out = Command::new("git")
-            .args(["push", repo.to_str().unwrap(), refspec])
-            .current_dir(&work)
-            .env(
-                "PATH",
-                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-            )
-            .env("TMPDIR", d)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let push = |refspec: &str| push_as_root(&work, &repo, d, &[refspec]);
     let (code, out) = push("main:main");
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(current(&served), None, "main is not what HEAD names");
@@ -354,25 +336,7 @@ fn with_disco_candidate_the_hook_publishes_that_branch_as_the_candidate() {
     git(&work, &["init", "-q", "--initial-branch=main"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "one"]);
-    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
-    let push = |refspec: &str| {
-        let out = Command::new("git")
-            .args(["push", "-q", repo.to_str().unwrap(), refspec])
-            .current_dir(&work)
-            .env(
-                "PATH",
-                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-            )
-            .env("TMPDIR", d)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let push = |refspec: &str| push_as_root(&work, &repo, d, &["-q", refspec]);
     let candidate = || fs::canonicalize(served.join("candidate")).ok();
     let (code, out) = push("main:main");
     assert_eq!(code, Some(0), "{out}");
@@ -407,4 +371,30 @@ fn with_disco_candidate_the_hook_publishes_that_branch_as_the_candidate() {
     assert!(out.contains("dropped the candidate snapshot"), "{out}");
     assert_eq!(candidate(), None);
     assert_eq!(current(&served), Some(first));
+}
+
+/// `git push [ARGS…] REPO` from `work` as root, with this build's `disco`
+/// first on PATH (the hook runs it): the exit code and stderr.
+fn push_as_root(work: &Path, repo: &Path, tmp: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
+    let (flags, refspec) = args.split_at(args.len() - 1);
+    let out = Command::new("git")
+        .arg("push")
+        .args(flags)
+        .arg(repo)
+        .args(refspec)
+        .current_dir(work)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("TMPDIR", tmp)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
