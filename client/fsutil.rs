@@ -39,7 +39,9 @@ pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn md5_file(path: &Path) -> Result<String> {
     let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = Md5::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    // Sized to the file (a zeroed 256 KiB per small file is most of the
+    // cost of hashing it: a memset and its page faults).
+    let mut buf = vec![0u8; buf_for(f.metadata().map_or(u64::MAX, |m| m.len()), 256 << 10)];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
@@ -48,6 +50,13 @@ pub fn md5_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// A read buffer's size for a file of `len` bytes: one more than the
+/// file (so the read that finds its end needs no second buffer), at most
+/// `max`.
+fn buf_for(len: u64, max: usize) -> usize {
+    usize::try_from(len).map_or(max, |l| l.saturating_add(1).min(max))
 }
 
 /// True when two files of the given lengths have the same bytes.
@@ -68,7 +77,8 @@ pub fn same_bytes(a: &Path, b: &Path, alen: u64, blen: u64) -> Result<bool> {
     if !fa.metadata()?.is_file() || !fb.metadata()?.is_file() {
         return Ok(false);
     }
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let size = buf_for(alen, 64 << 10);
+    let (mut ba, mut bb) = (vec![0u8; size], vec![0u8; size]);
     loop {
         let n = fa.read(&mut ba)?;
         if n == 0 {
@@ -142,7 +152,7 @@ fn copy_range(
     to: &fs::File,
     start: i64,
     end: i64,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
@@ -169,6 +179,10 @@ fn copy_range(
                 _ => return Err(e),
             }
         }
+        if buf.is_empty() {
+            // Only where sendfile cannot: most copies never need it.
+            buf.resize(1 << 20, 0);
+        }
         let chunk = want.min(buf.len());
         let n = from.read_at(&mut buf[..chunk], off as u64)?;
         if n == 0 {
@@ -186,7 +200,7 @@ pub fn copy_sparse(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let ifd = from.as_raw_fd();
     let mut pos: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = Vec::new();
     while (pos as u64) < len {
         // SAFETY: lseek on a descriptor we own.
         let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
