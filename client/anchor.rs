@@ -52,7 +52,14 @@ impl Anchor {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        let fd = openat2(root_fd.as_raw_fd(), &rel, how)?;
+        // EAGAIN: a rename raced the lookup (see fsutil::sys_openat2).
+        let mut tries = 0;
+        let fd = loop {
+            match openat2(root_fd.as_raw_fd(), &rel, how) {
+                Err(nix::errno::Errno::EAGAIN) if tries < crate::fsutil::OPENAT2_TRIES => tries += 1,
+                other => break other?,
+            }
+        };
         // SAFETY: as above.
         Ok(Anchor {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },

@@ -246,6 +246,36 @@ pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>>
     read_capped(f, shown, cap).map(Some)
 }
 
+/// How many times an `openat2` that the kernel answered `EAGAIN` is
+/// tried again.
+pub const OPENAT2_TRIES: usize = 64;
+
+/// `openat2(dirfd, path, how)`: the descriptor, or -1 with `errno` set.
+/// `EAGAIN` — with `RESOLVE_IN_ROOT` or `RESOLVE_BENEATH`, a rename
+/// anywhere on the system during a lookup through `..` (Debian's
+/// `/etc/os-release -> ../usr/lib/os-release` has one) — is tried again,
+/// as openat2(2) advises: it failed 5 dances in 100 beside a rename loop.
+pub fn sys_openat2(dirfd: std::os::fd::RawFd, path: &std::ffi::CStr, how: &libc::open_how) -> i64 {
+    let mut fd = -1;
+    for _ in 0..OPENAT2_TRIES {
+        // SAFETY: a descriptor of the caller's, a NUL-terminated path and
+        // a pointer to a live open_how of the size given.
+        fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                path.as_ptr(),
+                how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            break;
+        }
+    }
+    fd
+}
+
 /// Reads file `rel` of the tree at `root` as untrusted input, the way a
 /// process chrooted there would find it: `openat2` with
 /// `RESOLVE_IN_ROOT` (an absolute symlink or `..` stays inside `root`)
@@ -268,17 +298,7 @@ pub fn read_in_root(root: &Path, rel: &Path, shown: &str, cap: u64) -> Result<Op
     how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     use std::os::fd::AsRawFd;
-    // SAFETY: valid descriptor, NUL-terminated path, and a pointer to a
-    // live open_how of the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            rel_c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
+    let fd = sys_openat2(dir.as_raw_fd(), &rel_c, &how);
     if fd < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -318,17 +338,7 @@ pub fn open_beneath(dir: &Path, rel: &str) -> io::Result<fs::File> {
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid descriptor, NUL-terminated path, a live open_how of
-    // the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            base.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
+    let fd = sys_openat2(base.as_raw_fd(), &c, &how);
     if fd >= 0 {
         // SAFETY: a descriptor openat2 just returned, owned by nobody else.
         return Ok(unsafe { fs::File::from_raw_fd(fd as i32) });

@@ -170,6 +170,45 @@ fn an_os_release_fifo_fails_fact_gathering_naming_it() {
     assert!(err.contains("etc/os-release is a fifo"), "{out}{err}");
 }
 
+/// Debian's `etc/os-release -> ../usr/lib/os-release` is read through
+/// `..` with `RESOLVE_IN_ROOT`, which the kernel answers `EAGAIN` when any
+/// rename on the system races the lookup: one in 25 fact gatherings failed
+/// beside a rename loop before it was tried again.
+#[test]
+fn a_rename_elsewhere_never_fails_reading_os_release() {
+    let f = Fixture::new();
+    let r = FixtureRoot::new(f.dir.path());
+    fs::create_dir_all(r.path.join("usr/lib")).unwrap();
+    fs::write(r.path.join("usr/lib/os-release"), "ID=debian\n").unwrap();
+    let _ = fs::remove_file(r.path.join("etc/os-release"));
+    std::os::unix::fs::symlink("../usr/lib/os-release", r.path.join("etc/os-release")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = std::thread::spawn({
+        let (stop, dir) = (stop.clone(), f.dir.path().to_path_buf());
+        move || {
+            let (a, b) = (dir.join("rename-a"), dir.join("rename-b"));
+            fs::write(&a, "").unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::rename(&a, &b).unwrap();
+                fs::rename(&b, &a).unwrap();
+            }
+        }
+    });
+    let failed: Vec<String> = (0..150)
+        .map(|_| facts(&f, &r.path))
+        .filter(|(code, _, _)| *code != 0)
+        .map(|(_, out, err)| format!("{out}{err}"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renamer.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of 150 failed: {}",
+        failed.len(),
+        failed[0]
+    );
+}
+
 #[test]
 fn an_absolute_os_release_symlink_is_resolved_inside_root() {
     let f = Fixture::new();
