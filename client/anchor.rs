@@ -56,7 +56,9 @@ impl Anchor {
         let mut tries = 0;
         let fd = loop {
             match openat2(root_fd.as_raw_fd(), &rel, how) {
-                Err(nix::errno::Errno::EAGAIN) if tries < crate::fsutil::OPENAT2_TRIES => tries += 1,
+                Err(nix::errno::Errno::EAGAIN) if tries < crate::fsutil::OPENAT2_TRIES => {
+                    tries += 1
+                }
                 other => break other?,
             }
         };

@@ -372,23 +372,40 @@ fn a_full_promote_moves_every_node_and_removes_the_pins() {
     assert_eq!(s.links(), before);
 }
 
+/// Backing out sends every canary back to current, also one pinned to
+/// a candidate the dropped one replaced (found by a trial: it kept
+/// running that older candidate, which nothing named any more).
 #[test]
 fn drop_candidate_ends_the_preview_and_its_canaries() {
     let s = server();
     let a = s.published(&[]);
     set_version(&s.f, "2");
-    let b = s.published(&["--candidate"]);
+    let b0 = s.published(&["--candidate"]);
     assert_eq!(s.disco(&["promote", "--nodes", "web1"]).0, 0);
+    // A new candidate: web1 stays on the first one, and is told of.
+    set_version(&s.f, "3");
+    let (code, _, err) = s.publish(&["--candidate"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: 1 canary node(s) stay pinned to an earlier candidate: web1 ({b0}); `disco promote --nodes …` moves them to this one, `disco publish --drop-candidate` back to current"
+        )),
+        "{err}"
+    );
+    let b = s.link("candidate").unwrap();
+    assert_ne!(b, b0);
+    assert_eq!(s.disco(&["promote", "--nodes", "web2"]).0, 0);
     let (code, out, err) = s.disco(&["publish", "--drop-candidate"]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert_eq!(
         err,
         format!(
-            "info: dropped the candidate snapshot {b} of {}; nodes no longer preview it, and 1 pinned to it run current again: web1\n",
+            "info: dropped the candidate snapshot {b} of {}; nodes no longer preview it, and the 2 canary node(s) pinned by a promotion run current again: web1, web2\n",
             s.served.display()
         )
     );
     assert_eq!((s.link("candidate"), s.link("pinned/web1")), (None, None));
+    assert_eq!(s.link("pinned/web2"), None);
     assert_eq!(s.link("current"), Some(a.clone()));
     assert_eq!(s.welcome("web1", false), Ok((a, None)));
     assert_eq!(

@@ -50,6 +50,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> Result<i32> {
             src.display(),
             root.display()
         ));
+        canaries_note(root, &id);
         return Ok(0);
     }
     crate::output::info(&format!(
@@ -74,21 +75,52 @@ fn drop_candidate(root: &Path, noop: bool) -> Result<i32> {
         crate::output::info(&msg);
         return Ok(0);
     }
-    let msg = match candidate::drop_candidate(root)? {
-        Some((id, unpinned)) if unpinned.is_empty() => format!(
+    let (dropped, unpinned) = candidate::drop_candidate(root)?;
+    let nodes = unpinned
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let msg = match (dropped, unpinned.is_empty()) {
+        (Some(id), true) => format!(
             "dropped the candidate snapshot {id} of {}; nodes no longer preview it",
             root.display()
         ),
-        Some((id, unpinned)) => format!(
-            "dropped the candidate snapshot {id} of {}; nodes no longer preview it, and {} pinned to it run current again: {}",
+        (Some(id), false) => format!(
+            "dropped the candidate snapshot {id} of {}; nodes no longer preview it, and the {} canary node(s) pinned by a promotion run current again: {nodes}",
             root.display(),
             unpinned.len(),
-            unpinned.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
         ),
-        None => format!("{} has no candidate; nothing to drop", root.display()),
+        (None, false) => format!(
+            "{} has no candidate; the {} canary node(s) pinned by a promotion run current again: {nodes}",
+            root.display(),
+            unpinned.len(),
+        ),
+        (None, true) => format!("{} has no candidate; nothing to drop", root.display()),
     };
     crate::output::info(&msg);
     Ok(0)
+}
+
+/// After a publish of a candidate: says which canaries a promotion of an
+/// earlier candidate still pins to it (they neither run nor preview the
+/// new one until promoted to it, or the candidate is dropped).
+fn canaries_note(root: &Path, id: &str) {
+    let Ok(pins) = candidate::pins(root) else {
+        return;
+    };
+    let old: Vec<String> = pins
+        .iter()
+        .filter(|(_, l)| l.id != id)
+        .map(|(n, l)| format!("{n} ({})", l.id))
+        .collect();
+    if !old.is_empty() {
+        crate::output::warning(&format!(
+            "{} canary node(s) stay pinned to an earlier candidate: {}; `disco promote --nodes …` moves them to this one, `disco publish --drop-candidate` back to current",
+            old.len(),
+            old.join(", ")
+        ));
+    }
 }
 
 /// After a publish of current: says which nodes a canary promotion still

@@ -137,27 +137,25 @@ pub fn set_candidate(root: &Path, id: &str) -> Result<()> {
     set_link(root, CANDIDATE, id)
 }
 
-/// Removes `root/candidate` and the pins to it (a canary of the dropped
-/// candidate runs current again): the id it named and the nodes
-/// unpinned, or None when there was no candidate.
-pub fn drop_candidate(root: &Path) -> Result<Option<(String, Vec<Name>)>> {
+/// Removes `root/candidate` and every pin (each is a canary of this
+/// candidate or of one it replaced: backing out sends every canary back
+/// to current): the id the candidate named (None when there was none)
+/// and the nodes unpinned.
+pub fn drop_candidate(root: &Path) -> Result<(Option<String>, Vec<Name>)> {
     let _lock = lock(root)?;
-    let Some(old) = read_link(root, CANDIDATE)? else {
-        return Ok(None);
-    };
-    fs::remove_file(root.join(CANDIDATE))
-        .with_context(|| format!("cannot remove {}", root.join(CANDIDATE).display()))?;
-    fs::File::open(root).and_then(|d| d.sync_all())?;
-    let mut unpinned = Vec::new();
-    for (node, pin) in pins(root)? {
-        if pin.id == old.id {
-            let p = root.join(PINNED).join(node.as_str());
-            fs::remove_file(&p)
-                .with_context(|| format!("cannot remove the pin {}", p.display()))?;
-            unpinned.push(node);
-        }
+    let old = read_link(root, CANDIDATE)?;
+    if old.is_some() {
+        fs::remove_file(root.join(CANDIDATE))
+            .with_context(|| format!("cannot remove {}", root.join(CANDIDATE).display()))?;
+        fs::File::open(root).and_then(|d| d.sync_all())?;
     }
-    Ok(Some((old.id, unpinned)))
+    let mut unpinned = Vec::new();
+    for node in pins(root)?.into_keys() {
+        let p = root.join(PINNED).join(node.as_str());
+        fs::remove_file(&p).with_context(|| format!("cannot remove the pin {}", p.display()))?;
+        unpinned.push(node);
+    }
+    Ok((old.map(|o| o.id), unpinned))
 }
 
 /// Every pin: node → the snapshot it is pinned to. A pin that does not
