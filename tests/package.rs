@@ -210,16 +210,20 @@ fn the_packaged_config_shows_the_real_defaults() {
             "the packaged disco.toml does not show `{key}`"
         );
     }
-    // And the file as shipped sets nothing but `preview = true`.
+    // And the file as shipped sets nothing but `report_upload` and
+    // `preview`.
     fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/disco.toml"),
         f.config(),
     )
     .unwrap();
     let (code, shipped, err) = config_of(&f.config());
-    let expected = config.replace(
-        "preview = false  # default\n",
-        &format!("preview = true  # {}\n", f.config().display()),
-    );
+    let mut expected = config.clone();
+    for key in ["report_upload", "preview"] {
+        expected = expected.replace(
+            &format!("{key} = false  # default\n"),
+            &format!("{key} = true  # {}\n", f.config().display()),
+        );
+    }
     assert_eq!((code, shipped), (0, expected), "{err}");
 }

@@ -86,7 +86,7 @@ pub fn run(config: &Config, opts: &DanceOptions) -> Result<i32> {
         ..
     }) = &result
     {
-        if config.preview.value && opts.only.is_empty() {
+        if previews(config) && opts.only.is_empty() {
             pipeline::preview(config, &popts, offer, *code);
         }
     }
@@ -135,7 +135,7 @@ fn unchanged_since_last(config: &Config, opts: &DanceOptions) -> Result<bool> {
 /// server offers, unless its last preview was of that candidate and is
 /// younger than `--max-age`.
 fn preview_unless_done(config: &Config, opts: &DanceOptions, offer: &pipeline::Offer) {
-    if !config.preview.value || !opts.only.is_empty() {
+    if !previews(config) || !opts.only.is_empty() {
         return;
     }
     let dir = pipeline::preview_dir(&config.state_dir.value);
@@ -149,6 +149,13 @@ fn preview_unless_done(config: &Config, opts: &DanceOptions, offer: &pipeline::O
     if !done {
         pipeline::preview(config, &options(opts), offer, 0);
     }
+}
+
+/// Whether a dance previews the candidate it is offered: `preview`, and
+/// `report_upload` to send what it found (without it no one would read
+/// the preview: the noop would cost a dance for nothing).
+fn previews(config: &Config) -> bool {
+    config.preview.value && config.report_upload.value
 }
 
 /// The pipeline's options from the dance's.

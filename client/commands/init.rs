@@ -391,10 +391,12 @@ fn config_text(uri: &ServerUri, node: &Name, ssh: bool) -> String {
             quote(&format!("/{ETC}/known_hosts"))
         ));
     }
-    // The packaged default: each dance also previews a candidate.
+    // The packaged defaults: reports go to the server, and each dance
+    // also previews a candidate.
     t.push_str(
-        "# After each dance, noop the candidate the server offers on this root\n\
-         # and upload that report (with report_upload = true).\n\
+        "# Send each dance's report to the server, and after each dance noop\n\
+         # the candidate the server offers on this root and upload that report.\n\
+         report_upload = true\n\
          preview = true\n",
     );
     t.push_str(
