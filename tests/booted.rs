@@ -396,7 +396,7 @@ fn a_booted_node_takes_the_deb_enrols_and_dances_as_the_packaged_unit() {
         first
             .lines
             .iter()
-            .any(|l| l.starts_with("info: File: /etc/motd : Modified : ")),
+            .any(|l| l.starts_with("info: motd: File: /etc/motd : Modified : ")),
         "{}",
         first.shown
     );

@@ -53,6 +53,9 @@ impl std::fmt::Display for HostKey {
     }
 }
 
+/// `/etc/disco/disco.toml` as the package installs it.
+const PACKAGED_CONFIG: &str = include_str!("../../packaging/disco.toml");
+
 /// Runs `disco init`; exit code 0, or an error saying what to do.
 pub fn run(args: &InitArgs) -> Result<i32> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -184,6 +187,9 @@ fn node_name(given: Option<&str>, root: Option<&Path>) -> Result<Name> {
 /// Whether `config` exists with anything but comments and blank lines.
 fn has_settings(config: &Path) -> Result<bool> {
     match fs::read_to_string(config) {
+        // The package's own file (its settings are the packaged defaults,
+        // which init writes too) is no admin's.
+        Ok(text) if text == PACKAGED_CONFIG => Ok(false),
         Ok(text) => Ok(text
             .lines()
             .map(str::trim)
@@ -409,6 +415,21 @@ fn config_text(uri: &ServerUri, node: &Name, ssh: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The packaged file sets `report_upload` and `preview`: init on a
+    /// freshly installed node must still write its config (it failed in
+    /// the booted test once the package set them).
+    #[test]
+    fn the_packaged_config_is_not_an_admins_settings() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disco.toml");
+        fs::write(&p, PACKAGED_CONFIG).unwrap();
+        assert!(!has_settings(&p).unwrap());
+        fs::write(&p, format!("{PACKAGED_CONFIG}jobs = 2\n")).unwrap();
+        assert!(has_settings(&p).unwrap());
+        fs::write(&p, "# only comments\n\n").unwrap();
+        assert!(!has_settings(&p).unwrap());
+    }
 
     #[test]
     fn host_keys_parse_from_keys_and_known_hosts_lines_only() {
