@@ -380,6 +380,29 @@ fn a_failed_dance_ends_its_request_failed_and_watch_goes_on() {
     assert_eq!(code, 0, "{log}");
 }
 
+/// A state dir under a directory that does not exist is a typo: said in
+/// one line, nothing made (a trial's request waited forever there).
+#[test]
+fn a_state_dir_under_a_missing_directory_is_refused() {
+    let f = Fixture::new();
+    let state = f.dir.path().join("nonexist/deep");
+    let (code, out, err) = run(f
+        .disco_without_server()
+        .arg("trigger")
+        .arg("--state-dir")
+        .arg(&state));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: no directory {} for the state dir {} (a typo in --state-dir or state_dir?); nothing was requested\n",
+            state.parent().unwrap().display(),
+            state.display()
+        )
+    );
+    assert!(!f.dir.path().join("nonexist").exists());
+}
+
 #[test]
 fn the_65th_waiting_request_is_refused_in_one_line() {
     let f = Fixture::new();

@@ -21,7 +21,18 @@ const UNTAKEN_NOTE: Duration = Duration::from_secs(15);
 /// Runs `disco trigger`; returns the exit code.
 pub fn run(config: &Config, args: &TriggerArgs) -> Result<i32> {
     require_root("disco trigger", "the trigger spool is root's")?;
-    let spool = Spool::open(&config.state_dir.value)?;
+    let state = &config.state_dir.value;
+    // A request in a state dir no dance uses would wait forever: a state
+    // dir may be made here (a fresh node), but not the directories above
+    // it — a typo there is said, never made.
+    if let Some(parent) = state.parent().filter(|p| !state.is_dir() && !p.is_dir()) {
+        anyhow::bail!(
+            "no directory {} for the state dir {} (a typo in --state-dir or state_dir?); nothing was requested",
+            parent.display(),
+            state.display()
+        );
+    }
+    let spool = Spool::open(state)?;
     // Watched before the request exists: no status can be missed.
     let inotify = if args.wait {
         Some(watch(&spool)?)
