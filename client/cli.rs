@@ -239,7 +239,8 @@ pub enum Command {
     /// N…, each such node gets a pin DIR/pinned/NODE to the candidate, its
     /// own current; the others keep the old current until a full promote
     /// (`disco publish --drop-candidate` returns the pinned nodes to it).
-    /// Running it again changes nothing more. Prints each node and the
+    /// A canary promotion run again changes nothing more; a full promote
+    /// uses the candidate up (run again, it finds none: exit 1). Prints each node and the
     /// snapshot it now runs (`pinned` for a canary). Refused in one line:
     /// no candidate, a group with no node, a node the candidate does not
     /// have. On several servers, run it on each (docs/fleet.md).
