@@ -277,19 +277,31 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
     use crate::output::printable;
     // Tabs too: a field must not push the next column about.
     let field = |s: &str| printable(s).replace('\t', "\\x09");
+    // The node and snapshot columns as wide as their longest field (a
+    // snapshot id is 22 characters once a pid has 5 digits).
+    let width = |head: &str, get: &dyn Fn(&FleetNode) -> Option<&str>| {
+        nodes
+            .iter()
+            .filter_map(|n| get(n).map(|s| field(s).chars().count()))
+            .chain([head.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let wn = width("node", &|n| Some(&n.node)).max(24);
+    let ws = width("snapshot", &|n| n.snapshot.as_deref()).max(21);
     let mut lines = vec![format!(
-        "{:<24} {:<21} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
+        "{:<wn$} {:<ws$} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
         "node", "snapshot", "last run", "status", "changes", "duration", "age", "pending"
     )];
     for n in nodes {
         let node = field(&n.node);
         if !n.readable {
-            lines.push(format!("{node:<24} (no readable report)"));
+            lines.push(format!("{node:<wn$} (no readable report)"));
             continue;
         }
         let age = n.age.map_or("?".to_string(), |a| a.to_string());
         lines.push(format!(
-            "{node:<24} {:<21} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s {:>7}{}",
+            "{node:<wn$} {:<ws$} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s {:>7}{}",
             field(n.snapshot.as_deref().unwrap_or_default()),
             field(n.last_run.as_deref().unwrap_or_default()),
             field(n.status.as_deref().unwrap_or_default()),
@@ -301,4 +313,38 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
         ));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot id of 22 characters (a 5-digit pid) kept the next
+    /// columns one to the right of the header's (found by a trial).
+    #[test]
+    fn the_fleet_table_columns_line_up_whatever_the_snapshot_id() {
+        let node = |name: &str, snapshot: &str| FleetNode {
+            node: name.into(),
+            readable: true,
+            snapshot: Some(snapshot.into()),
+            last_run: Some("2026-12-06T01:00:00Z".into()),
+            status: Some("ok".into()),
+            changes: Some(0),
+            noop: Some(false),
+            duration: Some(1.0),
+            age: Some(5),
+            stale: false,
+            pending_failed_actions: Some(0),
+        };
+        let lines = fleet_table(&[
+            node("web1", "20261206T011229Z-15192"),
+            node("a-rather-long-node-name.example.org", "-"),
+        ]);
+        let at = |l: &str| {
+            l.find("last run")
+                .or_else(|| l.find("2026-12-06T01"))
+                .unwrap()
+        };
+        assert!(lines.iter().all(|l| at(l) == at(&lines[0])), "{lines:#?}");
+    }
 }
