@@ -86,7 +86,13 @@ impl FleetNode {
 /// one failed or unreadable, 2 one stale. With `--html DIR`, the site
 /// instead, and exit 0 once it is written.
 fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
-    let servers = config.require_servers()?;
+    // On the server, no node config names a server: the served directory
+    // is what --fleet needs, said as such.
+    let servers = config.require_servers().map_err(|_| {
+        anyhow::anyhow!(
+            "--fleet reads the reports on the server itself: give --server DIR (the served directory, e.g. /srv/disco)"
+        )
+    })?;
     let ServerUri::Local(dir) = ServerUri::parse(&servers[0])? else {
         bail!("--fleet reads the reports on the server itself: give --server DIR (the served directory)");
     };

@@ -308,6 +308,9 @@ pub fn publish(
     allowed: &[PathBuf],
     as_candidate: bool,
 ) -> Result<String> {
+    if !src.is_dir() {
+        bail!("no server tree at {}: not a directory", src.display());
+    }
     crate::tree::check_top_links(src, allowed)?;
     for sub in ["parameters", "modules"] {
         if !src.join(sub).is_dir() {
