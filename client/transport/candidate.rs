@@ -342,6 +342,9 @@ fn members(tree: &ServerTree, nodes: &[Name], groups: &[Name], id: &str) -> Resu
                 found = true;
             }
         }
+        if !found && nodes.contains(g) {
+            bail!("'{g}' is a node in the candidate snapshot {id}, not a group: use --nodes {g}");
+        }
         if !found {
             bail!("no node of the candidate snapshot {id} is in group '{g}' (parameters/NODE/groups/{g})");
         }
