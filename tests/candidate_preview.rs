@@ -308,7 +308,11 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
         )),
         "{out}"
     );
-    assert!(out.contains("\n  app: scripts/10-check exited 3"), "{out}");
+    // Why it fails: the failed step's last line on stderr.
+    assert!(
+        out.contains("\n  app: scripts/10-check exited 3 (stderr: refusing: /etc/nocheck)\n"),
+        "{out}"
+    );
     assert!(out.contains("info: File: /etc/motd : Created"), "{out}");
     assert!(!out.contains("not reported"), "{out}");
 
@@ -323,6 +327,10 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
     assert_eq!(groups[0]["nodes"], serde_json::json!(["broken"]));
     assert_eq!(groups[0]["outcome"]["kind"], "fails");
     assert_eq!(groups[0]["outcome"]["module"], "app");
+    assert_eq!(
+        groups[0]["outcome"]["error"],
+        "scripts/10-check exited 3 (stderr: refusing: /etc/nocheck)"
+    );
     assert_eq!(groups[1]["nodes"], serde_json::json!(["apply"]));
     assert_eq!(groups[1]["outcome"]["changes"], 1);
     assert_eq!(
