@@ -340,6 +340,37 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
     assert_eq!(groups[2]["nodes"], serde_json::json!(["same"]));
     assert_eq!(groups[2]["outcome"]["changes"], 0);
 
+    // Promote warns of the previews of the nodes it would move, and
+    // still does what it is told (here --noop: nothing).
+    let links = |fleet: &Fleet| fs::read_dir(&fleet.served).unwrap().count();
+    let before = links(&fleet);
+    let promote = |args: &[&str]| {
+        run(fleet
+            .f
+            .disco_without_server()
+            .args(["promote", "--noop", "--root"])
+            .arg(&fleet.served)
+            .args(args))
+    };
+    let (code, _, err) = promote(&["--nodes", "broken", "same"]);
+    assert_eq!(code, 0, "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: the preview of the candidate {candidate} fails on 1 node(s) promoted: broken (app) (`disco report --fleet --candidate` says why)"
+        )],
+        "{err}"
+    );
+    let (code, _, err) = promote(&["--nodes", "same", "apply"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("warning:"),
+        "both previewed it cleanly: {err}"
+    );
+    assert_eq!(links(&fleet), before, "--noop changed nothing");
+    assert!(!fleet.served.join("pinned/broken").exists());
+
     // The fleet view shows each node on current.
     let (_, out, _) = fleet.fleet(&[]);
     for n in NODES {
@@ -410,6 +441,12 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         .arg(&fleet.served)
         .args(["--group", "canary"]));
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.starts_with(&format!(
+            "warning: 1 node(s) promoted have not reported a preview of the candidate {candidate}: apply\n"
+        )),
+        "nobody previewed it yet: {err}"
+    );
     for n in NODES {
         fleet.dance(n);
     }
@@ -446,6 +483,7 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         .args(["promote", "--root"])
         .arg(&fleet.served));
     assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning:"), "every node previewed it: {err}");
     for n in NODES {
         let err = fleet.dance(n);
         assert!(!err.contains("previewed"), "no candidate left: {err}");
