@@ -239,7 +239,11 @@ pub enum Command {
     /// N…, each such node gets a pin DIR/pinned/NODE to the candidate, its
     /// own current; the others keep the old current until a full promote
     /// (`disco publish --drop-candidate` returns the pinned nodes to it).
-    /// Running it again changes nothing more. Prints each node and the
+    /// Running it again changes nothing more. Before it acts it warns
+    /// (one `warning:` line each, exit code unchanged) of the nodes it
+    /// moves whose preview of the candidate fails, naming the failing
+    /// module, and of those that have not reported a preview of it
+    /// (--noop shows the same). Prints each node and the
     /// snapshot it now runs (`pinned` for a canary). Refused in one line:
     /// no candidate, a group with no node, a node the candidate does not
     /// have. On several servers, run it on each (docs/fleet.md).
