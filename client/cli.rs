@@ -240,7 +240,11 @@ pub enum Command {
     /// own current; the others keep the old current until a full promote
     /// (`disco publish --drop-candidate` returns the pinned nodes to it).
     /// A canary promotion run again changes nothing more; a full promote
-    /// uses the candidate up (run again, it finds none: exit 1). Prints each node and the
+    /// uses the candidate up (run again, it finds none: exit 1). Before it
+    /// acts it warns (one `warning:` line each, exit code unchanged) of
+    /// the nodes it moves whose preview of the candidate fails, naming the
+    /// failing module, and of those that have not reported a preview of
+    /// it (--noop shows the same). Prints each node and the
     /// snapshot it now runs (`pinned` for a canary). Refused in one line:
     /// no candidate, a group with no node, a node the candidate does not
     /// have. On several servers, run it on each (docs/fleet.md).

@@ -308,7 +308,11 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
         )),
         "{out}"
     );
-    assert!(out.contains("\n  app: scripts/10-check exited 3"), "{out}");
+    // Why it fails: the failed step's last line on stderr.
+    assert!(
+        out.contains("\n  app: scripts/10-check exited 3 (stderr: refusing: /etc/nocheck)\n"),
+        "{out}"
+    );
     assert!(out.contains("info: File: /etc/motd : Created"), "{out}");
     assert!(!out.contains("not reported"), "{out}");
 
@@ -323,6 +327,10 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
     assert_eq!(groups[0]["nodes"], serde_json::json!(["broken"]));
     assert_eq!(groups[0]["outcome"]["kind"], "fails");
     assert_eq!(groups[0]["outcome"]["module"], "app");
+    assert_eq!(
+        groups[0]["outcome"]["error"],
+        "scripts/10-check exited 3 (stderr: refusing: /etc/nocheck)"
+    );
     assert_eq!(groups[1]["nodes"], serde_json::json!(["apply"]));
     assert_eq!(groups[1]["outcome"]["changes"], 1);
     assert_eq!(
@@ -331,6 +339,37 @@ fn the_fleet_previews_a_candidate_in_three_groups_and_no_root_changes() {
     );
     assert_eq!(groups[2]["nodes"], serde_json::json!(["same"]));
     assert_eq!(groups[2]["outcome"]["changes"], 0);
+
+    // Promote warns of the previews of the nodes it would move, and
+    // still does what it is told (here --noop: nothing).
+    let links = |fleet: &Fleet| fs::read_dir(&fleet.served).unwrap().count();
+    let before = links(&fleet);
+    let promote = |args: &[&str]| {
+        run(fleet
+            .f
+            .disco_without_server()
+            .args(["promote", "--noop", "--root"])
+            .arg(&fleet.served)
+            .args(args))
+    };
+    let (code, _, err) = promote(&["--nodes", "broken", "same"]);
+    assert_eq!(code, 0, "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: the preview of the candidate {candidate} fails on 1 node(s) promoted: broken (app) (`disco report --fleet --candidate` says why)"
+        )],
+        "{err}"
+    );
+    let (code, _, err) = promote(&["--nodes", "same", "apply"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("warning:"),
+        "both previewed it cleanly: {err}"
+    );
+    assert_eq!(links(&fleet), before, "--noop changed nothing");
+    assert!(!fleet.served.join("pinned/broken").exists());
 
     // The fleet view shows each node on current.
     let (_, out, _) = fleet.fleet(&[]);
@@ -402,6 +441,12 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         .arg(&fleet.served)
         .args(["--group", "canary"]));
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.starts_with(&format!(
+            "warning: 1 node(s) promoted have not reported a preview of the candidate {candidate}: apply\n"
+        )),
+        "nobody previewed it yet: {err}"
+    );
     for n in NODES {
         fleet.dance(n);
     }
@@ -438,6 +483,7 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         .args(["promote", "--root"])
         .arg(&fleet.served));
     assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning:"), "every node previewed it: {err}");
     for n in NODES {
         let err = fleet.dance(n);
         assert!(!err.contains("previewed"), "no candidate left: {err}");

@@ -267,10 +267,12 @@ fn promote_group_pins_only_its_nodes_and_is_idempotent() {
     let b = s.published(&["--candidate"]);
     let (code, out, err) = s.disco(&["promote", "--group", "web"]);
     assert_eq!(code, 0, "{err}");
+    // Before it acts, it says that no node of the group previewed it.
     assert_eq!(
         err,
         format!(
-            "info: promoted the candidate snapshot {b} for 2 node(s): web1, web2 (pinned in {}/pinned/); the others keep current\n",
+            "warning: 2 node(s) promoted have not reported a preview of the candidate {b}: web1, web2\n\
+             info: promoted the candidate snapshot {b} for 2 node(s): web1, web2 (pinned in {}/pinned/); the others keep current\n",
             s.served.display()
         )
     );
@@ -312,7 +314,13 @@ fn promote_nodes_pins_only_those_and_noop_changes_nothing() {
     let before = s.links();
     let (code, out, err) = s.disco(&["promote", "--nodes", "db1", "web2", "--noop"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.starts_with("info: noop: would promote"), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "warning: 2 node(s) promoted have not reported a preview of the candidate {b}: db1, web2\n\
+             info: noop: would promote"
+        )),
+        "{err}"
+    );
     assert_eq!(
         rows(&out),
         vec![
@@ -343,7 +351,8 @@ fn a_full_promote_moves_every_node_and_removes_the_pins() {
     assert_eq!(
         err,
         format!(
-            "info: promoted the candidate snapshot {b} for every node: {}/current points to it, pins removed\n",
+            "warning: 3 node(s) promoted have not reported a preview of the candidate {b}: db1, web1, web2\n\
+             info: promoted the candidate snapshot {b} for every node: {}/current points to it, pins removed\n",
             s.served.display()
         )
     );

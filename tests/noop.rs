@@ -182,11 +182,17 @@ fn failing_template_writes_nothing_and_names_the_template() {
     let (f, r) = fixture_with_root();
     r.file("etc/t.conf", "old\n");
     f.node("n", &["m"]).module("m", "");
-    f.module_file("m", "templates/etc/t.conf", "echo partial; exit 2\n", 0o644);
+    f.module_file(
+        "m",
+        "templates/etc/t.conf",
+        "echo partial; echo 'error: m: no value for t' >&2; exit 2\n",
+        0o644,
+    );
     let (code, out, err) = f.noop_dance("n", &r.path, &[]);
     assert_eq!(code, 1, "{out}{err}");
+    // Why, too: its last line on stderr.
     assert!(
-        err.contains("error: m: templates/etc/t.conf exited 2; nothing was written\n"),
+        err.contains("error: m: templates/etc/t.conf exited 2; nothing was written (stderr: error: m: no value for t)\n"),
         "{err}"
     );
     assert!(!err.contains("File: /etc/t.conf"), "{err}");

@@ -380,3 +380,38 @@ fn a_state_dir_left_open_by_an_earlier_version_is_tightened() {
     assert_eq!(mode(&f.state().join("reports/old.json")), 0o600);
     assert_eq!(mode(&textfile), 0o600, "the textfile in the state dir");
 }
+
+/// A failed step's error says why — the module's last line on stderr —
+/// masked and escaped, on the console, in the report and in `disco
+/// report`.
+#[test]
+fn a_failed_step_s_last_stderr_line_is_its_reason_masked_and_escaped() {
+    let (f, r) = fixture(&[("pw", QUOTED)]);
+    f.module_file(
+        "m",
+        "scripts/10-fail",
+        "echo 'an earlier line' >&2\nprintf 'bad \\033[31mtoken %s\\n\\n' \"$(disco param get secrets/pw)\" >&2\necho 'on stdout'\nexit 4\n",
+        0o755,
+    );
+    let why = "scripts/10-fail exited 4 (stderr: bad \\x1b[31mtoken ********)";
+    for noop in [true, false] {
+        let (code, console) = dance(&f, &r.path, noop, &[]);
+        assert_eq!(code, 1, "{console}");
+        assert_masked(
+            &f,
+            &console,
+            &[QUOTED, "rd-Qx7"],
+            &format!("error: m: {why}\n"),
+        );
+        let last: serde_json::Value =
+            serde_json::from_slice(&fs::read(f.state().join("reports/last.json")).unwrap())
+                .unwrap();
+        assert_eq!(last["modules"][0]["error"], why, "{last}");
+        let (code, out, err) = run(f.disco().args(["--node", "n", "report"]));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            format!("{out}{err}").contains(&format!("report: m: failed: {why}\n")),
+            "{out}{err}"
+        );
+    }
+}

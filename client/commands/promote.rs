@@ -1,6 +1,11 @@
 //! `disco promote`: makes the candidate current for every node, or pins
 //! it for some (a canary), then prints which node runs which snapshot.
-//! The links themselves are `transport::candidate`'s.
+//! Before it acts it warns of what the fleet preview says of the nodes
+//! it moves (`preview::preview`): those whose preview fails, those that
+//! have not previewed the candidate. The links themselves are
+//! `transport::candidate`'s.
+
+use std::path::Path;
 
 use anyhow::{bail, Result};
 
@@ -35,7 +40,9 @@ pub fn run(config: &Config, args: &PromoteArgs) -> Result<i32> {
         Promote::All
     };
     let noop = config.noop.value;
-    let done = candidate::promote(root, &which, noop)?;
+    let done = candidate::promote_with(root, &which, noop, |id, moved| {
+        warn_of_previews(root, id, moved)
+    })?;
     let moved: Vec<&str> = done.moved.iter().map(|n| n.as_str()).collect();
     let would = if noop {
         "noop: would promote"
@@ -79,4 +86,60 @@ pub fn run(config: &Config, args: &PromoteArgs) -> Result<i32> {
     }
     crate::output::put(true, table.as_bytes());
     Ok(0)
+}
+
+/// Before a promotion acts (the links' lock held): one `warning:` line
+/// per kind of problem the fleet preview of candidate `id` shows among
+/// the nodes it moves (`moved`) — those whose preview of it fails, each
+/// with its failing module, and those that have not reported one (none,
+/// or of an older candidate). Only warnings: the admin decides.
+fn warn_of_previews(root: &Path, id: &str, moved: &[Name]) {
+    use crate::output::{printable, warning};
+    use crate::preview::Outcome;
+    let p = match crate::preview::preview(root) {
+        Ok(p) if p.candidate == id => p,
+        Ok(_) => return,
+        Err(e) => {
+            warning(&format!(
+                "cannot read the previews of the candidate {id}: {e:#}"
+            ));
+            return;
+        }
+    };
+    let moved = |n: &String| moved.iter().any(|m| m.as_str() == n);
+    let mut failing: Vec<String> = Vec::new();
+    for g in &p.groups {
+        if let Outcome::Fails { module, .. } = &g.outcome {
+            let module = module.as_deref().map_or("its dance".into(), printable);
+            failing.extend(
+                g.nodes
+                    .iter()
+                    .filter(|n| moved(n))
+                    .map(|n| format!("{n} ({module})")),
+            );
+        }
+    }
+    failing.sort();
+    let mut unseen: Vec<&str> = p
+        .not_reported
+        .iter()
+        .chain(p.outdated.iter().map(|o| &o.node))
+        .filter(|n| moved(n))
+        .map(String::as_str)
+        .collect();
+    unseen.sort_unstable();
+    if !failing.is_empty() {
+        warning(&format!(
+            "the preview of the candidate {id} fails on {} node(s) promoted: {} (`disco report --fleet --candidate` says why)",
+            failing.len(),
+            failing.join(", ")
+        ));
+    }
+    if !unseen.is_empty() {
+        warning(&format!(
+            "{} node(s) promoted have not reported a preview of the candidate {id}: {}",
+            unseen.len(),
+            unseen.join(", ")
+        ));
+    }
 }

@@ -378,7 +378,7 @@ impl Run<'_, '_> {
             Ok(r) => {
                 mreport.steps = r.steps.clone();
                 skipped = r.skipped.clone();
-                r.failed.clone()
+                with_stderr(&mut mreport.steps, r.failed.clone(), &outcome.stderr_tail)
             }
             Err(e) => Some(e.clone()),
         };
@@ -517,6 +517,30 @@ fn sandbox_step(clock: std::time::Instant, steps: &[crate::report::Step]) -> cra
         },
         sent: None,
         received: None,
+    }
+}
+
+/// A module's failure (`failed`) with its reason: when the step that
+/// failed is a process that exited non-zero (a template, a script) and
+/// the module wrote a line on stderr (`tail`: its last, masked and made
+/// printable by the sandbox's drain), `… exited 1 (stderr: LINE)`, in
+/// that step's error too — so `disco report` and the fleet preview say
+/// why, not only that, and group nodes by it.
+fn with_stderr(
+    steps: &mut [crate::report::Step],
+    failed: Option<String>,
+    tail: &Option<String>,
+) -> Option<String> {
+    let (Some(f), Some(line)) = (&failed, tail) else {
+        return failed;
+    };
+    match steps.last_mut() {
+        Some(s) if s.exit.is_some_and(|e| e != 0) && s.error.as_ref() == Some(f) => {
+            let why = format!("{f} (stderr: {line})");
+            s.error = Some(why.clone());
+            Some(why)
+        }
+        _ => failed,
     }
 }
 

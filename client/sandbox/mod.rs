@@ -109,6 +109,8 @@ const MAX_RESULT: usize = 64 << 20;
 const MAX_LEFTOVERS_SHOWN: usize = 20;
 /// Script output kept for `--quiet` (the rest is counted, not kept).
 const MAX_CAPTURE: usize = 1 << 20;
+/// Bytes kept of the last line a sandbox wrote on stderr ([`Tail`]).
+pub const MAX_TAIL: usize = 300;
 /// Lower layers a module's overlay stacks as they are; a deeper requires
 /// closure is squashed ([`Sandbox::stack`]) in chunks of these sizes,
 /// largest first: each level folds 8 of the one below, so a stack holds
@@ -219,6 +221,10 @@ pub struct Outcome<T> {
     /// stderr apart, in the order written (masked).
     #[serde(skip)]
     pub output: crate::output::Section,
+    /// The last non-blank line the work wrote on stderr (masked, made
+    /// printable, at most [`MAX_TAIL`] bytes): a failed step's reason.
+    #[serde(skip)]
+    pub stderr_tail: Option<String>,
 }
 
 impl Sandbox {
@@ -853,6 +859,7 @@ impl Sandbox {
             actions,
             pending,
             output: Default::default(),
+            stderr_tail: None,
         };
         send_outcome(&out, outcome)
     }
@@ -1003,7 +1010,7 @@ impl<T: DeserializeOwned> Running<T> {
         let child = self.child.take().expect("finished once");
         let status = waitpid(child, None).context("waitpid")?;
         let drain = std::mem::replace(&mut self.drain, Drain::ended());
-        let (buf, captured) = drain.into_result();
+        let (buf, captured, tail) = drain.into_result();
         if buf.is_empty() {
             // Its init killed at the memory limit says so.
             if let Some(cg) = &self.cgroup {
@@ -1016,6 +1023,7 @@ impl<T: DeserializeOwned> Running<T> {
         let mut outcome: Outcome<T> =
             serde_json::from_slice(&buf).context("the sandbox's result is damaged")?;
         outcome.output = captured;
+        outcome.stderr_tail = tail;
         // Removed now, what is left in it killed: before the next module
         // (one that requires this one) starts.
         self.cgroup = None;
@@ -1048,6 +1056,52 @@ struct Drain {
     /// Bytes captured, and bytes past [`MAX_CAPTURE`] not kept.
     kept: usize,
     dropped: usize,
+    /// The last line of stderr, as masked.
+    tail: Tail,
+}
+
+/// The last non-blank line of a stream, fed as it is masked: at most
+/// [`MAX_TAIL`] bytes of each line kept.
+#[derive(Debug, Default)]
+struct Tail {
+    /// The line being written.
+    line: Vec<u8>,
+    /// Whether it was longer than what is kept.
+    cut: bool,
+    /// The last complete non-blank line.
+    last: Option<String>,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        let mut parts = bytes.split(|b| *b == b'\n').peekable();
+        while let Some(part) = parts.next() {
+            let room = MAX_TAIL.saturating_sub(self.line.len()).min(part.len());
+            self.line.extend_from_slice(&part[..room]);
+            self.cut |= room < part.len();
+            if parts.peek().is_some() {
+                self.end_line();
+            }
+        }
+    }
+
+    /// Keeps the line being written as the last one, unless it is blank.
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim();
+        if !text.is_empty() {
+            let more = if self.cut { "…" } else { "" };
+            let text = crate::masks::current().text(text);
+            self.last = Some(format!("{}{more}", crate::output::printable(&text)));
+        }
+        self.line.clear();
+        self.cut = false;
+    }
+
+    fn last(mut self) -> Option<String> {
+        self.end_line();
+        self.last
+    }
 }
 
 impl Drain {
@@ -1071,6 +1125,7 @@ impl Drain {
             captured: Default::default(),
             kept: 0,
             dropped: 0,
+            tail: Tail::default(),
         }
     }
 
@@ -1084,6 +1139,7 @@ impl Drain {
             captured: Default::default(),
             kept: 0,
             dropped: 0,
+            tail: Tail::default(),
         }
     }
 
@@ -1100,6 +1156,9 @@ impl Drain {
                 let rest = self
                     .masks
                     .lines(&mut self.pending[which as usize], &[], true);
+                if which == 2 {
+                    self.tail.push(&rest);
+                }
                 match self.output {
                     Output::Capture => self.captured.push(which == 1, &rest),
                     _ => emit(which, &rest),
@@ -1121,6 +1180,9 @@ impl Drain {
                 let out = self
                     .masks
                     .lines(&mut self.pending[w as usize], &bytes[..room], false);
+                if w == 2 {
+                    self.tail.push(&out);
+                }
                 self.captured.push(w == 1, &out);
                 self.kept += room;
                 self.dropped += n - room;
@@ -1129,21 +1191,25 @@ impl Drain {
                 let out = self
                     .masks
                     .lines(&mut self.pending[w as usize], bytes, false);
+                if w == 2 {
+                    self.tail.push(&out);
+                }
                 emit(w, &out);
             }
         }
         Ok(())
     }
 
-    /// The result's bytes and the captured output (masked).
-    fn into_result(mut self) -> (Vec<u8>, crate::output::Section) {
+    /// The result's bytes, the captured output (masked) and the last
+    /// line of stderr.
+    fn into_result(mut self) -> (Vec<u8>, crate::output::Section, Option<String>) {
         if self.dropped > 0 {
             self.captured.push(
                 false,
                 format!("\n[… {} more bytes of output not kept]\n", self.dropped).as_bytes(),
             );
         }
-        (self.result, self.captured)
+        (self.result, self.captured, self.tail.last())
     }
 }
 
@@ -1371,6 +1437,7 @@ fn send<T: Serialize>(
         actions,
         pending: Vec::new(),
         output: Default::default(),
+        stderr_tail: None,
     };
     send_outcome(out, outcome)
 }
@@ -1398,6 +1465,7 @@ pub fn give_up(error: String) {
         actions: Vec::new(),
         pending: Vec::new(),
         output: Default::default(),
+        stderr_tail: None,
     };
     let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
     let mut done = 0;
@@ -1520,6 +1588,23 @@ mod tests {
             super::chunk_ends(2000),
             [512, 1024, 1536, 1600, 1664, 1728, 1792, 1856, 1920, 1984, 1992, 2000]
         );
+    }
+
+    #[test]
+    fn the_tail_is_the_last_non_blank_line_bounded_and_printable() {
+        let mut t = super::Tail::default();
+        t.push(b"first\nerror: x: 'ma");
+        t.push(b"ybe' is not a boolean\n  \n");
+        assert_eq!(t.last(), Some("error: x: 'maybe' is not a boolean".into()));
+        let mut t = super::Tail::default();
+        t.push(b"a\x1b[31mred\r\n");
+        t.push(&[b'y'; 1000]);
+        t.push(b"y");
+        assert_eq!(t.last(), Some(format!("{}…", "y".repeat(super::MAX_TAIL))));
+        let mut t = super::Tail::default();
+        t.push(b"\x1b]0;title\x07 end\n");
+        assert_eq!(t.last(), Some("\\x1b]0;title\\x07 end".into()));
+        assert_eq!(super::Tail::default().last(), None);
     }
 
     #[test]

@@ -234,6 +234,18 @@ pub struct Promoted {
 /// with no node, a name that is no node of the candidate. `noop`: the
 /// same answer, nothing changed.
 pub fn promote(root: &Path, which: &Promote, noop: bool) -> Result<Promoted> {
+    promote_with(root, which, noop, |_, _| ())
+}
+
+/// [`promote`], calling `before` with the candidate's id and the nodes
+/// it moves once they are known and before anything changes, the links'
+/// lock held (`disco promote` warns there of what the previews say).
+pub fn promote_with(
+    root: &Path,
+    which: &Promote,
+    noop: bool,
+    before: impl FnOnce(&str, &[Name]),
+) -> Result<Promoted> {
     let _lock = lock(root)?;
     let Some(candidate) = read_link(root, CANDIDATE)? else {
         bail!(
@@ -254,6 +266,7 @@ pub fn promote(root: &Path, which: &Promote, noop: bool) -> Result<Promoted> {
             wanted.clone()
         }
     };
+    before(&candidate.id, &moved);
     let replaced = match which {
         Promote::All => read_link(root, CURRENT)?.map(|c| c.id),
         _ => None,
