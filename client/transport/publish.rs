@@ -297,17 +297,9 @@ impl Drop for AsOwner {
     }
 }
 
-/// Publishes `src` under `root`; returns the new snapshot id. A top-level
-/// link of `src` may lead only to one of `allowed`. `as_candidate`: the
-/// snapshot becomes the candidate (`root/candidate`, replacing an older
-/// one) and `current` is left alone.
-pub fn publish(
-    src: &Path,
-    root: &Path,
-    keep: usize,
-    allowed: &[PathBuf],
-    as_candidate: bool,
-) -> Result<String> {
+/// `src` is a server tree: a directory with `parameters/` and `modules/`,
+/// and no top-level link but to the directories `allowed`.
+fn check_source(src: &Path, allowed: &[PathBuf]) -> Result<()> {
     if !src.is_dir() {
         bail!("no server tree at {}: not a directory", src.display());
     }
@@ -320,6 +312,21 @@ pub fn publish(
             );
         }
     }
+    Ok(())
+}
+
+/// Publishes `src` under `root`; returns the new snapshot id. A top-level
+/// link of `src` may lead only to one of `allowed`. `as_candidate`: the
+/// snapshot becomes the candidate (`root/candidate`, replacing an older
+/// one) and `current` is left alone.
+pub fn publish(
+    src: &Path,
+    root: &Path,
+    keep: usize,
+    allowed: &[PathBuf],
+    as_candidate: bool,
+) -> Result<String> {
+    check_source(src, allowed)?;
     check_served_dir(root)?;
     let snapshots = make_snapshots_dir(root)?;
     let owner = owner_to_give(root)?;
