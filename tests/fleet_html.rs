@@ -382,7 +382,7 @@ fn the_fleet_page_in_a_browser_shows_the_failed_node_first_and_hostile_reports_a
     assert_eq!(
         out,
         format!(
-            "wrote the fleet page to {}: 5 node(s), 2 failed, 1 stale; 4 node page(s)\n",
+            "wrote the fleet page to {}: 5 node(s), 2 failed, 1 stale; 4 node page(s); the candidate's preview (candidate.html)\n",
             site.display()
         )
     );

@@ -112,10 +112,15 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     if let Some(out) = &args.html {
         let w = html::write(out, &dir, &nodes, &config.roll_up(false, true), args.stale)?;
         print_lines([format!(
-            "wrote the fleet page to {}: {} node(s), {failed} failed, {stale} stale; {} node page(s)",
+            "wrote the fleet page to {}: {} node(s), {failed} failed, {stale} stale; {} node page(s){}",
             out.display(),
             w.nodes,
-            w.pages
+            w.pages,
+            if w.candidate {
+                "; the candidate's preview (candidate.html)"
+            } else {
+                ""
+            }
         )])?;
         return Ok(0);
     }

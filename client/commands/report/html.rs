@@ -71,6 +71,8 @@ pub struct Written {
     /// Nodes with a page (a directory under `reports/` that is no node
     /// name gets a row but no page).
     pub pages: usize,
+    /// `candidate.html` was written (a candidate is published).
+    pub candidate: bool,
 }
 
 /// Writes the site of `nodes` (read from `served`/reports, stale past
@@ -87,6 +89,7 @@ pub fn write(
     let reports = served.join("reports");
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut pages = 0;
+    let mut with_candidate = false;
     target.build(|tmp| {
         let dir = tmp.join("nodes");
         fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -106,6 +109,7 @@ pub fn write(
         if let Some(c) = &candidate {
             let html = candidate_page(c, &rows, roll, &now);
             write_file(&tmp.join("candidate.html"), &html)?;
+            with_candidate = true;
         }
         let stale = humantime::format_duration(max_age).to_string();
         let html = overview(&rows, candidate.as_ref(), &stale, &now);
@@ -114,6 +118,7 @@ pub fn write(
     Ok(Written {
         nodes: nodes.len(),
         pages,
+        candidate: with_candidate,
     })
 }
 
