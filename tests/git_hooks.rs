@@ -274,29 +274,8 @@ fn the_hook_publishes_the_branch_head_names_in_a_repository_made_without_initial
     // `git init --bare` as an older set-up ran it: HEAD is master.
     let f = Fixture::new();
     let d = f.dir.path();
-    let (repo, served) = (d.join("disco.git"), d.join("served"));
-    fs::create_dir(&served).unwrap();
-    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
-    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("server-layout/hooks/pre-receive");
-    sh_as_root(
-        &format!(
-            "git -c init.defaultBranch=master init -q --bare {repo}\n\
-             git --git-dir={repo} config disco.root {served}\n\
-             install -m 0755 {hook} {repo}/hooks/pre-receive\n",
-            repo = repo.display(),
-            served = served.display(),
-            hook = hook.display()
-        ),
-        d,
-    );
-    let work = d.join("work");
-    fs::create_dir_all(work.join("parameters/n/modules")).unwrap();
-    fs::create_dir_all(work.join("modules/m/files/etc")).unwrap();
-    fs::write(work.join("parameters/n/modules/m"), "").unwrap();
-    fs::write(work.join("modules/m/files/etc/m.conf"), "one\n").unwrap();
-    git(&work, &["init", "-q"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
+    let (repo, served, work) =
+        hooked_repo(d, "-c init.defaultBranch=master init -q --bare", "", "");
     let push = |refspec: &str| push_as_root(&work, &repo, d, &[refspec]);
     let (code, out) = push("main:main");
     assert_eq!(code, Some(0), "{out}");
@@ -312,30 +291,12 @@ fn the_hook_publishes_the_branch_head_names_in_a_repository_made_without_initial
 fn with_disco_candidate_the_hook_publishes_that_branch_as_the_candidate() {
     let f = Fixture::new();
     let d = f.dir.path();
-    let (repo, served) = (d.join("disco.git"), d.join("served"));
-    fs::create_dir(&served).unwrap();
-    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
-    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("server-layout/hooks/pre-receive");
-    sh_as_root(
-        &format!(
-            "git init -q --bare --initial-branch=main {repo}\n\
-             git --git-dir={repo} config disco.root {served}\n\
-             git --git-dir={repo} config disco.candidate candidate\n\
-             install -m 0755 {hook} {repo}/hooks/pre-receive\n",
-            repo = repo.display(),
-            served = served.display(),
-            hook = hook.display()
-        ),
+    let (repo, served, work) = hooked_repo(
         d,
+        "init -q --bare --initial-branch=main",
+        "git --git-dir={repo} config disco.candidate candidate\n",
+        "--initial-branch=main",
     );
-    let work = d.join("work");
-    fs::create_dir_all(work.join("parameters/n/modules")).unwrap();
-    fs::create_dir_all(work.join("modules/m/files/etc")).unwrap();
-    fs::write(work.join("parameters/n/modules/m"), "").unwrap();
-    fs::write(work.join("modules/m/files/etc/m.conf"), "one\n").unwrap();
-    git(&work, &["init", "-q", "--initial-branch=main"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
     let push = |refspec: &str| push_as_root(&work, &repo, d, &["-q", refspec]);
     let candidate = || fs::canonicalize(served.join("candidate")).ok();
     let (code, out) = push("main:main");
@@ -397,4 +358,42 @@ fn push_as_root(work: &Path, repo: &Path, tmp: &Path, args: &[&str]) -> (Option<
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A bare repository `d/disco.git` made as root by `git INIT REPO` (then
+/// the `EXTRA` script lines, `{repo}` replaced), publishing into a fresh
+/// 0700 `d/served` through the shipped pre-receive hook, and a work tree
+/// `d/work` (`git init -q WORK_INIT`) with one commit of node `n` running
+/// module `m`: (repo, served, work).
+fn hooked_repo(d: &Path, init: &str, extra: &str, work_init: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (repo, served) = (d.join("disco.git"), d.join("served"));
+    fs::create_dir(&served).unwrap();
+    fs::set_permissions(&served, fs::Permissions::from_mode(0o700)).unwrap();
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("server-layout/hooks/pre-receive");
+    sh_as_root(
+        &format!(
+            "git {init} {repo}\n\
+             git --git-dir={repo} config disco.root {served}\n\
+             {extra}\
+             install -m 0755 {hook} {repo}/hooks/pre-receive\n",
+            repo = repo.display(),
+            served = served.display(),
+            hook = hook.display(),
+            extra = extra.replace("{repo}", &repo.display().to_string()),
+        ),
+        d,
+    );
+    let work = d.join("work");
+    fs::create_dir_all(work.join("parameters/n/modules")).unwrap();
+    fs::create_dir_all(work.join("modules/m/files/etc")).unwrap();
+    fs::write(work.join("parameters/n/modules/m"), "").unwrap();
+    fs::write(work.join("modules/m/files/etc/m.conf"), "one\n").unwrap();
+    let mut init_args = vec!["init", "-q"];
+    if !work_init.is_empty() {
+        init_args.push(work_init);
+    }
+    git(&work, &init_args);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    (repo, served, work)
 }
