@@ -463,6 +463,21 @@ fn promote_by_group_then_all_moves_the_nodes_and_the_fleet_view_shows_it() {
         Some("hello\n")
     );
     assert_eq!(fleet.root("same").read("etc/motd"), None);
+    // The table marks the canary, and its columns stay in line.
+    let (_, table, _) = fleet.fleet(&[]);
+    let line = |n: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("apply").contains(&format!("{candidate} (pinned)")),
+        "{table}"
+    );
+    assert!(!line("same").contains("pinned"), "{table}");
+
     // The canary no longer previews (it runs the candidate): its run of
     // it (its first: app.conf and motd) stands for its preview; the
     // others previewed it.

@@ -60,6 +60,8 @@ struct FleetNode {
     readable: bool,
     /// The snapshot its last run ran (its current, or its pin).
     snapshot: Option<String>,
+    /// The snapshot a canary promotion pins it to (`pinned/NODE`), if any.
+    pinned: Option<String>,
     last_run: Option<String>,
     status: Option<String>,
     /// What the last dance merged (in noop: found); 0 for a failed dance
@@ -99,7 +101,14 @@ fn fleet(config: &Config, args: &crate::cli::ReportArgs) -> Result<i32> {
     if args.candidate {
         return candidate(config, &dir, args.json);
     }
-    let nodes = read_fleet(&dir.join("reports"), args.stale)?;
+    let mut nodes = read_fleet(&dir.join("reports"), args.stale)?;
+    let pins = crate::transport::candidate::pins(&dir)?;
+    for n in &mut nodes {
+        n.pinned = crate::names::Name::parse(&n.node, "node")
+            .ok()
+            .and_then(|name| pins.get(&name))
+            .map(|l| l.id.clone());
+    }
     let failed = nodes.iter().filter(|n| n.failed()).count();
     let stale = nodes.iter().filter(|n| n.stale).count();
     let code = if failed > 0 {
@@ -249,6 +258,7 @@ fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNod
                 node,
                 readable: false,
                 snapshot: None,
+                pinned: None,
                 last_run: None,
                 status: None,
                 changes: None,
@@ -269,6 +279,7 @@ fn read_fleet(reports: &Path, stale: std::time::Duration) -> Result<Vec<FleetNod
             node,
             readable: true,
             snapshot: Some(r.snapshot.clone()),
+            pinned: None,
             changes: Some(r.merged_changes()),
             noop: Some(r.noop),
             duration: Some(r.duration),
@@ -299,7 +310,20 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
             .unwrap_or(0)
     };
     let wn = width("node", &|n| Some(&n.node)).max(24);
-    let ws = width("snapshot", &|n| n.snapshot.as_deref()).max(21);
+    let shown_snapshot = |n: &FleetNode| {
+        let s = field(n.snapshot.as_deref().unwrap_or_default());
+        match &n.pinned {
+            Some(p) if Some(p.as_str()) == n.snapshot.as_deref() => format!("{s} (pinned)"),
+            Some(p) => format!("{s} (pinned to {})", field(p)),
+            None => s,
+        }
+    };
+    let ws = nodes
+        .iter()
+        .map(|n| shown_snapshot(n).chars().count())
+        .chain(["snapshot".len(), 21])
+        .max()
+        .unwrap_or(21);
     let mut lines = vec![format!(
         "{:<wn$} {:<ws$} {:<21} {:<8} {:>8} {:>9} {:>10} {:>7}",
         "node", "snapshot", "last run", "status", "changes", "duration", "age", "pending"
@@ -313,7 +337,7 @@ fn fleet_table(nodes: &[FleetNode]) -> Vec<String> {
         let age = n.age.map_or("?".to_string(), |a| a.to_string());
         lines.push(format!(
             "{node:<wn$} {:<ws$} {:<21} {:<8} {:>8} {:>8.2}s {:>9}s {:>7}{}",
-            field(n.snapshot.as_deref().unwrap_or_default()),
+            shown_snapshot(n),
             field(n.last_run.as_deref().unwrap_or_default()),
             field(n.status.as_deref().unwrap_or_default()),
             n.changes.unwrap_or_default(),
@@ -338,6 +362,7 @@ mod tests {
             node: name.into(),
             readable: true,
             snapshot: Some(snapshot.into()),
+            pinned: None,
             last_run: Some("2026-12-06T01:00:00Z".into()),
             status: Some("ok".into()),
             changes: Some(0),

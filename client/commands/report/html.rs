@@ -191,6 +191,7 @@ tr.failed td{background:#fcf0f1}tr.stale td{background:#fcf9e8}
 .status{display:inline-block;padding:0 .45em;border-radius:.3em;font-weight:600}
 .status.failed{background:#d63638;color:#fff}.status.stale{background:#dba617;color:#000}
 .status.ok{background:#00a32a;color:#fff}.status.changed{background:#2271b1;color:#fff}
+.pinned{font-size:.85em;color:#8a2424;font-weight:600}
 code,pre{font-family:ui-monospace,monospace;font-size:13px}
 pre{background:#f6f7f7;padding:.6em;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
 pre .file{font-weight:600}pre .add{color:#006b1b}pre .del{color:#b32d2e}pre .hunk{color:#72777c}
@@ -318,10 +319,10 @@ fn overview_row(r: &Row) -> String {
         ""
     };
     format!(
-        "<tr class=\"{class}\"><td>{name}</td><td><code>{}</code></td><td class=\"t\">{}</td>\
+        "<tr class=\"{class}\"><td>{name}</td><td>{}</td><td class=\"t\">{}</td>\
          <td class=\"t\"><span class=\"status {}\">{}</span>{stale}{}</td><td class=\"n\">{}</td>\
          <td class=\"n\">{:.2} s</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
-        esc(n.snapshot.as_deref().unwrap_or("?")),
+        snapshot_cell(n),
         esc(n.last_run.as_deref().unwrap_or_default()),
         status_class(status),
         esc(status),
@@ -860,5 +861,21 @@ mod tests {
         assert_eq!(age(900), "15 min");
         assert_eq!(age(3 * 3600 + 300), "3 h 5 min");
         assert_eq!(age(2 * 86400 + 4 * 3600), "2 d 4 h");
+    }
+}
+
+/// The overview's snapshot cell: the id its last run ran, and the pin a
+/// canary promotion gave it.
+fn snapshot_cell(n: &FleetNode) -> String {
+    let ran = format!("<code>{}</code>", esc(n.snapshot.as_deref().unwrap_or("?")));
+    match &n.pinned {
+        Some(p) if Some(p.as_str()) == n.snapshot.as_deref() => {
+            format!("{ran} <span class=\"pinned\">pinned</span>")
+        }
+        Some(p) => format!(
+            "{ran} <span class=\"pinned\">pinned to <code>{}</code></span>",
+            esc(p)
+        ),
+        None => ran,
     }
 }
