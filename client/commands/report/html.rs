@@ -839,6 +839,22 @@ impl Target {
     }
 }
 
+/// The overview's snapshot cell: the id its last run ran, and the pin a
+/// canary promotion gave it.
+fn snapshot_cell(n: &FleetNode) -> String {
+    let ran = format!("<code>{}</code>", esc(n.snapshot.as_deref().unwrap_or("?")));
+    match &n.pinned {
+        Some(p) if Some(p.as_str()) == n.snapshot.as_deref() => {
+            format!("{ran} <span class=\"pinned\">pinned</span>")
+        }
+        Some(p) => format!(
+            "{ran} <span class=\"pinned\">pinned to <code>{}</code></span>",
+            esc(p)
+        ),
+        None => ran,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,21 +877,5 @@ mod tests {
         assert_eq!(age(900), "15 min");
         assert_eq!(age(3 * 3600 + 300), "3 h 5 min");
         assert_eq!(age(2 * 86400 + 4 * 3600), "2 d 4 h");
-    }
-}
-
-/// The overview's snapshot cell: the id its last run ran, and the pin a
-/// canary promotion gave it.
-fn snapshot_cell(n: &FleetNode) -> String {
-    let ran = format!("<code>{}</code>", esc(n.snapshot.as_deref().unwrap_or("?")));
-    match &n.pinned {
-        Some(p) if Some(p.as_str()) == n.snapshot.as_deref() => {
-            format!("{ran} <span class=\"pinned\">pinned</span>")
-        }
-        Some(p) => format!(
-            "{ran} <span class=\"pinned\">pinned to <code>{}</code></span>",
-            esc(p)
-        ),
-        None => ran,
     }
 }
