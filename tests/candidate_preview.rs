@@ -96,14 +96,7 @@ impl Fleet {
 
     /// `disco publish SRC --root SERVED [args]`.
     fn publish(&self, args: &[&str]) -> (i32, String, String) {
-        run(self
-            .f
-            .disco_without_server()
-            .arg("publish")
-            .arg(self.f.server())
-            .arg("--root")
-            .arg(&self.served)
-            .args(args))
+        self.f.publish(&self.served, args)
     }
 
     /// `disco …` as `node`: its config, state dir, server and root.

@@ -63,14 +63,7 @@ fn set_version(f: &Fixture, v: &str) {
 impl Server {
     /// `disco publish SRC --root SERVED ARGS`.
     fn publish(&self, args: &[&str]) -> (i32, String, String) {
-        run(self
-            .f
-            .disco_without_server()
-            .arg("publish")
-            .arg(self.f.server())
-            .arg("--root")
-            .arg(&self.served)
-            .args(args))
+        self.f.publish(&self.served, args)
     }
 
     /// Publishes the source tree (`args` e.g. `--candidate`); its id.

@@ -276,14 +276,7 @@ fn if_changed_skips_until_a_publish_changes_the_inputs() {
     f.node("n", &["m"]).module("m", "");
     f.module_file("m", "files/etc/v", "1\n", 0o644);
     let served = f.dir.path().join("served");
-    let publish = || {
-        run(f
-            .disco_without_server()
-            .arg("publish")
-            .arg(f.server())
-            .arg("--root")
-            .arg(&served))
-    };
+    let publish = || f.publish(&served, &[]);
     assert_eq!(publish().0, 0);
     let dance = |args: &[&str]| {
         run(f

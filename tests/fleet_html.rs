@@ -343,13 +343,7 @@ fn fleet_of_five(f: &Fixture) -> (PathBuf, PathBuf) {
 /// stores them: db1's fails with a hostile error, web1's changes a file;
 /// evil has not reported. Returns the candidate's id.
 fn candidate_with_previews(f: &Fixture, served: &Path) -> String {
-    let (code, _, err) = run(f
-        .disco_without_server()
-        .arg("publish")
-        .arg(f.server())
-        .arg("--root")
-        .arg(served)
-        .arg("--candidate"));
+    let (code, _, err) = f.publish(served, &["--candidate"]);
     assert_eq!(code, 0, "{err}");
     let link = fs::read_link(served.join("candidate")).unwrap();
     let id = link.file_name().unwrap().to_string_lossy().into_owned();

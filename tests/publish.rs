@@ -28,13 +28,7 @@ fn fixture() -> Fixture {
 
 /// `disco publish SRC --root SERVED [args]`.
 fn publish(f: &Fixture, served: &Path, args: &[&str]) -> (i32, String, String) {
-    run(f
-        .disco_without_server()
-        .arg("publish")
-        .arg(f.server())
-        .arg("--root")
-        .arg(served)
-        .args(args))
+    f.publish(served, args)
 }
 
 /// Runs `argv` as `nobody` (group nogroup, no supplementary groups).

@@ -96,6 +96,18 @@ impl Fixture {
         self.disco_with_state(&self.state())
     }
 
+    /// `disco publish SRC --root SERVED [args]`, SRC this fixture's
+    /// server tree.
+    pub fn publish(&self, served: &Path, args: &[&str]) -> (i32, String, String) {
+        run(self
+            .disco_without_server()
+            .arg("publish")
+            .arg(self.server())
+            .arg("--root")
+            .arg(served)
+            .args(args))
+    }
+
     /// `disco` with this fixture's config and the given state dir, no server.
     pub fn disco_with_state(&self, state: &Path) -> Command {
         let mut c = Command::cargo_bin("disco").unwrap();
