@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 
 /// A directory of ROOT, resolved without symlinks.
 #[derive(Debug)]
@@ -45,23 +45,19 @@ impl Anchor {
         } else {
             rel
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        // EAGAIN: a rename raced the lookup (see fsutil::sys_openat2).
-        let mut tries = 0;
-        let fd = loop {
-            match openat2(root_fd.as_raw_fd(), &rel, how) {
-                Err(nix::errno::Errno::EAGAIN) if tries < crate::fsutil::OPENAT2_TRIES => {
-                    tries += 1
-                }
-                other => break other?,
-            }
-        };
+        let path = std::ffi::CString::new(rel.into_os_string().into_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: open_how is plain data, zeroed then filled.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // An EAGAIN (a rename racing the lookup) is tried again there.
+        let fd = crate::fsutil::sys_openat2(root_fd.as_raw_fd(), &path, &how);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = fd as std::os::fd::RawFd;
         // SAFETY: as above.
         Ok(Anchor {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },

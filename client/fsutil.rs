@@ -248,7 +248,7 @@ pub fn read_small(path: &Path, shown: &str, cap: u64) -> Result<Option<Vec<u8>>>
 
 /// How many times an `openat2` that the kernel answered `EAGAIN` is
 /// tried again.
-pub const OPENAT2_TRIES: usize = 64;
+const OPENAT2_TRIES: usize = 64;
 
 /// `openat2(dirfd, path, how)`: the descriptor, or -1 with `errno` set.
 /// `EAGAIN` — with `RESOLVE_IN_ROOT` or `RESOLVE_BENEATH`, a rename
