@@ -308,8 +308,10 @@ pub fn merge(
     let marker = marker(state_dir);
     write_durably(&marker, run.id.as_bytes())?;
     // Everything the sandbox wrote must be on disk before it is renamed
-    // into place (the layers may be on their own filesystem).
+    // into place (the layers may be on their own filesystem: then in the
+    // image file too, which that filesystem never flushes itself).
     sync_fs(&run.layers())?;
+    crate::sandbox::scratch::sync_image(state_dir, &run.path.join(crate::run::MEM))?;
     let mut journal = Journal::new(state_dir, &run.id, &layout.root);
     let mut m = Merger {
         journal: &mut journal,
