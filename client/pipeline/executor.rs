@@ -51,6 +51,8 @@ struct Started {
     started: SystemTime,
     /// When disco began to start its sandbox (the report's `sandbox` step).
     clock: std::time::Instant,
+    /// Of the time since, what disco spent starting other modules.
+    elsewhere: std::time::Duration,
 }
 
 /// What each module printed, shown in the plan's order: with `jobs` 1
@@ -139,12 +141,7 @@ impl Run<'_, '_> {
         loop {
             watchdog::check()?;
             self.skip_dependents_of_failures(order, &mut printer);
-            while running.len() < jobs {
-                let Some(i) = self.next_ready() else { break };
-                let (r, s) = printer.to(i, || self.start(i, &order[i], jobs))?;
-                running.push(r);
-                started.push(s);
-            }
+            self.fill(order, jobs, &mut printer, (&mut running, &mut started))?;
             if running.is_empty() {
                 break;
             }
@@ -160,13 +157,25 @@ impl Run<'_, '_> {
                 }
                 _ => format!("modules {}, in their sandboxes", names.join(", ")),
             });
-            let (k, outcome) = Sandbox::wait_any(&mut running)?;
+            let k = Sandbox::wait_any(&mut running)?;
             // Killed by the deadline: its error, not the sandbox's.
             watchdog::check()?;
-            drop(running.swap_remove(k));
-            let job = started.swap_remove(k);
+            let mut ended = running.swap_remove(k);
+            let mut job = started.swap_remove(k);
+            // Side by side, the slot it frees is filled before its sandbox
+            // is reaped (its namespaces torn down) and its layer diffed:
+            // with what does not require it (it has not ended yet, for
+            // the graph), so nothing that follows depends on the order.
+            // One at a time, the next module starts after its diff, as
+            // the plan's order shows.
+            if jobs > 1 {
+                let filling = std::time::Instant::now();
+                self.fill(order, jobs, &mut printer, (&mut running, &mut started))?;
+                job.elsewhere = filling.elapsed();
+            }
             let (i, m) = (job.idx, &order[job.idx]);
-            let outcome = outcome.with_context(|| format!("module {m}"))?;
+            let outcome = ended.reap().with_context(|| format!("module {m}"))?;
+            drop(ended);
             let failed = printer.to(i, || self.finish(m, job, outcome))?;
             self.status[i] = if failed {
                 Status::Failed
@@ -174,6 +183,24 @@ impl Run<'_, '_> {
                 Status::Succeeded
             };
             printer.ended(i);
+        }
+        Ok(())
+    }
+
+    /// Starts ready modules, first in the plan's order first, until
+    /// `jobs` are running.
+    fn fill(
+        &mut self,
+        order: &[Name],
+        jobs: usize,
+        printer: &mut Printer,
+        (running, started): (&mut Vec<Running<ModuleRun>>, &mut Vec<Started>),
+    ) -> Result<()> {
+        while running.len() < jobs {
+            let Some(i) = self.next_ready() else { break };
+            let (r, s) = printer.to(i, || self.start(i, &order[i], jobs))?;
+            running.push(r);
+            started.push(s);
         }
         Ok(())
     }
@@ -263,6 +290,7 @@ impl Run<'_, '_> {
                 lowers,
                 started,
                 clock,
+                elsewhere: std::time::Duration::ZERO,
             },
         ))
     }
@@ -297,9 +325,10 @@ impl Run<'_, '_> {
     fn finish(&mut self, module: &Name, job: Started, outcome: Outcome<ModuleRun>) -> Result<bool> {
         watchdog::doing(format!("module {module}: the diff of its layer"));
         let (mut mreport, mut skipped, mut failed) = self.outcome(module, &outcome);
-        mreport
-            .steps
-            .insert(0, sandbox_step(job.clock, &mreport.steps));
+        mreport.steps.insert(
+            0,
+            sandbox_step(job.clock.elapsed() - job.elsewhere, &mreport.steps),
+        );
         let handlers = actions::handlers_of(&job.module_dir);
         // Only a handler reads which paths changed (`DISCO_CHANGED`);
         // without one, whether any did is all that counts.
@@ -503,16 +532,16 @@ impl Run<'_, '_> {
 
 /// The report's `sandbox` step of a module whose sandbox ended: the wall
 /// time from disco starting it (its layer's directories, a squash to
-/// make, the fork, the mounts) to its result read back, less the steps
-/// it ran — the cost of the sandbox itself.
-fn sandbox_step(clock: std::time::Instant, steps: &[crate::report::Step]) -> crate::report::Step {
+/// make, the fork, the mounts) to its result read back and its process
+/// reaped (`took`), less the steps it ran — the cost of the sandbox itself.
+fn sandbox_step(took: std::time::Duration, steps: &[crate::report::Step]) -> crate::report::Step {
     let ran: f64 = steps.iter().map(|s| s.figures.time_real).sum();
     crate::report::Step {
         name: "sandbox".into(),
         exit: None,
         error: None,
         figures: crate::report::Figures {
-            time_real: (clock.elapsed().as_secs_f64() - ran).max(0.0),
+            time_real: (took.as_secs_f64() - ran).max(0.0),
             ..Default::default()
         },
         sent: None,

@@ -553,7 +553,8 @@ impl Sandbox {
         F: FnOnce() -> Result<T>,
     {
         let mut one = vec![self.start_layer((layer, lowers), binds, output, body)?];
-        Self::wait_any(&mut one)?.1
+        let i = Self::wait_any(&mut one)?;
+        one[i].reap()
     }
 
     /// Starts `body` inside the sandbox of `layer` (1-based) over the
@@ -684,14 +685,11 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Waits until one of `running` ends; returns its index and its
-    /// outcome, or the error of its sandbox (it stays in the list, ended).
-    /// The output of all of them is read meanwhile, copied or kept as
-    /// each one's [`Output`] says.
-    #[allow(clippy::type_complexity)]
-    pub fn wait_any<T: DeserializeOwned>(
-        running: &mut [Running<T>],
-    ) -> Result<(usize, Result<Outcome<T>>)> {
+    /// Waits until one of `running` has said all it will (its result
+    /// and output pipes closed: its body ended) and returns its index;
+    /// [`Running::reap`] then collects it. The output of all of them is
+    /// read meanwhile, copied or kept as each one's [`Output`] says.
+    pub fn wait_any<T>(running: &mut [Running<T>]) -> Result<usize> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let mut chunk = vec![0u8; 64 << 10];
@@ -700,7 +698,7 @@ impl Sandbox {
                 .iter()
                 .position(|r| r.child.is_some() && r.drain.open.is_empty())
             {
-                return Ok((i, running[i].finish()));
+                return Ok(i);
             }
             // (run, descriptor) of each pipe still open.
             let which: Vec<(usize, usize)> = running
@@ -1005,9 +1003,11 @@ impl<T> Running<T> {
 }
 
 impl<T: DeserializeOwned> Running<T> {
-    /// Its pipes are closed: reaps the child, reads the result.
-    fn finish(&mut self) -> Result<Outcome<T>> {
-        let child = self.child.take().expect("finished once");
+    /// The outcome of a sandbox [`Sandbox::wait_any`] found ended: its
+    /// process reaped (its namespaces gone with it), its cgroup removed,
+    /// its result read; or the error of the sandbox itself.
+    pub fn reap(&mut self) -> Result<Outcome<T>> {
+        let child = self.child.take().expect("reaped once");
         let status = waitpid(child, None).context("waitpid")?;
         let drain = std::mem::replace(&mut self.drain, Drain::ended());
         let (buf, captured, tail) = drain.into_result();
