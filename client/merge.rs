@@ -408,7 +408,9 @@ impl Merger<'_> {
 /// the attributes of (`dirs/LAYER`, one path a line, as the diff shows
 /// it), written by the diff of the layer.
 pub fn dirs_record(run: &RunDir, layer: usize) -> PathBuf {
-    run.path.join("dirs").join(layer.to_string())
+    // With the layers it describes (in the scratch image when there is
+    // one: they are gone or kept together).
+    run.layers().join("dirs").join(layer.to_string())
 }
 
 /// The directories layer `layer` changed, from [`dirs_record`]; `None`

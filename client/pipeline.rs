@@ -577,15 +577,6 @@ fn sandbox_stage(
     let state = &config.state_dir.value;
     run::prune(state, KEPT_RUNS)?;
     let run = RunDir::create(state, id)?;
-    let params = planned
-        .params
-        .write_to(&run.params())
-        .context("cannot write the parameter tree")
-        .and_then(|()| crate::fsutil::private_tree(&run.params().join("secrets")));
-    if let Err(e) = params {
-        let _ = run.remove();
-        return Err(e);
-    }
     let layers: Vec<String> = fetched.plan.order.iter().map(|m| m.to_string()).collect();
     let mut sandbox = Sandbox::prepare(
         run,
@@ -594,6 +585,16 @@ fn sandbox_stage(
         (config.noop.value, keep),
         &layers,
     )?;
+    let dir = sandbox.params_dir();
+    let params = planned
+        .params
+        .write_to(&dir)
+        .context("cannot write the parameter tree")
+        .and_then(|()| crate::fsutil::private_tree(&dir.join("secrets")));
+    if let Err(e) = params {
+        let _ = sandbox.run.remove();
+        return Err(e);
+    }
     sandbox.host_network = config.noop_network.value == "host";
     sandbox.limits = config.limits();
     Ok(sandbox)
@@ -792,7 +793,7 @@ impl<'a, 'r> Run<'a, 'r> {
         let pending = Pending {
             node: config.node.value.to_string(),
             root: sandbox.root.clone(),
-            params_dir: sandbox.run.params(),
+            params_dir: sandbox.params_dir(),
             run_actions: opts.run_actions,
             modules: Vec::new(),
             step_timeout: config.step_timeout.value,
@@ -1132,7 +1133,7 @@ impl<'a, 'r> Run<'a, 'r> {
                 let dir_of = |m: &str| dirs.get(m).cloned();
                 let partial = !self.report.only.is_empty();
                 let (ready, kept) =
-                    actions::prepare_retry(before, &dir_of, &self.sandbox.run.params(), partial);
+                    actions::prepare_retry(before, &dir_of, &self.sandbox.params_dir(), partial);
                 let kept_ids = Pending {
                     modules: kept.clone(),
                     ..Pending::default()

@@ -269,7 +269,7 @@ impl Run<'_, '_> {
         );
         let mut binds = self
             .sandbox
-            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
+            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.params_dir())));
         let lowers = self.graph.lowers(i);
         binds.push(self.earlier_pending(i, &lowers)?);
         // Beside other modules, the output is kept and shown in turn.
@@ -306,10 +306,11 @@ impl Run<'_, '_> {
             .filter_map(|&l| self.slots[l - 1].as_ref())
             .flat_map(|m| m.pending.iter().map(move |p| format!("{}: {p}\n", m.name)))
             .collect();
+        // With the layers: in the scratch image when there is one.
         let file = self
             .sandbox
             .run
-            .path
+            .layers()
             .join(format!("pending-earlier-{}", i + 1));
         crate::fsutil::write_private(&file, text.as_bytes())
             .with_context(|| format!("cannot write {}", file.display()))?;
@@ -496,7 +497,9 @@ impl Run<'_, '_> {
         };
         let since = since_epoch(job.started);
         let live = !self.config.noop.value;
-        let mut dirs = DirsRecord::new(crate::merge::dirs_record(&self.sandbox.run, layer));
+        // For the merge: a noop has none.
+        let mut dirs =
+            DirsRecord::new(live.then(|| crate::merge::dirs_record(&self.sandbox.run, layer)));
         differ
             .each(layer, None, &mut |c| {
                 let c = masked(c);
@@ -593,12 +596,13 @@ fn touch(c: &Change) -> Touch {
 /// The merge's record of the directories a layer made or changed
 /// ([`crate::merge::dirs_record`]), written as the diff streams.
 struct DirsRecord {
-    file: PathBuf,
+    /// None: nothing is recorded (a noop).
+    file: Option<PathBuf>,
     out: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl DirsRecord {
-    fn new(file: PathBuf) -> DirsRecord {
+    fn new(file: Option<PathBuf>) -> DirsRecord {
         DirsRecord { file, out: None }
     }
 
@@ -606,32 +610,37 @@ impl DirsRecord {
         if c.new.as_ref().is_none_or(|m| m.kind != "directory") {
             return Ok(());
         }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let w = match &mut self.out {
             Some(w) => w,
-            None => self.out.insert(std::io::BufWriter::new(self.open()?)),
+            None => self.out.insert(std::io::BufWriter::new(Self::open(file)?)),
         };
         std::io::Write::write_all(w, format!("{}\n", c.path).as_bytes())
-            .with_context(|| format!("cannot write {}", self.file.display()))
+            .with_context(|| format!("cannot write {}", file.display()))
     }
 
-    fn open(&self) -> Result<std::fs::File> {
-        let dir = self.file.parent().expect("in the run dir");
+    fn open(file: &Path) -> Result<std::fs::File> {
+        let dir = file.parent().expect("in the run dir");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::File::create(&self.file)
-            .with_context(|| format!("cannot write {}", self.file.display()))
+        std::fs::File::create(file).with_context(|| format!("cannot write {}", file.display()))
     }
 
     /// Closes the record; a layer that changed no directory gets an empty
     /// one (none would mean "every directory", for runs of older discos).
     fn finish(self) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         match self.out {
             Some(w) => {
                 w.into_inner()
                     .map_err(|e| e.into_error())
-                    .with_context(|| format!("cannot write {}", self.file.display()))?;
+                    .with_context(|| format!("cannot write {}", file.display()))?;
             }
             None => {
-                self.open()?;
+                Self::open(file)?;
             }
         }
         Ok(())
