@@ -138,9 +138,12 @@ impl Run<'_, '_> {
         let mut printer = Printer::new(order.len(), jobs > 1);
         let mut running: Vec<Running<ModuleRun>> = Vec::new();
         let mut started: Vec<Started> = Vec::new();
+        let mut spent = (self.config.noop.value && !self.opts.keep).then(|| Spent::new(self.graph));
         loop {
             watchdog::check()?;
-            self.skip_dependents_of_failures(order, &mut printer);
+            for j in self.skip_dependents_of_failures(order, &mut printer) {
+                self.drop_spent(spent.as_mut(), j);
+            }
             self.fill(order, jobs, &mut printer, (&mut running, &mut started))?;
             if running.is_empty() {
                 break;
@@ -183,8 +186,19 @@ impl Run<'_, '_> {
                 Status::Succeeded
             };
             printer.ended(i);
+            self.drop_spent(spent.as_mut(), i);
         }
         Ok(())
+    }
+
+    /// Module `j` ended (ran, or was not run): removes the layers no
+    /// module still to end needs ([`Spent`]).
+    fn drop_spent(&self, spent: Option<&mut Spent>, j: usize) {
+        if let Some(spent) = spent {
+            for i in spent.ended(self.graph, &self.status, j) {
+                self.sandbox.remove_layer(i + 1);
+            }
+        }
     }
 
     /// Starts ready modules, first in the plan's order first, until
@@ -218,8 +232,9 @@ impl Run<'_, '_> {
 
     /// Marks not run every waiting module whose requirements all ended
     /// and one of which failed or was not run; says so, naming the first
-    /// failed module (in the plan's order) it requires.
-    fn skip_dependents_of_failures(&mut self, order: &[Name], printer: &mut Printer) {
+    /// failed module (in the plan's order) it requires. Returns them.
+    fn skip_dependents_of_failures(&mut self, order: &[Name], printer: &mut Printer) -> Vec<usize> {
+        let mut skipped = Vec::new();
         for i in 0..self.status.len() {
             let reqs = &self.graph.direct[i];
             if self.status[i] != Status::Waiting
@@ -243,7 +258,9 @@ impl Run<'_, '_> {
                 ..ModuleReport::default()
             });
             printer.ended(i);
+            skipped.push(i);
         }
+        skipped
     }
 
     /// Starts module `i` (`module`) in its sandbox, over the layers of
@@ -530,6 +547,46 @@ impl Run<'_, '_> {
         // The saved report's bound: the rest counted per directory.
         capper.finish(mreport);
         Ok(out)
+    }
+}
+
+/// Noop: which layers the rest of the dance still needs. A module's
+/// layer is needed by its own diff and by every module whose requires
+/// closure holds it (their overlay, squash and diff); once all of those
+/// have ended it is removed, while other modules run, rather than with
+/// every other at the dance's end (`RunDir::empty_mem`: a serial 10 ms
+/// of a 20-module noop here). A live dance keeps them all for its merge,
+/// and `--keep` for whoever looks.
+struct Spent {
+    /// Per module: how many modules not ended yet hold it in their closure.
+    users: Vec<usize>,
+}
+
+impl Spent {
+    fn new(graph: &crate::graph::Graph) -> Spent {
+        let mut users = vec![0; graph.closure.len()];
+        for closure in &graph.closure {
+            for i in closure.iter() {
+                users[i] += 1;
+            }
+        }
+        Spent { users }
+    }
+
+    /// Module `j` ended: the modules whose layers no one needs any more
+    /// (`j`'s own, and those of its closure it was the last to need).
+    fn ended(&mut self, graph: &crate::graph::Graph, status: &[Status], j: usize) -> Vec<usize> {
+        let mut spent = Vec::new();
+        for i in graph.closure[j].iter() {
+            self.users[i] -= 1;
+            if self.users[i] == 0 && status[i].ended() {
+                spent.push(i);
+            }
+        }
+        if self.users[j] == 0 {
+            spent.push(j);
+        }
+        spent
     }
 }
 

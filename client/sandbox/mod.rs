@@ -698,6 +698,16 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Removes layer `layer`'s upper and work directories (a noop's
+    /// layer no module still needs): best effort, what is left goes with
+    /// the run.
+    pub fn remove_layer(&self, layer: usize) {
+        for k in 0..self.mounts.len() {
+            let _ = fs::remove_dir_all(self.run.upper(layer, k));
+            let _ = fs::remove_dir_all(self.run.work(layer, k));
+        }
+    }
+
     /// Waits until one of `running` has said all it will (its result
     /// and output pipes closed: its body ended) and returns its index;
     /// [`Running::reap`] then collects it. The output of all of them is
