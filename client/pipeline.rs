@@ -585,7 +585,7 @@ fn sandbox_stage(
         (config.noop.value, keep),
         &layers,
     )?;
-    let dir = sandbox.run.params();
+    let dir = sandbox.params_dir();
     let params = planned
         .params
         .write_to(&dir)
@@ -793,7 +793,7 @@ impl<'a, 'r> Run<'a, 'r> {
         let pending = Pending {
             node: config.node.value.to_string(),
             root: sandbox.root.clone(),
-            params_dir: sandbox.run.params(),
+            params_dir: sandbox.params_dir(),
             run_actions: opts.run_actions,
             modules: Vec::new(),
             step_timeout: config.step_timeout.value,
@@ -1133,7 +1133,7 @@ impl<'a, 'r> Run<'a, 'r> {
                 let dir_of = |m: &str| dirs.get(m).cloned();
                 let partial = !self.report.only.is_empty();
                 let (ready, kept) =
-                    actions::prepare_retry(before, &dir_of, &self.sandbox.run.params(), partial);
+                    actions::prepare_retry(before, &dir_of, &self.sandbox.params_dir(), partial);
                 let kept_ids = Pending {
                     modules: kept.clone(),
                     ..Pending::default()
@@ -1380,19 +1380,17 @@ fn cleanup_stage(state: &Path, run: &RunDir, keep: bool) {
     }
 }
 
-/// `--keep`: the layers (`u/`) and the parameters stay in the run
-/// directory. Those in the scratch image, which the next run empties, are
-/// copied out of it, and the image is emptied and unmounted.
+/// `--keep`: the layers (`u/`) stay in the run directory. Those in the
+/// scratch image, which the next run empties, are copied out of it, and
+/// the image is emptied and unmounted.
 pub fn keep_scratch(run: &RunDir) -> Result<()> {
     let mem = run.path.join(run::MEM);
     if run::is_mount_point(&mem) {
-        for what in ["u", "params"] {
-            let from = mem.join(what);
-            let to = run.path.join(what);
-            if from.is_dir() && !to.exists() {
-                merge::copy_tree(&from, &to)
-                    .with_context(|| format!("cannot keep {}", to.display()))?;
-            }
+        let from = mem.join("u");
+        let to = run.path.join("u");
+        if from.is_dir() && !to.exists() {
+            merge::copy_tree(&from, &to)
+                .with_context(|| format!("cannot keep the layers in {}", to.display()))?;
         }
         run.empty_mem();
     }

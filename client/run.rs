@@ -111,15 +111,8 @@ impl RunDir {
     pub fn merged(&self) -> PathBuf {
         self.path.join("merged")
     }
-    /// The run's parameter tree, bound read-only into every sandbox and
-    /// read by the deferred actions: with the layers (the scratch image
-    /// when there is one, a filesystem with a journal: on a state dir
-    /// without one, each file its last runs made and removed costs a new
-    /// one a scan), so they go, are kept, or are mounted again to finish a
-    /// merge together. Written once the layers' place is ready
-    /// (`Sandbox::prepare`).
     pub fn params(&self) -> PathBuf {
-        self.layers().join("params")
+        self.path.join("params")
     }
 
     pub fn save_layout(&self, layout: &Layout) -> Result<()> {

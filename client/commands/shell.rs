@@ -153,7 +153,13 @@ pub fn run(config: &Config, keep: bool, module: Option<&str>) -> Result<i32> {
 fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<i32> {
     let state = &config.state_dir.value;
     let layers: Vec<String> = match setup {
-        Some(s) => s.order.iter().map(|m| m.to_string()).collect(),
+        Some(s) => {
+            s.params
+                .write_to(&run.params())
+                .context("cannot write the parameter tree")?;
+            crate::fsutil::private_tree(&run.params().join("secrets"))?;
+            s.order.iter().map(|m| m.to_string()).collect()
+        }
         None => vec!["shell".to_string()],
     };
     let mut sandbox = Sandbox::prepare(
@@ -165,13 +171,6 @@ fn session(config: &Config, run: RunDir, setup: Option<&ModuleSetup>) -> Result<
         (true, true),
         &layers,
     )?;
-    if let Some(s) = setup {
-        // With the layers (RunDir::params): once they are in place.
-        s.params
-            .write_to(&sandbox.run.params())
-            .context("cannot write the parameter tree")?;
-        crate::fsutil::private_tree(&sandbox.run.params().join("secrets"))?;
-    }
     sandbox.limits = config.limits();
     let exe = crate::sandbox::exe()?;
     let layer = layers.len();

@@ -286,7 +286,7 @@ impl Run<'_, '_> {
         );
         let mut binds = self
             .sandbox
-            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.run.params())));
+            .standard_binds(&self.exe, Some((&module_dir, &self.sandbox.params_dir())));
         let lowers = self.graph.lowers(i);
         binds.push(self.earlier_pending(i, &lowers)?);
         // Beside other modules, the output is kept and shown in turn.

@@ -387,6 +387,19 @@ impl Sandbox {
         binds
     }
 
+    /// Where the run's parameter tree is written, bound read-only into
+    /// every sandbox: in a noop dance with the layers (the scratch image,
+    /// a filesystem with a journal, gone with the run), as nothing
+    /// outlives it; live, in the run dir, where deferred actions and a
+    /// merge finished by the next dance read it.
+    pub fn params_dir(&self) -> PathBuf {
+        if self.noop {
+            self.run.layers().join("params")
+        } else {
+            self.run.params()
+        }
+    }
+
     /// The differ of a layer over `lowers` (as [`Sandbox::mounted`]
     /// says), with ROOT's owner names; `prune`: see
     /// [`crate::diff::Differ::prune`].
