@@ -618,7 +618,7 @@ impl Job {
             let child = self
                 .command(path)
                 .spawn()
-                .with_context(|| format!("cannot run bash for {name}"))?;
+                .map_err(|e| no_bash(e, &format!("for {name}")))?;
             let ((), status, ru) = self.supervise(&name, &child, || ())?;
             Ok((status, ru))
         })();
@@ -901,7 +901,7 @@ impl Driver {
         let mut c = job.command_with(&["-c", RENDER_DRIVER, "disco-render"]);
         c.arg(dir);
         c.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = c.spawn().context("cannot run bash")?;
+        let mut child = c.spawn().map_err(|e| no_bash(e, "for the templates"))?;
         let go = child.stdin.take().expect("piped");
         let status = io::BufReader::new(child.stdout.take().expect("piped"));
         Ok(Driver {
@@ -1032,6 +1032,22 @@ done
 "#;
 
 /// Turns a child's status into a step, with the error line if it failed.
+/// Why bash could not be started `what` (`for scripts/10-x`), in one
+/// line: a root without bash on [`SANDBOX_PATH`] said as such, anything
+/// else without Rust's `(os error N)`.
+fn no_bash(e: io::Error, what: &str) -> anyhow::Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            anyhow::anyhow!("cannot run bash {what}: the root has no bash on PATH ({SANDBOX_PATH})")
+        }
+        _ => {
+            let why = e.to_string();
+            let why = why.split(" (os error").next().unwrap_or(&why).to_string();
+            anyhow::anyhow!("cannot run bash {what}: {why}")
+        }
+    }
+}
+
 fn finish(name: String, started: Instant, result: Result<(i32, libc::rusage)>, what: &str) -> Step {
     let wall = started.elapsed().as_secs_f64();
     match result {

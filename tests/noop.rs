@@ -142,6 +142,28 @@ fn identical_template_and_file_are_not_changes() {
     assert!(err.contains("noop: 0 change(s)"), "{err}");
 }
 
+/// A root without bash: the script's module fails in one line that says
+/// so, with no `(os error 2)`.
+#[test]
+fn a_root_without_bash_fails_the_script_saying_so() {
+    let (f, r) = fixture_with_root();
+    for dir in ["usr/bin", "bin"] {
+        let bash = r.path.join(dir).join("bash");
+        if fs::symlink_metadata(&bash).is_ok() {
+            fs::remove_file(&bash).unwrap();
+        }
+    }
+    f.node("n", &["m"]).module("m", "");
+    f.module_file("m", "scripts/10-x", "echo hi\n", 0o755);
+    let (code, out, err) = f.noop_dance("n", &r.path, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("error: m: scripts/10-x: cannot run bash for scripts/10-x: the root has no bash on PATH (/run/disco/bin:"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+}
+
 #[test]
 fn failing_script_stops_the_dance_and_still_reports_what_ran() {
     let (f, r) = fixture_with_root();
