@@ -1041,8 +1041,10 @@ fn no_bash(e: io::Error, what: &str) -> anyhow::Error {
             anyhow::anyhow!("cannot run bash {what}: the root has no bash on PATH ({SANDBOX_PATH})")
         }
         _ => {
-            let why = e.to_string();
-            let why = why.split(" (os error").next().unwrap_or(&why).to_string();
+            let why = match e.raw_os_error() {
+                Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+                None => e.to_string(),
+            };
             anyhow::anyhow!("cannot run bash {what}: {why}")
         }
     }

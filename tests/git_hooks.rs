@@ -18,7 +18,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{disco_for_anyone, git, run, Fixture};
+use common::{disco_for_anyone, git, run, with_disco_on_path, Fixture};
 
 /// The body of the first ```sh block of docs/fleet.md that contains
 /// `needle`, with `/srv/` moved into `base`, the shipped hooks taken from
@@ -337,23 +337,18 @@ fn with_disco_candidate_the_hook_publishes_that_branch_as_the_candidate() {
 /// `git push [ARGS…] REPO` from `work` as root, with this build's `disco`
 /// first on PATH (the hook runs it): the exit code and stderr.
 fn push_as_root(work: &Path, repo: &Path, tmp: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
     let (flags, refspec) = args.split_at(args.len() - 1);
-    let out = Command::new("git")
-        .arg("push")
-        .args(flags)
-        .arg(repo)
-        .args(refspec)
-        .current_dir(work)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("TMPDIR", tmp)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
+    let out = with_disco_on_path(
+        Command::new("git")
+            .arg("push")
+            .args(flags)
+            .arg(repo)
+            .args(refspec)
+            .current_dir(work),
+        tmp,
+    )
+    .output()
+    .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_error, nobody_ids, run, Fixture};
+use common::{assert_error, nobody_ids, run, with_disco_on_path, Fixture};
 
 /// A fixture whose temporary directory `nobody` may enter, with a tree for
 /// node `n`: a private parameter (not under secrets/, which lint wants encrypted), a plain file and an executable one.
@@ -246,19 +246,12 @@ fn fleet_block(needle: &str, base: &Path) -> String {
 
 /// Runs `script` with sh, `disco` first on PATH, TMPDIR in `tmp`.
 fn sh(script: &str, cwd: &Path, tmp: &Path) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .current_dir(cwd)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("TMPDIR", tmp)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
+    let out = with_disco_on_path(
+        Command::new("sh").args(["-ec", script]).current_dir(cwd),
+        tmp,
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{script}\n{}{}",

@@ -270,6 +270,23 @@ pub fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `cmd` as a server's shell would run it in these tests: the built
+/// `disco` first on PATH, TMPDIR in `tmp`, no global or system git
+/// configuration.
+pub fn with_disco_on_path<'a>(
+    cmd: &'a mut std::process::Command,
+    tmp: &Path,
+) -> &'a mut std::process::Command {
+    let bin = Path::new(env!("CARGO_BIN_EXE_disco")).parent().unwrap();
+    cmd.env(
+        "PATH",
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    )
+    .env("TMPDIR", tmp)
+    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+}
+
 /// Spawns `cmd` on a new terminal (a pty whose slave is its stdin,
 /// stdout, stderr and controlling terminal, as an admin's shell gives),
 /// returning the child and the terminal's master side. The master reads
