@@ -151,6 +151,12 @@ impl RunDir {
             }
         }
         if is_mount_point(&mem) {
+            // A run that had secrets may have left them in the image's
+            // freed blocks (a rendered file, its parameter tree): all of
+            // them go back, whatever their amount.
+            let secrets = [self.path.join("params"), mem.join("params")]
+                .iter()
+                .any(|p| fs::read_dir(p.join("secrets")).is_ok_and(|mut d| d.next().is_some()));
             for e in fs::read_dir(&mem).into_iter().flatten().flatten() {
                 if e.file_name() != "lost+found" {
                     let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
@@ -159,7 +165,11 @@ impl RunDir {
             // What the run wrote goes back to the disk now, not when the
             // image is next used.
             if let Some(state) = self.path.parent().and_then(Path::parent) {
-                crate::sandbox::scratch::trim(&mem, &crate::sandbox::scratch::image(state));
+                crate::sandbox::scratch::trim(
+                    &mem,
+                    &crate::sandbox::scratch::image(state),
+                    secrets,
+                );
             }
         }
         unmount_mem(&self.path);

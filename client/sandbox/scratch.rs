@@ -269,9 +269,10 @@ pub fn explain_no_space(
 /// when the image `img` still holds them (`FITRIM`: the loop device
 /// punches holes in the image). A check of two numbers, and a trim (some
 /// 25–70 ms for 2 GiB) only when more than 16 MiB are held that the
-/// filesystem does not use (a run that wrote that much). Best effort: a filesystem that cannot trim keeps them,
+/// filesystem does not use (a run that wrote that much) — or always
+/// (`all`: a run that had secrets, whose freed blocks may hold them). Best effort: a filesystem that cannot trim keeps them,
 /// and the next run's [`Sizing`] counts them as the image's own.
-pub fn trim(mem: &Path, img: &Path) {
+pub fn trim(mem: &Path, img: &Path, all: bool) {
     use std::os::unix::fs::MetadataExt;
     #[repr(C)]
     struct FstrimRange {
@@ -285,7 +286,7 @@ pub fn trim(mem: &Path, img: &Path) {
     let used = nix::sys::statvfs::statvfs(mem)
         .map(|st| (st.blocks() - st.blocks_free()) * st.fragment_size())
         .unwrap_or(0);
-    if held <= used + (16 << 20) {
+    if !all && held <= used + (16 << 20) {
         return;
     }
     let Ok(dir) = fs::File::open(mem) else {
@@ -388,7 +389,7 @@ fn mount_once(state_dir: &Path, mem: &Path, limits: Option<Limits>, force: bool)
             );
         }
         clear(mem)?;
-        trim(mem, &img);
+        trim(mem, &img, false);
     }
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(mem, fs::Permissions::from_mode(0o700))?;
